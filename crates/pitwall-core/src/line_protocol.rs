@@ -1,0 +1,596 @@
+//! InfluxDB line protocol: `measurement,tag=v field=1.0,n=2i,ok=t,s="x" 1700000000000000000`.
+//!
+//! The whole grammar as InfluxDB documents it: escaped commas, spaces and equals signs
+//! in names, `\\` for a literal backslash, double-quoted string fields with `\"` and
+//! `\\`, `i`/`u` integer suffixes, every boolean spelling, comment and blank lines, CRLF
+//! line ends, and an optional timestamp in s/ms/us/ns precision. A bad line yields an
+//! error naming its line, column and what was expected, and parsing goes on with the
+//! next line so one bad line loses nothing else.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::{Error, FieldValue, Point, Precision, Result};
+
+/// Parses every point in `input`, one result per non-empty, non-comment line.
+///
+/// `default_time` (ns) is used for lines without a timestamp.
+pub fn parse(input: &str, precision: Precision, default_time: i64) -> Parser<'_> {
+    Parser {
+        src: input.as_bytes(),
+        text: input,
+        pos: 0,
+        line: 1,
+        line_start: 0,
+        precision,
+        default_time,
+    }
+}
+
+/// Parses `input`, which must hold exactly one point.
+pub fn parse_one(input: &str, precision: Precision, default_time: i64) -> Result<Point> {
+    let mut parser = parse(input, precision, default_time);
+    let first = parser.next().ok_or_else(|| Error::LineProtocol {
+        line: 1,
+        column: 1,
+        message: "expected a point, found no line".into(),
+    })?;
+    let point = first?;
+    let line = parser.line;
+    if parser.next().is_some() {
+        return Err(Error::LineProtocol {
+            line,
+            column: 1,
+            message: "expected a single point, found another line".into(),
+        });
+    }
+    Ok(point)
+}
+
+/// Iterator over the points of a line-protocol document; see [`parse`].
+#[derive(Debug)]
+pub struct Parser<'a> {
+    src: &'a [u8],
+    text: &'a str,
+    pos: usize,
+    line: usize,
+    line_start: usize,
+    precision: Precision,
+    default_time: i64,
+}
+
+impl Iterator for Parser<'_> {
+    type Item = Result<Point>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            // Skip blank lines, leading whitespace and comment lines.
+            while self.pos < self.src.len() {
+                match self.src[self.pos] {
+                    b' ' | b'\t' | b'\r' => self.pos += 1,
+                    b'\n' => self.newline(),
+                    b'#' => self.skip_line(),
+                    _ => break,
+                }
+            }
+            if self.pos >= self.src.len() {
+                return None;
+            }
+            let result = self.parse_line();
+            if result.is_err() {
+                self.skip_line();
+            }
+            return Some(result);
+        }
+    }
+}
+
+impl<'a> Parser<'a> {
+    fn newline(&mut self) {
+        self.pos += 1;
+        self.line += 1;
+        self.line_start = self.pos;
+    }
+
+    fn skip_line(&mut self) {
+        while self.pos < self.src.len() && self.src[self.pos] != b'\n' {
+            self.pos += 1;
+        }
+        if self.pos < self.src.len() {
+            self.newline();
+        }
+    }
+
+    fn err(&self, at: usize, message: impl Into<String>) -> Error {
+        Error::LineProtocol {
+            line: self.line,
+            column: at - self.line_start + 1,
+            message: message.into(),
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.src.get(self.pos).copied()
+    }
+
+    /// What stands at the cursor, for "found ..." in messages.
+    fn found(&self) -> String {
+        match self.peek() {
+            None => "end of input".into(),
+            Some(b'\n') | Some(b'\r') => "end of line".into(),
+            Some(b' ') => "a space".into(),
+            Some(_) => {
+                let rest = &self.text[self.pos..];
+                let c = rest.chars().next().unwrap_or(' ');
+                format!("{c:?}")
+            }
+        }
+    }
+
+    fn parse_line(&mut self) -> Result<Point> {
+        let measurement = self.name(&[b',', b' '], "measurement")?;
+        if measurement.is_empty() {
+            return Err(self.err(self.pos, "expected a measurement name"));
+        }
+        let mut tags = BTreeMap::new();
+        while self.peek() == Some(b',') {
+            self.pos += 1;
+            let key_at = self.pos;
+            let key = self.name(&[b'='], "tag key")?;
+            if key.is_empty() {
+                return Err(self.err(key_at, "expected a tag key after ','"));
+            }
+            if self.peek() != Some(b'=') {
+                return Err(self.err(
+                    self.pos,
+                    format!("expected '=' after tag key {key:?}, found {}", self.found()),
+                ));
+            }
+            self.pos += 1;
+            let value_at = self.pos;
+            let value = self.name(&[b',', b' '], "tag value")?;
+            if value.is_empty() {
+                return Err(self.err(value_at, format!("tag {key:?} has an empty value")));
+            }
+            tags.insert(key, value);
+        }
+        if self.peek() != Some(b' ') {
+            return Err(self.err(
+                self.pos,
+                format!(
+                    "expected a space and then fields after the measurement and tags, found {}",
+                    self.found()
+                ),
+            ));
+        }
+        // Only spaces separate tags from fields: a field key may begin with a tab.
+        while self.peek() == Some(b' ') {
+            self.pos += 1;
+        }
+        let mut fields = BTreeMap::new();
+        loop {
+            let key_at = self.pos;
+            let key = self.name(&[b'='], "field key")?;
+            if key.is_empty() {
+                return Err(self.err(key_at, "expected a field key"));
+            }
+            if self.peek() != Some(b'=') {
+                return Err(self.err(
+                    self.pos,
+                    format!("expected '=' after field key {key:?}, found {}", self.found()),
+                ));
+            }
+            self.pos += 1;
+            let value = self.field_value(&key)?;
+            fields.insert(key, value);
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                _ => break,
+            }
+        }
+        let mut time = self.default_time;
+        let had_space = self.peek() == Some(b' ');
+        self.skip_spaces();
+        if had_space && !self.at_line_end() {
+            time = self.timestamp()?;
+            self.skip_spaces();
+        }
+        if !self.at_line_end() {
+            return Err(self.err(
+                self.pos,
+                format!(
+                    "expected ',' and another field, a timestamp or the end of the line, found {}",
+                    self.found()
+                ),
+            ));
+        }
+        // Consume the line end.
+        if self.peek() == Some(b'\r') {
+            self.pos += 1;
+        }
+        if self.peek() == Some(b'\n') {
+            self.newline();
+        }
+        Ok(Point {
+            measurement,
+            tags,
+            fields,
+            time,
+        })
+    }
+
+    fn skip_spaces(&mut self) {
+        while self.peek() == Some(b' ') || self.peek() == Some(b'\t') {
+            self.pos += 1;
+        }
+    }
+
+    fn at_line_end(&self) -> bool {
+        match self.peek() {
+            None | Some(b'\n') => true,
+            Some(b'\r') => self.src.get(self.pos + 1).is_none_or(|&b| b == b'\n'),
+            _ => false,
+        }
+    }
+
+    /// Reads an escaped name up to one of `stops` (unescaped), a space or the line end.
+    /// `\` before a comma, space, equals sign or backslash stands for that character;
+    /// before anything else it is literal.
+    fn name(&mut self, stops: &[u8], what: &str) -> Result<String> {
+        let start = self.pos;
+        let mut out: Option<String> = None;
+        let mut run_start = start;
+        while let Some(b) = self.peek() {
+            if stops.contains(&b) {
+                break;
+            }
+            match b {
+                b'\\' => match self.src.get(self.pos + 1) {
+                    Some(&e @ (b',' | b' ' | b'=' | b'\\')) => {
+                        let s = out.get_or_insert_with(String::new);
+                        s.push_str(&self.text[run_start..self.pos]);
+                        s.push(e as char);
+                        self.pos += 2;
+                        run_start = self.pos;
+                    }
+                    _ => self.pos += 1,
+                },
+                b'\n' | b'\r' => {
+                    return Err(self.err(
+                        self.pos,
+                        format!("unexpected end of line in {what}; a point needs fields"),
+                    ));
+                }
+                b' ' | b',' => {
+                    return Err(self.err(
+                        self.pos,
+                        format!("expected '=' after {what} {:?}, found {}", &self.text[start..self.pos], self.found()),
+                    ));
+                }
+                _ => self.pos += 1,
+            }
+        }
+        Ok(match out {
+            Some(mut s) => {
+                s.push_str(&self.text[run_start..self.pos]);
+                s
+            }
+            None => self.text[start..self.pos].to_owned(),
+        })
+    }
+
+    fn field_value(&mut self, key: &str) -> Result<FieldValue> {
+        let start = self.pos;
+        if self.peek() == Some(b'"') {
+            self.pos += 1;
+            let mut s = String::new();
+            let mut run_start = self.pos;
+            loop {
+                match self.peek() {
+                    None => {
+                        return Err(self.err(
+                            start,
+                            format!("string value of field {key:?} has no closing '\"'"),
+                        ));
+                    }
+                    Some(b'"') => {
+                        s.push_str(&self.text[run_start..self.pos]);
+                        self.pos += 1;
+                        return Ok(FieldValue::Str(s));
+                    }
+                    Some(b'\\') => match self.src.get(self.pos + 1) {
+                        Some(&e @ (b'"' | b'\\')) => {
+                            s.push_str(&self.text[run_start..self.pos]);
+                            s.push(e as char);
+                            self.pos += 2;
+                            run_start = self.pos;
+                        }
+                        _ => self.pos += 1,
+                    },
+                    Some(b'\n') => {
+                        // Strings may span lines; keep line numbers right for later errors.
+                        self.pos += 1;
+                        self.line += 1;
+                        self.line_start = self.pos;
+                    }
+                    Some(_) => self.pos += 1,
+                }
+            }
+        }
+        while let Some(b) = self.peek() {
+            if matches!(b, b',' | b' ' | b'\t' | b'\n' | b'\r') {
+                break;
+            }
+            self.pos += 1;
+        }
+        let token = &self.text[start..self.pos];
+        if token.is_empty() {
+            return Err(self.err(start, format!("field {key:?} has no value after '='")));
+        }
+        let bad = |expected: &str| {
+            self.err(
+                start,
+                format!("field {key:?}: expected {expected}, found {token:?}"),
+            )
+        };
+        match token {
+            "t" | "T" | "true" | "True" | "TRUE" => return Ok(FieldValue::Bool(true)),
+            "f" | "F" | "false" | "False" | "FALSE" => return Ok(FieldValue::Bool(false)),
+            _ => {}
+        }
+        let digits = &token[..token.len() - 1];
+        match token.as_bytes()[token.len() - 1] {
+            b'i' => digits
+                .parse::<i64>()
+                .map(FieldValue::I64)
+                .map_err(|_| bad("a signed 64-bit integer before the 'i' suffix")),
+            b'u' => digits
+                .parse::<u64>()
+                .map(FieldValue::U64)
+                .map_err(|_| bad("an unsigned 64-bit integer before the 'u' suffix")),
+            _ => {
+                // Rust also parses "inf" and "NaN"; line protocol has no such floats.
+                let first = token.as_bytes()[0];
+                if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
+                    return Err(bad(
+                        "a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string",
+                    ));
+                }
+                match token.parse::<f64>() {
+                    Ok(v) if v.is_finite() => Ok(FieldValue::F64(v)),
+                    _ => Err(bad(
+                        "a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string",
+                    )),
+                }
+            }
+        }
+    }
+
+    fn timestamp(&mut self) -> Result<i64> {
+        let start = self.pos;
+        while let Some(b) = self.peek() {
+            if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                break;
+            }
+            self.pos += 1;
+        }
+        let token = &self.text[start..self.pos];
+        let value: i64 = token.parse().map_err(|_| {
+            self.err(
+                start,
+                format!("expected an integer timestamp, found {token:?}"),
+            )
+        })?;
+        self.precision.to_nanos(value).ok_or_else(|| {
+            self.err(
+                start,
+                format!(
+                    "timestamp {value} in {:?} precision is out of range for nanoseconds",
+                    self.precision
+                ),
+            )
+        })
+    }
+}
+
+/// Why a point cannot be written as line protocol.
+fn unrepresentable(what: &str) -> Error {
+    Error::Invalid(format!("cannot be written as line protocol: {what}"))
+}
+
+fn check_name(name: &str, what: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(unrepresentable(&format!("{what} is empty")));
+    }
+    if name.contains(['\n', '\r']) {
+        return Err(unrepresentable(&format!("{what} {name:?} holds a line break")));
+    }
+    Ok(())
+}
+
+fn escape(out: &mut String, s: &str, specials: &[char]) {
+    for c in s.chars() {
+        if c == '\\' || specials.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// Appends `point` as one line (with a trailing `\n`), timestamp in nanoseconds.
+pub fn encode(point: &Point, out: &mut String) -> Result<()> {
+    check_name(&point.measurement, "the measurement")?;
+    if point.measurement.starts_with(['#', '\t']) {
+        return Err(unrepresentable(
+            "a measurement starting with '#' or a tab reads as a comment or indentation",
+        ));
+    }
+    if point.fields.is_empty() {
+        return Err(unrepresentable("a point needs at least one field"));
+    }
+    escape(out, &point.measurement, &[',', ' ']);
+    for (k, v) in &point.tags {
+        check_name(k, "a tag key")?;
+        check_name(v, "a tag value")?;
+        out.push(',');
+        escape(out, k, &[',', '=', ' ']);
+        out.push('=');
+        escape(out, v, &[',', '=', ' ']);
+    }
+    let mut sep = ' ';
+    for (k, v) in &point.fields {
+        check_name(k, "a field key")?;
+        out.push(sep);
+        sep = ',';
+        escape(out, k, &[',', '=', ' ']);
+        out.push('=');
+        match v {
+            // Debug gives the shortest representation that parses back to the same bits.
+            FieldValue::F64(f) if f.is_finite() => {
+                let _ = write!(out, "{f:?}");
+            }
+            FieldValue::F64(f) => return Err(unrepresentable(&format!("field {k:?} is {f}"))),
+            FieldValue::I64(i) => {
+                let _ = write!(out, "{i}i");
+            }
+            FieldValue::U64(u) => {
+                let _ = write!(out, "{u}u");
+            }
+            FieldValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            FieldValue::Str(s) => {
+                out.push('"');
+                for c in s.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+        }
+    }
+    let _ = writeln!(out, " {}", point.time);
+    Ok(())
+}
+
+/// Encodes many points into one document.
+pub fn encode_all<'a>(points: impl IntoIterator<Item = &'a Point>) -> Result<String> {
+    let mut out = String::new();
+    for p in points {
+        encode(p, &mut out)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(s: &str) -> Point {
+        parse_one(s, Precision::Ns, 42).unwrap()
+    }
+
+    fn err(s: &str) -> String {
+        parse(s, Precision::Ns, 0)
+            .find_map(|r| r.err())
+            .expect("expected an error")
+            .to_string()
+    }
+
+    #[test]
+    fn parses_the_seed_example() {
+        let p = one("measurement,host=foo,tag=measure val1=5,val2=3234.34 1609459200000000000");
+        assert_eq!(p.measurement, "measurement");
+        assert_eq!(p.tags["host"], "foo");
+        assert_eq!(p.tags["tag"], "measure");
+        assert_eq!(p.fields["val1"], FieldValue::F64(5.0));
+        assert_eq!(p.fields["val2"], FieldValue::F64(3234.34));
+        assert_eq!(p.time, 1_609_459_200_000_000_000);
+    }
+
+    #[test]
+    fn parses_types_and_escapes() {
+        let p = one(
+            r#"my\ meas\,x,t\=k=v\ 1\,2\\ i=-3i,u=7u,b=TRUE,f=F,s="say \"hi\"\\ and \n",e=1e3"#,
+        );
+        assert_eq!(p.measurement, "my meas,x");
+        assert_eq!(p.tags["t=k"], "v 1,2\\");
+        assert_eq!(p.fields["i"], FieldValue::I64(-3));
+        assert_eq!(p.fields["u"], FieldValue::U64(7));
+        assert_eq!(p.fields["b"], FieldValue::Bool(true));
+        assert_eq!(p.fields["f"], FieldValue::Bool(false));
+        assert_eq!(p.fields["s"], FieldValue::Str("say \"hi\"\\ and \\n".into()));
+        assert_eq!(p.fields["e"], FieldValue::F64(1000.0));
+        assert_eq!(p.time, 42, "no timestamp takes the default");
+    }
+
+    #[test]
+    fn precision_scales_timestamps() {
+        let p = parse_one("m v=1 1700000000", Precision::S, 0).unwrap();
+        assert_eq!(p.time, 1_700_000_000_000_000_000);
+        let p = parse_one("m v=1 1700000000123", Precision::Ms, 0).unwrap();
+        assert_eq!(p.time, 1_700_000_000_123_000_000);
+        let p = parse_one("m v=1 -5", Precision::Us, 0).unwrap();
+        assert_eq!(p.time, -5_000);
+        assert!(err_with("m v=1 99999999999999999", Precision::S).contains("out of range"));
+    }
+
+    fn err_with(s: &str, precision: Precision) -> String {
+        parse(s, precision, 0).find_map(|r| r.err()).unwrap().to_string()
+    }
+
+    #[test]
+    fn skips_comments_blank_lines_and_crlf() {
+        let doc = "# header\r\n\r\nm,a=b v=1 1\r\n  # indented comment\nm v=2i 2\n\n";
+        let pts: Vec<Point> = parse(doc, Precision::Ns, 0).map(Result::unwrap).collect();
+        assert_eq!(pts.len(), 2);
+        assert_eq!(pts[1].fields["v"], FieldValue::I64(2));
+        assert_eq!(pts[1].time, 2);
+    }
+
+    #[test]
+    fn multi_line_strings_keep_line_numbers() {
+        let doc = "m s=\"a\nb\" 1\nm v=oops 2\n";
+        let results: Vec<_> = parse(doc, Precision::Ns, 0).collect();
+        assert_eq!(results[0].as_ref().unwrap().fields["s"], FieldValue::Str("a\nb".into()));
+        assert_eq!(
+            results[1].as_ref().unwrap_err().to_string(),
+            "line 3, column 5: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"oops\""
+        );
+    }
+
+    #[test]
+    fn errors_name_line_column_and_expectation() {
+        assert_eq!(err("cpu"), "line 1, column 4: expected a space and then fields after the measurement and tags, found end of input");
+        assert_eq!(err("cpu,host"), "line 1, column 9: expected '=' after tag key \"host\", found end of input");
+        assert_eq!(err("cpu,host= v=1"), "line 1, column 10: tag \"host\" has an empty value");
+        assert_eq!(err("cpu v=1.2.3"), "line 1, column 7: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"1.2.3\"");
+        assert_eq!(err("cpu v=12x4i"), "line 1, column 7: field \"v\": expected a signed 64-bit integer before the 'i' suffix, found \"12x4i\"");
+        assert_eq!(err("cpu v=-1u"), "line 1, column 7: field \"v\": expected an unsigned 64-bit integer before the 'u' suffix, found \"-1u\"");
+        assert_eq!(err("ok v=1\ncpu v=1 12:00"), "line 2, column 9: expected an integer timestamp, found \"12:00\"");
+        assert_eq!(err("cpu v=\"open"), "line 1, column 7: string value of field \"v\" has no closing '\"'");
+        assert_eq!(err("cpu v="), "line 1, column 7: field \"v\" has no value after '='");
+        assert_eq!(err("cpu v=1 5 6"), "line 1, column 11: expected ',' and another field, a timestamp or the end of the line, found '6'");
+        assert_eq!(err("cpu v=NaN"), "line 1, column 7: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"NaN\"");
+        assert_eq!(err("cpu v=inf"), "line 1, column 7: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"inf\"");
+    }
+
+    #[test]
+    fn a_bad_line_loses_nothing_else() {
+        let doc = "m v=1 1\nm v=bad 2\nm v=3 3\n";
+        let results: Vec<_> = parse(doc, Precision::Ns, 0).collect();
+        assert_eq!(results.len(), 3);
+        assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
+        assert_eq!(results[2].as_ref().unwrap().time, 3);
+    }
+
+    #[test]
+    fn encode_refuses_what_cannot_round_trip() {
+        let p = Point::new("m", 0).tag("a", "x\ny").field("v", FieldValue::F64(1.0));
+        assert!(encode(&p, &mut String::new()).is_err());
+        let p = Point::new("#m", 0).field("v", FieldValue::F64(1.0));
+        assert!(encode(&p, &mut String::new()).is_err());
+        let p = Point::new("m", 0).field("v", FieldValue::F64(f64::NAN));
+        assert!(encode(&p, &mut String::new()).is_err());
+    }
+}

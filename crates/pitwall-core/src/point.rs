@@ -1,0 +1,172 @@
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A typed field value, as InfluxDB line protocol defines them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    /// 64-bit float (line protocol: no suffix).
+    F64(f64),
+    /// Signed integer (line protocol: `i` suffix).
+    I64(i64),
+    /// Unsigned integer (line protocol: `u` suffix).
+    U64(u64),
+    /// Boolean (line protocol: `t`, `true`, `F`, ...).
+    Bool(bool),
+    /// UTF-8 string (line protocol: double-quoted).
+    Str(String),
+}
+
+impl FieldValue {
+    /// The value as a float, for numeric aggregation; `None` for strings and booleans.
+    #[inline]
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            FieldValue::F64(v) => Some(v),
+            FieldValue::I64(v) => Some(v as f64),
+            FieldValue::U64(v) => Some(v as f64),
+            FieldValue::Bool(_) | FieldValue::Str(_) => None,
+        }
+    }
+
+    /// A short name of the type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FieldValue::F64(_) => "float",
+            FieldValue::I64(_) => "integer",
+            FieldValue::U64(_) => "unsigned integer",
+            FieldValue::Bool(_) => "boolean",
+            FieldValue::Str(_) => "string",
+        }
+    }
+}
+
+impl fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldValue::F64(v) => write!(f, "{v}"),
+            FieldValue::I64(v) => write!(f, "{v}"),
+            FieldValue::U64(v) => write!(f, "{v}"),
+            FieldValue::Bool(v) => write!(f, "{v}"),
+            FieldValue::Str(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// One telemetry point: the unit every pitwall stage passes on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// What is measured (`car`, `sensor`, `cpu`, ...); one clean table each.
+    pub measurement: String,
+    /// Identifying string dimensions, sorted by key.
+    pub tags: BTreeMap<String, String>,
+    /// The measured values; at least one.
+    pub fields: BTreeMap<String, FieldValue>,
+    /// Event time in nanoseconds since the Unix epoch.
+    pub time: i64,
+}
+
+impl Point {
+    /// An empty point of `measurement` at `time` (ns); add tags and fields with the builders.
+    pub fn new(measurement: impl Into<String>, time: i64) -> Self {
+        Point {
+            measurement: measurement.into(),
+            tags: BTreeMap::new(),
+            fields: BTreeMap::new(),
+            time,
+        }
+    }
+
+    /// Adds a tag.
+    #[must_use]
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a field.
+    #[must_use]
+    pub fn field(mut self, key: impl Into<String>, value: FieldValue) -> Self {
+        self.fields.insert(key.into(), value);
+        self
+    }
+
+    /// Checks what every codec and table relies on: a measurement, at least one field,
+    /// no empty keys, finite floats.
+    pub fn validate(&self) -> Result<()> {
+        if self.measurement.is_empty() {
+            return Err(Error::Invalid("the measurement name is empty".into()));
+        }
+        if self.fields.is_empty() {
+            return Err(Error::Invalid(format!(
+                "measurement {:?} has no fields; a point needs at least one",
+                self.measurement
+            )));
+        }
+        if self.tags.keys().any(String::is_empty) {
+            return Err(Error::Invalid("a tag has an empty key".into()));
+        }
+        for (k, v) in &self.fields {
+            if k.is_empty() {
+                return Err(Error::Invalid("a field has an empty key".into()));
+            }
+            if let FieldValue::F64(f) = v
+                && !f.is_finite()
+            {
+                return Err(Error::Invalid(format!(
+                    "field {k:?} is {f}; only finite floats are allowed"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The unit of a timestamp in line protocol or JSON input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Seconds.
+    S,
+    /// Milliseconds.
+    Ms,
+    /// Microseconds.
+    Us,
+    /// Nanoseconds (the line-protocol default).
+    #[default]
+    Ns,
+}
+
+impl Precision {
+    /// Nanoseconds in one unit.
+    pub fn nanos(self) -> i64 {
+        match self {
+            Precision::S => 1_000_000_000,
+            Precision::Ms => 1_000_000,
+            Precision::Us => 1_000,
+            Precision::Ns => 1,
+        }
+    }
+
+    /// Converts a timestamp in this unit to nanoseconds; `None` on overflow.
+    pub fn to_nanos(self, value: i64) -> Option<i64> {
+        value.checked_mul(self.nanos())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "s" => Ok(Precision::S),
+            "ms" => Ok(Precision::Ms),
+            "us" | "u" => Ok(Precision::Us),
+            "ns" | "n" => Ok(Precision::Ns),
+            other => Err(format!("unknown precision {other:?}; use s, ms, us or ns")),
+        }
+    }
+}

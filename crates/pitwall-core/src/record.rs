@@ -1,0 +1,112 @@
+//! Records the processor derives from points, one type per lake table that is not a
+//! clean measurement table. Clean rows are [`Point`](crate::Point)s themselves.
+
+/// Where a message came from on the bus: enough to find it again and to resume after it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Origin {
+    /// Topic name, e.g. `telemetry.raw`.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+}
+
+/// A payload exactly as received (`raw.events`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRecord {
+    /// Where it was read.
+    pub origin: Origin,
+    /// The message key (the source id), if any.
+    pub key: Option<String>,
+    /// When the bus accepted it, ns since the epoch.
+    pub ingest_time: i64,
+    /// The payload bytes, unchanged.
+    pub payload: Vec<u8>,
+}
+
+/// A payload that could not be turned into a valid point (`quarantine.rejects`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectRecord {
+    /// Where it was read.
+    pub origin: Origin,
+    /// When the bus accepted it, ns since the epoch.
+    pub ingest_time: i64,
+    /// The payload bytes, unchanged.
+    pub payload: Vec<u8>,
+    /// Why it was rejected, in words.
+    pub reason: String,
+}
+
+/// One aggregate of one numeric field over one window of one source (`metrics.windows`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowRecord {
+    /// Measurement the field belongs to.
+    pub measurement: String,
+    /// The source id (value of the measurement's source tag).
+    pub source_id: String,
+    /// Window name from the config, e.g. `tumble_10s`.
+    pub window: String,
+    /// Inclusive start, ns since the epoch.
+    pub window_start: i64,
+    /// Exclusive end, ns since the epoch.
+    pub window_end: i64,
+    /// The aggregated field.
+    pub field: String,
+    /// Number of values.
+    pub count: u64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Sum of values.
+    pub sum: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
+}
+
+/// One anomaly episode (`anomalies.events`): a rule's condition starting on a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalyRecord {
+    /// Deterministic id: the same input gives the same id, so replays can de-duplicate.
+    pub id: String,
+    /// Rule name from the config.
+    pub rule: String,
+    /// Rule kind (`threshold`, `rate_of_change`, `gear_consistency`).
+    pub kind: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// Measurement the rule watches.
+    pub measurement: String,
+    /// The source id the condition was seen on.
+    pub source_id: String,
+    /// The field the rule watches.
+    pub field: String,
+    /// Event time the condition started, ns since the epoch.
+    pub time: i64,
+    /// The value seen.
+    pub observed: f64,
+    /// The limit or expected value it was compared with.
+    pub expected: f64,
+    /// One sentence a race engineer can act on.
+    pub message: String,
+}
+
+/// An event that arrived after its window had closed (`quarantine.late`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateRecord {
+    /// Where it was read.
+    pub origin: Origin,
+    /// Measurement of the point.
+    pub measurement: String,
+    /// Source id of the point.
+    pub source_id: String,
+    /// Event time of the point, ns.
+    pub time: i64,
+    /// The watermark when it arrived, ns.
+    pub watermark: i64,
+    /// How far behind the watermark it was, ns.
+    pub lateness_ns: i64,
+    /// The payload bytes, unchanged.
+    pub payload: Vec<u8>,
+}

@@ -1,0 +1,355 @@
+//! The F1 race: cars driving a [`Track`] at a fixed sample rate, with injected faults.
+
+use pitwall_core::{FieldValue, Point};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::track::{TOP_SPEED, Track};
+use crate::{FaultKind, InjectedFault, Simulator};
+
+/// The 2024 grid: driver code and team.
+pub const GRID: [(&str, &str); 20] = [
+    ("VER", "Red Bull"),
+    ("PER", "Red Bull"),
+    ("HAM", "Mercedes"),
+    ("RUS", "Mercedes"),
+    ("LEC", "Ferrari"),
+    ("SAI", "Ferrari"),
+    ("NOR", "McLaren"),
+    ("PIA", "McLaren"),
+    ("ALO", "Aston Martin"),
+    ("STR", "Aston Martin"),
+    ("GAS", "Alpine"),
+    ("OCO", "Alpine"),
+    ("ALB", "Williams"),
+    ("SAR", "Williams"),
+    ("TSU", "RB"),
+    ("RIC", "RB"),
+    ("BOT", "Sauber"),
+    ("ZHO", "Sauber"),
+    ("HUL", "Haas"),
+    ("MAG", "Haas"),
+];
+
+/// Top speed of each gear at the shift point, km/h (gears 1 to 8).
+pub const GEAR_TOP_KPH: [f64; 8] = [100.0, 140.0, 175.0, 210.0, 245.0, 280.0, 310.0, 345.0];
+/// Engine speed at the shift point.
+pub const SHIFT_RPM: f64 = 12_500.0;
+
+/// RPM per km/h in each gear: the ratios a consistency check needs.
+pub fn gear_ratios() -> [f64; 8] {
+    GEAR_TOP_KPH.map(|top| SHIFT_RPM / top)
+}
+
+/// Settings of the race simulator; every one has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RaceConfig {
+    /// Number of cars (1 to 20; drivers come from the 2024 grid).
+    pub cars: usize,
+    /// Samples per second per car.
+    pub hz: f64,
+    /// Expected faults per car per simulated minute; 0 for a fault-free race.
+    pub faults_per_car_minute: f64,
+    /// Session tag on every point.
+    pub session: String,
+}
+
+impl Default for RaceConfig {
+    fn default() -> Self {
+        RaceConfig {
+            cars: 20,
+            hz: 10.0,
+            faults_per_car_minute: 0.05,
+            session: "sim-race".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ActiveFault {
+    kind: FaultKind,
+    start: i64,
+    /// For overheating: peak temperature; for a gear fault: the gear offset.
+    magnitude: f64,
+    index: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Car {
+    driver: &'static str,
+    team: &'static str,
+    pace: f64,
+    lap: i64,
+    distance: f64,
+    speed: f64,
+    engine_temp: f64,
+    oil_temp: f64,
+    tyre_temp: [f64; 4],
+    ers: f64,
+    pending: Option<FaultKind>,
+    fault: Option<ActiveFault>,
+    full_throttle_since: Option<i64>,
+    cooldown_until: i64,
+}
+
+/// Limits the default rules use; the simulator keeps normal driving inside them.
+pub mod limits {
+    /// Engine temperature above which a car is overheating, °C.
+    pub const ENGINE_TEMP_C: f64 = 120.0;
+    /// Minimum RPM drop that is a fault rather than a gear change.
+    pub const RPM_DROP: f64 = 4_500.0;
+}
+
+const SECOND: i64 = 1_000_000_000;
+
+/// A deterministic F1 race: the same seed and config give the same points.
+#[derive(Debug)]
+pub struct Race {
+    config: RaceConfig,
+    track: Track,
+    cars: Vec<Car>,
+    rng: ChaCha8Rng,
+    time: i64,
+    interval: i64,
+    faults: Vec<InjectedFault>,
+}
+
+impl Race {
+    /// A race on the default track starting at `start_time` (ns since the epoch).
+    pub fn new(config: RaceConfig, seed: u64, start_time: i64) -> Self {
+        Self::on_track(config, Track::default(), seed, start_time)
+    }
+
+    /// A race on `track`.
+    pub fn on_track(config: RaceConfig, track: Track, seed: u64, start_time: i64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = config.cars.clamp(1, GRID.len());
+        let cars = (0..n)
+            .map(|i| {
+                let (driver, team) = GRID[i];
+                Car {
+                    driver,
+                    team,
+                    pace: rng.random_range(0.965..1.0),
+                    lap: 0,
+                    // A grid: each car 8 m behind the one ahead, before the line.
+                    distance: track.length_m() - 8.0 * (i as f64 + 1.0),
+                    speed: 0.0,
+                    engine_temp: rng.random_range(92.0..96.0),
+                    oil_temp: rng.random_range(98.0..102.0),
+                    tyre_temp: [rng.random_range(80.0..86.0); 4],
+                    ers: 100.0,
+                    pending: None,
+                    fault: None,
+                    full_throttle_since: None,
+                    cooldown_until: start_time + 20 * SECOND,
+                }
+            })
+            .collect();
+        let interval = (1e9 / config.hz.max(0.001)).round() as i64;
+        Race {
+            config,
+            track,
+            cars,
+            rng,
+            time: start_time,
+            interval,
+            faults: Vec::new(),
+        }
+    }
+
+    /// The track the cars drive.
+    pub fn track(&self) -> &Track {
+        &self.track
+    }
+}
+
+impl Simulator for Race {
+    fn next_time(&self) -> i64 {
+        self.time
+    }
+
+    fn step(&mut self, out: &mut Vec<Point>) {
+        let dt = self.interval as f64 / 1e9;
+        let now = self.time;
+        let fault_chance = self.config.faults_per_car_minute * dt / 60.0;
+        for car in &mut self.cars {
+            let here = self.track.at(car.distance);
+            // Cars follow the profile scaled by their pace; a little noise, never above it.
+            let target = here.speed * car.pace * (1.0 - self.rng.random_range(0.0..0.004));
+            let max_gain = 14.0 * (1.0 - car.speed / TOP_SPEED).max(0.02) * dt;
+            car.speed = if target > car.speed {
+                (car.speed + max_gain).min(target)
+            } else {
+                target
+            };
+            car.distance += car.speed * dt;
+            if car.distance >= self.track.length_m() {
+                car.distance -= self.track.length_m();
+                car.lap += 1;
+            }
+            let pos = self.track.at(car.distance);
+            let speed_kph = car.speed * 3.6;
+            let accelerating = pos.accelerating || car.speed < target - 0.5;
+            let braking = pos.braking && !accelerating;
+            let throttle = if braking {
+                0.0
+            } else if accelerating || pos.speed >= TOP_SPEED * 0.999 {
+                100.0
+            } else {
+                // Holding a corner speed.
+                55.0 + self.rng.random_range(-5.0..5.0)
+            };
+            car.full_throttle_since = match (throttle >= 100.0, car.full_throttle_since) {
+                (true, Some(since)) => Some(since),
+                (true, None) => Some(now),
+                (false, _) => None,
+            };
+            let gear = GEAR_TOP_KPH
+                .iter()
+                .position(|&top| speed_kph <= top * 0.985)
+                .unwrap_or(7);
+            let ratio = SHIFT_RPM / GEAR_TOP_KPH[gear];
+            let mut rpm = (speed_kph * ratio).max(4_000.0) * (1.0 + self.rng.random_range(-0.004..0.004));
+            let mut reported_gear = gear as i64 + 1;
+            let load = throttle / 100.0;
+
+            // Normal thermal behaviour: first-order lags toward load-dependent targets.
+            let engine_target = 96.0 + 12.0 * load;
+            car.engine_temp += (engine_target - car.engine_temp) * (dt / 20.0);
+            let oil_target = car.engine_temp + 4.0;
+            car.oil_temp += (oil_target - car.oil_temp) * (dt / 40.0);
+            let cornering = if self.track.is_straight(car.distance) { 0.0 } else { 1.0 };
+            for (i, t) in car.tyre_temp.iter_mut().enumerate() {
+                let side = if i % 2 == 0 { 1.0 } else { 0.9 };
+                let target = 88.0 + 14.0 * cornering * side + if braking { 6.0 } else { 0.0 };
+                *t += (target - *t) * (dt / 6.0);
+            }
+            car.ers = if braking {
+                (car.ers + 1.5).min(100.0)
+            } else if throttle >= 100.0 {
+                (car.ers - 0.35).max(0.0)
+            } else {
+                car.ers
+            };
+
+            // Faults: draw, wait for a moment they can show, apply, and log the truth.
+            if car.fault.is_none()
+                && car.pending.is_none()
+                && now >= car.cooldown_until
+                && self.rng.random::<f64>() < fault_chance
+            {
+                car.pending = Some(match self.rng.random_range(0..3) {
+                    0 => FaultKind::Overheating,
+                    1 => FaultKind::RpmDrop,
+                    _ => FaultKind::GearMismatch,
+                });
+            }
+            if let Some(kind) = car.pending {
+                let ready = match kind {
+                    FaultKind::Overheating => true,
+                    // Flat out for a second on a fast straight: an RPM collapse cannot be a gear change.
+                    FaultKind::RpmDrop => {
+                        car.full_throttle_since.is_some_and(|since| now - since >= SECOND)
+                            && rpm >= 10_500.0
+                            && pos.speed >= TOP_SPEED * 0.7
+                    }
+                    FaultKind::GearMismatch => speed_kph >= 150.0,
+                    FaultKind::SensorOverheat => false,
+                };
+                if ready {
+                    car.pending = None;
+                    let magnitude = match kind {
+                        FaultKind::Overheating => self.rng.random_range(128.0..136.0),
+                        FaultKind::GearMismatch => {
+                            if gear >= 5 { -2.0 } else { 2.0 }
+                        }
+                        _ => 0.0,
+                    };
+                    self.faults.push(InjectedFault {
+                        kind,
+                        measurement: "car".into(),
+                        source_id: car.driver.into(),
+                        start: now,
+                        end: None,
+                    });
+                    car.fault = Some(ActiveFault {
+                        kind,
+                        start: now,
+                        magnitude,
+                        index: self.faults.len() - 1,
+                    });
+                }
+            }
+            let mut ended = false;
+            if let Some(f) = &car.fault {
+                let age = (now - f.start) as f64 / 1e9;
+                match f.kind {
+                    FaultKind::Overheating => {
+                        // Climb over 3 s, hold 4 s, then cool down through the normal lag.
+                        if age < 3.0 {
+                            let from = car.engine_temp.min(110.0);
+                            car.engine_temp = from + (f.magnitude - from) * (age / 3.0).max(0.1);
+                        } else if age < 7.0 {
+                            car.engine_temp = f.magnitude + self.rng.random_range(-0.3..0.3);
+                        } else {
+                            car.engine_temp += (engine_target - car.engine_temp) * (dt / 2.0);
+                            ended = car.engine_temp < limits::ENGINE_TEMP_C - 3.0;
+                        }
+                    }
+                    FaultKind::RpmDrop => {
+                        rpm = 3_600.0 + self.rng.random_range(0.0..400.0);
+                        ended = age >= 1.5;
+                    }
+                    FaultKind::GearMismatch => {
+                        reported_gear = (reported_gear + f.magnitude as i64).clamp(1, 8);
+                        ended = age >= 2.0;
+                    }
+                    FaultKind::SensorOverheat => ended = true,
+                }
+                if ended {
+                    self.faults[f.index].end = Some(now);
+                    car.fault = None;
+                    car.cooldown_until = now + 20 * SECOND;
+                }
+            }
+
+            let drs = self.track.segments[pos.segment].drs_zone && throttle >= 100.0 && speed_kph > 250.0;
+            let round1 = |v: f64| (v * 10.0).round() / 10.0;
+            let mut p = Point::new("car", now)
+                .tag("driver", car.driver)
+                .tag("team", car.team)
+                .tag("session", self.config.session.clone())
+                .tag("track", self.track.name.clone())
+                .field("speed_kph", FieldValue::F64(round1(speed_kph)))
+                .field("rpm", FieldValue::I64(rpm.round() as i64))
+                .field("gear", FieldValue::I64(reported_gear))
+                .field("throttle_pct", FieldValue::F64(round1(throttle)))
+                .field("brake", FieldValue::Bool(braking))
+                .field("drs", FieldValue::Bool(drs))
+                .field("engine_temp_c", FieldValue::F64(round1(car.engine_temp)))
+                .field("oil_temp_c", FieldValue::F64(round1(car.oil_temp)))
+                .field("ers_pct", FieldValue::F64(round1(car.ers)))
+                .field("lap", FieldValue::I64(car.lap))
+                .field("distance_m", FieldValue::F64(round1(car.distance)))
+                .field("x", FieldValue::F64(round1(pos.x)))
+                .field("y", FieldValue::F64(round1(pos.y)));
+            for (name, t) in ["fl", "fr", "rl", "rr"].iter().zip(car.tyre_temp) {
+                p.fields
+                    .insert(format!("tyre_temp_{name}_c"), FieldValue::F64(round1(t)));
+            }
+            out.push(p);
+        }
+        self.time += self.interval;
+    }
+
+    fn interval(&self) -> i64 {
+        self.interval
+    }
+
+    fn faults(&self) -> &[InjectedFault] {
+        &self.faults
+    }
+}

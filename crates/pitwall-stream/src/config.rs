@@ -1,0 +1,393 @@
+//! Processor settings: which tag identifies a source, event-time bounds, windows and
+//! anomaly rules. Read from `[processor]` in `pitwall.toml`; every setting has a default
+//! that matches the simulators.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Everything the processor needs to know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProcessorConfig {
+    /// How far behind the newest event time an event may arrive and still count.
+    #[serde(with = "humantime_serde")]
+    pub out_of_orderness: Duration,
+    /// Extra time after a window's end during which late events still update it.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Per-measurement settings, by measurement name.
+    pub measurements: BTreeMap<String, MeasurementConfig>,
+    /// Window aggregations.
+    pub windows: Vec<WindowConfig>,
+    /// Anomaly rules.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// Settings of one measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MeasurementConfig {
+    /// The tag whose value identifies a source (the bus key).
+    pub source_tag: String,
+}
+
+/// A tumbling window per source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WindowConfig {
+    /// Name stored with every aggregate (`window` column).
+    pub name: String,
+    /// Measurements it applies to; empty means all.
+    #[serde(default)]
+    pub measurements: Vec<String>,
+    /// Window length.
+    #[serde(with = "humantime_serde")]
+    pub size: Duration,
+    /// Fields aggregated; empty means every numeric field.
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+/// How bad an anomaly is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth a look.
+    Info,
+    /// Needs attention.
+    #[default]
+    Warning,
+    /// Act now.
+    Critical,
+}
+
+impl Severity {
+    /// Lower-case name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One anomaly rule. Every kind has a unique `name`, the `measurement` it watches and a
+/// `severity`; the rest depends on the kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", rename_all_fields = "kebab-case", deny_unknown_fields)]
+pub enum RuleConfig {
+    /// A field above (or below) a limit, e.g. engine temperature over 120 °C.
+    Threshold {
+        /// Unique name, stored with every anomaly.
+        name: String,
+        /// Measurement it watches.
+        measurement: String,
+        /// How bad it is when it fires.
+        #[serde(default)]
+        severity: Severity,
+        /// Field compared.
+        field: String,
+        /// Fires when the value is above this.
+        #[serde(default)]
+        above: Option<f64>,
+        /// Fires when the value is below this.
+        #[serde(default)]
+        below: Option<f64>,
+        /// The episode ends once the value is this far back inside the limit.
+        #[serde(default)]
+        hysteresis: f64,
+    },
+    /// A field falls by more than `drop` within `within` while another field stays high
+    /// (an RPM drop at full throttle).
+    RateOfChange {
+        /// Unique name, stored with every anomaly.
+        name: String,
+        /// Measurement it watches.
+        measurement: String,
+        /// How bad it is when it fires.
+        #[serde(default)]
+        severity: Severity,
+        /// Field watched.
+        field: String,
+        /// Smallest fall that fires.
+        drop: f64,
+        /// Time span the fall must happen in.
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+        /// Field that must stay high throughout (e.g. `throttle_pct`); none means always.
+        #[serde(default)]
+        while_field: Option<String>,
+        /// How high it must stay.
+        #[serde(default)]
+        while_above: f64,
+    },
+    /// The reported gear is not the one speed and RPM imply.
+    GearConsistency {
+        /// Unique name, stored with every anomaly.
+        name: String,
+        /// Measurement it watches.
+        measurement: String,
+        /// How bad it is when it fires.
+        #[serde(default)]
+        severity: Severity,
+        /// Gear field.
+        gear_field: String,
+        /// Speed field, km/h.
+        speed_field: String,
+        /// Engine speed field.
+        rpm_field: String,
+        /// RPM per km/h in each gear, first gear first.
+        ratios: Vec<f64>,
+        /// Relative tolerance when matching RPM/speed to a ratio (0.05 = 5 %).
+        tolerance: f64,
+        /// Below this speed (clutch slip, pit lane) the check is skipped.
+        min_speed: f64,
+    },
+}
+
+impl RuleConfig {
+    /// The rule's name.
+    pub fn name(&self) -> &str {
+        match self {
+            RuleConfig::Threshold { name, .. }
+            | RuleConfig::RateOfChange { name, .. }
+            | RuleConfig::GearConsistency { name, .. } => name,
+        }
+    }
+
+    /// The measurement it watches.
+    pub fn measurement(&self) -> &str {
+        match self {
+            RuleConfig::Threshold { measurement, .. }
+            | RuleConfig::RateOfChange { measurement, .. }
+            | RuleConfig::GearConsistency { measurement, .. } => measurement,
+        }
+    }
+
+    /// How bad it is when it fires.
+    pub fn severity(&self) -> Severity {
+        match self {
+            RuleConfig::Threshold { severity, .. }
+            | RuleConfig::RateOfChange { severity, .. }
+            | RuleConfig::GearConsistency { severity, .. } => *severity,
+        }
+    }
+
+    /// Kind name as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuleConfig::Threshold { .. } => "threshold",
+            RuleConfig::RateOfChange { .. } => "rate-of-change",
+            RuleConfig::GearConsistency { .. } => "gear-consistency",
+        }
+    }
+}
+
+impl Default for ProcessorConfig {
+    /// Settings that match the simulators and the seeds: 10 s tumbling windows and the
+    /// overheating, RPM-drop and gear-consistency rules.
+    fn default() -> Self {
+        let measurements = [("car", "driver"), ("sensor", "sensor_id")]
+            .into_iter()
+            .map(|(m, tag)| {
+                (
+                    m.to_owned(),
+                    MeasurementConfig {
+                        source_tag: tag.to_owned(),
+                    },
+                )
+            })
+            .collect();
+        ProcessorConfig {
+            out_of_orderness: Duration::from_secs(2),
+            allowed_lateness: Duration::ZERO,
+            measurements,
+            windows: vec![WindowConfig {
+                name: "tumble_10s".into(),
+                measurements: Vec::new(),
+                size: Duration::from_secs(10),
+                fields: Vec::new(),
+            }],
+            rules: vec![
+                RuleConfig::Threshold {
+                    name: "engine_overheat".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Critical,
+                    field: "engine_temp_c".into(),
+                    above: Some(120.0),
+                    below: None,
+                    hysteresis: 2.0,
+                },
+                RuleConfig::RateOfChange {
+                    name: "rpm_drop".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Warning,
+                    field: "rpm".into(),
+                    drop: 4500.0,
+                    within: Duration::from_millis(500),
+                    while_field: Some("throttle_pct".into()),
+                    while_above: 80.0,
+                },
+                RuleConfig::GearConsistency {
+                    name: "gear_mismatch".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Warning,
+                    gear_field: "gear".into(),
+                    speed_field: "speed_kph".into(),
+                    rpm_field: "rpm".into(),
+                    ratios: [100.0, 140.0, 175.0, 210.0, 245.0, 280.0, 310.0, 345.0]
+                        .map(|top| 12_500.0 / top)
+                        .to_vec(),
+                    tolerance: 0.05,
+                    min_speed: 60.0,
+                },
+                RuleConfig::Threshold {
+                    name: "sensor_overheat".into(),
+                    measurement: "sensor".into(),
+                    severity: Severity::Critical,
+                    field: "temperature_c".into(),
+                    above: Some(50.0),
+                    below: None,
+                    hysteresis: 2.0,
+                },
+            ],
+        }
+    }
+}
+
+impl ProcessorConfig {
+    /// Checks what serde cannot: names unique, sizes positive, limits coherent. Each
+    /// error names the key and says what to change.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: String, message: String| Err(Error::Config { key, message });
+        for (m, mc) in &self.measurements {
+            if mc.source_tag.is_empty() {
+                return bad(
+                    format!("processor.measurements.{m}.source-tag"),
+                    "is empty; name the tag that identifies a source, e.g. \"host\"".into(),
+                );
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, w) in self.windows.iter().enumerate() {
+            let key = format!("processor.windows[{i}]");
+            if w.name.is_empty() {
+                return bad(format!("{key}.name"), "is empty; give the window a name such as \"tumble_10s\"".into());
+            }
+            if !names.insert(w.name.clone()) {
+                return bad(format!("{key}.name"), format!("{:?} is used by another window; names must be unique", w.name));
+            }
+            if w.size < Duration::from_millis(1) {
+                return bad(format!("{key}.size"), format!("is {:?}; a window must be at least 1ms long", w.size));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let key = format!("processor.rules[{i}]");
+            if r.name().is_empty() {
+                return bad(format!("{key}.name"), "is empty; give the rule a name".into());
+            }
+            if !names.insert(r.name().to_owned()) {
+                return bad(format!("{key}.name"), format!("{:?} is used by another rule; names must be unique", r.name()));
+            }
+            if r.measurement().is_empty() {
+                return bad(format!("{key}.measurement"), "is empty; name the measurement the rule watches".into());
+            }
+            match r {
+                RuleConfig::Threshold { above, below, hysteresis, .. } => {
+                    if above.is_none() && below.is_none() {
+                        return bad(format!("{key}.above"), "a threshold rule needs `above`, `below` or both".into());
+                    }
+                    if !(*hysteresis >= 0.0) {
+                        return bad(format!("{key}.hysteresis"), format!("is {hysteresis}; it must be zero or more"));
+                    }
+                }
+                RuleConfig::RateOfChange { drop, within, .. } => {
+                    if !(*drop > 0.0) {
+                        return bad(format!("{key}.drop"), format!("is {drop}; it must be more than zero"));
+                    }
+                    if within.is_zero() {
+                        return bad(format!("{key}.within"), "is zero; give a span such as \"500ms\"".into());
+                    }
+                }
+                RuleConfig::GearConsistency { ratios, tolerance, .. } => {
+                    if ratios.is_empty() || ratios.iter().any(|r| !(*r > 0.0)) {
+                        return bad(format!("{key}.ratios"), "needs one positive RPM-per-km/h ratio per gear, first gear first".into());
+                    }
+                    if !(*tolerance > 0.0 && *tolerance < 0.5) {
+                        return bad(format!("{key}.tolerance"), format!("is {tolerance}; use a fraction such as 0.05"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The source tag of `measurement`: configured, else `host`.
+    pub fn source_tag(&self, measurement: &str) -> &str {
+        self.measurements
+            .get(measurement)
+            .map_or("host", |m| m.source_tag.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ProcessorConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rules_parse_from_toml() {
+        let c: ProcessorConfig = toml::from_str(
+            r#"
+            [[rules]]
+            name = "hot"
+            measurement = "car"
+            kind = "threshold"
+            field = "oil_temp_c"
+            above = 130.0
+            severity = "critical"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.rules.len(), 1);
+        assert_eq!(c.rules[0].severity(), Severity::Critical);
+        assert_eq!(c.windows.len(), 1, "defaults kept for what the file leaves out");
+    }
+
+    #[test]
+    fn bad_rules_name_the_key() {
+        let c: ProcessorConfig = toml::from_str(
+            r#"
+            [[rules]]
+            name = "hot"
+            measurement = "car"
+            kind = "threshold"
+            field = "oil_temp_c"
+            "#,
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert_eq!(e, "config key processor.rules[0].above: a threshold rule needs `above`, `below` or both");
+        let e = toml::from_str::<ProcessorConfig>("[[rules]]\nname='x'\nmeasurement='car'\nkind='magic'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `magic`"), "{e}");
+        let e = toml::from_str::<ProcessorConfig>(
+            "[[rules]]\nname='x'\nmeasurement='car'\nkind='threshold'\nfield='a'\nabove=1.0\nabvoe=2.0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `abvoe`"), "{e}");
+    }
+}

@@ -1,0 +1,208 @@
+//! The per-partition processor: raw bus message in, every derived record out.
+
+use std::sync::Arc;
+
+use pitwall_bus::Message;
+use pitwall_core::record::{
+    AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord,
+};
+use pitwall_core::{Point, Precision, json};
+
+use crate::config::ProcessorConfig;
+use crate::normalize::{SchemaRegistry, normalize_names};
+use crate::rules::RuleEngine;
+use crate::window::TumblingWindows;
+
+/// Everything the processor derived from a run of messages, one list per lake table.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outputs {
+    /// Every payload as received.
+    pub raw: Vec<RawRecord>,
+    /// Valid, normalized points.
+    pub clean: Vec<Point>,
+    /// Window aggregates that closed.
+    pub windows: Vec<WindowRecord>,
+    /// Anomaly episodes that started.
+    pub anomalies: Vec<AnomalyRecord>,
+    /// Payloads that were not valid points.
+    pub rejects: Vec<RejectRecord>,
+    /// Valid points that arrived too late for their window.
+    pub late: Vec<LateRecord>,
+}
+
+impl Outputs {
+    /// Total records of every kind.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+            + self.clean.len()
+            + self.windows.len()
+            + self.anomalies.len()
+            + self.rejects.len()
+            + self.late.len()
+    }
+
+    /// True if nothing was derived.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves everything from `other` to the end of `self`.
+    pub fn append(&mut self, other: &mut Outputs) {
+        self.raw.append(&mut other.raw);
+        self.clean.append(&mut other.clean);
+        self.windows.append(&mut other.windows);
+        self.anomalies.append(&mut other.anomalies);
+        self.rejects.append(&mut other.rejects);
+        self.late.append(&mut other.late);
+    }
+}
+
+/// Earliest plausible event time: 2000-01-01. Anything before is almost always a
+/// timestamp in seconds or milliseconds sent where nanoseconds were expected.
+const EARLIEST: i64 = 946_684_800_000_000_000;
+/// Latest plausible event time, relative to when the bus accepted the message.
+const MAX_FUTURE: i64 = 24 * 3600 * 1_000_000_000;
+
+/// Processes one partition's messages in offset order. Pure and deterministic: the same
+/// messages give the same outputs, so a replay rebuilds the same state.
+#[derive(Debug)]
+pub struct Processor {
+    config: Arc<ProcessorConfig>,
+    schemas: SchemaRegistry,
+    topic: String,
+    partition: u32,
+    windows: Vec<TumblingWindows>,
+    rules: RuleEngine,
+    max_time: i64,
+    out_of_orderness: i64,
+    lateness: i64,
+}
+
+impl Processor {
+    /// A processor for `partition` of `topic`. `config` must have passed validation.
+    pub fn new(config: Arc<ProcessorConfig>, schemas: SchemaRegistry, topic: &str, partition: u32) -> Self {
+        let lateness = i64::try_from(config.allowed_lateness.as_nanos()).unwrap_or(i64::MAX);
+        let windows = config
+            .windows
+            .iter()
+            .map(|w| TumblingWindows::new(w, lateness))
+            .collect();
+        let rules = RuleEngine::new(&config.rules);
+        Processor {
+            out_of_orderness: i64::try_from(config.out_of_orderness.as_nanos()).unwrap_or(i64::MAX),
+            lateness,
+            config,
+            schemas,
+            topic: topic.to_owned(),
+            partition,
+            windows,
+            rules,
+            max_time: i64::MIN,
+        }
+    }
+
+    /// The event-time watermark: no event older than this is expected any more.
+    pub fn watermark(&self) -> i64 {
+        self.max_time.saturating_sub(self.out_of_orderness)
+    }
+
+    /// Processes one message, appending what it yields to `out`.
+    pub fn process(&mut self, msg: &Message, out: &mut Outputs) {
+        let origin = Origin {
+            topic: self.topic.clone(),
+            partition: msg.partition as i32,
+            offset: msg.offset,
+        };
+        out.raw.push(RawRecord {
+            origin: origin.clone(),
+            key: msg.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            ingest_time: msg.timestamp,
+            payload: msg.payload.to_vec(),
+        });
+        let (point, source_id) = match self.validate(msg) {
+            Ok(v) => v,
+            Err(reason) => {
+                out.rejects.push(RejectRecord {
+                    origin,
+                    ingest_time: msg.timestamp,
+                    payload: msg.payload.to_vec(),
+                    reason,
+                });
+                return;
+            }
+        };
+        let watermark = self.watermark();
+        if point.time < watermark.saturating_sub(self.lateness) {
+            out.late.push(LateRecord {
+                origin,
+                measurement: point.measurement,
+                source_id,
+                time: point.time,
+                watermark,
+                lateness_ns: watermark - point.time,
+                payload: msg.payload.to_vec(),
+            });
+            return;
+        }
+        for w in &mut self.windows {
+            w.add(&source_id, &point);
+        }
+        self.rules.evaluate(&source_id, &point, &mut out.anomalies);
+        if point.time > self.max_time {
+            self.max_time = point.time;
+            let watermark = self.watermark();
+            for w in &mut self.windows {
+                w.fire(watermark, &mut out.windows);
+            }
+        }
+        out.clean.push(point);
+    }
+
+    /// End of input: closes every open window.
+    pub fn finish(&mut self, out: &mut Outputs) {
+        for w in &mut self.windows {
+            w.fire_all(&mut out.windows);
+        }
+    }
+
+    /// Decodes, validates and normalizes a payload; the error is the reject reason.
+    fn validate(&self, msg: &Message) -> Result<(Point, String), String> {
+        let mut point = json::decode(&msg.payload, msg.timestamp, Precision::S)
+            .map_err(|e| e.to_string())?;
+        normalize_names(&mut point)?;
+        let tag = self.config.source_tag(&point.measurement);
+        let source_id = match point.tags.get(tag) {
+            Some(s) => s.clone(),
+            None => {
+                return Err(format!(
+                    "measurement {:?} has no {tag:?} tag, which identifies its source",
+                    point.measurement
+                ));
+            }
+        };
+        if point.time < EARLIEST {
+            return Err(format!(
+                "time {} is before the year 2000; timestamps are nanoseconds since the epoch (was it sent in seconds or milliseconds?)",
+                point.time
+            ));
+        }
+        if point.time > msg.timestamp.saturating_add(MAX_FUTURE) {
+            return Err(format!(
+                "time {} is more than a day after the message arrived ({}); check the clock and the timestamp precision",
+                point.time, msg.timestamp
+            ));
+        }
+        self.schemas.conform(&mut point)?;
+        Ok((point, source_id))
+    }
+
+    /// Partition this processor reads.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Open window count, for status.
+    pub fn open_windows(&self) -> usize {
+        self.windows.iter().map(TumblingWindows::open_windows).sum()
+    }
+}
