@@ -1,1 +1,295 @@
-//! pitwall-lake
+//! The lake: Apache Iceberg tables that every stage of pitwall lands in.
+//!
+//! [`Lake`] opens (or creates) an Iceberg SQL catalog and a warehouse: in the embedded
+//! shape a SQLite file and a local directory under `--data-dir`. Tables are named by
+//! stage, as the seeds lay out their buckets: `raw.events`, `clean.<measurement>`,
+//! `metrics.windows`, `anomalies.events`, `quarantine.rejects` and `quarantine.late`,
+//! each partitioned by day. [`LakeWriter`] buffers the processor's outputs and commits
+//! them in batches (by row count or time), recording in every snapshot summary the bus
+//! offsets the commit covers. Any Iceberg reader (PyIceberg, DuckDB, Trino, Spark) can
+//! read the same tables through the same catalog.
+
+pub mod tables;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::Type;
+use iceberg::table::Table;
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use pitwall_stream::FieldType;
+use serde::{Deserialize, Serialize};
+
+pub use tables::Fixed;
+pub use writer::{CommitStats, LakeWriter, OFFSETS_PROPERTY, committed_offsets};
+
+/// Lake errors; each says what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {source}; check that it exists and is writable, or pass another --data-dir")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The Iceberg catalog or a table operation failed.
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    /// Building Arrow data failed (a bug: types are checked before).
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// A clean table has a column whose type pitwall cannot write into.
+    #[error("table {table}: column {column} is {found}, which pitwall cannot write {wanted} values into; rename the field or drop the column")]
+    Incompatible {
+        /// Table name.
+        table: String,
+        /// Column name.
+        column: String,
+        /// The column's type.
+        found: String,
+        /// The value type.
+        wanted: String,
+    },
+    /// Something that should not happen.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the lake lives and how often it commits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LakeConfig {
+    /// Holds `catalog.db` (the SQLite catalog) and `warehouse/` (the table files).
+    pub data_dir: PathBuf,
+    /// Commit at least this often while data flows.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Commit as soon as this many rows are buffered.
+    pub commit_rows: usize,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig {
+            data_dir: PathBuf::from("pitwall-data"),
+            commit_interval: Duration::from_secs(5),
+            commit_rows: 200_000,
+        }
+    }
+}
+
+impl LakeConfig {
+    /// A lake in `dir` for tests.
+    pub fn test_config(dir: &Path) -> Self {
+        LakeConfig {
+            data_dir: dir.to_owned(),
+            commit_interval: Duration::from_millis(200),
+            commit_rows: 10_000,
+        }
+    }
+}
+
+/// Name of the catalog in the SQL catalog's tables; readers must use the same.
+pub const CATALOG_NAME: &str = "pitwall";
+
+/// An open lake: the catalog and the warehouse.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    catalog: Arc<SqlCatalog>,
+    config: LakeConfig,
+    warehouse: String,
+    catalog_uri: String,
+}
+
+impl Lake {
+    /// Opens the lake in `config.data_dir`, creating the catalog, the namespaces and
+    /// the fixed tables on first use.
+    pub async fn open(config: LakeConfig) -> Result<Lake> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir.join("warehouse")).map_err(|source| Error::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let dir = dir.canonicalize().map_err(|source| Error::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let warehouse = format!("file://{}", dir.join("warehouse").display());
+        let catalog_uri = format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display());
+        let catalog = SqlCatalogBuilder::default()
+            .uri(&catalog_uri)
+            .warehouse_location(&warehouse)
+            .sql_bind_style(SqlBindStyle::QMark)
+            // One connection: SQLite serializes writers anyway, and this avoids lock errors.
+            .prop("pool.max-connections", "1")
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load(CATALOG_NAME, HashMap::new())
+            .await?;
+        let lake = Lake {
+            catalog: Arc::new(catalog),
+            config: LakeConfig {
+                data_dir: dir.clone(),
+                ..config
+            },
+            warehouse,
+            catalog_uri,
+        };
+        for ns in tables::NAMESPACES {
+            let ident = NamespaceIdent::new(ns.to_owned());
+            if !lake.catalog.namespace_exists(&ident).await? {
+                lake.catalog.create_namespace(&ident, HashMap::new()).await?;
+            }
+        }
+        for t in Fixed::ALL {
+            let ident = t.ident();
+            if !lake.catalog.table_exists(&ident).await? {
+                let schema = t.schema();
+                let spec = tables::day_partition(&schema, t.time_column())?;
+                lake.create_table(&ident, schema, spec).await?;
+            }
+        }
+        Ok(lake)
+    }
+
+    async fn create_table(
+        &self,
+        ident: &TableIdent,
+        schema: iceberg::spec::Schema,
+        spec: iceberg::spec::UnboundPartitionSpec,
+    ) -> Result<Table> {
+        let creation = TableCreation::builder()
+            .name(ident.name().to_owned())
+            .schema(schema)
+            .partition_spec(spec)
+            .properties([
+                ("write.format.default".to_owned(), "parquet".to_owned()),
+                ("write.parquet.compression-codec".to_owned(), "zstd".to_owned()),
+            ])
+            .build();
+        Ok(self.catalog.create_table(ident.namespace(), creation).await?)
+    }
+
+    /// The catalog, for readers such as DataFusion.
+    pub fn catalog(&self) -> Arc<dyn Catalog> {
+        Arc::clone(&self.catalog) as Arc<dyn Catalog>
+    }
+
+    /// The settings the lake was opened with (`data_dir` made absolute).
+    pub fn config(&self) -> &LakeConfig {
+        &self.config
+    }
+
+    /// The warehouse location (`file:///…`).
+    pub fn warehouse(&self) -> &str {
+        &self.warehouse
+    }
+
+    /// The catalog's database URI, for other readers (PyIceberg's `SqlCatalog`).
+    pub fn catalog_uri(&self) -> &str {
+        &self.catalog_uri
+    }
+
+    /// Loads a table.
+    pub async fn table(&self, ident: &TableIdent) -> Result<Table> {
+        Ok(self.catalog.load_table(ident).await?)
+    }
+
+    /// The field types of every clean table, to seed the processor's schema registry
+    /// so a restart keeps the column types it had.
+    pub async fn clean_schemas(&self) -> Result<Vec<(String, Vec<(String, FieldType)>)>> {
+        let ns = NamespaceIdent::new("clean".to_owned());
+        let mut out = Vec::new();
+        for ident in self.catalog.list_tables(&ns).await? {
+            let table = self.catalog.load_table(&ident).await?;
+            let schema = table.metadata().current_schema();
+            let fields = schema
+                .as_struct()
+                .fields()
+                .iter()
+                .filter(|f| f.name != "time")
+                .filter_map(|f| {
+                    // Tags are strings too; only the registry's field entries matter, and a
+                    // string type is what a tag-named field would have to be anyway.
+                    tables::clean_field_type(&f.field_type).map(|t| (f.name.clone(), t))
+                })
+                .collect();
+            out.push((ident.name().to_owned(), fields));
+        }
+        Ok(out)
+    }
+
+    /// Makes sure `clean.<measurement>` exists and has a column for every tag and field,
+    /// creating the table or adding columns as needed.
+    pub async fn ensure_clean_table(
+        &self,
+        measurement: &str,
+        tags: &std::collections::BTreeSet<String>,
+        fields: &BTreeMap<String, FieldType>,
+    ) -> Result<Table> {
+        let ident = tables::clean_ident(measurement);
+        if !self.catalog.table_exists(&ident).await? {
+            let schema = tables::clean_schema(tags, fields.iter().map(|(k, v)| (k, *v)))?;
+            let spec = tables::day_partition(&schema, "time")?;
+            match self.create_table(&ident, schema, spec).await {
+                Ok(t) => return Ok(t),
+                // Another process created it first: fall through and evolve it.
+                Err(_) if self.catalog.table_exists(&ident).await? => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let table = self.catalog.load_table(&ident).await?;
+        let schema = table.metadata().current_schema().clone();
+        let mut missing = Vec::new();
+        for t in tags {
+            match schema.field_by_name(t) {
+                None => missing.push(AddColumn::optional(t, Type::Primitive(iceberg::spec::PrimitiveType::String))),
+                Some(f) if *f.field_type != Type::Primitive(iceberg::spec::PrimitiveType::String) => {
+                    return Err(Error::Incompatible {
+                        table: format!("clean.{measurement}"),
+                        column: t.clone(),
+                        found: f.field_type.to_string(),
+                        wanted: "tag (string)".into(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        for (f, ft) in fields {
+            match schema.field_by_name(f) {
+                None => missing.push(AddColumn::optional(f, Type::Primitive(tables::field_type(*ft)))),
+                Some(col) if tables::clean_field_type(&col.field_type) != Some(*ft)
+                    && !(matches!(ft, FieldType::UInt) && tables::clean_field_type(&col.field_type) == Some(FieldType::Int)) =>
+                {
+                    return Err(Error::Incompatible {
+                        table: format!("clean.{measurement}"),
+                        column: f.clone(),
+                        found: col.field_type.to_string(),
+                        wanted: format!("{ft:?}").to_lowercase(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if missing.is_empty() {
+            return Ok(table);
+        }
+        let tx = Transaction::new(&table);
+        let mut action = tx.update_schema();
+        for col in missing {
+            action = action.add_column(col);
+        }
+        let tx = action.apply(tx)?;
+        Ok(tx.commit(self.catalog.as_ref()).await?)
+    }
+}

@@ -1,0 +1,299 @@
+//! The `pitwall` binary: clap commands that wire the crates together.
+//!
+//! `pitwall up` runs the whole pipeline in one process (simulators, in-process bus,
+//! processors, Iceberg lake); `pitwall query` runs SQL over the lake; `pitwall sim`
+//! prints simulated telemetry; `pitwall rules check` validates a config file. The entry
+//! point is [`startup`].
+
+pub mod config;
+pub mod pipeline;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// pitwall: a real-time telemetry lakehouse in one binary.
+///
+/// Telemetry from race cars, IoT sensors and machines goes onto a bus, is cleaned,
+/// windowed and checked for anomalies, and lands exactly once in Apache Iceberg tables
+/// that DataFusion, Trino, DuckDB, Spark and PyIceberg can read.
+#[derive(Debug, Parser)]
+#[command(name = "pitwall", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in this process: simulators, bus, processor and lake.
+    ///
+    /// A status line every few seconds shows events/s, rows committed, anomalies and
+    /// rejects. Ctrl-C (or the end of --duration) stops the simulators, drains the bus,
+    /// closes open windows and commits everything before exiting; a second Ctrl-C aborts.
+    Up(UpArgs),
+    /// Run SQL over the lake's tables with DataFusion.
+    ///
+    /// Tables have two-part names: raw.events, clean.car, clean.sensor,
+    /// metrics.windows, anomalies.events, quarantine.rejects, quarantine.late.
+    /// Example: pitwall query "SELECT driver, max(speed_kph) FROM clean.car GROUP BY driver"
+    Query(QueryArgs),
+    /// Print simulated telemetry to stdout (JSON lines or line protocol).
+    Sim(SimArgs),
+    /// Work with anomaly rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Validate a config file's windows and rules without starting anything.
+    Check {
+        /// The file to check (pitwall.toml format).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Config file (default: ./pitwall.toml if present, else built-in defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory holding the lake: the SQLite catalog and the warehouse.
+    #[arg(long, value_name = "DIR", default_value = "pitwall-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Stop after this long (e.g. 30s, 5m); default: run until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Simulator seed (overrides sim.seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Simulated seconds per second, 0 for as fast as possible (overrides sim.speed).
+    #[arg(long)]
+    speed: Option<f64>,
+    /// Seconds between status lines.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    /// The SQL statement.
+    sql: String,
+    #[command(flatten)]
+    common: Common,
+    /// Output: table (aligned), csv or json (one object per line).
+    #[arg(long, default_value = "table")]
+    format: pitwall_query::Format,
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// Simulated time to print.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Simulator seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// json (the bus payload) or lp (InfluxDB line protocol).
+    #[arg(long, default_value = "json")]
+    format: String,
+    /// Config file for the simulator settings.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Parses the command line, runs the command, and turns errors into a message and an
+/// exit code.
+pub fn startup() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pitwall=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Query(args) => query(args).await,
+        Command::Sim(args) => sim(args),
+        Command::Rules {
+            command: RulesCommand::Check { file },
+        } => {
+            let c = config::check_file(&file)?;
+            println!(
+                "{}: ok ({} windows, {} rules)",
+                file.display(),
+                c.processor.windows.len(),
+                c.processor.rules.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.common.config.as_deref())?.with_data_dir(Some(args.common.data_dir));
+    if let Some(seed) = args.seed {
+        config.sim.seed = seed;
+    }
+    if let Some(speed) = args.speed {
+        config.sim.speed = speed;
+        config.validate()?;
+    }
+    let cancel = CancellationToken::new();
+    let stats = Arc::new(pipeline::Stats::default());
+    // Ctrl-C: finish cleanly; a second one aborts.
+    {
+        let cancel = cancel.clone();
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "stopping: draining the bus and committing {} events not yet in the lake (Ctrl-C again to abort)",
+                    stats
+                        .produced
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .saturating_sub(stats.processed.load(std::sync::atomic::Ordering::Relaxed))
+                );
+                cancel.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("aborted: rows not yet committed were not saved");
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+    if let Some(d) = args.duration {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            cancel.cancel();
+        });
+    }
+    let status = tokio::spawn(status::report(Arc::clone(&stats), args.status_interval, cancel.clone()));
+    eprintln!(
+        "pitwall up: {} cars at {} Hz, {} sensors, speed {}x; lake in {}",
+        if config.sim.race_enabled { config.sim.race.cars } else { 0 },
+        config.sim.race.hz,
+        if config.sim.iot_enabled { config.sim.iot.sensors } else { 0 },
+        config.sim.speed,
+        config.lake.data_dir.display()
+    );
+    let data_dir = config.lake.data_dir.clone();
+    let run = pipeline::SimRun {
+        start_time: now_ns(),
+        sim_duration: None,
+    };
+    let result = pipeline::run_embedded(config, run, cancel.clone(), Arc::clone(&stats)).await;
+    cancel.cancel();
+    status.await.ok();
+    let summary = result?;
+    status::print_line(&stats, summary.elapsed);
+    eprintln!(
+        "done: {} events in {:.1}s, {} rows committed, {} anomalies, {} rejects. Try:\n  pitwall query --data-dir {} \"SELECT rule, source_id, time, observed FROM anomalies.events ORDER BY time\"",
+        summary.produced,
+        summary.elapsed.as_secs_f64(),
+        summary.rows_committed,
+        summary.anomalies,
+        summary.rejects,
+        data_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.common.config.as_deref())?.with_data_dir(Some(args.common.data_dir));
+    if !config.lake.data_dir.join("catalog.db").exists() {
+        anyhow::bail!(
+            "no lake in {}: run `pitwall up` first, or pass the --data-dir it used",
+            config.lake.data_dir.display()
+        );
+    }
+    let lake = pitwall_lake::Lake::open(config.lake).await?;
+    let q = pitwall_query::Query::new(&lake).await?;
+    let batches = q.sql(&args.sql).await?;
+    let text = pitwall_query::render(&batches, args.format)?;
+    print!("{text}");
+    if args.format == pitwall_query::Format::Table {
+        println!();
+        eprintln!("{} rows", pitwall_query::row_count(&batches));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use pitwall_sim::Simulator;
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(seed) = args.seed {
+        config.sim.seed = seed;
+    }
+    let start = now_ns();
+    let end = start + i64::try_from(args.duration.as_nanos()).context("duration too long")?;
+    let mut sim = pipeline::simulators(&config, start);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut points = Vec::new();
+    let mut line = String::new();
+    while sim.next_time() < end {
+        points.clear();
+        sim.step(&mut points);
+        for p in &points {
+            match args.format.as_str() {
+                "json" => {
+                    out.write_all(&pitwall_core::json::encode(p)?)?;
+                    out.write_all(b"\n")?;
+                }
+                "lp" => {
+                    line.clear();
+                    pitwall_core::line_protocol::encode(p, &mut line)?;
+                    out.write_all(line.as_bytes())?;
+                }
+                other => anyhow::bail!("unknown --format {other:?}; use json or lp"),
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

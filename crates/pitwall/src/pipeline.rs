@@ -1,0 +1,289 @@
+//! The embedded pipeline: simulators → in-process bus → one processor task per
+//! partition → lake writer, with orderly shutdown that commits everything produced.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use pitwall_bus::{BusConfig, InProcessBus, Message, PartitionConsumer, Topics};
+use pitwall_core::json;
+use pitwall_lake::{Lake, LakeWriter};
+use pitwall_sim::{Fleet, InjectedFault, Mixed, Race, Simulator};
+use pitwall_stream::{Outputs, Processor, SchemaRegistry};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+
+/// Counters shared by the pipeline's tasks and read by the status line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Events the simulators put on the raw topic.
+    pub produced: AtomicU64,
+    /// Raw messages the processors finished.
+    pub processed: AtomicU64,
+    /// Rows committed to the lake, all tables.
+    pub rows_committed: AtomicU64,
+    /// Clean rows committed.
+    pub clean_committed: AtomicU64,
+    /// Lake commits.
+    pub commits: AtomicU64,
+    /// Anomaly episodes raised.
+    pub anomalies: AtomicU64,
+    /// Rejected payloads.
+    pub rejects: AtomicU64,
+    /// Late events.
+    pub late: AtomicU64,
+    /// Window rows produced.
+    pub windows: AtomicU64,
+}
+
+impl Stats {
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// How the simulators are driven.
+#[derive(Debug, Clone)]
+pub struct SimRun {
+    /// Simulated time of the first sample, ns since the epoch.
+    pub start_time: i64,
+    /// Stop after this much simulated time; `None` runs until cancelled.
+    pub sim_duration: Option<Duration>,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Events produced.
+    pub produced: u64,
+    /// Rows committed per table over the whole run.
+    pub rows_committed: u64,
+    /// Anomalies raised.
+    pub anomalies: u64,
+    /// Rejects.
+    pub rejects: u64,
+    /// The faults the simulators injected.
+    pub faults: Vec<InjectedFault>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Builds the simulators `config` enables.
+pub fn simulators(config: &Config, start_time: i64) -> Mixed {
+    let mut sims: Vec<Box<dyn Simulator>> = Vec::new();
+    if config.sim.race_enabled {
+        sims.push(Box::new(Race::new(config.sim.race.clone(), config.sim.seed, start_time)));
+    }
+    if config.sim.iot_enabled {
+        sims.push(Box::new(Fleet::new(config.sim.iot.clone(), config.sim.seed, start_time)));
+    }
+    Mixed::new(sims)
+}
+
+/// The source id of a simulated point (the bus key).
+fn source_key(config: &Config, p: &pitwall_core::Point) -> Option<Bytes> {
+    let tag = config.processor.source_tag(&p.measurement);
+    p.tags.get(tag).map(|s| Bytes::copy_from_slice(s.as_bytes()))
+}
+
+/// Runs the whole pipeline in this process until the simulators finish or `cancel`
+/// fires, then drains the bus, closes every window and commits everything.
+pub async fn run_embedded(
+    config: Config,
+    run: SimRun,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let lake = Lake::open(config.lake.clone())
+        .await
+        .with_context(|| format!("opening the lake in {}", config.lake.data_dir.display()))?;
+    let schemas = SchemaRegistry::default();
+    for (m, fields) in lake.clean_schemas().await? {
+        schemas.seed(&m, fields);
+    }
+    let topics = Topics::with_prefix(&config.bus.topic_prefix);
+    let bus = InProcessBus::new(BusConfig {
+        topics: topics.clone(),
+        partitions: config.bus.partitions,
+        capacity: config.bus.capacity,
+    });
+    let consumers = bus.subscribe(&topics.raw)?;
+    let processor_config = Arc::new(config.processor.clone());
+
+    // Processors hand their outputs to the one lake writer through a bounded channel.
+    let (out_tx, out_rx) = mpsc::channel::<Outputs>(64);
+    let writer = tokio::spawn(
+        lake_writer(LakeWriter::new(lake), out_rx, Arc::clone(&stats)).instrument(tracing::info_span!("lake-writer")),
+    );
+    let mut processors = Vec::new();
+    for consumer in consumers {
+        let p = Processor::new(
+            Arc::clone(&processor_config),
+            schemas.clone(),
+            &topics.raw,
+            consumer.partition,
+        );
+        let span = tracing::info_span!("processor", partition = consumer.partition);
+        processors.push(tokio::spawn(
+            process_partition(p, consumer, out_tx.clone(), Arc::clone(&stats)).instrument(span),
+        ));
+    }
+    drop(out_tx);
+
+    let producer = bus.producer(&topics.raw)?;
+    let mut sim = simulators(&config, run.start_time);
+    let end_time = run
+        .sim_duration
+        .map(|d| run.start_time.saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)));
+    let speed = config.sim.speed;
+    let wall_start = Instant::now();
+    let mut points = Vec::new();
+    let mut payload = Vec::with_capacity(512);
+    'produce: loop {
+        let t = sim.next_time();
+        if end_time.is_some_and(|end| t >= end) {
+            break;
+        }
+        if speed > 0.0 {
+            // Real time times `speed`: wait until the wall clock catches up with sim time.
+            let due = Duration::from_nanos(((t - run.start_time).max(0) as f64 / speed) as u64);
+            let now = wall_start.elapsed();
+            if due > now {
+                tokio::select! {
+                    () = tokio::time::sleep(due - now) => {}
+                    () = cancel.cancelled() => break 'produce,
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+        points.clear();
+        sim.step(&mut points);
+        for p in &points {
+            payload.clear();
+            json::encode_into(p, &mut payload)?;
+            // The simulator is the producer: the message timestamp is the event time.
+            let send = producer.send(source_key(&config, p), Bytes::copy_from_slice(&payload), p.time);
+            tokio::select! {
+                r = send => { r?; }
+                () = cancel.cancelled() => break 'produce,
+            }
+            stats.produced.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // Everything sent is on the bus; ending the topic lets processors drain and finish.
+    bus.close(&topics.raw).await?;
+    for p in processors {
+        p.await.context("a processor task failed")??;
+    }
+    writer.await.context("the lake writer task failed")??;
+    Ok(Summary {
+        produced: Stats::get(&stats.produced),
+        rows_committed: Stats::get(&stats.rows_committed),
+        anomalies: Stats::get(&stats.anomalies),
+        rejects: Stats::get(&stats.rejects),
+        faults: sim.faults().to_vec(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Processes one partition until the topic ends, then closes its windows.
+async fn process_partition(
+    mut processor: Processor,
+    mut consumer: PartitionConsumer,
+    out: mpsc::Sender<Outputs>,
+    stats: Arc<Stats>,
+) -> anyhow::Result<()> {
+    let mut batch: Vec<Message> = Vec::with_capacity(1024);
+    loop {
+        batch.clear();
+        let n = consumer.recv_many(&mut batch, 1024).await;
+        let mut outputs = Outputs::default();
+        if n == 0 {
+            processor.finish(&mut outputs);
+            count(&stats, &outputs);
+            if !outputs.is_empty() {
+                out.send(outputs).await.ok();
+            }
+            return Ok(());
+        }
+        for m in &batch {
+            processor.process(m, &mut outputs);
+        }
+        stats.processed.fetch_add(n as u64, Ordering::Relaxed);
+        count(&stats, &outputs);
+        if out.send(outputs).await.is_err() {
+            anyhow::bail!("the lake writer stopped; partition {} cannot hand over its output", processor.partition());
+        }
+    }
+}
+
+fn count(stats: &Stats, o: &Outputs) {
+    stats.anomalies.fetch_add(o.anomalies.len() as u64, Ordering::Relaxed);
+    stats.rejects.fetch_add(o.rejects.len() as u64, Ordering::Relaxed);
+    stats.late.fetch_add(o.late.len() as u64, Ordering::Relaxed);
+    stats.windows.fetch_add(o.windows.len() as u64, Ordering::Relaxed);
+}
+
+/// Buffers outputs and commits when due; at the end commits the rest. A failed commit
+/// keeps its rows and is retried, so nothing is lost to a passing error.
+async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Outputs>, stats: Arc<Stats>) -> anyhow::Result<()> {
+    let mut failures = 0u32;
+    loop {
+        let wait = writer.time_to_due().max(Duration::from_millis(10));
+        let next = tokio::select! {
+            o = rx.recv() => o.map(Some),
+            () = tokio::time::sleep(wait) => Some(None),
+        };
+        match next {
+            Some(Some(outputs)) => writer.append(outputs),
+            Some(None) => {}
+            None => break,
+        }
+        if writer.due() {
+            match commit(&mut writer, &stats).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, buffered = writer.buffered(), "lake commit failed; keeping the rows and retrying");
+                    if failures >= 10 {
+                        return Err(e.context("the lake commit failed 10 times in a row"));
+                    }
+                }
+            }
+        }
+    }
+    // End of input: commit what is left, retrying a few times before giving up.
+    let mut attempt = 0;
+    while writer.buffered() > 0 {
+        match commit(&mut writer, &stats).await {
+            Ok(()) => {}
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "final lake commit failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e.context("the final lake commit failed; the rows were not saved")),
+        }
+    }
+    Ok(())
+}
+
+async fn commit(writer: &mut LakeWriter, stats: &Stats) -> anyhow::Result<()> {
+    let s = writer.commit().await?;
+    stats.rows_committed.fetch_add(s.total_rows() as u64, Ordering::Relaxed);
+    let clean: usize = s.rows.iter().filter(|(k, _)| k.starts_with("clean.")).map(|(_, v)| v).sum();
+    stats.clean_committed.fetch_add(clean as u64, Ordering::Relaxed);
+    if s.total_rows() > 0 {
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::debug!(rows = s.total_rows(), files = s.files, "committed");
+    Ok(())
+}
