@@ -39,6 +39,10 @@ pub struct SimConfig {
     pub race_enabled: bool,
     /// Run the IoT fleet.
     pub iot_enabled: bool,
+    /// Malformed payloads put on the bus per simulated minute (truncated JSON, a
+    /// missing source tag, a timestamp in seconds, not JSON at all), to exercise the
+    /// rejects path; 0 sends none.
+    pub corrupt_per_minute: f64,
     /// The F1 race.
     pub race: RaceConfig,
     /// The IoT sensor fleet.
@@ -52,6 +56,7 @@ impl Default for SimConfig {
             speed: 1.0,
             race_enabled: true,
             iot_enabled: true,
+            corrupt_per_minute: 0.0,
             race: RaceConfig::default(),
             iot: IotConfig::default(),
         }
@@ -136,6 +141,9 @@ impl Config {
         }
         if !(self.sim.speed >= 0.0 && self.sim.speed.is_finite()) {
             bail!("config key sim.speed: is {}; use 0 (as fast as possible) or a positive factor", self.sim.speed);
+        }
+        if !(self.sim.corrupt_per_minute >= 0.0 && self.sim.corrupt_per_minute.is_finite()) {
+            bail!("config key sim.corrupt-per-minute: is {}; use 0 or a positive rate", self.sim.corrupt_per_minute);
         }
         if !(1..=20).contains(&self.sim.race.cars) {
             bail!("config key sim.race.cars: is {}; the grid has 1 to 20 cars", self.sim.race.cars);

@@ -12,6 +12,8 @@ use pitwall_core::json;
 use pitwall_lake::{Lake, LakeWriter};
 use pitwall_sim::{Fleet, InjectedFault, Mixed, Race, Simulator};
 use pitwall_stream::{Outputs, Processor, SchemaRegistry};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -23,6 +25,8 @@ use crate::config::Config;
 pub struct Stats {
     /// Events the simulators put on the raw topic.
     pub produced: AtomicU64,
+    /// Of those, payloads corrupted on purpose (`sim.corrupt-per-minute`).
+    pub corrupted: AtomicU64,
     /// Raw messages the processors finished.
     pub processed: AtomicU64,
     /// Rows committed to the lake, all tables.
@@ -67,6 +71,8 @@ pub struct Summary {
     pub anomalies: u64,
     /// Rejects.
     pub rejects: u64,
+    /// Payloads corrupted on purpose.
+    pub corrupted: u64,
     /// The faults the simulators injected.
     pub faults: Vec<InjectedFault>,
     /// Wall time.
@@ -145,6 +151,7 @@ pub async fn run_embedded(
     let wall_start = Instant::now();
     let mut points = Vec::new();
     let mut payload = Vec::with_capacity(512);
+    let mut corrupter = Corrupter::new(&config);
     'produce: loop {
         let t = sim.next_time();
         if end_time.is_some_and(|end| t >= end) {
@@ -168,7 +175,11 @@ pub async fn run_embedded(
         sim.step(&mut points);
         for p in &points {
             payload.clear();
-            json::encode_into(p, &mut payload)?;
+            if corrupter.corrupt(p, &mut payload) {
+                stats.corrupted.fetch_add(1, Ordering::Relaxed);
+            } else {
+                json::encode_into(p, &mut payload)?;
+            }
             // The simulator is the producer: the message timestamp is the event time.
             let send = producer.send(source_key(&config, p), Bytes::copy_from_slice(&payload), p.time);
             tokio::select! {
@@ -189,9 +200,55 @@ pub async fn run_embedded(
         rows_committed: Stats::get(&stats.rows_committed),
         anomalies: Stats::get(&stats.anomalies),
         rejects: Stats::get(&stats.rejects),
+        corrupted: Stats::get(&stats.corrupted),
         faults: sim.faults().to_vec(),
         elapsed: started.elapsed(),
     })
+}
+
+/// Turns a deterministic share of payloads into malformed ones.
+struct Corrupter {
+    chance: f64,
+    rng: ChaCha8Rng,
+    next_kind: u32,
+}
+
+impl Corrupter {
+    fn new(config: &Config) -> Self {
+        let per_minute = |n: usize, hz: f64, on: bool| if on { n as f64 * hz * 60.0 } else { 0.0 };
+        let events_per_minute = per_minute(config.sim.race.cars, config.sim.race.hz, config.sim.race_enabled)
+            + per_minute(config.sim.iot.sensors, config.sim.iot.hz, config.sim.iot_enabled);
+        Corrupter {
+            chance: config.sim.corrupt_per_minute / events_per_minute.max(1.0),
+            rng: ChaCha8Rng::seed_from_u64(config.sim.seed ^ 0x00c0_ffee),
+            next_kind: 0,
+        }
+    }
+
+    /// Writes a malformed payload for `p` into `out` and returns true, or returns false.
+    fn corrupt(&mut self, p: &pitwall_core::Point, out: &mut Vec<u8>) -> bool {
+        if self.chance <= 0.0 || self.rng.random::<f64>() >= self.chance {
+            return false;
+        }
+        let mut q = p.clone();
+        self.next_kind = (self.next_kind + 1) % 4;
+        match self.next_kind {
+            0 => {
+                let _ = json::encode_into(&q, out);
+                out.truncate(out.len() / 2);
+            }
+            1 => {
+                q.tags.clear();
+                let _ = json::encode_into(&q, out);
+            }
+            2 => {
+                q.time /= 1_000_000_000;
+                let _ = json::encode_into(&q, out);
+            }
+            _ => out.extend_from_slice(format!("{} at {}: sensor offline", q.measurement, q.time).as_bytes()),
+        }
+        true
+    }
 }
 
 /// Processes one partition until the topic ends, then closes its windows.

@@ -1,0 +1,226 @@
+//! The embedded pipeline end to end, on the real libraries: simulators, in-process bus,
+//! processors, Iceberg tables in a SQLite catalog, DataFusion, and PyIceberg as an
+//! independent reader.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pitwall::config::Config;
+use pitwall::pipeline::{SimRun, Stats, Summary, run_embedded};
+use pitwall_lake::{Lake, LakeConfig};
+use pitwall_query::{Format, Query, render};
+use pitwall_sim::FaultKind;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// 2026-01-01T00:00:00Z: fixed so runs are reproducible.
+const START: i64 = 1_767_225_600_000_000_000;
+
+fn config(dir: &Path, faults: f64, corrupt: f64) -> Config {
+    let mut c = Config::default();
+    c.lake = LakeConfig {
+        commit_interval: Duration::from_millis(500),
+        commit_rows: 50_000,
+        ..LakeConfig::test_config(dir)
+    };
+    c.sim.speed = 0.0;
+    c.sim.seed = 7;
+    c.sim.race.faults_per_car_minute = faults;
+    c.sim.iot.faults_per_sensor_minute = faults / 3.0;
+    c.sim.corrupt_per_minute = corrupt;
+    c
+}
+
+async fn run(config: Config, minutes: u64) -> Summary {
+    run_embedded(
+        config,
+        SimRun {
+            start_time: START,
+            sim_duration: Some(Duration::from_secs(minutes * 60)),
+        },
+        CancellationToken::new(),
+        Arc::new(Stats::default()),
+    )
+    .await
+    .expect("pipeline run")
+}
+
+async fn rows(q: &Query, sql: &str) -> Vec<Value> {
+    let batches = q.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    render(&batches, Format::Json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn count(q: &Query, table: &str) -> i64 {
+    rows(q, &format!("SELECT count(*) AS n FROM {table}")).await[0]["n"].as_i64().unwrap()
+}
+
+fn rule_for(kind: FaultKind) -> &'static str {
+    match kind {
+        FaultKind::Overheating => "engine_overheat",
+        FaultKind::RpmDrop => "rpm_drop",
+        FaultKind::GearMismatch => "gear_mismatch",
+        FaultKind::SensorOverheat => "sensor_overheat",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_injected_fault_is_caught_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run(config(dir.path(), 0.4, 0.0), 10).await;
+    let faults = &summary.faults;
+    for kind in [FaultKind::Overheating, FaultKind::RpmDrop, FaultKind::GearMismatch, FaultKind::SensorOverheat] {
+        assert!(
+            faults.iter().filter(|f| f.kind == kind).count() >= 2,
+            "too few {kind:?} faults injected for a meaningful test: {faults:?}"
+        );
+    }
+    let lake = Lake::open(config(dir.path(), 0.0, 0.0).lake).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    let anomalies = rows(
+        &q,
+        "SELECT rule, source_id, CAST(time AS BIGINT) AS t_us FROM anomalies.events ORDER BY t_us",
+    )
+    .await;
+    let matches = |a: &Value, f: &pitwall_sim::InjectedFault| {
+        let t = a["t_us"].as_i64().unwrap() * 1000;
+        a["rule"] == rule_for(f.kind)
+            && a["source_id"] == f.source_id.as_str()
+            && t >= f.start
+            && t <= f.end.unwrap_or(i64::MAX)
+    };
+    for f in faults {
+        let caught: Vec<&Value> = anomalies.iter().filter(|a| matches(a, f)).collect();
+        assert_eq!(caught.len(), 1, "fault {f:?} should be one anomaly episode, found {caught:?}");
+    }
+    for a in &anomalies {
+        assert!(
+            faults.iter().any(|f| matches(a, f)),
+            "anomaly {a} matches no injected fault (a false positive)"
+        );
+    }
+    assert_eq!(anomalies.len(), faults.len());
+    assert_eq!(summary.anomalies as usize, faults.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_free_race_fills_every_table_and_raises_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run(config(dir.path(), 0.0, 0.0), 10).await;
+    assert!(summary.faults.is_empty());
+    let lake = Lake::open(config(dir.path(), 0.0, 0.0).lake).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    // 20 cars at 10 Hz and 20 sensors at 1 Hz for 600 simulated seconds.
+    assert_eq!(count(&q, "clean.car").await, 20 * 10 * 600);
+    assert_eq!(count(&q, "clean.sensor").await, 20 * 600);
+    assert_eq!(count(&q, "raw.events").await, 20 * 10 * 600 + 20 * 600);
+    assert_eq!(summary.produced, 20 * 10 * 600 + 20 * 600);
+    assert_eq!(count(&q, "anomalies.events").await, 0, "a fault-free race must raise no anomaly");
+    assert_eq!(count(&q, "quarantine.rejects").await, 0);
+    assert_eq!(count(&q, "quarantine.late").await, 0);
+
+    // Windows agree with a batch GROUP BY over the clean table, both ways.
+    let windowed = "SELECT source_id AS s, window_start AS ws, count AS n, min AS lo, max AS hi, round(mean, 6) AS avg
+                    FROM metrics.windows WHERE measurement = 'car' AND field = 'speed_kph'";
+    let batch = "SELECT driver AS s, date_bin(INTERVAL '10 seconds', time, TIMESTAMP '1970-01-01T00:00:00Z') AS ws,
+                        count(*) AS n, min(speed_kph) AS lo, max(speed_kph) AS hi, round(avg(speed_kph), 6) AS avg
+                 FROM clean.car GROUP BY 1, 2";
+    let n_windows = rows(&q, &format!("SELECT count(*) AS n FROM ({windowed})")).await[0]["n"].as_i64().unwrap();
+    assert_eq!(n_windows, 20 * 60, "one 10 s window per car per 10 s");
+    for (a, b) in [(windowed, batch), (batch, windowed)] {
+        let diff = rows(&q, &format!("SELECT count(*) AS n FROM (({a}) EXCEPT ({b}))")).await;
+        assert_eq!(diff[0]["n"], 0, "windows and GROUP BY differ:\n{a}\nEXCEPT\n{b}");
+    }
+    // Every numeric field of the sensors is windowed too.
+    let fields = rows(&q, "SELECT DISTINCT field FROM metrics.windows WHERE measurement = 'sensor' ORDER BY field").await;
+    let fields: Vec<&str> = fields.iter().map(|r| r["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["humidity_pct", "pressure_hpa", "temperature_c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_land_in_rejects_with_their_reason_and_lose_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run(config(dir.path(), 0.0, 30.0), 2).await;
+    assert!(summary.corrupted >= 20, "expected a few dozen corrupted payloads, got {}", summary.corrupted);
+    let lake = Lake::open(config(dir.path(), 0.0, 0.0).lake).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    assert_eq!(count(&q, "quarantine.rejects").await, summary.corrupted as i64);
+    assert_eq!(summary.rejects, summary.corrupted);
+    let total = summary.produced as i64;
+    assert_eq!(count(&q, "raw.events").await, total, "raw keeps every payload, good or bad");
+    assert_eq!(
+        count(&q, "clean.car").await + count(&q, "clean.sensor").await,
+        total - summary.corrupted as i64,
+        "every good payload is clean"
+    );
+    let reasons = rows(&q, "SELECT reason, topic, \"partition\", \"offset\" FROM quarantine.rejects").await;
+    let has = |needle: &str| reasons.iter().any(|r| r["reason"].as_str().unwrap().contains(needle));
+    assert!(has("EOF while parsing"), "truncated JSON: {reasons:?}");
+    assert!(has("tag, which identifies its source"), "missing source tag: {reasons:?}");
+    assert!(has("before the year 2000"), "seconds for nanoseconds: {reasons:?}");
+    assert!(has("expected value"), "not JSON: {reasons:?}");
+    assert!(reasons.iter().all(|r| r["topic"] == "telemetry.raw" && r["offset"].as_i64().unwrap() >= 0));
+    // The rejected payload is kept as it was: its raw.events row holds the same bytes.
+    let same = rows(
+        &q,
+        "SELECT count(*) AS n FROM quarantine.rejects r JOIN raw.events e
+           ON r.\"partition\" = e.\"partition\" AND r.\"offset\" = e.\"offset\" AND r.payload = e.payload",
+    )
+    .await;
+    assert_eq!(same[0]["n"].as_i64().unwrap(), summary.corrupted as i64);
+}
+
+/// PyIceberg reads the lake on its own and must agree with DataFusion on counts,
+/// values, snapshot summaries and partitioning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_reads_what_pitwall_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run(config(dir.path(), 0.4, 10.0), 3).await;
+    let lake = Lake::open(config(dir.path(), 0.0, 0.0).lake).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    let mut counts = serde_json::Map::new();
+    for t in [
+        "raw.events",
+        "clean.car",
+        "clean.sensor",
+        "metrics.windows",
+        "anomalies.events",
+        "quarantine.rejects",
+        "quarantine.late",
+    ] {
+        counts.insert(t.into(), count(&q, t).await.into());
+    }
+    assert!(counts["anomalies.events"].as_i64().unwrap() > 0, "the run should raise anomalies");
+    assert!(counts["quarantine.rejects"].as_i64().unwrap() > 0, "the run should reject something");
+    let expected = serde_json::json!({
+        "catalog_uri": format!("sqlite:///{}", lake.config().data_dir.join("catalog.db").display()),
+        "warehouse": lake.warehouse(),
+        "counts": counts,
+        "car_by_driver": rows(&q, "SELECT driver, count(*) AS n, sum(rpm) AS rpm_sum, max(engine_temp_c) AS temp_max
+                                   FROM clean.car GROUP BY driver ORDER BY driver").await,
+        "anomalies": rows(&q, "SELECT id, rule, source_id, CAST(time AS BIGINT) AS time_us, observed
+                               FROM anomalies.events ORDER BY id").await,
+        "rejects": rows(&q, "SELECT \"partition\", \"offset\", reason FROM quarantine.rejects
+                             ORDER BY \"partition\", \"offset\"").await,
+        "raw_next_offsets": rows(&q, "SELECT \"partition\", max(\"offset\") + 1 AS next FROM raw.events
+                                      GROUP BY 1 ORDER BY 1").await,
+        "produced": summary.produced,
+    });
+    let expected_path = dir.path().join("expected.json");
+    std::fs::write(&expected_path, serde_json::to_vec_pretty(&expected).unwrap()).unwrap();
+    let python = std::env::var("PITWALL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/pyiceberg_check.py");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&expected_path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; the test command (scripts/test.sh) installs PyIceberg and sets PITWALL_PYTHON"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "PyIceberg disagrees:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("pyiceberg agrees"), "{stdout}\n{stderr}");
+}

@@ -1,0 +1,103 @@
+"""Reads pitwall's lake with PyIceberg, independently of pitwall, and checks it
+against what pitwall reported (a JSON file written by the Rust integration test).
+
+Usage: python pyiceberg_check.py EXPECTED.json
+Exits non-zero, with every disagreement listed, if PyIceberg sees anything else.
+"""
+
+import json
+import sys
+from collections import defaultdict
+
+import pyarrow.compute as pc
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.transforms import DayTransform
+
+PARTITION_COLUMN = {
+    "raw.events": "ingest_time",
+    "clean.car": "time",
+    "clean.sensor": "time",
+    "metrics.windows": "window_start",
+    "anomalies.events": "time",
+    "quarantine.rejects": "ingest_time",
+    "quarantine.late": "time",
+}
+
+
+def main(path):
+    expected = json.load(open(path))
+    catalog = SqlCatalog("pitwall", uri=expected["catalog_uri"], warehouse=expected["warehouse"])
+    problems = []
+
+    def check(what, got, want):
+        if got != want:
+            problems.append(f"{what}: pyiceberg sees {got!r}, pitwall wrote {want!r}")
+
+    namespaces = sorted(ns[0] for ns in catalog.list_namespaces())
+    check("namespaces", namespaces, ["anomalies", "clean", "metrics", "quarantine", "raw"])
+
+    tables = {}
+    for name, want in expected["counts"].items():
+        table = catalog.load_table(name)
+        data = table.scan().to_arrow()
+        tables[name] = data
+        check(f"{name} row count", data.num_rows, want)
+        spec = table.spec()
+        col = PARTITION_COLUMN[name]
+        fields = [(table.schema().find_field(f.source_id).name, type(f.transform)) for f in spec.fields]
+        check(f"{name} partitioning", fields, [(col, DayTransform)])
+
+    # Values: per-driver counts and sums in the clean car table.
+    car = tables["clean.car"].to_pydict()
+    by_driver = defaultdict(lambda: {"n": 0, "rpm_sum": 0, "temp_max": float("-inf")})
+    for driver, rpm, temp in zip(car["driver"], car["rpm"], car["engine_temp_c"]):
+        d = by_driver[driver]
+        d["n"] += 1
+        d["rpm_sum"] += rpm
+        d["temp_max"] = max(d["temp_max"], temp)
+    for row in expected["car_by_driver"]:
+        got = by_driver.get(row["driver"])
+        check(f"clean.car driver {row['driver']}", got, {k: row[k] for k in ("n", "rpm_sum", "temp_max")})
+
+    # Anomalies, row by row.
+    a = tables["anomalies.events"]
+    times = pc.cast(a["time"], "int64").to_pylist()
+    got = sorted(
+        (
+            {"id": i, "rule": r, "source_id": s, "time_us": t, "observed": o}
+            for i, r, s, t, o in zip(
+                a["id"].to_pylist(), a["rule"].to_pylist(), a["source_id"].to_pylist(), times, a["observed"].to_pylist()
+            )
+        ),
+        key=lambda x: x["id"],
+    )
+    check("anomalies.events rows", got, expected["anomalies"])
+
+    # Rejects with their reasons.
+    r = tables["quarantine.rejects"]
+    got = sorted(
+        ({"partition": p, "offset": o, "reason": why} for p, o, why in zip(
+            r["partition"].to_pylist(), r["offset"].to_pylist(), r["reason"].to_pylist())),
+        key=lambda x: (x["partition"], x["offset"]),
+    )
+    check("quarantine.rejects rows", got, expected["rejects"])
+
+    # The snapshot summary records the bus offsets the newest commit covers.
+    raw = catalog.load_table("raw.events")
+    summary = raw.current_snapshot().summary
+    offsets = json.loads(summary["pitwall.offsets"])
+    want = {f"telemetry.raw/{row['partition']}": row["next"] for row in expected["raw_next_offsets"]}
+    check("raw.events pitwall.offsets", offsets, want)
+    check("raw.events total offsets", sum(offsets.values()), expected["produced"])
+
+    if problems:
+        print("pyiceberg disagrees with pitwall:")
+        for p in problems:
+            print("  " + p)
+        return 1
+    print(f"pyiceberg agrees: {len(expected['counts'])} tables, {sum(expected['counts'].values())} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
