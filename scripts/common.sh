@@ -1,0 +1,23 @@
+# Shared set-up for scripts/up.sh and scripts/test.sh: a cached target directory
+# outside the clone, and the Rust toolchain check.
+CACHE="${PITWALL_CACHE:-$HOME/.cache/pitwall}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+mkdir -p "$CACHE"
+
+need_apt() {
+  # Installs Debian packages that are missing; `apt-get update` once per run.
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing ${missing[*]} (apt)" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo is not installed: install Rust with rustup (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
+# C compiler for the -sys crates (zstd, sqlite are built from source and bundled).
+command -v cc >/dev/null || need_apt build-essential
