@@ -1,0 +1,64 @@
+//! Ctrl-C on `pitwall up` stops the simulators, drains the bus, closes the windows and
+//! commits: every event it produced is in the lake afterwards.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pitwall_lake::{Lake, LakeConfig};
+use pitwall_query::{Format, Query, render};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_commits_everything_produced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lake");
+    let child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["up", "--speed", "0", "--status-interval", "1s", "--data-dir"])
+        .arg(&data)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it run flat out long enough to have uncommitted rows in flight.
+    std::thread::sleep(Duration::from_secs(6));
+    let status = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pitwall up failed after Ctrl-C:\n{stderr}");
+    assert!(stderr.contains("stopping: draining the bus"), "{stderr}");
+    let produced: i64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("done: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no final summary line:\n{stderr}"));
+    assert!(produced > 1000, "it should have produced a good number of events: {stderr}");
+
+    let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    let count = |sql: &'static str| {
+        let q = &q;
+        async move {
+            let b = q.sql(sql).await.unwrap();
+            let json = render(&b, Format::Json).unwrap();
+            let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+            v["n"].as_i64().unwrap()
+        }
+    };
+    assert_eq!(count("SELECT count(*) AS n FROM raw.events").await, produced);
+    let clean = count("SELECT count(*) AS n FROM clean.car").await + count("SELECT count(*) AS n FROM clean.sensor").await;
+    let rejected = count("SELECT count(*) AS n FROM quarantine.rejects").await;
+    let late = count("SELECT count(*) AS n FROM quarantine.late").await;
+    assert_eq!(clean + rejected + late, produced, "every produced event is clean, rejected or late");
+    // The open windows were closed at the end, not dropped: the last window of a car
+    // is present.
+    let last_window = count(
+        "SELECT count(*) AS n FROM metrics.windows w
+         JOIN (SELECT driver, max(time) AS t FROM clean.car GROUP BY driver) c
+           ON w.source_id = c.driver AND w.window_start <= c.t AND c.t < w.window_end
+         WHERE w.field = 'speed_kph'",
+    )
+    .await;
+    assert_eq!(last_window, 20, "each car's last window is committed");
+}
