@@ -63,25 +63,23 @@ impl Iterator for Parser<'_> {
     type Item = Result<Point>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            // Skip blank lines, leading whitespace and comment lines.
-            while self.pos < self.src.len() {
-                match self.src[self.pos] {
-                    b' ' | b'\t' | b'\r' => self.pos += 1,
-                    b'\n' => self.newline(),
-                    b'#' => self.skip_line(),
-                    _ => break,
-                }
+        // Skip blank lines, leading whitespace and comment lines.
+        while self.pos < self.src.len() {
+            match self.src[self.pos] {
+                b' ' | b'\t' | b'\r' => self.pos += 1,
+                b'\n' => self.newline(),
+                b'#' => self.skip_line(),
+                _ => break,
             }
-            if self.pos >= self.src.len() {
-                return None;
-            }
-            let result = self.parse_line();
-            if result.is_err() {
-                self.skip_line();
-            }
-            return Some(result);
         }
+        if self.pos >= self.src.len() {
+            return None;
+        }
+        let result = self.parse_line();
+        if result.is_err() {
+            self.skip_line();
+        }
+        Some(result)
     }
 }
 
@@ -128,7 +126,7 @@ impl<'a> Parser<'a> {
     }
 
     fn parse_line(&mut self) -> Result<Point> {
-        let measurement = self.name(&[b',', b' '], "measurement")?;
+        let measurement = self.name(b", ", "measurement")?;
         if measurement.is_empty() {
             return Err(self.err(self.pos, "expected a measurement name"));
         }
@@ -136,7 +134,7 @@ impl<'a> Parser<'a> {
         while self.peek() == Some(b',') {
             self.pos += 1;
             let key_at = self.pos;
-            let key = self.name(&[b'='], "tag key")?;
+            let key = self.name(b"=", "tag key")?;
             if key.is_empty() {
                 return Err(self.err(key_at, "expected a tag key after ','"));
             }
@@ -148,7 +146,7 @@ impl<'a> Parser<'a> {
             }
             self.pos += 1;
             let value_at = self.pos;
-            let value = self.name(&[b',', b' '], "tag value")?;
+            let value = self.name(b", ", "tag value")?;
             if value.is_empty() {
                 return Err(self.err(value_at, format!("tag {key:?} has an empty value")));
             }
@@ -170,7 +168,7 @@ impl<'a> Parser<'a> {
         let mut fields = BTreeMap::new();
         loop {
             let key_at = self.pos;
-            let key = self.name(&[b'='], "field key")?;
+            let key = self.name(b"=", "field key")?;
             if key.is_empty() {
                 return Err(self.err(key_at, "expected a field key"));
             }

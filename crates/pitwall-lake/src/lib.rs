@@ -249,7 +249,7 @@ impl Lake {
             }
         }
         let table = self.catalog.load_table(&ident).await?;
-        let schema = table.metadata().current_schema().clone();
+        let schema = Arc::clone(table.metadata().current_schema());
         let mut missing = Vec::new();
         for t in tags {
             match schema.field_by_name(t) {

@@ -21,7 +21,7 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use pitwall_core::record::{AnomalyRecord, LateRecord, RawRecord, RejectRecord, WindowRecord};
+use pitwall_core::record::{AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord};
 use pitwall_core::{FieldValue, Point};
 use pitwall_stream::{FieldType, Outputs};
 
@@ -55,13 +55,23 @@ trait Row {
     fn partition_time(&self) -> i64;
 }
 
+/// The columns every table that keeps a bus message has: where it was read.
+fn origin_cell<'a>(origin: &'a Origin, name: &str) -> Option<Cell<'a>> {
+    match name {
+        "topic" => Some(Cell::Str(&origin.topic)),
+        "partition" => Some(Cell::Int(origin.partition)),
+        "offset" => Some(Cell::Long(origin.offset)),
+        _ => None,
+    }
+}
+
 impl Row for RawRecord {
     fn cell(&self, name: &str) -> Cell<'_> {
+        if let Some(c) = origin_cell(&self.origin, name) {
+            return c;
+        }
         match name {
             "ingest_time" => Cell::Ts(self.ingest_time),
-            "topic" => Cell::Str(&self.origin.topic),
-            "partition" => Cell::Int(self.origin.partition),
-            "offset" => Cell::Long(self.origin.offset),
             "key" => self.key.as_deref().map_or(Cell::Null, Cell::Str),
             "payload" => Cell::Bin(&self.payload),
             _ => Cell::Null,
@@ -74,11 +84,11 @@ impl Row for RawRecord {
 
 impl Row for RejectRecord {
     fn cell(&self, name: &str) -> Cell<'_> {
+        if let Some(c) = origin_cell(&self.origin, name) {
+            return c;
+        }
         match name {
             "ingest_time" => Cell::Ts(self.ingest_time),
-            "topic" => Cell::Str(&self.origin.topic),
-            "partition" => Cell::Int(self.origin.partition),
-            "offset" => Cell::Long(self.origin.offset),
             "reason" => Cell::Str(&self.reason),
             "payload" => Cell::Bin(&self.payload),
             "payload_text" => Cell::Str(std::str::from_utf8(&self.payload).unwrap_or("<not UTF-8; see payload>")),
@@ -136,15 +146,15 @@ impl Row for AnomalyRecord {
 
 impl Row for LateRecord {
     fn cell(&self, name: &str) -> Cell<'_> {
+        if let Some(c) = origin_cell(&self.origin, name) {
+            return c;
+        }
         match name {
             "time" => Cell::Ts(self.time),
             "measurement" => Cell::Str(&self.measurement),
             "source_id" => Cell::Str(&self.source_id),
             "watermark" => Cell::Ts(self.watermark),
             "lateness_ms" => Cell::Double(self.lateness_ns as f64 / 1e6),
-            "topic" => Cell::Str(&self.origin.topic),
-            "partition" => Cell::Int(self.origin.partition),
-            "offset" => Cell::Long(self.origin.offset),
             "payload" => Cell::Bin(&self.payload),
             _ => Cell::Null,
         }
@@ -451,7 +461,7 @@ impl LakeWriter {
         props: &std::collections::HashMap<String, String>,
     ) -> Result<usize> {
         let metadata = table.metadata();
-        let schema = metadata.current_schema().clone();
+        let schema = Arc::clone(metadata.current_schema());
         let arrow_schema: SchemaRef = Arc::new(schema_to_arrow_schema(&schema)?);
         let spec = metadata.default_partition_spec().as_ref().clone();
         let mut by_day: BTreeMap<i64, Vec<&R>> = BTreeMap::new();
@@ -459,7 +469,7 @@ impl LakeWriter {
             by_day.entry(r.partition_time().div_euclid(DAY_NS)).or_default().push(r);
         }
         let builder = DataFileWriterBuilder::new(RollingFileWriterBuilder::new_with_default_file_size(
-            ParquetWriterBuilder::new(self.props.clone(), schema.clone()),
+            ParquetWriterBuilder::new(self.props.clone(), Arc::clone(&schema)),
             table.file_io().clone(),
             DefaultLocationGenerator::new(metadata)?,
             DefaultFileNameGenerator::new(uuid::Uuid::new_v4().to_string(), None, DataFileFormat::Parquet),
@@ -468,7 +478,7 @@ impl LakeWriter {
         for (day, day_rows) in by_day {
             let day = i32::try_from(day)
                 .map_err(|_| Error::Internal(format!("day {day} is out of range for a date partition")))?;
-            let key = PartitionKey::new(spec.clone(), schema.clone(), Struct::from_iter([Some(Literal::date(day))]));
+            let key = PartitionKey::new(spec.clone(), Arc::clone(&schema), Struct::from_iter([Some(Literal::date(day))]));
             let mut w = builder.build(Some(key)).await?;
             w.write(batch(&arrow_schema, &day_rows)?).await?;
             files.extend(w.close().await?);

@@ -303,12 +303,12 @@ impl ProcessorConfig {
                     if above.is_none() && below.is_none() {
                         return bad(format!("{key}.above"), "a threshold rule needs `above`, `below` or both".into());
                     }
-                    if !(*hysteresis >= 0.0) {
+                    if hysteresis.is_nan() || *hysteresis < 0.0 {
                         return bad(format!("{key}.hysteresis"), format!("is {hysteresis}; it must be zero or more"));
                     }
                 }
                 RuleConfig::RateOfChange { drop, within, .. } => {
-                    if !(*drop > 0.0) {
+                    if drop.is_nan() || *drop <= 0.0 {
                         return bad(format!("{key}.drop"), format!("is {drop}; it must be more than zero"));
                     }
                     if within.is_zero() {
@@ -316,7 +316,7 @@ impl ProcessorConfig {
                     }
                 }
                 RuleConfig::GearConsistency { ratios, tolerance, .. } => {
-                    if ratios.is_empty() || ratios.iter().any(|r| !(*r > 0.0)) {
+                    if ratios.is_empty() || ratios.iter().any(|r| r.is_nan() || *r <= 0.0) {
                         return bad(format!("{key}.ratios"), "needs one positive RPM-per-km/h ratio per gear, first gear first".into());
                     }
                     if !(*tolerance > 0.0 && *tolerance < 0.5) {

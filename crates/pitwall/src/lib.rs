@@ -150,7 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up(args).await,
         Command::Query(args) => query(args).await,
-        Command::Sim(args) => sim(args),
+        Command::Sim(args) => sim(&args),
         Command::Rules {
             command: RulesCommand::Check { file },
         } => {
@@ -262,7 +262,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     use pitwall_sim::Simulator;
     let mut config = Config::load(args.config.as_deref())?;

@@ -18,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 const START: i64 = 1_767_225_600_000_000_000;
 
 fn config(dir: &Path, faults: f64, corrupt: f64) -> Config {
-    let mut c = Config::default();
-    c.lake = LakeConfig {
-        commit_interval: Duration::from_millis(500),
-        commit_rows: 50_000,
-        ..LakeConfig::test_config(dir)
+    let mut c = Config {
+        lake: LakeConfig {
+            commit_interval: Duration::from_millis(500),
+            commit_rows: 50_000,
+            ..LakeConfig::test_config(dir)
+        },
+        ..Config::default()
     };
     c.sim.speed = 0.0;
     c.sim.seed = 7;
