@@ -29,23 +29,24 @@ use serde::{Deserialize, Serialize};
 pub use tables::Fixed;
 pub use writer::{CommitStats, LakeWriter, OFFSETS_PROPERTY, committed_offsets};
 
-/// Lake errors; each says what failed and what to do.
+/// Lake errors; each says what failed and what to do. Causes are part of the message
+/// rather than a `source`, so an error chain does not print them twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The data directory cannot be used.
-    #[error("data directory {path}: {source}; check that it exists and is writable, or pass another --data-dir")]
+    #[error("data directory {path}: {error}; check that it exists and is writable, or pass another --data-dir")]
     DataDir {
         /// The directory.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The Iceberg catalog or a table operation failed.
     #[error("iceberg: {0}")]
-    Iceberg(#[from] iceberg::Error),
+    Iceberg(iceberg::Error),
     /// Building Arrow data failed (a bug: types are checked before).
     #[error("arrow: {0}")]
-    Arrow(#[from] arrow_schema::ArrowError),
+    Arrow(arrow_schema::ArrowError),
     /// A clean table has a column whose type pitwall cannot write into.
     #[error("table {table}: column {column} is {found}, which pitwall cannot write {wanted} values into; rename the field or drop the column")]
     Incompatible {
@@ -61,6 +62,18 @@ pub enum Error {
     /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<iceberg::Error> for Error {
+    fn from(e: iceberg::Error) -> Self {
+        Error::Iceberg(e)
+    }
+}
+
+impl From<arrow_schema::ArrowError> for Error {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        Error::Arrow(e)
+    }
 }
 
 /// Result type of this crate.
@@ -117,13 +130,13 @@ impl Lake {
     /// the fixed tables on first use.
     pub async fn open(config: LakeConfig) -> Result<Lake> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir.join("warehouse")).map_err(|source| Error::DataDir {
+        std::fs::create_dir_all(dir.join("warehouse")).map_err(|error| Error::DataDir {
             path: dir.clone(),
-            source,
+            error,
         })?;
-        let dir = dir.canonicalize().map_err(|source| Error::DataDir {
+        let dir = dir.canonicalize().map_err(|error| Error::DataDir {
             path: dir.clone(),
-            source,
+            error,
         })?;
         let warehouse = format!("file://{}", dir.join("warehouse").display());
         let catalog_uri = format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display());

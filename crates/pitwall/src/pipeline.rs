@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use pitwall_bus::{BusConfig, InProcessBus, Message, PartitionConsumer, Topics};
+use pitwall_bus::{BusConfig, InProcessBus, Message, PartitionConsumer, Producer, Topics};
 use pitwall_core::json;
 use pitwall_lake::{Lake, LakeWriter};
 use pitwall_sim::{Fleet, InjectedFault, Mixed, Race, Simulator};
@@ -144,6 +144,50 @@ pub async fn run_embedded(
 
     let producer = bus.producer(&topics.raw)?;
     let mut sim = simulators(&config, run.start_time);
+    let produced = produce(&config, &run, &mut sim, &producer, &cancel, &stats).await;
+    // Everything sent is on the bus; ending the topic lets processors drain and finish.
+    bus.close(&topics.raw).await?;
+    // A failing writer makes processors and then the producer fail too: report the
+    // writer's error, which is the cause, before theirs.
+    let mut errors = Vec::new();
+    match writer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => errors.push(e),
+        Err(e) => errors.push(anyhow::Error::from(e).context("the lake writer task panicked")),
+    }
+    for p in processors {
+        match p.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(anyhow::Error::from(e).context("a processor task panicked")),
+        }
+    }
+    if let Err(e) = produced {
+        errors.push(e);
+    }
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    Ok(Summary {
+        produced: Stats::get(&stats.produced),
+        rows_committed: Stats::get(&stats.rows_committed),
+        anomalies: Stats::get(&stats.anomalies),
+        rejects: Stats::get(&stats.rejects),
+        corrupted: Stats::get(&stats.corrupted),
+        faults: sim.faults().to_vec(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Steps the simulators and sends their points until the simulated end, or `cancel`.
+async fn produce(
+    config: &Config,
+    run: &SimRun,
+    sim: &mut Mixed,
+    producer: &Producer,
+    cancel: &CancellationToken,
+    stats: &Stats,
+) -> anyhow::Result<()> {
     let end_time = run
         .sim_duration
         .map(|d| run.start_time.saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)));
@@ -151,11 +195,11 @@ pub async fn run_embedded(
     let wall_start = Instant::now();
     let mut points = Vec::new();
     let mut payload = Vec::with_capacity(512);
-    let mut corrupter = Corrupter::new(&config);
-    'produce: loop {
+    let mut corrupter = Corrupter::new(config);
+    loop {
         let t = sim.next_time();
         if end_time.is_some_and(|end| t >= end) {
-            break;
+            return Ok(());
         }
         if speed > 0.0 {
             // Real time times `speed`: wait until the wall clock catches up with sim time.
@@ -164,12 +208,12 @@ pub async fn run_embedded(
             if due > now {
                 tokio::select! {
                     () = tokio::time::sleep(due - now) => {}
-                    () = cancel.cancelled() => break 'produce,
+                    () = cancel.cancelled() => return Ok(()),
                 }
             }
         }
         if cancel.is_cancelled() {
-            break;
+            return Ok(());
         }
         points.clear();
         sim.step(&mut points);
@@ -181,29 +225,14 @@ pub async fn run_embedded(
                 json::encode_into(p, &mut payload)?;
             }
             // The simulator is the producer: the message timestamp is the event time.
-            let send = producer.send(source_key(&config, p), Bytes::copy_from_slice(&payload), p.time);
+            let send = producer.send(source_key(config, p), Bytes::copy_from_slice(&payload), p.time);
             tokio::select! {
                 r = send => { r?; }
-                () = cancel.cancelled() => break 'produce,
+                () = cancel.cancelled() => return Ok(()),
             }
             stats.produced.fetch_add(1, Ordering::Relaxed);
         }
     }
-    // Everything sent is on the bus; ending the topic lets processors drain and finish.
-    bus.close(&topics.raw).await?;
-    for p in processors {
-        p.await.context("a processor task failed")??;
-    }
-    writer.await.context("the lake writer task failed")??;
-    Ok(Summary {
-        produced: Stats::get(&stats.produced),
-        rows_committed: Stats::get(&stats.rows_committed),
-        anomalies: Stats::get(&stats.anomalies),
-        rejects: Stats::get(&stats.rejects),
-        corrupted: Stats::get(&stats.corrupted),
-        faults: sim.faults().to_vec(),
-        elapsed: started.elapsed(),
-    })
 }
 
 /// Turns a deterministic share of payloads into malformed ones.
