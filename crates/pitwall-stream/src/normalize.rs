@@ -68,6 +68,16 @@ impl SchemaRegistry {
     /// Integers become floats in float columns, integral floats become integers in
     /// integer columns; anything else is an error that says which field and why.
     pub fn conform(&self, point: &mut Point) -> Result<(), String> {
+        for (name, value) in &point.fields {
+            if let FieldValue::U64(u) = value
+                && *u > i64::MAX as u64
+            {
+                return Err(format!(
+                    "field {name:?} is {u}, above the largest integer the lake stores ({})",
+                    i64::MAX
+                ));
+            }
+        }
         {
             let g = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(known) = g.get(&point.measurement) {
@@ -208,5 +218,7 @@ mod tests {
         );
         let mut p = Point::new("m", 0).field("rpm", FieldValue::Str("x".into()));
         assert!(reg.conform(&mut p).is_err());
+        let mut p = Point::new("m", 0).field("big", FieldValue::U64(u64::MAX));
+        assert!(reg.conform(&mut p).unwrap_err().contains("above the largest integer"));
     }
 }
