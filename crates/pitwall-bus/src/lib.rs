@@ -325,6 +325,11 @@ impl Producer {
         self.send(key, payload, timestamp).await.map(|_| true)
     }
 
+    /// Does the topic have a consumer? Lets callers skip encoding output nobody reads.
+    pub fn has_consumer(&self) -> bool {
+        self.topic.subscribed.load(Ordering::Acquire)
+    }
+
     /// Name of the topic.
     pub fn topic(&self) -> &str {
         &self.topic.name

@@ -1,8 +1,13 @@
 //! Records the processor derives from points, one type per lake table that is not a
 //! clean measurement table. Clean rows are [`Point`](crate::Point)s themselves.
+//!
+//! Each record also has a JSON form for its bus topic ([`to_json`]): times in ns,
+//! payloads as text.
+
+use serde::Serialize;
 
 /// Where a message came from on the bus: enough to find it again and to resume after it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize)]
 pub struct Origin {
     /// Topic name, e.g. `telemetry.raw`.
     pub topic: String,
@@ -26,20 +31,21 @@ pub struct RawRecord {
 }
 
 /// A payload that could not be turned into a valid point (`quarantine.rejects`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RejectRecord {
     /// Where it was read.
     pub origin: Origin,
     /// When the bus accepted it, ns since the epoch.
     pub ingest_time: i64,
     /// The payload bytes, unchanged.
+    #[serde(serialize_with = "as_text")]
     pub payload: Vec<u8>,
     /// Why it was rejected, in words.
     pub reason: String,
 }
 
 /// One aggregate of one numeric field over one window of one source (`metrics.windows`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WindowRecord {
     /// Measurement the field belongs to.
     pub measurement: String,
@@ -66,7 +72,7 @@ pub struct WindowRecord {
 }
 
 /// One anomaly episode (`anomalies.events`): a rule's condition starting on a source.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnomalyRecord {
     /// Deterministic id: the same input gives the same id, so replays can de-duplicate.
     pub id: String,
@@ -93,7 +99,7 @@ pub struct AnomalyRecord {
 }
 
 /// An event that arrived after its window had closed (`quarantine.late`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LateRecord {
     /// Where it was read.
     pub origin: Origin,
@@ -108,5 +114,19 @@ pub struct LateRecord {
     /// How far behind the watermark it was, ns.
     pub lateness_ns: i64,
     /// The payload bytes, unchanged.
+    #[serde(serialize_with = "as_text")]
     pub payload: Vec<u8>,
+}
+
+/// Payloads are shown as text on the bus (lossy where they are not UTF-8); the lake
+/// keeps the exact bytes.
+fn as_text<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+/// The JSON form of a record for its bus topic.
+pub fn to_json<T: Serialize>(record: &T) -> Vec<u8> {
+    // Records hold only strings, numbers and finite-or-not floats; serde_json writes
+    // non-finite floats as null rather than failing.
+    serde_json::to_vec(record).unwrap_or_default()
 }

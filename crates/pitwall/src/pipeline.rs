@@ -9,6 +9,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use pitwall_bus::{BusConfig, InProcessBus, Message, PartitionConsumer, Producer, Topics};
 use pitwall_core::json;
+use pitwall_core::record::to_json;
 use pitwall_lake::{Lake, LakeWriter};
 use pitwall_sim::{Fleet, InjectedFault, Mixed, Race, Simulator};
 use pitwall_stream::{Outputs, Processor, SchemaRegistry};
@@ -97,9 +98,32 @@ fn source_key(config: &Config, p: &pitwall_core::Point) -> Option<Bytes> {
     p.tags.get(tag).map(|s| Bytes::copy_from_slice(s.as_bytes()))
 }
 
+/// The in-process bus `config` asks for.
+pub fn bus_config(config: &Config) -> BusConfig {
+    BusConfig {
+        topics: Topics::with_prefix(&config.bus.topic_prefix),
+        partitions: config.bus.partitions,
+        capacity: config.bus.capacity,
+    }
+}
+
 /// Runs the whole pipeline in this process until the simulators finish or `cancel`
 /// fires, then drains the bus, closes every window and commits everything.
 pub async fn run_embedded(
+    config: Config,
+    run: SimRun,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+) -> anyhow::Result<Summary> {
+    let bus = InProcessBus::new(bus_config(&config));
+    run_on_bus(bus, config, run, cancel, stats).await
+}
+
+/// [`run_embedded`] on a bus the caller made, so it can read the output topics
+/// (clean, metrics, anomalies, dlq, late) while the pipeline runs. Output topics are
+/// closed at the end, so their readers see the end too.
+pub async fn run_on_bus(
+    bus: InProcessBus,
     config: Config,
     run: SimRun,
     cancel: CancellationToken,
@@ -113,12 +137,7 @@ pub async fn run_embedded(
     for (m, fields) in lake.clean_schemas().await? {
         schemas.seed(&m, fields);
     }
-    let topics = Topics::with_prefix(&config.bus.topic_prefix);
-    let bus = InProcessBus::new(BusConfig {
-        topics: topics.clone(),
-        partitions: config.bus.partitions,
-        capacity: config.bus.capacity,
-    });
+    let topics = bus.config().topics.clone();
     let consumers = bus.subscribe(&topics.raw)?;
     let processor_config = Arc::new(config.processor.clone());
 
@@ -136,8 +155,9 @@ pub async fn run_embedded(
             consumer.partition,
         );
         let span = tracing::info_span!("processor", partition = consumer.partition);
+        let publisher = Publisher::new(&bus, &topics, Arc::clone(&processor_config))?;
         processors.push(tokio::spawn(
-            process_partition(p, consumer, out_tx.clone(), Arc::clone(&stats)).instrument(span),
+            process_partition(p, consumer, publisher, out_tx.clone(), Arc::clone(&stats)).instrument(span),
         ));
     }
     drop(out_tx);
@@ -164,6 +184,11 @@ pub async fn run_embedded(
     }
     if let Err(e) = produced {
         errors.push(e);
+    }
+    for t in topics.all() {
+        if t != topics.raw {
+            bus.close(t).await?;
+        }
     }
     if let Some(e) = errors.into_iter().next() {
         return Err(e);
@@ -280,10 +305,66 @@ impl Corrupter {
     }
 }
 
+/// Puts the processor's outputs on their bus topics for live readers, as JSON keyed by
+/// source id. Nothing is encoded for a topic without a consumer.
+struct Publisher {
+    clean: Producer,
+    metrics: Producer,
+    anomalies: Producer,
+    dlq: Producer,
+    late: Producer,
+    config: Arc<pitwall_stream::ProcessorConfig>,
+}
+
+impl Publisher {
+    fn new(bus: &InProcessBus, topics: &Topics, config: Arc<pitwall_stream::ProcessorConfig>) -> anyhow::Result<Self> {
+        Ok(Publisher {
+            clean: bus.producer(&topics.clean)?,
+            metrics: bus.producer(&topics.metrics)?,
+            anomalies: bus.producer(&topics.anomalies)?,
+            dlq: bus.producer(&topics.dlq)?,
+            late: bus.producer(&topics.late)?,
+            config,
+        })
+    }
+
+    async fn publish(&self, o: &Outputs) -> anyhow::Result<()> {
+        let key = |s: &str| Some(Bytes::copy_from_slice(s.as_bytes()));
+        if self.clean.has_consumer() {
+            for p in &o.clean {
+                let source = p.tags.get(self.config.source_tag(&p.measurement)).map(String::as_str);
+                self.clean.send(source.and_then(key), Bytes::from(json::encode(p)?), p.time).await?;
+            }
+        }
+        if self.metrics.has_consumer() {
+            for w in &o.windows {
+                self.metrics.send(key(&w.source_id), Bytes::from(to_json(w)), w.window_end).await?;
+            }
+        }
+        if self.anomalies.has_consumer() {
+            for a in &o.anomalies {
+                self.anomalies.send(key(&a.source_id), Bytes::from(to_json(a)), a.time).await?;
+            }
+        }
+        if self.dlq.has_consumer() {
+            for r in &o.rejects {
+                self.dlq.send(None, Bytes::from(to_json(r)), r.ingest_time).await?;
+            }
+        }
+        if self.late.has_consumer() {
+            for l in &o.late {
+                self.late.send(key(&l.source_id), Bytes::from(to_json(l)), l.time).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Processes one partition until the topic ends, then closes its windows.
 async fn process_partition(
     mut processor: Processor,
     mut consumer: PartitionConsumer,
+    publisher: Publisher,
     out: mpsc::Sender<Outputs>,
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
@@ -295,6 +376,7 @@ async fn process_partition(
         if n == 0 {
             processor.finish(&mut outputs);
             count(&stats, &outputs);
+            publisher.publish(&outputs).await?;
             if !outputs.is_empty() {
                 out.send(outputs).await.ok();
             }
@@ -305,6 +387,8 @@ async fn process_partition(
         }
         stats.processed.fetch_add(n as u64, Ordering::Relaxed);
         count(&stats, &outputs);
+        // Live readers get outputs before the lake commit: at least once, keyed by source.
+        publisher.publish(&outputs).await?;
         if out.send(outputs).await.is_err() {
             anyhow::bail!("the lake writer stopped; partition {} cannot hand over its output", processor.partition());
         }

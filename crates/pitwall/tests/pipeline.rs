@@ -226,3 +226,64 @@ async fn pyiceberg_reads_what_pitwall_wrote() {
     assert!(out.status.success(), "PyIceberg disagrees:\n{stdout}\n{stderr}");
     assert!(stdout.contains("pyiceberg agrees"), "{stdout}\n{stderr}");
 }
+
+/// Live readers of the output topics see the same records the lake gets, as JSON keyed
+/// by source id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_go_back_onto_the_bus_for_live_readers() {
+    use pitwall::pipeline::{bus_config, run_on_bus};
+    use pitwall_bus::InProcessBus;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 0.5, 10.0);
+    let bus = InProcessBus::new(bus_config(&config));
+    let topics = bus.config().topics.clone();
+    let mut readers = Vec::new();
+    for topic in [&topics.clean, &topics.metrics, &topics.anomalies, &topics.dlq] {
+        for mut part in bus.subscribe(topic).unwrap() {
+            readers.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(m) = part.recv().await {
+                    let v: Value = serde_json::from_slice(&m.payload).expect("output payloads are JSON");
+                    got.push((part.topic.clone(), m.key, v));
+                }
+                got
+            }));
+        }
+    }
+    let summary = run_on_bus(
+        bus,
+        config,
+        SimRun {
+            start_time: START,
+            sim_duration: Some(Duration::from_secs(120)),
+        },
+        CancellationToken::new(),
+        Arc::new(Stats::default()),
+    )
+    .await
+    .unwrap();
+    let mut seen: std::collections::BTreeMap<String, Vec<(Option<bytes::Bytes>, Value)>> = Default::default();
+    for r in readers {
+        for (topic, key, v) in r.await.unwrap() {
+            seen.entry(topic).or_default().push((key, v));
+        }
+    }
+    let lake = Lake::open(LakeConfig::test_config(dir.path())).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    let n = |t: &str| seen.get(t).map_or(0, Vec::len) as i64;
+    assert_eq!(n("telemetry.clean"), count(&q, "clean.car").await + count(&q, "clean.sensor").await);
+    assert_eq!(n("telemetry.metrics"), count(&q, "metrics.windows").await);
+    assert_eq!(n("telemetry.anomalies"), count(&q, "anomalies.events").await);
+    assert_eq!(n("telemetry.dlq"), summary.corrupted as i64);
+    assert!(n("telemetry.anomalies") > 0 && n("telemetry.dlq") > 0);
+    for (key, v) in &seen["telemetry.anomalies"] {
+        assert_eq!(key.as_deref(), Some(v["source_id"].as_str().unwrap().as_bytes()), "keyed by source id");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    for (_, v) in &seen["telemetry.dlq"] {
+        assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+    }
+    let (key, car) = seen["telemetry.clean"].iter().find(|(_, v)| v["measurement"] == "car").unwrap();
+    assert_eq!(key.as_deref(), Some(car["tags"]["driver"].as_str().unwrap().as_bytes()));
+}
