@@ -264,6 +264,18 @@ impl InProcessBus {
             .collect())
     }
 
+    /// Makes `partition` of `topic` hand out offsets from `next_offset` on (if that is
+    /// ahead of where it is): an in-process log is not durable, so a new run continues
+    /// the offsets the lake has recorded instead of reusing them.
+    pub async fn resume(&self, topic: &str, partition: u32, next_offset: i64) -> Result<()> {
+        let t = self.topic(topic)?;
+        if let Some(p) = t.partitions.get(partition as usize) {
+            let mut log = p.lock().await;
+            log.next_offset = log.next_offset.max(next_offset);
+        }
+        Ok(())
+    }
+
     /// Ends `topic`: consumers drain what is queued and then see the end.
     pub async fn close(&self, topic: &str) -> Result<()> {
         for p in &self.topic(topic)?.partitions {

@@ -9,6 +9,7 @@
 //! offsets the commit covers. Any Iceberg reader (PyIceberg, DuckDB, Trino, Spark) can
 //! read the same tables through the same catalog.
 
+mod commit;
 pub mod tables;
 mod writer;
 
@@ -26,6 +27,7 @@ use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 use pitwall_stream::FieldType;
 use serde::{Deserialize, Serialize};
 
+pub use commit::Claim;
 pub use tables::Fixed;
 pub use writer::{CommitStats, LakeWriter, OFFSETS_PROPERTY, committed_offsets};
 
@@ -59,6 +61,23 @@ pub enum Error {
         /// The value type.
         wanted: String,
     },
+    /// Another writer has committed a partition this writer claims: this writer lost
+    /// the partition (a rebalance, or a pause long enough to be replaced) and must not
+    /// write. Nothing was committed; resume from the lake's offsets.
+    #[error("commit to {table} fenced: the lake records partition {partition} up to offset {committed}, but this writer expected {expected}; another writer owns it now")]
+    Fenced {
+        /// Table name.
+        table: String,
+        /// The partition (`topic/partition`).
+        partition: String,
+        /// What the lake records.
+        committed: i64,
+        /// What this writer expected.
+        expected: i64,
+    },
+    /// The catalog database failed or is overloaded.
+    #[error("catalog: {0}")]
+    Catalog(String),
     /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -123,6 +142,7 @@ pub struct Lake {
     config: LakeConfig,
     warehouse: String,
     catalog_uri: String,
+    pointer: commit::CatalogPointer,
 }
 
 impl Lake {
@@ -149,7 +169,18 @@ impl Lake {
             .with_storage_factory(Arc::new(LocalFsStorageFactory))
             .load(CATALOG_NAME, HashMap::new())
             .await?;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&catalog_uri)
+            .await
+            .map_err(|e| Error::Catalog(format!("opening {catalog_uri}: {e}")))?;
         let lake = Lake {
+            pointer: commit::CatalogPointer {
+                pool,
+                catalog_name: CATALOG_NAME.to_owned(),
+                dollar_placeholders: false,
+            },
             catalog: Arc::new(catalog),
             config: LakeConfig {
                 data_dir: dir.clone(),
@@ -211,6 +242,30 @@ impl Lake {
     /// The catalog's database URI, for other readers (PyIceberg's `SqlCatalog`).
     pub fn catalog_uri(&self) -> &str {
         &self.catalog_uri
+    }
+
+    /// Appends data files to `ident` in one snapshot, fenced by `claim`; see
+    /// [`Claim`]. `properties` go into the snapshot summary beside the offsets.
+    pub async fn append_fenced(
+        &self,
+        ident: &TableIdent,
+        files: Vec<iceberg::spec::DataFile>,
+        claim: &Claim,
+        properties: &HashMap<String, String>,
+    ) -> Result<Table> {
+        commit::fenced_append(self.catalog.as_ref(), &self.pointer, ident, files, claim, properties).await
+    }
+
+    /// The bus offsets each table's newest snapshot records, by table name.
+    pub async fn committed_offsets(&self) -> Result<BTreeMap<String, BTreeMap<String, i64>>> {
+        let mut idents: Vec<TableIdent> = Fixed::ALL.iter().map(|f| f.ident()).collect();
+        idents.extend(self.catalog.list_tables(&NamespaceIdent::new("clean".to_owned())).await?);
+        let mut out = BTreeMap::new();
+        for ident in idents {
+            let table = self.catalog.load_table(&ident).await?;
+            out.insert(ident.to_string(), committed_offsets(&table).unwrap_or_default());
+        }
+        Ok(out)
     }
 
     /// Loads a table.

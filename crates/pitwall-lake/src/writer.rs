@@ -1,6 +1,6 @@
 //! Buffers processor outputs and commits them to the lake's tables in batches.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,6 @@ use arrow_schema::{DataType, Field, SchemaRef, TimeUnit};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
@@ -26,7 +25,7 @@ use pitwall_core::{FieldValue, Point};
 use pitwall_stream::{FieldType, Outputs};
 
 use crate::tables::Fixed;
-use crate::{Error, Lake, Result};
+use crate::{Claim, Error, Lake, Result};
 
 /// Snapshot summary key holding the bus offsets a commit covers, as JSON:
 /// `{"telemetry.raw/0": 1234, …}` where each value is the next offset to read.
@@ -265,17 +264,22 @@ pub struct LakeWriter {
     anomalies: Vec<AnomalyRecord>,
     rejects: Vec<RejectRecord>,
     late: Vec<LateRecord>,
-    /// (topic, partition) -> next offset to read, over everything appended.
-    offsets: BTreeMap<(String, i32), i64>,
+    /// `topic/partition` -> next offset to read, over everything appended.
+    offsets: BTreeMap<String, i64>,
+    /// Table name -> the offsets its newest snapshot records, as this writer knows them:
+    /// what each fenced commit expects to find.
+    committed: BTreeMap<String, BTreeMap<String, i64>>,
     buffered: usize,
     last_commit: Instant,
     props: WriterProperties,
 }
 
 impl LakeWriter {
-    /// A writer into `lake`.
-    pub fn new(lake: Lake) -> Self {
-        LakeWriter {
+    /// A writer into `lake`, claiming the offsets the lake records now.
+    pub async fn open(lake: Lake) -> Result<Self> {
+        let committed = lake.committed_offsets().await?;
+        Ok(LakeWriter {
+            committed,
             lake,
             raw: Vec::new(),
             clean: BTreeMap::new(),
@@ -289,14 +293,28 @@ impl LakeWriter {
             props: WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .build(),
+        })
+    }
+
+    /// The newest offset per partition over every table: where a bus must resume so
+    /// that no offset is reused.
+    pub fn resume_offsets(&self) -> BTreeMap<String, i64> {
+        let mut out = BTreeMap::new();
+        for offsets in self.committed.values() {
+            for (p, o) in offsets {
+                let e = out.entry(p.clone()).or_insert(*o);
+                *e = (*e).max(*o);
+            }
         }
+        out
     }
 
     /// Buffers `outputs` for the next commit.
     pub fn append(&mut self, outputs: Outputs) {
         self.buffered += outputs.len();
         for r in &outputs.raw {
-            let next = self.offsets.entry((r.origin.topic.clone(), r.origin.partition)).or_insert(0);
+            let key = format!("{}/{}", r.origin.topic, r.origin.partition);
+            let next = self.offsets.entry(key).or_insert(0);
             *next = (*next).max(r.origin.offset + 1);
         }
         let Outputs {
@@ -339,9 +357,28 @@ impl LakeWriter {
     pub async fn commit(&mut self) -> Result<CommitStats> {
         self.last_commit = Instant::now();
         let mut stats = CommitStats::default();
-        let props = self.snapshot_properties();
+        let summary = HashMap::from([("pitwall.writer".to_owned(), format!("pitwall {}", env!("CARGO_PKG_VERSION")))]);
+        let LakeWriter {
+            lake,
+            raw,
+            clean,
+            windows,
+            anomalies,
+            rejects,
+            late,
+            offsets,
+            committed,
+            props,
+            ..
+        } = self;
+        let mut c = Committer {
+            lake,
+            props,
+            offsets,
+            committed,
+            summary: &summary,
+        };
         let mut first_error = None;
-
         let mut note = |r: Result<Option<(String, usize, usize)>>, stats: &mut CommitStats| match r {
             Ok(Some((name, rows, files))) => {
                 stats.rows.insert(name, rows);
@@ -355,33 +392,26 @@ impl LakeWriter {
             }
         };
 
-        let r = self.commit_fixed(Fixed::Raw, &self.raw, &props).await;
-        if note(r, &mut stats) {
-            self.raw.clear();
+        if note(c.commit_fixed(Fixed::Raw, raw).await, &mut stats) {
+            raw.clear();
         }
-        let measurements: Vec<String> = self.clean.keys().cloned().collect();
+        let measurements: Vec<String> = clean.keys().cloned().collect();
         for m in measurements {
-            let points = &self.clean[&m];
-            let r = self.commit_clean(&m, points, &props).await;
-            if note(r, &mut stats) {
-                self.clean.remove(&m);
+            if note(c.commit_clean(&m, &clean[&m]).await, &mut stats) {
+                clean.remove(&m);
             }
         }
-        let r = self.commit_fixed(Fixed::Windows, &self.windows, &props).await;
-        if note(r, &mut stats) {
-            self.windows.clear();
+        if note(c.commit_fixed(Fixed::Windows, windows).await, &mut stats) {
+            windows.clear();
         }
-        let r = self.commit_fixed(Fixed::Anomalies, &self.anomalies, &props).await;
-        if note(r, &mut stats) {
-            self.anomalies.clear();
+        if note(c.commit_fixed(Fixed::Anomalies, anomalies).await, &mut stats) {
+            anomalies.clear();
         }
-        let r = self.commit_fixed(Fixed::Rejects, &self.rejects, &props).await;
-        if note(r, &mut stats) {
-            self.rejects.clear();
+        if note(c.commit_fixed(Fixed::Rejects, rejects).await, &mut stats) {
+            rejects.clear();
         }
-        let r = self.commit_fixed(Fixed::Late, &self.late, &props).await;
-        if note(r, &mut stats) {
-            self.late.clear();
+        if note(c.commit_fixed(Fixed::Late, late).await, &mut stats) {
+            late.clear();
         }
         self.buffered = self.raw.len()
             + self.clean.values().map(Vec::len).sum::<usize>()
@@ -394,43 +424,29 @@ impl LakeWriter {
             None => Ok(stats),
         }
     }
+}
 
-    fn snapshot_properties(&self) -> std::collections::HashMap<String, String> {
-        let offsets: BTreeMap<String, i64> = self
-            .offsets
-            .iter()
-            .map(|((t, p), o)| (format!("{t}/{p}"), *o))
-            .collect();
-        let mut props = std::collections::HashMap::new();
-        props.insert(
-            OFFSETS_PROPERTY.to_owned(),
-            serde_json::to_string(&offsets).unwrap_or_default(),
-        );
-        props.insert("pitwall.writer".to_owned(), format!("pitwall {}", env!("CARGO_PKG_VERSION")));
-        props
-    }
+/// The part of a writer a commit needs, borrowed apart from the row buffers.
+struct Committer<'a> {
+    lake: &'a Lake,
+    props: &'a WriterProperties,
+    offsets: &'a BTreeMap<String, i64>,
+    committed: &'a mut BTreeMap<String, BTreeMap<String, i64>>,
+    summary: &'a HashMap<String, String>,
+}
 
-    async fn commit_fixed<R: Row>(
-        &self,
-        which: Fixed,
-        rows: &[R],
-        props: &std::collections::HashMap<String, String>,
-    ) -> Result<Option<(String, usize, usize)>> {
+impl Committer<'_> {
+    async fn commit_fixed<R: Row>(&mut self, which: Fixed, rows: &[R]) -> Result<Option<(String, usize, usize)>> {
         if rows.is_empty() {
             return Ok(None);
         }
         let ident = which.ident();
         let table = self.lake.table(&ident).await?;
-        let files = self.write_and_commit(&table, rows, props).await?;
+        let files = self.write_and_commit(&table, rows).await?;
         Ok(Some((ident.to_string(), rows.len(), files)))
     }
 
-    async fn commit_clean(
-        &self,
-        measurement: &str,
-        points: &[Point],
-        props: &std::collections::HashMap<String, String>,
-    ) -> Result<Option<(String, usize, usize)>> {
+    async fn commit_clean(&mut self, measurement: &str, points: &[Point]) -> Result<Option<(String, usize, usize)>> {
         if points.is_empty() {
             return Ok(None);
         }
@@ -449,17 +465,13 @@ impl LakeWriter {
             }
         }
         let table = self.lake.ensure_clean_table(measurement, &tags, &fields).await?;
-        let files = self.write_and_commit(&table, points, props).await?;
+        let files = self.write_and_commit(&table, points).await?;
         Ok(Some((format!("clean.{measurement}"), points.len(), files)))
     }
 
-    /// Writes one Parquet file per day of data and appends them in one snapshot.
-    async fn write_and_commit<R: Row>(
-        &self,
-        table: &Table,
-        rows: &[R],
-        props: &std::collections::HashMap<String, String>,
-    ) -> Result<usize> {
+    /// Writes one Parquet file per day of data and appends them in one fenced snapshot
+    /// that moves this table's offsets from what the lake held to what was processed.
+    async fn write_and_commit<R: Row>(&mut self, table: &Table, rows: &[R]) -> Result<usize> {
         let metadata = table.metadata();
         let schema = Arc::clone(metadata.current_schema());
         let arrow_schema: SchemaRef = Arc::new(schema_to_arrow_schema(&schema)?);
@@ -484,14 +496,20 @@ impl LakeWriter {
             files.extend(w.close().await?);
         }
         let n = files.len();
-        let tx = Transaction::new(table);
-        let action = tx
-            .fast_append()
-            .with_check_duplicate(false)
-            .add_data_files(files)
-            .set_snapshot_properties(props.clone());
-        let tx = action.apply(tx)?;
-        tx.commit(self.lake.catalog.as_ref()).await?;
+        let name = table.identifier().to_string();
+        let held = self.committed.get(&name).cloned().unwrap_or_default();
+        let claim = Claim {
+            expected: self
+                .offsets
+                .keys()
+                .map(|p| (p.clone(), held.get(p).copied().unwrap_or(0)))
+                .collect(),
+            next: self.offsets.clone(),
+        };
+        self.lake.append_fenced(table.identifier(), files, &claim, self.summary).await?;
+        let mut now = held;
+        now.extend(claim.next);
+        self.committed.insert(name, now);
         Ok(n)
     }
 }

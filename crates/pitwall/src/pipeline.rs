@@ -143,8 +143,15 @@ pub async fn run_on_bus(
 
     // Processors hand their outputs to the one lake writer through a bounded channel.
     let (out_tx, out_rx) = mpsc::channel::<Outputs>(64);
+    let lake_writer_state = LakeWriter::open(lake).await.context("reading the lake's committed offsets")?;
+    // Continue the offsets the lake has recorded, so every commit's claim holds.
+    for (key, next) in lake_writer_state.resume_offsets() {
+        if let Some(partition) = key.strip_prefix(&format!("{}/", topics.raw)).and_then(|p| p.parse().ok()) {
+            bus.resume(&topics.raw, partition, next).await?;
+        }
+    }
     let writer = tokio::spawn(
-        lake_writer(LakeWriter::new(lake), out_rx, Arc::clone(&stats)).instrument(tracing::info_span!("lake-writer")),
+        lake_writer(lake_writer_state, out_rx, Arc::clone(&stats)).instrument(tracing::info_span!("lake-writer")),
     );
     let mut processors = Vec::new();
     for consumer in consumers {

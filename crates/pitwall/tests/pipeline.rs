@@ -287,3 +287,20 @@ async fn outputs_go_back_onto_the_bus_for_live_readers() {
     let (key, car) = seen["telemetry.clean"].iter().find(|(_, v)| v["measurement"] == "car").unwrap();
     assert_eq!(key.as_deref(), Some(car["tags"]["driver"].as_str().unwrap().as_bytes()));
 }
+
+/// A second `pitwall up` on the same lake continues the first run's offsets, so its
+/// fenced commits hold and the snapshot offsets add up over both runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_lake_continues_its_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = run(config(dir.path(), 0.0, 0.0), 1).await;
+    let second = run(config(dir.path(), 0.0, 0.0), 1).await;
+    let lake = Lake::open(config(dir.path(), 0.0, 0.0).lake).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    let total = (first.produced + second.produced) as i64;
+    assert_eq!(count(&q, "raw.events").await, total);
+    let offsets = pitwall_lake::committed_offsets(&lake.table(&pitwall_lake::Fixed::Raw.ident()).await.unwrap()).unwrap();
+    assert_eq!(offsets.values().sum::<i64>(), total, "offsets continue across runs: {offsets:?}");
+    let distinct = rows(&q, "SELECT count(*) AS n FROM (SELECT DISTINCT \"partition\", \"offset\" FROM raw.events)").await;
+    assert_eq!(distinct[0]["n"].as_i64().unwrap(), total, "no offset is reused");
+}

@@ -1,0 +1,259 @@
+//! Fenced appends: pitwall's own Iceberg commit path.
+//!
+//! iceberg-rust's `Transaction::commit` reloads the table and re-applies its actions on
+//! whatever is newest, so it never reports a conflict and cannot fence a writer that
+//! lost its partitions. This module commits with requirements instead:
+//!
+//! 1. reload the table and read the bus offsets its newest snapshot records
+//!    (`pitwall.offsets`);
+//! 2. for every partition this writer claims, the lake must still hold exactly the offset
+//!    the writer started from; otherwise another writer has committed those partitions
+//!    since, and this one is a zombie: fail with [`Error::Fenced`], write nothing;
+//! 3. write a manifest for the new data files, a manifest list (existing manifests plus
+//!    the new one) and the next metadata file, with the merged offsets in the snapshot
+//!    summary;
+//! 4. swap the catalog pointer with a compare-and-set, the statement the JDBC catalog
+//!    (Java, PyIceberg, Trino) uses: `UPDATE iceberg_tables SET metadata_location = new,
+//!    previous_metadata_location = old WHERE … AND metadata_location = old`;
+//! 5. if no row changed, someone committed in between: go back to 1 (their commit may
+//!    be for other partitions, which is fine, or for ours, which fences us).
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iceberg::spec::{
+    DataFile, DataFileFormat, FormatVersion, MAIN_BRANCH, ManifestList, ManifestListWriter, ManifestWriterBuilder,
+    Operation, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
+    TableMetadataBuilder,
+};
+use iceberg::table::Table;
+use iceberg::{Catalog, MetadataLocation, TableIdent};
+use sqlx::AnyPool;
+
+use crate::writer::{OFFSETS_PROPERTY, committed_offsets};
+use crate::{Error, Result};
+
+/// How many times a commit is retried after losing a compare-and-set race.
+const MAX_ATTEMPTS: u32 = 20;
+
+/// The catalog row a commit swaps, and how to reach it.
+#[derive(Debug, Clone)]
+pub(crate) struct CatalogPointer {
+    pub(crate) pool: AnyPool,
+    pub(crate) catalog_name: String,
+    /// `?` (SQLite) or `$n` (PostgreSQL) placeholders.
+    pub(crate) dollar_placeholders: bool,
+}
+
+impl CatalogPointer {
+    /// Moves `ident`'s metadata pointer from `old` to `new` if it still is `old`.
+    async fn compare_and_set(&self, ident: &TableIdent, old: &str, new: &str) -> Result<bool> {
+        let p = |i: usize| if self.dollar_placeholders { format!("${i}") } else { "?".to_owned() };
+        let sql = format!(
+            "UPDATE iceberg_tables SET metadata_location = {}, previous_metadata_location = {}
+             WHERE catalog_name = {} AND table_namespace = {} AND table_name = {}
+               AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)
+               AND metadata_location = {}",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6)
+        );
+        let result = sqlx::query(&sql)
+            .bind(new)
+            .bind(old)
+            .bind(&self.catalog_name)
+            .bind(ident.namespace().join("."))
+            .bind(ident.name())
+            .bind(old)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::Catalog(format!("swapping the metadata pointer of {ident}: {e}")))?;
+        Ok(result.rows_affected() == 1)
+    }
+}
+
+/// What a fenced append claims and moves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// For each partition (`topic/partition`) this writer owns: the next offset the lake
+    /// must record now, i.e. where this writer started or last committed. A partition
+    /// the lake has never recorded counts as 0.
+    pub expected: BTreeMap<String, i64>,
+    /// The next offset of each claimed partition once this commit lands.
+    pub next: BTreeMap<String, i64>,
+}
+
+/// Appends `files` to `ident` in one snapshot if, and only if, the lake still records
+/// `claim.expected` for every claimed partition. Returns the table as committed.
+pub(crate) async fn fenced_append(
+    catalog: &dyn Catalog,
+    pointer: &CatalogPointer,
+    ident: &TableIdent,
+    files: Vec<DataFile>,
+    claim: &Claim,
+    properties: &HashMap<String, String>,
+) -> Result<Table> {
+    let mut backoff = Duration::from_millis(5);
+    for attempt in 1..=MAX_ATTEMPTS {
+        let table = catalog.load_table(ident).await?;
+        let committed = committed_offsets(&table).unwrap_or_default();
+        for (partition, expected) in &claim.expected {
+            let held = committed.get(partition).copied().unwrap_or(0);
+            if held != *expected {
+                return Err(Error::Fenced {
+                    table: ident.to_string(),
+                    partition: partition.clone(),
+                    committed: held,
+                    expected: *expected,
+                });
+            }
+        }
+        let mut offsets = committed;
+        offsets.extend(claim.next.iter().map(|(k, v)| (k.clone(), *v)));
+        let old_location = table
+            .metadata_location()
+            .ok_or_else(|| Error::Internal(format!("{ident} has no metadata location")))?
+            .to_owned();
+        let new_location = stage(&table, &old_location, files.clone(), &offsets, properties).await?;
+        if pointer.compare_and_set(ident, &old_location, &new_location).await? {
+            return Ok(catalog.load_table(ident).await?);
+        }
+        tracing::debug!(table = %ident, attempt, "lost a commit race; reloading and checking the claim again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+    Err(Error::Catalog(format!(
+        "{ident}: {MAX_ATTEMPTS} commits in a row lost the race to other writers; the catalog is overloaded or writers are spinning"
+    )))
+}
+
+/// Writes the manifest, manifest list and next metadata file for appending `files` on
+/// top of `table`; returns the new metadata location. Nothing is visible until the
+/// catalog pointer moves.
+async fn stage(
+    table: &Table,
+    old_location: &str,
+    files: Vec<DataFile>,
+    offsets: &BTreeMap<String, i64>,
+    properties: &HashMap<String, String>,
+) -> Result<String> {
+    let metadata = table.metadata();
+    if metadata.format_version() != FormatVersion::V2 {
+        return Err(Error::Internal(format!(
+            "table format {:?} is not supported by the fenced commit (pitwall creates v2 tables)",
+            metadata.format_version()
+        )));
+    }
+    let file_io = table.file_io();
+    let schema = Arc::clone(metadata.current_schema());
+    let spec = metadata.default_partition_spec().as_ref().clone();
+    let snapshot_id = unique_snapshot_id(table);
+    let sequence_number = metadata.next_sequence_number();
+    let parent = metadata.current_snapshot_id();
+    let commit_id = uuid::Uuid::new_v4();
+    let meta_dir = format!("{}/metadata", metadata.location());
+
+    let mut summary = SnapshotSummaryCollector::default();
+    for f in &files {
+        summary.add_file(f, Arc::clone(&schema), Arc::clone(metadata.default_partition_spec()));
+    }
+    let manifest_path = format!("{meta_dir}/{commit_id}-m0.{}", DataFileFormat::Avro);
+    let mut manifest = ManifestWriterBuilder::new(
+        file_io.new_output(&manifest_path)?,
+        Some(snapshot_id),
+        Arc::clone(&schema),
+        spec,
+    )
+    .build_v2_data();
+    for f in files {
+        manifest.add_file(f, sequence_number)?;
+    }
+    let new_manifest = manifest.write_manifest_file().await?;
+
+    let mut manifests = Vec::new();
+    let mut previous_totals = HashMap::new();
+    if let Some(current) = metadata.current_snapshot() {
+        let bytes = file_io.new_input(current.manifest_list())?.read().await?;
+        let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
+        manifests.extend(
+            list.entries()
+                .iter()
+                .filter(|m| m.has_added_files() || m.has_existing_files())
+                .cloned(),
+        );
+        previous_totals = current.summary().additional_properties.clone();
+    }
+    manifests.push(new_manifest);
+    let list_path = format!("{meta_dir}/snap-{snapshot_id}-0-{commit_id}.{}", DataFileFormat::Avro);
+    let mut list = ManifestListWriter::v2(
+        file_io.new_output(&list_path)?.writer().await?,
+        snapshot_id,
+        parent,
+        sequence_number,
+    );
+    list.add_manifests(manifests.into_iter())?;
+    list.close().await?;
+
+    let mut props = properties.clone();
+    let added = summary.build();
+    add_totals(&mut props, &added, &previous_totals);
+    props.extend(added);
+    props.insert(
+        OFFSETS_PROPERTY.to_owned(),
+        serde_json::to_string(offsets).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(parent)
+        .with_sequence_number(sequence_number)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(Summary {
+            operation: Operation::Append,
+            additional_properties: props,
+        })
+        .with_schema_id(metadata.current_schema_id())
+        .build();
+    let new_metadata = TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(old_location.to_owned()))
+        .add_snapshot(snapshot)?
+        .set_ref(
+            MAIN_BRANCH,
+            SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+        )?
+        .build()?
+        .metadata;
+    let location = MetadataLocation::from_str(old_location)?.with_next_version();
+    new_metadata.write_to(file_io, &location).await?;
+    Ok(location.to_string())
+}
+
+/// `total-*` summary values: the previous snapshot's plus what this one adds, as the
+/// Iceberg spec's snapshot summary defines them.
+fn add_totals(props: &mut HashMap<String, String>, added: &HashMap<String, String>, previous: &HashMap<String, String>) {
+    let num = |m: &HashMap<String, String>, k: &str| m.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    for (total, add) in [
+        ("total-data-files", "added-data-files"),
+        ("total-records", "added-records"),
+        ("total-files-size", "added-files-size"),
+        ("total-delete-files", "added-delete-files"),
+        ("total-position-deletes", "added-position-deletes"),
+        ("total-equality-deletes", "added-equality-deletes"),
+    ] {
+        props.insert(total.to_owned(), (num(previous, total) + num(added, add)).to_string());
+    }
+}
+
+fn unique_snapshot_id(table: &Table) -> i64 {
+    loop {
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) & (i64::MAX as u64)) as i64;
+        if id != 0 && !table.metadata().snapshots().any(|s| s.snapshot_id() == id) {
+            return id;
+        }
+    }
+}
