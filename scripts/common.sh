@@ -19,5 +19,7 @@ if ! command -v cargo >/dev/null; then
   echo "cargo is not installed: install Rust with rustup (https://rustup.rs), then run this again" >&2
   exit 1
 fi
-# C compiler for the -sys crates (zstd, sqlite are built from source and bundled).
+# C toolchain and headers for the -sys crates: zstd and SQLite are bundled; librdkafka
+# is built from source and links OpenSSL (TLS, SASL) and zlib.
 command -v cc >/dev/null || need_apt build-essential
+need_apt libssl-dev zlib1g-dev pkg-config

@@ -8,6 +8,8 @@
 //! when a consumer falls behind, [`Producer::send`] waits instead of letting memory grow.
 //! The entry type is [`InProcessBus`].
 
+pub mod kafka;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -129,6 +131,17 @@ pub enum Error {
     /// The topic does not exist.
     #[error("no topic named {0}")]
     NoSuchTopic(String),
+    /// A bus setting is wrong; the key says where, the message what to do.
+    #[error("config key {key}: {message}")]
+    Config {
+        /// Dotted key, e.g. `kafka.compression`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// Kafka refused or failed an operation; the message names the brokers.
+    #[error("kafka: {0}")]
+    Kafka(String),
 }
 
 /// Result type of this crate.

@@ -1,0 +1,333 @@
+//! The bus on Apache Kafka (any Kafka-API broker), through librdkafka.
+//!
+//! Producers are idempotent with `acks=all`, compress batches (lz4 by default) and place
+//! keys with librdkafka's `murmur2_random` partitioner: for a keyed message that is
+//! `murmur2(key) % partitions`, the Java client's placement, so pitwall, Kafka Streams and
+//! other clients agree on where a source's events live. Consumers join a consumer group
+//! with cooperative-sticky rebalancing and never auto-commit: where to resume is the
+//! lake's business (the offsets recorded in its snapshots), Kafka's committed offsets
+//! are kept for lag monitoring only.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Message, Result};
+
+/// How to reach and use the Kafka cluster. Every setting has a default for a broker on
+/// this machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma separated (`host:port,host:port`).
+    pub brokers: String,
+    /// Client id the brokers see (logs, quotas).
+    pub client_id: String,
+    /// Consumer group of `pitwall process`; processes in one group split the partitions.
+    pub group_id: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: String,
+    /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    pub sasl_username: Option<String>,
+    /// SASL password.
+    pub sasl_password: Option<String>,
+    /// CA certificate file (PEM) to verify the brokers.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// Client certificate file (PEM) for mutual TLS.
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// Client private key file (PEM) for mutual TLS.
+    pub ssl_key_location: Option<PathBuf>,
+    /// Partitions of the topics pitwall creates.
+    pub partitions: i32,
+    /// Replication factor of the topics pitwall creates.
+    pub replication_factor: i32,
+    /// Batch compression: `lz4`, `zstd`, `snappy`, `gzip` or `none`.
+    pub compression: String,
+    /// How long a producer waits to fill a batch.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Largest batch per partition, bytes.
+    pub batch_bytes: usize,
+    /// Any other librdkafka property, passed as is (e.g. `"socket.keepalive.enable" = "true"`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "pitwall".into(),
+            group_id: "pitwall-processor".into(),
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            partitions: 3,
+            replication_factor: 1,
+            compression: "lz4".into(),
+            linger: Duration::from_millis(5),
+            batch_bytes: 1_000_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+fn config_error(key: &str, message: String) -> Error {
+    Error::Config {
+        key: format!("kafka.{key}"),
+        message,
+    }
+}
+
+impl KafkaConfig {
+    /// Checks the settings librdkafka would only reject later, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.brokers.trim().is_empty() {
+            return Err(config_error("brokers", "is empty; give host:port of at least one broker".into()));
+        }
+        let protocols = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+        if !protocols.contains(&self.security_protocol.as_str()) {
+            return Err(config_error(
+                "security-protocol",
+                format!("is {:?}; use one of {}", self.security_protocol, protocols.join(", ")),
+            ));
+        }
+        if self.security_protocol.starts_with("sasl") {
+            match self.sasl_mechanism.as_deref() {
+                Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {}
+                other => {
+                    return Err(config_error(
+                        "sasl-mechanism",
+                        format!("is {other:?}; with a sasl_* security protocol use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+                    ));
+                }
+            }
+            if self.sasl_username.is_none() || self.sasl_password.is_none() {
+                return Err(config_error("sasl-username", "SASL needs sasl-username and sasl-password".into()));
+            }
+        }
+        let codecs = ["lz4", "zstd", "snappy", "gzip", "none"];
+        if !codecs.contains(&self.compression.as_str()) {
+            return Err(config_error(
+                "compression",
+                format!("is {:?}; use one of {}", self.compression, codecs.join(", ")),
+            ));
+        }
+        if self.partitions < 1 {
+            return Err(config_error("partitions", format!("is {}; use 1 or more", self.partitions)));
+        }
+        if self.replication_factor < 1 {
+            return Err(config_error("replication-factor", format!("is {}; use 1 or more", self.replication_factor)));
+        }
+        Ok(())
+    }
+
+    /// Settings every client shares: brokers, identity, TLS and SASL, overrides.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id)
+            .set("security.protocol", &self.security_protocol);
+        let opt = |c: &mut ClientConfig, key: &str, v: Option<String>| {
+            if let Some(v) = v {
+                c.set(key, v);
+            }
+        };
+        opt(&mut c, "sasl.mechanisms", self.sasl_mechanism.clone());
+        opt(&mut c, "sasl.username", self.sasl_username.clone());
+        opt(&mut c, "sasl.password", self.sasl_password.clone());
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        opt(&mut c, "ssl.ca.location", path(&self.ssl_ca_location));
+        opt(&mut c, "ssl.certificate.location", path(&self.ssl_certificate_location));
+        opt(&mut c, "ssl.key.location", path(&self.ssl_key_location));
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Producer settings: idempotent, acks=all, compressed batches, Java-compatible keys.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", &self.compression)
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set("batch.size", self.batch_bytes.to_string())
+            .set("partitioner", "murmur2_random");
+        // Overrides win over the defaults above.
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Consumer settings: one group, cooperative rebalancing, no auto-commit.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("group.id", &self.group_id)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+fn kafka_error(what: &str, brokers: &str, e: impl std::fmt::Display) -> Error {
+    Error::Kafka(format!("{what} (brokers {brokers}): {e}"))
+}
+
+/// Creates `topics` with the configured partitions and replication where they do not
+/// exist yet; topics that exist are left as they are.
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(|e| kafka_error("creating the admin client", &config.brokers, e))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, config.partitions, TopicReplication::Fixed(config.replication_factor)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| kafka_error("creating topics; is the broker up?", &config.brokers, e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(kafka_error(&format!("creating topic {topic}"), &config.brokers, code)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes to one Kafka topic.
+pub struct KafkaProducer {
+    inner: FutureProducer,
+    topic: String,
+    brokers: String,
+}
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer").field("topic", &self.topic).finish()
+    }
+}
+
+impl KafkaProducer {
+    /// A producer for `topic`.
+    pub fn new(config: &KafkaConfig, topic: &str) -> Result<Self> {
+        let inner = config
+            .producer_config()
+            .create()
+            .map_err(|e| kafka_error("creating the producer", &config.brokers, e))?;
+        Ok(KafkaProducer {
+            inner,
+            topic: topic.to_owned(),
+            brokers: config.brokers.clone(),
+        })
+    }
+
+    /// Sends one message and waits until the brokers acknowledged it (acks=all). While
+    /// the brokers are away, librdkafka keeps retrying within its delivery timeout.
+    /// Returns the partition and offset it was written at.
+    pub async fn send(&self, key: Option<&[u8]>, payload: &[u8], timestamp_ns: i64) -> Result<(u32, i64)> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .payload(payload)
+            .timestamp(timestamp_ns.div_euclid(1_000_000));
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        match self.inner.send(record, Timeout::Never).await {
+            Ok(delivery) => Ok((delivery.partition as u32, delivery.offset)),
+            Err((e, _)) => Err(kafka_error(&format!("sending to {}", self.topic), &self.brokers, e)),
+        }
+    }
+
+    /// Waits until every message sent so far is acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        use rdkafka::producer::Producer;
+        self.inner
+            .flush(Timeout::After(timeout))
+            .map_err(|e| kafka_error("flushing the producer", &self.brokers, e))
+    }
+}
+
+/// Reads topics as a member of the consumer group.
+pub struct KafkaConsumer {
+    inner: StreamConsumer,
+    brokers: String,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer").field("brokers", &self.brokers).finish()
+    }
+}
+
+impl KafkaConsumer {
+    /// Joins the group and subscribes to `topics`.
+    pub fn subscribe(config: &KafkaConfig, topics: &[&str]) -> Result<Self> {
+        let inner: StreamConsumer = config
+            .consumer_config()
+            .create()
+            .map_err(|e| kafka_error("creating the consumer", &config.brokers, e))?;
+        inner
+            .subscribe(topics)
+            .map_err(|e| kafka_error("subscribing", &config.brokers, e))?;
+        Ok(KafkaConsumer {
+            inner,
+            brokers: config.brokers.clone(),
+        })
+    }
+
+    /// The next message from any assigned partition.
+    pub async fn recv(&self) -> Result<Message> {
+        let m = self
+            .inner
+            .recv()
+            .await
+            .map_err(|e| kafka_error("receiving", &self.brokers, e))?;
+        Ok(Message {
+            partition: m.partition() as u32,
+            offset: m.offset(),
+            key: m.key().map(Bytes::copy_from_slice),
+            payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            timestamp: m.timestamp().to_millis().unwrap_or(0).saturating_mul(1_000_000),
+        })
+    }
+
+    /// Partitions assigned to this member now, as `(topic, partition)`.
+    pub fn assignment(&self) -> Result<Vec<(String, u32)>> {
+        let list = self
+            .inner
+            .assignment()
+            .map_err(|e| kafka_error("reading the assignment", &self.brokers, e))?;
+        Ok(list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition() as u32))
+            .collect())
+    }
+}
