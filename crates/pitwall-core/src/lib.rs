@@ -6,6 +6,7 @@
 //! Kafka payload) and defines the records the processor derives from points
 //! ([`record`]). It does no I/O so it can be property-tested and fuzzed in isolation.
 
+pub mod fastf1;
 pub mod json;
 pub mod line_protocol;
 mod point;
@@ -31,6 +32,16 @@ pub enum Error {
     Json {
         /// Where in the document: `line L, column C` or a field path such as `fields.rpm`.
         location: String,
+        /// What was expected, in words.
+        message: String,
+    },
+    /// A CSV row did not parse.
+    #[error("line {line}, column {column}: {message}")]
+    Csv {
+        /// 1-based line number in the file (the header is line 1).
+        line: u64,
+        /// Column name.
+        column: String,
         /// What was expected, in words.
         message: String,
     },
