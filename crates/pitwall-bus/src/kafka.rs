@@ -198,16 +198,36 @@ fn kafka_error(what: &str, brokers: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Creates `topics` with the configured partitions and replication where they do not
-/// exist yet; topics that exist are left as they are.
+/// exist yet; topics that exist are left as they are, and no create request is sent
+/// for them (a user may read and write topics without the right to create any).
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
         .create()
         .map_err(|e| kafka_error("creating the admin client", &config.brokers, e))?;
+    let existing: Vec<String> = {
+        let cfg = config.client_config();
+        let brokers = config.brokers.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+            let client: rdkafka::consumer::BaseConsumer = cfg
+                .create()
+                .map_err(|e| kafka_error("creating a metadata client", &brokers, e))?;
+            let metadata = client
+                .fetch_metadata(None, Duration::from_secs(15))
+                .map_err(|e| kafka_error("listing topics; is the broker up?", &brokers, e))?;
+            Ok(metadata.topics().iter().map(|t| t.name().to_owned()).collect())
+        })
+        .await
+        .map_err(|e| Error::Kafka(e.to_string()))??
+    };
     let new: Vec<NewTopic<'_>> = topics
         .iter()
+        .filter(|t| !existing.iter().any(|e| e == *t))
         .map(|t| NewTopic::new(t, config.partitions, TopicReplication::Fixed(config.replication_factor)))
         .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
     let opts = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
     let results = admin
         .create_topics(&new, &opts)
@@ -262,6 +282,43 @@ impl KafkaProducer {
         match self.inner.send(record, Timeout::Never).await {
             Ok(delivery) => Ok((delivery.partition as u32, delivery.offset)),
             Err((e, _)) => Err(kafka_error(&format!("sending to {}", self.topic), &self.brokers, e)),
+        }
+    }
+
+    /// Queues one message without waiting for its acknowledgement and returns a future
+    /// that resolves to where it was written. Messages are queued in call order, so a
+    /// key's messages stay in order; while librdkafka's queue is full this waits.
+    pub async fn enqueue(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        timestamp_ns: i64,
+    ) -> Result<impl Future<Output = Result<(u32, i64)>> + use<>> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .payload(payload)
+            .timestamp(timestamp_ns.div_euclid(1_000_000));
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        loop {
+            match self.inner.send_result(record) {
+                Ok(delivery) => {
+                    let topic = self.topic.clone();
+                    let brokers = self.brokers.clone();
+                    return Ok(async move {
+                        match delivery.await {
+                            Ok(Ok(d)) => Ok((d.partition as u32, d.offset)),
+                            Ok(Err((e, _))) => Err(kafka_error(&format!("sending to {topic}"), &brokers, e)),
+                            Err(_) => Err(kafka_error(&format!("sending to {topic}"), &brokers, "the producer was dropped")),
+                        }
+                    });
+                }
+                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => return Err(kafka_error(&format!("sending to {}", self.topic), &self.brokers, e)),
+            }
         }
     }
 

@@ -124,7 +124,7 @@ pub fn parse_row(cols: &Columns, row: &csv::StringRecord, line: u64, driver: &st
 /// Parses every row of a FastF1 car data CSV; bad rows are errors and the rest go on.
 pub fn parse(input: &str, driver: &str) -> Vec<Result<Point>> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input.as_bytes());
-    let cols = match reader.headers().map_err(|e| csv_error(&e)).and_then(|h| Columns::from_header(h)) {
+    let cols = match reader.headers().map_err(|e| csv_error(&e)).and_then(Columns::from_header) {
         Ok(c) => c,
         Err(e) => return vec![Err(e)],
     };

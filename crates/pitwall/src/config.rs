@@ -21,6 +21,8 @@ pub struct Config {
     pub sim: SimConfig,
     /// The bus.
     pub bus: BusSettings,
+    /// Kafka, for `ingest`, `replay` and `process`.
+    pub kafka: pitwall_bus::kafka::KafkaConfig,
     /// The lake.
     pub lake: LakeConfig,
     /// The processor: windows and rules.
@@ -133,6 +135,7 @@ impl Config {
     /// Checks values serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.processor.validate()?;
+        self.kafka.validate()?;
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             bail!("config key bus.partitions: is {}; use 1 to 1024", self.bus.partitions);
         }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod pipeline;
+pub mod replay;
 mod status;
 
 use std::path::PathBuf;
@@ -48,6 +49,13 @@ enum Command {
     Query(QueryArgs),
     /// Print simulated telemetry to stdout (JSON lines or line protocol).
     Sim(SimArgs),
+    /// Send files to the raw Kafka topic: FastF1 car data CSV, JSON lines, line protocol.
+    ///
+    /// PATH is a file or a directory (files in name order; --follow keeps watching it
+    /// for new files). Lines that are not valid points go to the DLQ topic with their
+    /// file, line and reason, and the summary counts them. Kafka settings come from the
+    /// [kafka] section of the config (or --brokers).
+    Replay(ReplayArgs),
     /// Work with anomaly rules.
     Rules {
         #[command(subcommand)]
@@ -104,6 +112,33 @@ struct QueryArgs {
 }
 
 #[derive(Debug, Args)]
+struct ReplayArgs {
+    /// A file or a directory of files.
+    path: PathBuf,
+    /// Input format; auto goes by extension (.csv FastF1, .jsonl JSON lines, .lp line protocol).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: replay::InputFormat,
+    /// Driver code for FastF1 files (default: taken from the file name, e.g. VER.csv).
+    #[arg(long)]
+    driver: Option<String>,
+    /// Event-time seconds per second: 1 is real time, 10 ten times faster, 0 as fast as possible.
+    #[arg(long, default_value = "0")]
+    speed: f64,
+    /// Keep watching the directory and send new files as they arrive (Ctrl-C to stop).
+    #[arg(long)]
+    follow: bool,
+    /// Timestamp unit of line protocol and Telegraf JSON input: s, ms, us or ns.
+    #[arg(long, default_value = "ns")]
+    precision: pitwall_core::Precision,
+    /// Kafka bootstrap brokers (overrides kafka.brokers).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct SimArgs {
     /// Simulated time to print.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -151,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up(args).await,
         Command::Query(args) => query(args).await,
         Command::Sim(args) => sim(&args),
+        Command::Replay(args) => replay_files(args).await,
         Command::Rules {
             command: RulesCommand::Check { file },
         } => {
@@ -166,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
@@ -259,6 +295,37 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         println!();
         eprintln!("{} rows", pitwall_query::row_count(&batches));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(b) = args.brokers {
+        config.kafka.brokers = b;
+    }
+    if !(args.speed >= 0.0 && args.speed.is_finite()) {
+        anyhow::bail!("--speed is {}; use 0 (as fast as possible) or a positive factor", args.speed);
+    }
+    let opts = replay::ReplayOptions {
+        path: args.path,
+        format: args.format,
+        driver: args.driver,
+        speed: args.speed,
+        follow: args.follow,
+        precision: args.precision,
+    };
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: waiting for the brokers to acknowledge what was sent");
+                cancel.cancel();
+            }
+        });
+    }
+    let summary = replay::replay(&config, &opts, cancel).await?;
+    eprintln!("{}", replay::describe(&summary));
     Ok(ExitCode::SUCCESS)
 }
 
