@@ -49,6 +49,13 @@ enum Command {
     Query(QueryArgs),
     /// Print simulated telemetry to stdout (JSON lines or line protocol).
     Sim(SimArgs),
+    /// Run the simulators and send their telemetry to the raw Kafka topic.
+    ///
+    /// Topics pitwall uses are created through the admin API when missing. Kafka
+    /// settings come from the [kafka] section of the config (or --brokers). Ctrl-C (or
+    /// the end of --duration / --sim-duration) stops and waits for every message to be
+    /// acknowledged.
+    Ingest(IngestArgs),
     /// Send files to the raw Kafka topic: FastF1 car data CSV, JSON lines, line protocol.
     ///
     /// PATH is a file or a directory (files in name order; --follow keeps watching it
@@ -109,6 +116,31 @@ struct QueryArgs {
     /// Output: table (aligned), csv or json (one object per line).
     #[arg(long, default_value = "table")]
     format: pitwall_query::Format,
+}
+
+#[derive(Debug, Args)]
+struct IngestArgs {
+    /// Stop after this much wall time (e.g. 30s); default: until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this much simulated time (exact event counts for scripts).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    sim_duration: Option<Duration>,
+    /// Simulated seconds per second, 0 for as fast as possible (overrides sim.speed).
+    #[arg(long)]
+    speed: Option<f64>,
+    /// Simulator seed (overrides sim.seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Kafka bootstrap brokers (overrides kafka.brokers).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Seconds between status lines.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
+    /// Config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query(args).await,
         Command::Sim(args) => sim(&args),
         Command::Replay(args) => replay_files(args).await,
+        Command::Ingest(args) => ingest(args).await,
         Command::Rules {
             command: RulesCommand::Check { file },
         } => {
@@ -295,6 +328,93 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         println!();
         eprintln!("{} rows", pitwall_query::row_count(&batches));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    use std::sync::atomic::Ordering;
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(b) = args.brokers {
+        config.kafka.brokers = b;
+    }
+    if let Some(s) = args.speed {
+        config.sim.speed = s;
+    }
+    if let Some(seed) = args.seed {
+        config.sim.seed = seed;
+    }
+    config.validate()?;
+    let topics = pitwall_bus::Topics::with_prefix(&config.bus.topic_prefix);
+    pitwall_bus::kafka::ensure_topics(&config.kafka, &topics.all())
+        .await
+        .context("making sure pitwall's topics exist")?;
+    let mut sink = pipeline::KafkaSink::new(&config.kafka, &topics.raw)?;
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: waiting for the brokers to acknowledge what was sent");
+                cancel.cancel();
+            }
+        });
+    }
+    if let Some(d) = args.duration {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            cancel.cancel();
+        });
+    }
+    let stats = Arc::new(pipeline::Stats::default());
+    let status = {
+        let (stats, cancel, every) = (Arc::clone(&stats), cancel.clone(), args.status_interval);
+        let topic = topics.raw.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+            tick.tick().await;
+            let mut last = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = cancel.cancelled() => return,
+                }
+                let n = stats.produced.load(Ordering::Relaxed);
+                eprintln!(
+                    "[{:>6.0}s] {:>8.0} events/s | {n} events sent to {topic}",
+                    start.elapsed().as_secs_f64(),
+                    (n - last) as f64 / every.as_secs_f64(),
+                );
+                last = n;
+            }
+        })
+    };
+    eprintln!(
+        "pitwall ingest: {} cars, {} sensors, speed {}x -> {} on {}",
+        if config.sim.race_enabled { config.sim.race.cars } else { 0 },
+        if config.sim.iot_enabled { config.sim.iot.sensors } else { 0 },
+        config.sim.speed,
+        topics.raw,
+        config.kafka.brokers
+    );
+    let started = std::time::Instant::now();
+    let run = pipeline::SimRun {
+        start_time: now_ns(),
+        sim_duration: args.sim_duration,
+    };
+    let mut sim = pipeline::simulators(&config, run.start_time);
+    pipeline::produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
+    sink.finish().await?;
+    cancel.cancel();
+    status.await.ok();
+    let sent = stats.produced.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "ingest: sent {sent} events ({} malformed on purpose) in {secs:.1}s ({:.0} events/s), all acknowledged",
+        stats.corrupted.load(Ordering::Relaxed),
+        sent as f64 / secs.max(1e-3)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

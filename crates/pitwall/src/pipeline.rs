@@ -169,9 +169,9 @@ pub async fn run_on_bus(
     }
     drop(out_tx);
 
-    let producer = bus.producer(&topics.raw)?;
+    let mut producer = bus.producer(&topics.raw)?;
     let mut sim = simulators(&config, run.start_time);
-    let produced = produce(&config, &run, &mut sim, &producer, &cancel, &stats).await;
+    let produced = produce(&config, &run, &mut sim, &mut producer, &cancel, &stats).await;
     // Everything sent is on the bus; ending the topic lets processors drain and finish.
     bus.close(&topics.raw).await?;
     // A failing writer makes processors and then the producer fail too: report the
@@ -211,12 +211,72 @@ pub async fn run_on_bus(
     })
 }
 
+/// Where simulated payloads go: the in-process bus or Kafka.
+#[allow(async_fn_in_trait)]
+pub trait RawSink {
+    /// Sends one payload (waiting while the bus is full).
+    async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> anyhow::Result<()>;
+}
+
+impl RawSink for Producer {
+    async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> anyhow::Result<()> {
+        Producer::send(self, key, payload, time).await?;
+        Ok(())
+    }
+}
+
+type Ack = std::pin::Pin<Box<dyn Future<Output = pitwall_bus::Result<(u32, i64)>> + Send>>;
+
+/// Kafka as a [`RawSink`]: sends are pipelined, acknowledgements awaited in order.
+pub struct KafkaSink {
+    producer: pitwall_bus::kafka::KafkaProducer,
+    acks: std::collections::VecDeque<Ack>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink").field("producer", &self.producer).field("in_flight", &self.acks.len()).finish()
+    }
+}
+
+impl KafkaSink {
+    /// A sink writing to `topic`.
+    pub fn new(config: &pitwall_bus::kafka::KafkaConfig, topic: &str) -> anyhow::Result<Self> {
+        Ok(KafkaSink {
+            producer: pitwall_bus::kafka::KafkaProducer::new(config, topic)?,
+            acks: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// Waits until the brokers acknowledged everything sent.
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        while let Some(a) = self.acks.pop_front() {
+            a.await?;
+        }
+        self.producer.flush(Duration::from_secs(30))?;
+        Ok(())
+    }
+}
+
+impl RawSink for KafkaSink {
+    async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> anyhow::Result<()> {
+        let ack = self.producer.enqueue(key.as_deref(), &payload, time).await?;
+        self.acks.push_back(Box::pin(ack));
+        while self.acks.len() > 50_000 {
+            if let Some(a) = self.acks.pop_front() {
+                a.await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Steps the simulators and sends their points until the simulated end, or `cancel`.
-async fn produce(
+pub async fn produce<S: RawSink>(
     config: &Config,
     run: &SimRun,
     sim: &mut Mixed,
-    producer: &Producer,
+    producer: &mut S,
     cancel: &CancellationToken,
     stats: &Stats,
 ) -> anyhow::Result<()> {

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use pitwall_bus::Topics;
-use pitwall_bus::kafka::{KafkaProducer, ensure_topics};
+use bytes::Bytes;
+use pitwall_bus::kafka::ensure_topics;
 use pitwall_core::{Point, Precision, fastf1, json, line_protocol};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::pipeline::{KafkaSink, RawSink};
 
 /// Input file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,8 +153,8 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
     ensure_topics(&config.kafka, &[&topics.raw, &topics.dlq])
         .await
         .context("making sure the raw and DLQ topics exist")?;
-    let raw = KafkaProducer::new(&config.kafka, &topics.raw)?;
-    let dlq = KafkaProducer::new(&config.kafka, &topics.dlq)?;
+    let mut raw = KafkaSink::new(&config.kafka, &topics.raw)?;
+    let mut dlq = KafkaSink::new(&config.kafka, &topics.dlq)?;
     let is_dir = opts.path.is_dir();
     if !is_dir && !opts.path.is_file() {
         bail!("{} is neither a file nor a directory", opts.path.display());
@@ -178,7 +180,6 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
     let mut pending: VecDeque<PathBuf> = initial.into();
     // Pacing: event time of the first event and the wall clock when it was sent.
     let mut clock: Option<(i64, Instant)> = None;
-    let mut acks = VecDeque::new();
     let mut sizes: BTreeMap<PathBuf, u64> = BTreeMap::new();
     loop {
         while let Some(path) = pending.pop_front() {
@@ -207,7 +208,8 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                             None => json::encode(&point)?,
                         };
                         let key = point.tags.get(config.processor.source_tag(&point.measurement));
-                        acks.push_back(raw.enqueue(key.map(|k| k.as_bytes()), &payload, point.time).await?);
+                        let key = key.map(|k| Bytes::copy_from_slice(k.as_bytes()));
+                        raw.send(key, Bytes::from(payload), point.time).await?;
                         summary.sent += 1;
                     }
                     Err((line, reason)) => {
@@ -217,13 +219,7 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                         entry.0 += 1;
                         let text_line = text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("");
                         let record = serde_json::json!({"file": path.display().to_string(), "line": line, "reason": reason, "payload": text_line});
-                        acks.push_back(dlq.enqueue(None, record.to_string().as_bytes(), crate::now_ns()).await?);
-                    }
-                }
-                // Bound what is in flight; acknowledgements come back in order per partition.
-                while acks.len() > 50_000 {
-                    if let Some(a) = acks.pop_front() {
-                        a.await?;
+                        dlq.send(None, Bytes::from(record.to_string()), crate::now_ns()).await?;
                     }
                 }
                 if summary.sent % 4096 == 0 {
@@ -253,11 +249,8 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
         }
         bar.set_message(format!("{} events from {} files, following {}", summary.sent, summary.files, opts.path.display()));
     }
-    for a in acks {
-        a.await?;
-    }
-    raw.flush(Duration::from_secs(30))?;
-    dlq.flush(Duration::from_secs(30))?;
+    raw.finish().await?;
+    dlq.finish().await?;
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)

@@ -1,6 +1,7 @@
 //! `pitwall replay` sends files to the raw topic and bad lines to the DLQ with their
-//! reason. Runs the real binary against librdkafka's mock cluster (a real TCP listener
-//! on loopback), a quick check; the pipeline tests use a real broker.
+//! reason; `pitwall ingest` sends the simulators' telemetry. Both run the real binary
+//! against librdkafka's mock cluster (real TCP on loopback), a quick check; the pipeline
+//! tests against a real broker come with `pitwall process`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -88,4 +89,37 @@ async fn replay_sends_good_lines_and_dead_letters_bad_ones() {
     assert_eq!(find("factory.lp")["payload"], "machine,host=press-7 temp=oops 1767225601000000000");
     assert_eq!(find("VER_car_data.csv")["line"], 4);
     assert_eq!(find("sensors.jsonl")["line"], 2);
+}
+
+/// `pitwall ingest` sends the simulators' telemetry to the raw topic, keyed by source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_sends_every_simulated_event_keyed_by_source() {
+    let cluster = MockCluster::new(1).unwrap();
+    for t in ["raw", "clean", "metrics", "anomalies", "dlq", "late"] {
+        cluster.create_topic(&format!("telemetry.{t}"), 3, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["ingest", "--speed", "0", "--sim-duration", "10s", "--brokers", &cluster.bootstrap_servers()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // 20 cars at 10 Hz and 20 sensors at 1 Hz for 10 simulated seconds.
+    assert!(stderr.contains("ingest: sent 2200 events"), "{stderr}");
+    let config = KafkaConfig {
+        brokers: cluster.bootstrap_servers(),
+        ..KafkaConfig::default()
+    };
+    let raw = drain(&config, "telemetry.raw", 2200).await;
+    let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
+    for m in &raw {
+        let key = String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap();
+        assert_eq!(m.partition, pitwall_bus::partition_for(key.as_bytes(), 3), "{key}");
+        *per_key.entry(key).or_default() += 1;
+    }
+    assert_eq!(per_key.len(), 40, "20 drivers and 20 sensors");
+    assert_eq!(per_key["VER"], 100);
+    assert_eq!(per_key["sensor-000"], 10);
 }
