@@ -11,9 +11,7 @@
 //! (`name`, `tags`, `fields`, `timestamp` in seconds, or in the given precision).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, FieldValue, Point, Precision, Result};
@@ -65,43 +63,6 @@ pub fn encode(point: &Point) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A field value as JSON gives it: integers stay integers, floats stay floats.
-struct JsonField(FieldValue);
-
-impl<'de> Deserialize<'de> for JsonField {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = JsonField;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number, a boolean or a string")
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<JsonField, E> {
-                Ok(JsonField(FieldValue::F64(v)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<JsonField, E> {
-                Ok(JsonField(FieldValue::I64(v)))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<JsonField, E> {
-                Ok(JsonField(match i64::try_from(v) {
-                    Ok(i) => FieldValue::I64(i),
-                    Err(_) => FieldValue::U64(v),
-                }))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<JsonField, E> {
-                Ok(JsonField(FieldValue::Bool(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<JsonField, E> {
-                Ok(JsonField(FieldValue::Str(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<JsonField, E> {
-                Ok(JsonField(FieldValue::Str(v)))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireIn {
@@ -110,7 +71,7 @@ struct WireIn {
     name: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
-    fields: Option<BTreeMap<String, JsonField>>,
+    fields: Option<BTreeMap<String, FieldValue>>,
     time: Option<i64>,
     /// Telegraf's timestamp, in `precision` units.
     timestamp: Option<i64>,
@@ -141,8 +102,7 @@ pub fn decode(bytes: &[u8], default_time: i64, telegraf_precision: Precision) ->
     let Some(fields) = wire.fields else {
         return Err(invalid("top level", "expected a \"fields\" object".into()));
     };
-    let mut fields: BTreeMap<String, FieldValue> =
-        fields.into_iter().map(|(k, v)| (k, v.0)).collect();
+    let mut fields = fields;
     for key in &wire.unsigned {
         let location = format!("fields.{key}");
         match fields.get_mut(key) {

@@ -280,16 +280,19 @@ impl<'a> Parser<'a> {
     fn field_value(&mut self, key: &str) -> Result<FieldValue> {
         let start = self.pos;
         if self.peek() == Some(b'"') {
+            // A string may span lines: report a missing quote where the string began.
+            let (open_line, open_column) = (self.line, start - self.line_start + 1);
             self.pos += 1;
             let mut s = String::new();
             let mut run_start = self.pos;
             loop {
                 match self.peek() {
                     None => {
-                        return Err(self.err(
-                            start,
-                            format!("string value of field {key:?} has no closing '\"'"),
-                        ));
+                        return Err(Error::LineProtocol {
+                            line: open_line,
+                            column: open_column,
+                            message: format!("string value of field {key:?} has no closing '\"'"),
+                        });
                     }
                     Some(b'"') => {
                         s.push_str(&self.text[run_start..self.pos]);
@@ -578,6 +581,8 @@ mod tests {
         let doc = "m v=1 1\nm v=bad 2\nm v=3 3\n";
         let results: Vec<_> = parse(doc, Precision::Ns, 0).collect();
         assert_eq!(results.len(), 3);
+        // An unclosed string spanning lines is reported where it opened.
+        assert_eq!(err("m v=1\nm s=\"open\nstill open"), "line 2, column 5: string value of field \"s\" has no closing '\"'");
         assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
         assert_eq!(results[2].as_ref().unwrap().time, 3);
     }

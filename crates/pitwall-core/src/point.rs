@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// A typed field value, as InfluxDB line protocol defines them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A typed field value, as InfluxDB line protocol defines them. Serialized as a plain
+/// JSON value; deserialized with integers kept as integers (signed unless above
+/// `i64::MAX`) and floats as floats.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum FieldValue {
     /// 64-bit float (line protocol: no suffix).
@@ -19,6 +21,40 @@ pub enum FieldValue {
     Bool(bool),
     /// UTF-8 string (line protocol: double-quoted).
     Str(String),
+}
+
+impl<'de> Deserialize<'de> for FieldValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = FieldValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number, a boolean or a string")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<FieldValue, E> {
+                Ok(FieldValue::F64(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<FieldValue, E> {
+                Ok(FieldValue::I64(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<FieldValue, E> {
+                Ok(match i64::try_from(v) {
+                    Ok(i) => FieldValue::I64(i),
+                    Err(_) => FieldValue::U64(v),
+                })
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<FieldValue, E> {
+                Ok(FieldValue::Bool(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FieldValue, E> {
+                Ok(FieldValue::Str(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<FieldValue, E> {
+                Ok(FieldValue::Str(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl FieldValue {

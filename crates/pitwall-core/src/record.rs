@@ -4,13 +4,17 @@
 //! Each record also has a JSON form for its bus topic ([`to_json`]): times in ns,
 //! payloads as text.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use serde::Serialize;
 
 /// Where a message came from on the bus: enough to find it again and to resume after it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize)]
 pub struct Origin {
-    /// Topic name, e.g. `telemetry.raw`.
-    pub topic: String,
+    /// Topic name, e.g. `telemetry.raw` (shared: every record of a partition names it).
+    #[serde(serialize_with = "shared_str")]
+    pub topic: Arc<str>,
     /// Partition number.
     pub partition: i32,
     /// Offset within the partition.
@@ -27,7 +31,7 @@ pub struct RawRecord {
     /// When the bus accepted it, ns since the epoch.
     pub ingest_time: i64,
     /// The payload bytes, unchanged.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 /// A payload that could not be turned into a valid point (`quarantine.rejects`).
@@ -39,7 +43,7 @@ pub struct RejectRecord {
     pub ingest_time: i64,
     /// The payload bytes, unchanged.
     #[serde(serialize_with = "as_text")]
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// Why it was rejected, in words.
     pub reason: String,
 }
@@ -115,13 +119,17 @@ pub struct LateRecord {
     pub lateness_ns: i64,
     /// The payload bytes, unchanged.
     #[serde(serialize_with = "as_text")]
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 /// Payloads are shown as text on the bus (lossy where they are not UTF-8); the lake
 /// keeps the exact bytes.
-fn as_text<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+fn as_text<S: serde::Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+fn shared_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
 }
 
 /// The JSON form of a record for its bus topic.

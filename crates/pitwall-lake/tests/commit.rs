@@ -20,7 +20,7 @@ fn raw(partition: i32, offsets: std::ops::Range<i64>) -> Outputs {
                 },
                 key: Some(format!("k{partition}")),
                 ingest_time: T0 + offset,
-                payload: format!("{{\"p\":{partition},\"o\":{offset}}}").into_bytes(),
+                payload: format!("{{\"p\":{partition},\"o\":{offset}}}").into_bytes().into(),
             })
             .collect(),
         ..Outputs::default()

@@ -69,7 +69,7 @@ const MAX_FUTURE: i64 = 24 * 3600 * 1_000_000_000;
 pub struct Processor {
     config: Arc<ProcessorConfig>,
     schemas: SchemaRegistry,
-    topic: String,
+    topic: Arc<str>,
     partition: u32,
     windows: Vec<TumblingWindows>,
     rules: RuleEngine,
@@ -93,7 +93,7 @@ impl Processor {
             lateness,
             config,
             schemas,
-            topic: topic.to_owned(),
+            topic: topic.into(),
             partition,
             windows,
             rules,
@@ -109,7 +109,7 @@ impl Processor {
     /// Processes one message, appending what it yields to `out`.
     pub fn process(&mut self, msg: &Message, out: &mut Outputs) {
         let origin = Origin {
-            topic: self.topic.clone(),
+            topic: Arc::clone(&self.topic),
             partition: msg.partition as i32,
             offset: msg.offset,
         };
@@ -117,7 +117,7 @@ impl Processor {
             origin: origin.clone(),
             key: msg.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
             ingest_time: msg.timestamp,
-            payload: msg.payload.to_vec(),
+            payload: msg.payload.clone(),
         });
         let (point, source_id) = match self.validate(msg) {
             Ok(v) => v,
@@ -125,7 +125,7 @@ impl Processor {
                 out.rejects.push(RejectRecord {
                     origin,
                     ingest_time: msg.timestamp,
-                    payload: msg.payload.to_vec(),
+                    payload: msg.payload.clone(),
                     reason,
                 });
                 return;
@@ -140,7 +140,7 @@ impl Processor {
                 time: point.time,
                 watermark,
                 lateness_ns: watermark - point.time,
-                payload: msg.payload.to_vec(),
+                payload: msg.payload.clone(),
             });
             return;
         }

@@ -20,20 +20,52 @@ struct SourceState {
 pub struct RuleEngine {
     rules: Vec<RuleConfig>,
     by_measurement: HashMap<String, Vec<usize>>,
-    state: HashMap<(usize, String), SourceState>,
+    /// Per rule: source -> state (looked up by `&str`, no key allocated per event).
+    state: Vec<HashMap<String, SourceState>>,
 }
 
 fn num(point: &Point, field: &str) -> Option<f64> {
     point.fields.get(field).and_then(|v| v.as_f64())
 }
 
-/// What one evaluation concluded: is the condition on, and if it just started, the record.
-struct Verdict {
+/// What one evaluation concluded. The message is only formatted when an episode
+/// starts, not on every event.
+struct Verdict<'r> {
     on: bool,
-    field: String,
+    field: &'r str,
     observed: f64,
     expected: f64,
-    message: String,
+    detail: Detail<'r>,
+}
+
+/// The numbers a message needs beyond observed and expected.
+enum Detail<'r> {
+    Above,
+    Below,
+    Inside,
+    Fell { within: std::time::Duration, while_above: Option<(&'r str, f64)> },
+    Gear { speed: f64, rpm: f64 },
+}
+
+impl Verdict<'_> {
+    fn message(&self) -> String {
+        let (field, v, limit) = (self.field, self.observed, self.expected);
+        match &self.detail {
+            Detail::Above => format!("{field} is {v}, above the limit of {limit}"),
+            Detail::Below => format!("{field} is {v}, below the limit of {limit}"),
+            Detail::Inside => String::new(),
+            Detail::Fell { within, while_above } => {
+                let cond = match while_above {
+                    Some((f, a)) => format!(" with {f} at or above {a}"),
+                    None => String::new(),
+                };
+                format!("{field} fell from {limit} to {v} ({} in under {within:?}){cond}", limit - v)
+            }
+            Detail::Gear { speed, rpm } => {
+                format!("{field} {v} reported at {speed} km/h and {rpm} rpm; speed and rpm say gear {limit}")
+            }
+        }
+    }
 }
 
 impl RuleEngine {
@@ -46,7 +78,7 @@ impl RuleEngine {
         RuleEngine {
             rules: rules.to_vec(),
             by_measurement,
-            state: HashMap::new(),
+            state: rules.iter().map(|_| HashMap::new()).collect(),
         }
     }
 
@@ -57,7 +89,11 @@ impl RuleEngine {
         };
         for &i in indices {
             let rule = &self.rules[i];
-            let state = self.state.entry((i, source_id.to_owned())).or_default();
+            let states = &mut self.state[i];
+            if !states.contains_key(source_id) {
+                states.insert(source_id.to_owned(), SourceState::default());
+            }
+            let state = states.get_mut(source_id).expect("inserted above");
             let Some(v) = check(rule, state, point) else {
                 continue;
             };
@@ -69,11 +105,11 @@ impl RuleEngine {
                     severity: rule.severity().as_str().to_owned(),
                     measurement: point.measurement.clone(),
                     source_id: source_id.to_owned(),
-                    field: v.field,
+                    field: v.field.to_owned(),
                     time: point.time,
                     observed: v.observed,
                     expected: v.expected,
-                    message: v.message,
+                    message: v.message(),
                 });
             }
             state.active = v.on;
@@ -82,7 +118,7 @@ impl RuleEngine {
 }
 
 /// Evaluates one rule; `None` when the point lacks what the rule reads (state unchanged).
-fn check(rule: &RuleConfig, state: &mut SourceState, point: &Point) -> Option<Verdict> {
+fn check<'r>(rule: &'r RuleConfig, state: &mut SourceState, point: &Point) -> Option<Verdict<'r>> {
     match rule {
         RuleConfig::Threshold {
             field,
@@ -99,10 +135,10 @@ fn check(rule: &RuleConfig, state: &mut SourceState, point: &Point) -> Option<Ve
             {
                 return Some(Verdict {
                     on: true,
-                    field: field.clone(),
+                    field,
                     observed: v,
                     expected: *limit,
-                    message: format!("{field} is {v}, above the limit of {limit}"),
+                    detail: Detail::Above,
                 });
             }
             if let Some(limit) = below
@@ -110,18 +146,18 @@ fn check(rule: &RuleConfig, state: &mut SourceState, point: &Point) -> Option<Ve
             {
                 return Some(Verdict {
                     on: true,
-                    field: field.clone(),
+                    field,
                     observed: v,
                     expected: *limit,
-                    message: format!("{field} is {v}, below the limit of {limit}"),
+                    detail: Detail::Below,
                 });
             }
             Some(Verdict {
                 on: false,
-                field: field.clone(),
+                field,
                 observed: v,
                 expected: above.or(*below).unwrap_or_default(),
-                message: String::new(),
+                detail: Detail::Inside,
             })
         }
         RuleConfig::RateOfChange {
@@ -150,20 +186,16 @@ fn check(rule: &RuleConfig, state: &mut SourceState, point: &Point) -> Option<Ve
                 .iter()
                 .fold((f64::MIN, w), |(p, lw), &(_, v, w)| (p.max(v), lw.min(w)));
             state.recent.push_back((point.time, v, w));
-            let fell = peak - v;
-            let on = fell > *drop && low_while >= *while_above;
-            let cond = match while_field {
-                Some(f) => format!(" with {f} at or above {while_above}"),
-                None => String::new(),
-            };
+            let on = peak - v > *drop && low_while >= *while_above;
             Some(Verdict {
                 on,
-                field: field.clone(),
+                field,
                 observed: v,
                 expected: peak,
-                message: format!(
-                    "{field} fell from {peak} to {v} ({fell} in under {within:?}){cond}"
-                ),
+                detail: Detail::Fell {
+                    within: *within,
+                    while_above: while_field.as_deref().map(|f| (f, *while_above)),
+                },
             })
         }
         RuleConfig::GearConsistency {
@@ -191,12 +223,10 @@ fn check(rule: &RuleConfig, state: &mut SourceState, point: &Point) -> Option<Ve
             let implied = implied.unwrap_or(gear);
             Some(Verdict {
                 on,
-                field: gear_field.clone(),
+                field: gear_field,
                 observed: gear,
                 expected: implied,
-                message: format!(
-                    "{gear_field} {gear} reported at {speed} km/h and {rpm} rpm; speed and rpm say gear {implied}"
-                ),
+                detail: Detail::Gear { speed, rpm },
             })
         }
     }

@@ -49,8 +49,9 @@ pub struct TumblingWindows {
     lateness: i64,
     measurements: Vec<String>,
     fields: Vec<String>,
-    /// (measurement, source) -> window start -> field -> stats.
-    open: HashMap<(String, String), BTreeMap<i64, Fields>>,
+    /// measurement -> source -> window start -> field -> stats. Nested so the per-event
+    /// lookup borrows the names instead of allocating a key.
+    open: HashMap<String, HashMap<String, BTreeMap<i64, Fields>>>,
     /// Smallest end among open windows; nothing fires before the watermark reaches it.
     next_end: i64,
 }
@@ -80,8 +81,15 @@ impl TumblingWindows {
             return;
         }
         let start = self.start_of(point.time);
-        let key = (point.measurement.clone(), source_id.to_owned());
-        let fields = self.open.entry(key).or_default().entry(start).or_default();
+        if !self.open.contains_key(&point.measurement) {
+            self.open.insert(point.measurement.clone(), HashMap::new());
+        }
+        let sources = self.open.get_mut(&point.measurement).expect("inserted above");
+        if !sources.contains_key(source_id) {
+            sources.insert(source_id.to_owned(), BTreeMap::new());
+        }
+        let windows = sources.get_mut(source_id).expect("inserted above");
+        let fields = windows.entry(start).or_default();
         let mut add = |name: &str, v: f64| match fields.get_mut(name) {
             Some(s) => s.add(v),
             None => {
@@ -112,18 +120,21 @@ impl TumblingWindows {
         }
         let mut fired = Vec::new();
         let mut next_end = i64::MAX;
-        for ((measurement, source), windows) in &mut self.open {
-            while let Some(entry) = windows.first_entry() {
-                let end = entry.key().saturating_add(self.size);
-                if end.saturating_add(self.lateness) > watermark {
-                    next_end = next_end.min(end);
-                    break;
+        for (measurement, sources) in &mut self.open {
+            for (source, windows) in sources.iter_mut() {
+                while let Some(entry) = windows.first_entry() {
+                    let end = entry.key().saturating_add(self.size);
+                    if end.saturating_add(self.lateness) > watermark {
+                        next_end = next_end.min(end);
+                        break;
+                    }
+                    let (start, fields) = entry.remove_entry();
+                    fired.push((start, measurement.clone(), source.clone(), fields));
                 }
-                let (start, fields) = entry.remove_entry();
-                fired.push((start, measurement.clone(), source.clone(), fields));
             }
+            sources.retain(|_, w| !w.is_empty());
         }
-        self.open.retain(|_, w| !w.is_empty());
+        self.open.retain(|_, s| !s.is_empty());
         self.next_end = next_end;
         self.emit(fired, out);
     }
@@ -131,9 +142,11 @@ impl TumblingWindows {
     /// Emits every open window (end of input).
     pub fn fire_all(&mut self, out: &mut Vec<WindowRecord>) {
         let mut fired = Vec::new();
-        for ((measurement, source), windows) in std::mem::take(&mut self.open) {
-            for (start, fields) in windows {
-                fired.push((start, measurement.clone(), source.clone(), fields));
+        for (measurement, sources) in std::mem::take(&mut self.open) {
+            for (source, windows) in sources {
+                for (start, fields) in windows {
+                    fired.push((start, measurement.clone(), source.clone(), fields));
+                }
             }
         }
         self.next_end = i64::MAX;
@@ -163,6 +176,6 @@ impl TumblingWindows {
 
     /// Number of open (source, window) pairs.
     pub fn open_windows(&self) -> usize {
-        self.open.values().map(BTreeMap::len).sum()
+        self.open.values().flat_map(HashMap::values).map(BTreeMap::len).sum()
     }
 }
