@@ -235,6 +235,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Cancels `cancel` on Ctrl-C, saying `message`.
+fn cancel_on_ctrl_c(cancel: &CancellationToken, message: &'static str) {
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("{message}");
+            cancel.cancel();
+        }
+    });
+}
+
+/// Cancels `cancel` once `duration` (if any) has passed.
+fn cancel_after(cancel: &CancellationToken, duration: Option<Duration>) {
+    if let Some(d) = duration {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            cancel.cancel();
+        });
+    }
+}
+
 pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -273,13 +295,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    if let Some(d) = args.duration {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            cancel.cancel();
-        });
-    }
+    cancel_after(&cancel, args.duration);
     let status = tokio::spawn(status::report(Arc::clone(&stats), args.status_interval, cancel.clone()));
     eprintln!(
         "pitwall up: {} cars at {} Hz, {} sensors, speed {}x; lake in {}",
@@ -350,22 +366,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         .context("making sure pitwall's topics exist")?;
     let mut sink = pipeline::KafkaSink::new(&config.kafka, &topics.raw)?;
     let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("stopping: waiting for the brokers to acknowledge what was sent");
-                cancel.cancel();
-            }
-        });
-    }
-    if let Some(d) = args.duration {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            cancel.cancel();
-        });
-    }
+    cancel_on_ctrl_c(&cancel, "stopping: waiting for the brokers to acknowledge what was sent");
+    cancel_after(&cancel, args.duration);
     let stats = Arc::new(pipeline::Stats::default());
     let status = {
         let (stats, cancel, every) = (Arc::clone(&stats), cancel.clone(), args.status_interval);
@@ -435,15 +437,7 @@ async fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         precision: args.precision,
     };
     let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("stopping: waiting for the brokers to acknowledge what was sent");
-                cancel.cancel();
-            }
-        });
-    }
+    cancel_on_ctrl_c(&cancel, "stopping: waiting for the brokers to acknowledge what was sent");
     let summary = replay::replay(&config, &opts, cancel).await?;
     eprintln!("{}", replay::describe(&summary));
     Ok(ExitCode::SUCCESS)
