@@ -89,18 +89,23 @@ pub struct Claim {
 }
 
 /// Appends `files` to `ident` in one snapshot if, and only if, the lake still records
-/// `claim.expected` for every claimed partition. Returns the table as committed.
+/// `claim.expected` for every claimed partition. `table` is the caller's freshly loaded
+/// copy, used for the first attempt; a lost race reloads it.
 pub(crate) async fn fenced_append(
     catalog: &dyn Catalog,
     pointer: &CatalogPointer,
-    ident: &TableIdent,
+    mut table: Table,
     files: Vec<DataFile>,
     claim: &Claim,
     properties: &HashMap<String, String>,
-) -> Result<Table> {
+) -> Result<()> {
+    let ident = table.identifier().clone();
+    let ident = &ident;
     let mut backoff = Duration::from_millis(5);
     for attempt in 1..=MAX_ATTEMPTS {
-        let table = catalog.load_table(ident).await?;
+        if attempt > 1 {
+            table = catalog.load_table(ident).await?;
+        }
         let committed = committed_offsets(&table).unwrap_or_default();
         for (partition, expected) in &claim.expected {
             let held = committed.get(partition).copied().unwrap_or(0);
@@ -121,7 +126,7 @@ pub(crate) async fn fenced_append(
             .to_owned();
         let new_location = stage(&table, &old_location, files.clone(), &offsets, properties).await?;
         if pointer.compare_and_set(ident, &old_location, &new_location).await? {
-            return Ok(catalog.load_table(ident).await?);
+            return Ok(());
         }
         tracing::debug!(table = %ident, attempt, "lost a commit race; reloading and checking the claim again");
         tokio::time::sleep(backoff).await;

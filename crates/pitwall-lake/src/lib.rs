@@ -244,16 +244,17 @@ impl Lake {
         &self.catalog_uri
     }
 
-    /// Appends data files to `ident` in one snapshot, fenced by `claim`; see
-    /// [`Claim`]. `properties` go into the snapshot summary beside the offsets.
+    /// Appends data files to `table` in one snapshot, fenced by `claim`; see [`Claim`].
+    /// `table` should be freshly loaded (it is the first attempt's base; a lost race
+    /// reloads). `properties` go into the snapshot summary beside the offsets.
     pub async fn append_fenced(
         &self,
-        ident: &TableIdent,
+        table: Table,
         files: Vec<iceberg::spec::DataFile>,
         claim: &Claim,
         properties: &HashMap<String, String>,
-    ) -> Result<Table> {
-        commit::fenced_append(self.catalog.as_ref(), &self.pointer, ident, files, claim, properties).await
+    ) -> Result<()> {
+        commit::fenced_append(self.catalog.as_ref(), &self.pointer, table, files, claim, properties).await
     }
 
     /// The bus offsets each table's newest snapshot records, by table name.

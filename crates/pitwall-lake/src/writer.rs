@@ -506,7 +506,7 @@ impl Committer<'_> {
                 .collect(),
             next: self.offsets.clone(),
         };
-        self.lake.append_fenced(table.identifier(), files, &claim, self.summary).await?;
+        self.lake.append_fenced(table.clone(), files, &claim, self.summary).await?;
         let mut now = held;
         now.extend(claim.next);
         self.committed.insert(name, now);

@@ -146,7 +146,7 @@ impl Simulator for Fleet {
         self.interval
     }
 
-    fn faults(&self) -> &[InjectedFault] {
-        &self.faults
+    fn faults(&self) -> Vec<InjectedFault> {
+        self.faults.clone()
     }
 }

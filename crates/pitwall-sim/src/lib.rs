@@ -53,24 +53,20 @@ pub trait Simulator: Send + std::fmt::Debug {
     fn step(&mut self, out: &mut Vec<Point>);
     /// Simulated time between steps, ns.
     fn interval(&self) -> i64;
-    /// Faults injected so far.
-    fn faults(&self) -> &[InjectedFault];
+    /// Faults injected so far (read rarely: copied out on demand).
+    fn faults(&self) -> Vec<InjectedFault>;
 }
 
 /// Several simulators interleaved in time order.
 #[derive(Debug, Default)]
 pub struct Mixed {
     sims: Vec<Box<dyn Simulator>>,
-    faults: Vec<InjectedFault>,
 }
 
 impl Mixed {
     /// Interleaves `sims`.
     pub fn new(sims: Vec<Box<dyn Simulator>>) -> Self {
-        Mixed {
-            sims,
-            faults: Vec::new(),
-        }
+        Mixed { sims }
     }
 }
 
@@ -83,15 +79,14 @@ impl Simulator for Mixed {
         if let Some(s) = self.sims.iter_mut().min_by_key(|s| s.next_time()) {
             s.step(out);
         }
-        self.faults = self.sims.iter().flat_map(|s| s.faults().iter().cloned()).collect();
     }
 
     fn interval(&self) -> i64 {
         self.sims.iter().map(|s| s.interval()).min().unwrap_or(1)
     }
 
-    fn faults(&self) -> &[InjectedFault] {
-        &self.faults
+    fn faults(&self) -> Vec<InjectedFault> {
+        self.sims.iter().flat_map(|s| s.faults()).collect()
     }
 }
 
@@ -112,7 +107,7 @@ mod tests {
         while sim.next_time() < 120 * 1_000_000_000 {
             sim.step(&mut out);
         }
-        let faults = sim.faults().to_vec();
+        let faults = sim.faults();
         (out, faults)
     }
 

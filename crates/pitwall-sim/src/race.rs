@@ -349,7 +349,7 @@ impl Simulator for Race {
         self.interval
     }
 
-    fn faults(&self) -> &[InjectedFault] {
-        &self.faults
+    fn faults(&self) -> Vec<InjectedFault> {
+        self.faults.clone()
     }
 }

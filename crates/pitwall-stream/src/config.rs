@@ -328,6 +328,11 @@ impl ProcessorConfig {
         Ok(())
     }
 
+    /// The source id of `point`: the value of its measurement's source tag, if present.
+    pub fn source_id<'p>(&self, point: &'p pitwall_core::Point) -> Option<&'p str> {
+        point.tags.get(self.source_tag(&point.measurement)).map(String::as_str)
+    }
+
     /// The source tag of `measurement`: configured, else `host`.
     pub fn source_tag(&self, measurement: &str) -> &str {
         self.measurements

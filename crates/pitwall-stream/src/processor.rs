@@ -170,13 +170,13 @@ impl Processor {
         let mut point = json::decode(&msg.payload, msg.timestamp, Precision::S)
             .map_err(|e| e.to_string())?;
         normalize_names(&mut point)?;
-        let tag = self.config.source_tag(&point.measurement);
-        let source_id = match point.tags.get(tag) {
-            Some(s) => s.clone(),
+        let source_id = match self.config.source_id(&point) {
+            Some(s) => s.to_owned(),
             None => {
                 return Err(format!(
-                    "measurement {:?} has no {tag:?} tag, which identifies its source",
-                    point.measurement
+                    "measurement {:?} has no {:?} tag, which identifies its source",
+                    point.measurement,
+                    self.config.source_tag(&point.measurement)
                 ));
             }
         };

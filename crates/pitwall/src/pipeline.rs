@@ -93,9 +93,8 @@ pub fn simulators(config: &Config, start_time: i64) -> Mixed {
 }
 
 /// The source id of a simulated point (the bus key).
-fn source_key(config: &Config, p: &pitwall_core::Point) -> Option<Bytes> {
-    let tag = config.processor.source_tag(&p.measurement);
-    p.tags.get(tag).map(|s| Bytes::copy_from_slice(s.as_bytes()))
+pub(crate) fn source_key(config: &pitwall_stream::ProcessorConfig, p: &pitwall_core::Point) -> Option<Bytes> {
+    config.source_id(p).map(|s| Bytes::copy_from_slice(s.as_bytes()))
 }
 
 /// The in-process bus `config` asks for.
@@ -206,7 +205,7 @@ pub async fn run_on_bus(
         anomalies: Stats::get(&stats.anomalies),
         rejects: Stats::get(&stats.rejects),
         corrupted: Stats::get(&stats.corrupted),
-        faults: sim.faults().to_vec(),
+        faults: sim.faults(),
         elapsed: started.elapsed(),
     })
 }
@@ -317,7 +316,7 @@ pub async fn produce<S: RawSink>(
                 json::encode_into(p, &mut payload)?;
             }
             // The simulator is the producer: the message timestamp is the event time.
-            let send = producer.send(source_key(config, p), Bytes::copy_from_slice(&payload), p.time);
+            let send = producer.send(source_key(&config.processor, p), Bytes::copy_from_slice(&payload), p.time);
             tokio::select! {
                 r = send => { r?; }
                 () = cancel.cancelled() => return Ok(()),
@@ -399,8 +398,7 @@ impl Publisher {
         let key = |s: &str| Some(Bytes::copy_from_slice(s.as_bytes()));
         if self.clean.has_consumer() {
             for p in &o.clean {
-                let source = p.tags.get(self.config.source_tag(&p.measurement)).map(String::as_str);
-                self.clean.send(source.and_then(key), Bytes::from(json::encode(p)?), p.time).await?;
+                self.clean.send(source_key(&self.config, p), Bytes::from(json::encode(p)?), p.time).await?;
             }
         }
         if self.metrics.has_consumer() {

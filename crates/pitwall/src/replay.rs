@@ -189,6 +189,8 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             summary.bytes += text.len() as u64;
             summary.files += 1;
+            // Lines by number, built on the first rejection only.
+            let mut lines: Option<Vec<&str>> = None;
             for item in parse_file(&path, &text, opts)? {
                 match item {
                     Ok((point, original)) => {
@@ -207,8 +209,7 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                             Some(bytes) => bytes,
                             None => json::encode(&point)?,
                         };
-                        let key = point.tags.get(config.processor.source_tag(&point.measurement));
-                        let key = key.map(|k| Bytes::copy_from_slice(k.as_bytes()));
+                        let key = crate::pipeline::source_key(&config.processor, &point);
                         raw.send(key, Bytes::from(payload), point.time).await?;
                         summary.sent += 1;
                     }
@@ -217,7 +218,8 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                         let kind = without_line(&reason).to_owned();
                         let entry = summary.rejected.entry(kind).or_insert((0, at.clone()));
                         entry.0 += 1;
-                        let text_line = text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("");
+                        let lines = lines.get_or_insert_with(|| text.lines().collect());
+                        let text_line = lines.get(line.saturating_sub(1) as usize).copied().unwrap_or("");
                         let record = serde_json::json!({"file": path.display().to_string(), "line": line, "reason": reason, "payload": text_line});
                         dlq.send(None, Bytes::from(record.to_string()), crate::now_ns()).await?;
                     }

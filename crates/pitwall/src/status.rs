@@ -24,7 +24,7 @@ pub async fn report(stats: Arc<Stats>, every: Duration, cancel: CancellationToke
         let rate = (produced - last) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
         last = produced;
         last_at = Instant::now();
-        eprintln!("{}", line(&stats, start.elapsed(), Some(rate)));
+        eprintln!("{}", line(&stats, start.elapsed(), rate));
     }
 }
 
@@ -32,15 +32,15 @@ pub async fn report(stats: Arc<Stats>, every: Duration, cancel: CancellationToke
 pub fn print_line(stats: &Stats, elapsed: Duration) {
     let produced = stats.produced.load(Ordering::Relaxed);
     let rate = produced as f64 / elapsed.as_secs_f64().max(1e-3);
-    eprintln!("{}", line(stats, elapsed, Some(rate)));
+    eprintln!("{}", line(stats, elapsed, rate));
 }
 
-fn line(stats: &Stats, elapsed: Duration, rate: Option<f64>) -> String {
+fn line(stats: &Stats, elapsed: Duration, rate: f64) -> String {
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     format!(
         "[{:>6.0}s] {:>8.0} events/s | {} events | {} rows committed in {} commits | {} windows | {} anomalies | {} rejects | {} late",
         elapsed.as_secs_f64(),
-        rate.unwrap_or(0.0),
+        rate,
         g(&stats.produced),
         g(&stats.rows_committed),
         g(&stats.commits),
