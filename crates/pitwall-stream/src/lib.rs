@@ -16,7 +16,7 @@ pub mod window;
 
 pub use config::{ProcessorConfig, RuleConfig, Severity, WindowConfig};
 pub use normalize::{FieldType, SchemaRegistry};
-pub use processor::{Outputs, Processor};
+pub use processor::{Checkpoint, Outputs, Processor};
 
 /// Processor errors.
 #[derive(Debug, thiserror::Error)]

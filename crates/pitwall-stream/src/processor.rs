@@ -11,7 +11,20 @@ use pitwall_core::{Point, Precision, json};
 use crate::config::ProcessorConfig;
 use crate::normalize::{SchemaRegistry, normalize_names};
 use crate::rules::RuleEngine;
-use crate::window::TumblingWindows;
+use crate::window::{Mark, TumblingWindows};
+
+/// How far a partition has been processed, and how to rebuild its state from there: a
+/// replay that starts at `replay_from` with the largest event time set to `max_time`
+/// reaches, at `next`, exactly the state this processor has now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The next offset to process.
+    pub next: i64,
+    /// The earliest offset the open state depends on (`next` when there is none).
+    pub replay_from: i64,
+    /// The partition's largest event time just before `replay_from`.
+    pub max_time: i64,
+}
 
 /// Everything the processor derived from a run of messages, one list per lake table.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -101,6 +114,35 @@ impl Processor {
         }
     }
 
+    /// Continues from a [`Checkpoint`]: the processor of a replay that starts at its
+    /// `replay_from`.
+    pub fn resume(&mut self, checkpoint: &Checkpoint) {
+        self.max_time = checkpoint.max_time;
+    }
+
+    /// Where a replay must start to rebuild the current state, when the next offset to
+    /// process is `next`.
+    pub fn checkpoint(&self, next: i64) -> Checkpoint {
+        let earliest = self
+            .windows
+            .iter()
+            .filter_map(TumblingWindows::earliest)
+            .chain(self.rules.earliest())
+            .min();
+        match earliest {
+            Some(m) => Checkpoint {
+                next,
+                replay_from: m.offset,
+                max_time: m.max_time,
+            },
+            None => Checkpoint {
+                next,
+                replay_from: next,
+                max_time: self.max_time,
+            },
+        }
+    }
+
     /// The event-time watermark: no event older than this is expected any more.
     pub fn watermark(&self) -> i64 {
         self.max_time.saturating_sub(self.out_of_orderness)
@@ -132,7 +174,8 @@ impl Processor {
             }
         };
         let watermark = self.watermark();
-        if point.time < watermark.saturating_sub(self.lateness) {
+        let horizon = watermark.saturating_sub(self.lateness);
+        if point.time < horizon {
             out.late.push(LateRecord {
                 origin,
                 measurement: point.measurement,
@@ -144,10 +187,14 @@ impl Processor {
             });
             return;
         }
+        let mark = Mark {
+            offset: msg.offset,
+            max_time: self.max_time,
+        };
         for w in &mut self.windows {
-            w.add(&source_id, &point);
+            w.add(&source_id, &point, mark);
         }
-        self.rules.evaluate(&source_id, &point, &mut out.anomalies);
+        self.rules.evaluate(&source_id, &point, horizon, mark, &mut out.anomalies);
         if point.time > self.max_time {
             self.max_time = point.time;
             let watermark = self.watermark();

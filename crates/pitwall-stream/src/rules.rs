@@ -7,12 +7,15 @@ use pitwall_core::Point;
 use pitwall_core::record::AnomalyRecord;
 
 use crate::config::RuleConfig;
+use crate::window::Mark;
 
 #[derive(Debug, Default)]
 struct SourceState {
-    active: bool,
-    /// Recent (time, value, while-value) samples for rate-of-change rules.
-    recent: VecDeque<(i64, f64, f64)>,
+    /// Set while an episode is on: the message that started it.
+    active: Option<Mark>,
+    /// Recent (time, value, while-value, message) samples for rate-of-change rules,
+    /// in arrival order.
+    recent: VecDeque<(i64, f64, f64, Mark)>,
 }
 
 /// All rules of a partition with their per-source state.
@@ -83,7 +86,9 @@ impl RuleEngine {
     }
 
     /// Evaluates every rule on `point` from `source_id`, appending episode starts to `out`.
-    pub fn evaluate(&mut self, source_id: &str, point: &Point, out: &mut Vec<AnomalyRecord>) {
+    /// `horizon` is the earliest event time a later event can still have (events before
+    /// it are late and never reach the rules); `mark` is the message `point` came in.
+    pub fn evaluate(&mut self, source_id: &str, point: &Point, horizon: i64, mark: Mark, out: &mut Vec<AnomalyRecord>) {
         let Some(indices) = self.by_measurement.get(&point.measurement) else {
             return;
         };
@@ -94,10 +99,10 @@ impl RuleEngine {
                 states.insert(source_id.to_owned(), SourceState::default());
             }
             let state = states.get_mut(source_id).expect("inserted above");
-            let Some(v) = check(rule, state, point) else {
+            let Some(v) = check(rule, state, point, horizon, mark) else {
                 continue;
             };
-            if v.on && !state.active {
+            if v.on && state.active.is_none() {
                 out.push(AnomalyRecord {
                     id: format!("{}:{}:{}", rule.name(), source_id, point.time),
                     rule: rule.name().to_owned(),
@@ -112,13 +117,29 @@ impl RuleEngine {
                     message: v.message(),
                 });
             }
-            state.active = v.on;
+            state.active = if v.on { state.active.or(Some(mark)) } else { None };
         }
+    }
+
+    /// The earliest mark any rule state still depends on: an episode that is on, or a
+    /// sample a rate-of-change rule may still compare with.
+    pub fn earliest(&self) -> Option<Mark> {
+        self.state
+            .iter()
+            .flat_map(HashMap::values)
+            .flat_map(|s| s.active.into_iter().chain(s.recent.front().map(|r| r.3)))
+            .min()
     }
 }
 
 /// Evaluates one rule; `None` when the point lacks what the rule reads (state unchanged).
-fn check<'r>(rule: &'r RuleConfig, state: &mut SourceState, point: &Point) -> Option<Verdict<'r>> {
+fn check<'r>(
+    rule: &'r RuleConfig,
+    state: &mut SourceState,
+    point: &Point,
+    horizon: i64,
+    mark: Mark,
+) -> Option<Verdict<'r>> {
     match rule {
         RuleConfig::Threshold {
             field,
@@ -129,7 +150,7 @@ fn check<'r>(rule: &'r RuleConfig, state: &mut SourceState, point: &Point) -> Op
         } => {
             let v = num(point, field)?;
             // While an episode is on, it needs to come back past the hysteresis band to end.
-            let slack = if state.active { *hysteresis } else { 0.0 };
+            let slack = if state.active.is_some() { *hysteresis } else { 0.0 };
             if let Some(limit) = above
                 && v > limit - slack
             {
@@ -174,18 +195,23 @@ fn check<'r>(rule: &'r RuleConfig, state: &mut SourceState, point: &Point) -> Op
                 None => f64::INFINITY,
             };
             let span = i64::try_from(within.as_nanos()).unwrap_or(i64::MAX);
+            // Drop samples no later event can reach: older than the span before the
+            // earliest time a later event may have. This depends only on the watermark,
+            // not on arrival order, so a replay keeps exactly the samples that matter.
             while state
                 .recent
                 .front()
-                .is_some_and(|&(t, _, _)| t < point.time.saturating_sub(span))
+                .is_some_and(|&(t, ..)| t < horizon.saturating_sub(span))
             {
                 state.recent.pop_front();
             }
+            let from = point.time.saturating_sub(span);
             let (peak, low_while) = state
                 .recent
                 .iter()
-                .fold((f64::MIN, w), |(p, lw), &(_, v, w)| (p.max(v), lw.min(w)));
-            state.recent.push_back((point.time, v, w));
+                .filter(|&&(t, ..)| t >= from && t <= point.time)
+                .fold((f64::MIN, w), |(p, lw), &(_, v, w, _)| (p.max(v), lw.min(w)));
+            state.recent.push_back((point.time, v, w, mark));
             let on = peak - v > *drop && low_while >= *while_above;
             Some(Verdict {
                 on,

@@ -41,6 +41,24 @@ impl Stats {
 
 type Fields = BTreeMap<String, Stats>;
 
+/// Where a piece of operator state began: the offset of the first message that fed it
+/// and the partition's largest event time just before that message. Replaying from the
+/// smallest live mark, with that event time, rebuilds the state exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mark {
+    /// Offset of the message.
+    pub offset: i64,
+    /// The partition's largest event time before it (`i64::MIN` if none).
+    pub max_time: i64,
+}
+
+/// One open window: its fields and where its input began.
+#[derive(Debug)]
+struct Open {
+    since: Mark,
+    fields: Fields,
+}
+
 /// One configured tumbling window over every source of a partition.
 #[derive(Debug)]
 pub struct TumblingWindows {
@@ -51,7 +69,7 @@ pub struct TumblingWindows {
     fields: Vec<String>,
     /// measurement -> source -> window start -> field -> stats. Nested so the per-event
     /// lookup borrows the names instead of allocating a key.
-    open: HashMap<String, HashMap<String, BTreeMap<i64, Fields>>>,
+    open: HashMap<String, HashMap<String, BTreeMap<i64, Open>>>,
     /// Smallest end among open windows; nothing fires before the watermark reaches it.
     next_end: i64,
 }
@@ -75,8 +93,8 @@ impl TumblingWindows {
         t - t.rem_euclid(self.size)
     }
 
-    /// Adds a point that is not late.
-    pub fn add(&mut self, source_id: &str, point: &Point) {
+    /// Adds a point that is not late; `mark` is the message it came in.
+    pub fn add(&mut self, source_id: &str, point: &Point, mark: Mark) {
         if !self.measurements.is_empty() && !self.measurements.contains(&point.measurement) {
             return;
         }
@@ -89,7 +107,13 @@ impl TumblingWindows {
             sources.insert(source_id.to_owned(), BTreeMap::new());
         }
         let windows = sources.get_mut(source_id).expect("inserted above");
-        let fields = windows.entry(start).or_default();
+        let fields = &mut windows
+            .entry(start)
+            .or_insert_with(|| Open {
+                since: mark,
+                fields: Fields::new(),
+            })
+            .fields;
         let mut add = |name: &str, v: f64| match fields.get_mut(name) {
             Some(s) => s.add(v),
             None => {
@@ -128,8 +152,8 @@ impl TumblingWindows {
                         next_end = next_end.min(end);
                         break;
                     }
-                    let (start, fields) = entry.remove_entry();
-                    fired.push((start, measurement.clone(), source.clone(), fields));
+                    let (start, open) = entry.remove_entry();
+                    fired.push((start, measurement.clone(), source.clone(), open.fields));
                 }
             }
             sources.retain(|_, w| !w.is_empty());
@@ -144,8 +168,8 @@ impl TumblingWindows {
         let mut fired = Vec::new();
         for (measurement, sources) in std::mem::take(&mut self.open) {
             for (source, windows) in sources {
-                for (start, fields) in windows {
-                    fired.push((start, measurement.clone(), source.clone(), fields));
+                for (start, open) in windows {
+                    fired.push((start, measurement.clone(), source.clone(), open.fields));
                 }
             }
         }
@@ -172,6 +196,16 @@ impl TumblingWindows {
                 });
             }
         }
+    }
+
+    /// The earliest mark among open windows.
+    pub fn earliest(&self) -> Option<Mark> {
+        self.open
+            .values()
+            .flat_map(HashMap::values)
+            .flat_map(BTreeMap::values)
+            .map(|o| o.since)
+            .min()
     }
 
     /// Number of open (source, window) pairs.
