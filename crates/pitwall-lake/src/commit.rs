@@ -32,7 +32,8 @@ use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, TableIdent};
 use sqlx::AnyPool;
 
-use crate::writer::{OFFSETS_PROPERTY, committed_offsets};
+use crate::progress::{PROGRESS_PROPERTY, Progress};
+use crate::writer::{OFFSETS_PROPERTY, committed_offsets, committed_progress};
 use crate::{Error, Result};
 
 /// How many times a commit is retried after losing a compare-and-set race.
@@ -86,6 +87,8 @@ pub struct Claim {
     pub expected: BTreeMap<String, i64>,
     /// The next offset of each claimed partition once this commit lands.
     pub next: BTreeMap<String, i64>,
+    /// The processor's progress for each claimed partition, recorded with the offsets.
+    pub progress: BTreeMap<String, Progress>,
 }
 
 /// Appends `files` to `ident` in one snapshot if, and only if, the lake still records
@@ -120,11 +123,13 @@ pub(crate) async fn fenced_append(
         }
         let mut offsets = committed;
         offsets.extend(claim.next.iter().map(|(k, v)| (k.clone(), *v)));
+        let mut progress = committed_progress(&table);
+        progress.extend(claim.progress.iter().map(|(k, v)| (k.clone(), v.clone())));
         let old_location = table
             .metadata_location()
             .ok_or_else(|| Error::Internal(format!("{ident} has no metadata location")))?
             .to_owned();
-        let new_location = stage(&table, &old_location, files.clone(), &offsets, properties).await?;
+        let new_location = stage(&table, &old_location, files.clone(), &offsets, &progress, properties).await?;
         if pointer.compare_and_set(ident, &old_location, &new_location).await? {
             return Ok(());
         }
@@ -145,6 +150,7 @@ async fn stage(
     old_location: &str,
     files: Vec<DataFile>,
     offsets: &BTreeMap<String, i64>,
+    progress: &BTreeMap<String, Progress>,
     properties: &HashMap<String, String>,
 ) -> Result<String> {
     let metadata = table.metadata();
@@ -212,6 +218,12 @@ async fn stage(
         OFFSETS_PROPERTY.to_owned(),
         serde_json::to_string(offsets).map_err(|e| Error::Internal(e.to_string()))?,
     );
+    if !progress.is_empty() {
+        props.insert(
+            PROGRESS_PROPERTY.to_owned(),
+            serde_json::to_string(progress).map_err(|e| Error::Internal(e.to_string()))?,
+        );
+    }
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(parent)

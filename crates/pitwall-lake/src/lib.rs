@@ -10,6 +10,7 @@
 //! read the same tables through the same catalog.
 
 mod commit;
+pub mod progress;
 pub mod tables;
 mod writer;
 
@@ -29,7 +30,8 @@ use serde::{Deserialize, Serialize};
 
 pub use commit::Claim;
 pub use tables::Fixed;
-pub use writer::{CommitStats, LakeWriter, OFFSETS_PROPERTY, committed_offsets};
+pub use progress::{Progress, ResumePlan, TableProgress};
+pub use writer::{CommitStats, LakeWriter, OFFSETS_PROPERTY, committed_offsets, committed_progress};
 
 /// Lake errors; each says what failed and what to do. Causes are part of the message
 /// rather than a `source`, so an error chain does not print them twice.
@@ -259,14 +261,31 @@ impl Lake {
 
     /// The bus offsets each table's newest snapshot records, by table name.
     pub async fn committed_offsets(&self) -> Result<BTreeMap<String, BTreeMap<String, i64>>> {
+        Ok(self.committed_progress().await?.into_iter().map(|(t, p)| (t, p.offsets)).collect())
+    }
+
+    /// The offsets and processor progress each table's newest snapshot records, by
+    /// table name: what [`ResumePlan::from_lake`] plans from.
+    pub async fn committed_progress(&self) -> Result<BTreeMap<String, TableProgress>> {
         let mut idents: Vec<TableIdent> = Fixed::ALL.iter().map(|f| f.ident()).collect();
         idents.extend(self.catalog.list_tables(&NamespaceIdent::new("clean".to_owned())).await?);
         let mut out = BTreeMap::new();
         for ident in idents {
             let table = self.catalog.load_table(&ident).await?;
-            out.insert(ident.to_string(), committed_offsets(&table).unwrap_or_default());
+            out.insert(
+                ident.to_string(),
+                TableProgress {
+                    offsets: committed_offsets(&table).unwrap_or_default(),
+                    progress: committed_progress(&table),
+                },
+            );
         }
         Ok(out)
+    }
+
+    /// How to take up `partition` (`topic/partition`): see [`ResumePlan`].
+    pub async fn resume_plan(&self, partition: &str) -> Result<ResumePlan> {
+        Ok(ResumePlan::from_lake(&self.committed_progress().await?, partition))
     }
 
     /// Loads a table.

@@ -22,8 +22,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use pitwall_core::record::{AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord};
 use pitwall_core::{FieldValue, Point};
-use pitwall_stream::{FieldType, Outputs};
+use pitwall_stream::{Checkpoint, FieldType, Outputs};
 
+use crate::progress::{PROGRESS_PROPERTY, Progress, ResumePlan, clean_table, names};
 use crate::tables::Fixed;
 use crate::{Claim, Error, Lake, Result};
 
@@ -253,21 +254,96 @@ impl CommitStats {
     }
 }
 
-/// Buffers outputs and commits them to the lake: one Iceberg snapshot per table per
-/// commit, with the bus offsets covered in the snapshot summary.
+/// Rows of one table from one partition waiting for a commit, and the checkpoint of the
+/// partition just before the first of them arrived.
+#[derive(Debug)]
+struct Pending<T> {
+    rows: Vec<T>,
+    since: Checkpoint,
+}
+
+/// What one partition has buffered, per table.
+#[derive(Debug)]
+struct PartitionBuffer {
+    /// The partition's checkpoint after everything appended so far.
+    checkpoint: Checkpoint,
+    raw: Option<Pending<RawRecord>>,
+    clean: BTreeMap<String, Pending<Point>>,
+    windows: Option<Pending<WindowRecord>>,
+    anomalies: Option<Pending<AnomalyRecord>>,
+    rejects: Option<Pending<RejectRecord>>,
+    late: Option<Pending<LateRecord>>,
+}
+
+fn push<T>(slot: &mut Option<Pending<T>>, rows: Vec<T>, since: Checkpoint) {
+    if rows.is_empty() {
+        return;
+    }
+    match slot {
+        Some(p) => p.rows.extend(rows),
+        None => *slot = Some(Pending { rows, since }),
+    }
+}
+
+impl PartitionBuffer {
+    fn new(checkpoint: Checkpoint) -> Self {
+        PartitionBuffer {
+            checkpoint,
+            raw: None,
+            clean: BTreeMap::new(),
+            windows: None,
+            anomalies: None,
+            rejects: None,
+            late: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        fn n<T>(p: &Option<Pending<T>>) -> usize {
+            p.as_ref().map_or(0, |p| p.rows.len())
+        }
+        n(&self.raw)
+            + self.clean.values().map(|p| p.rows.len()).sum::<usize>()
+            + n(&self.windows)
+            + n(&self.anomalies)
+            + n(&self.rejects)
+            + n(&self.late)
+    }
+
+    /// The round: every table with rows waiting, and since which checkpoint.
+    fn round(&self) -> BTreeMap<String, Checkpoint> {
+        fn since<T>(p: &Option<Pending<T>>) -> Option<Checkpoint> {
+            p.as_ref().map(|p| p.since)
+        }
+        let mut out = BTreeMap::new();
+        for (name, s) in [
+            (names::RAW, since(&self.raw)),
+            (names::WINDOWS, since(&self.windows)),
+            (names::ANOMALIES, since(&self.anomalies)),
+            (names::REJECTS, since(&self.rejects)),
+            (names::LATE, since(&self.late)),
+        ] {
+            if let Some(s) = s {
+                out.insert(name.to_owned(), s);
+            }
+        }
+        for (m, p) in &self.clean {
+            out.insert(clean_table(m), p.since);
+        }
+        out
+    }
+}
+
+/// Buffers outputs per bus partition and commits them to the lake's tables in batches:
+/// one fenced Iceberg snapshot per table per commit, recording the offsets and the
+/// processor's progress of every partition it covers (see [`crate::progress`]).
 #[derive(Debug)]
 pub struct LakeWriter {
     lake: Lake,
-    raw: Vec<RawRecord>,
-    clean: BTreeMap<String, Vec<Point>>,
-    windows: Vec<WindowRecord>,
-    anomalies: Vec<AnomalyRecord>,
-    rejects: Vec<RejectRecord>,
-    late: Vec<LateRecord>,
-    /// `topic/partition` -> next offset to read, over everything appended.
-    offsets: BTreeMap<String, i64>,
-    /// Table name -> the offsets its newest snapshot records, as this writer knows them:
-    /// what each fenced commit expects to find.
+    /// `topic/partition` -> what it has buffered.
+    parts: BTreeMap<String, PartitionBuffer>,
+    /// Table name -> the offset per partition its newest snapshot records, as this
+    /// writer knows it: what each fenced commit expects to find.
     committed: BTreeMap<String, BTreeMap<String, i64>>,
     buffered: usize,
     last_commit: Instant,
@@ -275,25 +351,29 @@ pub struct LakeWriter {
 }
 
 impl LakeWriter {
-    /// A writer into `lake`, claiming the offsets the lake records now.
+    /// A writer into `lake`, knowing the offsets the lake records now.
     pub async fn open(lake: Lake) -> Result<Self> {
-        let committed = lake.committed_offsets().await?;
+        let committed = lake
+            .committed_progress()
+            .await?
+            .into_iter()
+            .map(|(t, p)| (t, p.offsets))
+            .collect();
         Ok(LakeWriter {
             committed,
             lake,
-            raw: Vec::new(),
-            clean: BTreeMap::new(),
-            windows: Vec::new(),
-            anomalies: Vec::new(),
-            rejects: Vec::new(),
-            late: Vec::new(),
-            offsets: BTreeMap::new(),
+            parts: BTreeMap::new(),
             buffered: 0,
             last_commit: Instant::now(),
             props: WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .build(),
         })
+    }
+
+    /// The lake this writer commits to.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
     }
 
     /// The newest offset per partition over every table: where a bus must resume so
@@ -309,30 +389,65 @@ impl LakeWriter {
         out
     }
 
-    /// Buffers `outputs` for the next commit.
-    pub fn append(&mut self, outputs: Outputs) {
+    /// Takes up `partition` (`topic/partition`) as `plan` says: forgets anything buffered
+    /// for it and expects the offsets the plan read from the lake.
+    pub fn assign(&mut self, partition: &str, plan: &ResumePlan) {
+        self.revoke(partition);
+        for offsets in self.committed.values_mut() {
+            offsets.remove(partition);
+        }
+        for (table, at) in &plan.held {
+            self.committed.entry(table.clone()).or_default().insert(partition.to_owned(), *at);
+        }
+        self.parts.insert(partition.to_owned(), PartitionBuffer::new(plan.base));
+    }
+
+    /// Gives up `partition`: its buffered rows are dropped (whoever takes it over
+    /// rebuilds them from the lake's offsets).
+    pub fn revoke(&mut self, partition: &str) {
+        if let Some(b) = self.parts.remove(partition) {
+            self.buffered -= b.len();
+        }
+    }
+
+    /// Partitions this writer holds.
+    pub fn partitions(&self) -> impl Iterator<Item = &str> {
+        self.parts.keys().map(String::as_str)
+    }
+
+    /// Buffers `outputs` of `partition` for the next commit; `checkpoint` is the
+    /// partition's processor checkpoint after them.
+    pub fn append(&mut self, partition: &str, outputs: Outputs, checkpoint: Checkpoint) {
         self.buffered += outputs.len();
-        for r in &outputs.raw {
-            let key = format!("{}/{}", r.origin.topic, r.origin.partition);
-            let next = self.offsets.entry(key).or_insert(0);
-            *next = (*next).max(r.origin.offset + 1);
-        }
+        let b = self.parts.entry(partition.to_owned()).or_insert_with(|| {
+            PartitionBuffer::new(Checkpoint {
+                next: 0,
+                replay_from: 0,
+                max_time: i64::MIN,
+            })
+        });
+        let since = b.checkpoint;
         let Outputs {
-            mut raw,
+            raw,
             clean,
-            mut windows,
-            mut anomalies,
-            mut rejects,
-            mut late,
+            windows,
+            anomalies,
+            rejects,
+            late,
         } = outputs;
-        self.raw.append(&mut raw);
+        push(&mut b.raw, raw, since);
         for p in clean {
-            self.clean.entry(p.measurement.clone()).or_default().push(p);
+            b.clean
+                .entry(p.measurement.clone())
+                .or_insert_with(|| Pending { rows: Vec::new(), since })
+                .rows
+                .push(p);
         }
-        self.windows.append(&mut windows);
-        self.anomalies.append(&mut anomalies);
-        self.rejects.append(&mut rejects);
-        self.late.append(&mut late);
+        push(&mut b.windows, windows, since);
+        push(&mut b.anomalies, anomalies, since);
+        push(&mut b.rejects, rejects, since);
+        push(&mut b.late, late, since);
+        b.checkpoint = checkpoint;
     }
 
     /// Rows waiting for a commit.
@@ -353,103 +468,158 @@ impl LakeWriter {
     }
 
     /// Writes and commits everything buffered. A table whose commit fails keeps its
-    /// rows for the next attempt, so nothing buffered is lost.
+    /// rows for the next attempt, so nothing buffered is lost; a partition another
+    /// writer has committed since ([`Error::Fenced`]) is dropped from this writer, and
+    /// the error names it so the caller can take it up again from the lake.
     pub async fn commit(&mut self) -> Result<CommitStats> {
         self.last_commit = Instant::now();
         let mut stats = CommitStats::default();
         let summary = HashMap::from([("pitwall.writer".to_owned(), format!("pitwall {}", env!("CARGO_PKG_VERSION")))]);
-        let LakeWriter {
-            lake,
-            raw,
-            clean,
-            windows,
-            anomalies,
-            rejects,
-            late,
-            offsets,
-            committed,
-            props,
-            ..
-        } = self;
-        let mut c = Committer {
-            lake,
-            props,
-            offsets,
-            committed,
-            summary: &summary,
-        };
+        let progress: BTreeMap<String, Progress> = self
+            .parts
+            .iter()
+            .filter(|(_, b)| b.len() > 0)
+            .map(|(p, b)| {
+                (
+                    p.clone(),
+                    Progress {
+                        checkpoint: b.checkpoint,
+                        round: b.round(),
+                    },
+                )
+            })
+            .collect();
         let mut first_error = None;
-        let mut note = |r: Result<Option<(String, usize, usize)>>, stats: &mut CommitStats| match r {
-            Ok(Some((name, rows, files))) => {
-                stats.rows.insert(name, rows);
-                stats.files += files;
-                true
+        let mut tables: Vec<String> = [names::RAW].iter().map(|s| (*s).to_owned()).collect();
+        let measurements: BTreeSet<String> = self.parts.values().flat_map(|b| b.clean.keys().cloned()).collect();
+        tables.extend(measurements.iter().map(|m| clean_table(m)));
+        tables.extend([names::WINDOWS, names::ANOMALIES, names::REJECTS, names::LATE].map(str::to_owned));
+        for table in tables {
+            let r = self.commit_table(&table, &progress, &summary).await;
+            match r {
+                Ok(Some((rows, files))) => {
+                    stats.rows.insert(table, rows);
+                    stats.files += files;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if let Error::Fenced { partition, .. } = &e {
+                        // Another writer moved this partition: nothing of ours for it may land.
+                        self.revoke(partition);
+                    }
+                    first_error.get_or_insert(e);
+                }
             }
-            Ok(None) => true,
-            Err(e) => {
-                first_error.get_or_insert(e);
-                false
-            }
-        };
-
-        if note(c.commit_fixed(Fixed::Raw, raw).await, &mut stats) {
-            raw.clear();
         }
-        let measurements: Vec<String> = clean.keys().cloned().collect();
-        for m in measurements {
-            if note(c.commit_clean(&m, &clean[&m]).await, &mut stats) {
-                clean.remove(&m);
-            }
-        }
-        if note(c.commit_fixed(Fixed::Windows, windows).await, &mut stats) {
-            windows.clear();
-        }
-        if note(c.commit_fixed(Fixed::Anomalies, anomalies).await, &mut stats) {
-            anomalies.clear();
-        }
-        if note(c.commit_fixed(Fixed::Rejects, rejects).await, &mut stats) {
-            rejects.clear();
-        }
-        if note(c.commit_fixed(Fixed::Late, late).await, &mut stats) {
-            late.clear();
-        }
-        self.buffered = self.raw.len()
-            + self.clean.values().map(Vec::len).sum::<usize>()
-            + self.windows.len()
-            + self.anomalies.len()
-            + self.rejects.len()
-            + self.late.len();
+        self.buffered = self.parts.values().map(PartitionBuffer::len).sum();
         match first_error {
             Some(e) => Err(e),
             None => Ok(stats),
         }
     }
+
+    /// Commits one table's rows from every partition; on success they leave the buffers.
+    async fn commit_table(
+        &mut self,
+        table: &str,
+        progress: &BTreeMap<String, Progress>,
+        summary: &HashMap<String, String>,
+    ) -> Result<Option<(usize, usize)>> {
+        let measurement = table.strip_prefix("clean.");
+        let mut claimed = Vec::new();
+        let files = {
+            let mut c = Committer {
+                lake: &self.lake,
+                props: &self.props,
+            };
+            macro_rules! gather {
+                ($field:ident, $fixed:expr) => {{
+                    let mut rows = Vec::new();
+                    for (p, b) in &self.parts {
+                        if let Some(pending) = &b.$field {
+                            rows.extend(pending.rows.iter());
+                            claimed.push(p.clone());
+                        }
+                    }
+                    if rows.is_empty() {
+                        return Ok(None);
+                    }
+                    let t = self.lake.table(&$fixed.ident()).await?;
+                    (c.write(&t, &rows).await?, rows.len(), t)
+                }};
+            }
+            match table {
+                names::RAW => gather!(raw, Fixed::Raw),
+                names::WINDOWS => gather!(windows, Fixed::Windows),
+                names::ANOMALIES => gather!(anomalies, Fixed::Anomalies),
+                names::REJECTS => gather!(rejects, Fixed::Rejects),
+                names::LATE => gather!(late, Fixed::Late),
+                _ => {
+                    let m = measurement.ok_or_else(|| Error::Internal(format!("no such table {table}")))?;
+                    let mut rows: Vec<&Point> = Vec::new();
+                    for (p, b) in &self.parts {
+                        if let Some(pending) = b.clean.get(m) {
+                            rows.extend(pending.rows.iter());
+                            claimed.push(p.clone());
+                        }
+                    }
+                    if rows.is_empty() {
+                        return Ok(None);
+                    }
+                    let t = c.clean_table(m, &rows).await?;
+                    (c.write(&t, &rows).await?, rows.len(), t)
+                }
+            }
+        };
+        let (data_files, rows, t) = files;
+        let n = data_files.len();
+        let held = self.committed.get(table).cloned().unwrap_or_default();
+        let mut claim = Claim::default();
+        for p in &claimed {
+            let expected = held.get(p).copied().unwrap_or(0);
+            let next = self.parts[p].checkpoint.next;
+            if next < expected {
+                return Err(Error::Internal(format!(
+                    "{table}: rows of {p} up to offset {next} are already in the lake (it records {expected}); refusing to write them twice"
+                )));
+            }
+            claim.expected.insert(p.clone(), expected);
+            claim.next.insert(p.clone(), next);
+            if let Some(pr) = progress.get(p) {
+                claim.progress.insert(p.clone(), pr.clone());
+            }
+        }
+        self.lake.append_fenced(t, data_files, &claim, summary).await?;
+        let entry = self.committed.entry(table.to_owned()).or_default();
+        entry.extend(claim.next);
+        for p in &claimed {
+            let b = self.parts.get_mut(p).expect("claimed partitions are buffered");
+            match table {
+                names::RAW => b.raw = None,
+                names::WINDOWS => b.windows = None,
+                names::ANOMALIES => b.anomalies = None,
+                names::REJECTS => b.rejects = None,
+                names::LATE => b.late = None,
+                _ => {
+                    if let Some(m) = measurement {
+                        b.clean.remove(m);
+                    }
+                }
+            }
+        }
+        Ok(Some((rows, n)))
+    }
 }
 
-/// The part of a writer a commit needs, borrowed apart from the row buffers.
+/// What writing data files needs, borrowed apart from the buffers.
 struct Committer<'a> {
     lake: &'a Lake,
     props: &'a WriterProperties,
-    offsets: &'a BTreeMap<String, i64>,
-    committed: &'a mut BTreeMap<String, BTreeMap<String, i64>>,
-    summary: &'a HashMap<String, String>,
 }
 
 impl Committer<'_> {
-    async fn commit_fixed<R: Row>(&mut self, which: Fixed, rows: &[R]) -> Result<Option<(String, usize, usize)>> {
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let ident = which.ident();
-        let table = self.lake.table(&ident).await?;
-        let files = self.write_and_commit(&table, rows).await?;
-        Ok(Some((ident.to_string(), rows.len(), files)))
-    }
-
-    async fn commit_clean(&mut self, measurement: &str, points: &[Point]) -> Result<Option<(String, usize, usize)>> {
-        if points.is_empty() {
-            return Ok(None);
-        }
+    /// The clean table for `points`, created or evolved to hold their tags and fields.
+    async fn clean_table(&mut self, measurement: &str, points: &[&Point]) -> Result<Table> {
         let mut tags = BTreeSet::new();
         let mut fields = BTreeMap::new();
         for p in points {
@@ -464,14 +634,11 @@ impl Committer<'_> {
                 }
             }
         }
-        let table = self.lake.ensure_clean_table(measurement, &tags, &fields).await?;
-        let files = self.write_and_commit(&table, points).await?;
-        Ok(Some((format!("clean.{measurement}"), points.len(), files)))
+        self.lake.ensure_clean_table(measurement, &tags, &fields).await
     }
 
-    /// Writes one Parquet file per day of data and appends them in one fenced snapshot
-    /// that moves this table's offsets from what the lake held to what was processed.
-    async fn write_and_commit<R: Row>(&mut self, table: &Table, rows: &[R]) -> Result<usize> {
+    /// Writes one Parquet file per day of data; nothing is visible until committed.
+    async fn write<R: Row>(&mut self, table: &Table, rows: &[&R]) -> Result<Vec<DataFile>> {
         let metadata = table.metadata();
         let schema = Arc::clone(metadata.current_schema());
         let arrow_schema: SchemaRef = Arc::new(schema_to_arrow_schema(&schema)?);
@@ -495,23 +662,18 @@ impl Committer<'_> {
             w.write(batch(&arrow_schema, &day_rows)?).await?;
             files.extend(w.close().await?);
         }
-        let n = files.len();
-        let name = table.identifier().to_string();
-        let held = self.committed.get(&name).cloned().unwrap_or_default();
-        let claim = Claim {
-            expected: self
-                .offsets
-                .keys()
-                .map(|p| (p.clone(), held.get(p).copied().unwrap_or(0)))
-                .collect(),
-            next: self.offsets.clone(),
-        };
-        self.lake.append_fenced(table.clone(), files, &claim, self.summary).await?;
-        let mut now = held;
-        now.extend(claim.next);
-        self.committed.insert(name, now);
-        Ok(n)
+        Ok(files)
     }
+}
+
+/// The processor progress recorded by the newest snapshot of `table`, per partition.
+pub fn committed_progress(table: &Table) -> BTreeMap<String, Progress> {
+    table
+        .metadata()
+        .current_snapshot()
+        .and_then(|s| s.summary().additional_properties.get(PROGRESS_PROPERTY))
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
 }
 
 /// The bus offsets recorded by the newest snapshot of `table`, if any.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use pitwall_core::record::{Origin, RawRecord};
 use pitwall_lake::{Error, Fixed, Lake, LakeConfig, LakeWriter, committed_offsets};
-use pitwall_stream::Outputs;
+use pitwall_stream::{Checkpoint, Outputs};
 
 const T0: i64 = 1_767_225_600_000_000_000;
 
@@ -27,6 +27,16 @@ fn raw(partition: i32, offsets: std::ops::Range<i64>) -> Outputs {
     }
 }
 
+/// Buffers raw rows of `offsets` in `partition`, as a processor with no open state would.
+fn feed(w: &mut LakeWriter, partition: i32, offsets: std::ops::Range<i64>) {
+    let next = offsets.end;
+    w.append(
+        &format!("telemetry.raw/{partition}"),
+        raw(partition, offsets),
+        Checkpoint { next, replay_from: next, max_time: T0 + next },
+    );
+}
+
 async fn open(dir: &std::path::Path) -> Lake {
     Lake::open(LakeConfig::test_config(dir)).await.unwrap()
 }
@@ -45,13 +55,13 @@ async fn writers_racing_on_disjoint_partitions_all_land() {
     const ROUNDS: i64 = 12;
     let ta = tokio::spawn(async move {
         for i in 0..ROUNDS {
-            a.append(raw(0, i * 10..(i + 1) * 10));
+            feed(&mut a, 0, i * 10..(i + 1) * 10);
             a.commit().await.unwrap();
         }
     });
     let tb = tokio::spawn(async move {
         for i in 0..ROUNDS {
-            b.append(raw(1, i * 7..(i + 1) * 7));
+            feed(&mut b, 1, i * 7..(i + 1) * 7);
             b.commit().await.unwrap();
         }
     });
@@ -79,10 +89,10 @@ async fn a_zombie_cannot_commit_and_a_resumed_writer_can() {
     let mut owner = LakeWriter::open(open(dir.path()).await).await.unwrap();
     // The zombie read the lake at the same time, before the owner committed.
     let mut zombie = LakeWriter::open(open(dir.path()).await).await.unwrap();
-    owner.append(raw(0, 0..100));
+    feed(&mut owner, 0, 0..100);
     owner.commit().await.unwrap();
 
-    zombie.append(raw(0, 0..100));
+    feed(&mut zombie, 0, 0..100);
     let err = zombie.commit().await.unwrap_err();
     match &err {
         Error::Fenced { table, partition, committed, expected } => {
@@ -91,6 +101,7 @@ async fn a_zombie_cannot_commit_and_a_resumed_writer_can() {
         other => panic!("expected a fenced commit, got {other}"),
     }
     assert!(err.to_string().contains("another writer owns it now"), "{err}");
+    assert_eq!(zombie.buffered(), 0, "the fenced partition's rows were dropped");
     let lake = open(dir.path()).await;
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
     assert_eq!(table.metadata().snapshots().count(), 1, "the zombie wrote no snapshot");
@@ -98,10 +109,10 @@ async fn a_zombie_cannot_commit_and_a_resumed_writer_can() {
     // A writer that resumes from the lake carries on where the owner stopped.
     let mut resumed = LakeWriter::open(open(dir.path()).await).await.unwrap();
     assert_eq!(resumed.resume_offsets()["telemetry.raw/0"], 100);
-    resumed.append(raw(0, 100..150));
+    feed(&mut resumed, 0, 100..150);
     resumed.commit().await.unwrap();
     assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 150);
     // ... and the old owner, now stale itself, is fenced in turn.
-    owner.append(raw(0, 100..120));
+    feed(&mut owner, 0, 100..120);
     assert!(matches!(owner.commit().await, Err(Error::Fenced { committed: 150, expected: 100, .. })));
 }

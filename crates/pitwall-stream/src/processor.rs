@@ -243,6 +243,11 @@ impl Processor {
         Ok((point, source_id))
     }
 
+    /// Topic this processor reads.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// Partition this processor reads.
     pub fn partition(&self) -> u32 {
         self.partition

@@ -141,13 +141,16 @@ pub async fn run_on_bus(
     let processor_config = Arc::new(config.processor.clone());
 
     // Processors hand their outputs to the one lake writer through a bounded channel.
-    let (out_tx, out_rx) = mpsc::channel::<Outputs>(64);
-    let lake_writer_state = LakeWriter::open(lake).await.context("reading the lake's committed offsets")?;
-    // Continue the offsets the lake has recorded, so every commit's claim holds.
-    for (key, next) in lake_writer_state.resume_offsets() {
-        if let Some(partition) = key.strip_prefix(&format!("{}/", topics.raw)).and_then(|p| p.parse().ok()) {
-            bus.resume(&topics.raw, partition, next).await?;
-        }
+    let (out_tx, out_rx) = mpsc::channel::<Batch>(64);
+    let mut lake_writer_state = LakeWriter::open(lake.clone()).await.context("reading the lake's committed offsets")?;
+    // Continue the offsets the lake has recorded, so every commit's claim holds. (The
+    // in-process bus keeps nothing between runs, so there is nothing to replay.)
+    let progress = lake.committed_progress().await.context("reading the lake's committed offsets")?;
+    for consumer in &consumers {
+        let key = partition_key(&topics.raw, consumer.partition);
+        let plan = pitwall_lake::ResumePlan::from_lake(&progress, &key);
+        bus.resume(&topics.raw, consumer.partition, plan.frontier).await?;
+        lake_writer_state.assign(&key, &plan);
     }
     let writer = tokio::spawn(
         lake_writer(lake_writer_state, out_rx, Arc::clone(&stats)).instrument(tracing::info_span!("lake-writer")),
@@ -425,15 +428,25 @@ impl Publisher {
     }
 }
 
+/// `topic/partition`, as the lake records offsets.
+pub(crate) fn partition_key(topic: &str, partition: u32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// Outputs of one partition for the lake writer, with the processor's checkpoint after them.
+type Batch = (String, Outputs, pitwall_stream::Checkpoint);
+
 /// Processes one partition until the topic ends, then closes its windows.
 async fn process_partition(
     mut processor: Processor,
     mut consumer: PartitionConsumer,
     publisher: Publisher,
-    out: mpsc::Sender<Outputs>,
+    out: mpsc::Sender<Batch>,
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
     let mut batch: Vec<Message> = Vec::with_capacity(1024);
+    let key = partition_key(processor.topic(), processor.partition());
+    let mut next = 0;
     loop {
         batch.clear();
         let n = consumer.recv_many(&mut batch, 1024).await;
@@ -443,18 +456,19 @@ async fn process_partition(
             count(&stats, &outputs);
             publisher.publish(&outputs).await?;
             if !outputs.is_empty() {
-                out.send(outputs).await.ok();
+                out.send((key, outputs, processor.checkpoint(next))).await.ok();
             }
             return Ok(());
         }
         for m in &batch {
             processor.process(m, &mut outputs);
+            next = m.offset + 1;
         }
         stats.processed.fetch_add(n as u64, Ordering::Relaxed);
         count(&stats, &outputs);
         // Live readers get outputs before the lake commit: at least once, keyed by source.
         publisher.publish(&outputs).await?;
-        if out.send(outputs).await.is_err() {
+        if out.send((key.clone(), outputs, processor.checkpoint(next))).await.is_err() {
             anyhow::bail!("the lake writer stopped; partition {} cannot hand over its output", processor.partition());
         }
     }
@@ -469,7 +483,7 @@ fn count(stats: &Stats, o: &Outputs) {
 
 /// Buffers outputs and commits when due; at the end commits the rest. A failed commit
 /// keeps its rows and is retried, so nothing is lost to a passing error.
-async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Outputs>, stats: Arc<Stats>) -> anyhow::Result<()> {
+async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stats: Arc<Stats>) -> anyhow::Result<()> {
     let mut failures = 0u32;
     loop {
         let wait = writer.time_to_due().max(Duration::from_millis(10));
@@ -478,7 +492,7 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Outputs>, st
             () = tokio::time::sleep(wait) => Some(None),
         };
         match next {
-            Some(Some(outputs)) => writer.append(outputs),
+            Some(Some((key, outputs, checkpoint))) => writer.append(&key, outputs, checkpoint),
             Some(None) => {}
             None => break,
         }
