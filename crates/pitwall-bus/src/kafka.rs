@@ -10,13 +10,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -209,7 +212,7 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<()> 
         let cfg = config.client_config();
         let brokers = config.brokers.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-            let client: rdkafka::consumer::BaseConsumer = cfg
+            let client: BaseConsumer = cfg
                 .create()
                 .map_err(|e| kafka_error("creating a metadata client", &brokers, e))?;
             let metadata = client
@@ -294,7 +297,18 @@ impl KafkaProducer {
         payload: &[u8],
         timestamp_ns: i64,
     ) -> Result<impl Future<Output = Result<(u32, i64)>> + use<>> {
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+        self.enqueue_to(&self.topic, key, payload, timestamp_ns).await
+    }
+
+    /// [`Self::enqueue`] to another topic than the producer's own.
+    pub async fn enqueue_to(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        timestamp_ns: i64,
+    ) -> Result<impl Future<Output = Result<(u32, i64)>> + use<>> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
             .payload(payload)
             .timestamp(timestamp_ns.div_euclid(1_000_000));
         if let Some(k) = key {
@@ -303,7 +317,7 @@ impl KafkaProducer {
         loop {
             match self.inner.send_result(record) {
                 Ok(delivery) => {
-                    let topic = self.topic.clone();
+                    let topic = topic.to_owned();
                     let brokers = self.brokers.clone();
                     return Ok(async move {
                         match delivery.await {
@@ -317,7 +331,7 @@ impl KafkaProducer {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((e, _)) => return Err(kafka_error(&format!("sending to {}", self.topic), &self.brokers, e)),
+                Err((e, _)) => return Err(kafka_error(&format!("sending to {topic}"), &self.brokers, e)),
             }
         }
     }
@@ -331,9 +345,98 @@ impl KafkaProducer {
     }
 }
 
+/// A change of this member's partitions, in the order the group made them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalance {
+    /// Partitions taken up, each with the offset reading starts at.
+    Assigned(Vec<(String, u32, i64)>),
+    /// Partitions given up; nothing more is read from them.
+    Revoked(Vec<(String, u32)>),
+    /// An assignment could not be taken up (the start-offset hook failed).
+    Failed(String),
+}
+
+/// Where to start reading a newly assigned partition: the offset, or why it cannot be
+/// known (then the partitions are not taken up and a [`Rebalance::Failed`] is reported).
+/// Called on the thread that polls the consumer, inside the rebalance.
+pub type StartHook = Arc<dyn Fn(&str, u32) -> std::result::Result<i64, String> + Send + Sync>;
+
+/// The consumer's librdkafka context: takes partitions up at the offsets the hook gives
+/// (set in the assignment itself, so no message before them is fetched) and reports
+/// every change.
+pub struct GroupContext {
+    start: Option<StartHook>,
+    events: Mutex<Vec<Rebalance>>,
+}
+
+impl std::fmt::Debug for GroupContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupContext").field("start_hook", &self.start.is_some()).finish()
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let parts: Vec<(String, u32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition() as u32))
+            .collect();
+        let event = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut assigned = Vec::new();
+                let mut failed = None;
+                for (topic, partition) in &parts {
+                    let start = match &self.start {
+                        Some(hook) => hook(topic, *partition),
+                        None => Ok(-1),
+                    };
+                    match start {
+                        Ok(offset) => {
+                            if offset >= 0
+                                && let Err(e) = tpl.set_partition_offset(topic, *partition as i32, Offset::Offset(offset))
+                            {
+                                failed = Some(format!("setting the start offset of {topic}/{partition}: {e}"));
+                            }
+                            assigned.push((topic.clone(), *partition, offset));
+                        }
+                        Err(e) => failed = Some(format!("taking up {topic}/{partition}: {e}")),
+                    }
+                }
+                match failed {
+                    Some(reason) => Rebalance::Failed(reason),
+                    None => {
+                        let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                        match r {
+                            Ok(()) => Rebalance::Assigned(assigned),
+                            Err(e) => Rebalance::Failed(format!("assigning {parts:?}: {e}")),
+                        }
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "unassigning revoked partitions");
+                }
+                Rebalance::Revoked(parts)
+            }
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                Rebalance::Failed(format!("the consumer group rebalance failed: {code}"))
+            }
+        };
+        tracing::info!(?event, "consumer group rebalance");
+        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
+    }
+}
+
 /// Reads topics as a member of the consumer group.
 pub struct KafkaConsumer {
-    inner: StreamConsumer,
+    inner: StreamConsumer<GroupContext>,
     brokers: String,
 }
 
@@ -344,11 +447,22 @@ impl std::fmt::Debug for KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    /// Joins the group and subscribes to `topics`.
+    /// Joins the group and subscribes to `topics`; assigned partitions start at the
+    /// group's committed offsets (or the earliest).
     pub fn subscribe(config: &KafkaConfig, topics: &[&str]) -> Result<Self> {
-        let inner: StreamConsumer = config
+        Self::subscribe_with(config, topics, None)
+    }
+
+    /// Joins the group and subscribes to `topics`; each assigned partition starts at
+    /// the offset `start` gives (a negative one means the group's committed offset).
+    pub fn subscribe_with(config: &KafkaConfig, topics: &[&str], start: Option<StartHook>) -> Result<Self> {
+        let context = GroupContext {
+            start,
+            events: Mutex::new(Vec::new()),
+        };
+        let inner: StreamConsumer<GroupContext> = config
             .consumer_config()
-            .create()
+            .create_with_context(context)
             .map_err(|e| kafka_error("creating the consumer", &config.brokers, e))?;
         inner
             .subscribe(topics)
@@ -359,6 +473,40 @@ impl KafkaConsumer {
         })
     }
 
+    /// Assignment changes since the last call, oldest first.
+    pub fn rebalances(&self) -> Vec<Rebalance> {
+        std::mem::take(&mut *self.inner.context().events.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Moves reading of an assigned partition to `offset`; messages fetched before are
+    /// discarded by librdkafka.
+    pub fn seek(&self, topic: &str, partition: u32, offset: i64) -> Result<()> {
+        self.inner
+            .seek(topic, partition as i32, Offset::Offset(offset), Timeout::After(Duration::from_secs(10)))
+            .map_err(|e| kafka_error(&format!("seeking {topic}/{partition} to {offset}"), &self.brokers, e))
+    }
+
+    /// Records `offsets` (`(topic, partition, next)`) as the group's committed offsets,
+    /// without waiting: for lag monitoring only.
+    pub fn commit_offsets(&self, offsets: &[(String, u32, i64)]) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in offsets {
+            tpl.add_partition_offset(t, *p as i32, Offset::Offset(*o))
+                .map_err(|e| kafka_error("committing offsets", &self.brokers, e))?;
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.inner
+            .commit(&tpl, rdkafka::consumer::CommitMode::Async)
+            .map_err(|e| kafka_error("committing offsets", &self.brokers, e))
+    }
+
+    /// Leaves the group now (revoking this member's partitions) rather than waiting for
+    /// the session to time out.
+    pub fn close(&self) {
+        self.inner.unsubscribe();
+    }
     /// The next message from any assigned partition.
     pub async fn recv(&self) -> Result<Message> {
         let m = self

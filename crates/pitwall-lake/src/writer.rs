@@ -410,6 +410,11 @@ impl LakeWriter {
         }
     }
 
+    /// The offset `table`'s newest snapshot records for `partition`, as this writer knows it.
+    pub fn held(&self, table: &str, partition: &str) -> Option<i64> {
+        self.committed.get(table)?.get(partition).copied()
+    }
+
     /// Partitions this writer holds.
     pub fn partitions(&self) -> impl Iterator<Item = &str> {
         self.parts.keys().map(String::as_str)

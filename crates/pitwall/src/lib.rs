@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod pipeline;
+pub mod process;
 pub mod replay;
 mod status;
 
@@ -63,6 +64,16 @@ enum Command {
     /// file, line and reason, and the summary counts them. Kafka settings come from the
     /// [kafka] section of the config (or --brokers).
     Replay(ReplayArgs),
+    /// Process the raw Kafka topic into the lake (and the output topics), exactly once.
+    ///
+    /// Joins the consumer group kafka.group-id: start more processes with the same group
+    /// to split the partitions. Each partition resumes from the offsets the lake's
+    /// snapshots record (replaying just enough to rebuild open windows and anomaly
+    /// episodes), so a crash or rebalance writes no row twice and skips none. Clean
+    /// points, window metrics, anomalies, rejects (DLQ) and late events also go to their
+    /// topics as JSON keyed by source id. Ctrl-C commits what was processed and leaves
+    /// the group.
+    Process(ProcessArgs),
     /// Work with anomaly rules.
     Rules {
         #[command(subcommand)]
@@ -116,6 +127,28 @@ struct QueryArgs {
     /// Output: table (aligned), csv or json (one object per line).
     #[arg(long, default_value = "table")]
     format: pitwall_query::Format,
+}
+
+#[derive(Debug, Args)]
+struct ProcessArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Kafka bootstrap brokers (overrides kafka.brokers).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Consumer group (overrides kafka.group-id).
+    #[arg(long)]
+    group: Option<String>,
+    /// Stop after this long (e.g. 30s, 5m); default: run until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Exit once no message has arrived for this long and everything is committed
+    /// (catch up, then stop).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    exit_when_idle: Option<Duration>,
+    /// Seconds between status lines.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(args) => sim(&args),
         Command::Replay(args) => replay_files(args).await,
         Command::Ingest(args) => ingest(args).await,
+        Command::Process(args) => process_command(args).await,
         Command::Rules {
             command: RulesCommand::Check { file },
         } => {
@@ -296,7 +330,12 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         });
     }
     cancel_after(&cancel, args.duration);
-    let status = tokio::spawn(status::report(Arc::clone(&stats), args.status_interval, cancel.clone()));
+    let status = tokio::spawn(status::report(
+        Arc::clone(&stats),
+        args.status_interval,
+        cancel.clone(),
+        status::Rate::Produced,
+    ));
     eprintln!(
         "pitwall up: {} cars at {} Hz, {} sensors, speed {}x; lake in {}",
         if config.sim.race_enabled { config.sim.race.cars } else { 0 },
@@ -314,7 +353,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     cancel.cancel();
     status.await.ok();
     let summary = result?;
-    status::print_line(&stats, summary.elapsed);
+    status::print_line(&stats, summary.elapsed, status::Rate::Produced);
     eprintln!(
         "done: {} events in {:.1}s, {} rows committed, {} anomalies, {} rejects. Try:\n  pitwall query --data-dir {} \"SELECT rule, source_id, time, observed FROM anomalies.events ORDER BY time\"",
         summary.produced,
@@ -344,6 +383,45 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         println!();
         eprintln!("{} rows", pitwall_query::row_count(&batches));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.common.config.as_deref())?.with_data_dir(Some(args.common.data_dir));
+    if let Some(b) = args.brokers {
+        config.kafka.brokers = b;
+    }
+    if let Some(g) = args.group {
+        config.kafka.group_id = g;
+    }
+    config.validate()?;
+    let cancel = CancellationToken::new();
+    cancel_on_ctrl_c(&cancel, "stopping: committing what was processed and leaving the group");
+    cancel_after(&cancel, args.duration);
+    let stats = Arc::new(pipeline::Stats::default());
+    let status_cancel = CancellationToken::new();
+    let status = tokio::spawn(status::report(
+        Arc::clone(&stats),
+        args.status_interval,
+        status_cancel.clone(),
+        status::Rate::Processed,
+    ));
+    eprintln!(
+        "pitwall process: group {} reading {}raw on {}; lake in {}",
+        config.kafka.group_id,
+        config.bus.topic_prefix,
+        config.kafka.brokers,
+        config.lake.data_dir.display()
+    );
+    let started = std::time::Instant::now();
+    let options = process::ProcessOptions {
+        exit_when_idle: args.exit_when_idle,
+    };
+    let result = process::run(config, options, cancel, Arc::clone(&stats)).await;
+    status_cancel.cancel();
+    status.await.ok();
+    status::print_line(&stats, started.elapsed(), status::Rate::Processed);
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -374,6 +374,53 @@ impl Corrupter {
     }
 }
 
+/// The output topics the processor publishes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutputStream {
+    Clean,
+    Metrics,
+    Anomalies,
+    Dlq,
+    Late,
+}
+
+/// Encodes `o` for the output topics `want` selects: JSON, keyed by source id (DLQ
+/// messages carry no key), timestamped with event time.
+pub(crate) fn encode_outputs(
+    o: &Outputs,
+    config: &pitwall_stream::ProcessorConfig,
+    want: impl Fn(OutputStream) -> bool,
+    mut emit: impl FnMut(OutputStream, Option<Bytes>, Vec<u8>, i64),
+) -> anyhow::Result<()> {
+    let key = |s: &str| Some(Bytes::copy_from_slice(s.as_bytes()));
+    if want(OutputStream::Clean) {
+        for p in &o.clean {
+            emit(OutputStream::Clean, source_key(config, p), json::encode(p)?, p.time);
+        }
+    }
+    if want(OutputStream::Metrics) {
+        for w in &o.windows {
+            emit(OutputStream::Metrics, key(&w.source_id), to_json(w), w.window_end);
+        }
+    }
+    if want(OutputStream::Anomalies) {
+        for a in &o.anomalies {
+            emit(OutputStream::Anomalies, key(&a.source_id), to_json(a), a.time);
+        }
+    }
+    if want(OutputStream::Dlq) {
+        for r in &o.rejects {
+            emit(OutputStream::Dlq, None, to_json(r), r.ingest_time);
+        }
+    }
+    if want(OutputStream::Late) {
+        for l in &o.late {
+            emit(OutputStream::Late, key(&l.source_id), to_json(l), l.time);
+        }
+    }
+    Ok(())
+}
+
 /// Puts the processor's outputs on their bus topics for live readers, as JSON keyed by
 /// source id. Nothing is encoded for a topic without a consumer.
 struct Publisher {
@@ -397,32 +444,23 @@ impl Publisher {
         })
     }
 
+    fn producer(&self, s: OutputStream) -> &Producer {
+        match s {
+            OutputStream::Clean => &self.clean,
+            OutputStream::Metrics => &self.metrics,
+            OutputStream::Anomalies => &self.anomalies,
+            OutputStream::Dlq => &self.dlq,
+            OutputStream::Late => &self.late,
+        }
+    }
+
     async fn publish(&self, o: &Outputs) -> anyhow::Result<()> {
-        let key = |s: &str| Some(Bytes::copy_from_slice(s.as_bytes()));
-        if self.clean.has_consumer() {
-            for p in &o.clean {
-                self.clean.send(source_key(&self.config, p), Bytes::from(json::encode(p)?), p.time).await?;
-            }
-        }
-        if self.metrics.has_consumer() {
-            for w in &o.windows {
-                self.metrics.send(key(&w.source_id), Bytes::from(to_json(w)), w.window_end).await?;
-            }
-        }
-        if self.anomalies.has_consumer() {
-            for a in &o.anomalies {
-                self.anomalies.send(key(&a.source_id), Bytes::from(to_json(a)), a.time).await?;
-            }
-        }
-        if self.dlq.has_consumer() {
-            for r in &o.rejects {
-                self.dlq.send(None, Bytes::from(to_json(r)), r.ingest_time).await?;
-            }
-        }
-        if self.late.has_consumer() {
-            for l in &o.late {
-                self.late.send(key(&l.source_id), Bytes::from(to_json(l)), l.time).await?;
-            }
+        let mut queued = Vec::new();
+        encode_outputs(o, &self.config, |s| self.producer(s).has_consumer(), |s, key, payload, time| {
+            queued.push((s, key, payload, time));
+        })?;
+        for (s, key, payload, time) in queued {
+            self.producer(s).send(key, Bytes::from(payload), time).await?;
         }
         Ok(())
     }
@@ -474,7 +512,7 @@ async fn process_partition(
     }
 }
 
-fn count(stats: &Stats, o: &Outputs) {
+pub(crate) fn count(stats: &Stats, o: &Outputs) {
     stats.anomalies.fetch_add(o.anomalies.len() as u64, Ordering::Relaxed);
     stats.rejects.fetch_add(o.rejects.len() as u64, Ordering::Relaxed);
     stats.late.fetch_add(o.late.len() as u64, Ordering::Relaxed);
@@ -527,6 +565,12 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stat
 
 async fn commit(writer: &mut LakeWriter, stats: &Stats) -> anyhow::Result<()> {
     let s = writer.commit().await?;
+    record_commit(stats, &s);
+    Ok(())
+}
+
+/// Counts a finished commit in `stats`.
+pub(crate) fn record_commit(stats: &Stats, s: &pitwall_lake::CommitStats) {
     stats.rows_committed.fetch_add(s.total_rows() as u64, Ordering::Relaxed);
     let clean: usize = s.rows.iter().filter(|(k, _)| k.starts_with("clean.")).map(|(_, v)| v).sum();
     stats.clean_committed.fetch_add(clean as u64, Ordering::Relaxed);
@@ -534,5 +578,4 @@ async fn commit(writer: &mut LakeWriter, stats: &Stats) -> anyhow::Result<()> {
         stats.commits.fetch_add(1, Ordering::Relaxed);
     }
     tracing::debug!(rows = s.total_rows(), files = s.files, "committed");
-    Ok(())
 }

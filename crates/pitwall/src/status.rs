@@ -8,8 +8,26 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::Stats;
 
+/// What the events/s figure counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Rate {
+    /// Events the simulators produced.
+    Produced,
+    /// Events the processor finished.
+    Processed,
+}
+
+impl Rate {
+    fn get(self, stats: &Stats) -> u64 {
+        match self {
+            Rate::Produced => stats.produced.load(Ordering::Relaxed),
+            Rate::Processed => stats.processed.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Prints a status line every `every` until `cancel`.
-pub async fn report(stats: Arc<Stats>, every: Duration, cancel: CancellationToken) {
+pub async fn report(stats: Arc<Stats>, every: Duration, cancel: CancellationToken, rate_of: Rate) {
     let start = Instant::now();
     let mut last = 0u64;
     let mut last_at = Instant::now();
@@ -20,28 +38,31 @@ pub async fn report(stats: Arc<Stats>, every: Duration, cancel: CancellationToke
             _ = tick.tick() => {}
             () = cancel.cancelled() => return,
         }
-        let produced = stats.produced.load(Ordering::Relaxed);
-        let rate = (produced - last) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
-        last = produced;
+        let n = rate_of.get(&stats);
+        let rate = n.saturating_sub(last) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
+        last = n;
         last_at = Instant::now();
-        eprintln!("{}", line(&stats, start.elapsed(), rate));
+        eprintln!("{}", line(&stats, start.elapsed(), rate, rate_of));
     }
 }
 
 /// Prints the final status line.
-pub fn print_line(stats: &Stats, elapsed: Duration) {
-    let produced = stats.produced.load(Ordering::Relaxed);
-    let rate = produced as f64 / elapsed.as_secs_f64().max(1e-3);
-    eprintln!("{}", line(stats, elapsed, rate));
+pub fn print_line(stats: &Stats, elapsed: Duration, rate_of: Rate) {
+    let rate = rate_of.get(stats) as f64 / elapsed.as_secs_f64().max(1e-3);
+    eprintln!("{}", line(stats, elapsed, rate, rate_of));
 }
 
-fn line(stats: &Stats, elapsed: Duration, rate: f64) -> String {
+fn line(stats: &Stats, elapsed: Duration, rate: f64, rate_of: Rate) -> String {
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     format!(
-        "[{:>6.0}s] {:>8.0} events/s | {} events | {} rows committed in {} commits | {} windows | {} anomalies | {} rejects | {} late",
+        "[{:>6.0}s] {:>8.0} events/s | {} events {} | {} rows committed in {} commits | {} windows | {} anomalies | {} rejects | {} late",
         elapsed.as_secs_f64(),
         rate,
-        g(&stats.produced),
+        rate_of.get(stats),
+        match rate_of {
+            Rate::Produced => "produced",
+            Rate::Processed => "processed",
+        },
         g(&stats.rows_committed),
         g(&stats.commits),
         g(&stats.windows),

@@ -1,0 +1,337 @@
+//! `pitwall process`: the processor as its own process, reading the raw topic from Kafka
+//! in a consumer group and writing the lake exactly once.
+//!
+//! Partitions are taken up inside the group's rebalance: the lake's progress for the
+//! partition says where to replay from (so open windows and rule episodes are rebuilt
+//! exactly) and below which offset each table already has its rows; the assignment
+//! itself starts at that offset. A revoked partition's buffered rows are dropped, and a
+//! fenced commit (another member committed the partition meanwhile) drops ours and takes
+//! the partition up again from the lake. Outputs also go to their Kafka topics (JSON
+//! keyed by source id), acknowledged before each lake commit: at least once there.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pitwall_bus::Topics;
+use pitwall_bus::kafka::{KafkaConsumer, KafkaProducer, Rebalance, StartHook, ensure_topics};
+use pitwall_lake::progress::names;
+use pitwall_lake::{Lake, LakeWriter, ResumePlan};
+use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pipeline::{OutputStream, Stats, encode_outputs, partition_key, record_commit};
+
+/// How `pitwall process` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessOptions {
+    /// Exit once no message has arrived for this long and everything is committed.
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// One partition this member owns.
+struct Part {
+    processor: Processor,
+    plan: ResumePlan,
+    /// The next offset to process.
+    next: i64,
+    /// Outputs not yet handed to the lake writer.
+    outputs: Outputs,
+    /// Set once reading was moved back to `next` because the consumer started later
+    /// than the assignment asked; until then later offsets are ignored.
+    seeked: Option<Instant>,
+}
+
+impl Part {
+    fn new(processor: Processor, plan: ResumePlan) -> Self {
+        Part {
+            processor,
+            next: plan.base.replay_from,
+            plan,
+            outputs: Outputs::default(),
+            seeked: None,
+        }
+    }
+}
+
+type Ack = std::pin::Pin<Box<dyn Future<Output = pitwall_bus::Result<(u32, i64)>> + Send>>;
+
+/// Runs the processor until `cancel` (or idle, if asked), then commits what it has.
+pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
+    let topics = Topics::with_prefix(&config.bus.topic_prefix);
+    ensure_topics(&config.kafka, &topics.all())
+        .await
+        .context("making sure pitwall's topics exist")?;
+    let lake = Lake::open(config.lake.clone())
+        .await
+        .with_context(|| format!("opening the lake in {}", config.lake.data_dir.display()))?;
+    let schemas = SchemaRegistry::default();
+    for (m, fields) in lake.clean_schemas().await? {
+        schemas.seed(&m, fields);
+    }
+    let mut writer = LakeWriter::open(lake.clone())
+        .await
+        .context("reading the lake's committed offsets")?;
+    let plans: Arc<Mutex<HashMap<String, ResumePlan>>> = Arc::default();
+    let hook: StartHook = {
+        let (lake, plans, handle) = (lake.clone(), Arc::clone(&plans), tokio::runtime::Handle::current());
+        Arc::new(move |topic: &str, partition: u32| {
+            let key = partition_key(topic, partition);
+            let plan = tokio::task::block_in_place(|| handle.block_on(lake.resume_plan(&key)))
+                .map_err(|e| format!("reading the lake's progress: {e}"))?;
+            let start = plan.base.replay_from;
+            tracing::info!(
+                partition = %key,
+                replay_from = start,
+                frontier = plan.frontier,
+                behind = ?plan.suppress,
+                "taking up the partition from the lake"
+            );
+            plans.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, plan);
+            Ok(start)
+        })
+    };
+    let consumer = KafkaConsumer::subscribe_with(&config.kafka, &[&topics.raw], Some(hook))?;
+    let producer = KafkaProducer::new(&config.kafka, &topics.clean)?;
+    let processor_config = Arc::new(config.processor.clone());
+    let mut parts: HashMap<u32, Part> = HashMap::new();
+    let mut acks: Vec<Ack> = Vec::new();
+    let mut unflushed = 0usize;
+    let mut last_message = Instant::now();
+    let mut failures = 0u32;
+    let mut recv_errors = 0u32;
+
+    let result: anyhow::Result<()> = async {
+        loop {
+            let wait = writer.time_to_due().clamp(Duration::from_millis(10), Duration::from_millis(200));
+            let received = tokio::select! {
+                () = cancel.cancelled() => break,
+                m = consumer.recv() => Some(m),
+                () = tokio::time::sleep(wait) => None,
+            };
+            for event in consumer.rebalances() {
+                match event {
+                    Rebalance::Assigned(list) => {
+                        for (topic, partition, _) in list {
+                            let key = partition_key(&topic, partition);
+                            let plan = plans
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .remove(&key)
+                                .with_context(|| format!("{key} was assigned without a plan"))?;
+                            writer.assign(&key, &plan);
+                            let mut processor =
+                                Processor::new(Arc::clone(&processor_config), schemas.clone(), &topic, partition);
+                            processor.resume(&plan.base);
+                            parts.insert(partition, Part::new(processor, plan));
+                        }
+                    }
+                    Rebalance::Revoked(list) => {
+                        for (topic, partition) in list {
+                            parts.remove(&partition);
+                            writer.revoke(&partition_key(&topic, partition));
+                            tracing::info!(partition = %partition_key(&topic, partition), "partition revoked; its uncommitted rows are left to the next owner");
+                        }
+                    }
+                    Rebalance::Failed(reason) => anyhow::bail!("{reason}"),
+                }
+            }
+            let idle_tick = received.is_none();
+            match received {
+                Some(Ok(m)) => {
+                    recv_errors = 0;
+                    last_message = Instant::now();
+                    let Some(part) = parts.get_mut(&m.partition) else { continue };
+                    if m.offset < part.next {
+                        continue;
+                    }
+                    if m.offset > part.next {
+                        // The assignment's start offset is not always honoured (librdkafka
+                        // may start at the group's committed offset): move back once and
+                        // ignore what was fetched before, for a while.
+                        match part.seeked {
+                            None => {
+                                tracing::info!(partition = m.partition, want = part.next, got = m.offset, "reading started past the replay point; seeking back");
+                                let (topic, p, at) = (part.processor.topic().to_owned(), m.partition, part.next);
+                                if let Err(e) = tokio::task::block_in_place(|| consumer.seek(&topic, p, at)) {
+                                    tracing::warn!(error = %e, "seeking back to the replay point");
+                                }
+                                part.seeked = Some(Instant::now());
+                                continue;
+                            }
+                            Some(at) if at.elapsed() < Duration::from_secs(5) => continue,
+                            Some(_) => {}
+                        }
+                        tracing::warn!(
+                            partition = m.partition,
+                            expected = part.next,
+                            got = m.offset,
+                            "offsets are missing from the topic (deleted by retention?); continuing after the gap"
+                        );
+                    }
+                    let mut out = Outputs::default();
+                    part.processor.process(&m, &mut out);
+                    part.plan.suppress(m.offset, &mut out);
+                    part.outputs.append(&mut out);
+                    part.next = m.offset + 1;
+                    stats.processed.fetch_add(1, Ordering::Relaxed);
+                    unflushed += 1;
+                }
+                Some(Err(e)) => {
+                    recv_errors += 1;
+                    // librdkafka reconnects by itself; say so once in a while, not per poll.
+                    if recv_errors == 1 || recv_errors.is_power_of_two() {
+                        tracing::warn!(error = %e, attempts = recv_errors, "cannot read from Kafka; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => {}
+            }
+            if unflushed >= 2048 || (idle_tick && unflushed > 0) {
+                hand_over(&mut parts, &mut writer, &producer, &topics, &processor_config, &stats, &mut acks).await?;
+                unflushed = 0;
+            }
+            if writer.due() {
+                match commit(&mut writer, &mut acks, &consumer, &stats, &topics).await {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        if let Some(pitwall_lake::Error::Fenced { partition, .. }) = e.downcast_ref::<pitwall_lake::Error>() {
+                            let partition = partition.clone();
+                            tracing::warn!(error = %e, "fenced: taking the partition up again from the lake");
+                            retake(&partition, &lake, &mut writer, &mut parts, &consumer, &processor_config, &schemas).await?;
+                        } else {
+                            failures += 1;
+                            tracing::warn!(error = %e, failures, buffered = writer.buffered(), "lake commit failed; keeping the rows and retrying");
+                            if failures >= 10 {
+                                return Err(e.context("the lake commit failed 10 times in a row"));
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(idle) = options.exit_when_idle
+                && last_message.elapsed() >= idle
+                && !parts.is_empty()
+                && unflushed == 0
+                && writer.buffered() == 0
+            {
+                tracing::info!("no message for {idle:?} and everything committed; exiting");
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+
+    // Stopping: commit what was processed (open windows stay open; the next owner
+    // rebuilds them from the lake's progress).
+    if result.is_ok() {
+        hand_over(&mut parts, &mut writer, &producer, &topics, &processor_config, &stats, &mut acks).await?;
+        let mut attempt = 0;
+        while writer.buffered() > 0 {
+            match commit(&mut writer, &mut acks, &consumer, &stats, &topics).await {
+                Ok(()) => {}
+                Err(e) if attempt < 5 && e.downcast_ref::<pitwall_lake::Error>().is_none_or(|l| !matches!(l, pitwall_lake::Error::Fenced { .. })) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "final lake commit failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(e.context("the final lake commit failed; the next owner of the partitions reprocesses them")),
+            }
+        }
+    }
+    consumer.close();
+    result
+}
+
+/// Hands every partition's outputs to the lake writer (with the processor's checkpoint)
+/// and queues them on their Kafka topics.
+async fn hand_over(
+    parts: &mut HashMap<u32, Part>,
+    writer: &mut LakeWriter,
+    producer: &KafkaProducer,
+    topics: &Topics,
+    config: &ProcessorConfig,
+    stats: &Stats,
+    acks: &mut Vec<Ack>,
+) -> anyhow::Result<()> {
+    for part in parts.values_mut() {
+        let outputs = std::mem::take(&mut part.outputs);
+        crate::pipeline::count(stats, &outputs);
+        let mut queued = Vec::new();
+        encode_outputs(&outputs, config, |_| true, |stream, key, payload, time| {
+            queued.push((stream, key, payload, time));
+        })?;
+        for (stream, key, payload, time) in queued {
+            let topic = match stream {
+                OutputStream::Clean => &topics.clean,
+                OutputStream::Metrics => &topics.metrics,
+                OutputStream::Anomalies => &topics.anomalies,
+                OutputStream::Dlq => &topics.dlq,
+                OutputStream::Late => &topics.late,
+            };
+            let ack = producer.enqueue_to(topic, key.as_deref(), &payload, time).await?;
+            acks.push(Box::pin(ack));
+        }
+        let key = partition_key(part.processor.topic(), part.processor.partition());
+        writer.append(&key, outputs, part.processor.checkpoint(part.next));
+    }
+    Ok(())
+}
+
+/// Waits for the Kafka outputs, commits the lake, then records the lake's offsets as the
+/// group's committed offsets (for lag monitoring).
+async fn commit(
+    writer: &mut LakeWriter,
+    acks: &mut Vec<Ack>,
+    consumer: &KafkaConsumer,
+    stats: &Stats,
+    topics: &Topics,
+) -> anyhow::Result<()> {
+    for a in acks.drain(..) {
+        a.await.context("publishing outputs to Kafka")?;
+    }
+    let started = Instant::now();
+    let s = writer.commit().await?;
+    record_commit(stats, &s);
+    tracing::debug!(rows = s.total_rows(), files = s.files, ms = started.elapsed().as_millis() as u64, "committed");
+    let offsets: Vec<(String, u32, i64)> = writer
+        .partitions()
+        .filter_map(|key| {
+            let partition = key.strip_prefix(&format!("{}/", topics.raw))?.parse().ok()?;
+            Some((topics.raw.clone(), partition, writer.held(names::RAW, key)?))
+        })
+        .collect();
+    if let Err(e) = consumer.commit_offsets(&offsets) {
+        tracing::debug!(error = %e, "recording the group's offsets for lag monitoring");
+    }
+    Ok(())
+}
+
+/// Takes `key` up again from the lake after a fenced commit, if this member still owns it.
+async fn retake(
+    key: &str,
+    lake: &Lake,
+    writer: &mut LakeWriter,
+    parts: &mut HashMap<u32, Part>,
+    consumer: &KafkaConsumer,
+    config: &Arc<ProcessorConfig>,
+    schemas: &SchemaRegistry,
+) -> anyhow::Result<()> {
+    let Some((topic, partition)) = key.rsplit_once('/').and_then(|(t, p)| Some((t.to_owned(), p.parse::<u32>().ok()?))) else {
+        return Ok(());
+    };
+    if !parts.contains_key(&partition) {
+        return Ok(());
+    }
+    let plan = lake.resume_plan(key).await?;
+    consumer.seek(&topic, partition, plan.base.replay_from)?;
+    writer.assign(key, &plan);
+    let mut processor = Processor::new(Arc::clone(config), schemas.clone(), &topic, partition);
+    processor.resume(&plan.base);
+    parts.insert(partition, Part::new(processor, plan));
+    Ok(())
+}
