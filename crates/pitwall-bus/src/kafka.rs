@@ -217,7 +217,7 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<()> 
                 .map_err(|e| kafka_error("creating a metadata client", &brokers, e))?;
             let metadata = client
                 .fetch_metadata(None, Duration::from_secs(15))
-                .map_err(|e| kafka_error("listing topics; is the broker up?", &brokers, e))?;
+                .map_err(|e| kafka_error("listing topics; is the broker up, and are kafka.brokers (or --brokers) and the security settings right?", &brokers, e))?;
             Ok(metadata.topics().iter().map(|t| t.name().to_owned()).collect())
         })
         .await

@@ -1,0 +1,178 @@
+//! Shared by the pipeline tests: the run configuration, the two transports (the
+//! in-process bus and Kafka on a real broker), a tansu broker per test, and SQL helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pitwall::config::Config;
+use pitwall::pipeline::{KafkaSink, SimRun, Stats, Summary, produce, run_embedded, simulators};
+use pitwall::process::{ProcessOptions, run as run_process};
+use pitwall_lake::LakeConfig;
+use pitwall_query::{Format, Query, render};
+use pitwall_sim::{FaultKind, Simulator};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// 2026-01-01T00:00:00Z: fixed so runs are reproducible.
+pub const START: i64 = 1_767_225_600_000_000_000;
+
+pub fn config(dir: &Path, faults: f64, corrupt: f64) -> Config {
+    let mut c = Config {
+        lake: LakeConfig {
+            commit_interval: Duration::from_millis(500),
+            commit_rows: 50_000,
+            ..LakeConfig::test_config(dir)
+        },
+        ..Config::default()
+    };
+    c.sim.speed = 0.0;
+    c.sim.seed = 7;
+    c.sim.race.faults_per_car_minute = faults;
+    c.sim.iot.faults_per_sensor_minute = faults / 3.0;
+    c.sim.corrupt_per_minute = corrupt;
+    c
+}
+
+/// A tansu broker (Kafka API, in memory) on a free loopback port, stopped on drop.
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+/// The tansu binary: `PITWALL_TANSU`, else where `scripts/test.sh` builds it.
+pub fn tansu_binary() -> PathBuf {
+    let path = std::env::var_os("PITWALL_TANSU").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").expect("HOME is set");
+        PathBuf::from(home).join(".cache/pitwall/tansu/bin/tansu")
+    });
+    assert!(
+        path.exists(),
+        "the Kafka-API broker tansu is not at {}; run ./scripts/test.sh, which builds it once and caches it",
+        path.display()
+    );
+    path
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = dir.join(format!("tansu-{port}.log"));
+        let child = Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &format!("tcp://{addr}"), "--advertised-listener-url", &format!("tcp://{addr}")])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting tansu");
+        let b = Broker { child, addr, log };
+        b.wait_ready();
+        b
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {} (log: {})", self.addr, self.log.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing answers.
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Thaws a paused broker.
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        signal(self.child.id(), "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which bus a pipeline test runs over.
+pub enum Transport<'a> {
+    /// Everything in this process: `pitwall up`.
+    InProcess,
+    /// `pitwall ingest` and `pitwall process` over a real broker.
+    Kafka(&'a Broker),
+}
+
+/// Runs the simulators for `minutes` of simulated time through `transport` into the
+/// lake `config` names.
+pub async fn run(transport: &Transport<'_>, mut config: Config, minutes: u64) -> Summary {
+    let run = SimRun {
+        start_time: START,
+        sim_duration: Some(Duration::from_secs(minutes * 60)),
+    };
+    match transport {
+        Transport::InProcess => run_embedded(config, run, CancellationToken::new(), Arc::new(Stats::default()))
+            .await
+            .expect("pipeline run"),
+        Transport::Kafka(broker) => {
+            let started = Instant::now();
+            config.kafka.brokers = broker.addr.clone();
+            let topics = pitwall_bus::Topics::with_prefix(&config.bus.topic_prefix);
+            pitwall_bus::kafka::ensure_topics(&config.kafka, &topics.all()).await.unwrap();
+            let stats = Arc::new(Stats::default());
+            let mut sink = KafkaSink::new(&config.kafka, &topics.raw).unwrap();
+            let mut sim = simulators(&config, run.start_time);
+            produce(&config, &run, &mut sim, &mut sink, &CancellationToken::new(), &stats).await.unwrap();
+            sink.finish().await.unwrap();
+            let options = ProcessOptions {
+                exit_when_idle: Some(Duration::from_secs(3)),
+            };
+            run_process(config, options, CancellationToken::new(), Arc::clone(&stats)).await.expect("pitwall process");
+            let g = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            Summary {
+                produced: g(&stats.produced),
+                rows_committed: g(&stats.rows_committed),
+                anomalies: g(&stats.anomalies),
+                rejects: g(&stats.rejects),
+                corrupted: g(&stats.corrupted),
+                faults: sim.faults(),
+                elapsed: started.elapsed(),
+            }
+        }
+    }
+}
+
+pub async fn rows(q: &Query, sql: &str) -> Vec<Value> {
+    let batches = q.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    render(&batches, Format::Json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub async fn count(q: &Query, table: &str) -> i64 {
+    rows(q, &format!("SELECT count(*) AS n FROM {table}")).await[0]["n"].as_i64().unwrap()
+}
+
+pub fn rule_for(kind: FaultKind) -> &'static str {
+    match kind {
+        FaultKind::Overheating => "engine_overheat",
+        FaultKind::RpmDrop => "rpm_drop",
+        FaultKind::GearMismatch => "gear_mismatch",
+        FaultKind::SensorOverheat => "sensor_overheat",
+    }
+}

@@ -1,0 +1,71 @@
+"""Reads pitwall's output topics with kafka-python, a client independent of librdkafka,
+and checks them against what the lake holds: message counts per topic, JSON payloads,
+keys equal to the record's source id, and partitions where the Java client's murmur2
+places those keys.
+
+Usage: kafka_check.py BROKERS EXPECTED_JSON   ({"topic": message_count, ...})
+Prints "kafka-python agrees" and exits 0, or says what differs and exits 1.
+"""
+
+import json
+import sys
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.partitioner.default import murmur2
+
+
+def source_id(topic, value):
+    if topic.endswith(".clean"):
+        tags = value["tags"]
+        return tags.get("driver") or tags.get("sensor_id") or tags.get("host")
+    return value.get("source_id")
+
+
+def main():
+    brokers, expected = sys.argv[1], json.loads(sys.argv[2])
+    problems = []
+    for topic, want in expected.items():
+        consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False,
+                                 consumer_timeout_ms=5000, api_version_auto_timeout_ms=10000)
+        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        if not partitions:
+            problems.append(f"{topic}: no partitions")
+            continue
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        got = 0
+        done = {tp: ends[tp] == 0 for tp in tps}
+        while not all(done.values()):
+            batch = consumer.poll(timeout_ms=5000, max_records=5000)
+            if not batch:
+                problems.append(f"{topic}: stopped before the end offsets {ends}")
+                break
+            for tp, records in batch.items():
+                for r in records:
+                    got += 1
+                    value = json.loads(r.value)
+                    if not topic.endswith(".dlq"):
+                        sid = source_id(topic, value)
+                        if r.key is None or r.key.decode() != sid:
+                            problems.append(f"{topic}@{tp.partition}/{r.offset}: key {r.key!r}, source id {sid!r}")
+                        elif (murmur2(r.key) & 0x7FFFFFFF) % len(partitions) != tp.partition:
+                            problems.append(f"{topic}: key {r.key!r} in partition {tp.partition}, murmur2 says otherwise")
+                    elif "reason" not in value or "offset" not in value.get("origin", value):
+                        problems.append(f"{topic}: DLQ record without reason or origin: {value}")
+                    if r.offset + 1 >= ends[tp]:
+                        done[tp] = True
+        consumer.close()
+        if got != want:
+            problems.append(f"{topic}: {got} messages, the lake has {want} rows")
+        else:
+            print(f"{topic}: {got} messages, keys and partitions as murmur2 places them")
+    if problems:
+        print("\n".join(problems[:20]))
+        sys.exit(1)
+    print("kafka-python agrees")
+
+
+if __name__ == "__main__":
+    main()
