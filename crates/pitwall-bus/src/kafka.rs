@@ -486,6 +486,15 @@ impl KafkaConsumer {
             .map_err(|e| kafka_error(&format!("seeking {topic}/{partition} to {offset}"), &self.brokers, e))
     }
 
+    /// The earliest offset `topic/partition` still holds.
+    pub fn earliest_offset(&self, topic: &str, partition: u32) -> Result<i64> {
+        let (low, _) = self
+            .inner
+            .fetch_watermarks(topic, partition as i32, Timeout::After(Duration::from_secs(10)))
+            .map_err(|e| kafka_error(&format!("reading the offsets {topic}/{partition} holds"), &self.brokers, e))?;
+        Ok(low)
+    }
+
     /// Records `offsets` (`(topic, partition, next)`) as the group's committed offsets,
     /// without waiting: for lag monitoring only.
     pub fn commit_offsets(&self, offsets: &[(String, u32, i64)]) -> Result<()> {

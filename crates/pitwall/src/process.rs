@@ -40,9 +40,15 @@ struct Part {
     next: i64,
     /// Outputs not yet handed to the lake writer.
     outputs: Outputs,
-    /// Set once reading was moved back to `next` because the consumer started later
-    /// than the assignment asked; until then later offsets are ignored.
-    seeked: Option<Instant>,
+    /// Set while reading is being moved back to `next` (see [`recover_gap`]).
+    seek: Option<Seek>,
+}
+
+/// A seek back in progress: when it was made and how far before the wanted offset.
+#[derive(Debug, Clone, Copy)]
+struct Seek {
+    at: Instant,
+    before: i64,
 }
 
 impl Part {
@@ -52,7 +58,7 @@ impl Part {
             next: plan.base.replay_from,
             plan,
             outputs: Outputs::default(),
-            seeked: None,
+            seek: None,
         }
     }
 }
@@ -105,11 +111,17 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     let mut recv_errors = 0u32;
 
     let result: anyhow::Result<()> = async {
+        // One receive stays pending across timer ticks: dropping it could lose the
+        // message it has just taken off librdkafka's queue.
+        let mut pending_recv = Box::pin(consumer.recv());
         loop {
             let wait = writer.time_to_due().clamp(Duration::from_millis(10), Duration::from_millis(200));
             let received = tokio::select! {
                 () = cancel.cancelled() => break,
-                m = consumer.recv() => Some(m),
+                m = &mut pending_recv => {
+                    pending_recv = Box::pin(consumer.recv());
+                    Some(m)
+                }
                 () = tokio::time::sleep(wait) => None,
             };
             for event in consumer.rebalances() {
@@ -149,29 +161,11 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                         continue;
                     }
                     if m.offset > part.next {
-                        // The assignment's start offset is not always honoured (librdkafka
-                        // may start at the group's committed offset): move back once and
-                        // ignore what was fetched before, for a while.
-                        match part.seeked {
-                            None => {
-                                tracing::info!(partition = m.partition, want = part.next, got = m.offset, "reading started past the replay point; seeking back");
-                                let (topic, p, at) = (part.processor.topic().to_owned(), m.partition, part.next);
-                                if let Err(e) = tokio::task::block_in_place(|| consumer.seek(&topic, p, at)) {
-                                    tracing::warn!(error = %e, "seeking back to the replay point");
-                                }
-                                part.seeked = Some(Instant::now());
-                                continue;
-                            }
-                            Some(at) if at.elapsed() < Duration::from_secs(5) => continue,
-                            Some(_) => {}
+                        if !recover_gap(&consumer, part, m.partition, m.offset) {
+                            continue;
                         }
-                        tracing::warn!(
-                            partition = m.partition,
-                            expected = part.next,
-                            got = m.offset,
-                            "offsets are missing from the topic (deleted by retention?); continuing after the gap"
-                        );
                     }
+                    part.seek = None;
                     let mut out = Outputs::default();
                     part.processor.process(&m, &mut out);
                     part.plan.suppress(m.offset, &mut out);
@@ -217,6 +211,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 && !parts.is_empty()
                 && unflushed == 0
                 && writer.buffered() == 0
+                && parts.values().all(|p| p.seek.is_none())
             {
                 tracing::info!("no message for {idle:?} and everything committed; exiting");
                 break;
@@ -245,6 +240,41 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     }
     consumer.close();
     result
+}
+
+/// A message arrived past the next offset `part` needs. The assignment's start offset
+/// is not always honoured (librdkafka may start at the group's committed offset), and
+/// some Kafka-API brokers answer a fetch from inside a record batch with the batch after
+/// it (tansu 0.6 does). Either way: move reading back, further each time that is not
+/// enough, and skip what arrives meanwhile; offsets the topic no longer has (deleted by
+/// retention) are a gap to report and accept. Returns whether to process the message.
+fn recover_gap(consumer: &KafkaConsumer, part: &mut Part, partition: u32, got: i64) -> bool {
+    let want = part.next;
+    let topic = part.processor.topic().to_owned();
+    if part.seek.is_some_and(|s| s.at.elapsed() < Duration::from_millis(500)) {
+        // Still in flight: this one was fetched before the seek.
+        return false;
+    }
+    let earliest = tokio::task::block_in_place(|| consumer.earliest_offset(&topic, partition)).unwrap_or(0);
+    if earliest > want {
+        tracing::warn!(partition, expected = want, earliest, "offsets before {earliest} are gone from the topic (deleted by retention?); continuing from there");
+        part.next = got;
+        return true;
+    }
+    let before = match part.seek {
+        None => 0,
+        Some(s) => (s.before * 8).max(64),
+    };
+    let to = (want - before).max(earliest);
+    tracing::info!(partition, want, got, seek_to = to, "reading is past the offset needed next; seeking back");
+    if let Err(e) = tokio::task::block_in_place(|| consumer.seek(&topic, partition, to)) {
+        tracing::warn!(error = %e, "seeking back");
+    }
+    part.seek = Some(Seek {
+        at: Instant::now(),
+        before: want - to,
+    });
+    false
 }
 
 /// Hands every partition's outputs to the lake writer (with the processor's checkpoint)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::row::{RowConverter, SortField};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use common::{Broker, count, rows};
 use pitwall_lake::{Lake, LakeConfig};
 use pitwall_query::Query;
@@ -89,6 +89,20 @@ fn wait(mut child: Child, limit: Duration, log: &Path) {
     }
 }
 
+/// The warnings and partition moves in `logs`, for failure messages.
+fn notable(logs: &[&Path]) -> String {
+    let mut out = String::new();
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        out.push_str(&format!("== {}\n", log.display()));
+        for l in text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("rebalance") || l.contains("taking up") || l.contains("seeking")) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -105,25 +119,28 @@ async fn fingerprints(q: &Query) -> Vec<(String, usize, u64)> {
     let tables = rows(
         q,
         "SELECT table_schema || '.' || table_name AS t FROM information_schema.tables
-         WHERE table_catalog = 'pitwall' AND table_schema <> 'information_schema' ORDER BY 1",
+         WHERE table_catalog = 'pitwall' AND table_schema <> 'information_schema'
+           AND strpos(table_name, '$') = 0 ORDER BY 1",
     )
     .await;
     let mut out = Vec::new();
     for t in tables {
         let table = t["t"].as_str().unwrap().to_owned();
-        let schema = q.sql(&format!("SELECT * FROM {table} LIMIT 0")).await.unwrap()[0].schema();
-        let mut names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let df = q.context().sql(&format!("SELECT * FROM {table}")).await.unwrap();
+        let mut names: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
         names.sort();
         let cols: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
         let batches = q.sql(&format!("SELECT {} FROM {table}", cols.join(", "))).await.unwrap();
         let (mut n, mut sum) = (0usize, 0u64);
+        let options = FormatOptions::default().with_null("<null>");
         for b in &batches {
-            let fields = b.schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
-            let converter = RowConverter::new(fields).unwrap();
-            let rows = converter.convert_columns(b.columns()).unwrap();
-            for r in rows.iter() {
+            let cells: Vec<ArrayFormatter<'_>> =
+                b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
+            for row in 0..b.num_rows() {
                 let mut h = std::hash::DefaultHasher::new();
-                r.as_ref().hash(&mut h);
+                for c in &cells {
+                    c.value(row).to_string().hash(&mut h);
+                }
                 sum = sum.wrapping_add(h.finish());
                 n += 1;
             }
@@ -190,6 +207,7 @@ fn a_processor_killed_again_and_again_writes_exactly_what_an_uninterrupted_one_w
         assert!(count(&a, "anomalies.events").await > 0, "the run should raise anomalies");
         assert!(count(&a, "quarantine.rejects").await > 0, "the run should reject something");
         assert_no_duplicates(&b).await;
+        assert_eq!(count(&b, "raw.events").await as u64, sent, "logs:\n{}", notable(&[&crash_log]));
         let (fa, fb) = (fingerprints(&a).await, fingerprints(&b).await);
         assert!(fa.len() >= 7, "{fa:?}");
         assert_eq!(fa, fb, "the crashed processor's lake differs from the uninterrupted one");
@@ -223,7 +241,7 @@ fn processors_joining_a_busy_group_split_the_work_and_write_each_row_once() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let (r, s) = (query(&reference).await, query(&shared).await);
-        assert_eq!(count(&s, "raw.events").await as u64, sent);
+        assert_eq!(count(&s, "raw.events").await as u64, sent, "logs:\n{}", notable(&[&a_log, &b_log]));
         assert_no_duplicates(&s).await;
         assert_eq!(fingerprints(&r).await, fingerprints(&s).await, "two processors wrote something else than one");
     });
