@@ -116,6 +116,11 @@ struct UpArgs {
     /// Seconds between status lines.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
+    /// Run over Kafka at these brokers instead of the in-process bus: the simulators
+    /// send to the raw topic and the processor reads it in the consumer group, exactly
+    /// as `pitwall ingest` and `pitwall process` would.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    brokers: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +354,18 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         start_time: now_ns(),
         sim_duration: None,
     };
+    if let Some(brokers) = args.brokers {
+        config.kafka.brokers = brokers;
+        config.validate()?;
+        eprintln!("over Kafka at {}: simulators -> {}raw -> processor group {}", config.kafka.brokers, config.bus.topic_prefix, config.kafka.group_id);
+        let started = std::time::Instant::now();
+        let result = pipeline::run_on_kafka(config, run, cancel.clone(), Arc::clone(&stats)).await;
+        cancel.cancel();
+        status.await.ok();
+        result?;
+        status::print_line(&stats, started.elapsed(), status::Rate::Produced);
+        return Ok(ExitCode::SUCCESS);
+    }
     let result = pipeline::run_embedded(config, run, cancel.clone(), Arc::clone(&stats)).await;
     cancel.cancel();
     status.await.ok();

@@ -213,6 +213,30 @@ pub async fn run_on_bus(
     })
 }
 
+/// [`run_embedded`] over Kafka: the simulators send to the raw topic (as `pitwall
+/// ingest`) while the processor reads it in the consumer group (as `pitwall process`),
+/// until `cancel`. What was processed is committed; what was sent but not processed
+/// waits in Kafka for the next run.
+pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
+    let topics = Topics::with_prefix(&config.bus.topic_prefix);
+    pitwall_bus::kafka::ensure_topics(&config.kafka, &topics.all())
+        .await
+        .context("making sure pitwall's topics exist")?;
+    let producer = {
+        let (config, cancel, stats) = (config.clone(), cancel.clone(), Arc::clone(&stats));
+        tokio::spawn(async move {
+            let mut sink = KafkaSink::new(&config.kafka, &topics.raw)?;
+            let mut sim = simulators(&config, run.start_time);
+            produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
+            sink.finish().await
+        })
+    };
+    let processed = crate::process::run(config, crate::process::ProcessOptions::default(), cancel.clone(), stats).await;
+    cancel.cancel();
+    producer.await.context("the simulator task panicked")??;
+    processed
+}
+
 /// Where simulated payloads go: the in-process bus or Kafka.
 #[allow(async_fn_in_trait)]
 pub trait RawSink {

@@ -27,7 +27,8 @@ fn config_file(dir: &Path, commit_interval: &str) -> PathBuf {
         &path,
         format!(
             "[sim]\nseed = 11\ncorrupt-per-minute = 6.0\n\n[sim.race]\nfaults-per-car-minute = 0.2\n\n\
-             [lake]\ncommit-interval = \"{commit_interval}\"\n\n[kafka.properties]\n\"socket.timeout.ms\" = \"4000\"\n"
+             [lake]\ncommit-interval = \"{commit_interval}\"\n\n[kafka.properties]\n\"socket.timeout.ms\" = \"4000\"\n\
+             \"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n"
         ),
     )
     .unwrap();
@@ -47,7 +48,7 @@ fn ingest(broker: &Broker, config: &Path, sim_seconds: u64) -> u64 {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "ingest failed:\n{stderr}");
     let sent = stderr
-        .split("sent ")
+        .split("ingest: sent ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
@@ -57,7 +58,7 @@ fn ingest(broker: &Broker, config: &Path, sim_seconds: u64) -> u64 {
 }
 
 /// Starts `pitwall process` in `group` on the lake in `data_dir`, logging to `log`.
-fn process(broker: &Broker, config: &Path, group: &str, data_dir: &Path, log: &Path, idle_exit: bool) -> Child {
+fn process(broker: &Broker, config: &Path, group: &str, data_dir: &Path, log: &Path, idle_exit: Option<&str>) -> Child {
     let mut c = pitwall();
     c.args(["process", "--brokers", &broker.addr, "--group", group, "--status-interval", "5s"])
         .arg("--config")
@@ -67,8 +68,8 @@ fn process(broker: &Broker, config: &Path, group: &str, data_dir: &Path, log: &P
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap());
-    if idle_exit {
-        c.args(["--exit-when-idle", "5s"]);
+    if let Some(idle) = idle_exit {
+        c.args(["--exit-when-idle", idle]);
     }
     c.spawn().unwrap()
 }
@@ -180,11 +181,11 @@ fn a_processor_killed_again_and_again_writes_exactly_what_an_uninterrupted_one_w
     let (reference, crashed) = (dir.path().join("reference"), dir.path().join("crashed"));
     let ref_log = dir.path().join("reference.log");
     let crash_log = dir.path().join("crashed.log");
-    let uninterrupted = process(&broker, &config, "reference", &reference, &ref_log, true);
+    let uninterrupted = process(&broker, &config, "reference", &reference, &ref_log, Some("5s"));
 
     let mut kills = 0;
     for run_seconds in [9, 17, 12, 23, 15] {
-        let mut p = process(&broker, &config, "crashed", &crashed, &crash_log, false);
+        let mut p = process(&broker, &config, "crashed", &crashed, &crash_log, None);
         std::thread::sleep(Duration::from_secs(run_seconds));
         if p.try_wait().unwrap().is_some() {
             panic!("the processor exited early:\n{}", tail(&std::fs::read_to_string(&crash_log).unwrap()));
@@ -193,7 +194,7 @@ fn a_processor_killed_again_and_again_writes_exactly_what_an_uninterrupted_one_w
         p.wait().unwrap();
         kills += 1;
     }
-    let last = process(&broker, &config, "crashed", &crashed, &crash_log, true);
+    let last = process(&broker, &config, "crashed", &crashed, &crash_log, Some("5s"));
     wait(last, Duration::from_secs(1800), &crash_log);
     wait(uninterrupted, Duration::from_secs(1800), &ref_log);
     assert!(kills >= 3);
@@ -215,10 +216,11 @@ fn a_processor_killed_again_and_again_writes_exactly_what_an_uninterrupted_one_w
 }
 
 /// Scale-out: a second processor joins the group while the first is busy (a cooperative
-/// rebalance moves partitions under load), both share the lake, and together they
-/// write exactly what one processor writes.
+/// rebalance moves partitions under load), the two share the lake, then the second is
+/// killed (SIGKILL) and the first takes its partitions over once the group notices;
+/// together they write exactly what one processor writes.
 #[test]
-fn processors_joining_a_busy_group_split_the_work_and_write_each_row_once() {
+fn processors_joining_and_dying_in_a_busy_group_write_each_row_once() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let config = config_file(dir.path(), "1s");
@@ -226,17 +228,26 @@ fn processors_joining_a_busy_group_split_the_work_and_write_each_row_once() {
 
     let (reference, shared) = (dir.path().join("reference"), dir.path().join("shared"));
     let (ref_log, a_log, b_log) = (dir.path().join("ref.log"), dir.path().join("a.log"), dir.path().join("b.log"));
-    let single = process(&broker, &config, "single", &reference, &ref_log, true);
-    let a = process(&broker, &config, "pair", &shared, &a_log, true);
+    let single = process(&broker, &config, "single", &reference, &ref_log, Some("5s"));
+    // Idle long enough to outlast the group's session timeout (6 s here) after the kill.
+    let a = process(&broker, &config, "pair", &shared, &a_log, Some("15s"));
     std::thread::sleep(Duration::from_secs(8));
-    let b = process(&broker, &config, "pair", &shared, &b_log, true);
+    let mut b = process(&broker, &config, "pair", &shared, &b_log, None);
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(b.try_wait().unwrap().is_none(), "the second processor exited early:\n{}", notable(&[&b_log]));
+    b.kill().unwrap();
+    b.wait().unwrap();
     wait(a, Duration::from_secs(900), &a_log);
-    wait(b, Duration::from_secs(900), &b_log);
     wait(single, Duration::from_secs(900), &ref_log);
 
     let (a_text, b_text) = (std::fs::read_to_string(&a_log).unwrap(), std::fs::read_to_string(&b_log).unwrap());
-    assert!(a_text.contains("Revoked"), "the first processor gave partitions up when the second joined:\n{}", tail(&a_text));
-    assert!(b_text.contains("taking up the partition"), "the second processor took partitions:\n{}", tail(&b_text));
+    assert!(a_text.contains("Revoked"), "the first processor gave partitions up when the second joined:\n{}", notable(&[&a_log]));
+    assert!(b_text.contains("taking up the partition"), "the second processor took partitions:\n{}", notable(&[&b_log]));
+    assert!(
+        a_text.matches("taking up the partition").count() > 3,
+        "the first processor took the dead one's partitions over:\n{}",
+        notable(&[&a_log])
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
@@ -259,7 +270,7 @@ fn outputs_are_readable_by_kafka_python_and_a_frozen_broker_is_waited_for() {
     let sent = ingest(&broker, &config, 300);
     let data = dir.path().join("data");
     let log = dir.path().join("process.log");
-    let p = process(&broker, &config, "g", &data, &log, true);
+    let p = process(&broker, &config, "g", &data, &log, Some("5s"));
     std::thread::sleep(Duration::from_secs(4));
     broker.pause();
     std::thread::sleep(Duration::from_secs(10));
