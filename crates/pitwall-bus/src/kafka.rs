@@ -488,11 +488,14 @@ impl KafkaConsumer {
 
     /// The earliest offset `topic/partition` still holds.
     pub fn earliest_offset(&self, topic: &str, partition: u32) -> Result<i64> {
-        let (low, _) = self
-            .inner
+        Ok(self.offset_range(topic, partition)?.0)
+    }
+
+    /// The offsets `topic/partition` holds: the earliest, and the next to be written.
+    pub fn offset_range(&self, topic: &str, partition: u32) -> Result<(i64, i64)> {
+        self.inner
             .fetch_watermarks(topic, partition as i32, Timeout::After(Duration::from_secs(10)))
-            .map_err(|e| kafka_error(&format!("reading the offsets {topic}/{partition} holds"), &self.brokers, e))?;
-        Ok(low)
+            .map_err(|e| kafka_error(&format!("reading the offsets {topic}/{partition} holds"), &self.brokers, e))
     }
 
     /// Records `offsets` (`(topic, partition, next)`) as the group's committed offsets,

@@ -42,6 +42,8 @@ struct Part {
     outputs: Outputs,
     /// Set while reading is being moved back to `next` (see [`recover_gap`]).
     seek: Option<Seek>,
+    /// When the last message was processed (or the partition taken up).
+    progressed: Instant,
 }
 
 /// A seek back in progress: when it was made and how far before the wanted offset.
@@ -59,6 +61,7 @@ impl Part {
             plan,
             outputs: Outputs::default(),
             seek: None,
+            progressed: Instant::now(),
         }
     }
 }
@@ -109,6 +112,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     let mut last_message = Instant::now();
     let mut failures = 0u32;
     let mut recv_errors = 0u32;
+    let mut last_stall_check = Instant::now();
 
     let result: anyhow::Result<()> = async {
         // One receive stays pending across timer ticks: dropping it could lose the
@@ -140,6 +144,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                             processor.resume(&plan.base);
                             parts.insert(partition, Part::new(processor, plan));
                         }
+                        last_message = Instant::now();
                     }
                     Rebalance::Revoked(list) => {
                         for (topic, partition) in list {
@@ -166,6 +171,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                         }
                     }
                     part.seek = None;
+                    part.progressed = Instant::now();
                     let mut out = Outputs::default();
                     part.processor.process(&m, &mut out);
                     part.plan.suppress(m.offset, &mut out);
@@ -183,6 +189,10 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 None => {}
+            }
+            if last_stall_check.elapsed() >= Duration::from_secs(1) {
+                unstall(&consumer, &mut parts);
+                last_stall_check = Instant::now();
             }
             if unflushed >= 2048 || (idle_tick && unflushed > 0) {
                 hand_over(&mut parts, &mut writer, &producer, &topics, &processor_config, &stats, &mut acks).await?;
@@ -245,28 +255,40 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
 /// A message arrived past the next offset `part` needs. The assignment's start offset
 /// is not always honoured (librdkafka may start at the group's committed offset), and
 /// some Kafka-API brokers answer a fetch from inside a record batch with the batch after
-/// it (tansu 0.6 does). Either way: move reading back, further each time that is not
-/// enough, and skip what arrives meanwhile; offsets the topic no longer has (deleted by
-/// retention) are a gap to report and accept. Returns whether to process the message.
+/// it, or with nothing if it is the last (tansu 0.6 does). Either way: move reading
+/// back, further each time that is not enough, and skip what arrives meanwhile; offsets
+/// the topic no longer has (deleted by retention) are a gap to report and accept.
+/// Returns whether to process the message.
 fn recover_gap(consumer: &KafkaConsumer, part: &mut Part, partition: u32, got: i64) -> bool {
-    let want = part.next;
-    let topic = part.processor.topic().to_owned();
-    if part.seek.is_some_and(|s| s.at.elapsed() < Duration::from_millis(500)) {
-        // Still in flight: this one was fetched before the seek.
+    if part.seek.is_some_and(|s| s.at.elapsed() < Duration::from_millis(200)) {
+        // Possibly fetched before the last seek; if nothing better comes, the stall
+        // check seeks again.
         return false;
     }
+    let want = part.next;
+    let topic = part.processor.topic().to_owned();
     let earliest = tokio::task::block_in_place(|| consumer.earliest_offset(&topic, partition)).unwrap_or(0);
     if earliest > want {
         tracing::warn!(partition, expected = want, earliest, "offsets before {earliest} are gone from the topic (deleted by retention?); continuing from there");
         part.next = got;
         return true;
     }
+    seek_back(consumer, part, partition, earliest, &format!("got offset {got}"));
+    false
+}
+
+/// Seeks `part` back to its next offset, or further before it if a seek was already
+/// tried (librdkafka drops what was fetched before a seek, so the first message after
+/// one tells whether it reached far enough).
+fn seek_back(consumer: &KafkaConsumer, part: &mut Part, partition: u32, earliest: i64, why: &str) {
+    let want = part.next;
+    let topic = part.processor.topic().to_owned();
     let before = match part.seek {
         None => 0,
         Some(s) => (s.before * 8).max(64),
     };
     let to = (want - before).max(earliest);
-    tracing::info!(partition, want, got, seek_to = to, "reading is past the offset needed next; seeking back");
+    tracing::info!(partition, want, seek_to = to, "reading is not at the offset needed next ({why}); seeking back");
     if let Err(e) = tokio::task::block_in_place(|| consumer.seek(&topic, partition, to)) {
         tracing::warn!(error = %e, "seeking back");
     }
@@ -274,7 +296,25 @@ fn recover_gap(consumer: &KafkaConsumer, part: &mut Part, partition: u32, got: i
         at: Instant::now(),
         before: want - to,
     });
-    false
+}
+
+/// Partitions that have made no progress for a while although the topic holds offsets
+/// they need (a fetch from inside the last record batch can come back empty on some
+/// brokers): seek them back.
+fn unstall(consumer: &KafkaConsumer, parts: &mut HashMap<u32, Part>) {
+    for (partition, part) in parts.iter_mut() {
+        let quiet = |t: Instant| t.elapsed() >= Duration::from_secs(2);
+        if !quiet(part.progressed) || part.seek.is_some_and(|s| !quiet(s.at)) {
+            continue;
+        }
+        let topic = part.processor.topic().to_owned();
+        let Ok((low, high)) = tokio::task::block_in_place(|| consumer.offset_range(&topic, *partition)) else {
+            continue;
+        };
+        if high > part.next {
+            seek_back(consumer, part, *partition, low, &format!("nothing arrived for 2 s, the topic holds up to {high}"));
+        }
+    }
 }
 
 /// Hands every partition's outputs to the lake writer (with the processor's checkpoint)
