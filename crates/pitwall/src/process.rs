@@ -158,17 +158,17 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
             }
             let idle_tick = received.is_none();
             match received {
-                Some(Ok(m)) => {
+                Some(Ok(m)) => 'message: {
                     recv_errors = 0;
                     last_message = Instant::now();
-                    let Some(part) = parts.get_mut(&m.partition) else { continue };
+                    let Some(part) = parts.get_mut(&m.partition) else { break 'message };
                     if m.offset < part.next {
-                        continue;
+                        // Before what is needed (after a seek back): on the way there.
+                        part.progressed = Instant::now();
+                        break 'message;
                     }
-                    if m.offset > part.next {
-                        if !recover_gap(&consumer, part, m.partition, m.offset) {
-                            continue;
-                        }
+                    if m.offset > part.next && !recover_gap(&consumer, part, m.partition, m.offset) {
+                        break 'message;
                     }
                     part.seek = None;
                     part.progressed = Instant::now();
