@@ -35,6 +35,7 @@ pub const OFFSETS_PROPERTY: &str = "pitwall.offsets";
 const DAY_NS: i64 = 86_400 * 1_000_000_000;
 
 /// One cell of a row, as the writer sees it.
+#[derive(Clone, Copy)]
 enum Cell<'a> {
     Null,
     /// Nanoseconds since the epoch (stored as microseconds).
@@ -53,6 +54,12 @@ trait Row {
     fn cell(&self, name: &str) -> Cell<'_>;
     /// The time (ns) whose day is the row's partition.
     fn partition_time(&self) -> i64;
+    /// Fills `out` (all `Cell::Null`, one per column of `index`) with this row's cells.
+    fn cells<'r>(&'r self, names: &[&str], _index: &HashMap<&str, usize>, out: &mut [Cell<'r>]) {
+        for (slot, name) in out.iter_mut().zip(names) {
+            *slot = self.cell(name);
+        }
+    }
 }
 
 /// The columns every table that keeps a bus message has: where it was read.
@@ -183,6 +190,28 @@ impl Row for Point {
     fn partition_time(&self) -> i64 {
         self.time
     }
+    /// One pass over the point's tags and fields instead of a map lookup per column.
+    fn cells<'r>(&'r self, _names: &[&str], index: &HashMap<&str, usize>, out: &mut [Cell<'r>]) {
+        if let Some(&i) = index.get("time") {
+            out[i] = Cell::Ts(self.time);
+        }
+        for (k, v) in &self.tags {
+            if let Some(&i) = index.get(k.as_str()) {
+                out[i] = Cell::Str(v);
+            }
+        }
+        for (k, v) in &self.fields {
+            if let Some(&i) = index.get(k.as_str()) {
+                out[i] = match v {
+                    FieldValue::F64(f) => Cell::Double(*f),
+                    FieldValue::I64(x) => Cell::Long(*x),
+                    FieldValue::U64(u) => i64::try_from(*u).map_or(Cell::Null, Cell::Long),
+                    FieldValue::Bool(b) => Cell::Bool(*b),
+                    FieldValue::Str(s) => Cell::Str(s),
+                };
+            }
+        }
+    }
 }
 
 fn mismatch(field: &Field) -> Error {
@@ -193,48 +222,90 @@ fn mismatch(field: &Field) -> Error {
     ))
 }
 
-/// Builds one Arrow column from `rows`.
-fn column<R: Row>(field: &Field, rows: &[&R]) -> Result<ArrayRef> {
-    let name = field.name().as_str();
-    let n = rows.len();
-    macro_rules! build {
-        ($builder:expr, $($pat:pat => $val:expr),+) => {{
-            let mut b = $builder;
-            for r in rows {
-                match r.cell(name) {
-                    Cell::Null => b.append_null(),
-                    $($pat => b.append_value($val),)+
-                    _ => return Err(mismatch(field)),
-                }
-            }
-            Arc::new(b.finish()) as ArrayRef
-        }};
-    }
-    Ok(match field.data_type() {
-        DataType::Timestamp(TimeUnit::Microsecond, tz) => build!(
-            TimestampMicrosecondBuilder::with_capacity(n).with_timezone_opt(tz.clone()),
-            Cell::Ts(ns) => ns.div_euclid(1000)
-        ),
-        DataType::Utf8 => build!(StringBuilder::with_capacity(n, n * 16), Cell::Str(s) => s),
-        DataType::Int64 => build!(Int64Builder::with_capacity(n), Cell::Long(v) => v),
-        DataType::Int32 => build!(Int32Builder::with_capacity(n), Cell::Int(v) => v),
-        DataType::Float64 => build!(Float64Builder::with_capacity(n), Cell::Double(v) => v),
-        DataType::Boolean => build!(BooleanBuilder::with_capacity(n), Cell::Bool(v) => v),
-        DataType::LargeBinary => build!(LargeBinaryBuilder::with_capacity(n, n * 64), Cell::Bin(v) => v),
-        other => {
-            return Err(Error::Internal(format!(
-                "column {name} has type {other}, which pitwall does not write"
-            )));
-        }
-    })
+/// An Arrow column being built.
+enum Builder {
+    Ts(TimestampMicrosecondBuilder),
+    Str(StringBuilder),
+    Long(Int64Builder),
+    Int(Int32Builder),
+    Double(Float64Builder),
+    Bool(BooleanBuilder),
+    Bin(LargeBinaryBuilder),
 }
 
+impl Builder {
+    fn new(field: &Field, n: usize) -> Result<Self> {
+        Ok(match field.data_type() {
+            DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(n).with_timezone_opt(tz.clone()))
+            }
+            DataType::Utf8 => Builder::Str(StringBuilder::with_capacity(n, n * 16)),
+            DataType::Int64 => Builder::Long(Int64Builder::with_capacity(n)),
+            DataType::Int32 => Builder::Int(Int32Builder::with_capacity(n)),
+            DataType::Float64 => Builder::Double(Float64Builder::with_capacity(n)),
+            DataType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(n)),
+            DataType::LargeBinary => Builder::Bin(LargeBinaryBuilder::with_capacity(n, n * 64)),
+            other => {
+                return Err(Error::Internal(format!(
+                    "column {} has type {other}, which pitwall does not write",
+                    field.name()
+                )));
+            }
+        })
+    }
+
+    fn append(&mut self, cell: Cell<'_>, field: &Field) -> Result<()> {
+        match (self, cell) {
+            (Builder::Ts(b), Cell::Null) => b.append_null(),
+            (Builder::Str(b), Cell::Null) => b.append_null(),
+            (Builder::Long(b), Cell::Null) => b.append_null(),
+            (Builder::Int(b), Cell::Null) => b.append_null(),
+            (Builder::Double(b), Cell::Null) => b.append_null(),
+            (Builder::Bool(b), Cell::Null) => b.append_null(),
+            (Builder::Bin(b), Cell::Null) => b.append_null(),
+            (Builder::Ts(b), Cell::Ts(ns)) => b.append_value(ns.div_euclid(1000)),
+            (Builder::Str(b), Cell::Str(s)) => b.append_value(s),
+            (Builder::Long(b), Cell::Long(v)) => b.append_value(v),
+            (Builder::Int(b), Cell::Int(v)) => b.append_value(v),
+            (Builder::Double(b), Cell::Double(v)) => b.append_value(v),
+            (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
+            (Builder::Bin(b), Cell::Bin(v)) => b.append_value(v),
+            _ => return Err(mismatch(field)),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Builder::Ts(mut b) => Arc::new(b.finish()),
+            Builder::Str(mut b) => Arc::new(b.finish()),
+            Builder::Long(mut b) => Arc::new(b.finish()),
+            Builder::Int(mut b) => Arc::new(b.finish()),
+            Builder::Double(mut b) => Arc::new(b.finish()),
+            Builder::Bool(mut b) => Arc::new(b.finish()),
+            Builder::Bin(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Builds a record batch of `rows` in `schema`, row by row into column builders.
 fn batch<R: Row>(schema: &SchemaRef, rows: &[&R]) -> Result<RecordBatch> {
-    let columns = schema
-        .fields()
+    let fields = schema.fields();
+    let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut builders = fields
         .iter()
-        .map(|f| column(f, rows))
+        .map(|f| Builder::new(f, rows.len()))
         .collect::<Result<Vec<_>>>()?;
+    let mut scratch = vec![Cell::Null; names.len()];
+    for r in rows {
+        scratch.fill(Cell::Null);
+        r.cells(&names, &index, &mut scratch);
+        for ((b, c), f) in builders.iter_mut().zip(&scratch).zip(fields.iter()) {
+            b.append(*c, f)?;
+        }
+    }
+    let columns = builders.into_iter().map(Builder::finish).collect();
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
