@@ -424,14 +424,15 @@ pub struct LakeWriter {
 impl LakeWriter {
     /// A writer into `lake`, knowing the offsets the lake records now.
     pub async fn open(lake: Lake) -> Result<Self> {
-        let committed = lake
-            .committed_progress()
-            .await?
-            .into_iter()
-            .map(|(t, p)| (t, p.offsets))
-            .collect();
-        Ok(LakeWriter {
-            committed,
+        let progress = lake.committed_progress().await?;
+        Ok(Self::with_progress(lake, &progress))
+    }
+
+    /// A writer into `lake` whose tables record `progress` (as
+    /// [`Lake::committed_progress`] read it just now).
+    pub fn with_progress(lake: Lake, progress: &BTreeMap<String, crate::TableProgress>) -> Self {
+        LakeWriter {
+            committed: progress.iter().map(|(t, p)| (t.clone(), p.offsets.clone())).collect(),
             lake,
             parts: BTreeMap::new(),
             buffered: 0,
@@ -439,7 +440,7 @@ impl LakeWriter {
             props: WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .build(),
-        })
+        }
     }
 
     /// The lake this writer commits to.

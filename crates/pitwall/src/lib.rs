@@ -455,10 +455,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         config.sim.seed = seed;
     }
     config.validate()?;
-    let topics = pitwall_bus::Topics::with_prefix(&config.bus.topic_prefix);
-    pitwall_bus::kafka::ensure_topics(&config.kafka, &topics.all())
-        .await
-        .context("making sure pitwall's topics exist")?;
+    let topics = pipeline::ensure_topics(&config).await?;
     let mut sink = pipeline::KafkaSink::new(&config.kafka, &topics.raw)?;
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(&cancel, "stopping: waiting for the brokers to acknowledge what was sent");

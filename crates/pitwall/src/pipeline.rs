@@ -97,6 +97,28 @@ pub(crate) fn source_key(config: &pitwall_stream::ProcessorConfig, p: &pitwall_c
     config.source_id(p).map(|s| Bytes::copy_from_slice(s.as_bytes()))
 }
 
+/// Opens the lake `config` names, and a schema registry seeded with its clean tables'
+/// column types so a restart keeps them.
+pub(crate) async fn open_lake(config: &Config) -> anyhow::Result<(Lake, SchemaRegistry)> {
+    let lake = Lake::open(config.lake.clone())
+        .await
+        .with_context(|| format!("opening the lake in {}", config.lake.data_dir.display()))?;
+    let schemas = SchemaRegistry::default();
+    for (m, fields) in lake.clean_schemas().await? {
+        schemas.seed(&m, fields);
+    }
+    Ok((lake, schemas))
+}
+
+/// Creates, through the admin API, the topics of `config`'s prefix that do not exist.
+pub(crate) async fn ensure_topics(config: &Config) -> anyhow::Result<Topics> {
+    let topics = Topics::with_prefix(&config.bus.topic_prefix);
+    pitwall_bus::kafka::ensure_topics(&config.kafka, &topics.all())
+        .await
+        .context("making sure pitwall's topics exist")?;
+    Ok(topics)
+}
+
 /// The in-process bus `config` asks for.
 pub fn bus_config(config: &Config) -> BusConfig {
     BusConfig {
@@ -129,23 +151,17 @@ pub async fn run_on_bus(
     stats: Arc<Stats>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let lake = Lake::open(config.lake.clone())
-        .await
-        .with_context(|| format!("opening the lake in {}", config.lake.data_dir.display()))?;
-    let schemas = SchemaRegistry::default();
-    for (m, fields) in lake.clean_schemas().await? {
-        schemas.seed(&m, fields);
-    }
+    let (lake, schemas) = open_lake(&config).await?;
     let topics = bus.config().topics.clone();
     let consumers = bus.subscribe(&topics.raw)?;
     let processor_config = Arc::new(config.processor.clone());
 
     // Processors hand their outputs to the one lake writer through a bounded channel.
     let (out_tx, out_rx) = mpsc::channel::<Batch>(64);
-    let mut lake_writer_state = LakeWriter::open(lake.clone()).await.context("reading the lake's committed offsets")?;
     // Continue the offsets the lake has recorded, so every commit's claim holds. (The
     // in-process bus keeps nothing between runs, so there is nothing to replay.)
     let progress = lake.committed_progress().await.context("reading the lake's committed offsets")?;
+    let mut lake_writer_state = LakeWriter::with_progress(lake.clone(), &progress);
     for consumer in &consumers {
         let key = partition_key(&topics.raw, consumer.partition);
         let plan = pitwall_lake::ResumePlan::from_lake(&progress, &key);
@@ -218,10 +234,7 @@ pub async fn run_on_bus(
 /// until `cancel`. What was processed is committed; what was sent but not processed
 /// waits in Kafka for the next run.
 pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
-    let topics = Topics::with_prefix(&config.bus.topic_prefix);
-    pitwall_bus::kafka::ensure_topics(&config.kafka, &topics.all())
-        .await
-        .context("making sure pitwall's topics exist")?;
+    let topics = ensure_topics(&config).await?;
     let producer = {
         let (config, cancel, stats) = (config.clone(), cancel.clone(), Arc::clone(&stats));
         tokio::spawn(async move {
@@ -493,6 +506,12 @@ impl Publisher {
 /// `topic/partition`, as the lake records offsets.
 pub(crate) fn partition_key(topic: &str, partition: u32) -> String {
     format!("{topic}/{partition}")
+}
+
+/// The topic and partition of a [`partition_key`].
+pub(crate) fn split_partition_key(key: &str) -> Option<(&str, u32)> {
+    let (topic, partition) = key.rsplit_once('/')?;
+    Some((topic, partition.parse().ok()?))
 }
 
 /// Outputs of one partition for the lake writer, with the processor's checkpoint after them.

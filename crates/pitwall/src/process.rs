@@ -16,14 +16,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pitwall_bus::Topics;
-use pitwall_bus::kafka::{KafkaConsumer, KafkaProducer, Rebalance, StartHook, ensure_topics};
+use pitwall_bus::kafka::{KafkaConsumer, KafkaProducer, Rebalance, StartHook};
 use pitwall_lake::progress::names;
 use pitwall_lake::{Lake, LakeWriter, ResumePlan};
 use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::{OutputStream, Stats, encode_outputs, partition_key, record_commit};
+use crate::pipeline::{
+    OutputStream, Stats, encode_outputs, ensure_topics, open_lake, partition_key, record_commit, split_partition_key,
+};
 
 /// How `pitwall process` runs.
 #[derive(Debug, Clone, Default)]
@@ -70,17 +72,8 @@ type Ack = std::pin::Pin<Box<dyn Future<Output = pitwall_bus::Result<(u32, i64)>
 
 /// Runs the processor until `cancel` (or idle, if asked), then commits what it has.
 pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
-    let topics = Topics::with_prefix(&config.bus.topic_prefix);
-    ensure_topics(&config.kafka, &topics.all())
-        .await
-        .context("making sure pitwall's topics exist")?;
-    let lake = Lake::open(config.lake.clone())
-        .await
-        .with_context(|| format!("opening the lake in {}", config.lake.data_dir.display()))?;
-    let schemas = SchemaRegistry::default();
-    for (m, fields) in lake.clean_schemas().await? {
-        schemas.seed(&m, fields);
-    }
+    let topics = ensure_topics(&config).await?;
+    let (lake, schemas) = open_lake(&config).await?;
     let mut writer = LakeWriter::open(lake.clone())
         .await
         .context("reading the lake's committed offsets")?;
@@ -138,11 +131,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .remove(&key)
                                 .with_context(|| format!("{key} was assigned without a plan"))?;
-                            writer.assign(&key, &plan);
-                            let mut processor =
-                                Processor::new(Arc::clone(&processor_config), schemas.clone(), &topic, partition);
-                            processor.resume(&plan.base);
-                            parts.insert(partition, Part::new(processor, plan));
+                            take_up(&mut parts, &mut writer, &topic, partition, plan, &processor_config, &schemas);
                         }
                         last_message = Instant::now();
                     }
@@ -371,8 +360,8 @@ async fn commit(
     let offsets: Vec<(String, u32, i64)> = writer
         .partitions()
         .filter_map(|key| {
-            let partition = key.strip_prefix(&format!("{}/", topics.raw))?.parse().ok()?;
-            Some((topics.raw.clone(), partition, writer.held(names::RAW, key)?))
+            let (topic, partition) = split_partition_key(key).filter(|(t, _)| *t == topics.raw)?;
+            Some((topic.to_owned(), partition, writer.held(names::RAW, key)?))
         })
         .collect();
     if let Err(e) = consumer.commit_offsets(&offsets) {
@@ -391,17 +380,32 @@ async fn retake(
     config: &Arc<ProcessorConfig>,
     schemas: &SchemaRegistry,
 ) -> anyhow::Result<()> {
-    let Some((topic, partition)) = key.rsplit_once('/').and_then(|(t, p)| Some((t.to_owned(), p.parse::<u32>().ok()?))) else {
+    let Some((topic, partition)) = split_partition_key(key) else {
         return Ok(());
     };
     if !parts.contains_key(&partition) {
         return Ok(());
     }
     let plan = lake.resume_plan(key).await?;
-    consumer.seek(&topic, partition, plan.base.replay_from)?;
-    writer.assign(key, &plan);
-    let mut processor = Processor::new(Arc::clone(config), schemas.clone(), &topic, partition);
+    consumer.seek(topic, partition, plan.base.replay_from)?;
+    take_up(parts, writer, topic, partition, plan, config, schemas);
+    Ok(())
+}
+
+/// Takes `topic/partition` up as `plan` says: the writer expects the lake's offsets and
+/// drops anything it buffered for it, and a processor resumed from the plan's base
+/// replaces any old one.
+fn take_up(
+    parts: &mut HashMap<u32, Part>,
+    writer: &mut LakeWriter,
+    topic: &str,
+    partition: u32,
+    plan: ResumePlan,
+    config: &Arc<ProcessorConfig>,
+    schemas: &SchemaRegistry,
+) {
+    writer.assign(&partition_key(topic, partition), &plan);
+    let mut processor = Processor::new(Arc::clone(config), schemas.clone(), topic, partition);
     processor.resume(&plan.base);
     parts.insert(partition, Part::new(processor, plan));
-    Ok(())
 }
