@@ -108,14 +108,14 @@ pub fn parse_row(cols: &Columns, row: &csv::StringRecord, line: u64, driver: &st
             let s = cell(i, name)?;
             if !s.is_empty() {
                 let secs = parse_timedelta(s).ok_or_else(|| bad(name, "a duration such as 0 days 01:02:35.201000", s))?;
-                p.fields.insert(field.to_owned(), FieldValue::F64(secs));
+                p.fields.insert(field.into(), FieldValue::F64(secs));
             }
         }
     }
     if let Some(i) = cols.source {
         let s = cell(i, "Source")?;
         if !s.is_empty() {
-            p.tags.insert("source".to_owned(), s.to_owned());
+            p.tags.insert("source".into(), s.into());
         }
     }
     Ok(p)

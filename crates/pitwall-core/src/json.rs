@@ -10,17 +10,15 @@
 //! (as unsigned only above `i64::MAX`). Decoding also accepts Telegraf's JSON output
 //! (`name`, `tags`, `fields`, `timestamp` in seconds, or in the given precision).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, FieldValue, Point, Precision, Result};
+use crate::{Error, FieldValue, Name, Point, Precision, Result, SortedMap};
 
 #[derive(Serialize)]
 struct WireOut<'a> {
     measurement: &'a str,
-    tags: &'a BTreeMap<String, String>,
-    fields: &'a BTreeMap<String, FieldValue>,
+    tags: &'a SortedMap<Name, Name>,
+    fields: &'a SortedMap<Name, FieldValue>,
     time: i64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     unsigned: Vec<&'a str>,
@@ -70,8 +68,8 @@ struct WireIn {
     /// Telegraf's name for the measurement.
     name: Option<String>,
     #[serde(default)]
-    tags: BTreeMap<String, String>,
-    fields: Option<BTreeMap<String, FieldValue>>,
+    tags: SortedMap<Name, Name>,
+    fields: Option<SortedMap<Name, FieldValue>>,
     time: Option<i64>,
     /// Telegraf's timestamp, in `precision` units.
     timestamp: Option<i64>,
@@ -105,7 +103,7 @@ pub fn decode(bytes: &[u8], default_time: i64, telegraf_precision: Precision) ->
     let mut fields = fields;
     for key in &wire.unsigned {
         let location = format!("fields.{key}");
-        match fields.get_mut(key) {
+        match fields.get_mut(key.as_str()) {
             Some(v @ FieldValue::I64(_)) => {
                 let FieldValue::I64(i) = *v else { unreachable!() };
                 *v = FieldValue::U64(u64::try_from(i).map_err(|_| {

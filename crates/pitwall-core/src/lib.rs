@@ -9,9 +9,11 @@
 pub mod fastf1;
 pub mod json;
 pub mod line_protocol;
+pub mod map;
 mod point;
 pub mod record;
 
+pub use map::{Name, SortedMap};
 pub use point::{FieldValue, Point, Precision};
 
 /// What went wrong while decoding input, and where.

@@ -7,10 +7,9 @@
 //! error naming its line, column and what was expected, and parsing goes on with the
 //! next line so one bad line loses nothing else.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::{Error, FieldValue, Point, Precision, Result};
+use crate::{Error, FieldValue, Point, Precision, Result, Name, SortedMap};
 
 /// Parses every point in `input`, one result per non-empty, non-comment line.
 ///
@@ -130,7 +129,7 @@ impl<'a> Parser<'a> {
         if measurement.is_empty() {
             return Err(self.err(self.pos, "expected a measurement name"));
         }
-        let mut tags = BTreeMap::new();
+        let mut tags = SortedMap::new();
         while self.peek() == Some(b',') {
             self.pos += 1;
             let key_at = self.pos;
@@ -165,7 +164,7 @@ impl<'a> Parser<'a> {
         while self.peek() == Some(b' ') {
             self.pos += 1;
         }
-        let mut fields = BTreeMap::new();
+        let mut fields = SortedMap::new();
         loop {
             let key_at = self.pos;
             let key = self.name(b"=", "field key")?;
@@ -210,7 +209,7 @@ impl<'a> Parser<'a> {
             self.newline();
         }
         Ok(Point {
-            measurement,
+            measurement: measurement.into_string(),
             tags,
             fields,
             time,
@@ -234,9 +233,9 @@ impl<'a> Parser<'a> {
     /// Reads an escaped name up to one of `stops` (unescaped), a space or the line end.
     /// `\` before a comma, space, equals sign or backslash stands for that character;
     /// before anything else it is literal.
-    fn name(&mut self, stops: &[u8], what: &str) -> Result<String> {
+    fn name(&mut self, stops: &[u8], what: &str) -> Result<Name> {
         let start = self.pos;
-        let mut out: Option<String> = None;
+        let mut out: Option<Name> = None;
         let mut run_start = start;
         while let Some(b) = self.peek() {
             if stops.contains(&b) {
@@ -245,7 +244,7 @@ impl<'a> Parser<'a> {
             match b {
                 b'\\' => match self.src.get(self.pos + 1) {
                     Some(&e @ (b',' | b' ' | b'=' | b'\\')) => {
-                        let s = out.get_or_insert_with(String::new);
+                        let s = out.get_or_insert_with(Name::default);
                         s.push_str(&self.text[run_start..self.pos]);
                         s.push(e as char);
                         self.pos += 2;
@@ -273,7 +272,7 @@ impl<'a> Parser<'a> {
                 s.push_str(&self.text[run_start..self.pos]);
                 s
             }
-            None => self.text[start..self.pos].to_owned(),
+            None => Name::from(&self.text[start..self.pos]),
         })
     }
 

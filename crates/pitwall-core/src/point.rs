@@ -1,8 +1,8 @@
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::map::{Name, SortedMap};
 use crate::{Error, Result};
 
 /// A typed field value, as InfluxDB line protocol defines them. Serialized as a plain
@@ -99,9 +99,9 @@ pub struct Point {
     /// What is measured (`car`, `sensor`, `cpu`, ...); one clean table each.
     pub measurement: String,
     /// Identifying string dimensions, sorted by key.
-    pub tags: BTreeMap<String, String>,
-    /// The measured values; at least one.
-    pub fields: BTreeMap<String, FieldValue>,
+    pub tags: SortedMap<Name, Name>,
+    /// The measured values, sorted by name; at least one.
+    pub fields: SortedMap<Name, FieldValue>,
     /// Event time in nanoseconds since the Unix epoch.
     pub time: i64,
 }
@@ -111,22 +111,22 @@ impl Point {
     pub fn new(measurement: impl Into<String>, time: i64) -> Self {
         Point {
             measurement: measurement.into(),
-            tags: BTreeMap::new(),
-            fields: BTreeMap::new(),
+            tags: SortedMap::new(),
+            fields: SortedMap::new(),
             time,
         }
     }
 
     /// Adds a tag.
     #[must_use]
-    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn tag(mut self, key: impl Into<Name>, value: impl Into<Name>) -> Self {
         self.tags.insert(key.into(), value.into());
         self
     }
 
     /// Adds a field.
     #[must_use]
-    pub fn field(mut self, key: impl Into<String>, value: FieldValue) -> Self {
+    pub fn field(mut self, key: impl Into<Name>, value: FieldValue) -> Self {
         self.fields.insert(key.into(), value);
         self
     }
@@ -143,7 +143,7 @@ impl Point {
                 self.measurement
             )));
         }
-        if self.tags.keys().any(String::is_empty) {
+        if self.tags.keys().any(|k| k.is_empty()) {
             return Err(Error::Invalid("a tag has an empty key".into()));
         }
         for (k, v) in &self.fields {

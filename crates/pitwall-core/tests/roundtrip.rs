@@ -38,10 +38,10 @@ fn point() -> impl Strategy<Value = Point> {
         prop::collection::btree_map(name(), field_value(), 1..8),
         any::<i64>(),
     )
-        .prop_map(|(measurement, tags, fields, time): (String, BTreeMap<_, _>, _, _)| Point {
+        .prop_map(|(measurement, tags, fields, time): (String, BTreeMap<String, String>, BTreeMap<String, _>, _)| Point {
             measurement,
-            tags,
-            fields,
+            tags: tags.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             time,
         })
 }

@@ -699,15 +699,21 @@ impl Committer<'_> {
     async fn clean_table(&mut self, measurement: &str, points: &[&Point]) -> Result<Table> {
         let mut tags = BTreeSet::new();
         let mut fields = BTreeMap::new();
-        for p in points {
+        let mut last: Option<&Point> = None;
+        for &p in points {
+            // Most points of a measurement carry the same names as the one before.
+            if last.is_some_and(|l| l.tags.keys().eq(p.tags.keys()) && l.fields.keys().eq(p.fields.keys())) {
+                continue;
+            }
+            last = Some(p);
             for k in p.tags.keys() {
-                if !tags.contains(k) {
-                    tags.insert(k.clone());
+                if !tags.contains(k.as_str()) {
+                    tags.insert(k.to_string());
                 }
             }
             for (k, v) in &p.fields {
-                if !fields.contains_key(k) {
-                    fields.insert(k.clone(), FieldType::of(v));
+                if !fields.contains_key(k.as_str()) {
+                    fields.insert(k.to_string(), FieldType::of(v));
                 }
             }
         }

@@ -336,9 +336,11 @@ impl Simulator for Race {
                 .field("distance_m", FieldValue::F64(round1(car.distance)))
                 .field("x", FieldValue::F64(round1(pos.x)))
                 .field("y", FieldValue::F64(round1(pos.y)));
-            for (name, t) in ["fl", "fr", "rl", "rr"].iter().zip(car.tyre_temp) {
-                p.fields
-                    .insert(format!("tyre_temp_{name}_c"), FieldValue::F64(round1(t)));
+            for (name, t) in ["tyre_temp_fl_c", "tyre_temp_fr_c", "tyre_temp_rl_c", "tyre_temp_rr_c"]
+                .into_iter()
+                .zip(car.tyre_temp)
+            {
+                p.fields.insert(name.into(), FieldValue::F64(round1(t)));
             }
             out.push(p);
         }

@@ -330,7 +330,7 @@ impl ProcessorConfig {
 
     /// The source id of `point`: the value of its measurement's source tag, if present.
     pub fn source_id<'p>(&self, point: &'p pitwall_core::Point) -> Option<&'p str> {
-        point.tags.get(self.source_tag(&point.measurement)).map(String::as_str)
+        point.tags.get(self.source_tag(&point.measurement)).map(|v| v.as_str())
     }
 
     /// The source tag of `measurement`: configured, else `host`.

@@ -83,7 +83,7 @@ impl SchemaRegistry {
             if let Some(known) = g.get(&point.measurement) {
                 let mut all_known = true;
                 for (name, value) in &mut point.fields {
-                    match known.get(name) {
+                    match known.get(name.as_str()) {
                         Some(&t) => coerce(name, value, t)?,
                         None => all_known = false,
                     }
@@ -96,10 +96,10 @@ impl SchemaRegistry {
         let mut g = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let known = g.entry(point.measurement.clone()).or_default();
         for (name, value) in &mut point.fields {
-            match known.get(name) {
+            match known.get(name.as_str()) {
                 Some(&t) => coerce(name, value, t)?,
                 None => {
-                    known.insert(name.clone(), FieldType::of(value));
+                    known.insert(name.to_string(), FieldType::of(value));
                 }
             }
         }
@@ -161,7 +161,7 @@ pub fn normalize_names(point: &mut Point) -> Result<(), String> {
         let n = point.tags.len();
         point.tags = std::mem::take(&mut point.tags)
             .into_iter()
-            .map(|(k, v)| (normalize_name(&k), v))
+            .map(|(k, v)| (normalize_name(&k).into(), v))
             .collect();
         if point.tags.len() != n {
             return Err("two tag keys are the same once lower-cased".into());
@@ -171,7 +171,7 @@ pub fn normalize_names(point: &mut Point) -> Result<(), String> {
         let n = point.fields.len();
         point.fields = std::mem::take(&mut point.fields)
             .into_iter()
-            .map(|(k, v)| (normalize_name(&k), v))
+            .map(|(k, v)| (normalize_name(&k).into(), v))
             .collect();
         if point.fields.len() != n {
             return Err("two field keys are the same once lower-cased".into());

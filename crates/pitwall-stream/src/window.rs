@@ -128,7 +128,7 @@ impl TumblingWindows {
             }
         } else {
             for name in &self.fields {
-                if let Some(v) = point.fields.get(name).and_then(|v| v.as_f64()) {
+                if let Some(v) = point.fields.get(name.as_str()).and_then(|v| v.as_f64()) {
                     add(name, v);
                 }
             }

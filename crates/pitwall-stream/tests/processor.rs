@@ -17,7 +17,7 @@ fn msg(offset: i64, p: &Point) -> Message {
     Message {
         partition: 0,
         offset,
-        key: Some(Bytes::from(p.tags["sensor_id"].clone())),
+        key: Some(Bytes::copy_from_slice(p.tags["sensor_id"].as_bytes())),
         payload: Bytes::from(json::encode(p).unwrap()),
         timestamp: p.time,
     }

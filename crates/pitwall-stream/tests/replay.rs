@@ -49,7 +49,7 @@ fn messages(seed: u64, n: usize) -> Vec<Message> {
         .map(|(i, (arrival, p))| Message {
             partition: 0,
             offset: i as i64,
-            key: Some(Bytes::from(p.tags["driver"].clone())),
+            key: Some(Bytes::copy_from_slice(p.tags["driver"].as_bytes())),
             payload: Bytes::from(json::encode(&p).unwrap()),
             timestamp: arrival,
         })
