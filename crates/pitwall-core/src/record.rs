@@ -55,7 +55,7 @@ pub struct WindowRecord {
     pub measurement: String,
     /// The source id (value of the measurement's source tag).
     pub source_id: String,
-    /// Window name from the config, e.g. `tumble_10s`.
+    /// Window name from the config, e.g. `car_5s`.
     pub window: String,
     /// Inclusive start, ns since the epoch.
     pub window_start: i64,
@@ -73,6 +73,18 @@ pub struct WindowRecord {
     pub sum: f64,
     /// Arithmetic mean.
     pub mean: f64,
+    /// Sample standard deviation; none for a single value.
+    pub stddev: Option<f64>,
+    /// Value with the earliest event time.
+    pub first: f64,
+    /// Value with the latest event time.
+    pub last: f64,
+    /// Median (1 % relative accuracy); none when the window has percentiles off.
+    pub p50: Option<f64>,
+    /// 95th percentile (1 % relative accuracy).
+    pub p95: Option<f64>,
+    /// 99th percentile (1 % relative accuracy).
+    pub p99: Option<f64>,
 }
 
 /// One anomaly episode (`anomalies.events`): a rule's condition starting on a source.

@@ -64,6 +64,12 @@ impl Fixed {
                 ("max", Double, true),
                 ("sum", Double, true),
                 ("mean", Double, true),
+                ("stddev", Double, false),
+                ("first", Double, true),
+                ("last", Double, true),
+                ("p50", Double, false),
+                ("p95", Double, false),
+                ("p99", Double, false),
             ],
             Fixed::Anomalies => &[
                 ("id", String, true),

@@ -121,6 +121,12 @@ impl Row for WindowRecord {
             "max" => Cell::Double(self.max),
             "sum" => Cell::Double(self.sum),
             "mean" => Cell::Double(self.mean),
+            "stddev" => self.stddev.map_or(Cell::Null, Cell::Double),
+            "first" => Cell::Double(self.first),
+            "last" => Cell::Double(self.last),
+            "p50" => self.p50.map_or(Cell::Null, Cell::Double),
+            "p95" => self.p95.map_or(Cell::Null, Cell::Double),
+            "p99" => self.p99.map_or(Cell::Null, Cell::Double),
             _ => Cell::Null,
         }
     }
@@ -514,11 +520,12 @@ impl LakeWriter {
         } = outputs;
         push(&mut b.raw, raw, since);
         for p in clean {
-            b.clean
-                .entry(p.measurement.clone())
-                .or_insert_with(|| Pending { rows: Vec::new(), since })
-                .rows
-                .push(p);
+            match b.clean.get_mut(&p.measurement) {
+                Some(pending) => pending.rows.push(p),
+                None => {
+                    b.clean.insert(p.measurement.clone(), Pending { rows: vec![p], since });
+                }
+            }
         }
         push(&mut b.windows, windows, since);
         push(&mut b.anomalies, anomalies, since);

@@ -9,7 +9,14 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pitwall_bus::Message;
 use pitwall_core::{Point, Precision, json, line_protocol};
 use pitwall_sim::{Race, RaceConfig, Simulator};
-use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry};
+use pitwall_stream::rules::RuleEngine;
+use pitwall_stream::window::{Mark, WindowOperator};
+use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry, WindowConfig};
+use std::time::Duration;
+
+// The allocator the pitwall binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const T0: i64 = 1_767_225_600_000_000_000;
 
@@ -81,6 +88,58 @@ fn bench(c: &mut Criterion) {
             let mut out = Outputs::default();
             for m in &msgs {
                 p.process(m, &mut out);
+            }
+            std::hint::black_box(out.len())
+        })
+    });
+    g.finish();
+
+    // The operators alone, on decoded points: one update is one field value into one
+    // window (or pane). 4 fields per car event.
+    let fields = ["rpm", "speed_kph", "throttle_pct", "engine_temp_c"];
+    let sources: Vec<String> = points.iter().map(|p| p.tags["driver"].to_string()).collect();
+    let mut g = c.benchmark_group("windows");
+    g.throughput(Throughput::Elements((N * fields.len()) as u64));
+    g.sample_size(20);
+    for (name, size, slide, percentiles) in [
+        ("tumbling_10s", 10_000, None, false),
+        ("tumbling_10s_percentiles", 10_000, None, true),
+        ("sliding_5s_every_1s", 5_000, Some(1_000), false),
+        ("sliding_5s_every_1s_percentiles", 5_000, Some(1_000), true),
+    ] {
+        let config = WindowConfig {
+            name: name.into(),
+            measurements: vec!["car".into()],
+            size: Duration::from_millis(size),
+            slide: slide.map(Duration::from_millis),
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            percentiles,
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut w = WindowOperator::new(&config, 0);
+                let mut out = Vec::new();
+                for (i, (p, s)) in points.iter().zip(&sources).enumerate() {
+                    w.add(s, p, Mark { offset: i as i64, max_time: p.time });
+                    w.fire(p.time - 2_000_000_000, &mut out);
+                }
+                w.fire_all(&mut out);
+                std::hint::black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("detectors");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(20);
+    g.bench_function("default_rules", |b| {
+        let config = ProcessorConfig::default();
+        b.iter(|| {
+            let mut rules = RuleEngine::new(&config.rules);
+            let mut out = Vec::new();
+            for (i, (p, s)) in points.iter().zip(&sources).enumerate() {
+                rules.evaluate(s, p, p.time - 2_000_000_000, Mark { offset: i as i64, max_time: p.time }, &mut out);
             }
             std::hint::black_box(out.len())
         })

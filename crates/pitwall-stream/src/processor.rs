@@ -11,7 +11,7 @@ use pitwall_core::{Point, Precision, json};
 use crate::config::ProcessorConfig;
 use crate::normalize::{SchemaRegistry, normalize_names};
 use crate::rules::RuleEngine;
-use crate::window::{Mark, TumblingWindows};
+use crate::window::{Mark, WindowOperator};
 
 /// How far a partition has been processed, and how to rebuild its state from there: a
 /// replay that starts at `replay_from` with the largest event time set to `max_time`
@@ -84,7 +84,7 @@ pub struct Processor {
     schemas: SchemaRegistry,
     topic: Arc<str>,
     partition: u32,
-    windows: Vec<TumblingWindows>,
+    windows: Vec<WindowOperator>,
     rules: RuleEngine,
     max_time: i64,
     out_of_orderness: i64,
@@ -98,7 +98,7 @@ impl Processor {
         let windows = config
             .windows
             .iter()
-            .map(|w| TumblingWindows::new(w, lateness))
+            .map(|w| WindowOperator::new(w, lateness))
             .collect();
         let rules = RuleEngine::new(&config.rules);
         Processor {
@@ -118,6 +118,12 @@ impl Processor {
     /// `replay_from`.
     pub fn resume(&mut self, checkpoint: &Checkpoint) {
         self.max_time = checkpoint.max_time;
+        if self.max_time != i64::MIN {
+            let watermark = self.watermark();
+            for w in &mut self.windows {
+                w.resume(watermark);
+            }
+        }
     }
 
     /// Where a replay must start to rebuild the current state, when the next offset to
@@ -126,7 +132,7 @@ impl Processor {
         let earliest = self
             .windows
             .iter()
-            .filter_map(TumblingWindows::earliest)
+            .filter_map(WindowOperator::earliest)
             .chain(self.rules.earliest())
             .min();
         match earliest {
@@ -255,6 +261,6 @@ impl Processor {
 
     /// Open window count, for status.
     pub fn open_windows(&self) -> usize {
-        self.windows.iter().map(TumblingWindows::open_windows).sum()
+        self.windows.iter().map(WindowOperator::open_windows).sum()
     }
 }

@@ -1,45 +1,25 @@
-//! Tumbling event-time windows per source: count, min, max, sum and mean of numeric
-//! fields, emitted once the watermark passes the window's end.
+//! Event-time windows per source: tumbling and sliding (hopping), with count, min, max,
+//! sum, mean, sample standard deviation, first and last (by event time) and p50/p95/p99
+//! from a mergeable DDSketch, emitted once the watermark passes a window's end plus the
+//! allowed lateness. Fields named in the config may be booleans (counted as 0 and 1);
+//! with no fields named, every numeric field is aggregated.
+//!
+//! A sliding window of size S every L would cost S/L updates per event if each window
+//! were kept apart. Instead every event updates one *pane* (gcd(S, L) long) and a window
+//! is the merge of its panes when it fires: one update per event whatever the overlap.
+//!
+//! Which windows fire is decided by the watermark alone: a window fires when the
+//! horizon (watermark minus allowed lateness) moves past its end. Since the processor
+//! restores the watermark when it resumes from a checkpoint, a replay fires exactly the
+//! windows the uninterrupted run fires from there on, from the same panes.
 
 use std::collections::{BTreeMap, HashMap};
 
-use pitwall_core::Point;
 use pitwall_core::record::WindowRecord;
+use pitwall_core::{FieldValue, Name, Point, SortedMap};
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::config::WindowConfig;
-
-/// Running aggregate of one field in one window.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stats {
-    /// Number of values.
-    pub count: u64,
-    /// Smallest value.
-    pub min: f64,
-    /// Largest value.
-    pub max: f64,
-    /// Sum of values.
-    pub sum: f64,
-}
-
-impl Stats {
-    fn new(v: f64) -> Self {
-        Stats {
-            count: 1,
-            min: v,
-            max: v,
-            sum: v,
-        }
-    }
-
-    fn add(&mut self, v: f64) {
-        self.count += 1;
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
-        self.sum += v;
-    }
-}
-
-type Fields = BTreeMap<String, Stats>;
 
 /// Where a piece of operator state began: the offset of the first message that fed it
 /// and the partition's largest event time just before that message. Replaying from the
@@ -52,45 +32,200 @@ pub struct Mark {
     pub max_time: i64,
 }
 
-/// One open window: its fields and where its input began.
-#[derive(Debug)]
-struct Open {
-    since: Mark,
-    fields: Fields,
+/// Relative accuracy of the percentiles: 1 %.
+const SKETCH_ACCURACY: f64 = 0.01;
+
+fn sketch() -> DDSketch {
+    // 2048 bins cover 1e-9 to beyond 1e9 at 1 %; values nearer zero count as zero.
+    DDSketch::new(SketchConfig::new(SKETCH_ACCURACY, 2048, 1e-9))
 }
 
-/// One configured tumbling window over every source of a partition.
+/// The aggregate of one field over one pane (or, merged, one window).
+#[derive(Clone)]
+pub struct Agg {
+    /// Number of values.
+    pub count: u64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Sum of values.
+    pub sum: f64,
+    /// Running mean (Welford), for the variance.
+    mean: f64,
+    /// Sum of squared differences from the mean (Welford).
+    m2: f64,
+    /// (event time, offset, value) of the earliest value; ties go to the earlier message.
+    first: (i64, i64, f64),
+    /// (event time, offset, value) of the latest value.
+    last: (i64, i64, f64),
+    sketch: Option<Box<DDSketch>>,
+}
+
+impl std::fmt::Debug for Agg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agg")
+            .field("count", &self.count)
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .field("sum", &self.sum)
+            .field("first", &self.first)
+            .field("last", &self.last)
+            .field("sketch", &self.sketch.as_ref().map(|s| s.count()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agg {
+    fn new(v: f64, time: i64, offset: i64, percentiles: bool) -> Self {
+        let sketch = percentiles.then(|| {
+            let mut s = Box::new(sketch());
+            s.add(v);
+            s
+        });
+        Agg {
+            count: 1,
+            min: v,
+            max: v,
+            sum: v,
+            mean: v,
+            m2: 0.0,
+            first: (time, offset, v),
+            last: (time, offset, v),
+            sketch,
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, v: f64, time: i64, offset: i64) {
+        self.count += 1;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.sum += v;
+        let delta = v - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (v - self.mean);
+        if (time, offset) < (self.first.0, self.first.1) {
+            self.first = (time, offset, v);
+        }
+        if (time, offset) > (self.last.0, self.last.1) {
+            self.last = (time, offset, v);
+        }
+        if let Some(s) = &mut self.sketch {
+            s.add(v);
+        }
+    }
+
+    /// Adds `other`'s values (Chan et al.'s parallel variance).
+    fn merge(&mut self, other: &Agg) {
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        let delta = other.mean - self.mean;
+        self.mean += delta * nb / n;
+        self.m2 += other.m2 + delta * delta * na * nb / n;
+        self.count += other.count;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+        if (other.first.0, other.first.1) < (self.first.0, self.first.1) {
+            self.first = other.first;
+        }
+        if (other.last.0, other.last.1) > (self.last.0, self.last.1) {
+            self.last = other.last;
+        }
+        if let (Some(a), Some(b)) = (&mut self.sketch, &other.sketch) {
+            a.merge(b).expect("window sketches share one configuration");
+        }
+    }
+
+    /// Sample standard deviation; `None` for a single value.
+    pub fn stddev(&self) -> Option<f64> {
+        (self.count > 1).then(|| (self.m2.max(0.0) / (self.count - 1) as f64).sqrt())
+    }
+
+    /// The `q` quantile from the sketch (1 % relative accuracy), if percentiles are on.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.sketch.as_ref().and_then(|s| s.quantile(q).ok().flatten())
+    }
+}
+
+/// One pane: the aggregates of the fields of one source over `pane` nanoseconds.
 #[derive(Debug)]
-pub struct TumblingWindows {
+struct Pane {
+    since: Mark,
+    aggs: SortedMap<Name, Agg>,
+}
+
+/// Panes of one source, by pane start.
+type Series = BTreeMap<i64, Pane>;
+
+/// A window that fired, before it becomes rows.
+type Fired = (i64, String, String, SortedMap<Name, Agg>);
+
+/// One configured window over every source of a partition.
+#[derive(Debug)]
+pub struct WindowOperator {
     name: String,
     size: i64,
+    slide: i64,
+    pane: i64,
     lateness: i64,
+    percentiles: bool,
     measurements: Vec<String>,
-    fields: Vec<String>,
-    /// measurement -> source -> window start -> field -> stats. Nested so the per-event
-    /// lookup borrows the names instead of allocating a key.
-    open: HashMap<String, HashMap<String, BTreeMap<i64, Open>>>,
-    /// Smallest end among open windows; nothing fires before the watermark reaches it.
+    /// Sorted and unique; empty means every numeric field.
+    fields: Vec<Name>,
+    /// measurement -> source -> panes. Nested so a lookup borrows the names.
+    open: HashMap<String, HashMap<String, Series>>,
+    /// The horizon at the last [`Self::fire`]: every window ending at or before it has fired.
+    fired_until: i64,
+    /// Smallest end, after `fired_until`, of a window that has data.
     next_end: i64,
 }
 
-impl TumblingWindows {
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+impl WindowOperator {
     /// Builds the operator for `config`; windows fire `lateness_ns` after their end.
     pub fn new(config: &WindowConfig, lateness_ns: i64) -> Self {
-        TumblingWindows {
+        let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX).max(1);
+        let size = nanos(config.size);
+        let slide = config.slide.map_or(size, nanos);
+        let mut fields: Vec<Name> = config.fields.iter().map(|f| Name::from(f.as_str())).collect();
+        fields.sort();
+        fields.dedup();
+        WindowOperator {
             name: config.name.clone(),
-            size: i64::try_from(config.size.as_nanos()).unwrap_or(i64::MAX).max(1),
+            size,
+            slide,
+            pane: gcd(size, slide),
             lateness: lateness_ns,
+            percentiles: config.percentiles,
             measurements: config.measurements.clone(),
-            fields: config.fields.clone(),
+            fields,
             open: HashMap::new(),
+            fired_until: i64::MIN,
             next_end: i64::MAX,
         }
     }
 
-    /// Start of the window holding `t`.
-    pub fn start_of(&self, t: i64) -> i64 {
-        t - t.rem_euclid(self.size)
+    /// Continues after a checkpoint whose watermark was `watermark`: windows that ended
+    /// before it fired before the checkpoint.
+    pub fn resume(&mut self, watermark: i64) {
+        if watermark != i64::MIN {
+            self.fired_until = watermark.saturating_sub(self.lateness);
+        }
+    }
+
+    /// Index of the first window (start = k × slide) that holds time `t`.
+    fn first_window(&self, t: i64) -> i64 {
+        t.saturating_sub(self.size).div_euclid(self.slide) + 1
+    }
+
+    /// End of window `k`.
+    fn end_of(&self, k: i64) -> i64 {
+        k.saturating_mul(self.slide).saturating_add(self.size)
     }
 
     /// Adds a point that is not late; `mark` is the message it came in.
@@ -98,117 +233,182 @@ impl TumblingWindows {
         if !self.measurements.is_empty() && !self.measurements.contains(&point.measurement) {
             return;
         }
-        let start = self.start_of(point.time);
-        if !self.open.contains_key(&point.measurement) {
-            self.open.insert(point.measurement.clone(), HashMap::new());
-        }
-        let sources = self.open.get_mut(&point.measurement).expect("inserted above");
-        if !sources.contains_key(source_id) {
-            sources.insert(source_id.to_owned(), BTreeMap::new());
-        }
-        let windows = sources.get_mut(source_id).expect("inserted above");
-        let fields = &mut windows
-            .entry(start)
-            .or_insert_with(|| Open {
+        let t = point.time;
+        let pane_start = t - t.rem_euclid(self.pane);
+        let sources = match self.open.get_mut(&point.measurement) {
+            Some(s) => s,
+            None => self.open.entry(point.measurement.clone()).or_default(),
+        };
+        let series = match sources.get_mut(source_id) {
+            Some(s) => s,
+            None => sources.entry(source_id.to_owned()).or_default(),
+        };
+        let aggs = &mut series
+            .entry(pane_start)
+            .or_insert_with(|| Pane {
                 since: mark,
-                fields: Fields::new(),
+                aggs: SortedMap::new(),
             })
-            .fields;
-        let mut add = |name: &str, v: f64| match fields.get_mut(name) {
-            Some(s) => s.add(v),
+            .aggs;
+        let percentiles = self.percentiles;
+        let mut update = |name: &Name, v: f64| match aggs.get_mut(name.as_str()) {
+            Some(a) => a.add(v, t, mark.offset),
             None => {
-                fields.insert(name.to_owned(), Stats::new(v));
+                aggs.insert(name.clone(), Agg::new(v, t, mark.offset, percentiles));
             }
+        };
+        // Booleans count as 0 and 1: the mean of `brake` is the share of time braking.
+        let numeric = |v: &FieldValue| match *v {
+            FieldValue::Bool(b) => Some(f64::from(u8::from(b))),
+            ref other => other.as_f64(),
         };
         if self.fields.is_empty() {
             for (name, value) in &point.fields {
                 if let Some(v) = value.as_f64() {
-                    add(name, v);
+                    update(name, v);
                 }
             }
         } else {
-            for name in &self.fields {
-                if let Some(v) = point.fields.get(name.as_str()).and_then(|v| v.as_f64()) {
-                    add(name, v);
+            // Both sorted: one pass.
+            let mut wanted = self.fields.iter().peekable();
+            for (name, value) in &point.fields {
+                while wanted.next_if(|w| *w < name).is_some() {}
+                if wanted.peek().is_some_and(|w| *w == name) {
+                    wanted.next();
+                    if let Some(v) = numeric(value) {
+                        update(name, v);
+                    }
+                }
+                if wanted.peek().is_none() {
+                    break;
                 }
             }
         }
-        self.next_end = self.next_end.min(start.saturating_add(self.size));
+        self.next_end = self.next_end.min(self.end_of(self.first_window(t)));
     }
 
     /// Emits, in a deterministic order, every window whose end plus the allowed
-    /// lateness is at or before `watermark`.
+    /// lateness has been passed by `watermark`.
     pub fn fire(&mut self, watermark: i64, out: &mut Vec<WindowRecord>) {
-        if watermark < self.next_end.saturating_add(self.lateness) {
+        let horizon = watermark.saturating_sub(self.lateness);
+        if horizon < self.next_end {
+            self.fired_until = self.fired_until.max(horizon);
             return;
         }
-        let mut fired = Vec::new();
+        self.fire_until(horizon, out);
+    }
+
+    /// Emits every window that has data and has not fired (end of input).
+    pub fn fire_all(&mut self, out: &mut Vec<WindowRecord>) {
+        self.fire_until(i64::MAX, out);
+    }
+
+    fn fire_until(&mut self, horizon: i64, out: &mut Vec<WindowRecord>) {
+        let after = self.fired_until;
+        let mut fired: Vec<Fired> = Vec::new();
         let mut next_end = i64::MAX;
-        for (measurement, sources) in &mut self.open {
-            for (source, windows) in sources.iter_mut() {
-                while let Some(entry) = windows.first_entry() {
-                    let end = entry.key().saturating_add(self.size);
-                    if end.saturating_add(self.lateness) > watermark {
-                        next_end = next_end.min(end);
+        let mut open = std::mem::take(&mut self.open);
+        for (measurement, sources) in &mut open {
+            for (source, panes) in sources.iter_mut() {
+                self.fire_series(panes, after, horizon, &mut |start, aggs| {
+                    fired.push((start, measurement.clone(), source.clone(), aggs));
+                });
+                // Panes whose last window has fired are done.
+                while let Some(entry) = panes.first_entry() {
+                    let last_end = self.end_of(entry.key().div_euclid(self.slide));
+                    if last_end > horizon {
+                        let first = self.first_window(*entry.key()).max(self.first_window(horizon));
+                        next_end = next_end.min(self.end_of(first));
                         break;
                     }
-                    let (start, open) = entry.remove_entry();
-                    fired.push((start, measurement.clone(), source.clone(), open.fields));
+                    entry.remove();
                 }
             }
-            sources.retain(|_, w| !w.is_empty());
+            sources.retain(|_, panes| !panes.is_empty());
         }
-        self.open.retain(|_, s| !s.is_empty());
+        open.retain(|_, s| !s.is_empty());
+        self.open = open;
+        self.fired_until = self.fired_until.max(horizon);
         self.next_end = next_end;
-        self.emit(fired, out);
-    }
-
-    /// Emits every open window (end of input).
-    pub fn fire_all(&mut self, out: &mut Vec<WindowRecord>) {
-        let mut fired = Vec::new();
-        for (measurement, sources) in std::mem::take(&mut self.open) {
-            for (source, windows) in sources {
-                for (start, open) in windows {
-                    fired.push((start, measurement.clone(), source.clone(), open.fields));
-                }
-            }
-        }
-        self.next_end = i64::MAX;
-        self.emit(fired, out);
-    }
-
-    fn emit(&self, mut fired: Vec<(i64, String, String, Fields)>, out: &mut Vec<WindowRecord>) {
         fired.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
-        for (start, measurement, source, fields) in fired {
-            for (field, s) in fields {
+        for (start, measurement, source, aggs) in fired {
+            for (field, a) in aggs {
                 out.push(WindowRecord {
                     measurement: measurement.clone(),
                     source_id: source.clone(),
                     window: self.name.clone(),
                     window_start: start,
-                    window_end: start + self.size,
-                    field,
-                    count: s.count,
-                    min: s.min,
-                    max: s.max,
-                    sum: s.sum,
-                    mean: s.sum / s.count as f64,
+                    window_end: start.saturating_add(self.size),
+                    field: field.into_string(),
+                    count: a.count,
+                    min: a.min,
+                    max: a.max,
+                    sum: a.sum,
+                    mean: a.sum / a.count as f64,
+                    stddev: a.stddev(),
+                    first: a.first.2,
+                    last: a.last.2,
+                    p50: a.quantile(0.50),
+                    p95: a.quantile(0.95),
+                    p99: a.quantile(0.99),
                 });
             }
         }
     }
 
-    /// The earliest mark among open windows.
+    /// Calls `emit` for each window of one source with data whose end is in
+    /// (`after`, `horizon`], merging its panes.
+    fn fire_series(&self, panes: &Series, after: i64, horizon: i64, emit: &mut impl FnMut(i64, SortedMap<Name, Agg>)) {
+        let (Some((&first, _)), Some((&last, _))) = (panes.first_key_value(), panes.last_key_value()) else {
+            return;
+        };
+        let mut k = self.first_window(first).max(self.first_window(after));
+        loop {
+            let (start, end) = (k.saturating_mul(self.slide), self.end_of(k));
+            if end > horizon || start > last {
+                return;
+            }
+            let mut merged: Option<SortedMap<Name, Agg>> = None;
+            for pane in panes.range(start..end).map(|(_, p)| p) {
+                match &mut merged {
+                    None => merged = Some(pane.aggs.clone()),
+                    Some(m) => {
+                        for (name, a) in &pane.aggs {
+                            match m.get_mut(name.as_str()) {
+                                Some(acc) => acc.merge(a),
+                                None => {
+                                    m.insert(name.clone(), a.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            match merged {
+                Some(m) => {
+                    emit(start, m);
+                    k += 1;
+                }
+                None => {
+                    // No data in this window: skip to the first window of the next pane.
+                    let Some((&next, _)) = panes.range(end..).next() else { return };
+                    k = (k + 1).max(self.first_window(next));
+                }
+            }
+        }
+    }
+
+    /// The earliest mark among open panes.
     pub fn earliest(&self) -> Option<Mark> {
         self.open
             .values()
             .flat_map(HashMap::values)
             .flat_map(BTreeMap::values)
-            .map(|o| o.since)
+            .map(|p| p.since)
             .min()
     }
 
-    /// Number of open (source, window) pairs.
+    /// Number of open panes, for status.
     pub fn open_windows(&self) -> usize {
         self.open.values().flat_map(HashMap::values).map(BTreeMap::len).sum()
     }

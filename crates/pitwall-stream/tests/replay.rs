@@ -56,8 +56,24 @@ fn messages(seed: u64, n: usize) -> Vec<Message> {
         .collect()
 }
 
+/// The default rules and windows, plus sliding windows (panes shared between windows)
+/// with allowed lateness, which a resumed processor must fire exactly as the original.
 fn processor() -> Processor {
-    Processor::new(Arc::new(ProcessorConfig::default()), SchemaRegistry::default(), "telemetry.raw", 0)
+    let mut config = ProcessorConfig {
+        allowed_lateness: std::time::Duration::from_millis(700),
+        ..ProcessorConfig::default()
+    };
+    for (name, size, slide) in [("slide_5s", 5000, 1000), ("slide_3s", 3000, 2000)] {
+        config.windows.push(pitwall_stream::WindowConfig {
+            name: name.into(),
+            measurements: vec!["car".into()],
+            size: std::time::Duration::from_millis(size),
+            slide: Some(std::time::Duration::from_millis(slide)),
+            fields: vec!["speed_kph".into(), "rpm".into()],
+            percentiles: true,
+        });
+    }
+    Processor::new(Arc::new(config), SchemaRegistry::default(), "telemetry.raw", 0)
 }
 
 /// Outputs of each message, by offset.

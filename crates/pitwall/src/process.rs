@@ -38,6 +38,8 @@ pub struct ProcessOptions {
 struct Part {
     processor: Processor,
     plan: ResumePlan,
+    /// From this offset on, the plan suppresses nothing.
+    replay_until: i64,
     /// The next offset to process.
     next: i64,
     /// Outputs not yet handed to the lake writer.
@@ -60,6 +62,7 @@ impl Part {
         Part {
             processor,
             next: plan.base.replay_from,
+            replay_until: plan.replay_until(),
             plan,
             outputs: Outputs::default(),
             seek: None,
@@ -161,10 +164,15 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                     }
                     part.seek = None;
                     part.progressed = Instant::now();
-                    let mut out = Outputs::default();
-                    part.processor.process(&m, &mut out);
-                    part.plan.suppress(m.offset, &mut out);
-                    part.outputs.append(&mut out);
+                    if m.offset >= part.replay_until {
+                        part.processor.process(&m, &mut part.outputs);
+                    } else {
+                        // Replaying what the lake partly has: keep only what it lacks.
+                        let mut out = Outputs::default();
+                        part.processor.process(&m, &mut out);
+                        part.plan.suppress(m.offset, &mut out);
+                        part.outputs.append(&mut out);
+                    }
                     part.next = m.offset + 1;
                     stats.processed.fetch_add(1, Ordering::Relaxed);
                     unflushed += 1;

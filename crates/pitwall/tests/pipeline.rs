@@ -97,32 +97,48 @@ async fn fault_free_race(t: &Transport<'_>, dir: &Path) {
     assert_eq!(count(&q, "quarantine.rejects").await, 0);
     assert_eq!(count(&q, "quarantine.late").await, 0);
 
-    // Windows agree with a batch GROUP BY over the clean table, both ways. The
-    // in-process run closes every window when its input ends; Kafka's input never ends,
-    // so the last window (past the watermark) stays open there.
-    let open = match t {
-        Transport::InProcess => 0,
-        Transport::Kafka(_) => 1,
-    };
-    let windowed = "SELECT source_id AS s, window_start AS ws, count AS n, min AS lo, max AS hi, round(mean, 6) AS avg
-                    FROM metrics.windows WHERE measurement = 'car' AND field = 'speed_kph'";
-    let batch = &format!(
-        "SELECT * FROM (SELECT driver AS s, date_bin(INTERVAL '10 seconds', time, TIMESTAMP '1970-01-01T00:00:00Z') AS ws,
-                        count(*) AS n, min(speed_kph) AS lo, max(speed_kph) AS hi, round(avg(speed_kph), 6) AS avg
-                 FROM clean.car GROUP BY 1, 2) WHERE ws < to_timestamp_micros({})",
-        START / 1000 + (60 - open) * 10_000_000
-    );
-    let batch = batch.as_str();
-    let n_windows = rows(&q, &format!("SELECT count(*) AS n FROM ({windowed})")).await[0]["n"].as_i64().unwrap();
-    assert_eq!(n_windows, 20 * (60 - open), "one 10 s window per car per 10 s");
-    for (a, b) in [(windowed, batch), (batch, windowed)] {
-        let diff = rows(&q, &format!("SELECT count(*) AS n FROM (({a}) EXCEPT ({b}))")).await;
-        assert_eq!(diff[0]["n"], 0, "windows and GROUP BY differ:\n{a}\nEXCEPT\n{b}");
+    // Windows agree with a batch GROUP BY over the clean table, both ways, for the
+    // default sliding car windows (5 s every 1 s and 1 s every 500 ms, so each event is in
+    // 5 or 2 windows) and the 10 s tumbling sensor window. The in-process run closes
+    // every window when its input ends; Kafka's input never ends, so only windows that
+    // end well before the last event (past the watermark) are compared.
+    let until = START / 1000 + 590 * 1_000_000;
+    for (window, measurement, source, field, value, size_ms, slide_ms) in [
+        ("car_5s", "car", "driver", "speed_kph", "speed_kph", 5000, 1000),
+        ("car_1s", "car", "driver", "brake", "CASE WHEN brake THEN 1.0 ELSE 0.0 END", 1000, 500),
+        ("sensor_10s", "sensor", "sensor_id", "temperature_c", "temperature_c", 10_000, 10_000),
+    ] {
+        let windowed = format!(
+            "SELECT source_id AS s, window_start AS ws, count AS n, min AS lo, max AS hi, round(mean, 6) AS avg
+             FROM metrics.windows
+             WHERE \"window\" = '{window}' AND measurement = '{measurement}' AND field = '{field}'
+               AND window_end <= to_timestamp_micros({until})"
+        );
+        let offsets = (0..size_ms / slide_ms).map(|i| format!("({i})")).collect::<Vec<_>>().join(", ");
+        let batch = format!(
+            "SELECT * FROM (
+               SELECT s, ws, count(*) AS n, min(v) AS lo, max(v) AS hi, round(avg(v), 6) AS avg FROM (
+                 SELECT {source} AS s, {value} AS v,
+                        date_bin(INTERVAL '{slide_ms} milliseconds', time, TIMESTAMP '1970-01-01T00:00:00Z')
+                          - o.i * INTERVAL '{slide_ms} milliseconds' AS ws
+                 FROM clean.{measurement} CROSS JOIN (VALUES {offsets}) AS o(i))
+               GROUP BY 1, 2)
+             WHERE ws + INTERVAL '{size_ms} milliseconds' <= to_timestamp_micros({until})"
+        );
+        let n_windows = rows(&q, &format!("SELECT count(*) AS n FROM ({windowed})")).await[0]["n"].as_i64().unwrap();
+        // Every window ending in (START, START + 590 s] holds data: one per slide per source.
+        assert_eq!(n_windows, 20 * 590 * 1000 / slide_ms, "{window}: one window per source per slide");
+        for (a, b) in [(&windowed, &batch), (&batch, &windowed)] {
+            let diff = rows(&q, &format!("SELECT count(*) AS n FROM (({a}) EXCEPT ({b}))")).await;
+            assert_eq!(diff[0]["n"], 0, "{window}: windows and GROUP BY differ:\n{a}\nEXCEPT\n{b}");
+        }
     }
-    // Every numeric field of the sensors is windowed too.
-    let fields = rows(&q, "SELECT DISTINCT field FROM metrics.windows WHERE measurement = 'sensor' ORDER BY field").await;
+    // Only the configured fields are windowed, with percentiles.
+    let fields = rows(&q, "SELECT DISTINCT field FROM metrics.windows WHERE measurement = 'car' ORDER BY field").await;
     let fields: Vec<&str> = fields.iter().map(|r| r["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, ["humidity_pct", "pressure_hpa", "temperature_c"]);
+    assert_eq!(fields, ["brake", "rpm", "speed_kph", "throttle_pct"]);
+    let no_p95 = count(&q, "metrics.windows WHERE p95 IS NULL OR p50 > p99 OR first < min OR last > max").await;
+    assert_eq!(no_p95, 0, "every window has ordered percentiles and first/last inside [min, max]");
 }
 
 async fn malformed_payloads(t: &Transport<'_>, dir: &Path) {
