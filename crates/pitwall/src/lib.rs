@@ -269,6 +269,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 c.processor.windows.len(),
                 c.processor.rules.len()
             );
+            let all = |v: &[String], what: &str| if v.is_empty() { format!("every {what}") } else { v.join(", ") };
+            for w in &c.processor.windows {
+                let shape = match w.slide {
+                    Some(slide) if slide != w.size => {
+                        format!("sliding {} every {}", humantime::format_duration(w.size), humantime::format_duration(slide))
+                    }
+                    _ => format!("tumbling {}", humantime::format_duration(w.size)),
+                };
+                println!(
+                    "  window {:<14} {shape} over {} of {}{}",
+                    w.name,
+                    all(&w.fields, "numeric field"),
+                    all(&w.measurements, "measurement"),
+                    if w.percentiles { ", with p50/p95/p99" } else { "" }
+                );
+            }
+            for r in &c.processor.rules {
+                println!("  rule   {:<14} {} on {} ({})", r.name(), r.kind(), r.measurement(), r.severity().as_str());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -44,3 +44,44 @@ fn a_missing_file_says_so() {
     let e = format!("{:#}", Config::load(Some(Path::new("/nonexistent/pitwall.toml"))).unwrap_err());
     assert!(e.contains("does not exist"), "{e}");
 }
+
+#[test]
+fn bad_windows_name_the_key_and_the_fix() {
+    let window = |extra: &str| format!("[[processor.windows]]\nname = \"w\"\nsize = \"5s\"\n{extra}");
+    let e = load_str(&window("slide = \"10s\"\n"));
+    assert_eq!(
+        e,
+        "config key processor.windows[0].slide: is 10s, longer than the window (5s): events between windows would be left out; use a slide of at most the size"
+    );
+    let e = load_str(&window("slide = \"1001ms\"\n"));
+    assert!(e.starts_with("config key processor.windows[0].slide: makes each window the merge of 5000 panes"), "{e}");
+    let e = load_str(&window("slide = \"1s\"\nfields = [\"\"]\n"));
+    assert_eq!(e, "config key processor.windows[0].fields[0]: is empty; name a numeric field");
+    let e = load_str(&window("slide = \"soon\"\n"));
+    assert!(e.contains("processor.windows"), "{e}");
+}
+
+/// `pitwall rules check` validates a file without starting anything and lists what it
+/// would run; a bad file fails with the key.
+#[test]
+fn rules_check_lists_windows_and_rules_or_names_the_bad_key() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["rules", "check"])
+        .arg(repo_file("pitwall.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok (3 windows, 4 rules)"), "{stdout}");
+    assert!(stdout.contains("window car_5s         sliding 5s every 1s over speed_kph, rpm, throttle_pct, brake of car, with p50/p95/p99"), "{stdout}");
+    assert!(stdout.contains("window sensor_10s     tumbling 10s over temperature_c of sensor"), "{stdout}");
+    assert!(stdout.contains("rule   rpm_drop       rate-of-change on car (warning)"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[processor.windows]]\nname = \"w\"\nsize = \"0s\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitwall")).args(["rules", "check"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("processor.windows[0].size"), "{stderr}");
+}

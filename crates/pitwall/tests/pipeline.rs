@@ -114,14 +114,17 @@ async fn fault_free_race(t: &Transport<'_>, dir: &Path) {
              WHERE \"window\" = '{window}' AND measurement = '{measurement}' AND field = '{field}'
                AND window_end <= to_timestamp_micros({until})"
         );
-        let offsets = (0..size_ms / slide_ms).map(|i| format!("({i})")).collect::<Vec<_>>().join(", ");
+        let offsets = (0..size_ms / slide_ms)
+            .map(|i| format!("(INTERVAL '{} milliseconds')", i * slide_ms))
+            .collect::<Vec<_>>()
+            .join(", ");
         let batch = format!(
             "SELECT * FROM (
                SELECT s, ws, count(*) AS n, min(v) AS lo, max(v) AS hi, round(avg(v), 6) AS avg FROM (
                  SELECT {source} AS s, {value} AS v,
                         date_bin(INTERVAL '{slide_ms} milliseconds', time, TIMESTAMP '1970-01-01T00:00:00Z')
-                          - o.i * INTERVAL '{slide_ms} milliseconds' AS ws
-                 FROM clean.{measurement} CROSS JOIN (VALUES {offsets}) AS o(i))
+                          - o.back AS ws
+                 FROM clean.{measurement} CROSS JOIN (VALUES {offsets}) AS o(back))
                GROUP BY 1, 2)
              WHERE ws + INTERVAL '{size_ms} milliseconds' <= to_timestamp_micros({until})"
         );
