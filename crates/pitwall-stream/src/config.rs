@@ -63,6 +63,18 @@ fn yes() -> bool {
     true
 }
 
+impl WindowConfig {
+    /// Length of the pane every event updates, in nanoseconds: gcd(size, slide), which
+    /// both the size and the slide are whole multiples of.
+    pub fn pane_nanos(&self) -> u128 {
+        let (mut a, mut b) = (self.size.as_nanos(), self.slide.unwrap_or(self.size).as_nanos());
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    }
+}
+
 /// Most panes a sliding window may span (size / gcd(size, slide)).
 pub const MAX_PANES_PER_WINDOW: u128 = 1000;
 
@@ -336,17 +348,12 @@ impl ProcessorConfig {
                         format!("is {slide:?}, longer than the window ({:?}): events between windows would be left out; use a slide of at most the size", w.size),
                     );
                 }
-                let (size, slide) = (w.size.as_nanos(), slide.as_nanos());
-                let mut pane = (size, slide);
-                while pane.1 != 0 {
-                    pane = (pane.1, pane.0 % pane.1);
-                }
-                if size / pane.0 > MAX_PANES_PER_WINDOW {
+                let panes = w.size.as_nanos() / w.pane_nanos();
+                if panes > MAX_PANES_PER_WINDOW {
                     return bad(
                         format!("{key}.slide"),
                         format!(
-                            "makes each window the merge of {} panes (size / gcd(size, slide)); at most {MAX_PANES_PER_WINDOW} are allowed: use a slide that divides the size",
-                            size / pane.0
+                            "makes each window the merge of {panes} panes (size / gcd(size, slide)); at most {MAX_PANES_PER_WINDOW} are allowed: use a slide that divides the size"
                         ),
                     );
                 }

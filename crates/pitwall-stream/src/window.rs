@@ -182,16 +182,12 @@ pub struct WindowOperator {
     next_end: i64,
 }
 
-fn gcd(a: i64, b: i64) -> i64 {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
 impl WindowOperator {
     /// Builds the operator for `config`; windows fire `lateness_ns` after their end.
     pub fn new(config: &WindowConfig, lateness_ns: i64) -> Self {
-        let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX).max(1);
-        let size = nanos(config.size);
-        let slide = config.slide.map_or(size, nanos);
+        let nanos = |n: u128| i64::try_from(n).unwrap_or(i64::MAX).max(1);
+        let size = nanos(config.size.as_nanos());
+        let slide = config.slide.map_or(size, |s| nanos(s.as_nanos()));
         let mut fields: Vec<Name> = config.fields.iter().map(|f| Name::from(f.as_str())).collect();
         fields.sort();
         fields.dedup();
@@ -199,7 +195,7 @@ impl WindowOperator {
             name: config.name.clone(),
             size,
             slide,
-            pane: gcd(size, slide),
+            pane: nanos(config.pane_nanos()),
             lateness: lateness_ns,
             percentiles: config.percentiles,
             measurements: config.measurements.clone(),
