@@ -206,14 +206,6 @@ impl WindowOperator {
         }
     }
 
-    /// Continues after a checkpoint whose watermark was `watermark`: windows that ended
-    /// before it fired before the checkpoint.
-    pub fn resume(&mut self, watermark: i64) {
-        if watermark != i64::MIN {
-            self.fired_until = watermark.saturating_sub(self.lateness);
-        }
-    }
-
     /// Index of the first window (start = k × slide) that holds time `t`.
     fn first_window(&self, t: i64) -> i64 {
         t.saturating_sub(self.size).div_euclid(self.slide) + 1

@@ -81,6 +81,9 @@ fn message(offset: i64, e: &Event) -> Message {
     }
 }
 
+/// Values of one (source, window start, field), with their time and offset.
+type Groups<'a> = BTreeMap<(String, i64, &'a str), Vec<(i64, i64, f64)>>;
+
 /// What a window should hold, computed from the sorted values.
 #[derive(Debug)]
 struct Expected {
@@ -100,7 +103,7 @@ fn naive(setup: &Setup, on_time: &[(i64, Event)]) -> BTreeMap<(String, String, i
     let mut out = BTreeMap::new();
     for (i, &(size, slide)) in setup.windows.iter().enumerate() {
         let fields: &[&str] = if i == 0 { &["a", "b"] } else { &["a"] };
-        let mut groups: BTreeMap<(String, i64, &str), Vec<(i64, i64, f64)>> = BTreeMap::new();
+        let mut groups: Groups<'_> = BTreeMap::new();
         for (offset, e) in on_time {
             let t = e.time_ms;
             // Windows [k*slide, k*slide + size) holding t.
