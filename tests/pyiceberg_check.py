@@ -64,12 +64,13 @@ def main(path):
     times = pc.cast(a["time"], "int64").to_pylist()
     got = sorted(
         (
-            {"id": i, "rule": r, "source_id": s, "time_us": t, "observed": o}
-            for i, r, s, t, o in zip(
-                a["id"].to_pylist(), a["rule"].to_pylist(), a["source_id"].to_pylist(), times, a["observed"].to_pylist()
+            {"id": i, "phase": ph, "rule": r, "source_id": s, "time_us": t, "observed": o}
+            for i, ph, r, s, t, o in zip(
+                a["id"].to_pylist(), a["phase"].to_pylist(), a["rule"].to_pylist(), a["source_id"].to_pylist(),
+                times, a["observed"].to_pylist()
             )
         ),
-        key=lambda x: x["id"],
+        key=lambda x: (x["id"], x["phase"]),
     )
     check("anomalies.events rows", got, expected["anomalies"])
 

@@ -87,7 +87,28 @@ pub struct WindowRecord {
     pub p99: Option<f64>,
 }
 
-/// One anomaly episode (`anomalies.events`): a rule's condition starting on a source.
+/// Which end of an anomaly episode a row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The condition began.
+    Start,
+    /// The condition cleared.
+    End,
+}
+
+impl Phase {
+    /// Lower-case name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Start => "start",
+            Phase::End => "end",
+        }
+    }
+}
+
+/// One end of an anomaly episode (`anomalies.events`): a row when a rule's condition
+/// starts on a source and another, with the same id, when it clears.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnomalyRecord {
     /// Deterministic id: the same input gives the same id, so replays can de-duplicate.
@@ -104,9 +125,13 @@ pub struct AnomalyRecord {
     pub source_id: String,
     /// The field the rule watches.
     pub field: String,
-    /// Event time the condition started, ns since the epoch.
+    /// `start` or `end`.
+    pub phase: Phase,
+    /// Event time the condition started, ns since the epoch (on both rows).
     pub time: i64,
-    /// The value seen.
+    /// Event time it cleared (`end` rows only).
+    pub end_time: Option<i64>,
+    /// The value seen (when it started; when it cleared on `end` rows).
     pub observed: f64,
     /// The limit or expected value it was compared with.
     pub expected: f64,

@@ -17,7 +17,8 @@ pub struct IotConfig {
     pub sites: usize,
     /// Samples per second per sensor.
     pub hz: f64,
-    /// Expected overheating faults per sensor per simulated minute.
+    /// Expected faults (overheating, stuck, silent, pressure spike) per sensor per
+    /// simulated minute.
     pub faults_per_sensor_minute: f64,
 }
 
@@ -43,8 +44,30 @@ struct Sensor {
     base_humidity: f64,
     base_pressure: f64,
     phase: f64,
-    fault: Option<(i64, usize)>,
+    fault: Option<SensorFault>,
+    /// The last temperature reported (what a stuck sensor repeats).
+    last_temp: f64,
     cooldown_until: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SensorFault {
+    kind: FaultKind,
+    start: i64,
+    index: usize,
+    /// Stuck: the frozen reading; pressure spike: the jump, hPa.
+    value: f64,
+}
+
+impl SensorFault {
+    fn lasts(&self) -> i64 {
+        match self.kind {
+            FaultKind::SensorStuck => 60 * SECOND,
+            FaultKind::SensorDropout => 30 * SECOND,
+            FaultKind::PressureSpike => 20 * SECOND,
+            _ => 10 * SECOND,
+        }
+    }
 }
 
 /// A deterministic sensor fleet.
@@ -74,7 +97,9 @@ impl Fleet {
                 base_pressure: rng.random_range(1005.0..1020.0),
                 phase: rng.random_range(0.0..std::f64::consts::TAU),
                 fault: None,
-                cooldown_until: start_time + 30 * SECOND,
+                last_temp: f64::NAN,
+                // Long enough for per-source baselines to warm up first.
+                cooldown_until: start_time + 90 * SECOND,
             })
             .collect();
         let interval = (1e9 / config.hz.max(0.001)).round() as i64;
@@ -102,41 +127,57 @@ impl Simulator for Fleet {
         let t = now as f64 / 1e9 / 600.0 * std::f64::consts::TAU;
         for s in &mut self.sensors {
             let mut temp = s.base_temp + 2.0 * (t + s.phase).sin() + self.rng.random_range(-0.2..0.2);
+            let humidity = s.base_humidity - 3.0 * (t + s.phase).sin() + self.rng.random_range(-0.5..0.5);
+            let mut pressure = s.base_pressure + self.rng.random_range(-0.3..0.3);
             if s.fault.is_none() && now >= s.cooldown_until && self.rng.random::<f64>() < chance {
+                let kind = match self.rng.random_range(0..4) {
+                    0 => FaultKind::SensorOverheat,
+                    1 => FaultKind::SensorStuck,
+                    2 => FaultKind::SensorDropout,
+                    _ => FaultKind::PressureSpike,
+                };
+                let value = match kind {
+                    FaultKind::SensorStuck => s.last_temp,
+                    _ => self.rng.random_range(5.0..8.0),
+                };
                 self.faults.push(InjectedFault {
-                    kind: FaultKind::SensorOverheat,
+                    kind,
                     measurement: "sensor".into(),
                     source_id: s.id.clone(),
                     start: now,
                     end: None,
                 });
-                s.fault = Some((now, self.faults.len() - 1));
+                s.fault = Some(SensorFault {
+                    kind,
+                    start: now,
+                    index: self.faults.len() - 1,
+                    value,
+                });
             }
-            if let Some((start, index)) = s.fault {
-                if now - start < 10 * SECOND {
-                    temp = 70.0 + self.rng.random_range(0.0..5.0);
+            if let Some(f) = s.fault {
+                if now - f.start < f.lasts() {
+                    match f.kind {
+                        FaultKind::SensorStuck => temp = f.value,
+                        FaultKind::SensorDropout => continue,
+                        FaultKind::PressureSpike => pressure += f.value,
+                        _ => temp = 70.0 + self.rng.random_range(0.0..5.0),
+                    }
                 } else {
-                    self.faults[index].end = Some(now);
+                    self.faults[f.index].end = Some(now);
                     s.fault = None;
                     s.cooldown_until = now + 60 * SECOND;
                 }
             }
             let round2 = |v: f64| (v * 100.0).round() / 100.0;
+            let temp = round2(temp);
+            s.last_temp = temp;
             out.push(
                 Point::new("sensor", now)
                     .tag("sensor_id", s.id.clone())
                     .tag("site", s.site.clone())
-                    .field("temperature_c", FieldValue::F64(round2(temp)))
-                    .field(
-                        "humidity_pct",
-                        FieldValue::F64(round2(
-                            s.base_humidity - 3.0 * (t + s.phase).sin() + self.rng.random_range(-0.5..0.5),
-                        )),
-                    )
-                    .field(
-                        "pressure_hpa",
-                        FieldValue::F64(round2(s.base_pressure + self.rng.random_range(-0.3..0.3))),
-                    ),
+                    .field("temperature_c", FieldValue::F64(temp))
+                    .field("humidity_pct", FieldValue::F64(round2(humidity)))
+                    .field("pressure_hpa", FieldValue::F64(round2(pressure))),
             );
         }
         self.time += self.interval;

@@ -28,6 +28,26 @@ pub enum FaultKind {
     GearMismatch,
     /// A sensor reports a temperature far above its normal range.
     SensorOverheat,
+    /// A sensor's temperature freezes at its last reading for a minute.
+    SensorStuck,
+    /// A sensor sends nothing for 30 seconds.
+    SensorDropout,
+    /// A sensor's pressure jumps by several hPa for 20 seconds: inside any plausible
+    /// range, far outside its own recent behaviour.
+    PressureSpike,
+}
+
+impl FaultKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::Overheating,
+        FaultKind::RpmDrop,
+        FaultKind::GearMismatch,
+        FaultKind::SensorOverheat,
+        FaultKind::SensorStuck,
+        FaultKind::SensorDropout,
+        FaultKind::PressureSpike,
+    ];
 }
 
 /// The truth about one injected fault.

@@ -257,7 +257,7 @@ impl Simulator for Race {
                             && pos.speed >= TOP_SPEED * 0.7
                     }
                     FaultKind::GearMismatch => speed_kph >= 150.0,
-                    FaultKind::SensorOverheat => false,
+                    _ => false,
                 };
                 if ready {
                     car.pending = None;
@@ -307,7 +307,7 @@ impl Simulator for Race {
                         reported_gear = (reported_gear + f.magnitude as i64).clamp(1, 8);
                         ended = age >= 2.0;
                     }
-                    FaultKind::SensorOverheat => ended = true,
+                    _ => ended = true,
                 }
                 if ended {
                     self.faults[f.index].end = Some(now);

@@ -136,7 +136,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("default_rules", |b| {
         let config = ProcessorConfig::default();
         b.iter(|| {
-            let mut rules = RuleEngine::new(&config.rules);
+            let mut rules = RuleEngine::new(&config.rules, config.forget_after);
             let mut out = Vec::new();
             for (i, (p, s)) in points.iter().zip(&sources).enumerate() {
                 rules.evaluate(s, p, p.time - 2_000_000_000, Mark { offset: i as i64, max_time: p.time }, &mut out);

@@ -19,6 +19,10 @@ pub struct ProcessorConfig {
     /// Extra time after a window's end during which late events still update it.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
+    /// A source that has sent nothing for this long (event time, against its partition's
+    /// watermark) is forgotten: its rule state is dropped, an open episode stays open.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
     /// Per-measurement settings, by measurement name.
     pub measurements: BTreeMap<String, MeasurementConfig>,
     /// Window aggregations.
@@ -174,6 +178,97 @@ pub enum RuleConfig {
         /// Below this speed (clutch slip, pit lane) the check is skipped.
         min_speed: f64,
     },
+    /// A field that stops changing: the same value (within `tolerance`) for longer than
+    /// `for` (a frozen sensor or a dead channel repeating its last reading).
+    Stuck {
+        /// Unique name, stored with every anomaly.
+        name: String,
+        /// Measurement it watches.
+        measurement: String,
+        /// How bad it is when it fires.
+        #[serde(default)]
+        severity: Severity,
+        /// Field watched.
+        field: String,
+        /// How long the value must stay the same.
+        #[serde(rename = "for", with = "humantime_serde")]
+        stuck_for: Duration,
+        /// Changes up to this size count as no change.
+        #[serde(default)]
+        tolerance: f64,
+    },
+    /// Missing data (a deadman switch): a source, or one field of it, that has reported
+    /// nothing for longer than `silence` while the rest of its partition went on.
+    Deadman {
+        /// Unique name, stored with every anomaly.
+        name: String,
+        /// Measurement it watches.
+        measurement: String,
+        /// How bad it is when it fires.
+        #[serde(default)]
+        severity: Severity,
+        /// Field that must keep arriving; none means any point of the source.
+        #[serde(default)]
+        field: Option<String>,
+        /// Longest gap allowed, in event time.
+        #[serde(with = "humantime_serde")]
+        silence: Duration,
+    },
+    /// A value far from the source's own recent behaviour: robust z-score against the
+    /// median and MAD (or mean and standard deviation) of the last `span`, refreshed every
+    /// `refresh`, judged only once the baseline covers `warm-up`.
+    Baseline {
+        /// Unique name, stored with every anomaly.
+        name: String,
+        /// Measurement it watches.
+        measurement: String,
+        /// How bad it is when it fires.
+        #[serde(default)]
+        severity: Severity,
+        /// Field watched.
+        field: String,
+        /// `mad` (median and median absolute deviation, robust to outliers) or `zscore`
+        /// (mean and standard deviation).
+        #[serde(default)]
+        method: BaselineMethod,
+        /// How many (robust) standard deviations away is anomalous.
+        #[serde(default = "six")]
+        threshold: f64,
+        /// How much recent history the baseline holds.
+        #[serde(default = "minute", with = "humantime_serde")]
+        span: Duration,
+        /// How often the baseline is recomputed (at multiples of this in event time).
+        #[serde(default = "ten_seconds", with = "humantime_serde")]
+        refresh: Duration,
+        /// How much history the baseline must cover before values are judged.
+        #[serde(default = "minute", with = "humantime_serde")]
+        warm_up: Duration,
+        /// Smallest spread (standard deviation units of the field) used, so a near-constant
+        /// baseline does not turn every small change into an anomaly.
+        #[serde(default)]
+        min_spread: f64,
+    },
+}
+
+/// How a [`RuleConfig::Baseline`] measures distance from normal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaselineMethod {
+    /// |x - median| / (1.4826 MAD): robust to outliers in the baseline.
+    #[default]
+    Mad,
+    /// |x - mean| / stddev.
+    Zscore,
+}
+
+fn six() -> f64 {
+    6.0
+}
+fn minute() -> Duration {
+    Duration::from_secs(60)
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl RuleConfig {
@@ -182,7 +277,10 @@ impl RuleConfig {
         match self {
             RuleConfig::Threshold { name, .. }
             | RuleConfig::RateOfChange { name, .. }
-            | RuleConfig::GearConsistency { name, .. } => name,
+            | RuleConfig::GearConsistency { name, .. }
+            | RuleConfig::Stuck { name, .. }
+            | RuleConfig::Deadman { name, .. }
+            | RuleConfig::Baseline { name, .. } => name,
         }
     }
 
@@ -191,7 +289,10 @@ impl RuleConfig {
         match self {
             RuleConfig::Threshold { measurement, .. }
             | RuleConfig::RateOfChange { measurement, .. }
-            | RuleConfig::GearConsistency { measurement, .. } => measurement,
+            | RuleConfig::GearConsistency { measurement, .. }
+            | RuleConfig::Stuck { measurement, .. }
+            | RuleConfig::Deadman { measurement, .. }
+            | RuleConfig::Baseline { measurement, .. } => measurement,
         }
     }
 
@@ -200,7 +301,10 @@ impl RuleConfig {
         match self {
             RuleConfig::Threshold { severity, .. }
             | RuleConfig::RateOfChange { severity, .. }
-            | RuleConfig::GearConsistency { severity, .. } => *severity,
+            | RuleConfig::GearConsistency { severity, .. }
+            | RuleConfig::Stuck { severity, .. }
+            | RuleConfig::Deadman { severity, .. }
+            | RuleConfig::Baseline { severity, .. } => *severity,
         }
     }
 
@@ -210,13 +314,17 @@ impl RuleConfig {
             RuleConfig::Threshold { .. } => "threshold",
             RuleConfig::RateOfChange { .. } => "rate-of-change",
             RuleConfig::GearConsistency { .. } => "gear-consistency",
+            RuleConfig::Stuck { .. } => "stuck",
+            RuleConfig::Deadman { .. } => "deadman",
+            RuleConfig::Baseline { .. } => "baseline",
         }
     }
 }
 
 impl Default for ProcessorConfig {
-    /// Settings that match the simulators and the seeds: 10 s tumbling windows and the
-    /// overheating, RPM-drop and gear-consistency rules.
+    /// Settings that match the simulators and the seeds: the seeds' windows, and rules for
+    /// overheating, RPM drops, gear consistency, stuck values, silent sources and pressure
+    /// outliers.
     fn default() -> Self {
         let measurements = [("car", "driver"), ("sensor", "sensor_id")]
             .into_iter()
@@ -232,6 +340,7 @@ impl Default for ProcessorConfig {
         ProcessorConfig {
             out_of_orderness: Duration::from_secs(2),
             allowed_lateness: Duration::ZERO,
+            forget_after: Duration::from_secs(600),
             measurements,
             windows: default_windows(),
             rules: vec![
@@ -267,6 +376,21 @@ impl Default for ProcessorConfig {
                     tolerance: 0.05,
                     min_speed: 60.0,
                 },
+                RuleConfig::Stuck {
+                    name: "rpm_stuck".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Warning,
+                    field: "rpm".into(),
+                    stuck_for: Duration::from_secs(2),
+                    tolerance: 0.0,
+                },
+                RuleConfig::Deadman {
+                    name: "car_silent".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Critical,
+                    field: None,
+                    silence: Duration::from_secs(2),
+                },
                 RuleConfig::Threshold {
                     name: "sensor_overheat".into(),
                     measurement: "sensor".into(),
@@ -275,6 +399,33 @@ impl Default for ProcessorConfig {
                     above: Some(50.0),
                     below: None,
                     hysteresis: 2.0,
+                },
+                RuleConfig::Stuck {
+                    name: "sensor_stuck".into(),
+                    measurement: "sensor".into(),
+                    severity: Severity::Warning,
+                    field: "temperature_c".into(),
+                    stuck_for: Duration::from_secs(30),
+                    tolerance: 0.0,
+                },
+                RuleConfig::Deadman {
+                    name: "sensor_silent".into(),
+                    measurement: "sensor".into(),
+                    severity: Severity::Warning,
+                    field: None,
+                    silence: Duration::from_secs(10),
+                },
+                RuleConfig::Baseline {
+                    name: "pressure_outlier".into(),
+                    measurement: "sensor".into(),
+                    severity: Severity::Warning,
+                    field: "pressure_hpa".into(),
+                    method: BaselineMethod::Mad,
+                    threshold: 8.0,
+                    span: Duration::from_secs(60),
+                    refresh: Duration::from_secs(10),
+                    warm_up: Duration::from_secs(60),
+                    min_spread: 0.05,
                 },
             ],
         }
@@ -399,6 +550,45 @@ impl ProcessorConfig {
                     }
                     if !(*tolerance > 0.0 && *tolerance < 0.5) {
                         return bad(format!("{key}.tolerance"), format!("is {tolerance}; use a fraction such as 0.05"));
+                    }
+                }
+                RuleConfig::Stuck { stuck_for, tolerance, .. } => {
+                    if stuck_for.is_zero() {
+                        return bad(format!("{key}.for"), "is zero; give how long a value must stay the same, e.g. \"30s\"".into());
+                    }
+                    if tolerance.is_nan() || *tolerance < 0.0 {
+                        return bad(format!("{key}.tolerance"), format!("is {tolerance}; it must be zero or more"));
+                    }
+                }
+                RuleConfig::Deadman { silence, field, .. } => {
+                    if silence.is_zero() {
+                        return bad(format!("{key}.silence"), "is zero; give the longest gap allowed, e.g. \"10s\"".into());
+                    }
+                    if *silence >= self.forget_after {
+                        return bad(
+                            format!("{key}.silence"),
+                            format!("is {silence:?}, not shorter than processor.forget-after ({:?}): the source would be forgotten before it is missed", self.forget_after),
+                        );
+                    }
+                    if field.as_deref() == Some("") {
+                        return bad(format!("{key}.field"), "is empty; name a field or leave the key out to watch the whole source".into());
+                    }
+                }
+                RuleConfig::Baseline { threshold, span, refresh, warm_up, min_spread, .. } => {
+                    if threshold.is_nan() || *threshold <= 0.0 {
+                        return bad(format!("{key}.threshold"), format!("is {threshold}; it must be more than zero (6 is a common choice)"));
+                    }
+                    if refresh.is_zero() || refresh > span {
+                        return bad(format!("{key}.refresh"), format!("is {refresh:?}; it must be more than zero and at most the span ({span:?})"));
+                    }
+                    if span.as_nanos() / refresh.as_nanos() > MAX_PANES_PER_WINDOW {
+                        return bad(format!("{key}.refresh"), format!("is {refresh:?}: the span would be recomputed more than {MAX_PANES_PER_WINDOW} times over; use a longer refresh"));
+                    }
+                    if warm_up > span {
+                        return bad(format!("{key}.warm-up"), format!("is {warm_up:?}, longer than the span ({span:?}) the baseline holds; it could never be reached"));
+                    }
+                    if min_spread.is_nan() || *min_spread < 0.0 {
+                        return bad(format!("{key}.min-spread"), format!("is {min_spread}; it must be zero or more"));
                     }
                 }
             }

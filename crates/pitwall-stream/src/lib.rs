@@ -14,7 +14,7 @@ mod processor;
 pub mod rules;
 pub mod window;
 
-pub use config::{ProcessorConfig, RuleConfig, Severity, WindowConfig};
+pub use config::{BaselineMethod, ProcessorConfig, RuleConfig, Severity, WindowConfig};
 pub use normalize::{FieldType, SchemaRegistry};
 pub use processor::{Checkpoint, Outputs, Processor};
 

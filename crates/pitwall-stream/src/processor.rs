@@ -100,7 +100,7 @@ impl Processor {
             .iter()
             .map(|w| WindowOperator::new(w, lateness))
             .collect();
-        let rules = RuleEngine::new(&config.rules);
+        let rules = RuleEngine::new(&config.rules, config.forget_after);
         Processor {
             out_of_orderness: i64::try_from(config.out_of_orderness.as_nanos()).unwrap_or(i64::MAX),
             lateness,
@@ -204,6 +204,7 @@ impl Processor {
             for w in &mut self.windows {
                 w.fire(watermark, &mut out.windows);
             }
+            self.rules.advance(watermark, &mut out.anomalies);
         }
         out.clean.push(point);
     }

@@ -1,30 +1,88 @@
 //! Anomaly rules evaluated per source, as episodes: a rule writes one row when its
-//! condition starts on a source and stays quiet until the condition has cleared.
+//! condition starts on a source and one more, with the same id, when it clears; nothing
+//! while it lasts.
+//!
+//! Every verdict is a function of the messages in offset order and of the partition's
+//! watermark, never of the wall clock, so a replay from a [`Checkpoint`] rebuilds the
+//! same episodes. The state a rule keeps is pinned by [`RuleEngine::earliest`]: the
+//! messages it came from are replayed.
+//!
+//! [`Checkpoint`]: crate::Checkpoint
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use pitwall_core::Point;
-use pitwall_core::record::AnomalyRecord;
+use pitwall_core::record::{AnomalyRecord, Phase};
 
-use crate::config::RuleConfig;
+use crate::config::{BaselineMethod, RuleConfig};
 use crate::window::Mark;
 
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// An episode that is on: where it started.
+#[derive(Debug, Clone, Copy)]
+struct Episode {
+    /// The message that started it (its state is replayed from there).
+    mark: Mark,
+    /// Event time it started.
+    time: i64,
+}
+
+/// A run of one unchanged value (stuck rules).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    value: f64,
+    since: i64,
+    mark: Mark,
+}
+
+/// A source's state under one rule.
 #[derive(Debug, Default)]
-struct SourceState {
-    /// Set while an episode is on: the message that started it.
-    active: Option<Mark>,
-    /// Recent (time, value, while-value, message) samples for rate-of-change rules,
-    /// in arrival order.
+struct State {
+    active: Option<Episode>,
+    /// Rate of change: recent (time, value, while-value, message), in arrival order.
     recent: VecDeque<(i64, f64, f64, Mark)>,
+    /// Stuck: the current run of one value.
+    run: Option<Run>,
+    /// Deadman: the latest event time the source (or field) reported, and in which message.
+    seen: Option<(i64, Mark)>,
+    /// Baseline: samples of the last span (time, value, message), in arrival order.
+    samples: Vec<(i64, f64, Mark)>,
+    /// Baseline: the refresh block the baseline was computed for, and (center, spread).
+    block: Option<i64>,
+    base: Option<(f64, f64)>,
+}
+
+/// A source as the engine knows it.
+#[derive(Debug)]
+struct Source {
+    name: String,
+    /// Its largest event time, to forget it once silent for `forget_after`.
+    last_time: i64,
 }
 
 /// All rules of a partition with their per-source state.
 #[derive(Debug)]
 pub struct RuleEngine {
     rules: Vec<RuleConfig>,
-    by_measurement: HashMap<String, Vec<usize>>,
-    /// Per rule: source -> state (looked up by `&str`, no key allocated per event).
-    state: Vec<HashMap<String, SourceState>>,
+    /// Measurement -> its group in `groups`: the indices of the rules that watch it.
+    by_measurement: HashMap<String, usize>,
+    groups: Vec<Vec<usize>>,
+    /// Deadman rules: checked when the watermark passes `next_due`.
+    deadman: Vec<usize>,
+    /// Source id -> slot in `sources` and in every rule's state.
+    index: HashMap<String, usize>,
+    /// Slots; `None` once forgotten (and in `free` for reuse).
+    sources: Vec<Option<Source>>,
+    free: Vec<usize>,
+    /// Per rule, per slot.
+    state: Vec<Vec<State>>,
+    forget_after: i64,
+    /// No deadman can fire and no source can be forgotten before the watermark passes this.
+    next_due: i64,
 }
 
 fn num(point: &Point, field: &str) -> Option<f64> {
@@ -32,7 +90,7 @@ fn num(point: &Point, field: &str) -> Option<f64> {
 }
 
 /// What one evaluation concluded. The message is only formatted when an episode
-/// starts, not on every event.
+/// starts or ends, not on every event.
 struct Verdict<'r> {
     on: bool,
     field: &'r str,
@@ -46,8 +104,16 @@ enum Detail<'r> {
     Above,
     Below,
     Inside,
-    Fell { within: std::time::Duration, while_above: Option<(&'r str, f64)> },
+    Fell { within: Duration, while_above: Option<(&'r str, f64)> },
     Gear { speed: f64, rpm: f64 },
+    /// Stuck: the value.
+    Stuck { value: f64 },
+    /// Baseline: distance in spreads, and the spread.
+    Deviates { z: f64, spread: f64 },
+}
+
+fn secs(ns: i64) -> f64 {
+    ns as f64 / 1e9
 }
 
 impl Verdict<'_> {
@@ -56,7 +122,7 @@ impl Verdict<'_> {
         match &self.detail {
             Detail::Above => format!("{field} is {v}, above the limit of {limit}"),
             Detail::Below => format!("{field} is {v}, below the limit of {limit}"),
-            Detail::Inside => String::new(),
+            Detail::Inside => format!("{field} is back to {v}"),
             Detail::Fell { within, while_above } => {
                 let cond = match while_above {
                     Some((f, a)) => format!(" with {f} at or above {a}"),
@@ -67,75 +133,256 @@ impl Verdict<'_> {
             Detail::Gear { speed, rpm } => {
                 format!("{field} {v} reported at {speed} km/h and {rpm} rpm; speed and rpm say gear {limit}")
             }
+            Detail::Stuck { value, .. } if self.on => {
+                format!("{field} has read {value} for {v:.1} s (limit {limit} s): the sensor or channel may be frozen")
+            }
+            Detail::Stuck { value, .. } => format!("{field} moved again after reading {value} for {v:.1} s"),
+            Detail::Deviates { z, spread } if self.on => format!(
+                "{field} is {v}, {z:.1} spreads of {spread:.3} away from its recent baseline of {limit:.3}"
+            ),
+            Detail::Deviates { z, .. } => format!("{field} is back to {v}, {z:.1} spreads from its baseline of {limit:.3}"),
         }
     }
 }
 
 impl RuleEngine {
-    /// Builds the engine for validated rules.
-    pub fn new(rules: &[RuleConfig]) -> Self {
-        let mut by_measurement: HashMap<String, Vec<usize>> = HashMap::new();
+    /// Builds the engine for validated rules; a source silent for `forget_after` (event
+    /// time) is forgotten.
+    pub fn new(rules: &[RuleConfig], forget_after: Duration) -> Self {
+        let mut by_measurement: HashMap<String, usize> = HashMap::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
-            by_measurement.entry(r.measurement().to_owned()).or_default().push(i);
+            let g = *by_measurement.entry(r.measurement().to_owned()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i);
         }
         RuleEngine {
+            deadman: (0..rules.len())
+                .filter(|&i| matches!(rules[i], RuleConfig::Deadman { .. }))
+                .collect(),
             rules: rules.to_vec(),
             by_measurement,
-            state: rules.iter().map(|_| HashMap::new()).collect(),
+            groups,
+            index: HashMap::new(),
+            sources: Vec::new(),
+            free: Vec::new(),
+            state: rules.iter().map(|_| Vec::new()).collect(),
+            forget_after: nanos(forget_after),
+            next_due: i64::MAX,
         }
     }
 
-    /// Evaluates every rule on `point` from `source_id`, appending episode starts to `out`.
-    /// `horizon` is the earliest event time a later event can still have (events before
-    /// it are late and never reach the rules); `mark` is the message `point` came in.
+    /// The slot of `source_id`, taking one (and a state per rule) if it is new.
+    fn slot(&mut self, source_id: &str, time: i64) -> usize {
+        if let Some(&s) = self.index.get(source_id) {
+            let src = self.sources[s].as_mut().expect("indexed sources have a slot");
+            src.last_time = src.last_time.max(time);
+            return s;
+        }
+        let source = Source {
+            name: source_id.to_owned(),
+            last_time: time,
+        };
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.sources[s] = Some(source);
+                s
+            }
+            None => {
+                self.sources.push(Some(source));
+                for st in &mut self.state {
+                    st.push(State::default());
+                }
+                self.sources.len() - 1
+            }
+        };
+        self.index.insert(source_id.to_owned(), s);
+        self.next_due = self.next_due.min(time.saturating_add(self.forget_after));
+        s
+    }
+
+    /// Evaluates every rule on `point` from `source_id`, appending episode starts and
+    /// ends to `out`. `horizon` is the earliest event time a later event can still have
+    /// (events before it are late and never reach the rules); `mark` is the message
+    /// `point` came in.
     pub fn evaluate(&mut self, source_id: &str, point: &Point, horizon: i64, mark: Mark, out: &mut Vec<AnomalyRecord>) {
-        let Some(indices) = self.by_measurement.get(&point.measurement) else {
+        // Only measurements with rules take a slot.
+        let Some(&group) = self.by_measurement.get(&point.measurement) else {
             return;
         };
-        for &i in indices {
+        let slot = self.slot(source_id, point.time);
+        for k in 0..self.groups[group].len() {
+            let i = self.groups[group][k];
             let rule = &self.rules[i];
-            let states = &mut self.state[i];
-            if !states.contains_key(source_id) {
-                states.insert(source_id.to_owned(), SourceState::default());
+            let state = &mut self.state[i][slot];
+            if let RuleConfig::Deadman { field, silence, .. } = rule {
+                if field.as_deref().is_some_and(|f| !point.fields.contains_key(f)) {
+                    continue;
+                }
+                if let (Some(ep), Some((t, _))) = (state.active, state.seen) {
+                    let gap = point.time - t;
+                    out.push(record(rule, source_id, point, Phase::End, ep.time, Some(point.time), secs(gap), secs(nanos(*silence)), format!(
+                        "{} reported again after {:.1} s of silence",
+                        field.as_deref().unwrap_or(source_id),
+                        secs(gap)
+                    )));
+                    state.active = None;
+                }
+                let newest = state.seen.is_none_or(|(t, _)| point.time >= t);
+                if newest {
+                    if state.seen.is_none() {
+                        self.next_due = self.next_due.min(point.time.saturating_add(nanos(*silence)));
+                    }
+                    state.seen = Some((point.time, mark));
+                }
+                continue;
             }
-            let state = states.get_mut(source_id).expect("inserted above");
             let Some(v) = check(rule, state, point, horizon, mark) else {
                 continue;
             };
-            if v.on && state.active.is_none() {
-                out.push(AnomalyRecord {
-                    id: format!("{}:{}:{}", rule.name(), source_id, point.time),
-                    rule: rule.name().to_owned(),
-                    kind: rule.kind().to_owned(),
-                    severity: rule.severity().as_str().to_owned(),
-                    measurement: point.measurement.clone(),
-                    source_id: source_id.to_owned(),
-                    field: v.field.to_owned(),
-                    time: point.time,
-                    observed: v.observed,
-                    expected: v.expected,
-                    message: v.message(),
-                });
+            match (v.on, state.active) {
+                (true, None) => {
+                    out.push(record(rule, source_id, point, Phase::Start, point.time, None, v.observed, v.expected, v.message()));
+                    state.active = Some(Episode { mark, time: point.time });
+                }
+                (false, Some(ep)) => {
+                    out.push(record(rule, source_id, point, Phase::End, ep.time, Some(point.time), v.observed, v.expected, v.message()));
+                    state.active = None;
+                }
+                _ => {}
             }
-            state.active = if v.on { state.active.or(Some(mark)) } else { None };
         }
     }
 
-    /// The earliest mark any rule state still depends on: an episode that is on, or a
-    /// sample a rate-of-change rule may still compare with.
+    /// The partition's watermark moved to `watermark`: sources silent for longer than a
+    /// deadman rule allows start an episode (timed when the silence passed the limit);
+    /// sources silent for `forget_after` are forgotten.
+    pub fn advance(&mut self, watermark: i64, out: &mut Vec<AnomalyRecord>) {
+        if watermark <= self.next_due {
+            return;
+        }
+        let mut due = i64::MAX;
+        let start = out.len();
+        for s in 0..self.sources.len() {
+            let Some(src) = &self.sources[s] else { continue };
+            let forget_at = src.last_time.saturating_add(self.forget_after);
+            if watermark > forget_at {
+                // Open episodes stay open in the lake: the source never came back.
+                self.index.remove(&src.name);
+                self.sources[s] = None;
+                self.free.push(s);
+                for st in &mut self.state {
+                    st[s] = State::default();
+                }
+                continue;
+            }
+            due = due.min(forget_at);
+            for &i in &self.deadman {
+                let RuleConfig::Deadman { field, silence, .. } = &self.rules[i] else {
+                    unreachable!("only deadman rules are listed")
+                };
+                let state = &mut self.state[i][s];
+                let Some((t, seen_mark)) = state.seen else { continue };
+                if state.active.is_some() {
+                    continue;
+                }
+                let limit = nanos(*silence);
+                let at = t.saturating_add(limit);
+                if watermark <= at {
+                    due = due.min(at);
+                    continue;
+                }
+                let what = match field {
+                    Some(f) => format!("{f} of {}", src.name),
+                    None => src.name.clone(),
+                };
+                let rule = &self.rules[i];
+                out.push(AnomalyRecord {
+                    id: format!("{}:{}:{}", rule.name(), src.name, at),
+                    rule: rule.name().to_owned(),
+                    kind: rule.kind().to_owned(),
+                    severity: rule.severity().as_str().to_owned(),
+                    measurement: rule.measurement().to_owned(),
+                    source_id: src.name.clone(),
+                    field: field.clone().unwrap_or_else(|| "*".into()),
+                    phase: Phase::Start,
+                    time: at,
+                    end_time: None,
+                    observed: secs(watermark - t),
+                    expected: secs(limit),
+                    message: format!("{what} has sent nothing for over {:.1} s (limit {:?})", secs(watermark - t), silence),
+                });
+                state.active = Some(Episode { mark: seen_mark, time: at });
+            }
+        }
+        // Slots are not in a replay's order; the rows are.
+        out[start..].sort_by(|a, b| (&a.rule, &a.source_id).cmp(&(&b.rule, &b.source_id)));
+        self.next_due = due;
+    }
+
+    /// The earliest mark any rule state still depends on: an episode that is on, a
+    /// sample a rule may still compare with, the start of a run of one value, the last
+    /// report a deadman rule waits on.
     pub fn earliest(&self) -> Option<Mark> {
         self.state
             .iter()
-            .flat_map(HashMap::values)
-            .flat_map(|s| s.active.into_iter().chain(s.recent.front().map(|r| r.3)))
+            .flatten()
+            .flat_map(|s| {
+                s.active
+                    .map(|e| e.mark)
+                    .into_iter()
+                    .chain(s.recent.front().map(|r| r.3))
+                    .chain(s.run.map(|r| r.mark))
+                    .chain(s.seen.map(|(_, m)| m))
+                    .chain(s.samples.first().map(|r| r.2))
+            })
             .min()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    rule: &RuleConfig,
+    source_id: &str,
+    point: &Point,
+    phase: Phase,
+    time: i64,
+    end_time: Option<i64>,
+    observed: f64,
+    expected: f64,
+    message: String,
+) -> AnomalyRecord {
+    let field = match rule {
+        RuleConfig::Threshold { field, .. }
+        | RuleConfig::RateOfChange { field, .. }
+        | RuleConfig::Stuck { field, .. }
+        | RuleConfig::Baseline { field, .. } => field.as_str(),
+        RuleConfig::GearConsistency { gear_field, .. } => gear_field,
+        RuleConfig::Deadman { field, .. } => field.as_deref().unwrap_or("*"),
+    };
+    AnomalyRecord {
+        id: format!("{}:{}:{}", rule.name(), source_id, time),
+        rule: rule.name().to_owned(),
+        kind: rule.kind().to_owned(),
+        severity: rule.severity().as_str().to_owned(),
+        measurement: point.measurement.clone(),
+        source_id: source_id.to_owned(),
+        field: field.to_owned(),
+        phase,
+        time,
+        end_time,
+        observed,
+        expected,
+        message,
     }
 }
 
 /// Evaluates one rule; `None` when the point lacks what the rule reads (state unchanged).
 fn check<'r>(
     rule: &'r RuleConfig,
-    state: &mut SourceState,
+    state: &mut State,
     point: &Point,
     horizon: i64,
     mark: Mark,
@@ -194,7 +441,7 @@ fn check<'r>(
                 Some(f) => num(point, f)?,
                 None => f64::INFINITY,
             };
-            let span = i64::try_from(within.as_nanos()).unwrap_or(i64::MAX);
+            let span = nanos(*within);
             // Drop samples no later event can reach: older than the span before the
             // earliest time a later event may have. This depends only on the watermark,
             // not on arrival order, so a replay keeps exactly the samples that matter.
@@ -217,7 +464,7 @@ fn check<'r>(
                 on,
                 field,
                 observed: v,
-                expected: peak,
+                expected: if peak == f64::MIN { v } else { peak },
                 detail: Detail::Fell {
                     within: *within,
                     while_above: while_field.as_deref().map(|f| (f, *while_above)),
@@ -255,5 +502,106 @@ fn check<'r>(
                 detail: Detail::Gear { speed, rpm },
             })
         }
+        RuleConfig::Stuck {
+            field,
+            stuck_for,
+            tolerance,
+            ..
+        } => {
+            let v = num(point, field)?;
+            let run = match state.run {
+                Some(r) if (v - r.value).abs() <= *tolerance => r,
+                _ => {
+                    let r = Run {
+                        value: v,
+                        since: point.time,
+                        mark,
+                    };
+                    state.run = Some(r);
+                    r
+                }
+            };
+            let held = point.time - run.since;
+            Some(Verdict {
+                on: held >= nanos(*stuck_for),
+                field,
+                observed: secs(held.max(0)),
+                expected: stuck_for.as_secs_f64(),
+                detail: Detail::Stuck { value: run.value },
+            })
+        }
+        RuleConfig::Baseline {
+            field,
+            method,
+            threshold,
+            span,
+            refresh,
+            warm_up,
+            min_spread,
+            ..
+        } => {
+            let v = num(point, field)?;
+            let block = point.time.div_euclid(nanos(*refresh));
+            if state.block.is_none_or(|b| block > b) {
+                let start = block * nanos(*refresh);
+                let from = start.saturating_sub(nanos(*span));
+                state.samples.retain(|s| s.0 >= from);
+                state.block = Some(block);
+                state.base = baseline(&state.samples, start, nanos(*warm_up), *method, *min_spread);
+            }
+            state.samples.push((point.time, v, mark));
+            let (center, spread) = state.base?;
+            let z = (v - center).abs() / spread;
+            Some(Verdict {
+                on: z > *threshold,
+                field,
+                observed: v,
+                expected: center,
+                detail: Detail::Deviates { z, spread },
+            })
+        }
+        RuleConfig::Deadman { .. } => None,
+    }
+}
+
+/// (center, spread) of the samples before `start`, or none while they cover less than
+/// `warm_up` or hold fewer than five values.
+fn baseline(samples: &[(i64, f64, Mark)], start: i64, warm_up: i64, method: BaselineMethod, min_spread: f64) -> Option<(f64, f64)> {
+    let mut values: Vec<f64> = samples.iter().filter(|s| s.0 < start).map(|s| s.1).collect();
+    let oldest = samples.iter().filter(|s| s.0 < start).map(|s| s.0).min()?;
+    if values.len() < 5 || start - oldest < warm_up {
+        return None;
+    }
+    let (center, spread) = match method {
+        BaselineMethod::Mad => {
+            let median = median(&mut values);
+            for x in &mut values {
+                *x = (*x - median).abs();
+            }
+            // 1.4826 MAD estimates the standard deviation of normally distributed data.
+            (median, 1.4826 * median_of(&mut values))
+        }
+        BaselineMethod::Zscore => {
+            let n = values.len() as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            let var = values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            (mean, var.sqrt())
+        }
+    };
+    let spread = spread.max(min_spread);
+    (spread > 0.0 && spread.is_finite()).then_some((center, spread))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    median_of(values)
+}
+
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }

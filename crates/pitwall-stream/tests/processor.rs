@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pitwall_bus::Message;
+use pitwall_core::record::Phase;
 use pitwall_core::{FieldValue, Point, json};
 use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry};
 
@@ -83,12 +84,145 @@ fn a_threshold_episode_is_one_row_until_it_clears_past_the_hysteresis() {
     let temps = [20.0, 55.0, 60.0, 49.0, 51.0, 47.9, 20.0, 52.0];
     let pts: Vec<Point> = temps.iter().enumerate().map(|(i, t)| sensor(i as i64 * S, *t)).collect();
     let out = run(&pts, false);
-    let times: Vec<i64> = out.anomalies.iter().map(|a| (a.time - T0) / S).collect();
     // Starts at 55; 49 and 51 stay inside the band (above 48); 47.9 ends it; 52 starts anew.
-    assert_eq!(times, [1, 7]);
+    assert_eq!(episodes(&out, "sensor_overheat"), [(1, Some(5)), (7, None)]);
     let a = &out.anomalies[0];
     assert_eq!((a.rule.as_str(), a.source_id.as_str(), a.observed, a.expected), ("sensor_overheat", "s1", 55.0, 50.0));
     assert_eq!(a.severity, "critical");
+    let end = &out.anomalies[1];
+    assert_eq!((end.phase, end.id.as_str(), end.observed), (Phase::End, a.id.as_str(), 47.9));
+    assert_eq!(end.message, "temperature_c is back to 47.9");
+}
+
+/// The episodes of `rule` as (start, end) in seconds after T0: one start row each, and
+/// an end row with the same id once it cleared.
+fn episodes(out: &Outputs, rule: &str) -> Vec<(i64, Option<i64>)> {
+    let rows: Vec<_> = out.anomalies.iter().filter(|a| a.rule == rule).collect();
+    let starts: Vec<_> = rows.iter().filter(|a| a.phase == Phase::Start).collect();
+    for e in rows.iter().filter(|a| a.phase == Phase::End) {
+        assert_eq!(starts.iter().filter(|s| s.id == e.id && s.time == e.time).count(), 1, "end row {e:?} has no start");
+    }
+    starts
+        .iter()
+        .map(|s| {
+            let ends: Vec<_> = rows.iter().filter(|e| e.phase == Phase::End && e.id == s.id).collect();
+            assert!(ends.len() <= 1, "{ends:?}");
+            ((s.time - T0) / S, ends.first().map(|e| (e.end_time.unwrap() - T0) / S))
+        })
+        .collect()
+}
+
+fn sensor_at(id: &str, t: i64, temp: f64, pressure: f64) -> Point {
+    Point::new("sensor", T0 + t)
+        .tag("sensor_id", id)
+        .field("temperature_c", FieldValue::F64(temp))
+        .field("pressure_hpa", FieldValue::F64(pressure))
+}
+
+/// A value that never repeats exactly and stays within ±0.3 of `base`.
+fn wobble(base: f64, i: i64) -> f64 {
+    base + 0.3 * ((i as f64) * 1.7).sin()
+}
+
+#[test]
+fn a_value_that_stops_changing_is_stuck_until_it_moves() {
+    // sensor_stuck: temperature unchanged for 30 s.
+    let mut pts: Vec<Point> = (0..10).map(|i| sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i))).collect();
+    // From 10 s on it reads 21.5 (the run starts at 10 s) until 45 s; at 46 s it moves.
+    pts.extend((10..46).map(|i| sensor_at("s1", i * S, 21.5, wobble(1010.0, i))));
+    pts.extend((46..50).map(|i| sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i))));
+    let out = run(&pts, true);
+    assert_eq!(episodes(&out, "sensor_stuck"), [(40, Some(46))]);
+    let a = out.anomalies.iter().find(|a| a.rule == "sensor_stuck").unwrap();
+    assert_eq!((a.kind.as_str(), a.field.as_str(), a.observed, a.expected), ("stuck", "temperature_c", 30.0, 30.0));
+    assert!(a.message.contains("has read 21.5 for 30.0 s"), "{}", a.message);
+    assert_eq!(out.anomalies.len(), 2, "{:?}", out.anomalies);
+}
+
+#[test]
+fn a_source_that_goes_silent_is_missed_once_the_watermark_passes_the_limit() {
+    // sensor_silent: nothing for 10 s. s2 reports until 5 s, then again from 31 s; s1
+    // reports throughout and moves the partition's watermark (newest time - 2 s).
+    let mut pts = Vec::new();
+    for i in 0..40 {
+        pts.push(sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i)));
+        if i <= 5 || i >= 31 {
+            pts.push(sensor_at("s2", i * S, wobble(22.0, i), wobble(1012.0, i)));
+        }
+    }
+    let out = run(&pts, true);
+    // Last report at 5 s, so the silence passed 10 s at 15 s (seen once the watermark
+    // passed it, when s1 sent 18 s); it ended when s2 reported at 31 s.
+    assert_eq!(episodes(&out, "sensor_silent"), [(15, Some(31))]);
+    let rows: Vec<_> = out.anomalies.iter().filter(|a| a.rule == "sensor_silent").collect();
+    assert_eq!(rows[0].source_id, "s2");
+    assert_eq!((rows[0].kind.as_str(), rows[0].field.as_str(), rows[0].expected), ("deadman", "*", 10.0));
+    assert_eq!(rows[1].observed, 26.0, "26 s without a report");
+    assert_eq!(out.anomalies.len(), 2, "nothing else: {:?}", out.anomalies);
+}
+
+#[test]
+fn a_field_missing_from_a_reporting_source_is_missed_too() {
+    let mut config = ProcessorConfig::default();
+    config.rules.push(pitwall_stream::RuleConfig::Deadman {
+        name: "no_pressure".into(),
+        measurement: "sensor".into(),
+        severity: pitwall_stream::Severity::Info,
+        field: Some("pressure_hpa".into()),
+        silence: Duration::from_secs(5),
+    });
+    config.validate().unwrap();
+    let mut p = Processor::new(Arc::new(config), SchemaRegistry::default(), "telemetry.raw", 0);
+    let mut out = Outputs::default();
+    for i in 0..30 {
+        let mut pt = sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i));
+        if (10..20).contains(&i) {
+            pt.fields.remove("pressure_hpa");
+        }
+        p.process(&msg(i, &pt), &mut out);
+    }
+    // Last pressure at 9 s: missed from 14 s (seen when the watermark passed it, at 17 s).
+    assert_eq!(episodes(&out, "no_pressure"), [(14, Some(20))]);
+    assert_eq!(out.anomalies[0].field, "pressure_hpa");
+    assert!(out.anomalies[0].message.starts_with("pressure_hpa of s1 has sent nothing"), "{}", out.anomalies[0].message);
+}
+
+#[test]
+fn a_value_far_from_the_sources_baseline_is_an_outlier_after_the_warm_up() {
+    // pressure_outlier: robust z-score over the last 60 s (refreshed every 10 s) above
+    // 8, judged once the baseline covers 60 s.
+    let pts: Vec<Point> = (0..200)
+        .map(|i| {
+            let pressure = match i {
+                3 => 1030.0,                   // wild, but during the warm-up
+                120..130 => wobble(1014.0, i), // 4 hPa up for 10 s
+                _ => wobble(1010.0, i),
+            };
+            sensor_at("s1", i * S, wobble(20.0, i), pressure)
+        })
+        .collect();
+    let out = run(&pts, true);
+    assert_eq!(episodes(&out, "pressure_outlier"), [(120, Some(130))]);
+    let a = &out.anomalies[0];
+    assert_eq!((a.kind.as_str(), a.field.as_str()), ("baseline", "pressure_hpa"));
+    assert!((a.expected - 1010.0).abs() < 0.3, "baseline center {}", a.expected);
+    assert!(a.message.contains("spreads of"), "{}", a.message);
+    assert_eq!(out.anomalies.len(), 2, "nothing else: {:?}", out.anomalies);
+
+    // The same with the mean and standard deviation.
+    let mut config = ProcessorConfig::default();
+    for r in &mut config.rules {
+        if let pitwall_stream::RuleConfig::Baseline { method, threshold, .. } = r {
+            *method = pitwall_stream::BaselineMethod::Zscore;
+            *threshold = 6.0;
+        }
+    }
+    let mut p = Processor::new(Arc::new(config), SchemaRegistry::default(), "telemetry.raw", 0);
+    let mut out = Outputs::default();
+    for (i, pt) in pts.iter().enumerate() {
+        p.process(&msg(i as i64, pt), &mut out);
+    }
+    assert_eq!(episodes(&out, "pressure_outlier"), [(120, Some(130))]);
 }
 
 #[test]

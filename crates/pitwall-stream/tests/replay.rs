@@ -8,23 +8,31 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pitwall_bus::Message;
+use pitwall_core::record::Phase;
 use pitwall_core::{Point, json};
-use pitwall_sim::{Race, RaceConfig, Simulator};
+use pitwall_sim::{Fleet, IotConfig, Mixed, Race, RaceConfig, Simulator};
 use pitwall_stream::{Checkpoint, Outputs, Processor, ProcessorConfig, SchemaRegistry};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const T0: i64 = 1_767_225_600_000_000_000;
 
-/// A race with faults, delivered out of order: most points on time, some up to 1.5 s
-/// behind (within the 2 s bound), a few 2 to 6 s behind (late or nearly).
+/// A race and a sensor fleet with faults (overheating, RPM drops, gear mismatches,
+/// stuck and silent sensors, pressure spikes), delivered out of order: most points on
+/// time, some up to 1.5 s behind (within the 2 s bound), a few 2 to 6 s behind (late or
+/// nearly).
 fn messages(seed: u64, n: usize) -> Vec<Message> {
     let config = RaceConfig {
-        cars: 6,
+        cars: 3,
         faults_per_car_minute: 3.0,
         ..RaceConfig::default()
     };
-    let mut sim = Race::new(config, seed, T0);
+    let fleet = IotConfig {
+        sensors: 6,
+        faults_per_sensor_minute: 2.0,
+        ..IotConfig::default()
+    };
+    let mut sim = Mixed::new(vec![Box::new(Race::new(config, seed, T0)), Box::new(Fleet::new(fleet, seed, T0))]);
     let mut points: Vec<Point> = Vec::with_capacity(n + 8);
     while points.len() < n {
         sim.step(&mut points);
@@ -49,7 +57,7 @@ fn messages(seed: u64, n: usize) -> Vec<Message> {
         .map(|(i, (arrival, p))| Message {
             partition: 0,
             offset: i as i64,
-            key: Some(Bytes::copy_from_slice(p.tags["driver"].as_bytes())),
+            key: Some(Bytes::copy_from_slice(p.tags.get("driver").or(p.tags.get("sensor_id")).unwrap().as_bytes())),
             payload: Bytes::from(json::encode(&p).unwrap()),
             timestamp: arrival,
         })
@@ -90,25 +98,35 @@ fn run(p: &mut Processor, msgs: &[Message]) -> Vec<(i64, Outputs)> {
 #[test]
 fn a_processor_rebuilt_from_a_checkpoint_continues_exactly() {
     for seed in 1..=3 {
-        let msgs = messages(seed, 12_000);
+        let msgs = messages(seed, 20_000);
         let mut whole = processor();
         let reference = run(&mut whole, &msgs);
         let total: Outputs = reference.iter().fold(Outputs::default(), |mut acc, (_, o)| {
             acc.append(&mut o.clone());
             acc
         });
-        assert!(!total.anomalies.is_empty(), "seed {seed}: the faults raised no anomaly");
+        for kind in ["threshold", "rate-of-change", "gear-consistency", "stuck", "deadman", "baseline"] {
+            assert!(
+                total.anomalies.iter().any(|a| a.kind == kind && a.phase == Phase::Start),
+                "seed {seed}: no {kind} episode started"
+            );
+            assert!(
+                total.anomalies.iter().any(|a| a.kind == kind && a.phase == Phase::End),
+                "seed {seed}: no {kind} episode ended"
+            );
+        }
         assert!(!total.late.is_empty(), "seed {seed}: nothing was late");
         assert!(total.windows.len() > 100, "seed {seed}: few windows");
 
         // Checkpoints taken by a processor that ran up to each cut point.
-        for cut in [1, 777, 3_000, 5_555, 9_001, 11_999] {
+        for cut in [1, 777, 3_000, 5_555, 9_001, 11_999, 15_432, 19_999] {
             let mut first = processor();
             run(&mut first, &msgs[..cut]);
             let cp: Checkpoint = first.checkpoint(cut as i64);
             assert!(cp.replay_from <= cp.next && cp.replay_from >= 0);
             assert!(
-                cut - (cp.replay_from as usize) < 2_000,
+                // The baseline rule keeps a minute of samples: about 55 messages a second.
+                cut - (cp.replay_from as usize) < 5_000,
                 "seed {seed} cut {cut}: replay from {} is too far back",
                 cp.replay_from
             );

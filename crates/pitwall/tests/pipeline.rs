@@ -49,7 +49,7 @@ on_both_buses!(
 async fn faults_are_caught(t: &Transport<'_>, dir: &Path) {
     let summary = common::run(t, config(dir, 0.4, 0.0), 10).await;
     let faults = &summary.faults;
-    for kind in [FaultKind::Overheating, FaultKind::RpmDrop, FaultKind::GearMismatch, FaultKind::SensorOverheat] {
+    for kind in FaultKind::ALL {
         assert!(
             faults.iter().filter(|f| f.kind == kind).count() >= 2,
             "too few {kind:?} faults injected for a meaningful test: {faults:?}"
@@ -59,7 +59,12 @@ async fn faults_are_caught(t: &Transport<'_>, dir: &Path) {
     let q = Query::new(&lake).await.unwrap();
     let anomalies = rows(
         &q,
-        "SELECT rule, source_id, CAST(time AS BIGINT) AS t_us FROM anomalies.events ORDER BY t_us",
+        "SELECT id, rule, source_id, CAST(time AS BIGINT) AS t_us FROM anomalies.events WHERE phase = 'start' ORDER BY t_us",
+    )
+    .await;
+    let ends = rows(
+        &q,
+        "SELECT id, CAST(end_time AS BIGINT) AS end_us FROM anomalies.events WHERE phase = 'end' ORDER BY id",
     )
     .await;
     let matches = |a: &Value, f: &pitwall_sim::InjectedFault| {
@@ -69,9 +74,26 @@ async fn faults_are_caught(t: &Transport<'_>, dir: &Path) {
             && t >= f.start
             && t <= f.end.unwrap_or(i64::MAX)
     };
+    const SECOND: i64 = 1_000_000_000;
     for f in faults {
         let caught: Vec<&Value> = anomalies.iter().filter(|a| matches(a, f)).collect();
         assert_eq!(caught.len(), 1, "fault {f:?} should be one anomaly episode, found {caught:?}");
+        // The episode ends once, when the fault is over (an RPM drop stops being a drop
+        // once the fall is older than the rule's span, so it ends early).
+        let id = &caught[0]["id"];
+        let end: Vec<i64> = ends.iter().filter(|e| &e["id"] == id).map(|e| e["end_us"].as_i64().unwrap() * 1000).collect();
+        match f.end {
+            Some(fault_end) => {
+                assert_eq!(end.len(), 1, "fault {f:?} should have one end row, found {end:?}");
+                let from = if f.kind == FaultKind::RpmDrop { f.start } else { fault_end - 2 * SECOND };
+                assert!(
+                    end[0] > from && end[0] <= fault_end + SECOND,
+                    "fault {f:?} ended at {fault_end}, its episode at {}",
+                    end[0]
+                );
+            }
+            None => assert!(end.len() <= 1, "{f:?}: {end:?}"),
+        }
     }
     for a in &anomalies {
         assert!(
@@ -80,7 +102,8 @@ async fn faults_are_caught(t: &Transport<'_>, dir: &Path) {
         );
     }
     assert_eq!(anomalies.len(), faults.len());
-    assert_eq!(summary.anomalies as usize, faults.len());
+    assert!(ends.len() <= anomalies.len(), "an end row without a start");
+    assert_eq!(summary.anomalies as usize, anomalies.len() + ends.len());
 }
 
 async fn fault_free_race(t: &Transport<'_>, dir: &Path) {
@@ -203,8 +226,8 @@ async fn pyiceberg_reads_what_pitwall_wrote() {
         "counts": counts,
         "car_by_driver": rows(&q, "SELECT driver, count(*) AS n, sum(rpm) AS rpm_sum, max(engine_temp_c) AS temp_max
                                    FROM clean.car GROUP BY driver ORDER BY driver").await,
-        "anomalies": rows(&q, "SELECT id, rule, source_id, CAST(time AS BIGINT) AS time_us, observed
-                               FROM anomalies.events ORDER BY id").await,
+        "anomalies": rows(&q, "SELECT id, phase, rule, source_id, CAST(time AS BIGINT) AS time_us, observed
+                               FROM anomalies.events ORDER BY id, phase").await,
         "rejects": rows(&q, "SELECT \"partition\", \"offset\", reason FROM quarantine.rejects
                              ORDER BY \"partition\", \"offset\"").await,
         "raw_next_offsets": rows(&q, "SELECT \"partition\", max(\"offset\") + 1 AS next FROM raw.events

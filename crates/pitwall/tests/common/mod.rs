@@ -32,7 +32,7 @@ pub fn config(dir: &Path, faults: f64, corrupt: f64) -> Config {
     c.sim.speed = 0.0;
     c.sim.seed = 7;
     c.sim.race.faults_per_car_minute = faults;
-    c.sim.iot.faults_per_sensor_minute = faults / 3.0;
+    c.sim.iot.faults_per_sensor_minute = faults / 2.0;
     c.sim.corrupt_per_minute = corrupt;
     c
 }
@@ -174,5 +174,8 @@ pub fn rule_for(kind: FaultKind) -> &'static str {
         FaultKind::RpmDrop => "rpm_drop",
         FaultKind::GearMismatch => "gear_mismatch",
         FaultKind::SensorOverheat => "sensor_overheat",
+        FaultKind::SensorStuck => "sensor_stuck",
+        FaultKind::SensorDropout => "sensor_silent",
+        FaultKind::PressureSpike => "pressure_outlier",
     }
 }
