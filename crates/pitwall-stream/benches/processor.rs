@@ -11,7 +11,9 @@ use pitwall_core::{Point, Precision, json, line_protocol};
 use pitwall_sim::{Race, RaceConfig, Simulator};
 use pitwall_stream::rules::RuleEngine;
 use pitwall_stream::window::{Mark, WindowOperator};
-use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry, WindowConfig};
+use pitwall_stream::{
+    BaselineMethod, Outputs, Processor, ProcessorConfig, RuleConfig, SchemaRegistry, Severity, WindowConfig,
+};
 use std::time::Duration;
 
 // The allocator the pitwall binary uses.
@@ -130,20 +132,45 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
+    // Every rule on every event, as the processor calls them: evaluate, then advance the
+    // watermark (deadman and forgetting). The default rules give a car event five rules
+    // (threshold, rate of change, gear consistency, stuck, deadman); "all_kinds" adds a
+    // per-car baseline so one event meets all six kinds.
     let mut g = c.benchmark_group("detectors");
     g.throughput(Throughput::Elements(N as u64));
     g.sample_size(20);
-    g.bench_function("default_rules", |b| {
-        let config = ProcessorConfig::default();
-        b.iter(|| {
-            let mut rules = RuleEngine::new(&config.rules, config.forget_after);
-            let mut out = Vec::new();
-            for (i, (p, s)) in points.iter().zip(&sources).enumerate() {
-                rules.evaluate(s, p, p.time - 2_000_000_000, Mark { offset: i as i64, max_time: p.time }, &mut out);
-            }
-            std::hint::black_box(out.len())
-        })
+    let mut all = ProcessorConfig::default();
+    all.rules.push(RuleConfig::Baseline {
+        name: "oil_outlier".into(),
+        measurement: "car".into(),
+        severity: Severity::Warning,
+        field: "oil_temp_c".into(),
+        method: BaselineMethod::Mad,
+        threshold: 8.0,
+        span: Duration::from_secs(60),
+        refresh: Duration::from_secs(10),
+        warm_up: Duration::from_secs(60),
+        min_spread: 0.5,
     });
+    all.validate().unwrap();
+    for (name, config) in [("default_rules", ProcessorConfig::default()), ("all_kinds", all)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut rules = RuleEngine::new(&config.rules, config.forget_after);
+                let mut out = Vec::new();
+                let mut max = i64::MIN;
+                for (i, (p, s)) in points.iter().zip(&sources).enumerate() {
+                    let mark = Mark { offset: i as i64, max_time: max };
+                    rules.evaluate(s, p, max.saturating_sub(2_000_000_000), mark, &mut out);
+                    if p.time > max {
+                        max = p.time;
+                        rules.advance(max - 2_000_000_000, &mut out);
+                    }
+                }
+                std::hint::black_box(out.len())
+            })
+        });
+    }
     g.finish();
 }
 

@@ -3,10 +3,12 @@
 //! that matches the simulators.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::enrich::{DimensionConfig, DistanceKind, Enricher, LapConfig, Loaded, TrackConfig, UnitConfig};
 use crate::{Error, Result};
 
 /// Everything the processor needs to know.
@@ -25,10 +27,22 @@ pub struct ProcessorConfig {
     pub forget_after: Duration,
     /// Per-measurement settings, by measurement name.
     pub measurements: BTreeMap<String, MeasurementConfig>,
+    /// Unit conversions per field, applied first.
+    pub units: Vec<UnitConfig>,
+    /// Dimension tables (CSV or TOML files) joined on a tag.
+    pub dimensions: Vec<DimensionConfig>,
+    /// Lap and sector derived from a distance field and a track.
+    pub laps: Vec<LapConfig>,
+    /// Track definitions, by the value of a lap rule's track tag.
+    pub tracks: BTreeMap<String, TrackConfig>,
     /// Window aggregations.
     pub windows: Vec<WindowConfig>,
     /// Anomaly rules.
     pub rules: Vec<RuleConfig>,
+    /// The enrichment, files read once (by `validate` or the first processor).
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub loaded: Loaded,
 }
 
 /// Settings of one measurement.
@@ -342,6 +356,25 @@ impl Default for ProcessorConfig {
             allowed_lateness: Duration::ZERO,
             forget_after: Duration::from_secs(600),
             measurements,
+            units: Vec::new(),
+            dimensions: Vec::new(),
+            laps: vec![LapConfig {
+                measurement: "car".into(),
+                distance_field: "distance_m".into(),
+                distance: DistanceKind::Lap,
+                track_tag: "track".into(),
+                sector_field: "sector".into(),
+                lap_field: "lap".into(),
+            }],
+            // The simulator's circuit.
+            tracks: BTreeMap::from([(
+                "pitwall-park".to_owned(),
+                TrackConfig {
+                    length_m: 4446.55,
+                    sectors: vec![0.0, 1500.0, 3000.0],
+                },
+            )]),
+            loaded: Loaded::default(),
             windows: default_windows(),
             rules: vec![
                 RuleConfig::Threshold {
@@ -477,6 +510,7 @@ impl ProcessorConfig {
                 );
             }
         }
+        self.enricher()?;
         let mut names = std::collections::BTreeSet::new();
         for (i, w) in self.windows.iter().enumerate() {
             let key = format!("processor.windows[{i}]");
@@ -594,6 +628,16 @@ impl ProcessorConfig {
             }
         }
         Ok(())
+    }
+
+    /// The enrichment: dimension files read on first use (validation does it at start),
+    /// then shared by every processor made from this config.
+    pub fn enricher(&self) -> Result<Arc<Enricher>> {
+        if let Some(e) = self.loaded.0.get() {
+            return Ok(Arc::clone(e));
+        }
+        let e = Arc::new(Enricher::new(&self.units, &self.dimensions, &self.laps, &self.tracks)?);
+        Ok(Arc::clone(self.loaded.0.get_or_init(|| e)))
     }
 
     /// The source id of `point`: the value of its measurement's source tag, if present.

@@ -11,9 +11,11 @@
 pub mod config;
 pub mod normalize;
 mod processor;
+pub mod enrich;
 pub mod rules;
 pub mod window;
 
+pub use enrich::{DimensionConfig, DistanceKind, Enricher, LapConfig, TrackConfig, Unit, UnitConfig};
 pub use config::{BaselineMethod, ProcessorConfig, RuleConfig, Severity, WindowConfig};
 pub use normalize::{FieldType, SchemaRegistry};
 pub use processor::{Checkpoint, Outputs, Processor};

@@ -9,6 +9,7 @@ use pitwall_core::record::{
 use pitwall_core::{Point, Precision, json};
 
 use crate::config::ProcessorConfig;
+use crate::enrich::Enricher;
 use crate::normalize::{SchemaRegistry, normalize_names};
 use crate::rules::RuleEngine;
 use crate::window::{Mark, WindowOperator};
@@ -84,6 +85,7 @@ pub struct Processor {
     schemas: SchemaRegistry,
     topic: Arc<str>,
     partition: u32,
+    enricher: Arc<Enricher>,
     windows: Vec<WindowOperator>,
     rules: RuleEngine,
     max_time: i64,
@@ -101,10 +103,12 @@ impl Processor {
             .map(|w| WindowOperator::new(w, lateness))
             .collect();
         let rules = RuleEngine::new(&config.rules, config.forget_after);
+        let enricher = config.enricher().expect("the processor config is validated at start");
         Processor {
             out_of_orderness: i64::try_from(config.out_of_orderness.as_nanos()).unwrap_or(i64::MAX),
             lateness,
             config,
+            enricher,
             schemas,
             topic: topic.into(),
             partition,
@@ -221,6 +225,7 @@ impl Processor {
         let mut point = json::decode(&msg.payload, msg.timestamp, Precision::S)
             .map_err(|e| e.to_string())?;
         normalize_names(&mut point)?;
+        self.enricher.apply(&mut point)?;
         let source_id = match self.config.source_id(&point) {
             Some(s) => s.to_owned(),
             None => {

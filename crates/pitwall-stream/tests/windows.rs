@@ -64,10 +64,10 @@ fn config(s: &Setup) -> ProcessorConfig {
     ProcessorConfig {
         out_of_orderness: Duration::from_millis(s.out_of_orderness_ms as u64),
         allowed_lateness: Duration::from_millis(s.lateness_ms as u64),
-        forget_after: Duration::from_secs(600),
         measurements: BTreeMap::from([("m".to_owned(), MeasurementConfig { source_tag: "id".into() })]),
         windows,
         rules: Vec::new(),
+        ..ProcessorConfig::default()
     }
 }
 

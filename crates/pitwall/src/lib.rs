@@ -286,7 +286,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             for r in &c.processor.rules {
-                println!("  rule   {:<14} {} on {} ({})", r.name(), r.kind(), r.measurement(), r.severity().as_str());
+                let on = match r {
+                    pitwall_stream::RuleConfig::Threshold { field, .. }
+                    | pitwall_stream::RuleConfig::RateOfChange { field, .. }
+                    | pitwall_stream::RuleConfig::Stuck { field, .. }
+                    | pitwall_stream::RuleConfig::Baseline { field, .. } => format!("{field} of "),
+                    pitwall_stream::RuleConfig::GearConsistency { gear_field, .. } => format!("{gear_field} of "),
+                    pitwall_stream::RuleConfig::Deadman { field, .. } => field.as_ref().map(|f| format!("{f} of ")).unwrap_or_default(),
+                };
+                println!("  rule   {:<16} {} on {on}{} ({})", r.name(), r.kind(), r.measurement(), r.severity().as_str());
+            }
+            let p = &c.processor;
+            for u in &p.units {
+                let to = u.rename.as_deref().unwrap_or(&u.field);
+                println!("  unit   {} {:?} -> {to} {:?}", u.field, u.from, u.to);
+            }
+            for d in &p.dimensions {
+                println!("  join   {:<16} {} on tag {}", d.name, d.file.display(), d.key);
+            }
+            for l in &p.laps {
+                let what = if l.distance == pitwall_stream::DistanceKind::Total { "lap and sector" } else { "sector" };
+                println!("  derive {what} of {} from {} on the track named by tag {}", l.measurement, l.distance_field, l.track_tag);
+            }
+            for (name, t) in &p.tracks {
+                println!("  track  {name}: {} m, {} sectors", t.length_m, t.sectors.len());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -72,10 +72,14 @@ fn rules_check_lists_windows_and_rules_or_names_the_bad_key() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("ok (3 windows, 4 rules)"), "{stdout}");
+    assert!(stdout.contains("ok (3 windows, 9 rules)"), "{stdout}");
     assert!(stdout.contains("window car_5s         sliding 5s every 1s over speed_kph, rpm, throttle_pct, brake of car, with p50/p95/p99"), "{stdout}");
     assert!(stdout.contains("window sensor_10s     tumbling 10s over temperature_c of sensor"), "{stdout}");
-    assert!(stdout.contains("rule   rpm_drop       rate-of-change on car (warning)"), "{stdout}");
+    assert!(stdout.contains("rule   rpm_drop         rate-of-change on rpm of car (warning)"), "{stdout}");
+    assert!(stdout.contains("rule   sensor_silent    deadman on sensor (warning)"), "{stdout}");
+    assert!(stdout.contains("rule   pressure_outlier baseline on pressure_hpa of sensor (warning)"), "{stdout}");
+    assert!(stdout.contains("derive sector of car from distance_m on the track named by tag track"), "{stdout}");
+    assert!(stdout.contains("track  pitwall-park: 4446.55 m, 3 sectors"), "{stdout}");
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
