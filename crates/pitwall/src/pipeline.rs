@@ -556,7 +556,9 @@ async fn process_partition(
 }
 
 pub(crate) fn count(stats: &Stats, o: &Outputs) {
-    stats.anomalies.fetch_add(o.anomalies.len() as u64, Ordering::Relaxed);
+    // Episodes started; their end rows are not more anomalies.
+    let started = o.anomalies.iter().filter(|a| a.phase == pitwall_core::record::Phase::Start).count();
+    stats.anomalies.fetch_add(started as u64, Ordering::Relaxed);
     stats.rejects.fetch_add(o.rejects.len() as u64, Ordering::Relaxed);
     stats.late.fetch_add(o.late.len() as u64, Ordering::Relaxed);
     stats.windows.fetch_add(o.windows.len() as u64, Ordering::Relaxed);
