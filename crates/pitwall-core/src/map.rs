@@ -77,6 +77,23 @@ impl<K: Ord, V> SortedMap<K, V> {
         self.find(key).ok().map(|i| &self.entries[i].1)
     }
 
+    /// The value of `key`, trying position `*hint` first and leaving there where `key`
+    /// was found: points of one measurement mostly share their layout, so a caller that
+    /// looks up the same names point after point compares one key instead of searching.
+    pub fn get_hinted<Q: Ord + ?Sized>(&self, key: &Q, hint: &mut usize) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        if let Some((k, v)) = self.entries.get(*hint)
+            && k.borrow() == key
+        {
+            return Some(v);
+        }
+        let i = self.find(key).ok()?;
+        *hint = i;
+        Some(&self.entries[i].1)
+    }
+
     /// The value of `key`, to change it.
     pub fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
     where
@@ -269,11 +286,16 @@ mod tests {
             for (k, insert, v) in ops {
                 let key = format!("k{k:02}");
                 if insert {
-                    prop_assert_eq!(ours.insert(Name::from(key.as_str()), v), theirs.insert(key, v));
+                    prop_assert_eq!(ours.insert(Name::from(key.as_str()), v), theirs.insert(key.clone(), v));
                 } else {
                     prop_assert_eq!(ours.remove(key.as_str()), theirs.remove(&key));
                 }
                 prop_assert_eq!(ours.len(), theirs.len());
+                // A hinted lookup agrees with a plain one, whatever the hint.
+                let mut hint = usize::from(k) % 7;
+                for probe in [key.as_str(), "k05", "k00", "zz"] {
+                    prop_assert_eq!(ours.get_hinted(probe, &mut hint), theirs.get(probe));
+                }
             }
             let a: Vec<(String, u16)> = ours.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             let b: Vec<(String, u16)> = theirs.into_iter().collect();

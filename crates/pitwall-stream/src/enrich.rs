@@ -163,10 +163,20 @@ pub struct TrackConfig {
 /// Loaded dimension rows: key value -> tags to add.
 type Rows = HashMap<String, Vec<(Name, Name)>>;
 
+/// One unit conversion, ready: y = x * scale + offset.
+#[derive(Debug)]
+struct Conversion {
+    measurement: Option<String>,
+    field: String,
+    scale: f64,
+    offset: f64,
+    rename: Option<String>,
+}
+
 /// Everything enrichment needs, files read.
 #[derive(Debug, Default)]
 pub struct Enricher {
-    units: Vec<(Option<String>, String, f64, f64, Option<String>)>,
+    units: Vec<Conversion>,
     dimensions: Vec<(Vec<String>, String, Rows)>,
     laps: Vec<LapConfig>,
     tracks: BTreeMap<String, TrackConfig>,
@@ -200,7 +210,13 @@ impl Enricher {
                 return bad(format!("processor.units[{i}].field"), "is empty; name the field as sent".into());
             }
             // x in `from` -> base = x a + b -> in `to`: (base - d) / c.
-            out.units.push((u.measurement.clone(), u.field.clone(), a / c, (b - d) / c, u.rename.clone()));
+            out.units.push(Conversion {
+                measurement: u.measurement.clone(),
+                field: u.field.clone(),
+                scale: a / c,
+                offset: (b - d) / c,
+                rename: u.rename.clone(),
+            });
         }
         for (i, d) in dimensions.iter().enumerate() {
             let key = format!("processor.dimensions[{i}]");
@@ -215,11 +231,11 @@ impl Enricher {
         }
         for (name, t) in tracks {
             let key = format!("processor.tracks.{name}");
-            if !(t.length_m > 0.0) {
+            if t.length_m.is_nan() || t.length_m <= 0.0 {
                 return bad(format!("{key}.length-m"), format!("is {}; give the lap length in metres", t.length_m));
             }
             if t.sectors.first() != Some(&0.0)
-                || t.sectors.windows(2).any(|w| !(w[0] < w[1]))
+                || t.sectors.windows(2).any(|w| w[0].total_cmp(&w[1]).is_ge())
                 || t.sectors.last().is_some_and(|&s| s >= t.length_m)
             {
                 return bad(
@@ -238,7 +254,7 @@ impl Enricher {
 
     /// Enriches `point` in place; the error is a reject reason.
     pub fn apply(&self, point: &mut Point) -> std::result::Result<(), String> {
-        for (measurement, field, scale, offset, rename) in &self.units {
+        for Conversion { measurement, field, scale, offset, rename } in &self.units {
             if measurement.as_ref().is_some_and(|m| *m != point.measurement) {
                 continue;
             }

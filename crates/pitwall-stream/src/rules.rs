@@ -9,7 +9,7 @@
 //!
 //! [`Checkpoint`]: crate::Checkpoint
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use pitwall_core::Point;
@@ -17,6 +17,10 @@ use pitwall_core::record::{AnomalyRecord, Phase};
 
 use crate::config::{BaselineMethod, RuleConfig};
 use crate::window::Mark;
+
+/// Maps looked up per event: a fast hash (keys are measurement names and source ids,
+/// never iterated, so the order a hash gives does not matter).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
@@ -80,13 +84,16 @@ pub struct RuleEngine {
     free: Vec<usize>,
     /// Per rule, per slot.
     state: Vec<Vec<State>>,
+    /// Per rule: where each field it reads was in the last point (see `get_hinted`).
+    hints: Vec<[usize; 3]>,
     forget_after: i64,
     /// No deadman can fire and no source can be forgotten before the watermark passes this.
     next_due: i64,
 }
 
-fn num(point: &Point, field: &str) -> Option<f64> {
-    point.fields.get(field).and_then(|v| v.as_f64())
+/// The numeric value of `field`, looked up first where `hint` says it was last time.
+fn num(point: &Point, field: &str, hint: &mut usize) -> Option<f64> {
+    point.fields.get_hinted(field, hint).and_then(|v| v.as_f64())
 }
 
 /// What one evaluation concluded. The message is only formatted when an episode
@@ -149,7 +156,7 @@ impl RuleEngine {
     /// Builds the engine for validated rules; a source silent for `forget_after` (event
     /// time) is forgotten.
     pub fn new(rules: &[RuleConfig], forget_after: Duration) -> Self {
-        let mut by_measurement: HashMap<String, usize> = HashMap::new();
+        let mut by_measurement: HashMap<String, usize> = HashMap::default();
         let mut groups: Vec<Vec<usize>> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             let g = *by_measurement.entry(r.measurement().to_owned()).or_insert_with(|| {
@@ -165,10 +172,11 @@ impl RuleEngine {
             rules: rules.to_vec(),
             by_measurement,
             groups,
-            index: HashMap::new(),
+            index: HashMap::default(),
             sources: Vec::new(),
             free: Vec::new(),
             state: rules.iter().map(|_| Vec::new()).collect(),
+            hints: vec![[0; 3]; rules.len()],
             forget_after: nanos(forget_after),
             next_due: i64::MAX,
         }
@@ -239,7 +247,7 @@ impl RuleEngine {
                 }
                 continue;
             }
-            let Some(v) = check(rule, state, point, horizon, mark) else {
+            let Some(v) = check(rule, state, &mut self.hints[i], point, horizon, mark) else {
                 continue;
             };
             match (v.on, state.active) {
@@ -383,6 +391,7 @@ fn record(
 fn check<'r>(
     rule: &'r RuleConfig,
     state: &mut State,
+    hints: &mut [usize; 3],
     point: &Point,
     horizon: i64,
     mark: Mark,
@@ -395,7 +404,7 @@ fn check<'r>(
             hysteresis,
             ..
         } => {
-            let v = num(point, field)?;
+            let v = num(point, field, &mut hints[0])?;
             // While an episode is on, it needs to come back past the hysteresis band to end.
             let slack = if state.active.is_some() { *hysteresis } else { 0.0 };
             if let Some(limit) = above
@@ -436,9 +445,9 @@ fn check<'r>(
             while_above,
             ..
         } => {
-            let v = num(point, field)?;
+            let v = num(point, field, &mut hints[0])?;
             let w = match while_field {
-                Some(f) => num(point, f)?,
+                Some(f) => num(point, f, &mut hints[1])?,
                 None => f64::INFINITY,
             };
             let span = nanos(*within);
@@ -480,9 +489,9 @@ fn check<'r>(
             min_speed,
             ..
         } => {
-            let gear = num(point, gear_field)?;
-            let speed = num(point, speed_field)?;
-            let rpm = num(point, rpm_field)?;
+            let gear = num(point, gear_field, &mut hints[0])?;
+            let speed = num(point, speed_field, &mut hints[1])?;
+            let rpm = num(point, rpm_field, &mut hints[2])?;
             if speed < *min_speed {
                 return None;
             }
@@ -508,7 +517,7 @@ fn check<'r>(
             tolerance,
             ..
         } => {
-            let v = num(point, field)?;
+            let v = num(point, field, &mut hints[0])?;
             let run = match state.run {
                 Some(r) if (v - r.value).abs() <= *tolerance => r,
                 _ => {
@@ -540,7 +549,7 @@ fn check<'r>(
             min_spread,
             ..
         } => {
-            let v = num(point, field)?;
+            let v = num(point, field, &mut hints[0])?;
             let block = point.time.div_euclid(nanos(*refresh));
             if state.block.is_none_or(|b| block > b) {
                 let start = block * nanos(*refresh);
