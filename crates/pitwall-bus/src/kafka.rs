@@ -336,6 +336,20 @@ impl KafkaProducer {
         }
     }
 
+    /// Sends one message to `partition` of `topic` (not where its key would go) and waits
+    /// for its acknowledgement; returns its offset.
+    pub async fn send_to_partition(&self, topic: &str, partition: u32, key: &[u8], payload: &[u8], timestamp_ns: i64) -> Result<i64> {
+        let record = FutureRecord::<[u8], [u8]>::to(topic)
+            .partition(partition as i32)
+            .key(key)
+            .payload(payload)
+            .timestamp(timestamp_ns.div_euclid(1_000_000));
+        match self.inner.send(record, Timeout::After(Duration::from_secs(30))).await {
+            Ok(delivery) => Ok(delivery.offset),
+            Err((e, _)) => Err(kafka_error(&format!("sending to {topic} partition {partition}"), &self.brokers, e)),
+        }
+    }
+
     /// Waits until every message sent so far is acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         use rdkafka::producer::Producer;

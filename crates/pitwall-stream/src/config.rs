@@ -21,6 +21,12 @@ pub struct ProcessorConfig {
     /// Extra time after a window's end during which late events still update it.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
+    /// A partition that has received nothing for this long (wall clock) while it has open
+    /// windows or watched sources gets a watermark tick: its event time moves on by the
+    /// time that passed, so its windows close and silent sources are missed. Ticks go
+    /// through the raw topic, so a replay sees them too. Zero turns ticks off.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// A source that has sent nothing for this long (event time, against its partition's
     /// watermark) is forgotten: its rule state is dropped, an open episode stays open.
     #[serde(with = "humantime_serde")]
@@ -354,6 +360,7 @@ impl Default for ProcessorConfig {
         ProcessorConfig {
             out_of_orderness: Duration::from_secs(2),
             allowed_lateness: Duration::ZERO,
+            idle_timeout: Duration::from_secs(30),
             forget_after: Duration::from_secs(600),
             measurements,
             units: Vec::new(),

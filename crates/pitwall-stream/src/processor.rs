@@ -77,6 +77,20 @@ const EARLIEST: i64 = 946_684_800_000_000_000;
 /// Latest plausible event time, relative to when the bus accepted the message.
 const MAX_FUTURE: i64 = 24 * 3600 * 1_000_000_000;
 
+/// Key of a watermark tick on the raw topic (see [`ProcessorConfig::idle_timeout`]).
+pub const TICK_KEY: &[u8] = b"pitwall.idle-tick";
+
+/// The payload of a watermark tick to event time `time`.
+pub fn tick_payload(time: i64) -> Vec<u8> {
+    format!("{{\"pitwall_idle_tick\":{time}}}").into_bytes()
+}
+
+/// The event time a tick payload carries.
+fn tick_time(payload: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(payload).ok()?;
+    s.strip_prefix("{\"pitwall_idle_tick\":")?.strip_suffix('}')?.parse().ok()
+}
+
 /// Processes one partition's messages in offset order. Pure and deterministic: the same
 /// messages give the same outputs, so a replay rebuilds the same state.
 #[derive(Debug)]
@@ -89,6 +103,8 @@ pub struct Processor {
     windows: Vec<WindowOperator>,
     rules: RuleEngine,
     max_time: i64,
+    /// The largest event time of data (ticks aside), from which ticks count.
+    data_time: i64,
     out_of_orderness: i64,
     lateness: i64,
 }
@@ -115,6 +131,7 @@ impl Processor {
             windows,
             rules,
             max_time: i64::MIN,
+            data_time: i64::MIN,
         }
     }
 
@@ -125,6 +142,7 @@ impl Processor {
         // the horizon of its arrival, so no window that fired before the checkpoint
         // gets data again in the replay.
         self.max_time = checkpoint.max_time;
+        self.data_time = checkpoint.max_time;
     }
 
     /// Where a replay must start to rebuild the current state, when the next offset to
@@ -157,6 +175,12 @@ impl Processor {
 
     /// Processes one message, appending what it yields to `out`.
     pub fn process(&mut self, msg: &Message, out: &mut Outputs) {
+        if msg.key.as_deref() == Some(TICK_KEY)
+            && let Some(time) = tick_time(&msg.payload)
+        {
+            self.tick(time, out);
+            return;
+        }
         let origin = Origin {
             topic: Arc::clone(&self.topic),
             partition: msg.partition as i32,
@@ -202,15 +226,39 @@ impl Processor {
             w.add(&source_id, &point, mark);
         }
         self.rules.evaluate(&source_id, &point, horizon, mark, &mut out.anomalies);
-        if point.time > self.max_time {
-            self.max_time = point.time;
+        self.data_time = self.data_time.max(point.time);
+        self.advance(point.time, out);
+        out.clean.push(point);
+    }
+
+    /// Moves event time on to `time` (if it is ahead): windows the watermark passes
+    /// fire, silent sources are missed.
+    fn advance(&mut self, time: i64, out: &mut Outputs) {
+        if time > self.max_time {
+            self.max_time = time;
             let watermark = self.watermark();
             for w in &mut self.windows {
                 w.fire(watermark, &mut out.windows);
             }
             self.rules.advance(watermark, &mut out.anomalies);
         }
-        out.clean.push(point);
+    }
+
+    /// A watermark tick: the partition was idle, so event time moves on to `time` as if
+    /// an event of that time had arrived. Data behind the new watermark is late.
+    pub fn tick(&mut self, time: i64, out: &mut Outputs) {
+        self.advance(time, out);
+    }
+
+    /// The event time a tick should carry after the partition has been idle for `idle`
+    /// (the newest data's time plus `idle`); `None` when nothing waits on event time
+    /// (no open window, no watched source) or no data was seen yet.
+    pub fn idle_tick_time(&self, idle: std::time::Duration) -> Option<i64> {
+        if self.data_time == i64::MIN || (self.open_windows() == 0 && !self.rules.watching()) {
+            return None;
+        }
+        let time = self.data_time.saturating_add(i64::try_from(idle.as_nanos()).unwrap_or(i64::MAX));
+        (time > self.max_time).then_some(time)
     }
 
     /// End of input: closes every open window.

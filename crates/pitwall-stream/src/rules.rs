@@ -330,6 +330,12 @@ impl RuleEngine {
         self.next_due = due;
     }
 
+    /// True while some source is known (a deadman rule may still miss it, or it is yet
+    /// to be forgotten).
+    pub fn watching(&self) -> bool {
+        !self.index.is_empty()
+    }
+
     /// The earliest mark any rule state still depends on: an episode that is on, a
     /// sample a rule may still compare with, the start of a run of one value, the last
     /// report a deadman rule waits on.

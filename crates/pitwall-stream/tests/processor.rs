@@ -250,3 +250,45 @@ fn bad_payloads_are_rejects_with_their_reason() {
     assert_eq!(out.clean.len(), 1);
     assert_eq!(out.raw.len(), 4);
 }
+
+/// An idle partition: ticks on the raw topic move event time on, so windows close and a
+/// silent source is missed, without any data; data behind the new watermark is late.
+#[test]
+fn idle_ticks_close_windows_and_miss_silent_sources() {
+    let config = Arc::new(ProcessorConfig::default());
+    let mut p = Processor::new(config, SchemaRegistry::default(), "telemetry.raw", 0);
+    let mut out = Outputs::default();
+    assert_eq!(p.idle_tick_time(Duration::from_secs(5)), None, "nothing waits on event time yet");
+    for i in 0..20 {
+        p.process(&msg(i, &sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i))), &mut out);
+    }
+    let fired = |o: &Outputs| o.windows.iter().filter(|w| w.field == "temperature_c").map(|w| (w.window_start - T0) / S).collect::<Vec<_>>();
+    assert_eq!(fired(&out), [0], "the watermark (17 s) closed [0, 10) only");
+    let tick = |offset: i64, time: i64| Message {
+        partition: 0,
+        offset,
+        key: Some(Bytes::from_static(pitwall_stream::TICK_KEY)),
+        payload: Bytes::from(pitwall_stream::tick_payload(time)),
+        timestamp: time,
+    };
+    // Idle for 5 s: event time 19 + 5 = 24 s, watermark 22 s: [10, 20) closes.
+    let t = p.idle_tick_time(Duration::from_secs(5)).unwrap();
+    assert_eq!(t, T0 + 24 * S);
+    let mut after = Outputs::default();
+    p.process(&tick(20, t), &mut after);
+    assert_eq!(fired(&after), [10]);
+    assert!(after.raw.is_empty() && after.clean.is_empty() && after.anomalies.is_empty(), "a tick is not data: {after:?}");
+    // Idle for 15 s: watermark 32 s, past the last report (19 s) plus the 10 s limit.
+    let mut later = Outputs::default();
+    p.process(&tick(21, p.idle_tick_time(Duration::from_secs(15)).unwrap()), &mut later);
+    assert_eq!(episodes(&later, "sensor_silent"), [(29, None)]);
+    // Data from before the new watermark is late; the source reporting ends the silence.
+    let mut back = Outputs::default();
+    p.process(&msg(22, &sensor_at("s1", 25 * S, 20.0, 1010.0)), &mut back);
+    assert_eq!(back.late.len(), 1);
+    p.process(&msg(23, &sensor_at("s1", 40 * S, 20.0, 1010.0)), &mut back);
+    let end: Vec<_> = back.anomalies.iter().filter(|a| a.rule == "sensor_silent").collect();
+    assert_eq!(end.len(), 1, "only the end row is new: {end:?}");
+    assert_eq!((end[0].phase, end[0].time, end[0].end_time), (Phase::End, T0 + 29 * S, Some(T0 + 40 * S)));
+    assert_eq!(end[0].observed, 21.0, "21 s from the last report to the next");
+}

@@ -182,7 +182,8 @@ pub async fn run_on_bus(
         let span = tracing::info_span!("processor", partition = consumer.partition);
         let publisher = Publisher::new(&bus, &topics, Arc::clone(&processor_config))?;
         processors.push(tokio::spawn(
-            process_partition(p, consumer, publisher, out_tx.clone(), Arc::clone(&stats)).instrument(span),
+            process_partition(p, consumer, publisher, out_tx.clone(), Arc::clone(&stats), processor_config.idle_timeout)
+                .instrument(span),
         ));
     }
     drop(out_tx);
@@ -524,13 +525,38 @@ async fn process_partition(
     publisher: Publisher,
     out: mpsc::Sender<Batch>,
     stats: Arc<Stats>,
+    idle_timeout: Duration,
 ) -> anyhow::Result<()> {
     let mut batch: Vec<Message> = Vec::with_capacity(1024);
     let key = partition_key(processor.topic(), processor.partition());
     let mut next = 0;
+    let mut last_data = Instant::now();
     loop {
         batch.clear();
-        let n = consumer.recv_many(&mut batch, 1024).await;
+        let n = if idle_timeout.is_zero() {
+            consumer.recv_many(&mut batch, 1024).await
+        } else {
+            // recv_many is cancel safe: a timeout loses no message.
+            match tokio::time::timeout(idle_timeout, consumer.recv_many(&mut batch, 1024)).await {
+                Ok(n) => n,
+                Err(_) => {
+                    // Idle: event time moves on by the time that passed. (Nothing on
+                    // the in-process bus outlives the run, so there is no replay to
+                    // keep in step; over Kafka the tick goes through the raw topic.)
+                    if let Some(time) = processor.idle_tick_time(last_data.elapsed()) {
+                        let mut outputs = Outputs::default();
+                        processor.tick(time, &mut outputs);
+                        count(&stats, &outputs);
+                        publisher.publish(&outputs).await?;
+                        if !outputs.is_empty() && out.send((key.clone(), outputs, processor.checkpoint(next))).await.is_err() {
+                            anyhow::bail!("the lake writer stopped; partition {} cannot hand over its output", processor.partition());
+                        }
+                    }
+                    continue;
+                }
+            }
+        };
+        last_data = Instant::now();
         let mut outputs = Outputs::default();
         if n == 0 {
             processor.finish(&mut outputs);

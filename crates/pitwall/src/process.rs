@@ -19,7 +19,7 @@ use pitwall_bus::Topics;
 use pitwall_bus::kafka::{KafkaConsumer, KafkaProducer, Rebalance, StartHook};
 use pitwall_lake::progress::names;
 use pitwall_lake::{Lake, LakeWriter, ResumePlan};
-use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry};
+use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry, TICK_KEY, tick_payload};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -48,6 +48,10 @@ struct Part {
     seek: Option<Seek>,
     /// When the last message was processed (or the partition taken up).
     progressed: Instant,
+    /// When the last data (not a tick) arrived, or the partition was taken up.
+    last_data: Instant,
+    /// When this processor last sent the partition a watermark tick.
+    last_tick: Option<Instant>,
 }
 
 /// A seek back in progress: when it was made and how far before the wanted offset.
@@ -67,6 +71,8 @@ impl Part {
             outputs: Outputs::default(),
             seek: None,
             progressed: Instant::now(),
+            last_data: Instant::now(),
+            last_tick: None,
         }
     }
 }
@@ -152,8 +158,16 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
             match received {
                 Some(Ok(m)) => 'message: {
                     recv_errors = 0;
-                    last_message = Instant::now();
+                    // Ticks are not data: they neither keep the process from exiting when
+                    // idle nor postpone the next tick.
+                    let is_tick = m.key.as_deref() == Some(TICK_KEY);
+                    if !is_tick {
+                        last_message = Instant::now();
+                    }
                     let Some(part) = parts.get_mut(&m.partition) else { break 'message };
+                    if !is_tick {
+                        part.last_data = Instant::now();
+                    }
                     if m.offset < part.next {
                         // Before what is needed (after a seek back): on the way there.
                         part.progressed = Instant::now();
@@ -190,6 +204,9 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
             if last_stall_check.elapsed() >= Duration::from_secs(1) {
                 unstall(&consumer, &mut parts);
                 last_stall_check = Instant::now();
+            }
+            if idle_tick && !processor_config.idle_timeout.is_zero() {
+                send_ticks(&mut parts, &producer, &topics.raw, processor_config.idle_timeout).await;
             }
             if unflushed >= 2048 || (idle_tick && unflushed > 0) {
                 hand_over(&mut parts, &mut writer, &producer, &topics, &processor_config, &stats, &mut acks).await?;
@@ -247,6 +264,29 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     }
     consumer.close();
     result
+}
+
+/// Sends a watermark tick to every partition idle for `idle` (no data, no tick from us
+/// for that long) whose processor has windows open or sources to watch. The tick goes
+/// through the raw topic, so every reader of the partition, a replay included, moves
+/// event time on at the same offset. A tick that fails to send is tried again later.
+async fn send_ticks(parts: &mut HashMap<u32, Part>, producer: &KafkaProducer, raw: &str, idle: Duration) {
+    for (&partition, part) in parts.iter_mut() {
+        let idle_for = part.last_data.elapsed();
+        if idle_for < idle
+            || part.last_tick.is_some_and(|t| t.elapsed() < idle)
+            || part.seek.is_some()
+            || part.next < part.replay_until
+        {
+            continue;
+        }
+        let Some(time) = part.processor.idle_tick_time(idle_for) else { continue };
+        part.last_tick = Some(Instant::now());
+        match producer.send_to_partition(raw, partition, TICK_KEY, &tick_payload(time), time).await {
+            Ok(offset) => tracing::debug!(partition, offset, idle = ?idle_for, "idle: sent a watermark tick"),
+            Err(e) => tracing::warn!(partition, error = %e, "idle: cannot send a watermark tick; trying again later"),
+        }
+    }
 }
 
 /// A message arrived past the next offset `part` needs. The assignment's start offset

@@ -348,6 +348,62 @@ fn outputs_are_readable_by_kafka_python_and_a_frozen_broker_is_waited_for() {
     assert!(stdout.contains("kafka-python agrees"), "{stdout}\n{stderr}");
 }
 
+/// A partition that goes quiet gets watermark ticks through the raw topic: its last
+/// windows close and its sources are missed as silent, with no data and no shutdown (a
+/// `pitwall process` keeps open windows open when it stops); the ticks are not data.
+#[test]
+fn idle_partitions_are_ticked_so_windows_close_and_silent_sources_are_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let config = dir.path().join("idle.toml");
+    std::fs::write(
+        &config,
+        "[sim]\nseed = 5\n\n[sim.race]\nfaults-per-car-minute = 0.0\n\n[sim.iot]\nfaults-per-sensor-minute = 0.0\n\n\
+         [lake]\ncommit-interval = \"1s\"\n\n[processor]\nidle-timeout = \"2s\"\n",
+    )
+    .unwrap();
+    let sent = ingest(&broker, &config, 30);
+    let (data, log) = (dir.path().join("data"), dir.path().join("process.log"));
+    // Ticks every 2 s of idleness; 20 s of it moves event time well past the sensors'
+    // 10 s silence limit.
+    let p = process(&broker, &config, "idle", &data, &log, Some("20s"));
+    wait(p, Duration::from_secs(600), &log);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let q = query(&data).await;
+        assert_eq!(count(&q, "raw.events").await as u64, sent, "ticks are not raw events");
+        assert_no_duplicates(&q).await;
+        // The windows holding the last events closed (without ticks the watermark stops
+        // 2 s short of the last event and they stay open).
+        for (window, table) in [("car_1s", "clean.car"), ("car_5s", "clean.car"), ("sensor_10s", "clean.sensor")] {
+            let r = rows(
+                &q,
+                &format!(
+                    "SELECT CAST((SELECT max(window_end) FROM metrics.windows WHERE \"window\" = '{window}') AS BIGINT) AS w,
+                            CAST((SELECT max(time) FROM {table}) AS BIGINT) AS t"
+                ),
+            )
+            .await;
+            assert!(r[0]["w"].as_i64().unwrap() > r[0]["t"].as_i64().unwrap(), "{window}: {r:?}");
+        }
+        // Every source went silent once the stream ended, and stays so.
+        let silent = rows(
+            &q,
+            "SELECT rule, count(DISTINCT source_id) AS n, count(*) AS rows FROM anomalies.events GROUP BY rule ORDER BY rule",
+        )
+        .await;
+        assert_eq!(
+            silent,
+            vec![
+                serde_json::json!({"rule": "car_silent", "n": 20, "rows": 20}),
+                serde_json::json!({"rule": "sensor_silent", "n": 20, "rows": 20}),
+            ],
+            "{}",
+            notable(&[&log])
+        );
+    });
+}
+
 /// An unreachable broker is an error at start that names the brokers and the setting.
 #[test]
 fn an_unreachable_broker_is_a_clear_error_at_start() {
