@@ -26,6 +26,8 @@ pub enum FaultKind {
     RpmDrop,
     /// The reported gear does not match speed and RPM.
     GearMismatch,
+    /// The front-left tyre's surface climbs past 125 °C for a few seconds.
+    TyreOverheat,
     /// A sensor reports a temperature far above its normal range.
     SensorOverheat,
     /// A sensor's temperature freezes at its last reading for a minute.
@@ -39,10 +41,11 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Overheating,
         FaultKind::RpmDrop,
         FaultKind::GearMismatch,
+        FaultKind::TyreOverheat,
         FaultKind::SensorOverheat,
         FaultKind::SensorStuck,
         FaultKind::SensorDropout,

@@ -98,11 +98,14 @@ struct Car {
 pub mod limits {
     /// Engine temperature above which a car is overheating, °C.
     pub const ENGINE_TEMP_C: f64 = 120.0;
+    /// Tyre surface temperature above which a tyre is overheating, °C.
+    pub const TYRE_TEMP_C: f64 = 125.0;
     /// Minimum RPM drop that is a fault rather than a gear change.
     pub const RPM_DROP: f64 = 4_500.0;
 }
 
 const SECOND: i64 = 1_000_000_000;
+use limits::TYRE_TEMP_C;
 
 /// A deterministic F1 race: the same seed and config give the same points.
 #[derive(Debug)]
@@ -241,15 +244,16 @@ impl Simulator for Race {
                 && now >= car.cooldown_until
                 && self.rng.random::<f64>() < fault_chance
             {
-                car.pending = Some(match self.rng.random_range(0..3) {
+                car.pending = Some(match self.rng.random_range(0..4) {
                     0 => FaultKind::Overheating,
                     1 => FaultKind::RpmDrop,
-                    _ => FaultKind::GearMismatch,
+                    2 => FaultKind::GearMismatch,
+                    _ => FaultKind::TyreOverheat,
                 });
             }
             if let Some(kind) = car.pending {
                 let ready = match kind {
-                    FaultKind::Overheating => true,
+                    FaultKind::Overheating | FaultKind::TyreOverheat => true,
                     // Flat out for a second on a fast straight: an RPM collapse cannot be a gear change.
                     FaultKind::RpmDrop => {
                         car.full_throttle_since.is_some_and(|since| now - since >= SECOND)
@@ -263,6 +267,7 @@ impl Simulator for Race {
                     car.pending = None;
                     let magnitude = match kind {
                         FaultKind::Overheating => self.rng.random_range(128.0..136.0),
+                        FaultKind::TyreOverheat => self.rng.random_range(132.0..140.0),
                         FaultKind::GearMismatch => {
                             if gear >= 5 { -2.0 } else { 2.0 }
                         }
@@ -297,6 +302,18 @@ impl Simulator for Race {
                         } else {
                             car.engine_temp += (engine_target - car.engine_temp) * (dt / 2.0);
                             ended = car.engine_temp < limits::ENGINE_TEMP_C - 3.0;
+                        }
+                    }
+                    FaultKind::TyreOverheat => {
+                        // Climb over 2 s, hold 3 s, then cool down through the normal lag.
+                        let t = &mut car.tyre_temp[0];
+                        if age < 2.0 {
+                            let from = t.min(110.0);
+                            *t = from + (f.magnitude - from) * (age / 2.0).max(0.1);
+                        } else if age < 5.0 {
+                            *t = f.magnitude + self.rng.random_range(-0.5..0.5);
+                        } else {
+                            ended = *t < TYRE_TEMP_C - 4.0;
                         }
                     }
                     FaultKind::RpmDrop => {

@@ -22,9 +22,10 @@ pub struct ProcessorConfig {
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
     /// A partition that has received nothing for this long (wall clock) while it has open
-    /// windows or watched sources gets a watermark tick: its event time moves on by the
-    /// time that passed, so its windows close and silent sources are missed. Ticks go
-    /// through the raw topic, so a replay sees them too. Zero turns ticks off.
+    /// windows gets a watermark tick: its event time moves on by the time that passed, so
+    /// its windows close. Ticks go through the raw topic, so a replay sees them too.
+    /// Silence (deadman) rules judge against data only, so a partition that merely ran
+    /// out of data raises nothing. Zero turns ticks off.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// A source that has sent nothing for this long (event time, against its partition's
@@ -393,6 +394,19 @@ impl Default for ProcessorConfig {
                     below: None,
                     hysteresis: 2.0,
                 },
+                RuleConfig::Threshold {
+                    name: "oil_overheat".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Critical,
+                    field: "oil_temp_c".into(),
+                    above: Some(130.0),
+                    below: None,
+                    hysteresis: 2.0,
+                },
+                tyre("fl"),
+                tyre("fr"),
+                tyre("rl"),
+                tyre("rr"),
                 RuleConfig::RateOfChange {
                     name: "rpm_drop".into(),
                     measurement: "car".into(),
@@ -469,6 +483,19 @@ impl Default for ProcessorConfig {
                 },
             ],
         }
+    }
+}
+
+/// An overheating tyre: its surface above 125 °C.
+fn tyre(corner: &str) -> RuleConfig {
+    RuleConfig::Threshold {
+        name: format!("tyre_{corner}_overheat"),
+        measurement: "car".into(),
+        severity: Severity::Warning,
+        field: format!("tyre_temp_{corner}_c"),
+        above: Some(125.0),
+        below: None,
+        hysteresis: 3.0,
     }
 }
 

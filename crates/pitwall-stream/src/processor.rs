@@ -227,12 +227,16 @@ impl Processor {
         }
         self.rules.evaluate(&source_id, &point, horizon, mark, &mut out.anomalies);
         self.data_time = self.data_time.max(point.time);
+        // Silence is judged against the partition's data only, as of this point's time:
+        // when every source of a partition stops (the session is over, a backlog is
+        // done), none is silent next to the others, and ticks do not make them so. Each
+        // call depends on this point alone, so a replay makes the same calls.
+        self.rules.advance(point.time.saturating_sub(self.out_of_orderness), &mut out.anomalies);
         self.advance(point.time, out);
         out.clean.push(point);
     }
 
-    /// Moves event time on to `time` (if it is ahead): windows the watermark passes
-    /// fire, silent sources are missed.
+    /// Moves event time on to `time` (if it is ahead): windows the watermark passes fire.
     fn advance(&mut self, time: i64, out: &mut Outputs) {
         if time > self.max_time {
             self.max_time = time;
@@ -240,21 +244,21 @@ impl Processor {
             for w in &mut self.windows {
                 w.fire(watermark, &mut out.windows);
             }
-            self.rules.advance(watermark, &mut out.anomalies);
         }
     }
 
-    /// A watermark tick: the partition was idle, so event time moves on to `time` as if
-    /// an event of that time had arrived. Data behind the new watermark is late.
+    /// A watermark tick: the partition was idle, so event time moves on to `time`:
+    /// windows the new watermark passes fire, and data behind it is late. (Silence rules
+    /// wait for data: see `process`.)
     pub fn tick(&mut self, time: i64, out: &mut Outputs) {
         self.advance(time, out);
     }
 
     /// The event time a tick should carry after the partition has been idle for `idle`
-    /// (the newest data's time plus `idle`); `None` when nothing waits on event time
-    /// (no open window, no watched source) or no data was seen yet.
+    /// (the newest data's time plus `idle`); `None` when no window is open or no data
+    /// was seen yet.
     pub fn idle_tick_time(&self, idle: std::time::Duration) -> Option<i64> {
-        if self.data_time == i64::MIN || (self.open_windows() == 0 && !self.rules.watching()) {
+        if self.data_time == i64::MIN || self.open_windows() == 0 {
             return None;
         }
         let time = self.data_time.saturating_add(i64::try_from(idle.as_nanos()).unwrap_or(i64::MAX));

@@ -264,9 +264,10 @@ impl RuleEngine {
         }
     }
 
-    /// The partition's watermark moved to `watermark`: sources silent for longer than a
-    /// deadman rule allows start an episode (timed when the silence passed the limit);
-    /// sources silent for `forget_after` are forgotten.
+    /// Data has reached `watermark` (a point's time less the out-of-orderness): sources
+    /// silent for longer than a deadman rule allows start an episode (timed when the
+    /// silence passed the limit); sources silent for `forget_after` are forgotten. A
+    /// watermark lower than an earlier one finds nothing new.
     pub fn advance(&mut self, watermark: i64, out: &mut Vec<AnomalyRecord>) {
         if watermark <= self.next_due {
             return;
@@ -328,12 +329,6 @@ impl RuleEngine {
         // Slots are not in a replay's order; the rows are.
         out[start..].sort_by(|a, b| (&a.rule, &a.source_id).cmp(&(&b.rule, &b.source_id)));
         self.next_due = due;
-    }
-
-    /// True while some source is known (a deadman rule may still miss it, or it is yet
-    /// to be forgotten).
-    pub fn watching(&self) -> bool {
-        !self.index.is_empty()
     }
 
     /// The earliest mark any rule state still depends on: an episode that is on, a

@@ -251,19 +251,24 @@ fn bad_payloads_are_rejects_with_their_reason() {
     assert_eq!(out.raw.len(), 4);
 }
 
-/// An idle partition: ticks on the raw topic move event time on, so windows close and a
-/// silent source is missed, without any data; data behind the new watermark is late.
+/// An idle partition: ticks on the raw topic move event time on, so windows close
+/// without any data; data behind the new watermark is late. Ticks do not make sources
+/// silent (a partition that ran out of data raises nothing); once data flows again, a
+/// source that stayed away is missed.
 #[test]
-fn idle_ticks_close_windows_and_miss_silent_sources() {
+fn idle_ticks_close_windows_and_silence_waits_for_data() {
     let config = Arc::new(ProcessorConfig::default());
     let mut p = Processor::new(config, SchemaRegistry::default(), "telemetry.raw", 0);
     let mut out = Outputs::default();
     assert_eq!(p.idle_tick_time(Duration::from_secs(5)), None, "nothing waits on event time yet");
     for i in 0..20 {
-        p.process(&msg(i, &sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i))), &mut out);
+        p.process(&msg(2 * i, &sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i))), &mut out);
+        p.process(&msg(2 * i + 1, &sensor_at("s2", i * S, wobble(22.0, i), wobble(1012.0, i))), &mut out);
     }
-    let fired = |o: &Outputs| o.windows.iter().filter(|w| w.field == "temperature_c").map(|w| (w.window_start - T0) / S).collect::<Vec<_>>();
-    assert_eq!(fired(&out), [0], "the watermark (17 s) closed [0, 10) only");
+    let fired = |o: &Outputs| {
+        o.windows.iter().filter(|w| w.field == "temperature_c").map(|w| ((w.window_start - T0) / S, w.source_id.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(fired(&out), [(0, "s1".to_owned()), (0, "s2".to_owned())], "the watermark (17 s) closed [0, 10) only");
     let tick = |offset: i64, time: i64| Message {
         partition: 0,
         offset,
@@ -275,20 +280,20 @@ fn idle_ticks_close_windows_and_miss_silent_sources() {
     let t = p.idle_tick_time(Duration::from_secs(5)).unwrap();
     assert_eq!(t, T0 + 24 * S);
     let mut after = Outputs::default();
-    p.process(&tick(20, t), &mut after);
-    assert_eq!(fired(&after), [10]);
+    p.process(&tick(40, t), &mut after);
+    assert_eq!(fired(&after), [(10, "s1".to_owned()), (10, "s2".to_owned())]);
     assert!(after.raw.is_empty() && after.clean.is_empty() && after.anomalies.is_empty(), "a tick is not data: {after:?}");
-    // Idle for 15 s: watermark 32 s, past the last report (19 s) plus the 10 s limit.
-    let mut later = Outputs::default();
-    p.process(&tick(21, p.idle_tick_time(Duration::from_secs(15)).unwrap()), &mut later);
-    assert_eq!(episodes(&later, "sensor_silent"), [(29, None)]);
-    // Data from before the new watermark is late; the source reporting ends the silence.
+    assert_eq!(p.idle_tick_time(Duration::from_secs(15)), None, "no window open: nothing to tick for");
+    // Idle much longer: still no silence, since no data says the others went on.
+    p.process(&tick(41, T0 + 60 * S), &mut after);
+    assert!(after.anomalies.is_empty(), "{:?}", after.anomalies);
+    // Data from before the new watermark is late; s1 reporting at 70 s shows that s2
+    // (last heard at 19 s) fell silent at 29 s.
     let mut back = Outputs::default();
-    p.process(&msg(22, &sensor_at("s1", 25 * S, 20.0, 1010.0)), &mut back);
+    p.process(&msg(42, &sensor_at("s1", 25 * S, 20.0, 1010.0)), &mut back);
     assert_eq!(back.late.len(), 1);
-    p.process(&msg(23, &sensor_at("s1", 40 * S, 20.0, 1010.0)), &mut back);
-    let end: Vec<_> = back.anomalies.iter().filter(|a| a.rule == "sensor_silent").collect();
-    assert_eq!(end.len(), 1, "only the end row is new: {end:?}");
-    assert_eq!((end[0].phase, end[0].time, end[0].end_time), (Phase::End, T0 + 29 * S, Some(T0 + 40 * S)));
-    assert_eq!(end[0].observed, 21.0, "21 s from the last report to the next");
+    p.process(&msg(43, &sensor_at("s1", 70 * S, 20.0, 1010.0)), &mut back);
+    let silent: Vec<_> = back.anomalies.iter().filter(|a| a.rule == "sensor_silent").collect();
+    assert_eq!(silent.len(), 1, "{silent:?}");
+    assert_eq!((silent[0].source_id.as_str(), silent[0].phase, silent[0].time), ("s2", Phase::Start, T0 + 29 * S));
 }

@@ -173,6 +173,7 @@ pub fn rule_for(kind: FaultKind) -> &'static str {
         FaultKind::Overheating => "engine_overheat",
         FaultKind::RpmDrop => "rpm_drop",
         FaultKind::GearMismatch => "gear_mismatch",
+        FaultKind::TyreOverheat => "tyre_fl_overheat",
         FaultKind::SensorOverheat => "sensor_overheat",
         FaultKind::SensorStuck => "sensor_stuck",
         FaultKind::SensorDropout => "sensor_silent",
