@@ -27,6 +27,8 @@ pub struct Config {
     pub lake: LakeConfig,
     /// The processor: windows and rules.
     pub processor: ProcessorConfig,
+    /// The HTTP server of `pitwall up` and `pitwall serve`.
+    pub server: pitwall_server::ServerConfig,
 }
 
 /// Which simulators run, and how fast.
@@ -138,6 +140,9 @@ impl Config {
         self.kafka.validate()?;
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             bail!("config key bus.partitions: is {}; use 1 to 1024", self.bus.partitions);
+        }
+        if self.server.max_body_bytes < 1024 {
+            bail!("config key server.max-body-bytes: is {}; allow at least 1024 bytes", self.server.max_body_bytes);
         }
         if self.bus.capacity == 0 {
             bail!("config key bus.capacity: is 0; a partition must hold at least one message");

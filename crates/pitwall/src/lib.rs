@@ -74,6 +74,15 @@ enum Command {
     /// topics as JSON keyed by source id. Ctrl-C commits what was processed and leaves
     /// the group.
     Process(ProcessArgs),
+    /// Serve the write API in front of Kafka: InfluxDB v2 (/api/v2/write) and v1
+    /// (/write) line protocol and Telegraf JSON (/api/v1/telegraf), gzip or not.
+    ///
+    /// Every accepted point is on the raw topic, acknowledged by the brokers, before the
+    /// answer; bad lines are named in a 400 and the rest accepted. Point Telegraf's
+    /// influxdb_v2 output at http://HOST:PORT. Tokens come from server.tokens or
+    /// PITWALL_TOKEN (comma-separated). Runs until Ctrl-C; `pitwall process` turns the
+    /// raw topic into the lake.
+    Serve(ServeArgs),
     /// Work with anomaly rules.
     Rules {
         #[command(subcommand)]
@@ -121,6 +130,10 @@ struct UpArgs {
     /// as `pitwall ingest` and `pitwall process` would.
     #[arg(long, value_name = "HOST:PORT,...")]
     brokers: Option<String>,
+    /// Where the write API listens (InfluxDB v1/v2 line protocol and Telegraf JSON);
+    /// overrides server.listen (default 127.0.0.1:8086). Port 0 picks a free one.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +189,19 @@ struct IngestArgs {
     /// Seconds between status lines.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
+    /// Config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Where to listen (overrides server.listen, default 127.0.0.1:8086).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Kafka bootstrap brokers (overrides kafka.brokers).
+    #[arg(long)]
+    brokers: Option<String>,
     /// Config file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -259,6 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay_files(args).await,
         Command::Ingest(args) => ingest(args).await,
         Command::Process(args) => process_command(args).await,
+        Command::Serve(args) => serve(args).await,
         Command::Rules {
             command: RulesCommand::Check { file },
         } => {
@@ -392,9 +419,13 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         config.lake.data_dir.display()
     );
     let data_dir = config.lake.data_dir.clone();
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
     let run = pipeline::SimRun {
         start_time: now_ns(),
         sim_duration: None,
+        serve: Some(config.server.clone()),
     };
     if let Some(brokers) = args.brokers {
         config.kafka.brokers = brokers;
@@ -484,6 +515,25 @@ async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(b) = args.brokers {
+        config.kafka.brokers = b;
+    }
+    if let Some(l) = args.listen {
+        config.server.listen = l;
+    }
+    config.validate()?;
+    let topics = pipeline::ensure_topics(&config).await?;
+    let sink = Arc::new(pipeline::KafkaWriteSink::new(&config.kafka, &topics.raw)?);
+    let cancel = CancellationToken::new();
+    cancel_on_ctrl_c(&cancel, "stopping: finishing the writes in flight");
+    eprintln!("pitwall serve: writes go to {} at {}", topics.raw, config.kafka.brokers);
+    let server = pipeline::start_server(&config.server, &config, sink, cancel.clone()).await?;
+    server.await??;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     use std::sync::atomic::Ordering;
     let mut config = Config::load(args.config.as_deref())?;
@@ -538,6 +588,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let run = pipeline::SimRun {
         start_time: now_ns(),
         sim_duration: args.sim_duration,
+        serve: None,
     };
     let mut sim = pipeline::simulators(&config, run.start_time);
     pipeline::produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;

@@ -59,6 +59,91 @@ pub struct SimRun {
     pub start_time: i64,
     /// Stop after this much simulated time; `None` runs until cancelled.
     pub sim_duration: Option<Duration>,
+    /// Serve the write API too (then the run lasts until cancelled, whatever the
+    /// simulators do).
+    pub serve: Option<pitwall_server::ServerConfig>,
+}
+
+/// The write API's way onto the in-process bus: the raw topic's producer, which waits
+/// while a partition is full (the server turns a long wait into 503).
+struct BusSink {
+    producer: Producer,
+    stats: Arc<Stats>,
+}
+
+impl pitwall_server::Sink for BusSink {
+    fn publish(&self, messages: Vec<pitwall_server::RawMessage>) -> pitwall_server::SinkFuture<'_> {
+        Box::pin(async move {
+            let n = messages.len() as u64;
+            for m in messages {
+                self.producer
+                    .send(m.key, m.payload, m.time)
+                    .await
+                    .map_err(|e| pitwall_server::SinkError::Failed(e.to_string()))?;
+            }
+            self.stats.produced.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+}
+
+/// The write API's way onto Kafka: every point of a request queued to the raw topic,
+/// then all of them awaited (acks=all), so the answer comes after the brokers have them.
+pub struct KafkaWriteSink {
+    producer: pitwall_bus::kafka::KafkaProducer,
+}
+
+impl KafkaWriteSink {
+    /// A producer for `raw`.
+    pub fn new(config: &pitwall_bus::kafka::KafkaConfig, raw: &str) -> anyhow::Result<Self> {
+        Ok(KafkaWriteSink {
+            producer: pitwall_bus::kafka::KafkaProducer::new(config, raw)?,
+        })
+    }
+}
+
+impl std::fmt::Debug for KafkaWriteSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaWriteSink").finish_non_exhaustive()
+    }
+}
+
+impl pitwall_server::Sink for KafkaWriteSink {
+    fn publish(&self, messages: Vec<pitwall_server::RawMessage>) -> pitwall_server::SinkFuture<'_> {
+        Box::pin(async move {
+            let failed = |e: pitwall_bus::Error| pitwall_server::SinkError::Failed(e.to_string());
+            let mut acks = Vec::with_capacity(messages.len());
+            for m in &messages {
+                acks.push(self.producer.enqueue(m.key.as_deref(), &m.payload, m.time).await.map_err(failed)?);
+            }
+            for ack in acks {
+                ack.await.map_err(failed)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Binds the write API (an error at start if the address is taken) and serves it until
+/// `stop` is cancelled.
+pub(crate) async fn start_server(
+    server: &pitwall_server::ServerConfig,
+    config: &Config,
+    sink: Arc<dyn pitwall_server::Sink>,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let router = pitwall_server::router(
+        server,
+        Arc::new(config.processor.clone()),
+        sink,
+        Arc::new(pitwall_server::WriteStats::default()),
+    );
+    let bound = pitwall_server::Bound::bind(server, router).await.map_err(anyhow::Error::msg)?;
+    let addr = bound.local_addr();
+    let auth = if server.all_tokens().is_empty() { "no token needed" } else { "token required" };
+    eprintln!("write API on http://{addr} ({auth}): InfluxDB v2 /api/v2/write, v1 /write, Telegraf JSON /api/v1/telegraf");
+    tracing::info!(%addr, "write API listening");
+    Ok(tokio::spawn(bound.run(async move { stop.cancelled().await })))
 }
 
 /// What a finished run did.
@@ -188,9 +273,31 @@ pub async fn run_on_bus(
     }
     drop(out_tx);
 
+    let stop_server = CancellationToken::new();
+    let server = match &run.serve {
+        Some(s) => {
+            let sink = Arc::new(BusSink {
+                producer: bus.producer(&topics.raw)?,
+                stats: Arc::clone(&stats),
+            });
+            Some(start_server(s, &config, sink, stop_server.clone()).await?)
+        }
+        None => None,
+    };
     let mut producer = bus.producer(&topics.raw)?;
     let mut sim = simulators(&config, run.start_time);
     let produced = produce(&config, &run, &mut sim, &mut producer, &cancel, &stats).await;
+    if let Some(server) = server {
+        // Serving: the run lasts until cancelled, then writes in flight finish before
+        // the topic ends.
+        cancel.cancelled().await;
+        stop_server.cancel();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the write API stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "the write API task panicked"),
+        }
+    }
     // Everything sent is on the bus; ending the topic lets processors drain and finish.
     bus.close(&topics.raw).await?;
     // A failing writer makes processors and then the producer fail too: report the
@@ -236,6 +343,10 @@ pub async fn run_on_bus(
 /// waits in Kafka for the next run.
 pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
     let topics = ensure_topics(&config).await?;
+    let server = match &run.serve {
+        Some(s) => Some(start_server(s, &config, Arc::new(KafkaWriteSink::new(&config.kafka, &topics.raw)?), cancel.clone()).await?),
+        None => None,
+    };
     let producer = {
         let (config, cancel, stats) = (config.clone(), cancel.clone(), Arc::clone(&stats));
         tokio::spawn(async move {
@@ -248,6 +359,9 @@ pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken
     let processed = crate::process::run(config, crate::process::ProcessOptions::default(), cancel.clone(), stats).await;
     cancel.cancel();
     producer.await.context("the simulator task panicked")??;
+    if let Some(server) = server {
+        server.await.context("the write API task panicked")??;
+    }
     processed
 }
 

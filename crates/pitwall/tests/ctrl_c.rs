@@ -12,7 +12,7 @@ async fn ctrl_c_commits_everything_produced() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("lake");
     let child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["up", "--speed", "0", "--status-interval", "1s", "--data-dir"])
+        .args(["up", "--speed", "0", "--status-interval", "1s", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .current_dir(dir.path())
         .stdout(Stdio::piped())

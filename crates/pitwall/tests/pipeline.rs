@@ -280,6 +280,7 @@ async fn outputs_go_back_onto_the_bus_for_live_readers() {
         SimRun {
             start_time: START,
             sim_duration: Some(Duration::from_secs(120)),
+            serve: None,
         },
         CancellationToken::new(),
         Arc::new(Stats::default()),

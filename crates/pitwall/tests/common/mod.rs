@@ -122,6 +122,7 @@ pub async fn run(transport: &Transport<'_>, mut config: Config, minutes: u64) ->
     let run = SimRun {
         start_time: START,
         sim_duration: Some(Duration::from_secs(minutes * 60)),
+        serve: None,
     };
     match transport {
         Transport::InProcess => run_embedded(config, run, CancellationToken::new(), Arc::new(Stats::default()))

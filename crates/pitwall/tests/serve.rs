@@ -1,0 +1,125 @@
+//! The write API in the real binary: `pitwall up` takes what Telegraf's influxdb_v2
+//! output sends (gzip line protocol, token, its headers) over HTTP, and after Ctrl-C the
+//! points are in the lake: raw, clean, windows; a bad line is named and the rest kept.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pitwall_lake::{Lake, LakeConfig};
+use pitwall_query::Query;
+
+mod common;
+use common::{count, rows};
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegraf_writes_to_pitwall_up_land_in_the_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lake");
+    // No simulators: only what is written over HTTP.
+    let config = dir.path().join("pitwall.toml");
+    std::fs::write(&config, "[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"t0ken\"]\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["up", "--listen", "127.0.0.1:0", "--status-interval", "1s", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The URL is printed at start.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let url = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "pitwall up ended before serving:\n{seen}");
+        seen.push_str(&line);
+        if let Some(rest) = line.strip_prefix("write API on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+
+    // 10 sensors, 1 Hz, 60 s: 600 points in batches of 100, as Telegraf flushes them.
+    const T0: i64 = 1_767_225_600_000_000_000;
+    let client = reqwest::Client::new();
+    for batch in 0..6 {
+        let mut lp = String::new();
+        for i in batch * 10..(batch + 1) * 10 {
+            for s in 0..10 {
+                lp.push_str(&format!(
+                    "sensor,sensor_id=s-{s},site=plant-a temperature_c={},pressure_hpa={} {}\n",
+                    20.0 + (i % 7) as f64 * 0.1 + s as f64,
+                    1010.0 + (i % 5) as f64 * 0.1,
+                    T0 + i as i64 * 1_000_000_000
+                ));
+            }
+        }
+        let r = client
+            .post(format!("{url}/api/v2/write?bucket=telegraf&org=pitwall&precision=ns"))
+            .header("Authorization", "Token t0ken")
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .header("Content-Encoding", "gzip")
+            .header("User-Agent", "Telegraf/1.32.0 Go/1.23.2")
+            .body(gzip(lp.as_bytes()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    }
+    // A body with one bad line: 400 naming it, the other line kept.
+    let r = client
+        .post(format!("{url}/api/v2/write"))
+        .header("Authorization", "Bearer t0ken")
+        .body(format!("sensor,sensor_id=s-0 temperature_c=oops {T0}\nsensor,sensor_id=s-99 temperature_c=1.5 {}\n", T0 + 59_000_000_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json_or_text().await;
+    assert_eq!((body["line"].as_u64(), body["accepted"].as_u64()), (Some(1), Some(1)), "{body}");
+    // Without the token: 401, nothing lands.
+    let r = client.post(format!("{url}/api/v2/write")).body(format!("sensor,sensor_id=s-0 temperature_c=1 {T0}\n")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap().success());
+    let status = child.wait().unwrap();
+    let log = rest.join().unwrap();
+    eprintln!("{seen}{log}");
+    assert!(status.success(), "pitwall up failed:\n{seen}{log}");
+
+    let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    assert_eq!(count(&q, "raw.events").await, 601, "{log}");
+    assert_eq!(count(&q, "clean.sensor").await, 601);
+    let per_sensor = rows(&q, "SELECT sensor_id, count(*) AS n, min(temperature_c) AS lo FROM clean.sensor GROUP BY sensor_id ORDER BY sensor_id").await;
+    assert_eq!(per_sensor.len(), 11);
+    assert_eq!(per_sensor[0], serde_json::json!({"sensor_id": "s-0", "n": 60, "lo": 20.0}));
+    // The sensor windows (10 s tumbling) cover them: six per sensor.
+    let windows = rows(&q, "SELECT count(*) AS n FROM metrics.windows WHERE \"window\" = 'sensor_10s' AND source_id = 's-3'").await;
+    assert_eq!(windows[0]["n"], 6);
+}
+
+trait JsonOrText {
+    async fn json_or_text(self) -> serde_json::Value;
+}
+
+impl JsonOrText for reqwest::Response {
+    async fn json_or_text(self) -> serde_json::Value {
+        let bytes = self.bytes().await.unwrap();
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
