@@ -1,7 +1,8 @@
 //! `pitwall replay` sends files to the raw topic and bad lines to the DLQ with their
-//! reason; `pitwall ingest` sends the simulators' telemetry. Both run the real binary
-//! against librdkafka's mock cluster (real TCP on loopback), a quick check; the pipeline
-//! tests against a real broker come with `pitwall process`.
+//! reason; `pitwall ingest` sends the simulators' telemetry; `pitwall serve` sends what
+//! is written to it over HTTP. All run the real binary against librdkafka's mock cluster
+//! (real TCP on loopback), a quick check; the pipeline tests against a real broker come
+//! with `pitwall process`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -122,4 +123,57 @@ async fn ingest_sends_every_simulated_event_keyed_by_source() {
     assert_eq!(per_key.len(), 40, "20 drivers and 20 sensors");
     assert_eq!(per_key["VER"], 100);
     assert_eq!(per_key["sensor-000"], 10);
+}
+
+/// `pitwall serve` in front of Kafka: a line-protocol write is on the raw topic, keyed by
+/// source, when the answer comes; a bad line is named and the good one still sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
+    use std::io::BufRead;
+    let cluster = MockCluster::new(1).unwrap();
+    for t in ["raw", "clean", "metrics", "anomalies", "dlq", "late"] {
+        cluster.create_topic(&format!("telemetry.{t}"), 3, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--brokers", &cluster.bootstrap_servers()])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let url = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "pitwall serve ended before serving:\n{seen}");
+        seen.push_str(&line);
+        if let Some(rest) = line.strip_prefix("write API on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let r = reqwest::Client::new()
+        .post(format!("{url}/write?db=telegraf&precision=ms"))
+        .body("machine,host=press-7 temp=81.5 1767225600000\nmachine,host=press-8 temp=oops 1767225600000\nmachine,host=press-9 temp=79.0 1767225600001\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!((v["line"].as_u64(), v["accepted"].as_u64()), (Some(2), Some(2)), "{v}");
+    let config = KafkaConfig {
+        brokers: cluster.bootstrap_servers(),
+        ..KafkaConfig::default()
+    };
+    let raw = drain(&config, "telemetry.raw", 2).await;
+    let mut keys: Vec<String> = raw.iter().map(|m| String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys, ["press-7", "press-9"]);
+    for m in &raw {
+        let key = m.key.as_deref().unwrap();
+        assert_eq!(m.partition, pitwall_bus::partition_for(key, 3), "placed by the Java client's murmur2");
+        let p = pitwall_core::json::decode(&m.payload, 0, pitwall_core::Precision::Ns).unwrap();
+        assert_eq!(p.measurement, "machine");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
