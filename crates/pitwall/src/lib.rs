@@ -389,7 +389,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!(
-                    "stopping: draining the bus and committing {} events not yet in the lake (Ctrl-C again to abort)",
+                    "stopping: draining the bus ({} events not yet processed) and committing everything not yet in the lake (Ctrl-C again to abort)",
                     stats
                         .produced
                         .load(std::sync::atomic::Ordering::Relaxed)
