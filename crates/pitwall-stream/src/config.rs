@@ -329,6 +329,19 @@ impl RuleConfig {
         }
     }
 
+    /// The field its anomalies are about (`gear-field` for gear consistency); none for a
+    /// deadman rule on a whole source.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            RuleConfig::Threshold { field, .. }
+            | RuleConfig::RateOfChange { field, .. }
+            | RuleConfig::Stuck { field, .. }
+            | RuleConfig::Baseline { field, .. } => Some(field),
+            RuleConfig::GearConsistency { gear_field, .. } => Some(gear_field),
+            RuleConfig::Deadman { field, .. } => field.as_deref(),
+        }
+    }
+
     /// Kind name as stored.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -232,12 +232,14 @@ impl Processor {
         // done), none is silent next to the others, and ticks do not make them so. Each
         // call depends on this point alone, so a replay makes the same calls.
         self.rules.advance(point.time.saturating_sub(self.out_of_orderness), &mut out.anomalies);
-        self.advance(point.time, out);
+        self.tick(point.time, out);
         out.clean.push(point);
     }
 
-    /// Moves event time on to `time` (if it is ahead): windows the watermark passes fire.
-    fn advance(&mut self, time: i64, out: &mut Outputs) {
+    /// Moves event time on to `time` if it is ahead, as data does and as a watermark
+    /// tick does when the partition was idle: windows the new watermark passes fire, and
+    /// data behind it is late. (Silence rules wait for data: see `process`.)
+    pub fn tick(&mut self, time: i64, out: &mut Outputs) {
         if time > self.max_time {
             self.max_time = time;
             let watermark = self.watermark();
@@ -245,13 +247,6 @@ impl Processor {
                 w.fire(watermark, &mut out.windows);
             }
         }
-    }
-
-    /// A watermark tick: the partition was idle, so event time moves on to `time`:
-    /// windows the new watermark passes fire, and data behind it is late. (Silence rules
-    /// wait for data: see `process`.)
-    pub fn tick(&mut self, time: i64, out: &mut Outputs) {
-        self.advance(time, out);
     }
 
     /// The event time a tick should carry after the partition has been idle for `idle`

@@ -231,7 +231,7 @@ impl RuleEngine {
                 }
                 if let (Some(ep), Some((t, _))) = (state.active, state.seen) {
                     let gap = point.time - t;
-                    out.push(record(rule, source_id, point, Phase::End, ep.time, Some(point.time), secs(gap), secs(nanos(*silence)), format!(
+                    out.push(record(rule, source_id, Phase::End, ep.time, Some(point.time), secs(gap), secs(nanos(*silence)), format!(
                         "{} reported again after {:.1} s of silence",
                         field.as_deref().unwrap_or(source_id),
                         secs(gap)
@@ -252,11 +252,11 @@ impl RuleEngine {
             };
             match (v.on, state.active) {
                 (true, None) => {
-                    out.push(record(rule, source_id, point, Phase::Start, point.time, None, v.observed, v.expected, v.message()));
+                    out.push(record(rule, source_id, Phase::Start, point.time, None, v.observed, v.expected, v.message()));
                     state.active = Some(Episode { mark, time: point.time });
                 }
                 (false, Some(ep)) => {
-                    out.push(record(rule, source_id, point, Phase::End, ep.time, Some(point.time), v.observed, v.expected, v.message()));
+                    out.push(record(rule, source_id, Phase::End, ep.time, Some(point.time), v.observed, v.expected, v.message()));
                     state.active = None;
                 }
                 _ => {}
@@ -308,21 +308,17 @@ impl RuleEngine {
                     None => src.name.clone(),
                 };
                 let rule = &self.rules[i];
-                out.push(AnomalyRecord {
-                    id: format!("{}:{}:{}", rule.name(), src.name, at),
-                    rule: rule.name().to_owned(),
-                    kind: rule.kind().to_owned(),
-                    severity: rule.severity().as_str().to_owned(),
-                    measurement: rule.measurement().to_owned(),
-                    source_id: src.name.clone(),
-                    field: field.clone().unwrap_or_else(|| "*".into()),
-                    phase: Phase::Start,
-                    time: at,
-                    end_time: None,
-                    observed: secs(watermark - t),
-                    expected: secs(limit),
-                    message: format!("{what} has sent nothing for over {:.1} s (limit {:?})", secs(watermark - t), silence),
-                });
+                let silent = secs(watermark - t);
+                out.push(record(
+                    rule,
+                    &src.name,
+                    Phase::Start,
+                    at,
+                    None,
+                    silent,
+                    secs(limit),
+                    format!("{what} has sent nothing for over {silent:.1} s (limit {silence:?})"),
+                ));
                 state.active = Some(Episode { mark: seen_mark, time: at });
             }
         }
@@ -351,11 +347,12 @@ impl RuleEngine {
     }
 }
 
+/// One end of an episode of `rule` on `source_id`; its id is the rule, the source and
+/// the episode's start.
 #[allow(clippy::too_many_arguments)]
 fn record(
     rule: &RuleConfig,
     source_id: &str,
-    point: &Point,
     phase: Phase,
     time: i64,
     end_time: Option<i64>,
@@ -363,22 +360,14 @@ fn record(
     expected: f64,
     message: String,
 ) -> AnomalyRecord {
-    let field = match rule {
-        RuleConfig::Threshold { field, .. }
-        | RuleConfig::RateOfChange { field, .. }
-        | RuleConfig::Stuck { field, .. }
-        | RuleConfig::Baseline { field, .. } => field.as_str(),
-        RuleConfig::GearConsistency { gear_field, .. } => gear_field,
-        RuleConfig::Deadman { field, .. } => field.as_deref().unwrap_or("*"),
-    };
     AnomalyRecord {
         id: format!("{}:{}:{}", rule.name(), source_id, time),
         rule: rule.name().to_owned(),
         kind: rule.kind().to_owned(),
         severity: rule.severity().as_str().to_owned(),
-        measurement: point.measurement.clone(),
+        measurement: rule.measurement().to_owned(),
         source_id: source_id.to_owned(),
-        field: field.to_owned(),
+        field: rule.field().unwrap_or("*").to_owned(),
         phase,
         time,
         end_time,
@@ -577,19 +566,22 @@ fn check<'r>(
 /// (center, spread) of the samples before `start`, or none while they cover less than
 /// `warm_up` or hold fewer than five values.
 fn baseline(samples: &[(i64, f64, Mark)], start: i64, warm_up: i64, method: BaselineMethod, min_spread: f64) -> Option<(f64, f64)> {
-    let mut values: Vec<f64> = samples.iter().filter(|s| s.0 < start).map(|s| s.1).collect();
-    let oldest = samples.iter().filter(|s| s.0 < start).map(|s| s.0).min()?;
-    if values.len() < 5 || start - oldest < warm_up {
+    let (mut values, mut oldest) = (Vec::with_capacity(samples.len()), i64::MAX);
+    for &(t, v, _) in samples.iter().filter(|s| s.0 < start) {
+        values.push(v);
+        oldest = oldest.min(t);
+    }
+    if values.len() < 5 || start.saturating_sub(oldest) < warm_up {
         return None;
     }
     let (center, spread) = match method {
         BaselineMethod::Mad => {
-            let median = median(&mut values);
+            let center = median(&mut values);
             for x in &mut values {
-                *x = (*x - median).abs();
+                *x = (*x - center).abs();
             }
             // 1.4826 MAD estimates the standard deviation of normally distributed data.
-            (median, 1.4826 * median_of(&mut values))
+            (center, 1.4826 * median(&mut values))
         }
         BaselineMethod::Zscore => {
             let n = values.len() as f64;
@@ -603,10 +595,6 @@ fn baseline(samples: &[(i64, f64, Mark)], start: i64, warm_up: i64, method: Base
 }
 
 fn median(values: &mut [f64]) -> f64 {
-    median_of(values)
-}
-
-fn median_of(values: &mut [f64]) -> f64 {
     values.sort_unstable_by(f64::total_cmp);
     let n = values.len();
     if n % 2 == 1 {

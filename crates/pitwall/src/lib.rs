@@ -313,14 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             for r in &c.processor.rules {
-                let on = match r {
-                    pitwall_stream::RuleConfig::Threshold { field, .. }
-                    | pitwall_stream::RuleConfig::RateOfChange { field, .. }
-                    | pitwall_stream::RuleConfig::Stuck { field, .. }
-                    | pitwall_stream::RuleConfig::Baseline { field, .. } => format!("{field} of "),
-                    pitwall_stream::RuleConfig::GearConsistency { gear_field, .. } => format!("{gear_field} of "),
-                    pitwall_stream::RuleConfig::Deadman { field, .. } => field.as_ref().map(|f| format!("{f} of ")).unwrap_or_default(),
-                };
+                let on = r.field().map(|f| format!("{f} of ")).unwrap_or_default();
                 println!("  rule   {:<16} {} on {on}{} ({})", r.name(), r.kind(), r.measurement(), r.severity().as_str());
             }
             let p = &c.processor;

@@ -660,10 +660,8 @@ async fn process_partition(
                     if let Some(time) = processor.idle_tick_time(last_data.elapsed()) {
                         let mut outputs = Outputs::default();
                         processor.tick(time, &mut outputs);
-                        count(&stats, &outputs);
-                        publisher.publish(&outputs).await?;
-                        if !outputs.is_empty() && out.send((key.clone(), outputs, processor.checkpoint(next))).await.is_err() {
-                            anyhow::bail!("the lake writer stopped; partition {} cannot hand over its output", processor.partition());
+                        if !outputs.is_empty() {
+                            hand_over(&processor, next, outputs, &key, &publisher, &out, &stats).await?;
                         }
                     }
                     continue;
@@ -686,13 +684,27 @@ async fn process_partition(
             next = m.offset + 1;
         }
         stats.processed.fetch_add(n as u64, Ordering::Relaxed);
-        count(&stats, &outputs);
-        // Live readers get outputs before the lake commit: at least once, keyed by source.
-        publisher.publish(&outputs).await?;
-        if out.send((key.clone(), outputs, processor.checkpoint(next))).await.is_err() {
-            anyhow::bail!("the lake writer stopped; partition {} cannot hand over its output", processor.partition());
-        }
+        hand_over(&processor, next, outputs, &key, &publisher, &out, &stats).await?;
     }
+}
+
+/// Counts `outputs`, publishes them to live readers (before the lake commit: at least
+/// once, keyed by source) and hands them to the lake writer with the checkpoint at `next`.
+async fn hand_over(
+    processor: &Processor,
+    next: i64,
+    outputs: Outputs,
+    key: &str,
+    publisher: &Publisher,
+    out: &mpsc::Sender<Batch>,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    count(stats, &outputs);
+    publisher.publish(&outputs).await?;
+    if out.send((key.to_owned(), outputs, processor.checkpoint(next))).await.is_err() {
+        anyhow::bail!("the lake writer stopped; partition {} cannot hand over its output", processor.partition());
+    }
+    Ok(())
 }
 
 pub(crate) fn count(stats: &Stats, o: &Outputs) {

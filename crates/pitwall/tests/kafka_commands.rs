@@ -4,6 +4,8 @@
 //! (real TCP on loopback), a quick check; the pipeline tests against a real broker come
 //! with `pitwall process`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -129,7 +131,6 @@ async fn ingest_sends_every_simulated_event_keyed_by_source() {
 /// source, when the answer comes; a bad line is named and the good one still sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
-    use std::io::BufRead;
     let cluster = MockCluster::new(1).unwrap();
     for t in ["raw", "clean", "metrics", "anomalies", "dlq", "late"] {
         cluster.create_topic(&format!("telemetry.{t}"), 3, 1).unwrap();
@@ -141,16 +142,7 @@ async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let url = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "pitwall serve ended before serving:\n{seen}");
-        seen.push_str(&line);
-        if let Some(rest) = line.strip_prefix("write API on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (url, _stderr, _) = common::write_api_url(&mut child);
     let r = reqwest::Client::new()
         .post(format!("{url}/write?db=telegraf&precision=ms"))
         .body("machine,host=press-7 temp=81.5 1767225600000\nmachine,host=press-8 temp=oops 1767225600000\nmachine,host=press-9 temp=79.0 1767225600001\n")

@@ -2,7 +2,7 @@
 //! output sends (gzip line protocol, token, its headers) over HTTP, and after Ctrl-C the
 //! points are in the lake: raw, clean, windows; a bad line is named and the rest kept.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use pitwall_lake::{Lake, LakeConfig};
 use pitwall_query::Query;
 
 mod common;
-use common::{count, rows};
+use common::{count, rows, write_api_url};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -36,16 +36,7 @@ async fn telegraf_writes_to_pitwall_up_land_in_the_lake() {
         .spawn()
         .unwrap();
     // The URL is printed at start.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let url = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "pitwall up ended before serving:\n{seen}");
-        seen.push_str(&line);
-        if let Some(rest) = line.strip_prefix("write API on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (url, mut stderr, seen) = write_api_url(&mut child);
     let rest = std::thread::spawn(move || {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();

@@ -181,3 +181,20 @@ pub fn rule_for(kind: FaultKind) -> &'static str {
         FaultKind::PressureSpike => "pressure_outlier",
     }
 }
+
+/// Reads `child`'s stderr up to the line where it says where the write API listens;
+/// returns the URL, the reader (to read the rest) and what it read so far.
+pub fn write_api_url(child: &mut Child) -> (String, std::io::BufReader<std::process::ChildStderr>, String) {
+    use std::io::BufRead;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "pitwall ended before serving:\n{seen}");
+        seen.push_str(&line);
+        if let Some(rest) = line.strip_prefix("write API on ") {
+            let url = rest.split_whitespace().next().unwrap().to_owned();
+            return (url, stderr, seen);
+        }
+    }
+}
