@@ -24,7 +24,11 @@ fn pitwall() -> Command {
 /// group session so a killed processor's partitions move on soon, and one sliding window
 /// (the 5 s / 1 s car window) plus the sensor window instead of the three defaults: a
 /// sliding window's replay is what needs proving, and a third of the window rows keeps the
-/// million-event run (and its row-by-row comparison) short in a debug build.
+/// million-event run (and its row-by-row comparison) short in a debug build. Idle ticks
+/// are off: they are sent after 30 s of wall-clock quiet, so a processor slowed down by a
+/// busy machine could tick a partition it had caught up on while its twin did not, and
+/// the lakes compared row for row would differ by windows closed early (ticks have their
+/// own test below).
 fn config_file(dir: &Path, commit_interval: &str) -> PathBuf {
     config_with_session(dir, commit_interval, "6000")
 }
@@ -35,7 +39,7 @@ fn config_with_session(dir: &Path, commit_interval: &str, session_ms: &str) -> P
         &path,
         format!(
             "[sim]\nseed = 11\ncorrupt-per-minute = 6.0\n\n[sim.race]\nfaults-per-car-minute = 0.2\n\n\
-             [lake]\ncommit-interval = \"{commit_interval}\"\n\n[kafka.properties]\n\"socket.timeout.ms\" = \"4000\"\n\
+             [lake]\ncommit-interval = \"{commit_interval}\"\n\n[processor]\nidle-timeout = \"0s\"\n\n[kafka.properties]\n\"socket.timeout.ms\" = \"4000\"\n\
              \"session.timeout.ms\" = \"{session_ms}\"\n\n\
              [[processor.windows]]\nname = \"car_5s\"\nmeasurements = [\"car\"]\nsize = \"5s\"\nslide = \"1s\"\n\
              fields = [\"speed_kph\", \"rpm\", \"throttle_pct\", \"brake\"]\n\n\
