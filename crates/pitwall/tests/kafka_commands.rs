@@ -1,8 +1,8 @@
 //! `pitwall replay` sends files to the raw topic and bad lines to the DLQ with their
 //! reason; `pitwall ingest` sends the simulators' telemetry; `pitwall serve` sends what
-//! is written to it over HTTP. All run the real binary against librdkafka's mock cluster
-//! (real TCP on loopback), a quick check; the pipeline tests against a real broker come
-//! with `pitwall process`.
+//! is written to it over HTTP. Replay and ingest run the real binary against librdkafka's
+//! mock cluster (real TCP on loopback), a quick check; serve runs against tansu, as the
+//! pipeline tests with `pitwall process` do.
 
 mod common;
 
@@ -127,17 +127,15 @@ async fn ingest_sends_every_simulated_event_keyed_by_source() {
     assert_eq!(per_key["sensor-000"], 10);
 }
 
-/// `pitwall serve` in front of Kafka: a line-protocol write is on the raw topic, keyed by
-/// source, when the answer comes; a bad line is named and the good one still sent.
+/// `pitwall serve` in front of Kafka (a real Kafka-API broker, tansu, which it creates
+/// the topics on): a line-protocol write is on the raw topic, keyed by source, when the
+/// answer comes; a bad line is named and the good one still sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
-    let cluster = MockCluster::new(1).unwrap();
-    for t in ["raw", "clean", "metrics", "anomalies", "dlq", "late"] {
-        cluster.create_topic(&format!("telemetry.{t}"), 3, 1).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start(dir.path());
     let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--brokers", &cluster.bootstrap_servers()])
+        .args(["serve", "--listen", "127.0.0.1:0", "--brokers", &broker.addr])
         .current_dir(dir.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -153,7 +151,7 @@ async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
     let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!((v["line"].as_u64(), v["accepted"].as_u64()), (Some(2), Some(2)), "{v}");
     let config = KafkaConfig {
-        brokers: cluster.bootstrap_servers(),
+        brokers: broker.addr.clone(),
         ..KafkaConfig::default()
     };
     let raw = drain(&config, "telemetry.raw", 2).await;
