@@ -377,6 +377,11 @@ impl PartitionConsumer {
         self.rx.recv().await
     }
 
+    /// Messages queued and not yet received (the consumer's lag).
+    pub fn pending(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Receives up to `max` messages into `buf`, waiting for at least one; returns 0 at the end.
     pub async fn recv_many(&mut self, buf: &mut Vec<Message>, max: usize) -> usize {
         self.rx.recv_many(buf, max).await

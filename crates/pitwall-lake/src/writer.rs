@@ -324,6 +324,8 @@ pub struct CommitStats {
     pub rows: BTreeMap<String, usize>,
     /// Data files written.
     pub files: usize,
+    /// Data files and their bytes per table (`namespace.table`).
+    pub files_per_table: BTreeMap<String, (usize, u64)>,
 }
 
 impl CommitStats {
@@ -583,9 +585,10 @@ impl LakeWriter {
         for table in tables {
             let r = self.commit_table(&table, &progress, &summary).await;
             match r {
-                Ok(Some((rows, files))) => {
-                    stats.rows.insert(table, rows);
+                Ok(Some((rows, files, bytes))) => {
                     stats.files += files;
+                    stats.files_per_table.insert(table.clone(), (files, bytes));
+                    stats.rows.insert(table, rows);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -610,7 +613,7 @@ impl LakeWriter {
         table: &str,
         progress: &BTreeMap<String, Progress>,
         summary: &HashMap<String, String>,
-    ) -> Result<Option<(usize, usize)>> {
+    ) -> Result<Option<(usize, usize, u64)>> {
         let measurement = table.strip_prefix("clean.");
         let mut claimed = Vec::new();
         let files = {
@@ -659,6 +662,7 @@ impl LakeWriter {
         };
         let (data_files, rows, t) = files;
         let n = data_files.len();
+        let bytes = data_files.iter().map(DataFile::file_size_in_bytes).sum::<u64>();
         let held = self.committed.get(table).cloned().unwrap_or_default();
         let mut claim = Claim::default();
         for p in &claimed {
@@ -693,7 +697,7 @@ impl LakeWriter {
                 }
             }
         }
-        Ok(Some((rows, n)))
+        Ok(Some((rows, n, bytes)))
     }
 }
 

@@ -8,8 +8,13 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use arrow::array::RecordBatch;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
 use iceberg_datafusion::IcebergCatalogProvider;
 use pitwall_lake::Lake;
 
@@ -26,6 +31,12 @@ pub enum Error {
     /// Printing the result failed.
     #[error("formatting the result: {0}")]
     Format(#[from] arrow::error::ArrowError),
+    /// A statement that would change something, sent where only reading is allowed.
+    #[error("only reading is allowed here (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN): {0}")]
+    ReadOnly(String),
+    /// The query ran past its time limit and was stopped.
+    #[error("the query ran past its time limit of {0:?} and was stopped; narrow it (a time range, fewer columns) or raise server.query-timeout")]
+    Timeout(Duration),
 }
 
 impl From<datafusion::error::DataFusionError> for Error {
@@ -90,10 +101,75 @@ impl Query {
         Ok(df.collect().await?)
     }
 
+    /// Runs `sql` as a read-only query within `limits`: DDL, DML (`INSERT`, `COPY`) and
+    /// other statements (`SET`) are refused before anything runs; a query past the time
+    /// limit is stopped; rows past the row limit are left out and the answer says so.
+    pub async fn read_only(&self, sql: &str, limits: &Limits) -> Result<Answer> {
+        let run = async {
+            let plan = self.ctx.state().create_logical_plan(sql).await?;
+            let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+            options.verify_plan(&plan).map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
+            let df = self.ctx.execute_logical_plan(plan).await?;
+            let stream = df.execute_stream().await?;
+            collect_limited(stream, limits.max_rows).await
+        };
+        match tokio::time::timeout(limits.timeout, run).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::Timeout(limits.timeout)),
+        }
+    }
+
     /// The DataFusion session, for callers that need more.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
+}
+
+/// Limits of a read-only query.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Stop the query after this long.
+    pub timeout: Duration,
+    /// Return at most this many rows.
+    pub max_rows: usize,
+}
+
+/// The answer to a read-only query.
+#[derive(Debug)]
+pub struct Answer {
+    /// The result's columns.
+    pub schema: SchemaRef,
+    /// The rows, at most the row limit.
+    pub batches: Vec<RecordBatch>,
+    /// Rows in `batches`.
+    pub rows: usize,
+    /// True when the query had more rows than the limit.
+    pub truncated: bool,
+}
+
+async fn collect_limited(mut stream: SendableRecordBatchStream, max_rows: usize) -> Result<Answer> {
+    let schema = stream.schema();
+    let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let room = max_rows - rows;
+        if batch.num_rows() > room {
+            truncated = true;
+            if room > 0 {
+                batches.push(batch.slice(0, room));
+                rows += room;
+            }
+            break;
+        }
+        rows += batch.num_rows();
+        batches.push(batch);
+    }
+    Ok(Answer {
+        schema,
+        batches,
+        rows,
+        truncated,
+    })
 }
 
 /// Renders `batches` in `format`.

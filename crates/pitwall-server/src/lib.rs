@@ -1,5 +1,6 @@
-//! `pitwall serve`: the HTTP write API, compatible with what Telegraf and InfluxDB
-//! clients send.
+//! `pitwall serve`: the HTTP write API (compatible with what Telegraf and InfluxDB
+//! clients send), the SQL API ([`query`]), the live feed ([`live`]), the dashboard
+//! ([`dashboard`]) and Prometheus metrics ([`metrics`]).
 //!
 //! - `POST /api/v2/write?bucket=..&precision=ns|us|ms|s`: InfluxDB v2 line protocol;
 //! - `POST /write?db=..&precision=n|ns|u|us|ms|s`: InfluxDB v1 line protocol;
@@ -14,7 +15,15 @@
 //! 413; a pipeline that cannot take the points within `publish-timeout` is 503 with
 //! `Retry-After`. Once a token is configured (`server.tokens` or `PITWALL_TOKEN`, comma
 //! separated), every write needs `Authorization: Token …`, `Bearer …` or Basic auth with
-//! the token as password (Telegraf's influxdb output), compared in constant time.
+//! the token as password (Telegraf's influxdb output), compared in constant time; the
+//! query API and the live feed need it too.
+
+pub mod dashboard;
+pub mod live;
+pub mod metrics;
+pub mod query;
+
+pub use live::{LiveHub, LiveStream};
 
 use std::future::Future;
 use std::io::Read;
@@ -47,6 +56,11 @@ pub struct ServerConfig {
     /// How long a write may wait for the pipeline to take its points before 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// A query running longer than this is stopped.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// A query answers at most this many rows (and says when there were more).
+    pub query_max_rows: usize,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +70,8 @@ impl Default for ServerConfig {
             tokens: Vec::new(),
             max_body_bytes: 32 * 1024 * 1024,
             publish_timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(30),
+            query_max_rows: 100_000,
         }
     }
 }
@@ -113,33 +129,68 @@ pub struct WriteStats {
     pub rejected: std::sync::atomic::AtomicU64,
 }
 
-struct AppState {
+/// What the server serves: where writes go, the lake it queries, the live feed.
+#[derive(Clone)]
+pub struct Services {
+    /// Where accepted points go.
+    pub sink: Arc<dyn Sink>,
+    /// The processor's settings (source ids, for keys).
+    pub processor: Arc<ProcessorConfig>,
+    /// Write counters.
+    pub stats: Arc<WriteStats>,
+    /// The lake the SQL API reads; `None` answers 503.
+    pub lake: Option<pitwall_lake::Lake>,
+    /// The live feed's hub.
+    pub live: LiveHub,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").field("lake", &self.lake.is_some()).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct AppState {
     sink: Arc<dyn Sink>,
     tokens: Vec<String>,
     max_body: usize,
     publish_timeout: Duration,
     processor: Arc<ProcessorConfig>,
     stats: Arc<WriteStats>,
+    lake: Option<pitwall_lake::Lake>,
+    live: LiveHub,
+    query_limits: pitwall_query::Limits,
 }
 
-/// The router with every route, for [`serve`] or a test.
-pub fn router(config: &ServerConfig, processor: Arc<ProcessorConfig>, sink: Arc<dyn Sink>, stats: Arc<WriteStats>) -> Router {
+/// The router with every route, for [`Bound`] or a test.
+pub fn router(config: &ServerConfig, services: Services) -> Router {
     let state = Arc::new(AppState {
-        sink,
+        sink: services.sink,
         tokens: config.all_tokens(),
         max_body: config.max_body_bytes,
         publish_timeout: config.publish_timeout,
-        processor,
-        stats,
+        processor: services.processor,
+        stats: services.stats,
+        lake: services.lake,
+        live: services.live,
+        query_limits: pitwall_query::Limits {
+            timeout: config.query_timeout,
+            max_rows: config.query_max_rows,
+        },
     });
     Router::new()
         .route("/api/v2/write", post(write_v2))
         .route("/write", post(write_v1))
         .route("/api/v1/telegraf", post(write_telegraf))
+        .route("/api/v1/query", post(query::query))
+        .route("/api/v1/live", get(live::live))
         .route("/ping", get(ping).head(ping))
         .route("/health", get(health))
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .merge(dashboard::routes())
         .with_state(state)
+        .merge(metrics::routes())
+        .route_layer(axum::middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
 }
 
 /// A server bound to its address, ready to run.
@@ -184,7 +235,7 @@ struct WriteParams {
 
 /// An error answer: status, InfluxDB-style code and a message in words.
 #[derive(Debug)]
-struct Reject {
+pub(crate) struct Reject {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -196,7 +247,7 @@ impl IntoResponse for Reject {
     }
 }
 
-fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Reject {
+pub(crate) fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Reject {
     Reject {
         status,
         code,
@@ -205,11 +256,12 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
 }
 
 /// Checks the token, if any is configured.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Reject> {
+/// `in_query` is a token passed in the URL, for clients that cannot set headers.
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap, in_query: Option<&str>) -> Result<(), Reject> {
     if state.tokens.is_empty() {
         return Ok(());
     }
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+    let from_header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         let rest = rest.trim();
         match scheme.to_ascii_lowercase().as_str() {
@@ -223,7 +275,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Reject> {
             _ => None,
         }
     });
-    let Some(given) = given else {
+    let Some(given) = from_header.or_else(|| in_query.map(str::to_owned)) else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -329,6 +381,10 @@ async fn publish_and_answer(state: &AppState, accepted: Vec<RawMessage>, rejecte
     }
     state.stats.accepted.fetch_add(n as u64, Relaxed);
     state.stats.rejected.fetch_add(rejected.len() as u64, Relaxed);
+    ::metrics::counter!("pitwall_events_in_total", "stage" => "write_api").increment(n as u64);
+    if !rejected.is_empty() {
+        ::metrics::counter!("pitwall_rejects_total", "stage" => "write_api", "reason" => "parse").increment(rejected.len() as u64);
+    }
     if rejected.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
     }
@@ -357,7 +413,7 @@ async fn publish_and_answer(state: &AppState, accepted: Vec<RawMessage>, rejecte
 }
 
 async fn write_line_protocol(state: &AppState, headers: &HeaderMap, params: &WriteParams, body: Bytes) -> Response {
-    if let Err(r) = authorize(state, headers) {
+    if let Err(r) = authorize(state, headers, None) {
         return r.into_response();
     }
     let precision = match precision(params.precision.as_deref()) {
@@ -397,7 +453,7 @@ async fn write_v1(State(state): State<Arc<AppState>>, Query(params): Query<Write
 }
 
 async fn write_telegraf(State(state): State<Arc<AppState>>, Query(params): Query<WriteParams>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+    if let Err(r) = authorize(&state, &headers, None) {
         return r.into_response();
     }
     // Telegraf's JSON serializer writes timestamps in seconds unless told otherwise.

@@ -6,6 +6,7 @@
 //! point is [`startup`].
 
 pub mod config;
+mod metrics;
 pub mod pipeline;
 pub mod process;
 pub mod replay;
@@ -167,6 +168,10 @@ struct ProcessArgs {
     /// Seconds between status lines.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (pitwall up and serve have
+    /// them on their --listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +197,10 @@ struct IngestArgs {
     /// Config file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (pitwall up and serve have
+    /// them on their --listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +241,10 @@ struct ReplayArgs {
     /// Config file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (pitwall up and serve have
+    /// them on their --listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +291,8 @@ pub fn startup() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Every process records metrics from the start; /metrics shows them where served.
+    pitwall_server::metrics::install();
     match cli.command {
         Command::Up(args) => up(args).await,
         Command::Query(args) => query(args).await,
@@ -375,6 +390,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let cancel = CancellationToken::new();
     let stats = Arc::new(pipeline::Stats::default());
+    metrics::export(&stats);
     // Ctrl-C: finish cleanly; a second one aborts.
     {
         let cancel = cancel.clone();
@@ -469,6 +485,23 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Serves `/metrics` alone on `listen`, if given, until `cancel`.
+async fn serve_metrics(listen: Option<&str>, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let Some(listen) = listen else { return Ok(()) };
+    pitwall_server::metrics::install();
+    let config = pitwall_server::ServerConfig {
+        listen: listen.to_owned(),
+        ..Default::default()
+    };
+    let bound = pitwall_server::Bound::bind(&config, pitwall_server::metrics::metrics_only())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.replace("--listen", "--metrics-listen").replace(" (or set server.listen)", "")))?;
+    eprintln!("metrics on http://{}/metrics", bound.local_addr());
+    let cancel = cancel.clone();
+    tokio::spawn(bound.run(async move { cancel.cancelled().await }));
+    Ok(())
+}
+
 async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(args.common.config.as_deref())?.with_data_dir(Some(args.common.data_dir));
     if let Some(b) = args.brokers {
@@ -481,7 +514,9 @@ async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(&cancel, "stopping: committing what was processed and leaving the group");
     cancel_after(&cancel, args.duration);
+    serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
     let stats = Arc::new(pipeline::Stats::default());
+    metrics::export(&stats);
     let status_cancel = CancellationToken::new();
     let status = tokio::spawn(status::report(
         Arc::clone(&stats),
@@ -522,7 +557,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(&cancel, "stopping: finishing the writes in flight");
     eprintln!("pitwall serve: writes go to {} at {}", topics.raw, config.kafka.brokers);
-    let server = pipeline::start_server(&config.server, &config, sink, cancel.clone()).await?;
+    let (lake, _) = pipeline::open_lake(&config).await?;
+    let server = pipeline::start_server(&config.server, &config, sink, Some(lake), pitwall_server::LiveHub::default(), cancel.clone()).await?;
     server.await??;
     Ok(ExitCode::SUCCESS)
 }
@@ -545,7 +581,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(&cancel, "stopping: waiting for the brokers to acknowledge what was sent");
     cancel_after(&cancel, args.duration);
+    serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
     let stats = Arc::new(pipeline::Stats::default());
+    metrics::export(&stats);
     let status = {
         let (stats, cancel, every) = (Arc::clone(&stats), cancel.clone(), args.status_interval);
         let topic = topics.raw.clone();
@@ -616,6 +654,7 @@ async fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(&cancel, "stopping: waiting for the brokers to acknowledge what was sent");
+    serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
     let summary = replay::replay(&config, &opts, cancel).await?;
     eprintln!("{}", replay::describe(&summary));
     Ok(ExitCode::SUCCESS)

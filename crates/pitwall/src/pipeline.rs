@@ -40,6 +40,8 @@ pub struct Stats {
     pub anomalies: AtomicU64,
     /// Rejected payloads.
     pub rejects: AtomicU64,
+    /// Clean points produced.
+    pub clean: AtomicU64,
     /// Late events.
     pub late: AtomicU64,
     /// Window rows produced.
@@ -130,20 +132,49 @@ pub(crate) async fn start_server(
     server: &pitwall_server::ServerConfig,
     config: &Config,
     sink: Arc<dyn pitwall_server::Sink>,
+    lake: Option<Lake>,
+    live: pitwall_server::LiveHub,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let router = pitwall_server::router(
-        server,
-        Arc::new(config.processor.clone()),
+    let services = pitwall_server::Services {
         sink,
-        Arc::new(pitwall_server::WriteStats::default()),
-    );
+        processor: Arc::new(config.processor.clone()),
+        stats: Arc::new(pitwall_server::WriteStats::default()),
+        lake,
+        live,
+    };
+    let router = pitwall_server::router(server, services);
     let bound = pitwall_server::Bound::bind(server, router).await.map_err(anyhow::Error::msg)?;
     let addr = bound.local_addr();
     let auth = if server.all_tokens().is_empty() { "no token needed" } else { "token required" };
-    eprintln!("write API on http://{addr} ({auth}): InfluxDB v2 /api/v2/write, v1 /write, Telegraf JSON /api/v1/telegraf");
+    eprintln!("dashboard on http://{addr}/ ({auth}); SQL /api/v1/query, live feed /api/v1/live, metrics /metrics");
+    eprintln!("write API on http://{addr}: InfluxDB v2 /api/v2/write, v1 /write, Telegraf JSON /api/v1/telegraf");
     tracing::info!(%addr, "write API listening");
     Ok(tokio::spawn(bound.run(async move { stop.cancelled().await })))
+}
+
+/// Forwards the clean, metrics and anomalies topics of the in-process bus to the live
+/// feed, until the topics end.
+fn feed_live(bus: &InProcessBus, topics: &Topics, live: &pitwall_server::LiveHub) -> anyhow::Result<()> {
+    use pitwall_server::LiveStream;
+    for (topic, stream) in [
+        (&topics.clean, LiveStream::Clean),
+        (&topics.metrics, LiveStream::Metrics),
+        (&topics.anomalies, LiveStream::Anomalies),
+    ] {
+        for mut consumer in bus.subscribe(topic)? {
+            let live = live.clone();
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(256);
+                while consumer.recv_many(&mut batch, 256).await > 0 {
+                    for m in batch.drain(..) {
+                        live.feed(stream, m.key.as_deref(), m.payload);
+                    }
+                }
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What a finished run did.
@@ -280,7 +311,9 @@ pub async fn run_on_bus(
                 producer: bus.producer(&topics.raw)?,
                 stats: Arc::clone(&stats),
             });
-            Some(start_server(s, &config, sink, stop_server.clone()).await?)
+            let live = pitwall_server::LiveHub::default();
+            feed_live(&bus, &topics, &live)?;
+            Some(start_server(s, &config, sink, Some(lake.clone()), live, stop_server.clone()).await?)
         }
         None => None,
     };
@@ -344,7 +377,11 @@ pub async fn run_on_bus(
 pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
     let topics = ensure_topics(&config).await?;
     let server = match &run.serve {
-        Some(s) => Some(start_server(s, &config, Arc::new(KafkaWriteSink::new(&config.kafka, &topics.raw)?), cancel.clone()).await?),
+        Some(s) => {
+            let sink = Arc::new(KafkaWriteSink::new(&config.kafka, &topics.raw)?);
+            let (lake, _) = open_lake(&config).await?;
+            Some(start_server(s, &config, sink, Some(lake), pitwall_server::LiveHub::default(), cancel.clone()).await?)
+        }
         None => None,
     };
     let producer = {
@@ -684,6 +721,7 @@ async fn process_partition(
             next = m.offset + 1;
         }
         stats.processed.fetch_add(n as u64, Ordering::Relaxed);
+        crate::metrics::partition(processor.topic(), processor.partition(), Some(consumer.pending() as i64), processor.watermark());
         hand_over(&processor, next, outputs, &key, &publisher, &out, &stats).await?;
     }
 }
@@ -712,6 +750,8 @@ pub(crate) fn count(stats: &Stats, o: &Outputs) {
     let started = o.anomalies.iter().filter(|a| a.phase == pitwall_core::record::Phase::Start).count();
     stats.anomalies.fetch_add(started as u64, Ordering::Relaxed);
     stats.rejects.fetch_add(o.rejects.len() as u64, Ordering::Relaxed);
+    stats.clean.fetch_add(o.clean.len() as u64, Ordering::Relaxed);
+    crate::metrics::rejects(o.rejects.iter().map(|r| r.reason.as_str()));
     stats.late.fetch_add(o.late.len() as u64, Ordering::Relaxed);
     stats.windows.fetch_add(o.windows.len() as u64, Ordering::Relaxed);
 }
@@ -761,13 +801,15 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stat
 }
 
 async fn commit(writer: &mut LakeWriter, stats: &Stats) -> anyhow::Result<()> {
+    let started = Instant::now();
     let s = writer.commit().await?;
-    record_commit(stats, &s);
+    record_commit(stats, &s, started.elapsed());
     Ok(())
 }
 
 /// Counts a finished commit in `stats`.
-pub(crate) fn record_commit(stats: &Stats, s: &pitwall_lake::CommitStats) {
+pub(crate) fn record_commit(stats: &Stats, s: &pitwall_lake::CommitStats, took: Duration) {
+    crate::metrics::commit(s, took);
     stats.rows_committed.fetch_add(s.total_rows() as u64, Ordering::Relaxed);
     let clean: usize = s.rows.iter().filter(|(k, _)| k.starts_with("clean.")).map(|(_, v)| v).sum();
     stats.clean_committed.fetch_add(clean as u64, Ordering::Relaxed);

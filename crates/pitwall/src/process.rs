@@ -213,6 +213,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 unflushed = 0;
             }
             if writer.due() {
+                report_lag(&consumer, &parts, &topics.raw);
                 match commit(&mut writer, &mut acks, &consumer, &stats, &topics).await {
                     Ok(()) => failures = 0,
                     Err(e) => {
@@ -403,7 +404,7 @@ async fn commit(
     }
     let started = Instant::now();
     let s = writer.commit().await?;
-    record_commit(stats, &s);
+    record_commit(stats, &s, started.elapsed());
     tracing::debug!(rows = s.total_rows(), files = s.files, ms = started.elapsed().as_millis() as u64, "committed");
     let offsets: Vec<(String, u32, i64)> = writer
         .partitions()
@@ -416,6 +417,15 @@ async fn commit(
         tracing::debug!(error = %e, "recording the group's offsets for lag monitoring");
     }
     Ok(())
+}
+
+/// Reports each partition's lag (the broker's end offset minus the next to process) and
+/// watermark lag.
+fn report_lag(consumer: &KafkaConsumer, parts: &HashMap<u32, Part>, topic: &str) {
+    for (p, part) in parts {
+        let lag = consumer.offset_range(topic, *p).ok().map(|(_, high)| high - part.next);
+        crate::metrics::partition(topic, *p, lag, part.processor.watermark());
+    }
 }
 
 /// Takes `key` up again from the lake after a fenced commit, if this member still owns it.

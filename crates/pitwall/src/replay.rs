@@ -216,6 +216,7 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                     Err((line, reason)) => {
                         let at = format!("{}:{line}", path.display());
                         let kind = without_line(&reason).to_owned();
+                        metrics::counter!("pitwall_rejects_total", "stage" => "ingest", "reason" => "parse").increment(1);
                         let entry = summary.rejected.entry(kind).or_insert((0, at.clone()));
                         entry.0 += 1;
                         let lines = lines.get_or_insert_with(|| text.lines().collect());
@@ -225,6 +226,7 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                     }
                 }
                 if summary.sent % 4096 == 0 {
+                    metrics::counter!("pitwall_events_in_total", "stage" => "ingest").absolute(summary.sent);
                     let rate = summary.sent as f64 / started.elapsed().as_secs_f64().max(1e-3);
                     bar.set_message(format!("{} events, {rate:.0} events/s", summary.sent));
                 }

@@ -1,14 +1,17 @@
-//! The write API over real HTTP on loopback: what Telegraf's influxdb_v2, influxdb and
-//! http (JSON) outputs send lands as raw messages keyed by source; bad lines are named
-//! and the rest accepted; tokens, body limits and a full pipeline get their status codes.
-//! The sink here records what it is given (the pipeline tests publish to the real bus).
+//! The HTTP API over real HTTP on loopback. Write API: what Telegraf's influxdb_v2,
+//! influxdb and http (JSON) outputs send lands as raw messages keyed by source; bad lines
+//! are named and the rest accepted; tokens, body limits and a full pipeline get their
+//! status codes. The sink here records what it is given (the pipeline tests publish to
+//! the real bus). Live feed: filters, per-series downsampling, reconnects with
+//! Last-Event-ID. Metrics: requests by route and status. (The query API needs a lake:
+//! its tests run the real binary, in crates/pitwall/tests/serve.rs.)
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pitwall_core::{FieldValue, json};
-use pitwall_server::{Bound, RawMessage, ServerConfig, Sink, SinkError, SinkFuture, WriteStats, router};
+use pitwall_server::{Bound, LiveHub, RawMessage, Services, ServerConfig, Sink, SinkError, SinkFuture, WriteStats, router};
 use pitwall_stream::ProcessorConfig;
 
 #[derive(Default)]
@@ -32,6 +35,7 @@ impl Sink for Recorder {
 struct Server {
     url: String,
     sink: Arc<Recorder>,
+    live: LiveHub,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -49,14 +53,22 @@ async fn start(config: ServerConfig, full: bool) -> Server {
         listen: "127.0.0.1:0".into(),
         ..config
     };
-    let r = router(&config, Arc::new(ProcessorConfig::default()), Arc::clone(&sink) as Arc<dyn Sink>, Arc::new(WriteStats::default()));
+    let live = LiveHub::new(64);
+    let services = Services {
+        sink: Arc::clone(&sink) as Arc<dyn Sink>,
+        processor: Arc::new(ProcessorConfig::default()),
+        stats: Arc::new(WriteStats::default()),
+        lake: None,
+        live: live.clone(),
+    };
+    let r = router(&config, services);
     let bound = Bound::bind(&config, r).await.unwrap();
     let url = format!("http://{}", bound.local_addr());
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(bound.run(async move {
         let _ = rx.await;
     }));
-    Server { url, sink, stop: Some(tx) }
+    Server { url, sink, live, stop: Some(tx) }
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -201,4 +213,144 @@ async fn telegraf_json_single_and_batched() {
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].time, 1_767_225_600_000_000_000, "Telegraf's JSON timestamps are seconds");
     assert_eq!(got[0].key.as_deref(), Some(&b"edge-1"[..]));
+}
+
+/// Server-sent events read off a streaming response: (event, id, data).
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(url: &str, last_id: Option<u64>) -> Events {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(id) = last_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let response = req.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut e = Events { response, buffer: String::new() };
+        // The first event sets the reconnect delay: the subscription is in place.
+        let first = e.read_for(Duration::from_secs(5), 1).await;
+        assert!(first.is_empty(), "nothing but the retry line comes first: {first:?}");
+        assert!(e.buffer.is_empty() || e.buffer.starts_with(':'));
+        e
+    }
+
+    /// Events read within `wait` (stopping early once `enough` arrived).
+    async fn read_for(&mut self, wait: Duration, enough: usize) -> Vec<(String, u64, String)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        let mut saw_retry = false;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (String::from("message"), 0, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse().unwrap();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    } else if line.starts_with("retry:") {
+                        saw_retry = true;
+                    }
+                }
+                if !data.is_empty() {
+                    out.push((event, id, data));
+                }
+            }
+            if out.len() >= enough || (saw_retry && enough == 1 && out.is_empty()) {
+                return out;
+            }
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                _ => return out,
+            }
+        }
+    }
+}
+
+fn clean(source: &str, time: i64, speed: f64) -> axum::body::Bytes {
+    axum::body::Bytes::from(format!(
+        r#"{{"measurement":"car","tags":{{"driver":"{source}"}},"fields":{{"speed_kph":{speed}}},"time":{time}}}"#
+    ))
+}
+
+fn anomaly(source: &str, id: &str) -> axum::body::Bytes {
+    axum::body::Bytes::from(format!(
+        r#"{{"id":"{id}","rule":"engine_overheat","measurement":"car","source_id":"{source}","phase":"start","time":1}}"#
+    ))
+}
+
+/// Filters by stream and source; clean points are downsampled per series, the newest
+/// kept; anomalies all arrive; a reconnect with Last-Event-ID gets what it missed.
+#[tokio::test]
+async fn live_feed_filters_downsamples_and_resumes() {
+    use pitwall_server::LiveStream::{Anomalies, Clean, Metrics};
+    let s = start(ServerConfig::default(), false).await;
+    let url = format!("{}/api/v1/live?stream=clean,anomalies&source=VER&rate=4", s.url);
+    let mut events = Events::open(&url, None).await;
+    for i in 0..50 {
+        s.live.feed(Clean, Some(b"VER"), clean("VER", i, i as f64));
+        s.live.feed(Clean, Some(b"HAM"), clean("HAM", i, 0.0));
+    }
+    s.live.feed(Anomalies, Some(b"VER"), anomaly("VER", "a1"));
+    s.live.feed(Anomalies, Some(b"HAM"), anomaly("HAM", "a2"));
+    s.live.feed(Metrics, Some(b"VER"), axum::body::Bytes::from_static(br#"{"measurement":"car","source_id":"VER"}"#));
+    let got = events.read_for(Duration::from_millis(800), usize::MAX).await;
+    let cleans: Vec<_> = got.iter().filter(|e| e.0 == "clean").collect();
+    let anomalies: Vec<_> = got.iter().filter(|e| e.0 == "anomalies").collect();
+    assert!(got.iter().all(|e| e.0 != "metrics"), "metrics were not asked for: {got:?}");
+    assert!(got.iter().all(|e| !e.2.contains("HAM")), "another source came through: {got:?}");
+    assert_eq!(anomalies.len(), 1, "{got:?}");
+    assert!(anomalies[0].2.contains(r#""id":"a1""#));
+    // 4 a second over 0.8 s: the first point at once, the newest after 250 ms, maybe one more.
+    assert!((2..=4).contains(&cleans.len()), "downsampled to 4/s: {cleans:?}");
+    assert!(cleans[0].2.contains(r#""speed_kph":0"#), "the first point goes at once: {cleans:?}");
+    assert!(cleans.last().unwrap().2.contains(r#""speed_kph":49"#), "the newest point is the one kept: {cleans:?}");
+
+    // Disconnected: three more anomalies; the reconnect gets exactly those.
+    let last = anomalies[0].1;
+    drop(events);
+    for id in ["b1", "b2", "b3"] {
+        s.live.feed(Anomalies, Some(b"VER"), anomaly("VER", id));
+    }
+    let url = format!("{}/api/v1/live?stream=anomalies&source=VER", s.url);
+    let mut events = Events::open(&url, Some(last)).await;
+    let missed = events.read_for(Duration::from_secs(2), 3).await;
+    let ids: Vec<&str> = missed.iter().map(|e| &e.2[7..9]).collect();
+    assert_eq!(ids, ["b1", "b2", "b3"], "{missed:?}");
+    assert!(missed.iter().all(|e| e.1 > last));
+
+    let r = reqwest::get(format!("{}/api/v1/live?stream=nope", s.url)).await.unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+/// /metrics names requests by route pattern and status, in Prometheus text format.
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    pitwall_server::metrics::install();
+    let s = start(ServerConfig::default(), false).await;
+    let c = reqwest::Client::new();
+    for body in ["m,host=a v=1\n", "m,host=a v=1\n", "bad line\n"] {
+        c.post(format!("{}/api/v2/write", s.url)).body(body).send().await.unwrap();
+    }
+    let text = c.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    let line = |needle: &[&str]| {
+        text.lines()
+            .find(|l| l.starts_with("pitwall_http_requests_total{") && needle.iter().all(|n| l.contains(n)))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(line(&[r#"route="/api/v2/write""#, r#"status="204""#]), "2");
+    assert_eq!(line(&[r#"route="/api/v2/write""#, r#"status="400""#]), "1");
+    assert!(text.contains(r#"pitwall_events_in_total{stage="write_api"} 2"#), "{text}");
+    assert!(text.contains(r#"pitwall_rejects_total{stage="write_api",reason="parse"} 1"#), "{text}");
+    assert!(text.contains("# TYPE pitwall_http_request_seconds histogram"), "{text}");
 }
