@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh machine and runs every test:
 # cargo-nextest; the Kafka-API broker tansu (built once from crates.io, ~25 CPU-minutes,
-# then cached; the tests start their own brokers on 127.0.0.1); and, in a cached
-# virtualenv, PyIceberg (the independent reader of our tables) and kafka-python (the
-# independent reader of our topics). Build output is cached in ~/.cache/pitwall so
+# then cached; the tests start their own brokers on 127.0.0.1); in a cached virtualenv,
+# PyIceberg (the independent reader of our tables) and kafka-python (the independent
+# reader of our topics); Debian's chromium and prometheus (the browser tests and the
+# scrape test start their own, on loopback); and the dashboard's npm packages (uPlot,
+# playwright-core). Build output is cached in ~/.cache/pitwall so
 # repeat runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,5 +34,8 @@ if ! "$VENV/bin/python" -c "import pyiceberg, pyarrow, sqlalchemy, kafka, lz4.fr
     "pyiceberg[sql-sqlite,pyarrow]==$PYICEBERG_VERSION" "kafka-python==$KAFKA_PYTHON_VERSION" lz4
 fi
 export PITWALL_PYTHON="$VENV/bin/python"
+
+need_apt chromium prometheus
+web_packages
 
 cargo nextest run --workspace --no-fail-fast "$@"

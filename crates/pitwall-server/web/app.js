@@ -312,6 +312,8 @@ async function runCompare() {
   } catch (e) { $('#cmp-info').textContent = e.message; }
 }
 tabOpeners.compare = loadCompareChoices;
+// New drivers and laps reach the lake as the session goes on.
+setInterval(() => { if ($('#tab-compare').classList.contains('active')) loadCompareChoices(); }, 5000);
 $('#cmp-run').addEventListener('click', runCompare);
 
 // ---------- Pipeline ----------

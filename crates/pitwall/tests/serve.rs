@@ -114,3 +114,126 @@ impl JsonOrText for reqwest::Response {
         serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     }
 }
+
+/// The SQL API of `pitwall up`: JSON rows, CSV and Arrow IPC; the row limit says when it
+/// cut; DDL, DML and SET are refused in words; bad SQL is 400; a query past the time
+/// limit is stopped with 408; a token is needed like for writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_api_answers_read_only_within_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pitwall.toml");
+    std::fs::write(
+        &config,
+        "[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"t0ken\"]\nquery-max-rows = 100\nquery-timeout = \"2s\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["up", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("lake"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (url, stderr, _) = write_api_url(&mut child);
+    std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
+    let client = reqwest::Client::new();
+    let auth = ("Authorization", "Token t0ken");
+    const T0: i64 = 1_767_225_600_000_000_000;
+    let lp: String = (0..600)
+        .map(|i| format!("sensor,sensor_id=s-{},site=plant-a temperature_c={} {}\n", i % 10, 20 + i % 7, T0 + (i / 10) * 1_000_000_000))
+        .collect();
+    let r = client.post(format!("{url}/api/v2/write")).header(auth.0, auth.1).body(lp).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+
+    let query = |sql: &str, format: Option<&str>, accept: Option<&str>| {
+        let mut req = client.post(format!("{url}/api/v1/query")).header(auth.0, auth.1);
+        if let Some(f) = format {
+            req = req.query(&[("format", f)]);
+        }
+        if let Some(a) = accept {
+            req = req.header("Accept", a);
+        }
+        req.body(sql.to_owned()).send()
+    };
+    let per_sensor = "SELECT sensor_id, count(*) AS n FROM clean.sensor GROUP BY sensor_id ORDER BY sensor_id";
+    // The lake commits every few seconds: wait until every point is there.
+    let mut answer = serde_json::Value::Null;
+    for _ in 0..120 {
+        let r = query(per_sensor, None, None).await.unwrap();
+        if r.status() == 200 {
+            answer = r.json().await.unwrap();
+            if answer["rows"].as_array().is_some_and(|rows| rows.len() == 10 && rows.iter().all(|r| r["n"] == 60)) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(answer["rows"][0], serde_json::json!({"sensor_id": "s-0", "n": 60}), "{answer}");
+    assert_eq!(answer["columns"][1], serde_json::json!({"name": "n", "type": "Int64"}));
+    assert_eq!((answer["row_count"].as_u64(), answer["truncated"].as_bool()), (Some(10), Some(false)));
+
+    // CSV by Accept header; JSON body with a format.
+    let csv = query(per_sensor, None, Some("text/csv")).await.unwrap().text().await.unwrap();
+    assert_eq!(csv.lines().take(2).collect::<Vec<_>>(), ["sensor_id,n", "s-0,60"]);
+    let r = client
+        .post(format!("{url}/api/v1/query"))
+        .header(auth.0, auth.1)
+        .json(&serde_json::json!({"sql": per_sensor, "format": "csv"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), csv);
+
+    // Arrow IPC stream, read back with arrow's own reader.
+    let r = query(per_sensor, Some("arrow"), None).await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    let bytes = r.bytes().await.unwrap();
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None).unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
+    assert_eq!(batches[0].schema().field(0).name(), "sensor_id");
+
+    // The row limit: 100 of 600, and the answer says so.
+    let r = query("SELECT * FROM clean.sensor", None, None).await.unwrap();
+    assert_eq!(r.headers()["x-pitwall-truncated"], "true");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((v["row_count"].as_u64(), v["truncated"].as_bool()), (Some(100), Some(true)));
+    assert_eq!(v["rows"].as_array().unwrap().len(), 100);
+
+    // Read-only.
+    for sql in [
+        "INSERT INTO clean.sensor (time, sensor_id) VALUES (now(), 'x')",
+        "CREATE TABLE t AS SELECT 1",
+        "DROP TABLE clean.sensor",
+        "COPY (SELECT 1) TO 'copied.csv'",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let r = query(sql, None, None).await.unwrap();
+        assert_eq!(r.status(), 403, "{sql}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["message"].as_str().unwrap().contains("only reading is allowed"), "{sql}: {v}");
+    }
+    assert!(!dir.path().join("copied.csv").exists() && !std::path::Path::new("copied.csv").exists());
+    let r = query("SELEC 1", None, None).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = query("SELECT nope FROM clean.sensor", None, None).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("nope"));
+
+    // The time limit stops a query that would run for minutes.
+    let started = std::time::Instant::now();
+    let r = query("SELECT count(*) FROM range(100000000000)", None, None).await.unwrap();
+    assert_eq!(r.status(), 408);
+    assert!(started.elapsed() < Duration::from_secs(30), "stopped at the 2 s limit, not at the end");
+    assert!(r.text().await.unwrap().contains("time limit of 2s"));
+
+    // The server still answers, and a query without the token is refused.
+    let r = client.post(format!("{url}/api/v1/query")).body("SELECT 1").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(query("SELECT 1 AS one", None, None).await.unwrap().status(), 200);
+
+    assert!(Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+}

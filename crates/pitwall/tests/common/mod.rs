@@ -193,7 +193,7 @@ pub fn write_api_url(child: &mut Child) -> (String, std::io::BufReader<std::proc
         assert!(stderr.read_line(&mut line).unwrap() > 0, "pitwall ended before serving:\n{seen}");
         seen.push_str(&line);
         if let Some(rest) = line.strip_prefix("write API on ") {
-            let url = rest.split_whitespace().next().unwrap().to_owned();
+            let url = rest.split_whitespace().next().unwrap().trim_end_matches(':').to_owned();
             return (url, stderr, seen);
         }
     }
