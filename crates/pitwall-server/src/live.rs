@@ -216,8 +216,8 @@ struct Filter {
 impl Filter {
     fn wants(&self, e: &LiveEvent) -> bool {
         self.streams.contains(&e.stream)
-            && self.measurements.as_ref().is_none_or(|m| m.iter().any(|x| *x == e.measurement))
-            && self.sources.as_ref().is_none_or(|s| s.iter().any(|x| *x == e.source))
+            && self.measurements.as_ref().is_none_or(|m| m.contains(&e.measurement))
+            && self.sources.as_ref().is_none_or(|s| s.contains(&e.source))
     }
 }
 
@@ -228,10 +228,14 @@ fn sse_event(e: &LiveEvent) -> Event {
         .data(String::from_utf8_lossy(&e.data))
 }
 
+/// A series' last send, and the point held back since.
+type SeriesState = (Instant, Option<Arc<LiveEvent>>);
+
 /// Per-series downsampling of clean points.
 struct Downsampler {
     interval: Duration,
-    series: HashMap<(String, String), (Instant, Option<Arc<LiveEvent>>)>,
+    /// (measurement, source) -> its state.
+    series: HashMap<(String, String), SeriesState>,
 }
 
 impl Downsampler {
