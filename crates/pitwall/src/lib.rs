@@ -75,14 +75,17 @@ enum Command {
     /// topics as JSON keyed by source id. Ctrl-C commits what was processed and leaves
     /// the group.
     Process(ProcessArgs),
-    /// Serve the write API in front of Kafka: InfluxDB v2 (/api/v2/write) and v1
-    /// (/write) line protocol and Telegraf JSON (/api/v1/telegraf), gzip or not.
+    /// Serve the HTTP API and dashboard in front of Kafka and the lake.
     ///
-    /// Every accepted point is on the raw topic, acknowledged by the brokers, before the
-    /// answer; bad lines are named in a 400 and the rest accepted. Point Telegraf's
-    /// influxdb_v2 output at http://HOST:PORT. Tokens come from server.tokens or
-    /// PITWALL_TOKEN (comma-separated). Runs until Ctrl-C; `pitwall process` turns the
-    /// raw topic into the lake.
+    /// Write API: InfluxDB v2 (/api/v2/write) and v1 (/write) line protocol and
+    /// Telegraf JSON (/api/v1/telegraf), gzip or not; every accepted point is on the raw
+    /// topic, acknowledged by the brokers, before the answer; bad lines are named in a
+    /// 400 and the rest accepted. Point Telegraf's influxdb_v2 output at
+    /// http://HOST:PORT. SQL: POST /api/v1/query (read-only; JSON, CSV or Arrow IPC)
+    /// over the lake in --data-dir. Live: GET /api/v1/live (server-sent events) follows
+    /// the clean, metrics and anomalies topics. Dashboard at /, Prometheus metrics at
+    /// /metrics. Tokens come from server.tokens or PITWALL_TOKEN (comma-separated).
+    /// Runs until Ctrl-C; `pitwall process` turns the raw topic into the lake.
     Serve(ServeArgs),
     /// Work with anomaly rules.
     Rules {
@@ -208,6 +211,9 @@ struct ServeArgs {
     /// Where to listen (overrides server.listen, default 127.0.0.1:8086).
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// The lake the SQL API and dashboard read (the one `pitwall process` writes).
+    #[arg(long, value_name = "DIR", default_value = "pitwall-data")]
+    data_dir: PathBuf,
     /// Kafka bootstrap brokers (overrides kafka.brokers).
     #[arg(long)]
     brokers: Option<String>,
@@ -544,7 +550,7 @@ async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.config.as_deref())?;
+    let mut config = Config::load(args.config.as_deref())?.with_data_dir(Some(args.data_dir));
     if let Some(b) = args.brokers {
         config.kafka.brokers = b;
     }
@@ -558,7 +564,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     cancel_on_ctrl_c(&cancel, "stopping: finishing the writes in flight");
     eprintln!("pitwall serve: writes go to {} at {}", topics.raw, config.kafka.brokers);
     let (lake, _) = pipeline::open_lake(&config).await?;
-    let server = pipeline::start_server(&config.server, &config, sink, Some(lake), pitwall_server::LiveHub::default(), cancel.clone()).await?;
+    let live = pitwall_server::LiveHub::default();
+    pipeline::feed_live_from_kafka(&config, &topics, &live, &cancel)?;
+    let server = pipeline::start_server(&config.server, &config, sink, Some(lake), live, cancel.clone()).await?;
     server.await??;
     Ok(ExitCode::SUCCESS)
 }

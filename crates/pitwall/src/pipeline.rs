@@ -177,6 +177,47 @@ fn feed_live(bus: &InProcessBus, topics: &Topics, live: &pitwall_server::LiveHub
     Ok(())
 }
 
+/// Follows the clean, metrics and anomalies topics on Kafka into the live feed, from
+/// their ends, until `cancel`: each in a group of its own (`GROUP-live-PID-TOPIC`)
+/// that commits nothing, so it takes nothing from the processors' group.
+pub(crate) fn feed_live_from_kafka(config: &Config, topics: &Topics, live: &pitwall_server::LiveHub, cancel: &CancellationToken) -> anyhow::Result<()> {
+    use pitwall_server::LiveStream;
+    for (topic, stream) in [
+        (&topics.clean, LiveStream::Clean),
+        (&topics.metrics, LiveStream::Metrics),
+        (&topics.anomalies, LiveStream::Anomalies),
+    ] {
+        let mut kafka = config.kafka.clone();
+        kafka.group_id = format!("{}-live-{}-{}", config.kafka.group_id, std::process::id(), stream.name());
+        kafka.properties.insert("auto.offset.reset".into(), "latest".into());
+        let consumer = pitwall_bus::kafka::KafkaConsumer::subscribe(&kafka, &[topic.as_str()])?;
+        let (live, cancel) = (live.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    m = consumer.recv() => match m {
+                        Ok(m) => {
+                            failures = 0;
+                            live.feed(stream, m.key.as_deref(), m.payload);
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            if failures == 1 || failures.is_power_of_two() {
+                                tracing::warn!(error = %e, "live feed: cannot read from Kafka; retrying");
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            }
+            consumer.close();
+        });
+    }
+    Ok(())
+}
+
 /// What a finished run did.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -380,7 +421,9 @@ pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken
         Some(s) => {
             let sink = Arc::new(KafkaWriteSink::new(&config.kafka, &topics.raw)?);
             let (lake, _) = open_lake(&config).await?;
-            Some(start_server(s, &config, sink, Some(lake), pitwall_server::LiveHub::default(), cancel.clone()).await?)
+            let live = pitwall_server::LiveHub::default();
+            feed_live_from_kafka(&config, &topics, &live, &cancel)?;
+            Some(start_server(s, &config, sink, Some(lake), live, cancel.clone()).await?)
         }
         None => None,
     };

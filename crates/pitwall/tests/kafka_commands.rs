@@ -154,6 +154,28 @@ async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
         brokers: broker.addr.clone(),
         ..KafkaConfig::default()
     };
+    // The live feed follows the output topics: an anomaly put on telemetry.anomalies
+    // (as `pitwall process` does) reaches an SSE client.
+    let mut live = reqwest::Client::new()
+        .get(format!("{url}/api/v1/live?stream=anomalies&source=press-7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let anomaly = r#"{"id":"hot:press-7:1","rule":"hot","measurement":"machine","source_id":"press-7","phase":"start","time":1}"#;
+    let producer = pitwall_bus::kafka::KafkaProducer::new(&KafkaConfig { brokers: broker.addr.clone(), ..KafkaConfig::default() }, "telemetry.anomalies").unwrap();
+    let mut got = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The live consumers join their groups from the topic's end: send until one arrives.
+    while !got.contains("hot:press-7:1") {
+        producer.send(Some(b"press-7"), anomaly.as_bytes(), 1).await.unwrap();
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout(std::time::Duration::from_millis(500), live.chunk()).await {
+            got.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no anomaly on the live feed after 60 s: {got}");
+    }
+    assert!(got.contains("event: anomalies"), "{got}");
+
     let raw = drain(&config, "telemetry.raw", 2).await;
     let mut keys: Vec<String> = raw.iter().map(|m| String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap()).collect();
     keys.sort();
