@@ -5,6 +5,7 @@
 //! prints simulated telemetry; `pitwall rules check` validates a config file. The entry
 //! point is [`startup`].
 
+pub mod bench;
 pub mod config;
 mod metrics;
 pub mod pipeline;
@@ -87,6 +88,11 @@ enum Command {
     /// /metrics. Tokens come from server.tokens or PITWALL_TOKEN (comma-separated).
     /// Runs until Ctrl-C; `pitwall process` turns the raw topic into the lake.
     Serve(ServeArgs),
+    /// Measure: print figures of a scenario (see `pitwall bench --help`).
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
     /// Work with anomaly rules.
     Rules {
         #[command(subcommand)]
@@ -206,6 +212,37 @@ struct IngestArgs {
     metrics_listen: Option<String>,
 }
 
+#[derive(Debug, Subcommand)]
+enum BenchScenario {
+    /// The write API under a load generator over loopback: batches of simulated
+    /// telemetry as line protocol, several connections, for a while; prints points/s,
+    /// request latency and CPU. The load generator runs in the same process.
+    HttpWrite {
+        /// How long to send.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Concurrent connections.
+        #[arg(long, default_value = "4")]
+        connections: usize,
+        /// Lines per request.
+        #[arg(long, default_value = "5000")]
+        batch: usize,
+        /// Gzip the bodies, as Telegraf does.
+        #[arg(long)]
+        gzip: bool,
+        /// Where accepted points go: discard (the API's own cost) or kafka (the raw
+        /// topic, acknowledged before each answer).
+        #[arg(long, value_enum, default_value = "discard")]
+        sink: bench::BenchSink,
+        /// Kafka bootstrap brokers (overrides kafka.brokers), for --sink kafka.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Where to listen (overrides server.listen, default 127.0.0.1:8086).
@@ -307,6 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(args) => ingest(args).await,
         Command::Process(args) => process_command(args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Bench { scenario } => bench_command(scenario).await,
         Command::Rules {
             command: RulesCommand::Check { file },
         } => {
@@ -546,6 +584,35 @@ async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     status.await.ok();
     status::print_line(&stats, started.elapsed(), status::Rate::Processed);
     result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
+    match scenario {
+        BenchScenario::HttpWrite {
+            duration,
+            connections,
+            batch,
+            gzip,
+            sink,
+            brokers,
+            config,
+        } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(b) = brokers {
+                config.kafka.brokers = b;
+            }
+            anyhow::ensure!(connections > 0 && batch > 0, "--connections and --batch must be at least 1");
+            let opts = bench::HttpWrite {
+                duration,
+                connections,
+                batch,
+                gzip,
+                sink,
+            };
+            bench::http_write(&config, &opts).await?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
