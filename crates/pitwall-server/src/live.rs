@@ -8,7 +8,8 @@
 //! and sent when that time is up (a newer one replaces it). Window metrics and anomalies
 //! are never dropped. Every event carries an id; a client that reconnects with
 //! `Last-Event-ID` (browsers' `EventSource` does it by itself) first gets what it missed
-//! from the hub's recent history, as far as that goes back.
+//! from the hub's recent history, as far as that goes back. Each event's JSON carries
+//! `received_ms`, when the server got it from the pipeline.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -70,8 +71,8 @@ pub struct LiveEvent {
     pub source: String,
     /// The JSON, as on the topic.
     pub data: Bytes,
-    /// When the hub got it.
-    pub received: Instant,
+    /// When the hub got it from the pipeline, ms since the epoch.
+    pub received_ms: i64,
 }
 
 /// Fan-out of the pipeline's outputs to live connections, with a short history for
@@ -149,7 +150,9 @@ impl LiveHub {
             measurement,
             source,
             data,
-            received: Instant::now(),
+            received_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
         });
         {
             let mut recent = self.inner.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -221,11 +224,17 @@ impl Filter {
     }
 }
 
+/// The event as sent: the topic's JSON object with `received_ms` (when the server got
+/// it from the pipeline, ms since the epoch) added first, so a client can tell how far
+/// behind the processor it is.
 fn sse_event(e: &LiveEvent) -> Event {
-    Event::default()
-        .event(e.stream.name())
-        .id(e.seq.to_string())
-        .data(String::from_utf8_lossy(&e.data))
+    let json = String::from_utf8_lossy(&e.data);
+    let data = match json.strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"received_ms\":{}}}", e.received_ms),
+        Some(rest) => format!("{{\"received_ms\":{},{rest}", e.received_ms),
+        None => json.into_owned(),
+    };
+    Event::default().event(e.stream.name()).id(e.seq.to_string()).data(data)
 }
 
 /// A series' last send, and the point held back since.

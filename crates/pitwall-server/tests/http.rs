@@ -321,9 +321,16 @@ async fn live_feed_filters_downsamples_and_resumes() {
     let url = format!("{}/api/v1/live?stream=anomalies&source=VER", s.url);
     let mut events = Events::open(&url, Some(last)).await;
     let missed = events.read_for(Duration::from_secs(2), 3).await;
-    let ids: Vec<&str> = missed.iter().map(|e| &e.2[7..9]).collect();
+    let ids: Vec<String> = missed
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(&e.2).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, ["b1", "b2", "b3"], "{missed:?}");
     assert!(missed.iter().all(|e| e.1 > last));
+    // Each event says when the server got it.
+    let v: serde_json::Value = serde_json::from_str(&missed[0].2).unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!((now_ms - v["received_ms"].as_i64().unwrap()).abs() < 60_000, "{v}");
 
     let r = reqwest::get(format!("{}/api/v1/live?stream=nope", s.url)).await.unwrap();
     assert_eq!(r.status(), 400);

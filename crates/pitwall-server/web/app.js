@@ -13,7 +13,15 @@ const el = (tag, attrs = {}, ...kids) => {
 };
 
 // What the browser tests read.
-const stats = (window.pitwallStats = { livePoints: 0, liveSource: null, anomaliesShown: 0, compareSeries: [], sqlRows: 0, lastLatencyMs: null });
+const stats = (window.pitwallStats = { livePoints: 0, liveSource: null, anomaliesShown: 0, compareSeries: [], sqlRows: 0, lastLatencyMs: null, behindMs: [] });
+// How far behind the processor the browser is: arrival here minus the server's receipt.
+function behind(ev) {
+  if (typeof ev.received_ms !== 'number') return null;
+  const d = Date.now() - ev.received_ms;
+  stats.behindMs.push(d);
+  if (stats.behindMs.length > 1000) stats.behindMs.shift();
+  return d;
+}
 
 // ---------- auth and API ----------
 let token = localStorage.getItem('pitwall.token') || new URLSearchParams(location.search).get('token') || '';
@@ -116,7 +124,7 @@ function startLive(value) {
   liveCharts = [];
   liveData = null;
   $('#live-source').value = value;
-  liveES = live({ stream: 'clean', measurement, source, rate: 10 }, {
+  liveES = live({ stream: 'clean', measurement, source, rate: 20 }, {
     clean: (p) => {
       if (!liveData) buildCharts(measurement, Object.keys(p.fields).filter((f) => typeof p.fields[f] !== 'string'));
       const t = ms(p.time) / 1000;
@@ -131,18 +139,19 @@ function startLive(value) {
       if (drop) { liveData.t.splice(0, drop); for (const col of liveData.cols.values()) col.splice(0, drop); }
       stats.livePoints++;
       stats.lastLatencyMs = Date.now() - ms(p.time);
-      $('#live-info').textContent = `${stats.livePoints} points · last ${fmtTime(p.time)}`;
+      const d = behind(p);
+      $('#live-info').textContent = `${stats.livePoints} points · last ${fmtTime(p.time)}` + (d == null ? '' : ` · ${d} ms behind the processor`);
       dirty = true;
     },
   });
 }
 
-// Redraw at most 5 times a second, whatever the rate of points.
+// Redraw at most 10 times a second, whatever the rate of points.
 setInterval(() => {
   if (!dirty || !liveData) return;
   dirty = false;
   for (const c of liveCharts) c.u.setData([liveData.t.slice(), ...c.fields.map((f) => (liveData.cols.get(f) || []).slice())]);
-}, 200);
+}, 100);
 
 async function showTrace(a) {
   showTab('live');
@@ -205,7 +214,7 @@ async function loadAnomalyHistory() {
 
 let feedES = null;
 function startFeed() {
-  feedES = live({ stream: 'anomalies' }, { anomalies: (a) => addAnomaly(a, true) });
+  feedES = live({ stream: 'anomalies' }, { anomalies: (a) => { behind(a); addAnomaly(a, true); } });
   feedES.onopen = () => { $('#conn').textContent = 'live'; $('#conn').classList.add('up'); };
   feedES.onerror = () => { $('#conn').textContent = 'reconnecting…'; $('#conn').classList.remove('up'); };
 }

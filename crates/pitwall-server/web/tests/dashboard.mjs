@@ -25,6 +25,8 @@ async function until(page, fn, arg, timeoutMs, what) {
   }
 }
 
+const window_points = (n) => `${n} points`;
+
 const CHECKS = {
   // The live chart receives points for the source chosen from the list.
   async live(page) {
@@ -36,8 +38,14 @@ const CHECKS = {
     // The chart really drew: uPlot's canvas has series data.
     const drawn = await page.$eval('#live-charts .chart', (c) => c.uplot.data[0].length);
     if (drawn < 5) throw new Error(`the first chart holds ${drawn} points`);
-    const latency = await page.evaluate(() => window.pitwallStats.lastLatencyMs);
-    return `${source}: ${n} points received, ${drawn} drawn; last point ${latency} ms after its event time`;
+    // Let it run a while, then report how far behind the processor the page was.
+    await page.waitForTimeout(10000);
+    const lag = await page.evaluate(() => {
+      const v = [...window.pitwallStats.behindMs].sort((a, b) => a - b);
+      const q = (p) => v[Math.min(v.length - 1, Math.floor(p * (v.length - 1)))];
+      return { n: v.length, p50: q(0.5), p99: q(0.99), max: v[v.length - 1] };
+    });
+    return `${source}: ${window_points(n)} received, ${drawn} drawn; behind the processor over ${lag.n} events: p50 ${lag.p50} ms, p99 ${lag.p99} ms, max ${lag.max} ms`;
   },
 
   // A fault sent through the write API shows in the anomaly feed within 10 s.
