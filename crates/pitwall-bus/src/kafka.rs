@@ -487,6 +487,23 @@ impl KafkaConsumer {
         })
     }
 
+    /// A consumer that joins no group and reads nothing: for asking the brokers about
+    /// offsets (lag reports) without touching the group's members.
+    pub fn watcher(config: &KafkaConfig) -> Result<Self> {
+        let context = GroupContext {
+            start: None,
+            events: Mutex::new(Vec::new()),
+        };
+        let inner: StreamConsumer<GroupContext> = config
+            .consumer_config()
+            .create_with_context(context)
+            .map_err(|e| kafka_error("creating the consumer", &config.brokers, e))?;
+        Ok(KafkaConsumer {
+            inner,
+            brokers: config.brokers.clone(),
+        })
+    }
+
     /// Assignment changes since the last call, oldest first.
     pub fn rebalances(&self) -> Vec<Rebalance> {
         std::mem::take(&mut *self.inner.context().events.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
@@ -510,6 +527,15 @@ impl KafkaConsumer {
         self.inner
             .fetch_watermarks(topic, partition as i32, Timeout::After(Duration::from_secs(10)))
             .map_err(|e| kafka_error(&format!("reading the offsets {topic}/{partition} holds"), &self.brokers, e))
+    }
+
+    /// The next offset to be written to `topic/partition`, asking the broker and waiting
+    /// at most `wait` (for lag reports, which may skip a beat).
+    pub fn end_offset(&self, topic: &str, partition: u32, wait: Duration) -> Result<i64> {
+        self.inner
+            .fetch_watermarks(topic, partition as i32, Timeout::After(wait))
+            .map(|(_, high)| high)
+            .map_err(|e| kafka_error(&format!("reading the end offset of {topic}/{partition}"), &self.brokers, e))
     }
 
     /// Records `offsets` (`(topic, partition, next)`) as the group's committed offsets,

@@ -106,6 +106,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
         })
     };
     let consumer = KafkaConsumer::subscribe_with(&config.kafka, &[&topics.raw], Some(hook))?;
+    let end_offsets = EndOffsets::watch(&config.kafka, &topics.raw, &cancel)?;
     let producer = KafkaProducer::new(&config.kafka, &topics.clean)?;
     let processor_config = Arc::new(config.processor.clone());
     let mut parts: HashMap<u32, Part> = HashMap::new();
@@ -202,6 +203,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 None => {}
             }
             if last_stall_check.elapsed() >= Duration::from_secs(1) {
+                report_lag(&end_offsets, &parts, &topics.raw);
                 unstall(&consumer, &mut parts);
                 last_stall_check = Instant::now();
             }
@@ -213,7 +215,6 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 unflushed = 0;
             }
             if writer.due() {
-                report_lag(&consumer, &parts, &topics.raw);
                 match commit(&mut writer, &mut acks, &consumer, &stats, &topics).await {
                     Ok(()) => failures = 0,
                     Err(e) => {
@@ -419,11 +420,45 @@ async fn commit(
     Ok(())
 }
 
-/// Reports each partition's lag (the broker's end offset minus the next to process) and
-/// watermark lag.
-fn report_lag(consumer: &KafkaConsumer, parts: &HashMap<u32, Part>, topic: &str) {
+/// End offsets of the raw topic's partitions, asked of the brokers every 2 s by a
+/// thread of its own (so a slow broker never holds up processing), for lag reports.
+#[derive(Debug, Clone, Default)]
+struct EndOffsets {
+    /// Partitions to ask about (this member's), and what the brokers last said.
+    inner: Arc<Mutex<(Vec<u32>, HashMap<u32, i64>)>>,
+}
+
+impl EndOffsets {
+    fn watch(config: &pitwall_bus::kafka::KafkaConfig, topic: &str, cancel: &CancellationToken) -> anyhow::Result<Self> {
+        let ends = EndOffsets::default();
+        let watcher = KafkaConsumer::watcher(config)?;
+        let (shared, topic, cancel) = (ends.clone(), topic.to_owned(), cancel.clone());
+        std::thread::spawn(move || {
+            while !cancel.is_cancelled() {
+                let partitions = shared.lock().0.clone();
+                for p in partitions {
+                    if let Ok(end) = watcher.end_offset(&topic, p, Duration::from_secs(2)) {
+                        shared.lock().1.insert(p, end);
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+        Ok(ends)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<u32>, HashMap<u32, i64>)> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Reports each partition's lag (the brokers' end offset, as last asked, minus the next
+/// offset to process; never below zero) and watermark lag.
+fn report_lag(ends: &EndOffsets, parts: &HashMap<u32, Part>, topic: &str) {
+    let mut shared = ends.lock();
+    shared.0 = parts.keys().copied().collect();
     for (p, part) in parts {
-        let lag = consumer.offset_range(topic, *p).ok().map(|(_, high)| high - part.next);
+        let lag = shared.1.get(p).map(|end| end - part.next);
         crate::metrics::partition(topic, *p, lag, part.processor.watermark());
     }
 }

@@ -165,11 +165,11 @@ async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
     let anomaly = r#"{"id":"hot:press-7:1","rule":"hot","measurement":"machine","source_id":"press-7","phase":"start","time":1}"#;
     let producer = pitwall_bus::kafka::KafkaProducer::new(&KafkaConfig { brokers: broker.addr.clone(), ..KafkaConfig::default() }, "telemetry.anomalies").unwrap();
     let mut got = String::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     // The live consumers join their groups from the topic's end: send until one arrives.
     while !got.contains("hot:press-7:1") {
         producer.send(Some(b"press-7"), anomaly.as_bytes(), 1).await.unwrap();
-        while let Ok(Ok(Some(chunk))) = tokio::time::timeout(std::time::Duration::from_millis(500), live.chunk()).await {
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_millis(500), live.chunk()).await {
             got.push_str(&String::from_utf8_lossy(&chunk));
         }
         assert!(tokio::time::Instant::now() < deadline, "no anomaly on the live feed after 60 s: {got}");

@@ -75,8 +75,14 @@ fn ingest(broker: &Broker, config: &Path, sim_seconds: u64) -> u64 {
 
 /// Starts `pitwall process` in `group` on the lake in `data_dir`, logging to `log`.
 fn process(broker: &Broker, config: &Path, group: &str, data_dir: &Path, log: &Path, idle_exit: Option<&str>) -> Child {
+    process_with(broker, config, group, data_dir, log, idle_exit, &[])
+}
+
+/// [`process`] with more arguments.
+fn process_with(broker: &Broker, config: &Path, group: &str, data_dir: &Path, log: &Path, idle_exit: Option<&str>, more: &[&str]) -> Child {
     let mut c = pitwall();
     c.args(["process", "--brokers", &broker.addr, "--group", group, "--status-interval", "5s"])
+        .args(more)
         .arg("--config")
         .arg(config)
         .arg("--data-dir")
@@ -370,7 +376,40 @@ fn idle_partitions_are_ticked_so_their_windows_close() {
     let sent = ingest(&broker, &config, 30);
     let (data, log) = (dir.path().join("data"), dir.path().join("process.log"));
     // Ticks every 2 s of idleness; 12 s of it moves event time past every window's end.
-    let p = process(&broker, &config, "idle", &data, &log, Some("16s"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let p = process_with(&broker, &config, "idle", &data, &log, Some("16s"), &["--metrics-listen", &listen]);
+    // Its /metrics, while it runs: everything processed, each partition's lag, commits.
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(&listen).ok()?;
+        use std::io::{Read, Write};
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+    let value = |text: &str, series: &str| -> Option<f64> {
+        text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = None;
+    let text = loop {
+        let text = scrape();
+        if text.is_some() {
+            last.clone_from(&text);
+        }
+        // (Watermark ticks are raw messages too, so at least what was sent.)
+        if let Some(text) = text
+            && value(&text, r#"pitwall_events_in_total{stage="process"}"#).is_some_and(|n| n >= sent as f64)
+            && value(&text, "pitwall_lake_commit_seconds_count").is_some_and(|c| c > 0.0)
+            && (0..3).all(|p| value(&text, &format!(r#"pitwall_consumer_lag_messages{{topic="telemetry.raw",partition="{p}"}}"#)) == Some(0.0))
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "/metrics never showed all {sent} events processed and no lag; last scrape:\n{last:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(text.contains("pitwall_watermark_lag_seconds{partition="), "{text}");
     wait(p, Duration::from_secs(600), &log);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
