@@ -82,6 +82,18 @@ impl Iterator for Parser<'_> {
     }
 }
 
+/// Bytes that can end or change a name: a stop (`,` ` ` `=`), an escape, a line end.
+static NAME_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b',' as usize] = true;
+    t[b' ' as usize] = true;
+    t[b'=' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    t
+};
+
 impl<'a> Parser<'a> {
     fn newline(&mut self) {
         self.pos += 1;
@@ -237,7 +249,11 @@ impl<'a> Parser<'a> {
         let start = self.pos;
         let mut out: Option<Name> = None;
         let mut run_start = start;
-        while let Some(b) = self.peek() {
+        loop {
+            // Skip the plain bytes in one go; only the few that mean something stop it.
+            let rest = &self.src[self.pos..];
+            self.pos += rest.iter().position(|&b| NAME_SPECIAL[b as usize]).unwrap_or(rest.len());
+            let Some(b) = self.peek() else { break };
             if stops.contains(&b) {
                 break;
             }
