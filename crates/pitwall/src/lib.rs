@@ -38,10 +38,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run everything in this process: simulators, bus, processor and lake.
+    /// Run everything in this process: simulators, bus, processor, lake and the HTTP
+    /// server (dashboard at /, write API, SQL, live feed, /metrics).
     ///
     /// A status line every few seconds shows events/s, rows committed, anomalies and
-    /// rejects. Ctrl-C (or the end of --duration) stops the simulators, drains the bus,
+    /// rejects; the dashboard's URL is printed at start. Ctrl-C (or the end of --duration) stops the simulators, drains the bus,
     /// closes open windows and commits everything before exiting; a second Ctrl-C aborts.
     Up(UpArgs),
     /// Run SQL over the lake's tables with DataFusion.
@@ -140,8 +141,9 @@ struct UpArgs {
     /// as `pitwall ingest` and `pitwall process` would.
     #[arg(long, value_name = "HOST:PORT,...")]
     brokers: Option<String>,
-    /// Where the write API listens (InfluxDB v1/v2 line protocol and Telegraf JSON);
-    /// overrides server.listen (default 127.0.0.1:8086). Port 0 picks a free one.
+    /// Where the HTTP server listens: the dashboard, the write API (InfluxDB v1/v2 line
+    /// protocol and Telegraf JSON), SQL, the live feed and /metrics; overrides
+    /// server.listen (default 127.0.0.1:8086). Port 0 picks a free one.
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
 }
