@@ -223,9 +223,9 @@ enum BenchScenario {
         /// How long to send.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
-        /// Concurrent connections.
-        #[arg(long, default_value = "4")]
-        connections: usize,
+        /// Concurrent connections (default: one per core, which measured best here).
+        #[arg(long)]
+        connections: Option<usize>,
         /// Lines per request.
         #[arg(long, default_value = "5000")]
         batch: usize,
@@ -604,6 +604,7 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
             if let Some(b) = brokers {
                 config.kafka.brokers = b;
             }
+            let connections = connections.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
             anyhow::ensure!(connections > 0 && batch > 0, "--connections and --batch must be at least 1");
             let opts = bench::HttpWrite {
                 duration,
