@@ -424,9 +424,11 @@ async fn commit(
 /// thread of its own (so a slow broker never holds up processing), for lag reports.
 #[derive(Debug, Clone, Default)]
 struct EndOffsets {
-    /// Partitions to ask about (this member's), and what the brokers last said.
-    inner: Arc<Mutex<(Vec<u32>, HashMap<u32, i64>)>>,
+    inner: Arc<Mutex<Watched>>,
 }
+
+/// Partitions to ask about (this member's), and what the brokers last said of each.
+type Watched = (Vec<u32>, HashMap<u32, i64>);
 
 impl EndOffsets {
     fn watch(config: &pitwall_bus::kafka::KafkaConfig, topic: &str, cancel: &CancellationToken) -> anyhow::Result<Self> {
@@ -447,7 +449,7 @@ impl EndOffsets {
         Ok(ends)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<u32>, HashMap<u32, i64>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watched> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
