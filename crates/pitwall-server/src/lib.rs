@@ -201,11 +201,12 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// Binds `config.listen`; the error says what to change.
+    /// Binds `config.listen`; the error names the address (callers add which setting
+    /// chose it).
     pub async fn bind(config: &ServerConfig, router: Router) -> Result<Self, String> {
-        let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| {
-            format!("cannot listen on {}: {e}; pass --listen HOST:PORT (or set server.listen)", config.listen)
-        })?;
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         Ok(Bound { listener, router })
     }
 

@@ -98,6 +98,11 @@ struct Head<'a> {
     measurement: std::borrow::Cow<'a, str>,
 }
 
+/// The `measurement` of an output message's JSON.
+fn measurement_of(data: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Head<'_>>(data).ok().map(|h| h.measurement.into_owned())
+}
+
 impl Default for LiveHub {
     fn default() -> Self {
         LiveHub::new(8192)
@@ -127,23 +132,19 @@ impl LiveHub {
     /// Feeds one output message (JSON with a `measurement`, keyed by source id). Clean
     /// points nobody listens to are dropped here.
     pub fn feed(&self, stream: LiveStream, key: Option<&[u8]>, data: Bytes) {
-        let source = key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        let source = key.map(String::from_utf8_lossy).unwrap_or_default();
         if stream == LiveStream::Clean {
-            let known = self.lock_sources().contains_key(&source);
-            if known && !self.has_listeners() {
-                return;
+            let mut sources = self.lock_sources();
+            if !sources.contains_key(source.as_ref()) {
+                let Some(measurement) = measurement_of(&data) else { return };
+                sources.insert(source.clone().into_owned(), measurement);
             }
-        }
-        let Ok(head) = serde_json::from_slice::<Head<'_>>(&data) else {
-            return;
-        };
-        let measurement = head.measurement.into_owned();
-        if stream == LiveStream::Clean {
-            self.lock_sources().entry(source.clone()).or_insert_with(|| measurement.clone());
             if !self.has_listeners() {
                 return;
             }
         }
+        let Some(measurement) = measurement_of(&data) else { return };
+        let source = source.into_owned();
         let event = Arc::new(LiveEvent {
             seq: self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
             stream,

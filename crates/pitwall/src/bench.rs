@@ -139,7 +139,7 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
                 let r = req.send().await.context("sending")?;
                 anyhow::ensure!(r.status() == 204, "the write API answered {}: {}", r.status(), r.text().await.unwrap_or_default());
                 latencies.push(t.elapsed());
-                i += opts_stride(c);
+                i += stride(c);
             }
             anyhow::Ok(latencies)
         }));
@@ -169,6 +169,6 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
 }
 
 /// Each connection walks the bodies with its own stride, so requests differ.
-fn opts_stride(c: usize) -> usize {
+fn stride(c: usize) -> usize {
     1 + c % 3
 }

@@ -541,7 +541,7 @@ async fn serve_metrics(listen: Option<&str>, cancel: &CancellationToken) -> anyh
     };
     let bound = pitwall_server::Bound::bind(&config, pitwall_server::metrics::metrics_only())
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.replace("--listen", "--metrics-listen").replace(" (or set server.listen)", "")))?;
+        .map_err(|e| anyhow::anyhow!("{e}; pass another --metrics-listen HOST:PORT"))?;
     eprintln!("metrics on http://{}/metrics", bound.local_addr());
     let cancel = cancel.clone();
     tokio::spawn(bound.run(async move { cancel.cancelled().await }));

@@ -144,7 +144,9 @@ pub(crate) async fn start_server(
         live,
     };
     let router = pitwall_server::router(server, services);
-    let bound = pitwall_server::Bound::bind(server, router).await.map_err(anyhow::Error::msg)?;
+    let bound = pitwall_server::Bound::bind(server, router)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; pass --listen HOST:PORT (or set server.listen)"))?;
     let addr = bound.local_addr();
     let auth = if server.all_tokens().is_empty() { "no token needed" } else { "token required" };
     eprintln!("dashboard on http://{addr}/ ({auth}); SQL /api/v1/query, live feed /api/v1/live, metrics /metrics");
@@ -153,15 +155,20 @@ pub(crate) async fn start_server(
     Ok(tokio::spawn(bound.run(async move { stop.cancelled().await })))
 }
 
-/// Forwards the clean, metrics and anomalies topics of the in-process bus to the live
-/// feed, until the topics end.
-fn feed_live(bus: &InProcessBus, topics: &Topics, live: &pitwall_server::LiveHub) -> anyhow::Result<()> {
+/// The output topics the live feed follows, with their streams.
+fn live_topics(topics: &Topics) -> [(&String, pitwall_server::LiveStream); 3] {
     use pitwall_server::LiveStream;
-    for (topic, stream) in [
+    [
         (&topics.clean, LiveStream::Clean),
         (&topics.metrics, LiveStream::Metrics),
         (&topics.anomalies, LiveStream::Anomalies),
-    ] {
+    ]
+}
+
+/// Forwards the clean, metrics and anomalies topics of the in-process bus to the live
+/// feed, until the topics end.
+fn feed_live(bus: &InProcessBus, topics: &Topics, live: &pitwall_server::LiveHub) -> anyhow::Result<()> {
+    for (topic, stream) in live_topics(topics) {
         for mut consumer in bus.subscribe(topic)? {
             let live = live.clone();
             tokio::spawn(async move {
@@ -181,12 +188,7 @@ fn feed_live(bus: &InProcessBus, topics: &Topics, live: &pitwall_server::LiveHub
 /// their ends, until `cancel`: each in a group of its own (`GROUP-live-PID-TOPIC`)
 /// that commits nothing, so it takes nothing from the processors' group.
 pub(crate) fn feed_live_from_kafka(config: &Config, topics: &Topics, live: &pitwall_server::LiveHub, cancel: &CancellationToken) -> anyhow::Result<()> {
-    use pitwall_server::LiveStream;
-    for (topic, stream) in [
-        (&topics.clean, LiveStream::Clean),
-        (&topics.metrics, LiveStream::Metrics),
-        (&topics.anomalies, LiveStream::Anomalies),
-    ] {
+    for (topic, stream) in live_topics(topics) {
         let mut kafka = config.kafka.clone();
         kafka.group_id = format!("{}-live-{}-{}", config.kafka.group_id, std::process::id(), stream.name());
         kafka.properties.insert("auto.offset.reset".into(), "latest".into());

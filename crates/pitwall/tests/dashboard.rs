@@ -7,10 +7,10 @@
 //! target directory (the path is printed).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod common;
-use common::write_api_url;
+use common::{Up, program};
 
 #[test]
 fn the_dashboard_works_in_chromium() {
@@ -20,40 +20,22 @@ fn the_dashboard_works_in_chromium() {
         "playwright-core is not installed: run `npm ci --prefix {}` (scripts/test.sh does)",
         web.display()
     );
-    let chromium = std::env::var("PITWALL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "no Chromium at {chromium}: install Debian's chromium package (scripts/test.sh does) or set PITWALL_CHROMIUM"
-    );
+    let chromium = program("PITWALL_CHROMIUM", "/usr/bin/chromium", "chromium");
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("lake"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (url, stderr, _) = write_api_url(&mut child);
-    let log = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut { stderr }, &mut s).ok();
-        s
-    });
+    let up = Up::start(&[], &dir.path().join("lake"));
     // Some seconds of race in the lake, so the session and comparison views have laps.
     std::thread::sleep(std::time::Duration::from_secs(15));
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let out = Command::new("node")
         .arg(web.join("tests/dashboard.mjs"))
-        .arg(format!("{url}/"))
+        .arg(format!("{}/", up.url))
         .arg(&shots)
         .args(["live", "anomaly", "compare", "sql", "sessions", "health", "pipeline"])
         .env("PITWALL_CHROMIUM", &chromium)
         .output()
         .expect("node runs (Debian's nodejs)");
-    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
-    let status = child.wait().unwrap();
-    let log = log.join().unwrap();
+    let (status, log) = up.stop();
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("{report}{}\nscreenshots in {}", String::from_utf8_lossy(&out.stderr), shots.display());
     assert!(out.status.success(), "browser checks failed:\n{report}\npitwall said:\n{log}");

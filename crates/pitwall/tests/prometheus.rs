@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::write_api_url;
+use common::{Up, program};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -14,22 +14,10 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_pitwall_up() {
-    let prometheus = std::env::var("PITWALL_PROMETHEUS").unwrap_or_else(|_| "/usr/bin/prometheus".into());
-    assert!(
-        std::path::Path::new(&prometheus).exists(),
-        "no Prometheus at {prometheus}: install Debian's prometheus package (scripts/test.sh does) or set PITWALL_PROMETHEUS"
-    );
+    let prometheus = program("PITWALL_PROMETHEUS", "/usr/bin/prometheus", "prometheus");
     let dir = tempfile::tempdir().unwrap();
-    let mut pitwall = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["up", "--listen", "127.0.0.1:0", "--speed", "5", "--data-dir"])
-        .arg(dir.path().join("lake"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (url, stderr, _) = write_api_url(&mut pitwall);
-    std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
-    let target = url.trim_start_matches("http://");
+    let pitwall = Up::start(&["--speed", "5"], &dir.path().join("lake"));
+    let target = pitwall.url.trim_start_matches("http://");
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pitwall\n    static_configs:\n      - targets: ['{target}']\n"),
@@ -121,6 +109,6 @@ async fn prometheus_scrapes_pitwall_up() {
     assert!(checked >= 10);
     Command::new("kill").arg(prom.id().to_string()).status().unwrap();
     prom.wait().unwrap();
-    Command::new("kill").arg("-INT").arg(pitwall.id().to_string()).status().unwrap();
-    assert!(pitwall.wait().unwrap().success());
+    let (status, log) = pitwall.stop();
+    assert!(status.success(), "pitwall up failed:\n{log}");
 }

@@ -3,14 +3,13 @@
 //! points are in the lake: raw, clean, windows; a bad line is named and the rest kept.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pitwall_lake::{Lake, LakeConfig};
 use pitwall_query::Query;
 
 mod common;
-use common::{count, rows, write_api_url};
+use common::{Up, count, rows};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -25,23 +24,8 @@ async fn telegraf_writes_to_pitwall_up_land_in_the_lake() {
     // No simulators: only what is written over HTTP.
     let config = dir.path().join("pitwall.toml");
     std::fs::write(&config, "[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"t0ken\"]\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["up", "--listen", "127.0.0.1:0", "--status-interval", "1s", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The URL is printed at start.
-    let (url, mut stderr, seen) = write_api_url(&mut child);
-    let rest = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
-        s
-    });
+    let up = Up::start(&["--status-interval", "1s", "--config", config.to_str().unwrap()], &data);
+    let url = up.url.clone();
 
     // 10 sensors, 1 Hz, 60 s: 600 points in batches of 100, as Telegraf flushes them.
     const T0: i64 = 1_767_225_600_000_000_000;
@@ -86,11 +70,9 @@ async fn telegraf_writes_to_pitwall_up_land_in_the_lake() {
     assert_eq!(r.status(), 401);
 
     std::thread::sleep(Duration::from_millis(500));
-    assert!(Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap().success());
-    let status = child.wait().unwrap();
-    let log = rest.join().unwrap();
-    eprintln!("{seen}{log}");
-    assert!(status.success(), "pitwall up failed:\n{seen}{log}");
+    let (status, log) = up.stop();
+    eprintln!("{log}");
+    assert!(status.success(), "pitwall up failed:\n{log}");
 
     let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
     let q = Query::new(&lake).await.unwrap();
@@ -127,17 +109,8 @@ async fn the_sql_api_answers_read_only_within_limits() {
         "[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"t0ken\"]\nquery-max-rows = 100\nquery-timeout = \"2s\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["up", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("lake"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (url, stderr, _) = write_api_url(&mut child);
-    std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
+    let up = Up::start(&["--config", config.to_str().unwrap()], &dir.path().join("lake"));
+    let url = up.url.clone();
     let client = reqwest::Client::new();
     let auth = ("Authorization", "Token t0ken");
     const T0: i64 = 1_767_225_600_000_000_000;
@@ -234,6 +207,6 @@ async fn the_sql_api_answers_read_only_within_limits() {
     assert_eq!(r.status(), 401);
     assert_eq!(query("SELECT 1 AS one", None, None).await.unwrap().status(), 200);
 
-    assert!(Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap().success());
-    assert!(child.wait().unwrap().success());
+    let (status, log) = up.stop();
+    assert!(status.success(), "pitwall up failed:\n{log}");
 }

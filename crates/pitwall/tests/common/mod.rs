@@ -198,3 +198,62 @@ pub fn write_api_url(child: &mut Child) -> (String, std::io::BufReader<std::proc
         }
     }
 }
+
+/// `pitwall up` serving on a free loopback port, its stderr collected in the background.
+pub struct Up {
+    pub child: Child,
+    /// The server's base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Up {
+    /// Starts `pitwall up --listen 127.0.0.1:0 ARGS --data-dir DATA` and waits until it
+    /// serves.
+    pub fn start(args: &[&str], data: &Path) -> Up {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (url, mut stderr, seen) = write_api_url(&mut child);
+        let log = std::thread::spawn(move || {
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut rest).ok();
+            seen + &rest
+        });
+        Up { child, url, log: Some(log) }
+    }
+
+    /// Ctrl-C, then waits: whether it exited cleanly, and all it wrote to stderr.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        signal(self.child.id(), "INT");
+        let status = self.child.wait().unwrap();
+        let log = self.log.take().map(|l| l.join().unwrap()).unwrap_or_default();
+        (status, log)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.log.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The path of an external program the tests need (`env` overrides `default`); fails,
+/// saying what to install, when it is not there.
+pub fn program(env: &str, default: &str, package: &str) -> String {
+    let path = std::env::var(env).unwrap_or_else(|_| default.into());
+    assert!(
+        Path::new(&path).exists(),
+        "no {package} at {path}: install Debian's {package} package (scripts/test.sh does) or set {env}"
+    );
+    path
+}
