@@ -10,19 +10,11 @@
 //! (as unsigned only above `i64::MAX`). Decoding also accepts Telegraf's JSON output
 //! (`name`, `tags`, `fields`, `timestamp` in seconds, or in the given precision).
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::{Error, FieldValue, Name, Point, Precision, Result, SortedMap};
 
-#[derive(Serialize)]
-struct WireOut<'a> {
-    measurement: &'a str,
-    tags: &'a SortedMap<Name, Name>,
-    fields: &'a SortedMap<Name, FieldValue>,
-    time: i64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    unsigned: Vec<&'a str>,
-}
+mod scan;
 
 /// Appends the JSON encoding of `point` to `out`.
 pub fn encode_into(point: &Point, out: &mut Vec<u8>) -> Result<()> {
@@ -35,23 +27,8 @@ pub fn encode_into(point: &Point, out: &mut Vec<u8>) -> Result<()> {
             "field {k:?} is not a finite number; JSON cannot carry it"
         )));
     }
-    let unsigned = point
-        .fields
-        .iter()
-        .filter(|(_, v)| matches!(v, FieldValue::U64(_)))
-        .map(|(k, _)| k.as_str())
-        .collect();
-    let wire = WireOut {
-        measurement: &point.measurement,
-        tags: &point.tags,
-        fields: &point.fields,
-        time: point.time,
-        unsigned,
-    };
-    serde_json::to_writer(out, &wire).map_err(|e| Error::Json {
-        location: "output".into(),
-        message: e.to_string(),
-    })
+    scan::encode(point, out);
+    Ok(())
 }
 
 /// The JSON encoding of `point`.
@@ -61,9 +38,10 @@ pub fn encode(point: &Point) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-#[derive(Deserialize)]
+/// The payload's keys; the common shape is read by [`scan::decode`], the rest by serde.
+#[derive(Deserialize, Default, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
-struct WireIn {
+struct Wire {
     measurement: Option<String>,
     /// Telegraf's name for the measurement.
     name: Option<String>,
@@ -80,10 +58,13 @@ struct WireIn {
 /// Decodes one point. `default_time` (ns) is used when the payload has no time;
 /// a Telegraf `timestamp` is read in `telegraf_precision` units.
 pub fn decode(bytes: &[u8], default_time: i64, telegraf_precision: Precision) -> Result<Point> {
-    let wire: WireIn = serde_json::from_slice(bytes).map_err(|e| Error::Json {
-        location: format!("line {}, column {}", e.line(), e.column()),
-        message: strip_position(&e.to_string()),
-    })?;
+    let wire = match scan::decode(bytes) {
+        Some(wire) => wire,
+        None => serde_json::from_slice::<Wire>(bytes).map_err(|e| Error::Json {
+            location: format!("line {}, column {}", e.line(), e.column()),
+            message: strip_position(&e.to_string()),
+        })?,
+    };
     let invalid = |location: &str, message: String| Error::Json {
         location: location.to_owned(),
         message,
@@ -156,6 +137,111 @@ fn strip_position(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The encoding as serde_json writes it: the reference for the hand-written encoder.
+    #[derive(serde::Serialize)]
+    struct WireOut<'a> {
+        measurement: &'a str,
+        tags: &'a SortedMap<Name, Name>,
+        fields: &'a SortedMap<Name, FieldValue>,
+        time: i64,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        unsigned: Vec<&'a str>,
+    }
+
+    fn serde_encode(p: &Point) -> Vec<u8> {
+        let unsigned = p.fields.iter().filter(|(_, v)| matches!(v, FieldValue::U64(_))).map(|(k, _)| k.as_str());
+        serde_json::to_vec(&WireOut {
+            measurement: &p.measurement,
+            tags: &p.tags,
+            fields: &p.fields,
+            time: p.time,
+            unsigned: unsigned.collect(),
+        })
+        .unwrap()
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        "[a-z_]{0,6}|[ -~é\u{1F3CE}\t\n]{0,8}"
+    }
+
+    fn point() -> impl Strategy<Value = Point> {
+        let value = prop_oneof![
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(FieldValue::F64),
+            any::<i64>().prop_map(FieldValue::I64),
+            any::<u64>().prop_map(FieldValue::U64),
+            any::<bool>().prop_map(FieldValue::Bool),
+            text().prop_map(FieldValue::Str),
+        ];
+        (
+            text(),
+            proptest::collection::vec((text(), text()), 0..4),
+            proptest::collection::vec((text(), value), 0..6),
+            any::<i64>(),
+        )
+            .prop_map(|(measurement, tags, fields, time)| Point {
+                measurement,
+                tags: tags.into_iter().map(|(k, v)| (Name::from(k), Name::from(v))).collect(),
+                fields: fields.into_iter().map(|(k, v)| (Name::from(k), v)).collect(),
+                time,
+            })
+    }
+
+    /// JSON text near the payload's shape, with the forms serde_json treats specially.
+    fn near_payload() -> impl Strategy<Value = String> {
+        let ws = "[ \t\n]{0,1}";
+        let number = prop_oneof![
+            "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
+            Just("-0".to_owned()),
+            Just("01".to_owned()),
+            Just("1.".to_owned()),
+            Just("-9223372036854775808".to_owned()),
+            Just("-9223372036854775809".to_owned()),
+            Just("18446744073709551615".to_owned()),
+            Just("18446744073709551616".to_owned()),
+            Just("1e400".to_owned()),
+        ];
+        let string = "\"([a-z]|\\\\[n\"u]|é|\t){0,4}\"";
+        let scalar = prop_oneof![number, string, Just("true".to_owned()), Just("false".to_owned()), Just("tru".to_owned()), Just("null".to_owned())];
+        let member = (string, ws, scalar.clone()).prop_map(|(k, w, v)| format!("{k}:{w}{v}"));
+        let object = proptest::collection::vec(member, 0..4).prop_map(|m| format!("{{{}}}", m.join(",")));
+        let array = proptest::collection::vec(string, 0..3).prop_map(|m| format!("[{}]", m.join(",")));
+        let key = prop_oneof![
+            Just("measurement"), Just("name"), Just("tags"), Just("fields"), Just("time"),
+            Just("timestamp"), Just("unsigned"), Just("other"),
+        ];
+        let top = (key, ws, prop_oneof![scalar, object, array]).prop_map(|(k, w, v)| format!("\"{k}\"{w}:{v}"));
+        (proptest::collection::vec(top, 0..6), ws, "[ }x]{0,1}")
+            .prop_map(|(m, w, tail)| format!("{{{}{w}}}{tail}", m.join(",")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// The hand-written encoder writes serde_json's bytes, and the fast decoder reads
+        /// them back (strings with escapes are left to serde_json).
+        #[test]
+        fn encoder_matches_serde_and_fast_path_reads_it(p in point()) {
+            prop_assume!(p.fields.iter().all(|(_, v)| !matches!(v, FieldValue::F64(f) if !f.is_finite())));
+            let ours = encode(&p).unwrap();
+            let reference = serde_encode(&p);
+            prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&reference));
+            if !ours.contains(&b'\\') {
+                prop_assert!(scan::decode(&ours).is_some(), "fast path gave up on {}", String::from_utf8_lossy(&ours));
+            }
+        }
+
+        /// Whatever the fast decoder accepts, serde_json accepts and decodes the same way.
+        #[test]
+        fn fast_decoder_agrees_with_serde(text in near_payload()) {
+            if let Some(fast) = scan::decode(text.as_bytes()) {
+                let slow = serde_json::from_str::<Wire>(&text);
+                prop_assert!(slow.is_ok(), "fast path took {text:?}, serde_json: {slow:?}");
+                prop_assert_eq!(format!("{fast:?}"), format!("{:?}", slow.unwrap()), "{}", text);
+            }
+        }
+    }
 
     #[test]
     fn round_trips_types() {

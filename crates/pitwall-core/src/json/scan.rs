@@ -1,0 +1,297 @@
+//! The JSON payload's fast paths: a decoder for payloads written the usual way and an
+//! encoder, both without serde's visitors.
+//!
+//! The decoder takes the common shape (the keys of [`super::Wire`], strings without
+//! escapes, numbers, booleans) and gives up on anything else, for which the caller runs
+//! serde_json: anything it accepts, serde_json accepts and decodes to the same value, so
+//! every error, and every unusual payload, still goes through serde_json and reads the
+//! same. The encoder writes what serializing [`super::Wire`]'s fields with serde_json
+//! writes, byte for byte (tests compare the two).
+
+use super::Wire;
+use crate::{FieldValue, Name, Point, SortedMap};
+
+/// Decodes `bytes`, or `None` when the payload is not in the common shape.
+pub(super) fn decode(bytes: &[u8]) -> Option<Wire> {
+    // One UTF-8 check for the whole payload (outside strings only ASCII is valid JSON
+    // anyway); strings are then cut from it at their quotes, which are char boundaries.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut c = Cursor { s: text, b: bytes, i: 0 };
+    c.eat(b'{')?;
+    let mut wire = Wire::default();
+    let mut seen = 0u8;
+    if c.peek()? == b'}' {
+        c.i += 1;
+    } else {
+        loop {
+            let key = c.string()?;
+            c.eat(b':')?;
+            let bit = match key {
+                "measurement" => 1,
+                "name" => 2,
+                "tags" => 4,
+                "fields" => 8,
+                "time" => 16,
+                "timestamp" => 32,
+                "unsigned" => 64,
+                _ => return None,
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            match bit {
+                1 => wire.measurement = Some(c.string()?.to_owned()),
+                2 => wire.name = Some(c.string()?.to_owned()),
+                4 => wire.tags = c.map(|c| c.string().map(Name::from))?,
+                8 => wire.fields = Some(c.map(Cursor::value)?),
+                16 => wire.time = Some(c.integer()?),
+                32 => wire.timestamp = Some(c.integer()?),
+                _ => wire.unsigned = c.strings()?,
+            }
+            if !c.next_or_end(b'}')? {
+                break;
+            }
+        }
+    }
+    c.skip_ws();
+    (c.i == bytes.len()).then_some(wire)
+}
+
+struct Cursor<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// Skips JSON whitespace.
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// The next byte after whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.b.get(self.i).copied()
+    }
+
+    /// Consumes `byte` (after whitespace) or gives up.
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.i += 1)
+    }
+
+    /// After a member: `Some(true)` on a comma (more follow), `Some(false)` on `close`.
+    fn next_or_end(&mut self, close: u8) -> Option<bool> {
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                Some(true)
+            }
+            b if b == close => {
+                self.i += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let len = self.b[start..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        if self.b[start + len] != b'"' {
+            return None;
+        }
+        self.i += len + 1;
+        self.s.get(start..start + len)
+    }
+
+    /// `[ "a", "b" ]`.
+    fn strings(&mut self) -> Option<Vec<String>> {
+        self.eat(b'[')?;
+        let mut out = Vec::new();
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(out);
+        }
+        loop {
+            out.push(self.string()?.to_owned());
+            if !self.next_or_end(b']')? {
+                return Some(out);
+            }
+        }
+    }
+
+    /// An object whose values `value` reads; a repeated key keeps its last value.
+    fn map<V>(&mut self, value: impl Fn(&mut Self) -> Option<V>) -> Option<SortedMap<Name, V>> {
+        self.eat(b'{')?;
+        let mut entries = Vec::with_capacity(24);
+        if self.peek()? == b'}' {
+            self.i += 1;
+        } else {
+            loop {
+                let key = Name::from(self.string()?);
+                self.eat(b':')?;
+                entries.push((key, value(self)?));
+                if !self.next_or_end(b'}')? {
+                    break;
+                }
+            }
+        }
+        Some(entries.into_iter().collect())
+    }
+
+    /// A field value: number, boolean or string.
+    fn value(&mut self) -> Option<FieldValue> {
+        match self.peek()? {
+            b'"' => Some(FieldValue::Str(self.string()?.to_owned())),
+            b't' => self.literal(b"true").map(|()| FieldValue::Bool(true)),
+            b'f' => self.literal(b"false").map(|()| FieldValue::Bool(false)),
+            _ => self.number(),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.b[self.i..].starts_with(word).then(|| self.i += word.len())
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.b.get(self.i) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// A number in JSON's grammar. Integers are signed unless above `i64::MAX`; the
+    /// cases serde_json turns into floats (`-0`, integers beyond 64 bits) give up.
+    fn number(&mut self) -> Option<FieldValue> {
+        self.skip_ws();
+        let start = self.i;
+        let negative = self.b.get(self.i) == Some(&b'-');
+        if negative {
+            self.i += 1;
+        }
+        let int_start = self.i;
+        match self.b.get(self.i)? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        let int_end = self.i;
+        let mut float = false;
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+            float = true;
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.b.get(self.i) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+            float = true;
+        }
+        if float {
+            // ASCII by construction; Rust's parser rounds correctly, as serde_json's
+            // float_roundtrip does.
+            let v: f64 = self.s.get(start..self.i)?.parse().ok()?;
+            return v.is_finite().then_some(FieldValue::F64(v));
+        }
+        let digits = &self.b[int_start..int_end];
+        if digits.len() > 20 {
+            return None;
+        }
+        let magnitude = digits
+            .iter()
+            .try_fold(0u64, |m, &d| m.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
+        if negative {
+            if magnitude == 0 || magnitude > i64::MIN.unsigned_abs() {
+                return None;
+            }
+            return Some(FieldValue::I64(0i64.wrapping_sub_unsigned(magnitude)));
+        }
+        Some(match i64::try_from(magnitude) {
+            Ok(i) => FieldValue::I64(i),
+            Err(_) => FieldValue::U64(magnitude),
+        })
+    }
+
+    /// A JSON integer that fits an `i64`.
+    fn integer(&mut self) -> Option<i64> {
+        match self.number()? {
+            FieldValue::I64(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// Appends `point` as the payload JSON; `point`'s floats must be finite.
+pub(super) fn encode(point: &Point, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"measurement\":");
+    string(&point.measurement, out);
+    out.extend_from_slice(b",\"tags\":{");
+    for (i, (k, v)) in point.tags.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(k, out);
+        out.push(b':');
+        string(v, out);
+    }
+    out.extend_from_slice(b"},\"fields\":{");
+    let mut unsigned = false;
+    for (i, (k, v)) in point.fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(k, out);
+        out.push(b':');
+        match v {
+            FieldValue::F64(f) => out.extend_from_slice(zmij::Buffer::new().format_finite(*f).as_bytes()),
+            FieldValue::I64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+            FieldValue::U64(n) => {
+                unsigned = true;
+                out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+            }
+            FieldValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            FieldValue::Str(s) => string(s, out),
+        }
+    }
+    out.extend_from_slice(b"},\"time\":");
+    out.extend_from_slice(itoa::Buffer::new().format(point.time).as_bytes());
+    if unsigned {
+        out.extend_from_slice(b",\"unsigned\":[");
+        let names = point.fields.iter().filter(|(_, v)| matches!(v, FieldValue::U64(_)));
+        for (i, (k, _)) in names.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(k, out);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// Appends `s` as a JSON string, escaped as serde_json escapes it.
+fn string(s: &str, out: &mut Vec<u8>) {
+    if s.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20) {
+        serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
