@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::{Error, FieldValue, Name, Point, Precision, Result, SortedMap};
 
 mod scan;
+pub(crate) use scan::{float as write_float, integer as write_integer, string as write_string};
 
 /// Appends the JSON encoding of `point` to `out`.
 pub fn encode_into(point: &Point, out: &mut Vec<u8>) -> Result<()> {

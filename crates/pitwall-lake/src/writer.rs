@@ -296,6 +296,9 @@ impl Builder {
     }
 }
 
+/// Rows per record batch handed to the Parquet writer.
+const BATCH_ROWS: usize = 8192;
+
 /// Builds a record batch of `rows` in `schema`, row by row into column builders.
 fn batch<R: Row>(schema: &SchemaRef, rows: &[&R]) -> Result<RecordBatch> {
     let fields = schema.fields();
@@ -755,7 +758,12 @@ impl Committer<'_> {
                 .map_err(|_| Error::Internal(format!("day {day} is out of range for a date partition")))?;
             let key = PartitionKey::new(spec.clone(), Arc::clone(&schema), Struct::from_iter([Some(Literal::date(day))]));
             let mut w = builder.build(Some(key)).await?;
-            w.write(batch(&arrow_schema, &day_rows)?).await?;
+            // In slices: the Parquet writer keeps only encoded pages, and the Arrow
+            // columns of one slice are freed before the next is built, so a commit of a
+            // million rows does not hold (and fault in) all of them as Arrow at once.
+            for slice in day_rows.chunks(BATCH_ROWS) {
+                w.write(batch(&arrow_schema, slice)?).await?;
+            }
             files.extend(w.close().await?);
         }
         Ok(files)

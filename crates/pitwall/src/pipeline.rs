@@ -461,47 +461,34 @@ impl RawSink for Producer {
     }
 }
 
-type Ack = std::pin::Pin<Box<dyn Future<Output = pitwall_bus::Result<(u32, i64)>> + Send>>;
-
-/// Kafka as a [`RawSink`]: sends are pipelined, acknowledgements awaited in order.
+/// Kafka as a [`RawSink`]: sends are pipelined, up to 50,000 unacknowledged at a time.
+#[derive(Debug)]
 pub struct KafkaSink {
-    producer: pitwall_bus::kafka::KafkaProducer,
-    acks: std::collections::VecDeque<Ack>,
-}
-
-impl std::fmt::Debug for KafkaSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSink").field("producer", &self.producer).field("in_flight", &self.acks.len()).finish()
-    }
+    publisher: pitwall_bus::kafka::KafkaPublisher,
+    topic: String,
 }
 
 impl KafkaSink {
     /// A sink writing to `topic`.
     pub fn new(config: &pitwall_bus::kafka::KafkaConfig, topic: &str) -> anyhow::Result<Self> {
         Ok(KafkaSink {
-            producer: pitwall_bus::kafka::KafkaProducer::new(config, topic)?,
-            acks: std::collections::VecDeque::new(),
+            publisher: pitwall_bus::kafka::KafkaPublisher::new(config)?,
+            topic: topic.to_owned(),
         })
     }
 
     /// Waits until the brokers acknowledged everything sent.
     pub async fn finish(&mut self) -> anyhow::Result<()> {
-        while let Some(a) = self.acks.pop_front() {
-            a.await?;
-        }
-        self.producer.flush(Duration::from_secs(30))?;
+        self.publisher.delivered().await?;
         Ok(())
     }
 }
 
 impl RawSink for KafkaSink {
     async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> anyhow::Result<()> {
-        let ack = self.producer.enqueue(key.as_deref(), &payload, time).await?;
-        self.acks.push_back(Box::pin(ack));
-        while self.acks.len() > 50_000 {
-            if let Some(a) = self.acks.pop_front() {
-                a.await?;
-            }
+        self.publisher.publish(&self.topic, key.as_deref(), &payload, time).await?;
+        if self.publisher.in_flight() > 50_000 {
+            self.publisher.delivered_down_to(25_000).await?;
         }
         Ok(())
     }
@@ -634,7 +621,7 @@ pub(crate) fn encode_outputs(
     }
     if want(OutputStream::Metrics) {
         for w in &o.windows {
-            emit(OutputStream::Metrics, key(&w.source_id), to_json(w), w.window_end);
+            emit(OutputStream::Metrics, key(&w.source_id), w.to_json(), w.window_end);
         }
     }
     if want(OutputStream::Anomalies) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pitwall_bus::Topics;
-use pitwall_bus::kafka::{KafkaConsumer, KafkaProducer, Rebalance, StartHook};
+use pitwall_bus::kafka::{KafkaConsumer, KafkaProducer, KafkaPublisher, Rebalance, StartHook};
 use pitwall_lake::progress::names;
 use pitwall_lake::{Lake, LakeWriter, ResumePlan};
 use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry, TICK_KEY, tick_payload};
@@ -77,7 +77,6 @@ impl Part {
     }
 }
 
-type Ack = std::pin::Pin<Box<dyn Future<Output = pitwall_bus::Result<(u32, i64)>> + Send>>;
 
 /// Runs the processor until `cancel` (or idle, if asked), then commits what it has.
 pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
@@ -110,7 +109,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     let producer = KafkaProducer::new(&config.kafka, &topics.clean)?;
     let processor_config = Arc::new(config.processor.clone());
     let mut parts: HashMap<u32, Part> = HashMap::new();
-    let mut acks: Vec<Ack> = Vec::new();
+    let publisher = KafkaPublisher::new(&config.kafka)?;
     let mut unflushed = 0usize;
     let mut last_message = Instant::now();
     let mut failures = 0u32;
@@ -211,11 +210,11 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 send_ticks(&mut parts, &producer, &topics.raw, processor_config.idle_timeout).await;
             }
             if unflushed >= 2048 || (idle_tick && unflushed > 0) {
-                hand_over(&mut parts, &mut writer, &producer, &topics, &processor_config, &stats, &mut acks).await?;
+                hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats).await?;
                 unflushed = 0;
             }
             if writer.due() {
-                match commit(&mut writer, &mut acks, &consumer, &stats, &topics).await {
+                match commit(&mut writer, &publisher, &consumer, &stats, &topics).await {
                     Ok(()) => failures = 0,
                     Err(e) => {
                         if let Some(pitwall_lake::Error::Fenced { partition, .. }) = e.downcast_ref::<pitwall_lake::Error>() {
@@ -250,10 +249,10 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     // Stopping: commit what was processed (open windows stay open; the next owner
     // rebuilds them from the lake's progress).
     if result.is_ok() {
-        hand_over(&mut parts, &mut writer, &producer, &topics, &processor_config, &stats, &mut acks).await?;
+        hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats).await?;
         let mut attempt = 0;
         while writer.buffered() > 0 {
-            match commit(&mut writer, &mut acks, &consumer, &stats, &topics).await {
+            match commit(&mut writer, &publisher, &consumer, &stats, &topics).await {
                 Ok(()) => {}
                 Err(e) if attempt < 5 && e.downcast_ref::<pitwall_lake::Error>().is_none_or(|l| !matches!(l, pitwall_lake::Error::Fenced { .. })) => {
                     attempt += 1;
@@ -361,11 +360,10 @@ fn unstall(consumer: &KafkaConsumer, parts: &mut HashMap<u32, Part>) {
 async fn hand_over(
     parts: &mut HashMap<u32, Part>,
     writer: &mut LakeWriter,
-    producer: &KafkaProducer,
+    publisher: &KafkaPublisher,
     topics: &Topics,
     config: &ProcessorConfig,
     stats: &Stats,
-    acks: &mut Vec<Ack>,
 ) -> anyhow::Result<()> {
     for part in parts.values_mut() {
         let outputs = std::mem::take(&mut part.outputs);
@@ -382,8 +380,7 @@ async fn hand_over(
                 OutputStream::Dlq => &topics.dlq,
                 OutputStream::Late => &topics.late,
             };
-            let ack = producer.enqueue_to(topic, key.as_deref(), &payload, time).await?;
-            acks.push(Box::pin(ack));
+            publisher.publish(topic, key.as_deref(), &payload, time).await?;
         }
         let key = partition_key(part.processor.topic(), part.processor.partition());
         writer.append(&key, outputs, part.processor.checkpoint(part.next));
@@ -395,14 +392,12 @@ async fn hand_over(
 /// group's committed offsets (for lag monitoring).
 async fn commit(
     writer: &mut LakeWriter,
-    acks: &mut Vec<Ack>,
+    publisher: &KafkaPublisher,
     consumer: &KafkaConsumer,
     stats: &Stats,
     topics: &Topics,
 ) -> anyhow::Result<()> {
-    for a in acks.drain(..) {
-        a.await.context("publishing outputs to Kafka")?;
-    }
+    publisher.delivered().await.context("publishing outputs to Kafka")?;
     let started = Instant::now();
     let s = writer.commit().await?;
     record_commit(stats, &s, started.elapsed());

@@ -259,18 +259,18 @@ pub(super) fn encode(point: &Point, out: &mut Vec<u8>) {
         string(k, out);
         out.push(b':');
         match v {
-            FieldValue::F64(f) => out.extend_from_slice(zmij::Buffer::new().format_finite(*f).as_bytes()),
-            FieldValue::I64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+            FieldValue::F64(f) => float(*f, out),
+            FieldValue::I64(n) => integer(*n, out),
             FieldValue::U64(n) => {
                 unsigned = true;
-                out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+                integer(*n, out);
             }
             FieldValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
             FieldValue::Str(s) => string(s, out),
         }
     }
     out.extend_from_slice(b"},\"time\":");
-    out.extend_from_slice(itoa::Buffer::new().format(point.time).as_bytes());
+    integer(point.time, out);
     if unsigned {
         out.extend_from_slice(b",\"unsigned\":[");
         let names = point.fields.iter().filter(|(_, v)| matches!(v, FieldValue::U64(_)));
@@ -286,7 +286,7 @@ pub(super) fn encode(point: &Point, out: &mut Vec<u8>) {
 }
 
 /// Appends `s` as a JSON string, escaped as serde_json escapes it.
-fn string(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn string(s: &str, out: &mut Vec<u8>) {
     if s.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20) {
         serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
     } else {
@@ -294,4 +294,18 @@ fn string(s: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     }
+}
+
+/// Appends `v` as serde_json writes an `f64`: `null` when it is not finite.
+pub(crate) fn float(v: f64, out: &mut Vec<u8>) {
+    if v.is_finite() {
+        out.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Appends an integer.
+pub(crate) fn integer(v: impl itoa::Integer, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
