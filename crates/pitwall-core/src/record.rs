@@ -7,6 +7,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::Name;
 use serde::Serialize;
 
 /// Where a message came from on the bus: enough to find it again and to resume after it.
@@ -52,17 +54,17 @@ pub struct RejectRecord {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WindowRecord {
     /// Measurement the field belongs to.
-    pub measurement: String,
+    pub measurement: Name,
     /// The source id (value of the measurement's source tag).
-    pub source_id: String,
+    pub source_id: Name,
     /// Window name from the config, e.g. `car_5s`.
-    pub window: String,
+    pub window: Name,
     /// Inclusive start, ns since the epoch.
     pub window_start: i64,
     /// Exclusive end, ns since the epoch.
     pub window_end: i64,
     /// The aggregated field.
-    pub field: String,
+    pub field: Name,
     /// Number of values.
     pub count: u64,
     /// Smallest value.
@@ -243,12 +245,12 @@ mod tests {
             options in proptest::collection::vec(proptest::option::of(float()), 4),
         ) {
             let w = WindowRecord {
-                measurement: names[0].clone(),
-                source_id: names[1].clone(),
-                window: names[2].clone(),
+                measurement: names[0].as_str().into(),
+                source_id: names[1].as_str().into(),
+                window: names[2].as_str().into(),
                 window_start: times.0,
                 window_end: times.1,
-                field: names[3].clone(),
+                field: names[3].as_str().into(),
                 count: times.2,
                 min: values[0],
                 max: values[1],

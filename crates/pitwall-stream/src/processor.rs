@@ -6,7 +6,7 @@ use pitwall_bus::Message;
 use pitwall_core::record::{
     AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord,
 };
-use pitwall_core::{Point, Precision, json};
+use pitwall_core::{Name, Point, Precision, json};
 
 use crate::config::ProcessorConfig;
 use crate::enrich::Enricher;
@@ -210,7 +210,7 @@ impl Processor {
             out.late.push(LateRecord {
                 origin,
                 measurement: point.measurement,
-                source_id,
+                source_id: source_id.into_string(),
                 time: point.time,
                 watermark,
                 lateness_ns: watermark - point.time,
@@ -268,13 +268,13 @@ impl Processor {
     }
 
     /// Decodes, validates and normalizes a payload; the error is the reject reason.
-    fn validate(&self, msg: &Message) -> Result<(Point, String), String> {
+    fn validate(&self, msg: &Message) -> Result<(Point, Name), String> {
         let mut point = json::decode(&msg.payload, msg.timestamp, Precision::S)
             .map_err(|e| e.to_string())?;
         normalize_names(&mut point)?;
         self.enricher.apply(&mut point)?;
         let source_id = match self.config.source_id(&point) {
-            Some(s) => s.to_owned(),
+            Some(s) => Name::from(s),
             None => {
                 return Err(format!(
                     "measurement {:?} has no {:?} tag, which identifies its source",

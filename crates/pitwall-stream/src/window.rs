@@ -160,12 +160,12 @@ struct Pane {
 type Series = BTreeMap<i64, Pane>;
 
 /// A window that fired, before it becomes rows.
-type Fired = (i64, String, String, SortedMap<Name, Agg>);
+type Fired = (i64, Name, Name, SortedMap<Name, Agg>);
 
 /// One configured window over every source of a partition.
 #[derive(Debug)]
 pub struct WindowOperator {
-    name: String,
+    name: Name,
     size: i64,
     slide: i64,
     pane: i64,
@@ -175,7 +175,8 @@ pub struct WindowOperator {
     /// Sorted and unique; empty means every numeric field.
     fields: Vec<Name>,
     /// measurement -> source -> panes. Nested so a lookup borrows the names.
-    open: HashMap<String, HashMap<String, Series>>,
+    /// Names are inline up to 24 bytes, so a window row copies them without allocating.
+    open: HashMap<Name, HashMap<Name, Series>>,
     /// The horizon at the last [`Self::fire`]: every window ending at or before it has fired.
     fired_until: i64,
     /// Smallest end, after `fired_until`, of a window that has data.
@@ -192,7 +193,7 @@ impl WindowOperator {
         fields.sort();
         fields.dedup();
         WindowOperator {
-            name: config.name.clone(),
+            name: Name::from(config.name.as_str()),
             size,
             slide,
             pane: nanos(config.pane_nanos()),
@@ -223,13 +224,13 @@ impl WindowOperator {
         }
         let t = point.time;
         let pane_start = t - t.rem_euclid(self.pane);
-        let sources = match self.open.get_mut(&point.measurement) {
+        let sources = match self.open.get_mut(point.measurement.as_str()) {
             Some(s) => s,
-            None => self.open.entry(point.measurement.clone()).or_default(),
+            None => self.open.entry(Name::from(point.measurement.as_str())).or_default(),
         };
         let series = match sources.get_mut(source_id) {
             Some(s) => s,
-            None => sources.entry(source_id.to_owned()).or_default(),
+            None => sources.entry(Name::from(source_id)).or_default(),
         };
         let aggs = &mut series
             .entry(pane_start)
@@ -327,7 +328,7 @@ impl WindowOperator {
                     window: self.name.clone(),
                     window_start: start,
                     window_end: start.saturating_add(self.size),
-                    field: field.into_string(),
+                    field,
                     count: a.count,
                     min: a.min,
                     max: a.max,

@@ -266,7 +266,7 @@ fn idle_ticks_close_windows_and_silence_waits_for_data() {
         p.process(&msg(2 * i + 1, &sensor_at("s2", i * S, wobble(22.0, i), wobble(1012.0, i))), &mut out);
     }
     let fired = |o: &Outputs| {
-        o.windows.iter().filter(|w| w.field == "temperature_c").map(|w| ((w.window_start - T0) / S, w.source_id.clone())).collect::<Vec<_>>()
+        o.windows.iter().filter(|w| w.field == "temperature_c").map(|w| ((w.window_start - T0) / S, w.source_id.to_string())).collect::<Vec<_>>()
     };
     assert_eq!(fired(&out), [(0, "s1".to_owned()), (0, "s2".to_owned())], "the watermark (17 s) closed [0, 10) only");
     let tick = |offset: i64, time: i64| Message {

@@ -242,7 +242,7 @@ proptest! {
         for w in &out.windows {
             let size = setup.windows[w.window[1..].parse::<usize>().unwrap()].0;
             prop_assert_eq!(w.window_end - w.window_start, size * MS);
-            let key = (w.window.clone(), w.source_id.clone(), w.window_start, w.field.clone());
+            let key = (w.window.to_string(), w.source_id.to_string(), w.window_start, w.field.to_string());
             prop_assert!(got.insert(key.clone(), w).is_none(), "window {:?} emitted twice", key);
         }
         prop_assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
