@@ -172,12 +172,13 @@ impl Simulator for Fleet {
             let temp = round2(temp);
             s.last_temp = temp;
             out.push(
+                // Keys in order: the maps are built by appending.
                 Point::new("sensor", now)
-                    .tag("sensor_id", s.id.clone())
-                    .tag("site", s.site.clone())
-                    .field("temperature_c", FieldValue::F64(temp))
+                    .tag("sensor_id", s.id.as_str())
+                    .tag("site", s.site.as_str())
                     .field("humidity_pct", FieldValue::F64(round2(humidity)))
-                    .field("pressure_hpa", FieldValue::F64(round2(pressure))),
+                    .field("pressure_hpa", FieldValue::F64(round2(pressure)))
+                    .field("temperature_c", FieldValue::F64(temp)),
             );
         }
         self.time += self.interval;

@@ -1,6 +1,6 @@
 //! The F1 race: cars driving a [`Track`] at a fixed sample rate, with injected faults.
 
-use pitwall_core::{FieldValue, Point};
+use pitwall_core::{FieldValue, Name, Point};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -334,31 +334,40 @@ impl Simulator for Race {
             }
 
             let drs = self.track.segments[pos.segment].drs_zone && throttle >= 100.0 && speed_kph > 250.0;
-            let round1 = |v: f64| (v * 10.0).round() / 10.0;
-            let mut p = Point::new("car", now)
-                .tag("driver", car.driver)
-                .tag("team", car.team)
-                .tag("session", self.config.session.clone())
-                .tag("track", self.track.name.clone())
-                .field("speed_kph", FieldValue::F64(round1(speed_kph)))
-                .field("rpm", FieldValue::I64(rpm.round() as i64))
-                .field("gear", FieldValue::I64(reported_gear))
-                .field("throttle_pct", FieldValue::F64(round1(throttle)))
-                .field("brake", FieldValue::Bool(braking))
-                .field("drs", FieldValue::Bool(drs))
-                .field("engine_temp_c", FieldValue::F64(round1(car.engine_temp)))
-                .field("oil_temp_c", FieldValue::F64(round1(car.oil_temp)))
-                .field("ers_pct", FieldValue::F64(round1(car.ers)))
-                .field("lap", FieldValue::I64(car.lap))
-                .field("distance_m", FieldValue::F64(round1(car.distance)))
-                .field("x", FieldValue::F64(round1(pos.x)))
-                .field("y", FieldValue::F64(round1(pos.y)));
-            for (name, t) in ["tyre_temp_fl_c", "tyre_temp_fr_c", "tyre_temp_rl_c", "tyre_temp_rr_c"]
-                .into_iter()
-                .zip(car.tyre_temp)
-            {
-                p.fields.insert(name.into(), FieldValue::F64(round1(t)));
-            }
+            let f = |v: f64| FieldValue::F64((v * 10.0).round() / 10.0);
+            let [fl, fr, rl, rr] = car.tyre_temp;
+            // In key order, so the maps are built by appending (no search, no shifting).
+            let tags = [
+                ("driver", car.driver),
+                ("session", self.config.session.as_str()),
+                ("team", car.team),
+                ("track", self.track.name.as_str()),
+            ];
+            let fields = [
+                ("brake", FieldValue::Bool(braking)),
+                ("distance_m", f(car.distance)),
+                ("drs", FieldValue::Bool(drs)),
+                ("engine_temp_c", f(car.engine_temp)),
+                ("ers_pct", f(car.ers)),
+                ("gear", FieldValue::I64(reported_gear)),
+                ("lap", FieldValue::I64(car.lap)),
+                ("oil_temp_c", f(car.oil_temp)),
+                ("rpm", FieldValue::I64(rpm.round() as i64)),
+                ("speed_kph", f(speed_kph)),
+                ("throttle_pct", f(throttle)),
+                ("tyre_temp_fl_c", f(fl)),
+                ("tyre_temp_fr_c", f(fr)),
+                ("tyre_temp_rl_c", f(rl)),
+                ("tyre_temp_rr_c", f(rr)),
+                ("x", f(pos.x)),
+                ("y", f(pos.y)),
+            ];
+            let p = Point {
+                measurement: "car".to_owned(),
+                tags: tags.into_iter().map(|(k, v)| (Name::from(k), Name::from(v))).collect(),
+                fields: fields.into_iter().map(|(k, v)| (Name::from(k), v)).collect(),
+                time: now,
+            };
             out.push(p);
         }
         self.time += self.interval;
