@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh machine and runs every test:
 # cargo-nextest; the Kafka-API broker tansu (built once from crates.io, ~25 CPU-minutes,
-# then cached; the tests start their own brokers on 127.0.0.1); in a cached virtualenv,
-# PyIceberg (the independent reader of our tables) and kafka-python (the independent
-# reader of our topics); Debian's chromium and prometheus (the browser tests and the
-# scrape test start their own, on loopback); and the dashboard's npm packages (uPlot,
-# playwright-core). Build output is cached in ~/.cache/pitwall so
+# then cached; the tests start their own brokers on 127.0.0.1); the S3 server garage
+# (likewise, ~20 CPU-minutes); in a cached virtualenv, PyIceberg (the independent reader
+# of our tables), DuckDB (reads our Parquet files) and kafka-python (the independent
+# reader of our topics); Debian's chromium, prometheus and postgresql (the browser
+# tests, the scrape test and the catalog tests start their own, on loopback); and the
+# dashboard's npm packages (uPlot, playwright-core). Build output is cached in ~/.cache/pitwall so
 # repeat runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,18 +25,29 @@ if ! "$PITWALL_TANSU" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; t
   rm -rf "$CACHE/tansu-build"
 fi
 
+GARAGE_VERSION=2.5.0
+export PITWALL_GARAGE="$CACHE/garage/bin/garage"
+if ! "$PITWALL_GARAGE" --version 2>/dev/null | grep -q "cargo:$GARAGE_VERSION "; then
+  echo "building the S3 server garage $GARAGE_VERSION into $CACHE/garage (once; about 20 CPU-minutes)" >&2
+  CARGO_TARGET_DIR="$CACHE/garage-build" cargo install garage --version "$GARAGE_VERSION" \
+    --no-default-features --features bundled-libs,sqlite --locked --root "$CACHE/garage"
+  rm -rf "$CACHE/garage-build"
+fi
+
 PYICEBERG_VERSION=0.12.0
 KAFKA_PYTHON_VERSION=2.2.15
+DUCKDB_VERSION=1.4.2
 VENV="$CACHE/venv"
-if ! "$VENV/bin/python" -c "import pyiceberg, pyarrow, sqlalchemy, kafka, lz4.frame, sys; sys.exit(pyiceberg.__version__ != '$PYICEBERG_VERSION' or kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null; then
-  echo "installing PyIceberg $PYICEBERG_VERSION and kafka-python $KAFKA_PYTHON_VERSION into $VENV" >&2
+if ! "$VENV/bin/python" -c "import pyiceberg, pyarrow, sqlalchemy, psycopg2, duckdb, kafka, lz4.frame, sys; sys.exit(pyiceberg.__version__ != '$PYICEBERG_VERSION' or kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null; then
+  echo "installing PyIceberg $PYICEBERG_VERSION, DuckDB $DUCKDB_VERSION and kafka-python $KAFKA_PYTHON_VERSION into $VENV" >&2
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" 2>/dev/null || { need_apt python3-venv; python3 -m venv "$VENV"; }
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "pyiceberg[sql-sqlite,pyarrow]==$PYICEBERG_VERSION" "kafka-python==$KAFKA_PYTHON_VERSION" lz4
+    "pyiceberg[sql-sqlite,sql-postgres,pyarrow]==$PYICEBERG_VERSION" "duckdb==$DUCKDB_VERSION" \
+    "kafka-python==$KAFKA_PYTHON_VERSION" lz4
 fi
 export PITWALL_PYTHON="$VENV/bin/python"
 
-need_apt chromium prometheus
+need_apt chromium prometheus postgresql
 web_packages
 
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -11,6 +11,7 @@
 
 mod commit;
 pub mod progress;
+pub mod storage;
 pub mod tables;
 mod writer;
 
@@ -19,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::Type;
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
@@ -29,6 +29,7 @@ use pitwall_stream::FieldType;
 use serde::{Deserialize, Serialize};
 
 pub use commit::Claim;
+pub use storage::S3Config;
 pub use tables::Fixed;
 pub use progress::{Progress, ResumePlan, TableProgress};
 pub use writer::{CommitStats, LakeWriter, OFFSETS_PROPERTY, committed_offsets, committed_progress};
@@ -80,6 +81,14 @@ pub enum Error {
     /// The catalog database failed or is overloaded.
     #[error("catalog: {0}")]
     Catalog(String),
+    /// A `[lake]` setting is wrong.
+    #[error("lake.{key}: {message}")]
+    Config {
+        /// The key under `[lake]`.
+        key: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -104,8 +113,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LakeConfig {
-    /// Holds `catalog.db` (the SQLite catalog) and `warehouse/` (the table files).
+    /// The embedded lake: holds `catalog.db` (the SQLite catalog) and `warehouse/` (the
+    /// table files) unless `catalog` and `warehouse` say otherwise.
     pub data_dir: PathBuf,
+    /// The Iceberg catalog: empty = SQLite in `data_dir`; `postgres://user:password@host/db`
+    /// = the SQL catalog on PostgreSQL (Trino reads it as `iceberg.catalog.type=jdbc`,
+    /// PyIceberg as a `SqlCatalog`). Processes sharing a lake share this.
+    pub catalog: String,
+    /// Where table files go: empty = `data_dir/warehouse`; `s3://bucket/prefix` (see
+    /// `[lake.s3]`); or a local directory. Used when a table is created; existing tables
+    /// keep their location.
+    pub warehouse: String,
+    /// How to reach S3 for `s3://` warehouses.
+    pub s3: S3Config,
     /// Commit at least this often while data flows.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
@@ -117,6 +137,9 @@ impl Default for LakeConfig {
     fn default() -> Self {
         LakeConfig {
             data_dir: PathBuf::from("pitwall-data"),
+            catalog: String::new(),
+            warehouse: String::new(),
+            s3: S3Config::default(),
             commit_interval: Duration::from_secs(5),
             commit_rows: 200_000,
         }
@@ -130,7 +153,63 @@ impl LakeConfig {
             data_dir: dir.to_owned(),
             commit_interval: Duration::from_millis(200),
             commit_rows: 10_000,
+            ..LakeConfig::default()
         }
+    }
+
+    /// Checks `catalog` and `warehouse` name something pitwall can use.
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.catalog;
+        if !(c.is_empty() || c.starts_with("postgres://") || c.starts_with("postgresql://") || c.starts_with("sqlite:")) {
+            return Err(Error::Config {
+                key: "catalog",
+                message: format!(
+                    "{:?} is not a catalog pitwall knows: use postgres://user:password@host:5432/database for the SQL catalog on PostgreSQL, sqlite:PATH, or leave it empty for the SQLite file in data-dir",
+                    redact_password(c)
+                ),
+            });
+        }
+        let w = &self.warehouse;
+        if w.contains("://") && !w.starts_with("file://") && storage::split_s3(w).is_none() {
+            return Err(Error::Config {
+                key: "warehouse",
+                message: format!(
+                    "{w:?} is not a location pitwall can write: use s3://bucket/prefix, a local directory, or leave it empty for data-dir/warehouse"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the catalog is the embedded SQLite file in `data_dir`.
+    pub fn is_embedded_catalog(&self) -> bool {
+        self.catalog.is_empty()
+    }
+
+    /// Where the catalog and the tables are, in words, for logs and errors.
+    pub fn describe(&self) -> String {
+        let catalog = if self.catalog.is_empty() {
+            format!("{}", self.data_dir.join("catalog.db").display())
+        } else {
+            redact_password(&self.catalog)
+        };
+        let warehouse = if self.warehouse.is_empty() {
+            format!("{}", self.data_dir.join("warehouse").display())
+        } else {
+            self.warehouse.clone()
+        };
+        format!("catalog {catalog}, warehouse {warehouse}")
+    }
+}
+
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
+pub fn redact_password(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match uri[s + 3..at].find(':') {
+            Some(colon) => format!("{}:***{}", &uri[..s + 3 + colon], &uri[at..]),
+            None => uri.to_owned(),
+        },
+        _ => uri.to_owned(),
     }
 }
 
@@ -151,37 +230,58 @@ impl Lake {
     /// Opens the lake in `config.data_dir`, creating the catalog, the namespaces and
     /// the fixed tables on first use.
     pub async fn open(config: LakeConfig) -> Result<Lake> {
+        config.validate()?;
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir.join("warehouse")).map_err(|error| Error::DataDir {
-            path: dir.clone(),
-            error,
-        })?;
-        let dir = dir.canonicalize().map_err(|error| Error::DataDir {
-            path: dir.clone(),
-            error,
-        })?;
-        let warehouse = format!("file://{}", dir.join("warehouse").display());
-        let catalog_uri = format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display());
+        let data_dir = |dir: &Path| -> Result<PathBuf> {
+            std::fs::create_dir_all(dir).map_err(|error| Error::DataDir { path: dir.to_owned(), error })?;
+            dir.canonicalize().map_err(|error| Error::DataDir { path: dir.to_owned(), error })
+        };
+        let uses_dir = config.catalog.is_empty() || config.warehouse.is_empty();
+        let dir = if uses_dir { data_dir(dir)? } else { dir.clone() };
+        let warehouse = if config.warehouse.is_empty() {
+            std::fs::create_dir_all(dir.join("warehouse")).map_err(|error| Error::DataDir { path: dir.clone(), error })?;
+            format!("file://{}", dir.join("warehouse").display())
+        } else if storage::split_s3(&config.warehouse).is_some() {
+            config.warehouse.trim_end_matches('/').to_owned()
+        } else {
+            let local = PathBuf::from(config.warehouse.trim_start_matches("file://"));
+            format!("file://{}", data_dir(&local)?.display())
+        };
+        let (catalog_uri, postgres) = if config.catalog.is_empty() {
+            (format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display()), false)
+        } else if config.catalog.starts_with("postgres://") || config.catalog.starts_with("postgresql://") {
+            (config.catalog.clone(), true)
+        } else {
+            (config.catalog.clone(), false)
+        };
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Error::Catalog(format!(
+                "cannot open the catalog at {}: {e}; check that the database is running and reachable, and the user and password",
+                redact_password(&catalog_uri)
+            ))
+        };
+        sqlx::any::install_default_drivers();
         let catalog = SqlCatalogBuilder::default()
             .uri(&catalog_uri)
             .warehouse_location(&warehouse)
-            .sql_bind_style(SqlBindStyle::QMark)
-            // One connection: SQLite serializes writers anyway, and this avoids lock errors.
-            .prop("pool.max-connections", "1")
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .sql_bind_style(if postgres { SqlBindStyle::DollarNumeric } else { SqlBindStyle::QMark })
+            // SQLite: one connection, as SQLite serializes writers anyway and this avoids
+            // lock errors.
+            .prop("pool.max-connections", if postgres { "4" } else { "1" })
+            .with_storage_factory(Arc::new(storage::LakeStorageFactory { s3: config.s3.clone() }))
             .load(CATALOG_NAME, HashMap::new())
-            .await?;
-        sqlx::any::install_default_drivers();
+            .await
+            .map_err(|e| unreachable(&e))?;
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(2)
             .connect(&catalog_uri)
             .await
-            .map_err(|e| Error::Catalog(format!("opening {catalog_uri}: {e}")))?;
+            .map_err(|e| unreachable(&e))?;
         let lake = Lake {
             pointer: commit::CatalogPointer {
                 pool,
                 catalog_name: CATALOG_NAME.to_owned(),
-                dollar_placeholders: false,
+                dollar_placeholders: postgres,
             },
             catalog: Arc::new(catalog),
             config: LakeConfig {
@@ -241,7 +341,8 @@ impl Lake {
         &self.warehouse
     }
 
-    /// The catalog's database URI, for other readers (PyIceberg's `SqlCatalog`).
+    /// The catalog's database URI, for other readers (PyIceberg's `SqlCatalog`); it
+    /// holds the password of a PostgreSQL catalog, if the URI has one.
     pub fn catalog_uri(&self) -> &str {
         &self.catalog_uri
     }

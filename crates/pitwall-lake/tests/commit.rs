@@ -1,5 +1,7 @@
-//! The fenced commit path on a real SQLite catalog: writers racing on the same table
-//! all land, and a writer whose claim is stale (a zombie) is refused and writes nothing.
+//! The fenced commit path on real catalogs (the embedded SQLite file with a local
+//! warehouse, and PostgreSQL with the warehouse on an S3 server): writers racing on the
+//! same table all land, and a writer whose claim is stale (a zombie) is refused and
+//! writes nothing.
 
 use std::collections::BTreeMap;
 
@@ -37,8 +39,42 @@ fn feed(w: &mut LakeWriter, partition: i32, offsets: std::ops::Range<i64>) {
     );
 }
 
-async fn open(dir: &std::path::Path) -> Lake {
-    Lake::open(LakeConfig::test_config(dir)).await.unwrap()
+async fn open(config: &LakeConfig) -> Lake {
+    Lake::open(config.clone()).await.unwrap()
+}
+
+/// Where a test's lake lives; the services stop when it is dropped.
+struct Place {
+    config: LakeConfig,
+    _dir: tempfile::TempDir,
+    services: Option<(pitwall_testkit::Postgres, pitwall_testkit::Garage)>,
+}
+
+/// The embedded lake: SQLite catalog, local warehouse.
+fn local() -> Place {
+    let dir = tempfile::tempdir().unwrap();
+    Place { config: LakeConfig::test_config(dir.path()), _dir: dir, services: None }
+}
+
+/// The shared lake: the SQL catalog on PostgreSQL, the warehouse on garage over S3.
+fn shared() -> Place {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pitwall_testkit::Postgres::start();
+    let s3 = pitwall_testkit::Garage::start();
+    let config = LakeConfig {
+        catalog: pg.database("catalog"),
+        warehouse: format!("s3://{}/warehouse", s3.bucket),
+        s3: pitwall_lake::S3Config {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            path_style: true,
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.clone(),
+            ..Default::default()
+        },
+        ..LakeConfig::test_config(dir.path())
+    };
+    Place { config, _dir: dir, services: Some((pg, s3)) }
 }
 
 async fn raw_offsets(lake: &Lake) -> BTreeMap<String, i64> {
@@ -47,11 +83,31 @@ async fn raw_offsets(lake: &Lake) -> BTreeMap<String, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_racing_on_disjoint_partitions_all_land() {
-    let dir = tempfile::tempdir().unwrap();
-    open(dir.path()).await;
+    racing_writers_all_land(&local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_racing_on_postgresql_and_s3_all_land() {
+    let place = shared();
+    racing_writers_all_land(&place).await;
+    // The catalog row is in PostgreSQL and points into the bucket; nothing is on the local disk.
+    let (pg, _) = place.services.as_ref().unwrap();
+    let location = pg.psql(
+        "catalog",
+        "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = 'pitwall' AND table_namespace = 'raw' AND table_name = 'events'",
+    );
+    assert!(location.trim().starts_with("s3://pitwall/warehouse/raw/events/metadata/"), "{location}");
+    let table = open(&place.config).await.table(&Fixed::Raw.ident()).await.unwrap();
+    assert_eq!(table.metadata_location(), Some(location.trim()));
+    assert!(!place.config.data_dir.join("warehouse").exists(), "nothing should be written locally");
+}
+
+async fn racing_writers_all_land(place: &Place) {
+    let cfg = &place.config;
+    open(cfg).await;
     // Two lake handles, each with its own catalog connections: two processes, in effect.
-    let mut a = LakeWriter::open(open(dir.path()).await).await.unwrap();
-    let mut b = LakeWriter::open(open(dir.path()).await).await.unwrap();
+    let mut a = LakeWriter::open(open(cfg).await).await.unwrap();
+    let mut b = LakeWriter::open(open(cfg).await).await.unwrap();
     const ROUNDS: i64 = 12;
     let ta = tokio::spawn(async move {
         for i in 0..ROUNDS {
@@ -67,7 +123,7 @@ async fn writers_racing_on_disjoint_partitions_all_land() {
     });
     ta.await.unwrap();
     tb.await.unwrap();
-    let lake = open(dir.path()).await;
+    let lake = open(cfg).await;
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
     assert_eq!(table.metadata().snapshots().count() as i64, 2 * ROUNDS, "no commit was lost");
     let offsets = raw_offsets(&lake).await;
@@ -84,11 +140,20 @@ async fn writers_racing_on_disjoint_partitions_all_land() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_cannot_commit_and_a_resumed_writer_can() {
-    let dir = tempfile::tempdir().unwrap();
-    open(dir.path()).await;
-    let mut owner = LakeWriter::open(open(dir.path()).await).await.unwrap();
+    zombie_is_fenced(&local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_cannot_commit_on_postgresql_and_s3() {
+    zombie_is_fenced(&shared()).await;
+}
+
+async fn zombie_is_fenced(place: &Place) {
+    let cfg = &place.config;
+    open(cfg).await;
+    let mut owner = LakeWriter::open(open(cfg).await).await.unwrap();
     // The zombie read the lake at the same time, before the owner committed.
-    let mut zombie = LakeWriter::open(open(dir.path()).await).await.unwrap();
+    let mut zombie = LakeWriter::open(open(cfg).await).await.unwrap();
     feed(&mut owner, 0, 0..100);
     owner.commit().await.unwrap();
 
@@ -102,12 +167,12 @@ async fn a_zombie_cannot_commit_and_a_resumed_writer_can() {
     }
     assert!(err.to_string().contains("another writer owns it now"), "{err}");
     assert_eq!(zombie.buffered(), 0, "the fenced partition's rows were dropped");
-    let lake = open(dir.path()).await;
+    let lake = open(cfg).await;
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
     assert_eq!(table.metadata().snapshots().count(), 1, "the zombie wrote no snapshot");
 
     // A writer that resumes from the lake carries on where the owner stopped.
-    let mut resumed = LakeWriter::open(open(dir.path()).await).await.unwrap();
+    let mut resumed = LakeWriter::open(open(cfg).await).await.unwrap();
     assert_eq!(resumed.resume_offsets()["telemetry.raw/0"], 100);
     feed(&mut resumed, 0, 100..150);
     resumed.commit().await.unwrap();

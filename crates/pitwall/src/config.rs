@@ -2,7 +2,7 @@
 //! the file, then `PITWALL_SECTION__KEY` environment variables. Unknown keys are
 //! rejected with the key's path, so a typo fails at start instead of being ignored.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -168,15 +168,8 @@ impl Config {
         if self.lake.commit_rows == 0 {
             bail!("config key lake.commit-rows: is 0; use a positive row count");
         }
+        self.lake.validate().map_err(|e| anyhow::anyhow!("config key {e}"))?;
         Ok(())
-    }
-
-    /// Applies `--data-dir`.
-    pub fn with_data_dir(mut self, dir: Option<PathBuf>) -> Self {
-        if let Some(d) = dir {
-            self.lake.data_dir = d;
-        }
-        self
     }
 }
 

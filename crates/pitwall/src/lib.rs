@@ -115,9 +115,37 @@ struct Common {
     /// Config file (default: ./pitwall.toml if present, else built-in defaults).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Directory holding the lake: the SQLite catalog and the warehouse.
-    #[arg(long, value_name = "DIR", default_value = "pitwall-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    lake: LakeArgs,
+}
+
+/// Where the lake is; each flag overrides its `[lake]` key.
+#[derive(Debug, Args)]
+struct LakeArgs {
+    /// Directory of the embedded lake: the SQLite catalog and the warehouse (lake.data-dir, default pitwall-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Iceberg catalog instead of the SQLite file: postgres://user:password@host:5432/db (lake.catalog).
+    #[arg(long, value_name = "URI")]
+    catalog: Option<String>,
+    /// Where new tables' files go: s3://bucket/prefix or a directory (lake.warehouse; S3 settings in [lake.s3]).
+    #[arg(long, value_name = "LOCATION")]
+    warehouse: Option<String>,
+}
+
+impl LakeArgs {
+    fn apply(self, mut config: Config) -> Config {
+        if let Some(d) = self.data_dir {
+            config.lake.data_dir = d;
+        }
+        if let Some(c) = self.catalog {
+            config.lake.catalog = c;
+        }
+        if let Some(w) = self.warehouse {
+            config.lake.warehouse = w;
+        }
+        config
+    }
 }
 
 #[derive(Debug, Args)]
@@ -251,8 +279,8 @@ struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
     /// The lake the SQL API and dashboard read (the one `pitwall process` writes).
-    #[arg(long, value_name = "DIR", default_value = "pitwall-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    lake: LakeArgs,
     /// Kafka bootstrap brokers (overrides kafka.brokers).
     #[arg(long)]
     brokers: Option<String>,
@@ -426,7 +454,7 @@ pub(crate) fn now_ns() -> i64 {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.common.config.as_deref())?.with_data_dir(Some(args.common.data_dir));
+    let mut config = args.common.lake.apply(Config::load(args.common.config.as_deref())?);
     if let Some(seed) = args.seed {
         config.sim.seed = seed;
     }
@@ -466,12 +494,12 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         status::Rate::Produced,
     ));
     eprintln!(
-        "pitwall up: {} cars at {} Hz, {} sensors, speed {}x; lake in {}",
+        "pitwall up: {} cars at {} Hz, {} sensors, speed {}x; lake: {}",
         if config.sim.race_enabled { config.sim.race.cars } else { 0 },
         config.sim.race.hz,
         if config.sim.iot_enabled { config.sim.iot.sensors } else { 0 },
         config.sim.speed,
-        config.lake.data_dir.display()
+        config.lake.describe()
     );
     let data_dir = config.lake.data_dir.clone();
     if let Some(listen) = args.listen {
@@ -512,8 +540,8 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.common.config.as_deref())?.with_data_dir(Some(args.common.data_dir));
-    if !config.lake.data_dir.join("catalog.db").exists() {
+    let config = args.common.lake.apply(Config::load(args.common.config.as_deref())?);
+    if config.lake.is_embedded_catalog() && !config.lake.data_dir.join("catalog.db").exists() {
         anyhow::bail!(
             "no lake in {}: run `pitwall up` first, or pass the --data-dir it used",
             config.lake.data_dir.display()
@@ -549,7 +577,7 @@ async fn serve_metrics(listen: Option<&str>, cancel: &CancellationToken) -> anyh
 }
 
 async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.common.config.as_deref())?.with_data_dir(Some(args.common.data_dir));
+    let mut config = args.common.lake.apply(Config::load(args.common.config.as_deref())?);
     if let Some(b) = args.brokers {
         config.kafka.brokers = b;
     }
@@ -571,11 +599,11 @@ async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
         status::Rate::Processed,
     ));
     eprintln!(
-        "pitwall process: group {} reading {}raw on {}; lake in {}",
+        "pitwall process: group {} reading {}raw on {}; lake: {}",
         config.kafka.group_id,
         config.bus.topic_prefix,
         config.kafka.brokers,
-        config.lake.data_dir.display()
+        config.lake.describe()
     );
     let started = std::time::Instant::now();
     let options = process::ProcessOptions {
@@ -620,7 +648,7 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.config.as_deref())?.with_data_dir(Some(args.data_dir));
+    let mut config = args.lake.apply(Config::load(args.config.as_deref())?);
     if let Some(b) = args.brokers {
         config.kafka.brokers = b;
     }

@@ -261,7 +261,7 @@ pub(crate) fn source_key(config: &pitwall_stream::ProcessorConfig, p: &pitwall_c
 pub(crate) async fn open_lake(config: &Config) -> anyhow::Result<(Lake, SchemaRegistry)> {
     let lake = Lake::open(config.lake.clone())
         .await
-        .with_context(|| format!("opening the lake in {}", config.lake.data_dir.display()))?;
+        .with_context(|| format!("opening the lake ({})", config.lake.describe()))?;
     let schemas = SchemaRegistry::default();
     for (m, fields) in lake.clean_schemas().await? {
         schemas.seed(&m, fields);

@@ -1,0 +1,325 @@
+//! Where table files live: a local directory (`file://`) or an S3-compatible object
+//! store (`s3://bucket/prefix`: AWS, MinIO, garage, Ceph), behind iceberg's `Storage`
+//! trait so the commit path, the writers and every reader (DataFusion scans included)
+//! use the same one. S3 goes through the `object_store` crate.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use iceberg::io::{
+    FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorage, OutputFile, Storage, StorageConfig,
+    StorageFactory,
+};
+use iceberg::{Error as IcebergError, ErrorKind};
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+/// How to reach an S3-compatible store (`[lake.s3]`). Empty credentials are taken from
+/// the usual AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct S3Config {
+    /// `http://127.0.0.1:3900` for a local server; empty for AWS itself.
+    pub endpoint: String,
+    /// The region the bucket is in (S3-compatible servers usually accept any).
+    pub region: String,
+    /// `http://endpoint/bucket/key` instead of `http://bucket.endpoint/key`: what MinIO
+    /// and garage serve.
+    pub path_style: bool,
+    /// Access key id; empty = `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// Secret access key; empty = `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: String,
+    /// Session token for temporary credentials; empty = `AWS_SESSION_TOKEN` (if set).
+    pub session_token: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: String::new(),
+            region: "us-east-1".to_owned(),
+            path_style: false,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &if self.secret_access_key.is_empty() { "" } else { "***" })
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Config {
+    /// The settings with empty entries filled from the AWS environment variables.
+    pub fn resolved(&self) -> S3Config {
+        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        let or_env = |value: &str, key: &str| if value.is_empty() { env(key).unwrap_or_default() } else { value.to_owned() };
+        S3Config {
+            endpoint: or_env(&self.endpoint, "AWS_ENDPOINT_URL"),
+            region: if self.region.is_empty() { env("AWS_REGION").unwrap_or_else(|| "us-east-1".into()) } else { self.region.clone() },
+            path_style: self.path_style,
+            access_key_id: or_env(&self.access_key_id, "AWS_ACCESS_KEY_ID"),
+            secret_access_key: or_env(&self.secret_access_key, "AWS_SECRET_ACCESS_KEY"),
+            session_token: or_env(&self.session_token, "AWS_SESSION_TOKEN"),
+        }
+    }
+
+    /// A client for `bucket`.
+    pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(&self.region)
+            .with_virtual_hosted_style_request(!self.path_style);
+        if !self.endpoint.is_empty() {
+            b = b.with_endpoint(&self.endpoint).with_allow_http(self.endpoint.starts_with("http://"));
+        }
+        if !self.access_key_id.is_empty() {
+            b = b.with_access_key_id(&self.access_key_id).with_secret_access_key(&self.secret_access_key);
+        }
+        if !self.session_token.is_empty() {
+            b = b.with_token(&self.session_token);
+        }
+        Ok(Arc::new(b.build()?))
+    }
+}
+
+/// Splits `s3://bucket/key` (also `s3a://`, `s3n://`) into the bucket and the key.
+pub fn split_s3(location: &str) -> Option<(&str, &str)> {
+    let rest = ["s3://", "s3a://", "s3n://"].iter().find_map(|s| location.strip_prefix(s))?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    (!bucket.is_empty()).then_some((bucket, key))
+}
+
+/// Builds [`LakeStorage`] for the catalog's tables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LakeStorageFactory {
+    /// Settings for `s3://` locations.
+    pub s3: S3Config,
+}
+
+#[typetag::serde]
+impl StorageFactory for LakeStorageFactory {
+    fn build(&self, _config: &StorageConfig) -> iceberg::Result<Arc<dyn Storage>> {
+        Ok(Arc::new(LakeStorage::new(self.s3.resolved())))
+    }
+}
+
+/// Local files through iceberg's own storage; `s3://` through `object_store`, one
+/// client per bucket, made on first use.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LakeStorage {
+    s3: S3Config,
+    #[serde(skip)]
+    buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl LakeStorage {
+    /// Storage with these S3 settings (already resolved).
+    pub fn new(s3: S3Config) -> Self {
+        LakeStorage { s3, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// The store and key of an `s3://` location, or `None` for a local one.
+    pub fn object(&self, location: &str) -> iceberg::Result<Option<(Arc<dyn ObjectStore>, ObjectPath)>> {
+        let Some((bucket, key)) = split_s3(location) else { return Ok(None) };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let store = match buckets.get(bucket) {
+            Some(s) => Arc::clone(s),
+            None => {
+                let s = self.s3.store(bucket).map_err(|e| error(location, e))?;
+                buckets.insert(bucket.to_owned(), Arc::clone(&s));
+                s
+            }
+        };
+        Ok(Some((store, ObjectPath::from(key))))
+    }
+}
+
+fn error(location: &str, e: impl fmt::Display) -> IcebergError {
+    IcebergError::new(ErrorKind::Unexpected, format!("{location}: {e}"))
+}
+
+#[async_trait]
+#[typetag::serde]
+impl Storage for LakeStorage {
+    async fn exists(&self, path: &str) -> iceberg::Result<bool> {
+        match self.object(path)? {
+            None => LocalFsStorage.exists(path).await,
+            Some((store, key)) => match store.head(&key).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(error(path, e)),
+            },
+        }
+    }
+
+    async fn metadata(&self, path: &str) -> iceberg::Result<FileMetadata> {
+        match self.object(path)? {
+            None => LocalFsStorage.metadata(path).await,
+            Some((store, key)) => {
+                let meta = store.head(&key).await.map_err(|e| error(path, e))?;
+                Ok(FileMetadata { size: meta.size })
+            }
+        }
+    }
+
+    async fn read(&self, path: &str) -> iceberg::Result<Bytes> {
+        match self.object(path)? {
+            None => LocalFsStorage.read(path).await,
+            Some((store, key)) => {
+                let got = store.get(&key).await.map_err(|e| error(path, e))?;
+                got.bytes().await.map_err(|e| error(path, e))
+            }
+        }
+    }
+
+    async fn reader(&self, path: &str) -> iceberg::Result<Box<dyn FileRead>> {
+        match self.object(path)? {
+            None => LocalFsStorage.reader(path).await,
+            Some((store, key)) => Ok(Box::new(ObjectRead { store, key, location: path.to_owned() })),
+        }
+    }
+
+    async fn write(&self, path: &str, bs: Bytes) -> iceberg::Result<()> {
+        match self.object(path)? {
+            None => LocalFsStorage.write(path, bs).await,
+            Some((store, key)) => {
+                store.put(&key, bs.into()).await.map_err(|e| error(path, e))?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn writer(&self, path: &str) -> iceberg::Result<Box<dyn FileWrite>> {
+        match self.object(path)? {
+            None => LocalFsStorage.writer(path).await,
+            Some((store, key)) => Ok(Box::new(ObjectWrite {
+                // Files up to 16 MiB are one PUT; larger ones go up in parts of that size.
+                writer: Some(BufWriter::with_capacity(store, key, 16 << 20)),
+                location: path.to_owned(),
+            })),
+        }
+    }
+
+    async fn delete(&self, path: &str) -> iceberg::Result<()> {
+        match self.object(path)? {
+            None => LocalFsStorage.delete(path).await,
+            Some((store, key)) => match store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(error(path, e)),
+            },
+        }
+    }
+
+    async fn delete_prefix(&self, path: &str) -> iceberg::Result<()> {
+        match self.object(path)? {
+            None => LocalFsStorage.delete_prefix(path).await,
+            Some((store, key)) => {
+                let mut listing = store.list(Some(&key));
+                while let Some(meta) = listing.next().await {
+                    let meta = meta.map_err(|e| error(path, e))?;
+                    match store.delete(&meta.location).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(error(path, e)),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete_stream(&self, mut paths: BoxStream<'static, String>) -> iceberg::Result<()> {
+        while let Some(path) = paths.next().await {
+            self.delete(&path).await?;
+        }
+        Ok(())
+    }
+
+    fn new_input(&self, path: &str) -> iceberg::Result<InputFile> {
+        Ok(InputFile::new(Arc::new(self.clone_settings()), path.to_owned()))
+    }
+
+    fn new_output(&self, path: &str) -> iceberg::Result<OutputFile> {
+        Ok(OutputFile::new(Arc::new(self.clone_settings()), path.to_owned()))
+    }
+}
+
+impl LakeStorage {
+    /// A storage sharing this one's clients.
+    fn clone_settings(&self) -> LakeStorage {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        LakeStorage { s3: self.s3.clone(), buckets: Mutex::new(buckets) }
+    }
+}
+
+struct ObjectRead {
+    store: Arc<dyn ObjectStore>,
+    key: ObjectPath,
+    location: String,
+}
+
+#[async_trait]
+impl FileRead for ObjectRead {
+    async fn read(&self, range: Range<u64>) -> iceberg::Result<Bytes> {
+        self.store.get_range(&self.key, range).await.map_err(|e| error(&self.location, e))
+    }
+}
+
+struct ObjectWrite {
+    writer: Option<BufWriter>,
+    location: String,
+}
+
+#[async_trait]
+impl FileWrite for ObjectWrite {
+    async fn write(&mut self, bs: Bytes) -> iceberg::Result<()> {
+        let w = self.writer.as_mut().ok_or_else(|| error(&self.location, "write after close"))?;
+        w.put(bs).await.map_err(|e| error(&self.location, e))
+    }
+
+    async fn close(&mut self) -> iceberg::Result<()> {
+        let mut w = self.writer.take().ok_or_else(|| error(&self.location, "closed twice"))?;
+        w.shutdown().await.map_err(|e| error(&self.location, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_locations_split_into_bucket_and_key() {
+        assert_eq!(split_s3("s3://lake/warehouse/raw/events"), Some(("lake", "warehouse/raw/events")));
+        assert_eq!(split_s3("s3a://lake/x"), Some(("lake", "x")));
+        assert_eq!(split_s3("s3://lake"), Some(("lake", "")));
+        assert_eq!(split_s3("s3:///x"), None);
+        assert_eq!(split_s3("file:///tmp/x"), None);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let c = S3Config { secret_access_key: "hunter2".into(), ..S3Config::default() };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
