@@ -125,30 +125,34 @@ impl StorageFactory for LakeStorageFactory {
     }
 }
 
-/// Local files through iceberg's own storage; `s3://` through `object_store`, one
-/// client per bucket, made on first use.
-#[derive(Debug, Serialize, Deserialize)]
+/// Local files through iceberg's own storage; `s3://` through `object_store`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LakeStorage {
     s3: S3Config,
-    #[serde(skip)]
-    buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
+
+/// S3 clients by settings and bucket, shared by the whole process: iceberg makes a
+/// storage for every table it loads, and a new client costs a connection and loading
+/// the system's root certificates (tens of milliseconds).
+type Clients = HashMap<(String, String), Arc<dyn ObjectStore>>;
+static CLIENTS: std::sync::LazyLock<Mutex<Clients>> = std::sync::LazyLock::new(Default::default);
 
 impl LakeStorage {
     /// Storage with these S3 settings (already resolved).
     pub fn new(s3: S3Config) -> Self {
-        LakeStorage { s3, buckets: Mutex::new(HashMap::new()) }
+        LakeStorage { s3 }
     }
 
     /// The store and key of an `s3://` location, or `None` for a local one.
     pub fn object(&self, location: &str) -> iceberg::Result<Option<(Arc<dyn ObjectStore>, ObjectPath)>> {
         let Some((bucket, key)) = split_s3(location) else { return Ok(None) };
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let store = match buckets.get(bucket) {
+        let settings = serde_json::to_string(&self.s3).map_err(|e| error(location, e))?;
+        let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+        let store = match clients.get(&(settings.clone(), bucket.to_owned())) {
             Some(s) => Arc::clone(s),
             None => {
                 let s = self.s3.store(bucket).map_err(|e| error(location, e))?;
-                buckets.insert(bucket.to_owned(), Arc::clone(&s));
+                clients.insert((settings, bucket.to_owned()), Arc::clone(&s));
                 s
             }
         };
@@ -257,19 +261,11 @@ impl Storage for LakeStorage {
     }
 
     fn new_input(&self, path: &str) -> iceberg::Result<InputFile> {
-        Ok(InputFile::new(Arc::new(self.clone_settings()), path.to_owned()))
+        Ok(InputFile::new(Arc::new(self.clone()), path.to_owned()))
     }
 
     fn new_output(&self, path: &str) -> iceberg::Result<OutputFile> {
-        Ok(OutputFile::new(Arc::new(self.clone_settings()), path.to_owned()))
-    }
-}
-
-impl LakeStorage {
-    /// A storage sharing this one's clients.
-    fn clone_settings(&self) -> LakeStorage {
-        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        LakeStorage { s3: self.s3.clone(), buckets: Mutex::new(buckets) }
+        Ok(OutputFile::new(Arc::new(self.clone()), path.to_owned()))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The embedded pipeline end to end, on the real libraries: simulators, in-process bus,
-//! processors, Iceberg tables in a SQLite catalog, DataFusion, and PyIceberg as an
-//! independent reader.
+//! processors, Iceberg tables in a SQLite catalog (and in a PostgreSQL catalog on an S3
+//! server), DataFusion, and PyIceberg and DuckDB as independent readers.
 
 mod common;
 
@@ -200,13 +200,57 @@ async fn malformed_payloads(t: &Transport<'_>, dir: &Path) {
 }
 
 /// PyIceberg reads the lake on its own and must agree with DataFusion on counts,
-/// values, snapshot summaries and partitioning.
+/// values, snapshot summaries and partitioning; DuckDB reads the Parquet data files and
+/// agrees on counts and sums.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyiceberg_reads_what_pitwall_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let summary = run(config(dir.path(), 0.4, 10.0), 3).await;
     let lake = Lake::open(config(dir.path(), 0.0, 0.0).lake).await.unwrap();
-    let q = Query::new(&lake).await.unwrap();
+    let catalog = serde_json::json!({
+        "uri": format!("sqlite:///{}", lake.config().data_dir.join("catalog.db").display()),
+        "warehouse": lake.warehouse(),
+    });
+    independent_readers_agree(&lake, summary.produced, dir.path(), catalog).await;
+}
+
+/// The same with the lake shared the way a cluster shares it: the SQL catalog on
+/// PostgreSQL and the files on an S3 server (garage), both real, on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_and_duckdb_read_the_lake_on_postgresql_and_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = pitwall_testkit::Postgres::start();
+    let s3 = pitwall_testkit::Garage::start();
+    let mut cfg = config(dir.path(), 0.4, 10.0);
+    cfg.lake.catalog = pg.database("lake");
+    cfg.lake.warehouse = format!("s3://{}/warehouse", s3.bucket);
+    cfg.lake.s3 = pitwall_lake::S3Config {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        path_style: true,
+        access_key_id: s3.access_key_id.clone(),
+        secret_access_key: s3.secret_access_key.clone(),
+        ..Default::default()
+    };
+    let summary = run(cfg.clone(), 3).await;
+    assert!(!dir.path().join("warehouse").exists() && !dir.path().join("catalog.db").exists(), "nothing local");
+    let lake = Lake::open(cfg.lake).await.unwrap();
+    assert!(lake.warehouse().starts_with("s3://pitwall/warehouse"));
+    let catalog = serde_json::json!({
+        "uri": pg.url("lake").replace("postgres://", "postgresql+psycopg2://"),
+        "warehouse": lake.warehouse(),
+        "s3.endpoint": s3.endpoint,
+        "s3.region": s3.region,
+        "s3.access-key-id": s3.access_key_id,
+        "s3.secret-access-key": s3.secret_access_key,
+        "s3.force-virtual-addressing": "false",
+    });
+    independent_readers_agree(&lake, summary.produced, dir.path(), catalog).await;
+}
+
+/// Runs tests/pyiceberg_check.py against what DataFusion reads from `lake`.
+async fn independent_readers_agree(lake: &Lake, produced: u64, dir: &Path, catalog: Value) {
+    let q = Query::new(lake).await.unwrap();
     let mut counts = serde_json::Map::new();
     for t in [
         "raw.events",
@@ -222,8 +266,7 @@ async fn pyiceberg_reads_what_pitwall_wrote() {
     assert!(counts["anomalies.events"].as_i64().unwrap() > 0, "the run should raise anomalies");
     assert!(counts["quarantine.rejects"].as_i64().unwrap() > 0, "the run should reject something");
     let expected = serde_json::json!({
-        "catalog_uri": format!("sqlite:///{}", lake.config().data_dir.join("catalog.db").display()),
-        "warehouse": lake.warehouse(),
+        "catalog": catalog,
         "counts": counts,
         "car_by_driver": rows(&q, "SELECT driver, count(*) AS n, sum(rpm) AS rpm_sum, max(engine_temp_c) AS temp_max
                                    FROM clean.car GROUP BY driver ORDER BY driver").await,
@@ -233,9 +276,11 @@ async fn pyiceberg_reads_what_pitwall_wrote() {
                              ORDER BY \"partition\", \"offset\"").await,
         "raw_next_offsets": rows(&q, "SELECT \"partition\", max(\"offset\") + 1 AS next FROM raw.events
                                       GROUP BY 1 ORDER BY 1").await,
-        "produced": summary.produced,
+        "window_sums": rows(&q, "SELECT window, field, count(*) AS n, sum(count) AS count_sum, sum(\"sum\") AS sum_sum
+                                 FROM metrics.windows GROUP BY 1, 2 ORDER BY 1, 2").await,
+        "produced": produced,
     });
-    let expected_path = dir.path().join("expected.json");
+    let expected_path = dir.join("expected.json");
     std::fs::write(&expected_path, serde_json::to_vec_pretty(&expected).unwrap()).unwrap();
     let python = std::env::var("PITWALL_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/pyiceberg_check.py");
@@ -246,8 +291,8 @@ async fn pyiceberg_reads_what_pitwall_wrote() {
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}; the test command (scripts/test.sh) installs PyIceberg and sets PITWALL_PYTHON"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "PyIceberg disagrees:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("pyiceberg agrees"), "{stdout}\n{stderr}");
+    assert!(out.status.success(), "PyIceberg or DuckDB disagrees:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("pyiceberg agrees") && stdout.contains("duckdb agrees"), "{stdout}\n{stderr}");
 }
 
 /// Live readers of the output topics see the same records the lake gets, as JSON keyed
