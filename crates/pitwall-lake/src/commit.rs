@@ -274,3 +274,206 @@ fn unique_snapshot_id(table: &Table) -> i64 {
         }
     }
 }
+
+/// The live data files of `table`'s current snapshot, with their manifest entries.
+pub(crate) async fn live_entries(table: &Table) -> Result<Vec<iceberg::spec::ManifestEntryRef>> {
+    let metadata = table.metadata();
+    let Some(current) = metadata.current_snapshot() else { return Ok(Vec::new()) };
+    let file_io = table.file_io();
+    let list = manifest_list(table, current).await?;
+    let mut out = Vec::new();
+    for m in list.entries() {
+        let manifest = m.load_manifest(file_io).await?;
+        out.extend(manifest.entries().iter().filter(|e| e.is_alive()).cloned());
+    }
+    Ok(out)
+}
+
+/// The manifest list of one of `table`'s snapshots.
+pub(crate) async fn manifest_list(table: &Table, snapshot: &Snapshot) -> Result<ManifestList> {
+    let bytes = table.file_io().new_input(snapshot.manifest_list())?.read().await?;
+    Ok(ManifestList::parse_with_version(&bytes, table.metadata().format_version())?)
+}
+
+/// What a rewrite commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    /// Data files taken out of the table.
+    pub removed_files: usize,
+    /// Rows in them.
+    pub removed_rows: u64,
+    /// Data files put in.
+    pub added_files: usize,
+    /// Rows in them.
+    pub added_rows: u64,
+    /// Live data files in the table afterwards.
+    pub files_after: usize,
+}
+
+/// One snapshot that takes `removed` (data file paths) out of the table and puts `added`
+/// in, keeping every other live file, all in a single merged manifest (so it also merges
+/// the manifests streaming appends pile up). `operation` is `Replace` for compaction
+/// (same rows, other files) and `Delete` for retention. The snapshot carries the
+/// parent's `pitwall.*` summary (the bus offsets and progress) forward unchanged, so the
+/// streaming writer's resume point and fencing are unaffected.
+///
+/// Races with the streaming writer are settled by the same compare-and-set as appends:
+/// a lost race reloads and rebuilds on the newer snapshot (files appended meanwhile are
+/// kept). If a file to remove is no longer live (another maintenance run took it),
+/// nothing is written and [`Error::Changed`] says so.
+pub(crate) async fn fenced_rewrite(
+    catalog: &dyn Catalog,
+    pointer: &CatalogPointer,
+    ident: &TableIdent,
+    removed: &std::collections::BTreeSet<String>,
+    added: Vec<DataFile>,
+    operation: Operation,
+) -> Result<Rewritten> {
+    let mut backoff = Duration::from_millis(5);
+    for attempt in 1..=MAX_ATTEMPTS {
+        let table = catalog.load_table(ident).await?;
+        let metadata = table.metadata();
+        let live = live_entries(&table).await?;
+        let live_paths: std::collections::HashSet<&str> = live.iter().map(|e| e.file_path()).collect();
+        if let Some(gone) = removed.iter().find(|p| !live_paths.contains(p.as_str())) {
+            return Err(Error::Changed {
+                table: ident.to_string(),
+                message: format!("{gone} is no longer in the table (another maintenance run rewrote it); nothing was written, run it again"),
+            });
+        }
+        let file_io = table.file_io();
+        let schema = Arc::clone(metadata.current_schema());
+        let spec = Arc::clone(metadata.default_partition_spec());
+        let snapshot_id = unique_snapshot_id(&table);
+        let sequence_number = metadata.next_sequence_number();
+        let parent = metadata.current_snapshot_id();
+        let commit_id = uuid::Uuid::new_v4();
+        let meta_dir = format!("{}/metadata", metadata.location());
+        let manifest_path = format!("{meta_dir}/{commit_id}-m0.{}", DataFileFormat::Avro);
+        let mut manifest = ManifestWriterBuilder::new(
+            file_io.new_output(&manifest_path)?,
+            Some(snapshot_id),
+            Arc::clone(&schema),
+            spec.as_ref().clone(),
+        )
+        .build_v2_data();
+        let mut summary = SnapshotSummaryCollector::default();
+        let mut done = Rewritten::default();
+        let (mut total_files, mut total_records, mut total_size) = (0u64, 0u64, 0u64);
+        for e in &live {
+            let seq = e.sequence_number.unwrap_or(0);
+            if removed.contains(e.file_path()) {
+                summary.remove_file(&e.data_file, Arc::clone(&schema), Arc::clone(&spec));
+                manifest.add_delete_file(e.data_file.clone(), seq, e.file_sequence_number.or(Some(seq)))?;
+                done.removed_files += 1;
+                done.removed_rows += e.record_count();
+            } else {
+                manifest.add_existing_file(
+                    e.data_file.clone(),
+                    e.snapshot_id.or(parent).unwrap_or(snapshot_id),
+                    seq,
+                    e.file_sequence_number.or(Some(seq)),
+                )?;
+                total_files += 1;
+                total_records += e.record_count();
+                total_size += e.file_size_in_bytes();
+            }
+        }
+        for f in &added {
+            summary.add_file(f, Arc::clone(&schema), Arc::clone(&spec));
+            done.added_files += 1;
+            done.added_rows += f.record_count();
+            total_files += 1;
+            total_records += f.record_count();
+            total_size += f.file_size_in_bytes();
+        }
+        for f in added.iter().cloned() {
+            manifest.add_file(f, sequence_number)?;
+        }
+        done.files_after = total_files as usize;
+        let new_manifest = manifest.write_manifest_file().await?;
+        let list_path = format!("{meta_dir}/snap-{snapshot_id}-0-{commit_id}.{}", DataFileFormat::Avro);
+        let mut list = ManifestListWriter::v2(
+            file_io.new_output(&list_path)?.writer().await?,
+            snapshot_id,
+            parent,
+            sequence_number,
+        );
+        list.add_manifests(std::iter::once(new_manifest))?;
+        list.close().await?;
+
+        let mut props: HashMap<String, String> = metadata
+            .current_snapshot()
+            .map(|s| {
+                s.summary()
+                    .additional_properties
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("pitwall."))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        props.extend(summary.build());
+        for (k, v) in [
+            ("total-data-files", total_files),
+            ("total-records", total_records),
+            ("total-files-size", total_size),
+            ("total-delete-files", 0),
+            ("total-position-deletes", 0),
+            ("total-equality-deletes", 0),
+        ] {
+            props.insert(k.to_owned(), v.to_string());
+        }
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(snapshot_id)
+            .with_parent_snapshot_id(parent)
+            .with_sequence_number(sequence_number)
+            .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+            .with_manifest_list(list_path)
+            .with_summary(Summary {
+                operation: operation.clone(),
+                additional_properties: props,
+            })
+            .with_schema_id(metadata.current_schema_id())
+            .build();
+        let old_location = current_location(&table)?;
+        let new_metadata = TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(old_location.clone()))
+            .add_snapshot(snapshot)?
+            .set_ref(
+                MAIN_BRANCH,
+                SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+            )?
+            .build()?
+            .metadata;
+        if write_and_swap(pointer, &table, &old_location, new_metadata).await? {
+            return Ok(done);
+        }
+        tracing::debug!(table = %ident, attempt, "a maintenance commit lost a race; rebuilding on the newer snapshot");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+    Err(Error::Catalog(format!(
+        "{ident}: {MAX_ATTEMPTS} maintenance commits in a row lost the race to other writers; try again later"
+    )))
+}
+
+/// The table's metadata file location.
+pub(crate) fn current_location(table: &Table) -> Result<String> {
+    table
+        .metadata_location()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Internal(format!("{} has no metadata location", table.identifier())))
+}
+
+/// Writes `metadata` as the table's next metadata file and moves the catalog pointer to
+/// it if it still points at `old_location`; false if another writer moved it first.
+pub(crate) async fn write_and_swap(
+    pointer: &CatalogPointer,
+    table: &Table,
+    old_location: &str,
+    metadata: iceberg::spec::TableMetadata,
+) -> Result<bool> {
+    let location = MetadataLocation::from_str(old_location)?.with_next_version();
+    metadata.write_to(table.file_io(), &location).await?;
+    pointer.compare_and_set(table.identifier(), old_location, &location.to_string()).await
+}

@@ -10,6 +10,7 @@
 //! read the same tables through the same catalog.
 
 mod commit;
+mod maintain;
 pub mod progress;
 pub mod storage;
 pub mod tables;
@@ -28,7 +29,8 @@ use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 use pitwall_stream::FieldType;
 use serde::{Deserialize, Serialize};
 
-pub use commit::Claim;
+pub use commit::{Claim, Rewritten};
+pub use maintain::{Compacted, Expired, MaintenanceConfig};
 pub use storage::S3Config;
 pub use tables::Fixed;
 pub use progress::{Progress, ResumePlan, TableProgress};
@@ -81,6 +83,14 @@ pub enum Error {
     /// The catalog database failed or is overloaded.
     #[error("catalog: {0}")]
     Catalog(String),
+    /// The table changed under a maintenance run in a way it cannot build on.
+    #[error("{table}: {message}")]
+    Changed {
+        /// Table name.
+        table: String,
+        /// What changed and what to do.
+        message: String,
+    },
     /// A `[lake]` setting is wrong.
     #[error("lake.{key}: {message}")]
     Config {
@@ -126,6 +136,8 @@ pub struct LakeConfig {
     pub warehouse: String,
     /// How to reach S3 for `s3://` warehouses.
     pub s3: S3Config,
+    /// Compaction, snapshot expiry, orphan cleaning and retention.
+    pub maintenance: MaintenanceConfig,
     /// Commit at least this often while data flows.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
@@ -140,6 +152,7 @@ impl Default for LakeConfig {
             catalog: String::new(),
             warehouse: String::new(),
             s3: S3Config::default(),
+            maintenance: MaintenanceConfig::default(),
             commit_interval: Duration::from_secs(5),
             commit_rows: 200_000,
         }

@@ -269,6 +269,56 @@ impl Storage for LakeStorage {
     }
 }
 
+impl LakeStorage {
+    /// Every file under `prefix` (a directory or an `s3://` prefix), with when it was
+    /// last written (milliseconds since the epoch).
+    pub async fn list(&self, prefix: &str) -> iceberg::Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        match self.object(prefix)? {
+            Some((store, key)) => {
+                let (bucket, _) = split_s3(prefix).unwrap_or_default();
+                let mut listing = store.list(Some(&key));
+                while let Some(meta) = listing.next().await {
+                    let meta = meta.map_err(|e| error(prefix, e))?;
+                    out.push((format!("s3://{bucket}/{}", meta.location), meta.last_modified.timestamp_millis()));
+                }
+            }
+            None => {
+                let root = local_path(prefix);
+                let mut dirs = vec![root];
+                while let Some(dir) = dirs.pop() {
+                    let entries = match std::fs::read_dir(&dir) {
+                        Ok(e) => e,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(error(&dir.display().to_string(), e)),
+                    };
+                    for entry in entries {
+                        let entry = entry.map_err(|e| error(&dir.display().to_string(), e))?;
+                        let meta = entry.metadata().map_err(|e| error(&entry.path().display().to_string(), e))?;
+                        if meta.is_dir() {
+                            dirs.push(entry.path());
+                        } else {
+                            let modified = meta
+                                .modified()
+                                .ok()
+                                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                                .map_or(0, |d| d.as_millis() as i64);
+                            out.push((format!("file://{}", entry.path().display()), modified));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `file:///x`, `file:/x` or `/x` as a local path.
+fn local_path(path: &str) -> std::path::PathBuf {
+    let p = path.strip_prefix("file://").or_else(|| path.strip_prefix("file:")).unwrap_or(path);
+    std::path::PathBuf::from(if p.starts_with('/') { p.to_owned() } else { format!("/{p}") })
+}
+
 struct ObjectRead {
     store: Arc<dyn ObjectStore>,
     key: ObjectPath,

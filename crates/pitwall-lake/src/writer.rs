@@ -450,9 +450,7 @@ impl LakeWriter {
             parts: BTreeMap::new(),
             buffered: 0,
             last_commit: Instant::now(),
-            props: WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .build(),
+            props: parquet_properties(),
         }
     }
 
@@ -768,6 +766,11 @@ impl Committer<'_> {
         }
         Ok(files)
     }
+}
+
+/// How pitwall writes Parquet: zstd at its default level.
+pub(crate) fn parquet_properties() -> WriterProperties {
+    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build()
 }
 
 /// The processor progress recorded by the newest snapshot of `table`, per partition.

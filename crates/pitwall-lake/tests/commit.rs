@@ -3,83 +3,10 @@
 //! same table all land, and a writer whose claim is stale (a zombie) is refused and
 //! writes nothing.
 
-use std::collections::BTreeMap;
+mod common;
 
-use pitwall_core::record::{Origin, RawRecord};
-use pitwall_lake::{Error, Fixed, Lake, LakeConfig, LakeWriter, committed_offsets};
-use pitwall_stream::{Checkpoint, Outputs};
-
-const T0: i64 = 1_767_225_600_000_000_000;
-
-fn raw(partition: i32, offsets: std::ops::Range<i64>) -> Outputs {
-    Outputs {
-        raw: offsets
-            .map(|offset| RawRecord {
-                origin: Origin {
-                    topic: "telemetry.raw".into(),
-                    partition,
-                    offset,
-                },
-                key: Some(format!("k{partition}")),
-                ingest_time: T0 + offset,
-                payload: format!("{{\"p\":{partition},\"o\":{offset}}}").into_bytes().into(),
-            })
-            .collect(),
-        ..Outputs::default()
-    }
-}
-
-/// Buffers raw rows of `offsets` in `partition`, as a processor with no open state would.
-fn feed(w: &mut LakeWriter, partition: i32, offsets: std::ops::Range<i64>) {
-    let next = offsets.end;
-    w.append(
-        &format!("telemetry.raw/{partition}"),
-        raw(partition, offsets),
-        Checkpoint { next, replay_from: next, max_time: T0 + next },
-    );
-}
-
-async fn open(config: &LakeConfig) -> Lake {
-    Lake::open(config.clone()).await.unwrap()
-}
-
-/// Where a test's lake lives; the services stop when it is dropped.
-struct Place {
-    config: LakeConfig,
-    _dir: tempfile::TempDir,
-    services: Option<(pitwall_testkit::Postgres, pitwall_testkit::Garage)>,
-}
-
-/// The embedded lake: SQLite catalog, local warehouse.
-fn local() -> Place {
-    let dir = tempfile::tempdir().unwrap();
-    Place { config: LakeConfig::test_config(dir.path()), _dir: dir, services: None }
-}
-
-/// The shared lake: the SQL catalog on PostgreSQL, the warehouse on garage over S3.
-fn shared() -> Place {
-    let dir = tempfile::tempdir().unwrap();
-    let pg = pitwall_testkit::Postgres::start();
-    let s3 = pitwall_testkit::Garage::start();
-    let config = LakeConfig {
-        catalog: pg.database("catalog"),
-        warehouse: format!("s3://{}/warehouse", s3.bucket),
-        s3: pitwall_lake::S3Config {
-            endpoint: s3.endpoint.clone(),
-            region: s3.region.clone(),
-            path_style: true,
-            access_key_id: s3.access_key_id.clone(),
-            secret_access_key: s3.secret_access_key.clone(),
-            ..Default::default()
-        },
-        ..LakeConfig::test_config(dir.path())
-    };
-    Place { config, _dir: dir, services: Some((pg, s3)) }
-}
-
-async fn raw_offsets(lake: &Lake) -> BTreeMap<String, i64> {
-    committed_offsets(&lake.table(&Fixed::Raw.ident()).await.unwrap()).unwrap_or_default()
-}
+use common::{Place, feed, local, open, raw_offsets, shared};
+use pitwall_lake::{Error, Fixed, LakeWriter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_racing_on_disjoint_partitions_all_land() {

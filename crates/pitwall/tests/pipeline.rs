@@ -236,6 +236,16 @@ async fn pyiceberg_and_duckdb_read_the_lake_on_postgresql_and_s3() {
     assert!(!dir.path().join("warehouse").exists() && !dir.path().join("catalog.db").exists(), "nothing local");
     let lake = Lake::open(cfg.lake).await.unwrap();
     assert!(lake.warehouse().starts_with("s3://pitwall/warehouse"));
+    // Maintenance first (compaction, expiry of every older snapshot, orphan cleaning):
+    // the independent readers must see the same rows in the rewritten tables.
+    let maintenance = pitwall_lake::MaintenanceConfig {
+        expire_after: Duration::ZERO,
+        orphan_age: Duration::ZERO,
+        ..Default::default()
+    };
+    let done = lake.maintain(&maintenance).await.unwrap();
+    assert!(done.iter().any(|l| l.starts_with("raw.events: compacted")), "{done:?}");
+    assert!(done.iter().any(|l| l.contains("expired")), "{done:?}");
     let catalog = serde_json::json!({
         "uri": pg.url("lake").replace("postgres://", "postgresql+psycopg2://"),
         "warehouse": lake.warehouse(),
