@@ -317,8 +317,13 @@ impl Lake {
     /// One round of everything `config` asks for, over every table; errors of one table
     /// are logged and the others still run. Returns a line per table that changed.
     pub async fn maintain(&self, config: &MaintenanceConfig) -> Result<Vec<String>> {
+        self.maintain_tables(&self.table_idents().await?, config).await
+    }
+
+    /// As [`Lake::maintain`], over `tables`; lines carry no table name when given one.
+    pub async fn maintain_tables(&self, tables: &[TableIdent], config: &MaintenanceConfig) -> Result<Vec<String>> {
         let mut lines = Vec::new();
-        for ident in self.table_idents().await? {
+        for ident in tables.iter().cloned() {
             let name = ident.to_string();
             let mut parts = Vec::new();
             if let Some(keep) = config.retention.get(&name) {
@@ -347,7 +352,7 @@ impl Lake {
                 Err(e) => tracing::warn!(table = %name, error = %e, "orphan cleaning failed"),
             }
             if !parts.is_empty() {
-                lines.push(format!("{name}: {}", parts.join("; ")));
+                lines.push(if tables.len() == 1 { parts.join("; ") } else { format!("{name}: {}", parts.join("; ")) });
             }
         }
         Ok(lines)

@@ -256,6 +256,49 @@ pub(crate) fn source_key(config: &pitwall_stream::ProcessorConfig, p: &pitwall_c
     config.source_id(p).map(|s| Bytes::copy_from_slice(s.as_bytes()))
 }
 
+/// Runs the lake's maintenance (compaction, expiry, orphans, retention) every
+/// `lake.maintenance.interval` until `cancel`; nothing when the interval is zero. A run
+/// cut short by `cancel` leaves at most unreferenced files, which a later run removes.
+/// The task stops when the returned guard is dropped.
+pub(crate) fn spawn_maintenance(lake: &Lake, config: &Config, cancel: &CancellationToken) -> MaintenanceTask {
+    let m = config.lake.maintenance.clone();
+    if m.interval.is_zero() {
+        return MaintenanceTask(None);
+    }
+    let (lake, cancel) = (lake.clone(), cancel.clone());
+    MaintenanceTask(Some(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(m.interval) => {}
+            }
+            let started = Instant::now();
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                done = lake.maintain(&m) => match done {
+                    Ok(lines) => {
+                        for line in &lines {
+                            tracing::info!(took_ms = started.elapsed().as_millis() as u64, "lake maintenance: {line}");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lake maintenance failed; trying again in {}", humantime::format_duration(m.interval)),
+                },
+            }
+        }
+    })))
+}
+
+/// Stops the scheduled maintenance when dropped.
+pub(crate) struct MaintenanceTask(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for MaintenanceTask {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// Opens the lake `config` names, and a schema registry seeded with its clean tables'
 /// column types so a restart keeps them.
 pub(crate) async fn open_lake(config: &Config) -> anyhow::Result<(Lake, SchemaRegistry)> {
@@ -311,6 +354,7 @@ pub async fn run_on_bus(
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let (lake, schemas) = open_lake(&config).await?;
+    let _maintenance = spawn_maintenance(&lake, &config, &cancel);
     let topics = bus.config().topics.clone();
     let consumers = bus.subscribe(&topics.raw)?;
     let processor_config = Arc::new(config.processor.clone());

@@ -82,6 +82,7 @@ impl Part {
 pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
     let topics = ensure_topics(&config).await?;
     let (lake, schemas) = open_lake(&config).await?;
+    let _maintenance = crate::pipeline::spawn_maintenance(&lake, &config, &cancel);
     let mut writer = LakeWriter::open(lake.clone())
         .await
         .context("reading the lake's committed offsets")?;

@@ -37,6 +37,14 @@ fn bad_values_name_the_key_and_the_fix() {
     assert!(e.contains("key `lake.commit-interval`"), "{e}");
     let e = load_str("[[processor.rules]]\nname = \"x\"\nmeasurement = \"car\"\nkind = \"rate-of-change\"\nfield = \"rpm\"\ndrop = -5.0\nwithin = \"1s\"\n");
     assert_eq!(e, "config key processor.rules[0].drop: is -5; it must be more than zero");
+    let e = load_str("[lake]\ncatalog = \"mysql://root:secret@db/iceberg\"\n");
+    assert!(e.starts_with("config key lake.catalog: \"mysql://root:***@db/iceberg\" is not a catalog pitwall knows: use postgres://"), "{e}");
+    let e = load_str("[lake]\nwarehouse = \"gs://bucket/lake\"\n");
+    assert!(e.starts_with("config key lake.warehouse: \"gs://bucket/lake\" is not a location pitwall can write: use s3://"), "{e}");
+    let e = load_str("[lake.maintenance.retention]\n\"raw.events\" = \"a month\"\n");
+    assert!(e.contains("key `lake.maintenance.retention`") && e.contains("retention of raw.events"), "{e}");
+    let e = load_str("[lake.s3]\nendpont = \"http://x\"\n");
+    assert!(e.contains("endpont"), "{e}");
 }
 
 #[test]

@@ -63,3 +63,87 @@ async fn ctrl_c_commits_everything_produced() {
     // 5 s windows every second: five of them hold each car's last event.
     assert_eq!(last_window, 20 * 5, "each car's last windows are committed");
 }
+
+/// `pitwall up` with maintenance every second compacts while it streams; afterwards
+/// `pitwall lake compact|expire|clean-orphans|retention|maintain` change files and
+/// snapshots but never what a query returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lake_maintenance_on_a_schedule_and_by_hand_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lake");
+    let config = dir.path().join("pitwall.toml");
+    std::fs::write(
+        &config,
+        "[lake]\ncommit-interval = \"200ms\"\n\n[lake.maintenance]\ninterval = \"1s\"\nexpire-after = \"2s\"\norphan-age = \"1h\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["up", "--speed", "0", "--duration", "8s", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("lake maintenance: raw.events: compacted"), "maintenance should have run while streaming:\n{stderr}");
+
+    let lake = |cmd: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+            .arg("lake")
+            .args(cmd)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "pitwall lake {cmd:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let snapshot = || async {
+        let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
+        let q = Query::new(&lake).await.unwrap();
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT count(*) AS n, sum(\"offset\") AS o FROM raw.events",
+            "SELECT count(*) AS n, round(sum(rpm), 3) AS s, max(speed_kph) AS m FROM clean.car",
+            "SELECT count(*) AS n, round(sum(temperature_c), 3) AS s FROM clean.sensor",  // summation order varies
+            "SELECT count(*) AS n, sum(\"count\") AS c FROM metrics.windows",
+            "SELECT count(*) AS n FROM anomalies.events",
+        ] {
+            let b = q.sql(sql).await.unwrap();
+            out.push(render(&b, Format::Json).unwrap());
+        }
+        out
+    };
+    let before = snapshot().await;
+    // Append a stray file to clean up, then every command by hand.
+    let stray = data.join("warehouse/raw/events/data/stray.parquet");
+    std::fs::write(&stray, b"left by a crash").unwrap();
+    let compact = lake(&["compact", "--target-size", "1000000000"]);
+    assert!(compact.contains("raw.events: compacted") || compact.contains("raw.events: nothing to do"), "{compact}");
+    assert_eq!(snapshot().await, before, "compaction changed what queries return");
+    let expire = lake(&["expire", "--older-than", "0s"]);
+    assert!(expire.contains("raw.events: expired"), "{expire}");
+    assert_eq!(snapshot().await, before, "expiry changed what queries return");
+    let orphans = lake(&["clean-orphans", "--table", "raw.events", "--older-than", "0s"]);
+    assert!(orphans.contains("raw.events: removed"), "{orphans}");
+    assert!(!stray.exists(), "the stray file is gone");
+    assert_eq!(snapshot().await, before, "orphan cleaning changed what queries return");
+    let retention = lake(&["retention", "--keep", "2d"]);
+    assert!(retention.lines().all(|l| l.ends_with("nothing to do")), "today's data is kept: {retention}");
+    let all = lake(&["maintain"]);
+    assert!(all.contains("raw.events:"), "{all}");
+    assert_eq!(snapshot().await, before);
+    // A table that does not exist is named.
+    let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["lake", "compact", "--table", "raw.nope", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--table raw.nope: no such table"));
+}
