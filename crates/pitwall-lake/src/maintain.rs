@@ -323,17 +323,17 @@ impl Lake {
     /// As [`Lake::maintain`], over `tables`; lines carry no table name when given one.
     pub async fn maintain_tables(&self, tables: &[TableIdent], config: &MaintenanceConfig) -> Result<Vec<String>> {
         let mut lines = Vec::new();
-        for ident in tables.iter().cloned() {
+        for ident in tables {
             let name = ident.to_string();
             let mut parts = Vec::new();
             if let Some(keep) = config.retention.get(&name) {
-                match self.apply_retention(&ident, *keep).await {
+                match self.apply_retention(ident, *keep).await {
                     Ok(r) if r.removed_files > 0 => parts.push(format!("dropped {} rows in {} files past retention", r.removed_rows, r.removed_files)),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(table = %name, error = %e, "retention failed"),
                 }
             }
-            match self.compact(&ident, config.target_file_size).await {
+            match self.compact(ident, config.target_file_size).await {
                 Ok(c) if c.committed => parts.push(format!(
                     "compacted {} files ({} manifests) into {}",
                     c.files_before, c.manifests_before, c.files_after
@@ -341,12 +341,12 @@ impl Lake {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(table = %name, error = %e, "compaction failed"),
             }
-            match self.expire_snapshots(&ident, config.expire_after).await {
+            match self.expire_snapshots(ident, config.expire_after).await {
                 Ok(x) if x.snapshots > 0 => parts.push(format!("expired {} snapshots, deleted {} files", x.snapshots, x.files_deleted)),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(table = %name, error = %e, "snapshot expiry failed"),
             }
-            match self.clean_orphans(&ident, config.orphan_age).await {
+            match self.clean_orphans(ident, config.orphan_age).await {
                 Ok(o) if !o.is_empty() => parts.push(format!("removed {} orphan files", o.len())),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(table = %name, error = %e, "orphan cleaning failed"),
