@@ -210,3 +210,67 @@ async fn the_sql_api_answers_read_only_within_limits() {
     let (status, log) = up.stop();
     assert!(status.success(), "pitwall up failed:\n{log}");
 }
+
+/// A field that appears later becomes a column (Iceberg add-column) that queries see,
+/// with nulls in the rows written before it; a field whose type conflicts with its
+/// column is rejected with the reason, and the rest of the point's batch is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_fields_evolve_the_table_and_conflicting_types_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lake");
+    let config = dir.path().join("pitwall.toml");
+    std::fs::write(&config, "[sim]\nrace-enabled = false\niot-enabled = false\n\n[lake]\ncommit-interval = \"100ms\"\n").unwrap();
+    let up = Up::start(&["--config", config.to_str().unwrap()], &data);
+    let client = reqwest::Client::new();
+    const T0: i64 = 1_767_225_600;
+    let write = |body: String| {
+        let (client, url) = (client.clone(), up.url.clone());
+        async move { client.post(format!("{url}/api/v2/write?precision=s")).body(body).send().await.unwrap().status().as_u16() }
+    };
+    let sql = |q: &'static str| {
+        let (client, url) = (client.clone(), up.url.clone());
+        async move {
+            let v: serde_json::Value = client.post(format!("{url}/api/v1/query")).body(q).send().await.unwrap().json().await.unwrap();
+            v
+        }
+    };
+    assert_eq!(write(format!("press,host=p1 temp=81.5,cycles=10i {T0}\n")).await, 204);
+    // Wait until it is committed, so the next field arrives in a later commit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sql("SELECT count(*) AS n FROM clean.press").await["rows"][0]["n"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "the first point never landed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(write(format!("press,host=p1 temp=82.0,cycles=11i,vibration_mm_s=0.7 {}\n", T0 + 1)).await, 204);
+    assert_eq!(write(format!("press,host=p1 temp=\"hot\",cycles=12i {}\n", T0 + 2)).await, 204);
+    assert_eq!(write(format!("press,host=p1 temp=83.0,cycles=13.0 {}\n", T0 + 3)).await, 204);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = sql("SELECT count(*) AS n FROM clean.press").await;
+        if v["rows"][0]["n"] == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the later points never landed: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v = sql("SELECT temp, cycles, vibration_mm_s FROM clean.press ORDER BY time").await;
+    assert_eq!(
+        v["rows"],
+        serde_json::json!([
+            {"temp": 81.5, "cycles": 10, "vibration_mm_s": null},
+            {"temp": 82.0, "cycles": 11, "vibration_mm_s": 0.7},
+            {"temp": 83.0, "cycles": 13, "vibration_mm_s": null}
+        ]),
+        "{v}"
+    );
+    let (status, log) = up.stop();
+    assert!(status.success(), "{log}");
+    let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    let rejects = rows(&q, "SELECT reason FROM quarantine.rejects").await;
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    let reason = rejects[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("\"temp\"") && reason.contains("string") && reason.contains("float"), "{reason}");
+    let table = lake.table(&pitwall_lake::tables::clean_ident("press")).await.unwrap();
+    assert!(table.metadata().current_schema().field_by_name("vibration_mm_s").is_some());
+}
