@@ -38,12 +38,12 @@ PYICEBERG_VERSION=0.12.0
 KAFKA_PYTHON_VERSION=2.2.15
 DUCKDB_VERSION=1.4.2
 VENV="$CACHE/venv"
-if ! "$VENV/bin/python" -c "import pyiceberg, pyarrow, sqlalchemy, psycopg2, duckdb, kafka, lz4.frame, sys; sys.exit(pyiceberg.__version__ != '$PYICEBERG_VERSION' or kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import pyiceberg, pyarrow, sqlalchemy, psycopg2, duckdb, pytz, kafka, lz4.frame, sys; sys.exit(pyiceberg.__version__ != '$PYICEBERG_VERSION' or kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null; then
   echo "installing PyIceberg $PYICEBERG_VERSION, DuckDB $DUCKDB_VERSION and kafka-python $KAFKA_PYTHON_VERSION into $VENV" >&2
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" 2>/dev/null || { need_apt python3-venv; python3 -m venv "$VENV"; }
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     "pyiceberg[sql-sqlite,sql-postgres,pyarrow]==$PYICEBERG_VERSION" "duckdb==$DUCKDB_VERSION" \
-    "kafka-python==$KAFKA_PYTHON_VERSION" lz4
+    "kafka-python==$KAFKA_PYTHON_VERSION" lz4 pytz
 fi
 export PITWALL_PYTHON="$VENV/bin/python"
 

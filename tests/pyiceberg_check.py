@@ -15,6 +15,9 @@ import sys
 import tempfile
 from collections import defaultdict
 
+import datetime
+import decimal
+
 import duckdb
 
 import pyarrow.compute as pc
@@ -34,7 +37,8 @@ PARTITION_COLUMN = {
 
 def main(path):
     expected = json.load(open(path))
-    catalog = SqlCatalog("pitwall", **expected["catalog"])
+    props = {k: v for k, v in expected["catalog"].items() if k != "schema_queries"}
+    catalog = SqlCatalog("pitwall", **props)
     problems = []
 
     def check(what, got, want):
@@ -108,9 +112,25 @@ def main(path):
     return duckdb_check(catalog, expected)
 
 
+def canonical(v):
+    """A value as both engines can be compared on: timestamps as epoch microseconds."""
+    if isinstance(v, datetime.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=datetime.timezone.utc)
+        return round(v.timestamp() * 1_000_000)
+    if isinstance(v, str) and len(v) >= 19 and v[4] == "-" and v[10] in "T ":
+        try:
+            return canonical(datetime.datetime.fromisoformat(v.replace("Z", "+00:00")))
+        except ValueError:
+            return v
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    return v
+
+
 def close(a, b):
     if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
     return a == b
 
 
@@ -163,6 +183,27 @@ def duckdb_check(catalog, expected):
                     problems.append(f"metrics.windows {row['window']}/{row['field']}: duckdb sees {g}, pitwall wrote {want}")
             if len(got) != len(expected["window_sums"]):
                 problems.append(f"metrics.windows: duckdb sees {len(got)} window/field pairs, pitwall wrote {len(expected['window_sums'])}")
+        queries = expected["catalog"].get("schema_queries", [])
+        for schema in {name.split(".")[0] for name in files}:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        for name in files:
+            if files[name]:
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM {scan(name)}")
+        for q in queries:
+            cur = con.execute(q["sql"])
+            cols = [d[0] for d in cur.description]
+            got = [[canonical(v) for v in row] for row in cur.fetchall()]
+            want = [[canonical(r.get(c)) for c in cols] for r in q["rows"]]
+            first = q["sql"].splitlines()[0]
+            if len(got) != len(want):
+                problems.append(f"schema.sql query {first!r}: duckdb gives {len(got)} rows, pitwall query {len(want)}")
+                continue
+            for i, (g, w) in enumerate(zip(got, want)):
+                if not all(close(a, b) for a, b in zip(g, w)):
+                    problems.append(f"schema.sql query {first!r} row {i}: duckdb {g}, pitwall query {w} ({cols})")
+                    break
+        if queries:
+            print(f"duckdb agrees on the {len(queries)} queries of schema.sql")
     if problems:
         print("duckdb disagrees with pitwall:")
         for p in problems:

@@ -26,6 +26,9 @@ async fn writers_racing_on_postgresql_and_s3_all_land() {
     assert!(location.trim().starts_with("s3://pitwall/warehouse/raw/events/metadata/"), "{location}");
     let table = open(&place.config).await.table(&Fixed::Raw.ident()).await.unwrap();
     assert_eq!(table.metadata_location(), Some(location.trim()));
+    // The layout Trino's JDBC catalog (and Java's, and PyIceberg's) reads: namespaces too.
+    let namespaces = pg.psql("catalog", "SELECT DISTINCT namespace FROM iceberg_namespace_properties WHERE catalog_name = 'pitwall' ORDER BY 1");
+    assert_eq!(namespaces.lines().collect::<Vec<_>>(), ["anomalies", "clean", "metrics", "quarantine", "raw"]);
     assert!(!place.config.data_dir.join("warehouse").exists(), "nothing should be written locally");
 }
 

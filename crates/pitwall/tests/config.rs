@@ -97,3 +97,57 @@ fn rules_check_lists_windows_and_rules_or_names_the_bad_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("processor.windows[0].size"), "{stderr}");
 }
+
+/// The distributed stack on paper (deploy/): the config every pitwall service reads
+/// loads and validates, each service's command line parses, and Trino's catalog file
+/// names the same catalog, database, warehouse and S3 endpoint as pitwall's [lake].
+#[test]
+fn the_compose_stack_configs_load_and_agree_with_trino() {
+    use clap::Parser;
+    let stack = repo_file("deploy/pitwall/pitwall.toml");
+    let config = Config::load(Some(&stack)).unwrap();
+    config.validate().unwrap();
+    assert!(config.lake.catalog.starts_with("postgres://"), "{}", config.lake.catalog);
+    assert!(config.lake.warehouse.starts_with("s3://"));
+
+    let compose = std::fs::read_to_string(repo_file("deploy/docker-compose.yml")).unwrap();
+    assert!(compose.contains("./pitwall/pitwall.toml:/etc/pitwall/pitwall.toml"));
+    assert!(compose.contains("./trino/catalog/iceberg.properties:/etc/trino/catalog/iceberg.properties"));
+    let mut commands = Vec::new();
+    for line in compose.lines() {
+        let Some(json) = line.trim().strip_prefix("command: ") else { continue };
+        let Ok(args) = serde_json::from_str::<Vec<String>>(json) else { continue };
+        if matches!(args.first().map(String::as_str), Some("ingest" | "process" | "serve")) {
+            commands.push(args);
+        }
+    }
+    let names: Vec<&str> = commands.iter().map(|c| c[0].as_str()).collect();
+    assert_eq!(names, ["ingest", "process", "serve"], "the stack runs ingest, process and serve");
+    for args in &commands {
+        let args: Vec<String> = args.iter().map(|a| a.replace("/etc/pitwall/pitwall.toml", stack.to_str().unwrap())).collect();
+        let parsed = pitwall::Cli::try_parse_from(std::iter::once("pitwall".to_owned()).chain(args.iter().cloned()));
+        assert!(parsed.is_ok(), "pitwall {args:?}: {}", parsed.unwrap_err());
+    }
+    assert!(compose.contains("replicas: 2"), "two processors");
+
+    let props: std::collections::HashMap<String, String> = std::fs::read_to_string(repo_file("deploy/trino/catalog/iceberg.properties"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
+        .collect();
+    assert_eq!(props["iceberg.catalog.type"], "jdbc");
+    assert_eq!(props["iceberg.jdbc-catalog.catalog-name"], pitwall_lake::CATALOG_NAME);
+    // postgres://user:password@host:port/db <-> jdbc:postgresql://host:port/db
+    let (userinfo, hostdb) = config.lake.catalog.trim_start_matches("postgres://").split_once('@').unwrap();
+    assert_eq!(props["iceberg.jdbc-catalog.connection-url"], format!("jdbc:postgresql://{hostdb}"));
+    assert_eq!(format!("{}:{}", props["iceberg.jdbc-catalog.connection-user"], props["iceberg.jdbc-catalog.connection-password"]), userinfo);
+    assert_eq!(props["iceberg.jdbc-catalog.default-warehouse-dir"], config.lake.warehouse);
+    assert_eq!(props["s3.endpoint"], config.lake.s3.endpoint);
+    assert_eq!(props["s3.path-style-access"], config.lake.s3.path_style.to_string());
+    assert_eq!(props["s3.region"], config.lake.s3.region);
+    // The S3 credentials Trino uses are the ones the pitwall services get.
+    assert!(compose.contains(&format!("AWS_ACCESS_KEY_ID: {}", props["s3.aws-access-key"])));
+    assert!(compose.contains(&format!("AWS_SECRET_ACCESS_KEY: {}", props["s3.aws-secret-key"])));
+    assert!(compose.contains(&format!("POSTGRES_PASSWORD: {}", props["iceberg.jdbc-catalog.connection-password"])));
+}

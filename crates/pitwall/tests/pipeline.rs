@@ -210,8 +210,35 @@ async fn pyiceberg_reads_what_pitwall_wrote() {
     let catalog = serde_json::json!({
         "uri": format!("sqlite:///{}", lake.config().data_dir.join("catalog.db").display()),
         "warehouse": lake.warehouse(),
+        "schema_queries": schema_queries(dir.path()),
     });
     independent_readers_agree(&lake, summary.produced, dir.path(), catalog).await;
+}
+
+/// Every query of deploy/trino/schema.sql run by `pitwall query`, with its rows: the
+/// independent check runs the same SQL in DuckDB over the same files.
+fn schema_queries(data_dir: &Path) -> Value {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/trino/schema.sql");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let without_comments: String = text.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    let queries: Vec<&str> = without_comments.split(';').map(str::trim).filter(|q| !q.is_empty()).collect();
+    assert_eq!(queries.len(), 6, "schema.sql holds the seeds' six typical queries");
+    let mut out = Vec::new();
+    for sql in queries {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_pitwall"))
+            .args(["query", "--format", "json", "--data-dir"])
+            .arg(data_dir)
+            .arg(sql)
+            .current_dir(data_dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "pitwall query failed on\n{sql}\n{}", String::from_utf8_lossy(&run.stderr));
+        let rows: Vec<Value> = stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(!rows.is_empty(), "no rows from\n{sql}");
+        out.push(serde_json::json!({"sql": sql, "rows": rows}));
+    }
+    Value::Array(out)
 }
 
 /// The same with the lake shared the way a cluster shares it: the SQL catalog on
@@ -303,6 +330,9 @@ async fn independent_readers_agree(lake: &Lake, produced: u64, dir: &Path, catal
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "PyIceberg or DuckDB disagrees:\n{stdout}\n{stderr}");
     assert!(stdout.contains("pyiceberg agrees") && stdout.contains("duckdb agrees"), "{stdout}\n{stderr}");
+    if let Some(q) = expected["catalog"]["schema_queries"].as_array() {
+        assert!(stdout.contains(&format!("duckdb agrees on the {} queries of schema.sql", q.len())), "{stdout}");
+    }
 }
 
 /// Live readers of the output topics see the same records the lake gets, as JSON keyed
