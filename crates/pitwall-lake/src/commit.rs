@@ -321,6 +321,9 @@ pub struct Rewritten {
 /// a lost race reloads and rebuilds on the newer snapshot (files appended meanwhile are
 /// kept). If a file to remove is no longer live (another maintenance run took it),
 /// nothing is written and [`Error::Changed`] says so.
+/// `owned_days`, when given, are day partitions this commit replaces whole: a live file
+/// in one of them that is not in `removed` (written by someone else since the caller
+/// planned) makes the commit fail with [`Error::Changed`] rather than mix the two.
 pub(crate) async fn fenced_rewrite(
     catalog: &dyn Catalog,
     pointer: &CatalogPointer,
@@ -328,6 +331,7 @@ pub(crate) async fn fenced_rewrite(
     removed: &std::collections::BTreeSet<String>,
     added: Vec<DataFile>,
     operation: Operation,
+    owned_days: Option<&std::collections::BTreeSet<i32>>,
 ) -> Result<Rewritten> {
     let mut backoff = Duration::from_millis(5);
     for attempt in 1..=MAX_ATTEMPTS {
@@ -339,6 +343,19 @@ pub(crate) async fn fenced_rewrite(
             return Err(Error::Changed {
                 table: ident.to_string(),
                 message: format!("{gone} is no longer in the table (another maintenance run rewrote it); nothing was written, run it again"),
+            });
+        }
+        if let Some(days) = owned_days
+            && let Some(intruder) = live
+                .iter()
+                .find(|e| partition_day(e.data_file.partition()).is_some_and(|d| days.contains(&d)) && !removed.contains(e.file_path()))
+        {
+            return Err(Error::Changed {
+                table: ident.to_string(),
+                message: format!(
+                    "{} was written into a day being replaced after the replacement was planned (is a processor still writing those days?); nothing was written, run it again once the stream has left those days",
+                    intruder.file_path()
+                ),
             });
         }
         let file_io = table.file_io();
@@ -455,6 +472,14 @@ pub(crate) async fn fenced_rewrite(
     Err(Error::Catalog(format!(
         "{ident}: {MAX_ATTEMPTS} maintenance commits in a row lost the race to other writers; try again later"
     )))
+}
+
+/// The day (days since 1970-01-01) a day-partitioned file holds.
+pub(crate) fn partition_day(partition: &iceberg::spec::Struct) -> Option<i32> {
+    match partition.iter().next()? {
+        Some(iceberg::spec::Literal::Primitive(iceberg::spec::PrimitiveLiteral::Int(d))) => Some(*d),
+        _ => None,
+    }
 }
 
 /// The table's metadata file location.

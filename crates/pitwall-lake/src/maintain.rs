@@ -19,7 +19,7 @@ use arrow_array::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::arrow::{ArrowReaderBuilder, schema_to_arrow_schema};
 use iceberg::Runtime;
-use iceberg::spec::{DataFileFormat, Literal, Operation, PartitionKey, PrimitiveLiteral, Struct, TableMetadataBuilder};
+use iceberg::spec::{DataFileFormat, Operation, PartitionKey, Struct, TableMetadataBuilder};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
@@ -29,7 +29,7 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use serde::{Deserialize, Serialize};
 
-use crate::commit::{Rewritten, current_location, fenced_rewrite, live_entries, manifest_list, write_and_swap};
+use crate::commit::{Rewritten, current_location, fenced_rewrite, live_entries, manifest_list, partition_day, write_and_swap};
 use crate::storage::LakeStorage;
 use crate::tables::Fixed;
 use crate::{Error, Lake, Result};
@@ -122,14 +122,6 @@ pub struct Expired {
     pub files_deleted: usize,
 }
 
-/// The day (days since 1970-01-01) a day-partitioned file holds.
-fn partition_day(partition: &Struct) -> Option<i32> {
-    match partition.iter().next()? {
-        Some(Literal::Primitive(PrimitiveLiteral::Int(d))) => Some(*d),
-        _ => None,
-    }
-}
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -213,7 +205,7 @@ impl Lake {
             }
         }
         let written: Vec<String> = added.iter().map(|f| f.file_path().to_owned()).collect();
-        match fenced_rewrite(self.catalog.as_ref(), &self.pointer, ident, &removed, added, Operation::Replace).await {
+        match fenced_rewrite(self.catalog.as_ref(), &self.pointer, ident, &removed, added, Operation::Replace, None).await {
             Ok(Rewritten { files_after, .. }) => {
                 out.files_after = files_after;
                 out.committed = true;
@@ -311,7 +303,7 @@ impl Lake {
         if old.is_empty() {
             return Ok(Rewritten::default());
         }
-        fenced_rewrite(self.catalog.as_ref(), &self.pointer, ident, &old, Vec::new(), Operation::Delete).await
+        fenced_rewrite(self.catalog.as_ref(), &self.pointer, ident, &old, Vec::new(), Operation::Delete, None).await
     }
 
     /// One round of everything `config` asks for, over every table; errors of one table

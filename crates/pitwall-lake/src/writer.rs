@@ -768,6 +768,74 @@ impl Committer<'_> {
     }
 }
 
+impl Lake {
+    /// The live data files of `ident` in the day partitions `days`: what
+    /// [`Lake::replace_days`] will take out.
+    pub async fn day_files(&self, ident: &iceberg::TableIdent, days: &BTreeSet<i32>) -> Result<BTreeSet<String>> {
+        let table = self.table(ident).await?;
+        Ok(crate::commit::live_entries(&table)
+            .await?
+            .iter()
+            .filter(|e| crate::commit::partition_day(e.data_file.partition()).is_some_and(|d| days.contains(&d)))
+            .map(|e| e.file_path().to_owned())
+            .collect())
+    }
+
+    /// Replaces whole day partitions of the clean tables, `metrics.windows` and
+    /// `anomalies.events` with `outputs` (whose rows must all fall in `days`), one
+    /// `overwrite` snapshot per table: `planned` holds, per table name, the files
+    /// [`Lake::day_files`] listed when the work was planned; a table whose days gained
+    /// files since is not touched ([`Error::Changed`]). Each table flips atomically; the
+    /// tables one after another. Returns what each table's commit did.
+    pub async fn replace_days(
+        &self,
+        days: &BTreeSet<i32>,
+        planned: &BTreeMap<String, BTreeSet<String>>,
+        outputs: &Outputs,
+    ) -> Result<BTreeMap<String, crate::Rewritten>> {
+        let props = parquet_properties();
+        let mut c = Committer { lake: self, props: &props };
+        let mut by_measurement: BTreeMap<&str, Vec<&Point>> = BTreeMap::new();
+        for p in &outputs.clean {
+            by_measurement.entry(p.measurement.as_str()).or_default().push(p);
+        }
+        let mut work: Vec<(iceberg::TableIdent, Vec<DataFile>)> = Vec::new();
+        for (m, rows) in &by_measurement {
+            let t = c.clean_table(m, rows).await?;
+            work.push((t.identifier().clone(), c.write(&t, rows).await?));
+        }
+        for table in planned.keys().filter(|t| t.starts_with("clean.")) {
+            if !by_measurement.contains_key(&table["clean.".len()..]) {
+                work.push((crate::tables::clean_ident(&table["clean.".len()..]), Vec::new()));
+            }
+        }
+        let windows: Vec<&WindowRecord> = outputs.windows.iter().collect();
+        let t = self.table(&Fixed::Windows.ident()).await?;
+        work.push((Fixed::Windows.ident(), c.write(&t, &windows).await?));
+        let anomalies: Vec<&AnomalyRecord> = outputs.anomalies.iter().collect();
+        let t = self.table(&Fixed::Anomalies.ident()).await?;
+        work.push((Fixed::Anomalies.ident(), c.write(&t, &anomalies).await?));
+        let mut done = BTreeMap::new();
+        let empty = BTreeSet::new();
+        for (ident, files) in work {
+            let name = ident.to_string();
+            let removed = planned.get(&name).unwrap_or(&empty);
+            let r = crate::commit::fenced_rewrite(
+                self.catalog.as_ref(),
+                &self.pointer,
+                &ident,
+                removed,
+                files,
+                iceberg::spec::Operation::Overwrite,
+                Some(days),
+            )
+            .await?;
+            done.insert(name, r);
+        }
+        Ok(done)
+    }
+}
+
 /// How pitwall writes Parquet: zstd at its default level.
 pub(crate) fn parquet_properties() -> WriterProperties {
     WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build()

@@ -5,6 +5,7 @@
 //! prints simulated telemetry; `pitwall rules check` validates a config file. The entry
 //! point is [`startup`].
 
+pub mod backfill;
 pub mod bench;
 pub mod config;
 mod metrics;
@@ -94,6 +95,16 @@ enum Command {
         #[command(subcommand)]
         scenario: BenchScenario,
     },
+    /// Recompute clean points, window metrics and anomalies of whole days from raw.events
+    /// with the current rules and windows, replacing those days' partitions.
+    ///
+    /// The seeds' batch ETL: after changing a rule or a window, backfill the days it
+    /// should apply to. Each bus partition's raw rows are replayed in offset order
+    /// through the same processor the stream runs (from --warm-up before the first day,
+    /// so windows and rules have their history); each table's days flip in one atomic
+    /// commit. Days are whole UTC days. Backfill days the stream has left: a processor
+    /// still writing into them makes the replacement stop for that table, naming the file.
+    Backfill(BackfillArgs),
     /// Keep the lake's tables healthy: compaction, snapshot expiry, orphan files, retention.
     ///
     /// `pitwall process` (and `up`) run all of it every lake.maintenance.interval; these
@@ -118,6 +129,21 @@ enum RulesCommand {
         /// The file to check (pitwall.toml format).
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct BackfillArgs {
+    #[command(flatten)]
+    common: Common,
+    /// First day (2026-01-02, or a UTC time whose day is taken whole: 2026-01-02T13:00:00Z).
+    #[arg(long)]
+    from: String,
+    /// End, exclusive (2026-01-04 backfills up to the end of 2026-01-03).
+    #[arg(long)]
+    to: String,
+    /// Raw data before the first day replayed to warm windows and rules up.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    warm_up: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -439,6 +465,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args).await,
         Command::Bench { scenario } => bench_command(scenario).await,
         Command::Lake { command } => lake_command(command).await,
+        Command::Backfill(args) => backfill_command(args).await,
         Command::Rules {
             command: RulesCommand::Check { file },
         } => {
@@ -600,6 +627,26 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         summary.rejects,
         data_dir.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn backfill_command(args: BackfillArgs) -> anyhow::Result<ExitCode> {
+    let config = args.common.lake.apply(Config::load(args.common.config.as_deref())?);
+    config.validate()?;
+    let options = backfill::BackfillOptions {
+        from: backfill::parse_time(&args.from).context("--from")?,
+        to: backfill::parse_time(&args.to).context("--to")?,
+        warm_up: args.warm_up,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let started = std::time::Instant::now();
+    let s = backfill::run(config, &options).await?;
+    let day = |d: i32| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(d as u64 * 86_400)).to_string()[..10].to_owned();
+    let days: Vec<String> = s.days.iter().map(|d| day(*d)).collect();
+    println!("backfilled {} from {} raw rows in {:.1}s", days.join(", "), s.raw_rows, started.elapsed().as_secs_f64());
+    for (table, (removed, written)) in &s.tables {
+        println!("  {table}: {removed} rows replaced by {written}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -413,3 +413,95 @@ async fn a_second_run_on_the_same_lake_continues_its_offsets() {
     let distinct = rows(&q, "SELECT count(*) AS n FROM (SELECT DISTINCT \"partition\", \"offset\" FROM raw.events)").await;
     assert_eq!(distinct[0]["n"].as_i64().unwrap(), total, "no offset is reused");
 }
+
+/// Backfill with a changed rule (the seeds' batch ETL): the anomalies of the backfilled
+/// day become exactly those a fresh run with the new rule finds in the same data; the
+/// other day, the raw table and the clean rows stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
+    use pitwall::pipeline::run_embedded;
+    const DAY: i64 = 86_400_000_000_000;
+    async fn run_at(config: pitwall::config::Config, start: i64) {
+        let run = SimRun { start_time: start, sim_duration: Some(Duration::from_secs(180)), serve: None };
+        run_embedded(config, run, CancellationToken::new(), Arc::new(Stats::default())).await.expect("pipeline run");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lake");
+    let mut cfg = config(&data, 1.0, 0.0);
+    cfg.processor.idle_timeout = Duration::ZERO;
+    run_at(cfg.clone(), START).await; // 2026-01-01
+    run_at(cfg.clone(), START + 2 * DAY).await; // 2026-01-03
+
+    // The same rules with engine_overheat from 120 °C down to 104 °C.
+    let defaults = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pitwall.toml")).unwrap();
+    let at = defaults.find("name = \"engine_overheat\"").unwrap();
+    let mut changed_text = defaults.clone();
+    let above = at + defaults[at..].find("above = 120.0").unwrap();
+    changed_text.replace_range(above..above + "above = 120.0".len(), "above = 104.0");
+    let changed_file = dir.path().join("changed.toml");
+    std::fs::write(&changed_file, &changed_text).unwrap();
+
+    let anomalies = |data: std::path::PathBuf, day: i64| async move {
+        let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
+        let q = Query::new(&lake).await.unwrap();
+        let lo = (START + day * DAY) / 1000;
+        rows(
+            &q,
+            &format!(
+                "SELECT rule, source_id, phase, CAST(\"time\" AS BIGINT) AS t, CAST(end_time AS BIGINT) AS e, observed, expected
+                 FROM anomalies.events WHERE \"time\" >= to_timestamp_micros({lo}) AND \"time\" < to_timestamp_micros({})
+                 ORDER BY rule, source_id, t, phase",
+                lo + DAY / 1000
+            ),
+        )
+        .await
+    };
+    let summary = |data: std::path::PathBuf| async move {
+        let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
+        let q = Query::new(&lake).await.unwrap();
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT count(*) AS n, sum(\"offset\") AS o FROM raw.events",
+            "SELECT CAST(\"time\" AS DATE) AS d, count(*) AS n, round(sum(rpm), 3) AS s FROM clean.car GROUP BY 1 ORDER BY 1",
+            "SELECT CAST(\"time\" AS DATE) AS d, count(*) AS n FROM clean.sensor GROUP BY 1 ORDER BY 1",
+            "SELECT CAST(window_start AS DATE) AS d, \"window\", count(*) AS n, sum(\"count\") AS c, round(sum(\"sum\"), 3) AS s FROM metrics.windows GROUP BY 1, 2 ORDER BY 1, 2",
+        ] {
+            out.push(rows(&q, sql).await);
+        }
+        out
+    };
+    let day1_before = anomalies(data.clone(), 0).await;
+    let day3_before = anomalies(data.clone(), 2).await;
+    let tables_before = summary(data.clone()).await;
+    assert!(!day1_before.is_empty() && !day3_before.is_empty(), "faults should raise anomalies on both days");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["backfill", "--from", "2026-01-03", "--to", "2026-01-04", "--config"])
+        .arg(&changed_file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("backfilled 2026-01-03 from "), "{stdout}");
+    assert!(stdout.contains("anomalies.events:"), "{stdout}");
+
+    // What a run with the new rule from the start finds in the same day's data.
+    let fresh = dir.path().join("fresh");
+    let mut fresh_cfg = pitwall::config::Config::load(Some(&changed_file)).unwrap();
+    fresh_cfg.lake = cfg.lake.clone();
+    fresh_cfg.lake.data_dir = fresh.clone();
+    fresh_cfg.sim = cfg.sim.clone();
+    fresh_cfg.processor.idle_timeout = Duration::ZERO;
+    run_at(fresh_cfg, START + 2 * DAY).await;
+    let expected_day3 = anomalies(fresh.clone(), 2).await;
+
+    let day3_after = anomalies(data.clone(), 2).await;
+    assert_eq!(day3_after, expected_day3, "the backfilled day holds what the new rule finds");
+    assert_ne!(day3_after, day3_before, "the lower threshold must find more");
+    let overheat = |rows: &[Value]| rows.iter().filter(|r| r["rule"] == "engine_overheat").count();
+    assert!(overheat(&day3_after) > overheat(&day3_before), "more engine_overheat episodes after the change");
+    assert_eq!(anomalies(data.clone(), 0).await, day1_before, "the other day is untouched");
+    assert_eq!(summary(data.clone()).await, tables_before, "raw, clean and window rows are the same data recomputed");
+}
