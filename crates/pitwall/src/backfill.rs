@@ -59,7 +59,7 @@ pub fn parse_time(s: &str) -> anyhow::Result<i64> {
     let t = humantime::parse_rfc3339_weak(&text)
         .with_context(|| format!("{s:?} is not a date (2026-01-02) or a UTC time (2026-01-02T13:00:00Z)"))?;
     let d = t.duration_since(std::time::UNIX_EPOCH).context("times before 1970 are not supported")?;
-    Ok(i64::try_from(d.as_nanos()).context("time out of range")?)
+    i64::try_from(d.as_nanos()).context("time out of range")
 }
 
 fn binary_at(column: &dyn Array, i: usize) -> Bytes {
