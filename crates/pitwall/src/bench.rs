@@ -172,3 +172,153 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
 fn stride(c: usize) -> usize {
     1 + c % 3
 }
+
+/// Settings of `pitwall bench lake`.
+#[derive(Debug, Clone)]
+pub struct LakeBench {
+    /// Simulated time to stream into the lake (at full speed).
+    pub sim_duration: Duration,
+    /// Commits to spread it over (720 = an hour of 5-second commits).
+    pub commits: u64,
+    /// Maintenance interval while streaming (None: no maintenance).
+    pub maintenance: Option<Duration>,
+    /// Runs of each query (the median is printed).
+    pub runs: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn median_query(lake: &pitwall_lake::Lake, sql: &str, runs: usize) -> anyhow::Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let q = pitwall_query::Query::new(lake).await?;
+        let t = Instant::now();
+        let batches = q.sql(sql).await?;
+        times.push(t.elapsed().as_secs_f64());
+        anyhow::ensure!(pitwall_query::row_count(&batches) > 0, "{sql} returned nothing");
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(percentile(&times, 0.5))
+}
+
+async fn table_files_and_bytes(lake: &pitwall_lake::Lake) -> anyhow::Result<Vec<(String, u64, u64, u64)>> {
+    let mut out = Vec::new();
+    for ident in lake.table_idents().await? {
+        let table = lake.table(&ident).await?;
+        let (files, bytes, rows) = table.metadata().current_snapshot().map_or((0, 0, 0), |s| {
+            let p = &s.summary().additional_properties;
+            let n = |k: &str| p.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
+            (n("total-data-files"), n("total-files-size"), n("total-records"))
+        });
+        out.push((ident.to_string(), files, bytes, rows));
+    }
+    Ok(out)
+}
+
+/// Streams simulated telemetry into the lake in many small commits (as `pitwall up`
+/// does every 5 s), with or without maintenance, then prints: commit latency, a
+/// full-scan aggregate on the streamed tables against the same query once everything
+/// is compacted, and lake bytes against the raw JSON bytes.
+pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
+    let mut cfg = config.clone();
+    cfg.sim.speed = 0.0;
+    let per_second = if cfg.sim.race_enabled { cfg.sim.race.cars as f64 * cfg.sim.race.hz } else { 0.0 }
+        + if cfg.sim.iot_enabled { cfg.sim.iot.sensors as f64 * cfg.sim.iot.hz } else { 0.0 };
+    let events = per_second * opts.sim_duration.as_secs_f64();
+    // About three rows an event (raw, clean, window rows) are buffered per commit.
+    cfg.lake.commit_rows = ((events * 3.0) / opts.commits.max(1) as f64).max(100.0) as usize;
+    cfg.lake.commit_interval = Duration::from_secs(3600);
+    cfg.processor.idle_timeout = Duration::ZERO;
+    match opts.maintenance {
+        Some(every) => {
+            cfg.lake.maintenance.interval = every;
+            cfg.lake.maintenance.expire_after = Duration::ZERO;
+        }
+        None => cfg.lake.maintenance.interval = Duration::ZERO,
+    }
+    println!(
+        "lake: {}; {} of simulated telemetry ({:.0} events) in about {} commits of {} rows; maintenance {}",
+        cfg.lake.describe(),
+        humantime::format_duration(opts.sim_duration),
+        events,
+        opts.commits,
+        cfg.lake.commit_rows,
+        opts.maintenance.map_or("off".to_owned(), |d| format!("every {}", humantime::format_duration(d)))
+    );
+    let stats = Arc::new(crate::pipeline::Stats::default());
+    let run = crate::pipeline::SimRun {
+        start_time: crate::now_ns() - i64::try_from(opts.sim_duration.as_nanos()).unwrap_or(0),
+        sim_duration: Some(opts.sim_duration),
+        serve: None,
+    };
+    let started = Instant::now();
+    let summary = crate::pipeline::run_embedded(cfg.clone(), run, tokio_util::sync::CancellationToken::new(), Arc::clone(&stats))
+        .await
+        .context("streaming into the lake")?;
+    let mut commit_times = stats.commit_seconds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    commit_times.sort_by(f64::total_cmp);
+    println!(
+        "streamed {} events in {:.1}s: {} commits; commit latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        summary.produced,
+        started.elapsed().as_secs_f64(),
+        commit_times.len(),
+        percentile(&commit_times, 0.5) * 1e3,
+        percentile(&commit_times, 0.99) * 1e3,
+        commit_times.last().copied().unwrap_or(f64::NAN) * 1e3
+    );
+
+    let lake = pitwall_lake::Lake::open(cfg.lake.clone()).await?;
+    let queries = [
+        ("clean.car", "SELECT driver, count(*) AS n, avg(speed_kph) AS speed, max(rpm) AS rpm FROM clean.car GROUP BY driver"),
+        ("metrics.windows", "SELECT \"window\", field, count(*) AS n, avg(mean) AS mean FROM metrics.windows GROUP BY 1, 2"),
+    ];
+    let before = table_files_and_bytes(&lake).await?;
+    let mut streamed = Vec::new();
+    for (_, sql) in &queries {
+        streamed.push(median_query(&lake, sql, opts.runs).await?);
+    }
+    let mut idents = lake.table_idents().await?;
+    idents.sort_by_key(|i| i.to_string());
+    for ident in &idents {
+        lake.compact(ident, cfg.lake.maintenance.target_file_size).await?;
+        lake.expire_snapshots(ident, Duration::ZERO).await?;
+    }
+    let after = table_files_and_bytes(&lake).await?;
+    for (i, (table, sql)) in queries.iter().enumerate() {
+        let compacted = median_query(&lake, sql, opts.runs).await?;
+        let files = |v: &[(String, u64, u64, u64)]| v.iter().find(|t| t.0 == *table).map_or(0, |t| t.1);
+        println!(
+            "full-scan aggregate on {table}: {:.1} ms as streamed ({} files), {:.1} ms compacted ({} files): {:.2}x",
+            streamed[i] * 1e3,
+            files(&before),
+            compacted * 1e3,
+            files(&after),
+            streamed[i] / compacted
+        );
+    }
+    let q = pitwall_query::Query::new(&lake).await?;
+    let raw = q.sql("SELECT sum(octet_length(payload)) AS b FROM raw.events").await?;
+    let raw_bytes = raw
+        .first()
+        .and_then(|b| b.column(0).as_any().downcast_ref::<arrow_array::Int64Array>().map(|a| a.value(0)))
+        .unwrap_or(0) as f64;
+    let total: u64 = after.iter().map(|t| t.2).sum();
+    let no_raw: u64 = after.iter().filter(|t| t.0 != "raw.events").map(|t| t.2).sum();
+    println!(
+        "storage: raw JSON {:.1} MB; lake {:.1} MB in all = 1/{:.1} of it ({:.1} MB without raw.events = 1/{:.1})",
+        raw_bytes / 1e6,
+        total as f64 / 1e6,
+        raw_bytes / total as f64,
+        no_raw as f64 / 1e6,
+        raw_bytes / no_raw as f64
+    );
+    for (table, files, bytes, rows) in &after {
+        println!("  {table}: {rows} rows, {files} files, {:.2} MB, {:.1} bytes a row", *bytes as f64 / 1e6, *bytes as f64 / (*rows).max(1) as f64);
+    }
+    Ok(())
+}

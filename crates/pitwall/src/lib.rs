@@ -360,6 +360,26 @@ enum BenchScenario {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The lake under streaming commits: commit latency, a full-scan aggregate as
+    /// streamed against the same on the compacted tables, and lake bytes against the raw
+    /// JSON bytes. Point it at an empty lake (--data-dir, or --catalog/--warehouse for
+    /// PostgreSQL and S3).
+    Lake {
+        #[command(flatten)]
+        common: Common,
+        /// Simulated telemetry to stream (at full speed).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        sim_duration: Duration,
+        /// Commits to spread it over (720 = an hour at one commit every 5 s).
+        #[arg(long, default_value = "720")]
+        commits: u64,
+        /// Run maintenance this often while streaming ("0s" = not at all).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        maintenance: Duration,
+        /// Runs of each query; the median is printed.
+        #[arg(long, default_value = "5")]
+        runs: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -827,6 +847,23 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
                 sink,
             };
             bench::http_write(&config, &opts).await?;
+        }
+        BenchScenario::Lake {
+            common,
+            sim_duration,
+            commits,
+            maintenance,
+            runs,
+        } => {
+            let config = common.lake.apply(Config::load(common.config.as_deref())?);
+            config.validate()?;
+            let opts = bench::LakeBench {
+                sim_duration,
+                commits,
+                maintenance: (!maintenance.is_zero()).then_some(maintenance),
+                runs,
+            };
+            bench::lake(&config, &opts).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -46,6 +46,8 @@ pub struct Stats {
     pub late: AtomicU64,
     /// Window rows produced.
     pub windows: AtomicU64,
+    /// How long each lake commit took (seconds; the first 100,000), for `pitwall bench`.
+    pub commit_seconds: std::sync::Mutex<Vec<f64>>,
 }
 
 impl Stats {
@@ -891,6 +893,10 @@ pub(crate) fn record_commit(stats: &Stats, s: &pitwall_lake::CommitStats, took: 
     stats.clean_committed.fetch_add(clean as u64, Ordering::Relaxed);
     if s.total_rows() > 0 {
         stats.commits.fetch_add(1, Ordering::Relaxed);
+        let mut times = stats.commit_seconds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if times.len() < 100_000 {
+            times.push(took.as_secs_f64());
+        }
     }
     tracing::debug!(rows = s.total_rows(), files = s.files, "committed");
 }

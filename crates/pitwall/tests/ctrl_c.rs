@@ -147,3 +147,27 @@ async fn lake_maintenance_on_a_schedule_and_by_hand_keeps_every_row() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--table raw.nope: no such table"));
 }
+
+/// `pitwall bench lake` runs end to end on a small lake and prints each figure.
+#[test]
+fn the_lake_bench_prints_its_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["bench", "lake", "--sim-duration", "30s", "--commits", "20", "--maintenance", "1s", "--runs", "1", "--data-dir"])
+        .arg(dir.path().join("lake"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for want in ["commit latency p50", "full-scan aggregate on clean.car", "storage: raw JSON", "raw.events:"] {
+        assert!(stdout.contains(want), "no {want:?} in\n{stdout}");
+    }
+    let commits: u64 = stdout
+        .split(" commits; ")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no commit count in\n{stdout}"));
+    assert!(commits >= 10, "the stream should commit many times: {commits}\n{stdout}");
+}
