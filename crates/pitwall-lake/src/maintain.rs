@@ -143,6 +143,18 @@ impl Lake {
     /// into files of about `target_size`, and merges all manifests into one, in a single
     /// `replace` snapshot. Queries return the same rows before and after.
     pub async fn compact(&self, ident: &TableIdent, target_size: u64) -> Result<Compacted> {
+        self.compact_with(ident, target_size, false).await
+    }
+
+    /// As [`Lake::compact`], but cheap enough to run every few minutes on streaming
+    /// tables: small files are grouped in size tiers (under 256 KiB, then each tier four
+    /// times the one before) and only a tier holding four or more files in a partition is
+    /// merged, so a row is rewritten a few times at most rather than on every run.
+    pub async fn compact_tiered(&self, ident: &TableIdent, target_size: u64) -> Result<Compacted> {
+        self.compact_with(ident, target_size, true).await
+    }
+
+    async fn compact_with(&self, ident: &TableIdent, target_size: u64, tiered: bool) -> Result<Compacted> {
         let table = self.catalog.load_table(ident).await?;
         let live = live_entries(&table).await?;
         let manifests_before = match table.metadata().current_snapshot() {
@@ -151,16 +163,18 @@ impl Lake {
         };
         let mut out = Compacted { files_before: live.len(), files_after: live.len(), manifests_before, ..Compacted::default() };
         let small = target_size / 4 * 3;
-        let mut groups: BTreeMap<Option<i32>, (Struct, Vec<String>)> = BTreeMap::new();
+        let tier = |size: u64| if tiered { (size / (256 << 10)).checked_ilog(4).map_or(0, |t| t + 1) } else { 0 };
+        let mut groups: BTreeMap<(Option<i32>, u32), (Struct, Vec<String>)> = BTreeMap::new();
         for e in &live {
             if e.file_size_in_bytes() < small {
                 let g = groups
-                    .entry(partition_day(e.data_file.partition()))
+                    .entry((partition_day(e.data_file.partition()), tier(e.file_size_in_bytes())))
                     .or_insert_with(|| (e.data_file.partition().clone(), Vec::new()));
                 g.1.push(e.file_path().to_owned());
             }
         }
-        groups.retain(|_, (_, files)| files.len() >= 2);
+        let min_files = if tiered { 4 } else { 2 };
+        groups.retain(|_, (_, files)| files.len() >= min_files);
         if groups.is_empty() && manifests_before <= 1 {
             return Ok(out);
         }
@@ -325,7 +339,7 @@ impl Lake {
                     Err(e) => tracing::warn!(table = %name, error = %e, "retention failed"),
                 }
             }
-            match self.compact(ident, config.target_file_size).await {
+            match self.compact_tiered(ident, config.target_file_size).await {
                 Ok(c) if c.committed => parts.push(format!(
                     "compacted {} files ({} manifests) into {}",
                     c.files_before, c.manifests_before, c.files_after

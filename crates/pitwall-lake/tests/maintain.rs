@@ -183,3 +183,32 @@ async fn retention_drops_old_day_partitions() {
     let again = lake.apply_retention(&Fixed::Raw.ident(), Duration::from_secs(5 * 86_400)).await.unwrap();
     assert_eq!(again.removed_files, 0);
 }
+
+/// The scheduled (tiered) compaction merges a tier once it holds four files and leaves
+/// fewer alone, so frequent runs do not rewrite the same rows again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_compaction_merges_full_tiers_only() {
+    let place = local();
+    let cfg = &place.config;
+    many_small_commits(cfg).await;
+    let lake = open(cfg).await;
+    let before = raw_rows(&lake).await;
+    let c = lake.compact_tiered(&Fixed::Raw.ident(), 128 << 20).await.unwrap();
+    assert!(c.committed && c.files_after == 2, "ten small files a day become one: {c:?}");
+    assert_eq!(raw_rows(&lake).await, before);
+    let mut w = LakeWriter::open(open(cfg).await).await.unwrap();
+    for i in 0..2 {
+        feed(&mut w, 1, 300 + i * 5..300 + (i + 1) * 5);
+        w.commit().await.unwrap();
+    }
+    // The merged file and two new small ones in the first day: a tier of three is left
+    // alone (only the manifests are merged).
+    let c = lake.compact_tiered(&Fixed::Raw.ident(), 128 << 20).await.unwrap();
+    assert_eq!((c.files_after, c.rows_rewritten), (4, 0), "{c:?}");
+    feed(&mut w, 1, 310..315);
+    w.commit().await.unwrap();
+    let c = lake.compact_tiered(&Fixed::Raw.ident(), 128 << 20).await.unwrap();
+    // 250 + 300 rows of the first day, and the 15 new ones.
+    assert_eq!((c.files_after, c.rows_rewritten), (2, 565), "the fourth file fills the tier: {c:?}");
+    assert_eq!(raw_rows(&lake).await.len(), before.len() + 15);
+}

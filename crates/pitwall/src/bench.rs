@@ -302,7 +302,7 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
         );
     }
     let q = pitwall_query::Query::new(&lake).await?;
-    let raw = q.sql("SELECT sum(octet_length(payload)) AS b FROM raw.events").await?;
+    let raw = q.sql("SELECT sum(octet_length(CAST(payload AS VARCHAR))) AS b FROM raw.events").await?;
     let raw_bytes = raw
         .first()
         .and_then(|b| b.column(0).as_any().downcast_ref::<arrow_array::Int64Array>().map(|a| a.value(0)))

@@ -268,35 +268,58 @@ pub(crate) fn spawn_maintenance(lake: &Lake, config: &Config, cancel: &Cancellat
         return MaintenanceTask(None);
     }
     let (lake, cancel) = (lake.clone(), cancel.clone());
-    MaintenanceTask(Some(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(m.interval) => {}
+    // Its own thread and runtime: compaction is CPU work (Parquet decoding and encoding)
+    // that would otherwise occupy the pipeline's runtime threads and hold up its commits.
+    let stop = CancellationToken::new();
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new().name("lake-maintenance".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "no runtime for lake maintenance; it will not run");
+                return;
             }
-            let started = Instant::now();
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                done = lake.maintain(&m) => match done {
-                    Ok(lines) => {
-                        for line in &lines {
-                            tracing::info!(took_ms = started.elapsed().as_millis() as u64, "lake maintenance: {line}");
+        };
+        runtime.block_on(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = thread_stop.cancelled() => return,
+                    () = tokio::time::sleep(m.interval) => {}
+                }
+                let started = Instant::now();
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = thread_stop.cancelled() => return,
+                    done = lake.maintain(&m) => match done {
+                        Ok(lines) => {
+                            for line in &lines {
+                                tracing::info!(took_ms = started.elapsed().as_millis() as u64, "lake maintenance: {line}");
+                            }
                         }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "lake maintenance failed; trying again in {}", humantime::format_duration(m.interval)),
-                },
+                        Err(e) => tracing::warn!(error = %e, "lake maintenance failed; trying again in {}", humantime::format_duration(m.interval)),
+                    },
+                }
             }
+        });
+    });
+    match thread {
+        Ok(_) => MaintenanceTask(Some(stop)),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start lake maintenance");
+            MaintenanceTask(None)
         }
-    })))
+    }
 }
 
-/// Stops the scheduled maintenance when dropped.
-pub(crate) struct MaintenanceTask(Option<tokio::task::JoinHandle<()>>);
+/// Stops the scheduled maintenance when dropped (a run in progress stops at its next
+/// await; at most unreferenced files are left, which a later run removes).
+pub(crate) struct MaintenanceTask(Option<CancellationToken>);
 
 impl Drop for MaintenanceTask {
     fn drop(&mut self) {
         if let Some(t) = &self.0 {
-            t.abort();
+            t.cancel();
         }
     }
 }

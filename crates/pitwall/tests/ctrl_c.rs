@@ -78,7 +78,7 @@ async fn lake_maintenance_on_a_schedule_and_by_hand_keeps_every_row() {
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["up", "--speed", "0", "--duration", "8s", "--listen", "127.0.0.1:0", "--config"])
+        .args(["up", "--speed", "10", "--duration", "20s", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--data-dir")
         .arg(&data)
