@@ -40,7 +40,8 @@ use crate::{Error, Lake, Result};
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MaintenanceConfig {
     /// How often the processor runs compaction, expiry, orphan cleaning and retention
-    /// over every table; "0s" = never (run `pitwall lake …` by hand).
+    /// over every table; "0s" (the default for now) = never: run `pitwall lake …` by
+    /// hand or from a scheduler.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Compaction writes files of about this many bytes, and rewrites a partition's
@@ -63,7 +64,7 @@ pub struct MaintenanceConfig {
 impl Default for MaintenanceConfig {
     fn default() -> Self {
         MaintenanceConfig {
-            interval: Duration::from_secs(600),
+            interval: Duration::ZERO,
             target_file_size: 128 << 20,
             expire_after: Duration::from_secs(3600),
             orphan_age: Duration::from_secs(86_400),
@@ -187,7 +188,7 @@ impl Lake {
             let arrow_schema = Arc::new(schema_to_arrow_schema(&schema)?);
             let spec = metadata.default_partition_spec().as_ref().clone();
             let builder = DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
-                ParquetWriterBuilder::new(crate::writer::parquet_properties(), Arc::clone(&schema)),
+                ParquetWriterBuilder::new(crate::writer::compaction_properties(), Arc::clone(&schema)),
                 usize::try_from(target_size).unwrap_or(usize::MAX),
                 table.file_io().clone(),
                 DefaultLocationGenerator::new(metadata)?,

@@ -281,6 +281,15 @@ pub(crate) fn spawn_maintenance(lake: &Lake, config: &Config, cancel: &Cancellat
             }
         };
         runtime.block_on(async move {
+            // A lake handle of its own: its catalog connections are returned to pools
+            // this runtime serves, never holding up the pipeline's.
+            let lake = match Lake::open(lake.config().clone()).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lake maintenance could not open the lake; it will not run");
+                    return;
+                }
+            };
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
