@@ -1,6 +1,6 @@
 """Reads pitwall's lake with PyIceberg and DuckDB, independently of pitwall, and checks
 it against what pitwall reported (a JSON file written by the Rust integration test).
-PyIceberg goes through the catalog (SQLite or PostgreSQL) and reads the tables from
+PyIceberg goes through the catalog (SQLite, PostgreSQL or a REST catalog) and reads the tables from
 wherever they are (local or S3); DuckDB is given the Parquet data files of each table's
 current snapshot and must agree on row counts and sums.
 
@@ -21,6 +21,7 @@ import decimal
 import duckdb
 
 import pyarrow.compute as pc
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.transforms import DayTransform
 
@@ -37,8 +38,11 @@ PARTITION_COLUMN = {
 
 def main(path):
     expected = json.load(open(path))
-    props = {k: v for k, v in expected["catalog"].items() if k != "schema_queries"}
-    catalog = SqlCatalog("pitwall", **props)
+    props = {k: v for k, v in expected["catalog"].items() if k not in ("schema_queries", "type")}
+    if expected["catalog"].get("type") == "rest":
+        catalog = RestCatalog("pitwall", **props)
+    else:
+        catalog = SqlCatalog("pitwall", **props)
     problems = []
 
     def check(what, got, want):

@@ -39,16 +39,46 @@ use crate::{Error, Result};
 /// How many times a commit is retried after losing a compare-and-set race.
 const MAX_ATTEMPTS: u32 = 20;
 
+/// How many times a maintenance commit is rebuilt after losing a race: its data files
+/// are already written, and a retry is cheap (only what was appended since is read).
+const MAX_REWRITE_ATTEMPTS: u32 = 100;
+
+/// How a commit lands: the SQL catalog's row swapped by compare-and-set, or the REST
+/// catalog's commit endpoint with requirements.
+#[derive(Debug, Clone)]
+pub(crate) enum CatalogPointer {
+    /// The JDBC-layout SQL catalog (SQLite, PostgreSQL).
+    Sql(SqlPointer),
+    /// An Iceberg REST catalog.
+    Rest(crate::rest::RestCommitter),
+}
+
+impl CatalogPointer {
+    /// Makes `metadata` (built on `table` as loaded from `old_location`) the table's
+    /// current metadata if nobody committed since: true once it is, false if another
+    /// writer got there first (reload and rebuild).
+    pub(crate) async fn swap(&self, table: &Table, old_location: &str, metadata: iceberg::spec::TableMetadata) -> Result<bool> {
+        match self {
+            CatalogPointer::Sql(sql) => {
+                let location = MetadataLocation::from_str(old_location)?.with_next_version();
+                metadata.write_to(table.file_io(), &location).await?;
+                sql.compare_and_set(table.identifier(), old_location, &location.to_string()).await
+            }
+            CatalogPointer::Rest(rest) => rest.commit(table.identifier(), table.metadata(), &metadata).await,
+        }
+    }
+}
+
 /// The catalog row a commit swaps, and how to reach it.
 #[derive(Debug, Clone)]
-pub(crate) struct CatalogPointer {
+pub(crate) struct SqlPointer {
     pub(crate) pool: AnyPool,
     pub(crate) catalog_name: String,
     /// `?` (SQLite) or `$n` (PostgreSQL) placeholders.
     pub(crate) dollar_placeholders: bool,
 }
 
-impl CatalogPointer {
+impl SqlPointer {
     /// Moves `ident`'s metadata pointer from `old` to `new` if it still is `old`.
     async fn compare_and_set(&self, ident: &TableIdent, old: &str, new: &str) -> Result<bool> {
         let p = |i: usize| if self.dollar_placeholders { format!("${i}") } else { "?".to_owned() };
@@ -129,8 +159,8 @@ pub(crate) async fn fenced_append(
             .metadata_location()
             .ok_or_else(|| Error::Internal(format!("{ident} has no metadata location")))?
             .to_owned();
-        let new_location = stage(&table, &old_location, files.clone(), &offsets, &progress, properties).await?;
-        if pointer.compare_and_set(ident, &old_location, &new_location).await? {
+        let new_metadata = stage(&table, &old_location, files.clone(), &offsets, &progress, properties).await?;
+        if pointer.swap(&table, &old_location, new_metadata).await? {
             return Ok(());
         }
         tracing::debug!(table = %ident, attempt, "lost a commit race; reloading and checking the claim again");
@@ -143,8 +173,8 @@ pub(crate) async fn fenced_append(
 }
 
 /// Writes the manifest, manifest list and next metadata file for appending `files` on
-/// top of `table`; returns the new metadata location. Nothing is visible until the
-/// catalog pointer moves.
+/// top of `table`; returns the new metadata. Nothing is visible until the catalog
+/// takes it.
 async fn stage(
     table: &Table,
     old_location: &str,
@@ -152,7 +182,7 @@ async fn stage(
     offsets: &BTreeMap<String, i64>,
     progress: &BTreeMap<String, Progress>,
     properties: &HashMap<String, String>,
-) -> Result<String> {
+) -> Result<iceberg::spec::TableMetadata> {
     let metadata = table.metadata();
     if metadata.format_version() != FormatVersion::V2 {
         return Err(Error::Internal(format!(
@@ -244,9 +274,7 @@ async fn stage(
         )?
         .build()?
         .metadata;
-    let location = MetadataLocation::from_str(old_location)?.with_next_version();
-    new_metadata.write_to(file_io, &location).await?;
-    Ok(location.to_string())
+    Ok(new_metadata)
 }
 
 /// `total-*` summary values: the previous snapshot's plus what this one adds, as the
@@ -277,14 +305,33 @@ fn unique_snapshot_id(table: &Table) -> i64 {
 
 /// The live data files of `table`'s current snapshot, with their manifest entries.
 pub(crate) async fn live_entries(table: &Table) -> Result<Vec<iceberg::spec::ManifestEntryRef>> {
+    live_entries_cached(table, &mut LiveEntries::default()).await
+}
+
+/// The live entries of manifests already read, by manifest path (a manifest never
+/// changes once written), so a commit retried after a lost race reads only the
+/// manifests appended since.
+#[derive(Default)]
+pub(crate) struct LiveEntries(HashMap<String, Arc<Vec<iceberg::spec::ManifestEntryRef>>>);
+
+/// [`live_entries`], reading only manifests `cache` has not seen.
+pub(crate) async fn live_entries_cached(table: &Table, cache: &mut LiveEntries) -> Result<Vec<iceberg::spec::ManifestEntryRef>> {
     let metadata = table.metadata();
     let Some(current) = metadata.current_snapshot() else { return Ok(Vec::new()) };
     let file_io = table.file_io();
     let list = manifest_list(table, current).await?;
     let mut out = Vec::new();
     for m in list.entries() {
-        let manifest = m.load_manifest(file_io).await?;
-        out.extend(manifest.entries().iter().filter(|e| e.is_alive()).cloned());
+        let entries = match cache.0.get(&m.manifest_path) {
+            Some(e) => Arc::clone(e),
+            None => {
+                let manifest = m.load_manifest(file_io).await?;
+                let e = Arc::new(manifest.entries().iter().filter(|e| e.is_alive()).cloned().collect::<Vec<_>>());
+                cache.0.insert(m.manifest_path.clone(), Arc::clone(&e));
+                e
+            }
+        };
+        out.extend(entries.iter().cloned());
     }
     Ok(out)
 }
@@ -333,11 +380,11 @@ pub(crate) async fn fenced_rewrite(
     operation: Operation,
     owned_days: Option<&std::collections::BTreeSet<i32>>,
 ) -> Result<Rewritten> {
-    let mut backoff = Duration::from_millis(5);
-    for attempt in 1..=MAX_ATTEMPTS {
+    let mut cache = LiveEntries::default();
+    for attempt in 1..=MAX_REWRITE_ATTEMPTS {
         let table = catalog.load_table(ident).await?;
         let metadata = table.metadata();
-        let live = live_entries(&table).await?;
+        let live = live_entries_cached(&table, &mut cache).await?;
         let live_paths: std::collections::HashSet<&str> = live.iter().map(|e| e.file_path()).collect();
         if let Some(gone) = removed.iter().find(|p| !live_paths.contains(p.as_str())) {
             return Err(Error::Changed {
@@ -462,15 +509,17 @@ pub(crate) async fn fenced_rewrite(
             )?
             .build()?
             .metadata;
-        if write_and_swap(pointer, &table, &old_location, new_metadata).await? {
+        if pointer.swap(&table, &old_location, new_metadata).await? {
             return Ok(done);
         }
         tracing::debug!(table = %ident, attempt, "a maintenance commit lost a race; rebuilding on the newer snapshot");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(200));
+        // The streaming writer is not spinning (it commits every few seconds): the
+        // best chance is to retry at once, while a retry costs only the manifests
+        // appended since. A short jitter keeps two maintenance runs from lockstep.
+        tokio::time::sleep(Duration::from_millis(1 + u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 8))).await;
     }
     Err(Error::Catalog(format!(
-        "{ident}: {MAX_ATTEMPTS} maintenance commits in a row lost the race to other writers; try again later"
+        "{ident}: {MAX_REWRITE_ATTEMPTS} maintenance commits in a row lost the race to other writers; try again later"
     )))
 }
 
@@ -490,15 +539,3 @@ pub(crate) fn current_location(table: &Table) -> Result<String> {
         .ok_or_else(|| Error::Internal(format!("{} has no metadata location", table.identifier())))
 }
 
-/// Writes `metadata` as the table's next metadata file and moves the catalog pointer to
-/// it if it still points at `old_location`; false if another writer moved it first.
-pub(crate) async fn write_and_swap(
-    pointer: &CatalogPointer,
-    table: &Table,
-    old_location: &str,
-    metadata: iceberg::spec::TableMetadata,
-) -> Result<bool> {
-    let location = MetadataLocation::from_str(old_location)?.with_next_version();
-    metadata.write_to(table.file_io(), &location).await?;
-    pointer.compare_and_set(table.identifier(), old_location, &location.to_string()).await
-}

@@ -11,6 +11,7 @@
 
 mod commit;
 mod maintain;
+pub mod rest;
 pub mod progress;
 pub mod storage;
 pub mod tables;
@@ -25,12 +26,13 @@ use iceberg::spec::Type;
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use pitwall_stream::FieldType;
 use serde::{Deserialize, Serialize};
 
 pub use commit::{Claim, Rewritten};
 pub use maintain::{Compacted, Expired, MaintenanceConfig};
+pub use rest::RestConfig;
 pub use storage::S3Config;
 pub use tables::Fixed;
 pub use progress::{Progress, ResumePlan, TableProgress};
@@ -128,7 +130,8 @@ pub struct LakeConfig {
     pub data_dir: PathBuf,
     /// The Iceberg catalog: empty = SQLite in `data_dir`; `postgres://user:password@host/db`
     /// = the SQL catalog on PostgreSQL (Trino reads it as `iceberg.catalog.type=jdbc`,
-    /// PyIceberg as a `SqlCatalog`). Processes sharing a lake share this.
+    /// PyIceberg as a `SqlCatalog`); `http(s)://host:port` = an Iceberg REST catalog
+    /// (see `[lake.rest]`). Processes sharing a lake share this.
     pub catalog: String,
     /// Where table files go: empty = `data_dir/warehouse`; `s3://bucket/prefix` (see
     /// `[lake.s3]`); or a local directory. Used when a table is created; existing tables
@@ -136,6 +139,8 @@ pub struct LakeConfig {
     pub warehouse: String,
     /// How to reach S3 for `s3://` warehouses.
     pub s3: S3Config,
+    /// How to talk to a REST catalog (`catalog = "http://…"`).
+    pub rest: RestConfig,
     /// Compaction, snapshot expiry, orphan cleaning and retention.
     pub maintenance: MaintenanceConfig,
     /// Commit at least this often while data flows.
@@ -152,6 +157,7 @@ impl Default for LakeConfig {
             catalog: String::new(),
             warehouse: String::new(),
             s3: S3Config::default(),
+            rest: RestConfig::default(),
             maintenance: MaintenanceConfig::default(),
             commit_interval: Duration::from_secs(5),
             commit_rows: 200_000,
@@ -173,11 +179,11 @@ impl LakeConfig {
     /// Checks `catalog` and `warehouse` name something pitwall can use.
     pub fn validate(&self) -> Result<()> {
         let c = &self.catalog;
-        if !(c.is_empty() || c.starts_with("postgres://") || c.starts_with("postgresql://") || c.starts_with("sqlite:")) {
+        if !(c.is_empty() || c.starts_with("postgres://") || c.starts_with("postgresql://") || c.starts_with("sqlite:") || rest::is_rest(c)) {
             return Err(Error::Config {
                 key: "catalog",
                 message: format!(
-                    "{:?} is not a catalog pitwall knows: use postgres://user:password@host:5432/database for the SQL catalog on PostgreSQL, sqlite:PATH, or leave it empty for the SQLite file in data-dir",
+                    "{:?} is not a catalog pitwall knows: use postgres://user:password@host:5432/database for the SQL catalog on PostgreSQL, http://host:port for an Iceberg REST catalog, sqlite:PATH, or leave it empty for the SQLite file in data-dir",
                     redact_password(c)
                 ),
             });
@@ -206,7 +212,9 @@ impl LakeConfig {
         } else {
             redact_password(&self.catalog)
         };
-        let warehouse = if self.warehouse.is_empty() {
+        let warehouse = if self.warehouse.is_empty() && rest::is_rest(&self.catalog) {
+            "chosen by the catalog".to_owned()
+        } else if self.warehouse.is_empty() {
             format!("{}", self.data_dir.join("warehouse").display())
         } else {
             self.warehouse.clone()
@@ -232,7 +240,7 @@ pub const CATALOG_NAME: &str = "pitwall";
 /// An open lake: the catalog and the warehouse.
 #[derive(Debug, Clone)]
 pub struct Lake {
-    catalog: Arc<SqlCatalog>,
+    catalog: Arc<dyn Catalog>,
     config: LakeConfig,
     warehouse: String,
     catalog_uri: String,
@@ -249,9 +257,12 @@ impl Lake {
             std::fs::create_dir_all(dir).map_err(|error| Error::DataDir { path: dir.to_owned(), error })?;
             dir.canonicalize().map_err(|error| Error::DataDir { path: dir.to_owned(), error })
         };
-        let uses_dir = config.catalog.is_empty() || config.warehouse.is_empty();
+        let rest = rest::is_rest(&config.catalog);
+        let uses_dir = config.catalog.is_empty() || (config.warehouse.is_empty() && !rest);
         let dir = if uses_dir { data_dir(dir)? } else { dir.clone() };
-        let warehouse = if config.warehouse.is_empty() {
+        let warehouse = if rest && config.warehouse.is_empty() {
+            String::new()
+        } else if config.warehouse.is_empty() {
             std::fs::create_dir_all(dir.join("warehouse")).map_err(|error| Error::DataDir { path: dir.clone(), error })?;
             format!("file://{}", dir.join("warehouse").display())
         } else if storage::split_s3(&config.warehouse).is_some() {
@@ -260,43 +271,51 @@ impl Lake {
             let local = PathBuf::from(config.warehouse.trim_start_matches("file://"));
             format!("file://{}", data_dir(&local)?.display())
         };
-        let (catalog_uri, postgres) = if config.catalog.is_empty() {
-            (format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display()), false)
-        } else if config.catalog.starts_with("postgres://") || config.catalog.starts_with("postgresql://") {
-            (config.catalog.clone(), true)
+        let storage = Arc::new(storage::LakeStorageFactory { s3: config.s3.clone() });
+        let (catalog, pointer, catalog_uri): (Arc<dyn Catalog>, _, _) = if rest {
+            let (catalog, committer) = rest::connect(&config.catalog, &config.rest, storage).await?;
+            (Arc::new(catalog), commit::CatalogPointer::Rest(committer), config.catalog.clone())
         } else {
-            (config.catalog.clone(), false)
-        };
-        let unreachable = |e: &dyn std::fmt::Display| {
-            Error::Catalog(format!(
-                "cannot open the catalog at {}: {e}; check that the database is running and reachable, and the user and password",
-                redact_password(&catalog_uri)
-            ))
-        };
-        sqlx::any::install_default_drivers();
-        let catalog = SqlCatalogBuilder::default()
-            .uri(&catalog_uri)
-            .warehouse_location(&warehouse)
-            .sql_bind_style(if postgres { SqlBindStyle::DollarNumeric } else { SqlBindStyle::QMark })
-            // SQLite: one connection, as SQLite serializes writers anyway and this avoids
-            // lock errors.
-            .prop("pool.max-connections", if postgres { "4" } else { "1" })
-            .with_storage_factory(Arc::new(storage::LakeStorageFactory { s3: config.s3.clone() }))
-            .load(CATALOG_NAME, HashMap::new())
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(&catalog_uri)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let lake = Lake {
-            pointer: commit::CatalogPointer {
+            let (catalog_uri, postgres) = if config.catalog.is_empty() {
+                (format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display()), false)
+            } else if config.catalog.starts_with("postgres://") || config.catalog.starts_with("postgresql://") {
+                (config.catalog.clone(), true)
+            } else {
+                (config.catalog.clone(), false)
+            };
+            let unreachable = |e: &dyn std::fmt::Display| {
+                Error::Catalog(format!(
+                    "cannot open the catalog at {}: {e}; check that the database is running and reachable, and the user and password",
+                    redact_password(&catalog_uri)
+                ))
+            };
+            sqlx::any::install_default_drivers();
+            let catalog = SqlCatalogBuilder::default()
+                .uri(&catalog_uri)
+                .warehouse_location(&warehouse)
+                .sql_bind_style(if postgres { SqlBindStyle::DollarNumeric } else { SqlBindStyle::QMark })
+                // SQLite: one connection, as SQLite serializes writers anyway and this avoids
+                // lock errors.
+                .prop("pool.max-connections", if postgres { "4" } else { "1" })
+                .with_storage_factory(storage)
+                .load(CATALOG_NAME, HashMap::new())
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let pool = sqlx::any::AnyPoolOptions::new()
+                .max_connections(2)
+                .connect(&catalog_uri)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let pointer = commit::CatalogPointer::Sql(commit::SqlPointer {
                 pool,
                 catalog_name: CATALOG_NAME.to_owned(),
                 dollar_placeholders: postgres,
-            },
-            catalog: Arc::new(catalog),
+            });
+            (Arc::new(catalog), pointer, catalog_uri)
+        };
+        let lake = Lake {
+            pointer,
+            catalog,
             config: LakeConfig {
                 data_dir: dir.clone(),
                 ..config
@@ -341,7 +360,7 @@ impl Lake {
 
     /// The catalog, for readers such as DataFusion.
     pub fn catalog(&self) -> Arc<dyn Catalog> {
-        Arc::clone(&self.catalog) as Arc<dyn Catalog>
+        Arc::clone(&self.catalog)
     }
 
     /// The settings the lake was opened with (`data_dir` made absolute).

@@ -26,10 +26,10 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use iceberg::{NamespaceIdent, TableIdent};
 use serde::{Deserialize, Serialize};
 
-use crate::commit::{Rewritten, current_location, fenced_rewrite, live_entries, manifest_list, partition_day, write_and_swap};
+use crate::commit::{Rewritten, current_location, fenced_rewrite, live_entries, manifest_list, partition_day};
 use crate::storage::LakeStorage;
 use crate::tables::Fixed;
 use crate::{Error, Lake, Result};
@@ -40,7 +40,7 @@ use crate::{Error, Lake, Result};
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MaintenanceConfig {
     /// How often the processor runs compaction, expiry, orphan cleaning and retention
-    /// over every table; "0s" (the default for now) = never: run `pitwall lake …` by
+    /// over every table (default 10 minutes); "0s" = never: run `pitwall lake …` by
     /// hand or from a scheduler.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -64,7 +64,7 @@ pub struct MaintenanceConfig {
 impl Default for MaintenanceConfig {
     fn default() -> Self {
         MaintenanceConfig {
-            interval: Duration::ZERO,
+            interval: Duration::from_secs(600),
             target_file_size: 128 << 20,
             expire_after: Duration::from_secs(3600),
             orphan_age: Duration::from_secs(86_400),
@@ -186,6 +186,7 @@ impl Lake {
             let metadata = table.metadata();
             let schema = Arc::clone(metadata.current_schema());
             let arrow_schema = Arc::new(schema_to_arrow_schema(&schema)?);
+            let sort_by = crate::tables::sort_columns(ident, &schema);
             let spec = metadata.default_partition_spec().as_ref().clone();
             let builder = DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
                 ParquetWriterBuilder::new(crate::writer::compaction_properties(), Arc::clone(&schema)),
@@ -204,18 +205,42 @@ impl Lake {
                         files.len()
                     )));
                 }
+                // Object stores answer each read after tens of milliseconds: read many
+                // small files at once (row order does not matter, chunks are sorted).
                 let mut batches = ArrowReaderBuilder::new(table.file_io().clone(), Runtime::current())
+                    .with_data_file_concurrency_limit(READ_CONCURRENCY)
                     .build()
                     .read(futures::stream::iter(group.into_iter().map(Ok)).boxed())?
                     .stream();
                 let key = PartitionKey::new(spec.clone(), Arc::clone(&schema), partition);
                 let mut w = builder.build(Some(key)).await?;
+                let mut chunk = SortChunk::new(&sort_by, &arrow_schema);
+                let mut group_rows = 0u64;
                 while let Some(b) = batches.next().await {
-                    let b = b?;
-                    out.rows_rewritten += b.num_rows() as u64;
-                    w.write(RecordBatch::try_new(Arc::clone(&arrow_schema), b.columns().to_vec())?).await?;
+                    let b = RecordBatch::try_new(Arc::clone(&arrow_schema), b?.columns().to_vec())?;
+                    group_rows += b.num_rows() as u64;
+                    if let Some(sorted) = chunk.push(b)? {
+                        w.write(sorted).await?;
+                    }
                 }
-                added.extend(w.close().await?);
+                if let Some(sorted) = chunk.finish()? {
+                    w.write(sorted).await?;
+                }
+                let written = w.close().await?;
+                // Never trade rows for smaller files: the rows read and written must be
+                // the rows the manifests say the files hold.
+                let written_rows: u64 = written.iter().map(|f| f.record_count()).sum();
+                let source_rows: u64 = live.iter().filter(|e| wanted.contains(e.file_path())).map(|e| e.record_count()).sum();
+                if group_rows != source_rows || written_rows != source_rows {
+                    for f in written.iter().chain(&added) {
+                        let _ = table.file_io().delete(f.file_path()).await;
+                    }
+                    return Err(Error::Internal(format!(
+                        "{ident}: compaction read {group_rows} rows and wrote {written_rows} from files holding {source_rows}; nothing was committed"
+                    )));
+                }
+                out.rows_rewritten += group_rows;
+                added.extend(written);
                 removed.extend(files);
             }
         }
@@ -250,13 +275,14 @@ impl Lake {
             if old.is_empty() {
                 return Ok(Expired::default());
             }
+            let mut manifests = ManifestFiles::default();
             let mut kept_files = HashSet::new();
             for s in &keep {
-                kept_files.extend(snapshot_files(&table, s).await?);
+                kept_files.extend(manifests.snapshot_files(&table, s).await?);
             }
             let mut doomed = BTreeSet::new();
             for s in &old {
-                doomed.extend(snapshot_files(&table, s).await?.into_iter().filter(|f| !kept_files.contains(f)));
+                doomed.extend(manifests.snapshot_files(&table, s).await?.into_iter().filter(|f| !kept_files.contains(f)));
             }
             let ids: Vec<i64> = old.iter().map(|s| s.snapshot_id()).collect();
             let old_location = current_location(&table)?;
@@ -264,7 +290,7 @@ impl Lake {
                 .remove_snapshots(&ids)
                 .build()?
                 .metadata;
-            if write_and_swap(&self.pointer, &table, &old_location, new_metadata).await? {
+            if self.pointer.swap(&table, &old_location, new_metadata).await? {
                 let io = table.file_io();
                 let mut deleted = 0;
                 for f in &doomed {
@@ -286,8 +312,9 @@ impl Lake {
         let table = self.catalog.load_table(ident).await?;
         let metadata = table.metadata();
         let mut referenced: HashSet<String> = HashSet::new();
+        let mut manifests = ManifestFiles::default();
         for s in metadata.snapshots() {
-            referenced.extend(snapshot_files(&table, s).await?.iter().map(|f| normalize(f)));
+            referenced.extend(manifests.snapshot_files(&table, s).await?.iter().map(|f| normalize(f)));
         }
         referenced.extend(table.metadata_location().map(normalize));
         referenced.extend(metadata.metadata_log().iter().map(|l| normalize(&l.metadata_file)));
@@ -331,38 +358,47 @@ impl Lake {
     pub async fn maintain_tables(&self, tables: &[TableIdent], config: &MaintenanceConfig) -> Result<Vec<String>> {
         let mut lines = Vec::new();
         for ident in tables {
-            let name = ident.to_string();
-            let mut parts = Vec::new();
-            if let Some(keep) = config.retention.get(&name) {
-                match self.apply_retention(ident, *keep).await {
-                    Ok(r) if r.removed_files > 0 => parts.push(format!("dropped {} rows in {} files past retention", r.removed_rows, r.removed_files)),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(table = %name, error = %e, "retention failed"),
-                }
-            }
-            match self.compact_tiered(ident, config.target_file_size).await {
-                Ok(c) if c.committed => parts.push(format!(
-                    "compacted {} files ({} manifests) into {}",
-                    c.files_before, c.manifests_before, c.files_after
-                )),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(table = %name, error = %e, "compaction failed"),
-            }
-            match self.expire_snapshots(ident, config.expire_after).await {
-                Ok(x) if x.snapshots > 0 => parts.push(format!("expired {} snapshots, deleted {} files", x.snapshots, x.files_deleted)),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(table = %name, error = %e, "snapshot expiry failed"),
-            }
-            match self.clean_orphans(ident, config.orphan_age).await {
-                Ok(o) if !o.is_empty() => parts.push(format!("removed {} orphan files", o.len())),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(table = %name, error = %e, "orphan cleaning failed"),
-            }
-            if !parts.is_empty() {
-                lines.push(if tables.len() == 1 { parts.join("; ") } else { format!("{name}: {}", parts.join("; ")) });
+            if let Some(line) = self.maintain_table(ident, config).await {
+                lines.push(if tables.len() == 1 { line } else { format!("{ident}: {line}") });
             }
         }
         Ok(lines)
+    }
+
+    /// One round of everything `config` asks for on one table: retention, tiered
+    /// compaction, expiry, orphan cleaning. Failures are logged, and the next step
+    /// still runs. Returns what changed, if anything.
+    pub async fn maintain_table(&self, ident: &TableIdent, config: &MaintenanceConfig) -> Option<String> {
+        let name = ident.to_string();
+        let mut parts = Vec::new();
+        if let Some(keep) = config.retention.get(&name) {
+            match self.apply_retention(ident, *keep).await {
+                Ok(r) if r.removed_files > 0 => parts.push(format!("dropped {} rows in {} files past retention", r.removed_rows, r.removed_files)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(table = %name, error = %e, "retention failed"),
+            }
+        }
+        match self.compact_tiered(ident, config.target_file_size).await {
+            Ok(c) if c.committed => parts.push(format!(
+                "compacted {} files ({} manifests) into {}",
+                c.files_before, c.manifests_before, c.files_after
+            )),
+            Ok(_) => {}
+            // Another round (a replica's, or one by hand) rewrote those files first.
+            Err(e @ Error::Changed { .. }) => tracing::info!(table = %name, error = %e, "compaction skipped until the next round"),
+            Err(e) => tracing::warn!(table = %name, error = %e, "compaction failed"),
+        }
+        match self.expire_snapshots(ident, config.expire_after).await {
+            Ok(x) if x.snapshots > 0 => parts.push(format!("expired {} snapshots, deleted {} files", x.snapshots, x.files_deleted)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(table = %name, error = %e, "snapshot expiry failed"),
+        }
+        match self.clean_orphans(ident, config.orphan_age).await {
+            Ok(o) if !o.is_empty() => parts.push(format!("removed {} orphan files", o.len())),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(table = %name, error = %e, "orphan cleaning failed"),
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 
@@ -374,14 +410,80 @@ fn normalize(path: &str) -> String {
     }
 }
 
-/// Every file a snapshot needs: its manifest list, its manifests and the data files
-/// live in it (a file its manifests list as deleted is not read through it).
-async fn snapshot_files(table: &Table, snapshot: &iceberg::spec::Snapshot) -> Result<Vec<String>> {
-    let mut out = vec![snapshot.manifest_list().to_owned()];
-    for m in manifest_list(table, snapshot).await?.entries() {
-        out.push(m.manifest_path.clone());
-        let manifest = m.load_manifest(table.file_io()).await?;
-        out.extend(manifest.entries().iter().filter(|e| e.is_alive()).map(|e| e.file_path().to_owned()));
+/// The live data files of each manifest read so far. Manifests never change once
+/// written and streaming snapshots share most of theirs, so a walk over every snapshot
+/// reads each manifest once instead of once per snapshot.
+#[derive(Default)]
+struct ManifestFiles(std::collections::HashMap<String, Arc<Vec<String>>>);
+
+impl ManifestFiles {
+    /// Every file a snapshot needs: its manifest list, its manifests and the data files
+    /// live in it (a file its manifests list as deleted is not read through it).
+    async fn snapshot_files(&mut self, table: &Table, snapshot: &iceberg::spec::Snapshot) -> Result<Vec<String>> {
+        let mut out = vec![snapshot.manifest_list().to_owned()];
+        for m in manifest_list(table, snapshot).await?.entries() {
+            out.push(m.manifest_path.clone());
+            let files = match self.0.get(&m.manifest_path) {
+                Some(f) => Arc::clone(f),
+                None => {
+                    let manifest = m.load_manifest(table.file_io()).await?;
+                    let files: Arc<Vec<String>> =
+                        Arc::new(manifest.entries().iter().filter(|e| e.is_alive()).map(|e| e.file_path().to_owned()).collect());
+                    self.0.insert(m.manifest_path.clone(), Arc::clone(&files));
+                    files
+                }
+            };
+            out.extend(files.iter().cloned());
+        }
+        Ok(out)
     }
-    Ok(out)
+}
+
+/// Data files compaction reads at once.
+const READ_CONCURRENCY: usize = 16;
+
+/// Rows on their way into compacted files, sorted in chunks of bounded memory: a
+/// partition's rows are sorted within each chunk (most of the gain in size, without
+/// holding a whole partition in memory).
+struct SortChunk {
+    columns: Vec<usize>,
+    schema: arrow_schema::SchemaRef,
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+}
+
+impl SortChunk {
+    /// Memory a chunk may take before it is sorted and written.
+    const LIMIT: usize = 256 << 20;
+
+    fn new(sort_by: &[String], schema: &arrow_schema::SchemaRef) -> Self {
+        let columns = sort_by.iter().filter_map(|c| schema.index_of(c).ok()).collect();
+        SortChunk { columns, schema: Arc::clone(schema), batches: Vec::new(), bytes: 0 }
+    }
+
+    /// Takes `batch`; returns a sorted chunk once enough has gathered.
+    fn push(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+        self.bytes += batch.get_array_memory_size();
+        self.batches.push(batch);
+        if self.bytes >= Self::LIMIT { self.finish() } else { Ok(None) }
+    }
+
+    /// Sorts and returns what has gathered, if anything.
+    fn finish(&mut self) -> Result<Option<RecordBatch>> {
+        self.bytes = 0;
+        if self.batches.is_empty() {
+            return Ok(None);
+        }
+        let batch = arrow_select::concat::concat_batches(&self.schema, &std::mem::take(&mut self.batches))?;
+        if self.columns.is_empty() {
+            return Ok(Some(batch));
+        }
+        let keys: Vec<arrow_ord::sort::SortColumn> = self
+            .columns
+            .iter()
+            .map(|&i| arrow_ord::sort::SortColumn { values: Arc::clone(batch.column(i)), options: None })
+            .collect();
+        let order = arrow_ord::sort::lexsort_to_indices(&keys, None)?;
+        Ok(Some(arrow_select::take::take_record_batch(&batch, &order)?))
+    }
 }

@@ -122,6 +122,23 @@ impl Fixed {
             .expect("fixed table schemas are valid")
     }
 
+    /// The columns compaction sorts a partition's rows by: rows of one source and one
+    /// series side by side compress far better (measured on the simulator's data).
+    pub fn sort_columns(self) -> &'static [&'static str] {
+        match self {
+            // A bus partition interleaves its sources; a source's payloads side by side
+            // differ only in their numbers.
+            Fixed::Raw | Fixed::Rejects => &["partition", "key", "offset"],
+            Fixed::Windows => &["measurement", "window", "source_id", "field", "window_start"],
+            Fixed::Anomalies | Fixed::Late => &["measurement", "source_id", "time"],
+        }
+    }
+
+    /// The fixed table named `ident`, if it is one.
+    pub fn of(ident: &TableIdent) -> Option<Fixed> {
+        Fixed::ALL.into_iter().find(|f| f.ident() == *ident)
+    }
+
     /// The column the table is partitioned by (day of it).
     pub fn time_column(self) -> &'static str {
         match self {
@@ -156,6 +173,26 @@ pub fn clean_field_type(t: &Type) -> Option<FieldType> {
         Type::Primitive(PrimitiveType::String) => Some(FieldType::Str),
         _ => None,
     }
+}
+
+/// The columns compaction sorts a table's rows by: a fixed table's
+/// [`Fixed::sort_columns`]; for a clean table, its tags (the string columns a new table
+/// puts right after `time`) and then `time`, so each source's series lies together.
+pub fn sort_columns(ident: &TableIdent, schema: &Schema) -> Vec<String> {
+    if let Some(f) = Fixed::of(ident) {
+        return f.sort_columns().iter().map(|c| (*c).to_owned()).collect();
+    }
+    let fields = schema.as_struct().fields();
+    if fields.first().is_none_or(|f| f.name != "time") {
+        return Vec::new();
+    }
+    let mut cols: Vec<String> = fields[1..]
+        .iter()
+        .take_while(|f| matches!(*f.field_type, Type::Primitive(PrimitiveType::String)))
+        .map(|f| f.name.clone())
+        .collect();
+    cols.push("time".to_owned());
+    cols
 }
 
 /// Schema of a new clean table: `time`, then tags (strings), then fields.

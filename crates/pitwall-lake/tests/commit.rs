@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Place, feed, local, open, raw_offsets, shared};
+use common::{Place, feed, local, open, raw_offsets, rest, shared};
 use pitwall_lake::{Error, Fixed, LakeWriter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,6 +30,57 @@ async fn writers_racing_on_postgresql_and_s3_all_land() {
     let namespaces = pg.psql("catalog", "SELECT DISTINCT namespace FROM iceberg_namespace_properties WHERE catalog_name = 'pitwall' ORDER BY 1");
     assert_eq!(namespaces.lines().collect::<Vec<_>>(), ["anomalies", "clean", "metrics", "quarantine", "raw"]);
     assert!(!place.config.data_dir.join("warehouse").exists(), "nothing should be written locally");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_racing_through_a_rest_catalog_all_land() {
+    let place = rest(false);
+    racing_writers_all_land(&place).await;
+    // The tables live where the REST catalog put them, and its commits wrote the
+    // metadata: nothing in pitwall's own data directory.
+    let (server, _) = place.rest.as_ref().unwrap();
+    let table = open(&place.config).await.table(&Fixed::Raw.ident()).await.unwrap();
+    let location = table.metadata_location().unwrap();
+    assert!(location.starts_with(&format!("{}/raw/events/metadata/", server.warehouse)), "{location} is not under {}", server.warehouse);
+    assert!(!place.config.data_dir.join("warehouse").exists() && !place.config.data_dir.join("catalog.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_cannot_commit_through_a_rest_catalog_on_s3() {
+    zombie_is_fenced(&rest(true)).await;
+}
+
+/// A commit built on a snapshot that is no longer the table's head is refused by the
+/// REST catalog (the requirement `assert-ref-snapshot-id`) and rebuilt on the new head:
+/// the other writer's snapshot, rows and offsets stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_commit_on_a_stale_head_is_rebuilt_not_lost() {
+    let place = rest(false);
+    let cfg = &place.config;
+    let lake = open(cfg).await;
+    let stale = lake.table(&Fixed::Raw.ident()).await.unwrap();
+    let mut a = LakeWriter::open(open(cfg).await).await.unwrap();
+    feed(&mut a, 0, 0..10);
+    a.commit().await.unwrap();
+    let head = lake.table(&Fixed::Raw.ident()).await.unwrap().metadata().current_snapshot_id().unwrap();
+    // A commit prepared on the table as it was before a's commit (no claim, no files).
+    lake.append_fenced(stale, Vec::new(), &pitwall_lake::Claim::default(), &Default::default()).await.unwrap();
+    let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
+    let current = table.metadata().current_snapshot().unwrap();
+    assert_eq!(current.parent_snapshot_id(), Some(head), "rebuilt on a's snapshot");
+    assert_eq!(current.summary().additional_properties["total-records"], "10");
+    assert_eq!(table.metadata().snapshots().count(), 2);
+    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 10);
+}
+
+/// A REST catalog that refuses the credentials says so when the lake opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_catalog_refusing_the_token_is_a_clear_error() {
+    let place = rest(false);
+    let mut cfg = place.config.clone();
+    cfg.rest.token = "rb_not_the_key".to_owned();
+    let err = pitwall_lake::Lake::open(cfg).await.unwrap_err().to_string();
+    assert!(err.contains("REST catalog") && err.contains(&place.config.catalog) && err.contains("401"), "{err}");
 }
 
 async fn racing_writers_all_land(place: &Place) {

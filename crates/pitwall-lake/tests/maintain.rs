@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use pitwall_lake::{Fixed, Lake, LakeWriter};
 
-use common::{Place, T0, feed, feed_at, local, open, raw_offsets, shared};
+use common::{Place, T0, feed, feed_at, local, open, raw_offsets, rest, shared};
 
 /// Every raw row as (partition, offset, payload), sorted: what a query returns.
 async fn raw_rows(lake: &Lake) -> Vec<(i32, i64, String)> {
@@ -68,6 +68,22 @@ async fn compaction_keeps_every_row(place: &Place) {
     assert_eq!(c.rows_rewritten, 800);
     assert_eq!(raw_rows(&lake).await, before, "the same rows after compaction");
     assert_eq!(raw_offsets(&lake).await, offsets, "the offsets are carried forward");
+    // Compacted files hold their rows sorted (partition, source key, then offset),
+    // although the commits interleaved the two bus partitions.
+    {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Int32Type, Int64Type};
+        let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
+        let batches: Vec<_> = table.scan().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
+        for b in batches {
+            let p = b.column_by_name("partition").unwrap().as_primitive::<Int32Type>();
+            let k = b.column_by_name("key").unwrap().as_string::<i32>();
+            let o = b.column_by_name("offset").unwrap().as_primitive::<Int64Type>();
+            let keys: Vec<(i32, Option<&str>, i64)> = (0..b.num_rows()).map(|i| (p.value(i), k.is_valid(i).then(|| k.value(i)), o.value(i))).collect();
+            assert!(keys.windows(2).all(|w| w[0] <= w[1]), "a compacted file's rows are not in order: {keys:?}");
+        }
+    }
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
     let snapshot = table.metadata().current_snapshot().unwrap();
     assert_eq!(snapshot.summary().operation, iceberg::spec::Operation::Replace);
@@ -118,6 +134,11 @@ async fn compaction_expiry_and_orphan_cleaning_on_postgresql_and_s3() {
     compaction_keeps_every_row(&shared()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_expiry_and_orphan_cleaning_through_a_rest_catalog_on_s3() {
+    compaction_keeps_every_row(&rest(true)).await;
+}
+
 /// Compaction running again and again while the writer commits: no commit is lost, no
 /// row doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,34 +146,42 @@ async fn compaction_racing_the_streaming_writer_loses_nothing() {
     let place = local();
     let cfg = place.config.clone();
     open(&cfg).await;
+    // The writer commits at least 40 times, and on until three compactions have landed
+    // in between (however slow the machine is at either).
     const ROUNDS: i64 = 40;
+    let compactions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let cfg = cfg.clone();
+        let (cfg, compactions) = (cfg.clone(), std::sync::Arc::clone(&compactions));
         tokio::spawn(async move {
             let mut w = LakeWriter::open(open(&cfg).await).await.unwrap();
-            for i in 0..ROUNDS {
+            let mut i = 0;
+            while i < ROUNDS || (compactions.load(std::sync::atomic::Ordering::SeqCst) < 3 && i < 50 * ROUNDS) {
                 feed(&mut w, 0, i * 25..(i + 1) * 25);
                 w.commit().await.unwrap();
                 tokio::time::sleep(Duration::from_millis(25)).await;
+                i += 1;
             }
+            i
         })
     };
     let lake = open(&cfg).await;
-    let mut compactions = 0;
     while !writer.is_finished() {
         match lake.compact(&Fixed::Raw.ident(), 128 << 20).await {
-            Ok(c) if c.committed => compactions += 1,
+            Ok(c) if c.committed => {
+                compactions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             Ok(_) => {}
             Err(e) => panic!("compaction failed: {e}"),
         }
     }
-    writer.await.unwrap();
-    assert!(compactions >= 2, "compaction should have run during the writes ({compactions})");
+    let rounds = writer.await.unwrap();
+    let compactions = compactions.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(compactions >= 3, "compaction should have run during the writes ({compactions} in {rounds} commits)");
     let rows = raw_rows(&lake).await;
     let offsets: BTreeSet<i64> = rows.iter().map(|r| r.1).collect();
-    assert_eq!(rows.len() as i64, ROUNDS * 25, "every row once");
-    assert_eq!(offsets.len() as i64, ROUNDS * 25);
-    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], ROUNDS * 25);
+    assert_eq!(rows.len() as i64, rounds * 25, "every row once");
+    assert_eq!(offsets.len() as i64, rounds * 25);
+    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], rounds * 25);
 }
 
 /// Retention drops whole day partitions older than the age, and nothing else.

@@ -17,7 +17,13 @@ pub fn free_port() -> u16 {
 fn wait_listening(addr: &str, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {addr} (log: {})", log.display());
+        if Instant::now() >= deadline {
+            // The log's directory goes with the test: show its end here.
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            panic!("{what} did not listen on {addr} within 30 s; the end of its log ({}):\n{tail}", log.display());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -314,6 +320,132 @@ api_bind_addr = "127.0.0.1:{admin}"
 }
 
 impl Drop for Garage {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// An Iceberg REST catalog of its own: rustberg (crates.io, built by `scripts/test.sh`
+/// and cached), its catalog in a temporary directory, its warehouse in a directory or
+/// a garage bucket, an admin API key required on every request.
+#[derive(Debug)]
+pub struct Rustberg {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`: the catalog's URI.
+    pub uri: String,
+    /// The API key, sent as `Authorization: Bearer …`.
+    pub token: String,
+    /// Where the catalog puts tables (`file:///…` or `s3://bucket/prefix`).
+    pub warehouse: String,
+}
+
+/// The rustberg binary: `PITWALL_RUSTBERG`, else where `scripts/test.sh` builds it.
+pub fn rustberg_binary() -> PathBuf {
+    let path = std::env::var_os("PITWALL_RUSTBERG").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").expect("HOME is set");
+        PathBuf::from(home).join(".cache/pitwall/rustberg/bin/rustberg")
+    });
+    assert!(
+        path.exists(),
+        "the Iceberg REST catalog rustberg is not at {}; run ./scripts/test.sh, which builds it once and caches it",
+        path.display()
+    );
+    path
+}
+
+impl Rustberg {
+    /// Starts rustberg with its warehouse in a local directory of its own.
+    pub fn start() -> Rustberg {
+        Self::start_with(None)
+    }
+
+    /// Starts rustberg with its warehouse under `s3://{bucket}/rest` on `garage`.
+    pub fn start_on(garage: &Garage) -> Rustberg {
+        Self::start_with(Some(garage))
+    }
+
+    fn start_with(garage: Option<&Garage>) -> Rustberg {
+        let dir = tempfile::Builder::new().prefix("pitwall-rustberg").tempdir().unwrap();
+        let port = free_port();
+        let token: String = format!("rb_{}", (0..40).map(|i| char::from(b'a' + ((i * 7 + port as usize) % 26) as u8)).collect::<String>());
+        std::fs::create_dir_all(dir.path().join("catalog")).unwrap();
+        let (warehouse, storage) = match garage {
+            Some(g) => (
+                format!("s3://{}/rest", g.bucket),
+                format!(
+                    "[storage.properties]\n\"s3.endpoint\" = \"{}\"\n\"s3.path-style-access\" = \"true\"\n\"s3.region\" = \"{}\"\n\"s3.access-key-id\" = \"{}\"\n\"s3.secret-access-key\" = \"env:PITWALL_TEST_S3_SECRET\"\n",
+                    g.endpoint, g.region, g.access_key_id
+                ),
+            ),
+            None => {
+                std::fs::create_dir_all(dir.path().join("warehouse")).unwrap();
+                (format!("file://{}", dir.path().join("warehouse").display()), String::new())
+            }
+        };
+        let config = dir.path().join("rustberg.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[server]
+host = "127.0.0.1"
+port = {port}
+
+[server.auth]
+api_key_enabled = true
+
+[[server.auth.api_keys]]
+name = "pitwall-tests"
+tenant = "default"
+roles = ["admin"]
+key_env = "PITWALL_TEST_RUSTBERG_KEY"
+
+[tls]
+enabled = false
+insecure_http = true
+
+[storage]
+catalog_url = "file://{catalog}"
+warehouse_location = "{warehouse}"
+
+{storage}
+[rate_limit]
+enabled = false
+
+[audit]
+sink = "none"
+fail_closed = false
+"#,
+                catalog = dir.path().join("catalog").display(),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("rustberg.log");
+        let mut cmd = Command::new(rustberg_binary());
+        // Built without TLS, rustberg serves plain HTTP only when told on its command line.
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--insecure-http")
+            .current_dir(dir.path())
+            .env("PITWALL_TEST_RUSTBERG_KEY", &token)
+            .env("RUST_LOG", "warn")
+            .stdout(std::fs::File::create(dir.path().join("rustberg.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(g) = garage {
+            cmd.env("PITWALL_TEST_S3_SECRET", &g.secret_access_key);
+        }
+        let child = cmd.spawn().expect("starting rustberg");
+        wait_listening(&format!("127.0.0.1:{port}"), "rustberg", &log);
+        Rustberg { child, dir, uri: format!("http://127.0.0.1:{port}"), token, warehouse }
+    }
+
+    /// The server's log file.
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("rustberg.log")
+    }
+}
+
+impl Drop for Rustberg {
     fn drop(&mut self) {
         stop(&mut self.child);
     }

@@ -176,11 +176,13 @@ fn stride(c: usize) -> usize {
 /// Settings of `pitwall bench lake`.
 #[derive(Debug, Clone)]
 pub struct LakeBench {
-    /// Simulated time to stream into the lake (at full speed).
+    /// Simulated time to stream into the lake.
     pub sim_duration: Duration,
-    /// Commits to spread it over (720 = an hour of 5-second commits).
-    pub commits: u64,
-    /// Maintenance interval while streaming (None: no maintenance).
+    /// Times real time (0: as fast as possible).
+    pub speed: f64,
+    /// Simulated time per commit.
+    pub commit_every: Duration,
+    /// Simulated time per maintenance round while streaming (None: no maintenance).
     pub maintenance: Option<Duration>,
     /// Runs of each query (the median is printed).
     pub runs: usize,
@@ -226,29 +228,38 @@ async fn table_files_and_bytes(lake: &pitwall_lake::Lake) -> anyhow::Result<Vec<
 /// is compacted, and lake bytes against the raw JSON bytes.
 pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
     let mut cfg = config.clone();
-    cfg.sim.speed = 0.0;
     let per_second = if cfg.sim.race_enabled { cfg.sim.race.cars as f64 * cfg.sim.race.hz } else { 0.0 }
         + if cfg.sim.iot_enabled { cfg.sim.iot.sensors as f64 * cfg.sim.iot.hz } else { 0.0 };
     let events = per_second * opts.sim_duration.as_secs_f64();
-    // About three rows an event (raw, clean, window rows) are buffered per commit.
-    cfg.lake.commit_rows = ((events * 3.0) / opts.commits.max(1) as f64).max(100.0) as usize;
-    cfg.lake.commit_interval = Duration::from_secs(3600);
+    let commits = (opts.sim_duration.as_secs_f64() / opts.commit_every.as_secs_f64()).ceil().max(1.0);
+    cfg.sim.speed = opts.speed;
     cfg.processor.idle_timeout = Duration::ZERO;
-    match opts.maintenance {
-        Some(every) => {
-            cfg.lake.maintenance.interval = every;
-            cfg.lake.maintenance.expire_after = Duration::ZERO;
-        }
-        None => cfg.lake.maintenance.interval = Duration::ZERO,
+    // Simulated time to wall time.
+    let wall = |d: Duration| if opts.speed > 0.0 { d.div_f64(opts.speed) } else { d };
+    if opts.speed > 0.0 {
+        cfg.lake.commit_interval = wall(opts.commit_every);
+        cfg.lake.commit_rows = usize::MAX;
+    } else {
+        // About three rows an event (raw, clean, window rows) are buffered per commit.
+        cfg.lake.commit_rows = ((events * 3.0) / commits).max(100.0) as usize;
+        cfg.lake.commit_interval = Duration::from_secs(3600);
     }
+    let m = &mut cfg.lake.maintenance;
+    m.interval = opts.maintenance.map_or(Duration::ZERO, wall);
+    m.expire_after = wall(m.expire_after);
     println!(
-        "lake: {}; {} of simulated telemetry ({:.0} events) in about {} commits of {} rows; maintenance {}",
+        "lake: {}; {} of simulated telemetry ({:.0} events) at {}, a commit per {} of it ({:.0} commits); maintenance {}",
         cfg.lake.describe(),
         humantime::format_duration(opts.sim_duration),
         events,
-        opts.commits,
-        cfg.lake.commit_rows,
-        opts.maintenance.map_or("off".to_owned(), |d| format!("every {}", humantime::format_duration(d)))
+        if opts.speed > 0.0 { format!("{}x real time", opts.speed) } else { "full speed".to_owned() },
+        humantime::format_duration(opts.commit_every),
+        commits,
+        opts.maintenance.map_or("off".to_owned(), |d| format!(
+            "every {} (expiring snapshots after {})",
+            humantime::format_duration(d),
+            humantime::format_duration(config.lake.maintenance.expire_after)
+        ))
     );
     let stats = Arc::new(crate::pipeline::Stats::default());
     let run = crate::pipeline::SimRun {

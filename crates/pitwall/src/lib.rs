@@ -214,7 +214,7 @@ struct LakeArgs {
     /// Directory of the embedded lake: the SQLite catalog and the warehouse (lake.data-dir, default pitwall-data).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Iceberg catalog instead of the SQLite file: postgres://user:password@host:5432/db (lake.catalog).
+    /// Iceberg catalog instead of the SQLite file: postgres://user:password@host:5432/db (the SQL catalog), or http://host:port for an Iceberg REST catalog (lake.catalog; token and credentials in [lake.rest]).
     #[arg(long, value_name = "URI")]
     catalog: Option<String>,
     /// Where new tables' files go: s3://bucket/prefix or a directory (lake.warehouse; S3 settings in [lake.s3]).
@@ -289,8 +289,8 @@ struct ProcessArgs {
     /// Stop after this long (e.g. 30s, 5m); default: run until Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Exit once no message has arrived for this long and everything is committed
-    /// (catch up, then stop).
+    /// Exit once no message has arrived for this long, every assigned partition is read
+    /// to the end of the topic and everything is committed (catch up, then stop).
     #[arg(long, value_parser = humantime::parse_duration)]
     exit_when_idle: Option<Duration>,
     /// Seconds between status lines.
@@ -367,14 +367,21 @@ enum BenchScenario {
     Lake {
         #[command(flatten)]
         common: Common,
-        /// Simulated telemetry to stream (at full speed).
+        /// Simulated telemetry to stream.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         sim_duration: Duration,
-        /// Commits to spread it over (720 = an hour at one commit every 5 s).
-        #[arg(long, default_value = "720")]
-        commits: u64,
-        /// Run maintenance this often while streaming ("0s" = not at all).
+        /// Times real time: every interval below is simulated time, so 12 streams an
+        /// hour in five minutes with the commits and maintenance rounds an hour would
+        /// see. 0 = as fast as possible (commits still every --commit-every of
+        /// simulated data; maintenance every --maintenance of wall time).
+        #[arg(long, default_value = "12")]
+        speed: f64,
+        /// One lake commit per this much simulated time.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        commit_every: Duration,
+        /// A maintenance round per this much simulated time ("0s" = none); snapshots
+        /// expire after lake.maintenance.expire-after, also in simulated time.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         maintenance: Duration,
         /// Runs of each query; the median is printed.
         #[arg(long, default_value = "5")]
@@ -851,15 +858,19 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
         BenchScenario::Lake {
             common,
             sim_duration,
-            commits,
+            speed,
+            commit_every,
             maintenance,
             runs,
         } => {
             let config = common.lake.apply(Config::load(common.config.as_deref())?);
             config.validate()?;
+            anyhow::ensure!(speed >= 0.0 && speed.is_finite(), "--speed {speed}: give a factor of real time, or 0 for as fast as possible");
+            anyhow::ensure!(!commit_every.is_zero(), "--commit-every 0s: give the simulated time between commits, e.g. 5s");
             let opts = bench::LakeBench {
                 sim_duration,
-                commits,
+                speed,
+                commit_every,
                 maintenance: (!maintenance.is_zero()).then_some(maintenance),
                 runs,
             };

@@ -296,18 +296,27 @@ pub(crate) fn spawn_maintenance(lake: &Lake, config: &Config, cancel: &Cancellat
                     () = thread_stop.cancelled() => return,
                     () = tokio::time::sleep(m.interval) => {}
                 }
-                let started = Instant::now();
+                let round = async {
+                    let tables = match lake.table_idents().await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lake maintenance cannot list the tables; trying again in {}", humantime::format_duration(m.interval));
+                            return;
+                        }
+                    };
+                    // Each table's outcome as soon as it is done: a round over a big
+                    // lake takes a while.
+                    for ident in tables {
+                        let started = Instant::now();
+                        if let Some(line) = lake.maintain_table(&ident, &m).await {
+                            tracing::info!(took_ms = started.elapsed().as_millis() as u64, "lake maintenance: {ident}: {line}");
+                        }
+                    }
+                };
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = thread_stop.cancelled() => return,
-                    done = lake.maintain(&m) => match done {
-                        Ok(lines) => {
-                            for line in &lines {
-                                tracing::info!(took_ms = started.elapsed().as_millis() as u64, "lake maintenance: {line}");
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "lake maintenance failed; trying again in {}", humantime::format_duration(m.interval)),
-                    },
+                    () = round => {}
                 }
             }
         });

@@ -30,7 +30,8 @@ use crate::pipeline::{
 /// How `pitwall process` runs.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessOptions {
-    /// Exit once no message has arrived for this long and everything is committed.
+    /// Exit once no message has arrived for this long, every partition is read to the
+    /// end of the topic and everything is committed.
     pub exit_when_idle: Option<Duration>,
 }
 
@@ -116,6 +117,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     let mut failures = 0u32;
     let mut recv_errors = 0u32;
     let mut last_stall_check = Instant::now();
+    let mut last_end_check = Instant::now();
 
     let result: anyhow::Result<()> = async {
         // One receive stays pending across timer ticks: dropping it could lose the
@@ -238,8 +240,10 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 && unflushed == 0
                 && writer.buffered() == 0
                 && parts.values().all(|p| p.seek.is_none())
+                && std::mem::replace(&mut last_end_check, Instant::now()).elapsed() >= Duration::from_secs(1)
+                && caught_up(&consumer, &parts)
             {
-                tracing::info!("no message for {idle:?} and everything committed; exiting");
+                tracing::info!("no message for {idle:?}, every partition read to its end and everything committed; exiting");
                 break;
             }
         }
@@ -316,6 +320,9 @@ fn recover_gap(consumer: &KafkaConsumer, part: &mut Part, partition: u32, got: i
     false
 }
 
+/// The furthest a stalled partition's reading is moved back before the offset it needs.
+const MAX_SEEK_BACK: i64 = 1 << 16;
+
 /// Seeks `part` back to its next offset, or further before it if a seek was already
 /// tried (librdkafka drops what was fetched before a seek, so the first message after
 /// one tells whether it reached far enough).
@@ -324,7 +331,9 @@ fn seek_back(consumer: &KafkaConsumer, part: &mut Part, partition: u32, earliest
     let topic = part.processor.topic().to_owned();
     let before = match part.seek {
         None => 0,
-        Some(s) => (s.before * 8).max(64),
+        // Record batches hold at most a few thousand records, so going back further
+        // than this never helps; it only rereads the partition from its start.
+        Some(s) => (s.before * 8).clamp(64, MAX_SEEK_BACK),
     };
     let to = (want - before).max(earliest);
     tracing::info!(partition, want, seek_to = to, "reading is not at the offset needed next ({why}); seeking back");
@@ -335,6 +344,27 @@ fn seek_back(consumer: &KafkaConsumer, part: &mut Part, partition: u32, earliest
         at: Instant::now(),
         before: want - to,
     });
+}
+
+/// Whether every assigned partition has been read to the topic's end. A quiet spell is
+/// not enough to call the work done: a fetch can come back empty for a while (a broker
+/// answering from inside a record batch, or an overloaded machine) with offsets still
+/// to read, and a watermark query that fails counts as not caught up.
+fn caught_up(consumer: &KafkaConsumer, parts: &HashMap<u32, Part>) -> bool {
+    parts.iter().all(|(partition, part)| {
+        let topic = part.processor.topic();
+        match tokio::task::block_in_place(|| consumer.offset_range(topic, *partition)) {
+            Ok((_, high)) if high > part.next => {
+                tracing::debug!(partition, next = part.next, high, "quiet, but not at the end of the partition yet");
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(partition, error = %e, "cannot tell whether the partition is read to its end");
+                false
+            }
+        }
+    })
 }
 
 /// Partitions that have made no progress for a while although the topic holds offsets

@@ -153,7 +153,7 @@ async fn lake_maintenance_on_a_schedule_and_by_hand_keeps_every_row() {
 fn the_lake_bench_prints_its_figures() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["bench", "lake", "--sim-duration", "30s", "--commits", "20", "--maintenance", "1s", "--runs", "1", "--data-dir"])
+        .args(["bench", "lake", "--sim-duration", "30s", "--speed", "10", "--commit-every", "1s", "--maintenance", "10s", "--runs", "1", "--data-dir"])
         .arg(dir.path().join("lake"))
         .current_dir(dir.path())
         .output()

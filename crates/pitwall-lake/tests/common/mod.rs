@@ -24,7 +24,8 @@ pub fn raw_at(partition: i32, offsets: std::ops::Range<i64>, base: i64) -> Outpu
                     partition,
                     offset,
                 },
-                key: Some(format!("k{partition}")),
+                // Three sources a partition, interleaved as a bus interleaves them.
+                key: Some(format!("k{partition}-{}", offset % 3)),
                 ingest_time: base + offset,
                 payload: format!("{{\"p\":{partition},\"o\":{offset}}}").into_bytes().into(),
             })
@@ -57,12 +58,15 @@ pub struct Place {
     pub config: LakeConfig,
     pub dir: tempfile::TempDir,
     pub services: Option<(pitwall_testkit::Postgres, pitwall_testkit::Garage)>,
+    /// The REST catalog and, when its warehouse is on S3, the S3 server (dropped after
+    /// the catalog).
+    pub rest: Option<(pitwall_testkit::Rustberg, Option<pitwall_testkit::Garage>)>,
 }
 
 /// The embedded lake: SQLite catalog, local warehouse.
 pub fn local() -> Place {
     let dir = tempfile::tempdir().unwrap();
-    Place { config: LakeConfig::test_config(dir.path()), dir, services: None }
+    Place { config: LakeConfig::test_config(dir.path()), dir, services: None, rest: None }
 }
 
 /// The shared lake: the SQL catalog on PostgreSQL, the warehouse on garage over S3.
@@ -73,17 +77,39 @@ pub fn shared() -> Place {
     let config = LakeConfig {
         catalog: pg.database("catalog"),
         warehouse: format!("s3://{}/warehouse", s3.bucket),
-        s3: pitwall_lake::S3Config {
-            endpoint: s3.endpoint.clone(),
-            region: s3.region.clone(),
-            path_style: true,
-            access_key_id: s3.access_key_id.clone(),
-            secret_access_key: s3.secret_access_key.clone(),
-            ..Default::default()
-        },
+        s3: s3_config(&s3),
         ..LakeConfig::test_config(dir.path())
     };
-    Place { config, dir, services: Some((pg, s3)) }
+    Place { config, dir, services: Some((pg, s3)), rest: None }
+}
+
+fn s3_config(s3: &pitwall_testkit::Garage) -> pitwall_lake::S3Config {
+    pitwall_lake::S3Config {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        path_style: true,
+        access_key_id: s3.access_key_id.clone(),
+        secret_access_key: s3.secret_access_key.clone(),
+        ..Default::default()
+    }
+}
+
+/// A lake behind an Iceberg REST catalog (rustberg, an API key required): with its
+/// warehouse in a local directory, or on garage over S3.
+pub fn rest(on_s3: bool) -> Place {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = on_s3.then(pitwall_testkit::Garage::start);
+    let server = match &s3 {
+        Some(g) => pitwall_testkit::Rustberg::start_on(g),
+        None => pitwall_testkit::Rustberg::start(),
+    };
+    let config = LakeConfig {
+        catalog: server.uri.clone(),
+        rest: pitwall_lake::RestConfig { token: server.token.clone(), ..Default::default() },
+        s3: s3.as_ref().map(s3_config).unwrap_or_default(),
+        ..LakeConfig::test_config(dir.path())
+    };
+    Place { config, dir, services: None, rest: Some((server, s3)) }
 }
 
 pub async fn raw_offsets(lake: &Lake) -> BTreeMap<String, i64> {
