@@ -2,7 +2,7 @@
 # Installs everything the tests need on a fresh machine and runs every test:
 # cargo-nextest; the Kafka-API broker tansu (built once from crates.io, ~25 CPU-minutes,
 # then cached; the tests start their own brokers on 127.0.0.1); the S3 server garage
-# (likewise, ~20 CPU-minutes); the Iceberg REST catalog rustberg (likewise); in a cached virtualenv, PyIceberg (the independent reader
+# (likewise, ~20 CPU-minutes); the Iceberg REST catalog rustberg (likewise, ~23 CPU-minutes); in a cached virtualenv, PyIceberg (the independent reader
 # of our tables), DuckDB (reads our Parquet files) and kafka-python (the independent
 # reader of our topics); Debian's chromium, prometheus and postgresql (the browser
 # tests, the scrape test and the catalog tests start their own, on loopback); and the
@@ -44,7 +44,7 @@ fi
 RUSTBERG_VERSION=0.3.0
 export PITWALL_RUSTBERG="$CACHE/rustberg/bin/rustberg"
 if ! "$PITWALL_RUSTBERG" --version 2>/dev/null | grep -qx "rustberg $RUSTBERG_VERSION"; then
-  echo "building the Iceberg REST catalog rustberg $RUSTBERG_VERSION into $CACHE/rustberg (once; about 20 CPU-minutes)" >&2
+  echo "building the Iceberg REST catalog rustberg $RUSTBERG_VERSION into $CACHE/rustberg (once; about 23 CPU-minutes)" >&2
   CARGO_TARGET_DIR="$CACHE/rustberg-build" tool_profile cargo install rustberg --version "$RUSTBERG_VERSION" \
     --no-default-features --features cli,storage-s3 --locked --root "$CACHE/rustberg"
   rm -rf "$CACHE/rustberg-build"
