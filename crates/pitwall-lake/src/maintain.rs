@@ -189,7 +189,7 @@ impl Lake {
             let sort_by = crate::tables::sort_columns(ident, &schema);
             let spec = metadata.default_partition_spec().as_ref().clone();
             let builder = DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
-                ParquetWriterBuilder::new(crate::writer::compaction_properties(), Arc::clone(&schema)),
+                ParquetWriterBuilder::new(crate::writer::for_schema(crate::writer::compaction_properties(), &schema), Arc::clone(&schema)),
                 usize::try_from(target_size).unwrap_or(usize::MAX),
                 table.file_io().clone(),
                 DefaultLocationGenerator::new(metadata)?,

@@ -745,7 +745,7 @@ impl Committer<'_> {
             by_day.entry(r.partition_time().div_euclid(DAY_NS)).or_default().push(r);
         }
         let builder = DataFileWriterBuilder::new(RollingFileWriterBuilder::new_with_default_file_size(
-            ParquetWriterBuilder::new(self.props.clone(), Arc::clone(&schema)),
+            ParquetWriterBuilder::new(for_schema(self.props.clone(), &schema), Arc::clone(&schema)),
             table.file_io().clone(),
             DefaultLocationGenerator::new(metadata)?,
             DefaultFileNameGenerator::new(uuid::Uuid::new_v4().to_string(), None, DataFileFormat::Parquet),
@@ -839,6 +839,27 @@ impl Lake {
 /// How pitwall writes Parquet: zstd at its default level.
 pub(crate) fn parquet_properties() -> WriterProperties {
     WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build()
+}
+
+/// `props` for the columns of `schema`: integer and timestamp columns (times, offsets,
+/// counts, window bounds) delta-encoded instead of through a dictionary. Rows of one
+/// series lie together, so their times and offsets step by nearly the same amount each
+/// row and pack into a few bits: a third less for raw.events' offsets and ingest times,
+/// a fifth less for metrics.windows and clean.car (measured on the simulator's data).
+pub(crate) fn for_schema(props: WriterProperties, schema: &iceberg::spec::Schema) -> WriterProperties {
+    use iceberg::spec::{PrimitiveType as P, Type};
+    let mut b = props.into_builder();
+    for f in schema.as_struct().fields() {
+        if let Type::Primitive(P::Int | P::Long | P::Date | P::Timestamp | P::Timestamptz | P::TimestampNs | P::TimestamptzNs) =
+            f.field_type.as_ref()
+        {
+            let col = parquet::schema::types::ColumnPath::from(f.name.as_str());
+            b = b
+                .set_column_dictionary_enabled(col.clone(), false)
+                .set_column_encoding(col, parquet::basic::Encoding::DELTA_BINARY_PACKED);
+        }
+    }
+    b.build()
 }
 
 /// How compaction writes Parquet: the files it writes are read for a long time and
