@@ -251,37 +251,17 @@ async fn pyiceberg_and_duckdb_read_the_lake_on_postgresql_and_s3() {
     let mut cfg = config(dir.path(), 0.4, 10.0);
     cfg.lake.catalog = pg.database("lake");
     cfg.lake.warehouse = format!("s3://{}/warehouse", s3.bucket);
-    cfg.lake.s3 = pitwall_lake::S3Config {
-        endpoint: s3.endpoint.clone(),
-        region: s3.region.clone(),
-        path_style: true,
-        access_key_id: s3.access_key_id.clone(),
-        secret_access_key: s3.secret_access_key.clone(),
-        ..Default::default()
-    };
+    cfg.lake.s3 = s3_config(&s3);
     let summary = run(cfg.clone(), 3).await;
     assert!(!dir.path().join("warehouse").exists() && !dir.path().join("catalog.db").exists(), "nothing local");
     let lake = Lake::open(cfg.lake).await.unwrap();
     assert!(lake.warehouse().starts_with("s3://pitwall/warehouse"));
-    // Maintenance first (compaction, expiry of every older snapshot, orphan cleaning):
-    // the independent readers must see the same rows in the rewritten tables.
-    let maintenance = pitwall_lake::MaintenanceConfig {
-        expire_after: Duration::ZERO,
-        orphan_age: Duration::ZERO,
-        ..Default::default()
-    };
-    let done = lake.maintain(&maintenance).await.unwrap();
-    assert!(done.iter().any(|l| l.starts_with("raw.events: compacted")), "{done:?}");
-    assert!(done.iter().any(|l| l.contains("expired")), "{done:?}");
-    let catalog = serde_json::json!({
+    maintain_everything(&lake).await;
+    let mut catalog = serde_json::json!({
         "uri": pg.url("lake").replace("postgres://", "postgresql+psycopg2://"),
         "warehouse": lake.warehouse(),
-        "s3.endpoint": s3.endpoint,
-        "s3.region": s3.region,
-        "s3.access-key-id": s3.access_key_id,
-        "s3.secret-access-key": s3.secret_access_key,
-        "s3.force-virtual-addressing": "false",
     });
+    add_s3_properties(&mut catalog, &s3);
     independent_readers_agree(&lake, summary.produced, dir.path(), catalog).await;
 }
 
@@ -296,19 +276,51 @@ async fn pyiceberg_and_duckdb_read_the_lake_through_a_rest_catalog() {
     let mut cfg = config(dir.path(), 0.4, 10.0);
     cfg.lake.catalog = server.uri.clone();
     cfg.lake.rest.token = server.token.clone();
-    cfg.lake.s3 = pitwall_lake::S3Config {
+    cfg.lake.s3 = s3_config(&s3);
+    let summary = run(cfg.clone(), 3).await;
+    assert!(!dir.path().join("warehouse").exists() && !dir.path().join("catalog.db").exists(), "nothing local");
+    let lake = Lake::open(cfg.lake).await.unwrap();
+    let raw = lake.table(&pitwall_lake::Fixed::Raw.ident()).await.unwrap();
+    assert!(raw.metadata().location().starts_with(&server.warehouse), "{}", raw.metadata().location());
+    maintain_everything(&lake).await;
+    let mut catalog = serde_json::json!({
+        "type": "rest",
+        "uri": server.uri,
+        "token": server.token,
+    });
+    add_s3_properties(&mut catalog, &s3);
+    independent_readers_agree(&lake, summary.produced, dir.path(), catalog).await;
+}
+
+/// The lake's S3 settings for the test's garage server.
+fn s3_config(s3: &pitwall_testkit::Garage) -> pitwall_lake::S3Config {
+    pitwall_lake::S3Config {
         endpoint: s3.endpoint.clone(),
         region: s3.region.clone(),
         path_style: true,
         access_key_id: s3.access_key_id.clone(),
         secret_access_key: s3.secret_access_key.clone(),
         ..Default::default()
-    };
-    let summary = run(cfg.clone(), 3).await;
-    assert!(!dir.path().join("warehouse").exists() && !dir.path().join("catalog.db").exists(), "nothing local");
-    let lake = Lake::open(cfg.lake).await.unwrap();
-    let raw = lake.table(&pitwall_lake::Fixed::Raw.ident()).await.unwrap();
-    assert!(raw.metadata().location().starts_with(&server.warehouse), "{}", raw.metadata().location());
+    }
+}
+
+/// PyIceberg's properties for reading from the test's garage server, added to `catalog`.
+fn add_s3_properties(catalog: &mut Value, s3: &pitwall_testkit::Garage) {
+    let props = serde_json::json!({
+        "s3.endpoint": s3.endpoint,
+        "s3.region": s3.region,
+        "s3.access-key-id": s3.access_key_id,
+        "s3.secret-access-key": s3.secret_access_key,
+        "s3.force-virtual-addressing": "false",
+    });
+    for (k, v) in props.as_object().unwrap() {
+        catalog[k] = v.clone();
+    }
+}
+
+/// Maintenance first (compaction, expiry of every older snapshot, orphan cleaning): the
+/// independent readers must see the same rows in the rewritten tables.
+async fn maintain_everything(lake: &Lake) {
     let maintenance = pitwall_lake::MaintenanceConfig {
         expire_after: Duration::ZERO,
         orphan_age: Duration::ZERO,
@@ -317,17 +329,6 @@ async fn pyiceberg_and_duckdb_read_the_lake_through_a_rest_catalog() {
     let done = lake.maintain(&maintenance).await.unwrap();
     assert!(done.iter().any(|l| l.starts_with("raw.events: compacted")), "{done:?}");
     assert!(done.iter().any(|l| l.contains("expired")), "{done:?}");
-    let catalog = serde_json::json!({
-        "type": "rest",
-        "uri": server.uri,
-        "token": server.token,
-        "s3.endpoint": s3.endpoint,
-        "s3.region": s3.region,
-        "s3.access-key-id": s3.access_key_id,
-        "s3.secret-access-key": s3.secret_access_key,
-        "s3.force-virtual-addressing": "false",
-    });
-    independent_readers_agree(&lake, summary.produced, dir.path(), catalog).await;
 }
 
 /// Runs tests/pyiceberg_check.py against what DataFusion reads from `lake`.
