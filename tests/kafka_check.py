@@ -36,6 +36,9 @@ def main():
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
         got = 0
+        per_partition = {tp.partition: 0 for tp in tps}
+        seen = {tp.partition: set() for tp in tps}
+        repeated = {tp.partition: 0 for tp in tps}
         done = {tp: ends[tp] == 0 for tp in tps}
         while not all(done.values()):
             batch = consumer.poll(timeout_ms=5000, max_records=5000)
@@ -45,6 +48,10 @@ def main():
             for tp, records in batch.items():
                 for r in records:
                     got += 1
+                    per_partition[tp.partition] += 1
+                    if r.offset in seen[tp.partition]:
+                        repeated[tp.partition] += 1
+                    seen[tp.partition].add(r.offset)
                     value = json.loads(r.value)
                     if not topic.endswith(".dlq"):
                         sid = source_id(topic, value)
@@ -56,11 +63,15 @@ def main():
                         problems.append(f"{topic}: DLQ record without reason or origin: {value}")
                     if r.offset + 1 >= ends[tp]:
                         done[tp] = True
-        consumer.close()
         if got != want:
-            problems.append(f"{topic}: {got} messages, the lake has {want} rows")
+            begins = consumer.beginning_offsets(tps)
+            spans = {tp.partition: (begins[tp], ends[tp]) for tp in tps}
+            problems.append(f"{topic}: {got} messages, the lake has {want} rows "
+                            f"(read per partition {per_partition}, offsets [begin, end) {spans}, "
+                            f"offsets read more than once {repeated})")
         else:
             print(f"{topic}: {got} messages, keys and partitions as murmur2 places them")
+        consumer.close()
     if problems:
         print("\n".join(problems[:20]))
         sys.exit(1)

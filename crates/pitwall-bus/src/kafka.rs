@@ -448,7 +448,12 @@ impl KafkaPublisher {
     /// Waits until at most `n` messages are unacknowledged; then reports the first
     /// delivery that failed since the last report, if any. While the brokers are away,
     /// librdkafka retries within its delivery timeout, and this waits.
+    /// A wait that lasts (a broker away or frozen) is logged every 5 s with what is
+    /// still unacknowledged.
     pub async fn delivered_down_to(&self, n: usize) -> Result<()> {
+        const PATIENCE: Duration = Duration::from_secs(5);
+        let started = std::time::Instant::now();
+        let mut next_word = PATIENCE;
         loop {
             let changed = self.deliveries.changed.notified();
             tokio::pin!(changed);
@@ -456,7 +461,17 @@ impl KafkaPublisher {
             if self.in_flight() <= n {
                 break;
             }
-            changed.await;
+            let waited = started.elapsed();
+            if waited >= next_word {
+                tracing::warn!(
+                    unacknowledged = self.in_flight(),
+                    waited_s = waited.as_secs(),
+                    brokers = %self.brokers,
+                    "waiting for the brokers to acknowledge what was sent; librdkafka keeps retrying"
+                );
+                next_word += PATIENCE;
+            }
+            let _ = tokio::time::timeout(next_word.saturating_sub(waited), changed).await;
         }
         let failed = self.deliveries.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         match failed {
