@@ -15,8 +15,9 @@ use arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
-use iceberg_datafusion::IcebergCatalogProvider;
 use pitwall_lake::Lake;
+
+mod scan;
 
 /// Query errors.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +87,7 @@ impl std::fmt::Debug for Query {
 impl Query {
     /// A session whose default catalog is the lake (loaded as it is now).
     pub async fn new(lake: &Lake) -> Result<Self> {
-        let provider = IcebergCatalogProvider::try_new(lake.catalog()).await?;
+        let provider = scan::LakeCatalog::try_new(lake.catalog()).await?;
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(pitwall_lake::CATALOG_NAME, "clean")
             .with_information_schema(true);

@@ -1,0 +1,302 @@
+//! The lake's tables as DataFusion tables that are read on every core.
+//!
+//! `iceberg-datafusion`'s table scan is one stream: however many data files a table
+//! has, one core decodes them all, and a table that streaming commits left in many
+//! small files reads slower than the same rows in one file. Here a scan plans its
+//! files when the query is planned and spreads them over DataFusion's target
+//! partitions (one per core by default), balanced by bytes; each partition reads its
+//! share with iceberg's own Arrow reader (which applies schema evolution, the pushed
+//! down predicate and row-group pruning), so the aggregate above runs in parallel.
+//!
+//! A table is loaded when a query names it, so the rows a query reads and the schema it
+//! was planned with come from one snapshot.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, Session};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use futures::{StreamExt, TryStreamExt};
+use iceberg::arrow::{ArrowReaderBuilder, schema_to_arrow_schema};
+use iceberg::io::FileIO;
+use iceberg::Runtime;
+use iceberg::scan::FileScanTask;
+use iceberg::table::Table;
+use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
+
+/// Files each partition opens at once: overlaps one file's footer read with another's
+/// decoding (and, on object stores, their round trips).
+const FILES_AT_ONCE: usize = 4;
+
+fn df_error(e: iceberg::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// The lake's catalog: one schema per namespace (`raw`, `clean`, `metrics`, …).
+#[derive(Debug)]
+pub(crate) struct LakeCatalog {
+    schemas: HashMap<String, Arc<LakeSchema>>,
+}
+
+impl LakeCatalog {
+    /// Lists the namespaces and their tables (tables are loaded when a query names them).
+    pub(crate) async fn try_new(catalog: Arc<dyn Catalog>) -> iceberg::Result<Self> {
+        let mut schemas = HashMap::new();
+        for name in catalog.list_namespaces(None).await?.iter().flat_map(|ns| ns.as_ref().clone()) {
+            let namespace = NamespaceIdent::new(name.clone());
+            let tables = catalog.list_tables(&namespace).await?.into_iter().map(|t| t.name().to_owned()).collect();
+            schemas.insert(
+                name,
+                Arc::new(LakeSchema {
+                    catalog: Arc::clone(&catalog),
+                    namespace,
+                    tables,
+                }),
+            );
+        }
+        Ok(LakeCatalog { schemas })
+    }
+}
+
+impl CatalogProvider for LakeCatalog {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.schemas.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.schemas.get(name).map(|s| Arc::clone(s) as Arc<dyn SchemaProvider>)
+    }
+}
+
+/// One namespace's tables.
+#[derive(Debug)]
+struct LakeSchema {
+    catalog: Arc<dyn Catalog>,
+    namespace: NamespaceIdent,
+    tables: Vec<String>,
+}
+
+#[async_trait]
+impl SchemaProvider for LakeSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.tables.clone()
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        if !self.table_exist(name) {
+            return Ok(None);
+        }
+        let ident = TableIdent::new(self.namespace.clone(), name.to_owned());
+        let table = self.catalog.load_table(&ident).await.map_err(df_error)?;
+        Ok(Some(Arc::new(LakeTable::new(table).map_err(df_error)?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.iter().any(|t| t == name)
+    }
+}
+
+/// One table as loaded when the query was planned.
+#[derive(Debug)]
+struct LakeTable {
+    table: Table,
+    schema: SchemaRef,
+}
+
+impl LakeTable {
+    fn new(table: Table) -> iceberg::Result<Self> {
+        let schema = Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?);
+        Ok(LakeTable { table, schema })
+    }
+}
+
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => Arc::clone(&self.schema),
+        };
+        let mut builder = self.table.scan();
+        builder = match projection {
+            Some(_) => builder.select(schema.fields().iter().map(|f| f.name().clone())),
+            None => builder.select_all(),
+        };
+        if let Some(predicate) = convert_filters_to_predicate(filters) {
+            builder = builder.with_filter(predicate);
+        }
+        let tasks: Vec<FileScanTask> = builder.build().map_err(df_error)?.plan_files().await.map_err(df_error)?.try_collect().await.map_err(df_error)?;
+        let groups = spread(tasks, state.config().target_partitions(), |t| t.length);
+        Ok(Arc::new(LakeScan::new(self.table.file_io().clone(), schema, groups, limit)))
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        // Pushed down to prune files and row groups; DataFusion still filters the rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+}
+
+/// Spreads `items` over at most `n` groups of about equal weight (heaviest first, each
+/// to the lightest group so far); no group is empty, but there is always one.
+fn spread<T>(mut items: Vec<T>, n: usize, weight: impl Fn(&T) -> u64) -> Vec<Vec<T>> {
+    let n = n.clamp(1, items.len().max(1));
+    items.sort_by_key(|t| std::cmp::Reverse(weight(t)));
+    let mut groups: Vec<(u64, Vec<T>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    for item in items {
+        let lightest = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
+        lightest.0 += weight(&item);
+        lightest.1.push(item);
+    }
+    groups.into_iter().map(|g| g.1).collect()
+}
+
+/// Reads a table's planned files, a share per partition.
+struct LakeScan {
+    file_io: FileIO,
+    schema: SchemaRef,
+    groups: Vec<Vec<FileScanTask>>,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+}
+
+impl LakeScan {
+    fn new(file_io: FileIO, schema: SchemaRef, groups: Vec<Vec<FileScanTask>>, limit: Option<usize>) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(groups.len()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        LakeScan {
+            file_io,
+            schema,
+            groups,
+            limit,
+            properties,
+        }
+    }
+}
+
+impl fmt::Debug for LakeScan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LakeScan").field("partitions", &self.groups.len()).field("limit", &self.limit).finish()
+    }
+}
+
+impl DisplayAs for LakeScan {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let files: usize = self.groups.iter().map(Vec::len).sum();
+        write!(f, "LakeScan: {files} files in {} partitions, columns [", self.groups.len())?;
+        for (i, field) in self.schema.fields().iter().enumerate() {
+            write!(f, "{}{}", if i > 0 { ", " } else { "" }, field.name())?;
+        }
+        write!(f, "]")?;
+        if let Some(p) = self.groups.iter().flatten().find_map(|t| t.predicate.as_ref()) {
+            write!(f, ", predicate {p}")?;
+        }
+        if let Some(limit) = self.limit {
+            write!(f, ", limit {limit}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for LakeScan {
+    fn name(&self) -> &str {
+        "LakeScan"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn with_new_children(self: Arc<Self>, _: Vec<Arc<dyn ExecutionPlan>>) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, _: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+        let tasks = self.groups.get(partition).cloned().ok_or_else(|| DataFusionError::Internal(format!("LakeScan has no partition {partition}")))?;
+        let runtime = Runtime::try_current().map_err(df_error)?;
+        let reader = ArrowReaderBuilder::new(self.file_io.clone(), runtime).with_data_file_concurrency_limit(FILES_AT_ONCE).build();
+        let batches = reader.read(futures::stream::iter(tasks.into_iter().map(Ok)).boxed()).map_err(df_error)?.stream().map_err(df_error);
+        let stream = match self.limit {
+            None => batches.boxed(),
+            Some(limit) => {
+                let mut remaining = limit;
+                batches
+                    .try_filter_map(move |b| {
+                        let taken = b.num_rows().min(remaining);
+                        remaining -= taken;
+                        futures::future::ready(Ok((taken > 0).then(|| b.slice(0, taken))))
+                    })
+                    .boxed()
+            }
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn files_spread_evenly_by_bytes_and_no_partition_is_empty() {
+        let groups = spread(vec![5u64, 1, 1, 1, 1, 1, 4, 2], 2, |w| *w);
+        assert_eq!(groups.len(), 2);
+        let sums: Vec<u64> = groups.iter().map(|g| g.iter().sum()).collect();
+        assert_eq!(sums, vec![8, 8], "{groups:?}");
+        // Fewer files than cores: one partition per file.
+        assert_eq!(spread(vec![3u64, 9], 8, |w| *w), vec![vec![9], vec![3]]);
+        // No files: one empty partition (the scan still has a schema to return).
+        assert_eq!(spread(Vec::<u64>::new(), 4, |w| *w), vec![Vec::<u64>::new()]);
+    }
+}
