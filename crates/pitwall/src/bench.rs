@@ -1,6 +1,8 @@
-//! `pitwall bench`: figures that print numbers. For now the `http-write` scenario: the
-//! write API under a load generator over loopback, batches of simulated telemetry as
-//! line protocol (Telegraf's influxdb_v2 output sends the same).
+//! `pitwall bench`: figures that print numbers. `http-write`: the write API under a
+//! load generator over loopback, batches of simulated telemetry as line protocol
+//! (Telegraf's influxdb_v2 output sends the same), or the same load against a peer's
+//! endpoint; `lake`: commit latency, scans as streamed against compacted, storage;
+//! `codec`: line protocol and JSON on one core. bench/ has the Kafka path and the peers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,6 +34,10 @@ pub struct HttpWrite {
     pub gzip: bool,
     /// Where points go.
     pub sink: BenchSink,
+    /// Another system's write endpoint to send the same bodies to instead of pitwall's
+    /// (a peer: InfluxDB 1.x's `/write?db=…&precision=ns`), and its process id, whose
+    /// CPU time is then reported.
+    pub target: Option<(String, Option<u32>)>,
 }
 
 struct Discard(AtomicU64);
@@ -45,7 +51,12 @@ impl pitwall_server::Sink for Discard {
 
 /// CPU seconds this process has used (user + system).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_of("self")
+}
+
+/// CPU seconds process `pid` ("self" for this one) has used (user + system).
+fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after ") ".
     let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -80,6 +91,22 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
         bodies.push(bytes::Bytes::from(body));
     }
     let mean_line = raw_bytes as f64 / (bodies.len() * opts.batch) as f64;
+
+    if let Some((url, pid)) = &opts.target {
+        eprintln!(
+            "http-write to {url}: {} connections, {} lines per request ({:.0} bytes per line{}), {:?}",
+            opts.connections,
+            opts.batch,
+            mean_line,
+            if opts.gzip { ", gzip" } else { "" },
+            opts.duration
+        );
+        let peer_cpu = || pid.map(|p| cpu_seconds_of(&p.to_string()));
+        let before = peer_cpu();
+        let load = send_load(opts, Arc::new(bodies), url).await?;
+        let peer = peer_cpu().zip(before).map(|(after, before)| after - before);
+        return print_load(opts, &load, mean_line, peer.map(|c| ("the target's", c)));
+    }
 
     let discard = Arc::new(Discard(AtomicU64::new(0)));
     let sink: Arc<dyn pitwall_server::Sink> = match opts.sink {
@@ -119,14 +146,34 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
         opts.sink,
         opts.duration
     );
+    let load = send_load(opts, Arc::new(bodies), &url).await;
+    stop.cancel();
+    server.await.ok();
+    let load = load?;
+    if opts.sink == BenchSink::Discard {
+        let points = load.latencies.len() * opts.batch;
+        anyhow::ensure!(discard.0.load(Relaxed) as usize == points, "the sink got {} points, not {points}", discard.0.load(Relaxed));
+    }
+    print_load(opts, &load, mean_line, Some(("pitwall's (load generator included)", load.cpu)))
+}
+
+/// What a load run measured.
+struct Load {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    /// CPU seconds of this process during the run.
+    cpu: f64,
+}
+
+/// Posts `bodies` to `url` over `opts.connections` connections for `opts.duration`.
+async fn send_load(opts: &HttpWrite, bodies: Arc<Vec<bytes::Bytes>>, url: &str) -> anyhow::Result<Load> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(opts.connections).build()?;
-    let bodies = Arc::new(bodies);
     let cpu0 = cpu_seconds();
     let started = Instant::now();
     let deadline = started + opts.duration;
     let mut tasks = Vec::new();
     for c in 0..opts.connections {
-        let (client, bodies, url, gzip) = (client.clone(), Arc::clone(&bodies), url.clone(), opts.gzip);
+        let (client, bodies, url, gzip) = (client.clone(), Arc::clone(&bodies), url.to_owned(), opts.gzip);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut i = c;
@@ -136,8 +183,8 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
                     req = req.header("Content-Encoding", "gzip");
                 }
                 let t = Instant::now();
-                let r = req.send().await.context("sending")?;
-                anyhow::ensure!(r.status() == 204, "the write API answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+                let r = req.send().await.with_context(|| format!("sending to {url}"))?;
+                anyhow::ensure!(r.status() == 204, "{url} answered {}: {}", r.status(), r.text().await.unwrap_or_default());
                 latencies.push(t.elapsed());
                 i += stride(c);
             }
@@ -149,22 +196,31 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
         latencies.extend(t.await.context("a load task panicked")??);
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_seconds() - cpu0;
-    stop.cancel();
-    server.await.ok();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or_default();
-    let points = (latencies.len() * opts.batch) as f64;
-    if opts.sink == BenchSink::Discard {
-        anyhow::ensure!(discard.0.load(Relaxed) as f64 == points, "the sink got {} points, not {points}", discard.0.load(Relaxed));
-    }
+    Ok(Load {
+        latencies,
+        elapsed,
+        cpu: cpu_seconds() - cpu0,
+    })
+}
+
+/// Prints a load run's figures; `server_cpu` is the CPU the receiving side used.
+fn print_load(opts: &HttpWrite, load: &Load, mean_line: f64, server_cpu: Option<(&str, f64)>) -> anyhow::Result<()> {
+    let pct = |p: f64| load.latencies.get(((load.latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or_default();
+    let points = (load.latencies.len() * opts.batch) as f64;
+    let secs = load.elapsed.as_secs_f64();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    println!("requests            {}", latencies.len());
-    println!("points/s            {:.0}", points / elapsed.as_secs_f64());
-    println!("MB/s (uncompressed) {:.1}", points * mean_line / elapsed.as_secs_f64() / 1e6);
+    println!("requests            {}", load.latencies.len());
+    println!("points/s            {:.0}", points / secs);
+    println!("MB/s (uncompressed) {:.1}", points * mean_line / secs / 1e6);
     println!("request latency     p50 {:.1} ms, p99 {:.1} ms", pct(0.5).as_secs_f64() * 1e3, pct(0.99).as_secs_f64() * 1e3);
-    println!("CPU                 {cpu:.1} s over {:.1} s wall on {cores} cores (load generator included)", elapsed.as_secs_f64());
-    println!("points per CPU-s    {:.0}", points / cpu.max(1e-9));
+    match server_cpu {
+        Some((whose, cpu)) => {
+            println!("CPU                 {cpu:.1} s {whose} over {secs:.1} s wall on {cores} cores");
+            println!("points per CPU-s    {:.0}", points / cpu.max(1e-9));
+        }
+        None => println!("CPU                 {:.1} s of the load generator over {secs:.1} s wall on {cores} cores", load.cpu),
+    }
     Ok(())
 }
 
@@ -330,6 +386,85 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
     );
     for (table, files, bytes, rows) in &after {
         println!("  {table}: {rows} rows, {files} files, {:.2} MB, {:.1} bytes a row", *bytes as f64 / 1e6, *bytes as f64 / (*rows).max(1) as f64);
+    }
+    Ok(())
+}
+
+/// `pitwall bench codec`: line protocol and JSON, parsed and encoded on one core, over
+/// `points` of the simulators' telemetry; prints the median of `runs` per operation.
+pub fn codec(config: &Config, points: usize, runs: usize) -> anyhow::Result<()> {
+    use pitwall_core::{Precision, json, line_protocol};
+    let mut sim = crate::pipeline::simulators(config, crate::now_ns());
+    let mut batch = Vec::with_capacity(points);
+    while batch.len() < points {
+        use pitwall_sim::Simulator;
+        sim.step(&mut batch);
+    }
+    batch.truncate(points);
+    let text = line_protocol::encode_all(&batch)?;
+    let payloads = batch.iter().map(json::encode).collect::<Result<Vec<_>, _>>()?;
+    let json_bytes: usize = payloads.iter().map(Vec::len).sum();
+    println!(
+        "codec: {points} simulated points ({:.0} bytes a line-protocol line, {:.0} bytes a JSON payload), one core, median of {runs} runs",
+        text.len() as f64 / points as f64,
+        json_bytes as f64 / points as f64
+    );
+    let time = |f: &mut dyn FnMut() -> anyhow::Result<usize>| -> anyhow::Result<f64> {
+        let mut secs = Vec::new();
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            let n = f()?;
+            secs.push(t.elapsed().as_secs_f64());
+            anyhow::ensure!(n == points, "handled {n} points, not {points}");
+        }
+        secs.sort_by(f64::total_cmp);
+        Ok(percentile(&secs, 0.5))
+    };
+    let mut rows = Vec::new();
+    rows.push((
+        "line-protocol parse",
+        time(&mut || {
+            let mut n = 0;
+            for p in line_protocol::parse(&text, Precision::Ns, 0) {
+                std::hint::black_box(p?);
+                n += 1;
+            }
+            Ok(n)
+        })?,
+    ));
+    let mut out = String::with_capacity(text.len());
+    rows.push((
+        "line-protocol encode",
+        time(&mut || {
+            out.clear();
+            for p in &batch {
+                line_protocol::encode(p, &mut out)?;
+            }
+            Ok(batch.len())
+        })?,
+    ));
+    rows.push((
+        "JSON decode",
+        time(&mut || {
+            for p in &payloads {
+                std::hint::black_box(json::decode(p, 0, Precision::Ns)?);
+            }
+            Ok(payloads.len())
+        })?,
+    ));
+    let mut buf = Vec::with_capacity(json_bytes);
+    rows.push((
+        "JSON encode",
+        time(&mut || {
+            buf.clear();
+            for p in &batch {
+                json::encode_into(p, &mut buf)?;
+            }
+            Ok(batch.len())
+        })?,
+    ));
+    for (name, secs) in rows {
+        println!("{name:<22} {:>10.0} lines/s on one core ({:.1} ms for {points})", points as f64 / secs, secs * 1e3);
     }
     Ok(())
 }

@@ -356,7 +356,28 @@ enum BenchScenario {
         /// Kafka bootstrap brokers (overrides kafka.brokers), for --sink kafka.
         #[arg(long)]
         brokers: Option<String>,
+        /// Send the same bodies to another system's write endpoint instead, with the same
+        /// load generator: a peer such as InfluxDB 1.x
+        /// (http://127.0.0.1:8086/write?db=bench&precision=ns). bench/peers.sh runs both.
+        #[arg(long, value_name = "URL")]
+        target: Option<String>,
+        /// The --target server's process id, to report the CPU it used.
+        #[arg(long, value_name = "PID", requires = "target")]
+        target_pid: Option<u32>,
         /// Config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Line protocol and JSON, parsed and encoded on one core: lines/s for each, on the
+    /// simulators' telemetry (criterion has the same in crates/pitwall-core/benches).
+    Codec {
+        /// Points per run.
+        #[arg(long, default_value = "200000")]
+        points: usize,
+        /// Runs of each operation; the median is printed.
+        #[arg(long, default_value = "7")]
+        runs: usize,
+        /// Config file (its simulator settings shape the points).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -838,6 +859,8 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
             gzip,
             sink,
             brokers,
+            target,
+            target_pid,
             config,
         } => {
             let mut config = Config::load(config.as_deref())?;
@@ -852,8 +875,13 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
                 batch,
                 gzip,
                 sink,
+                target: target.map(|t| (t, target_pid)),
             };
             bench::http_write(&config, &opts).await?;
+        }
+        BenchScenario::Codec { points, runs, config } => {
+            anyhow::ensure!(points > 0, "--points must be at least 1");
+            bench::codec(&Config::load(config.as_deref())?, points, runs)?;
         }
         BenchScenario::Lake {
             common,
