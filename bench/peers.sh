@@ -10,6 +10,9 @@
 #   bench/peers.sh http-write [S]   pitwall's write API and InfluxDB's /write under the
 #                                   same load generator for S seconds each (default 10),
 #                                   batches of 5,000 lines; prints both and the ratio
+#   bench/peers.sh query DIR [RUNS] the typical queries of deploy/trino/schema.sql in
+#                                   pitwall bench query and in DuckDB over the same
+#                                   Parquet files of the lake in DIR; ratio per query
 #
 # Needs the release binary (cargo build --release -p pitwall).
 set -euo pipefail
@@ -79,8 +82,22 @@ http_write() {
   awk -v p="$p" -v i="$i" 'BEGIN { printf "http-write ratio pitwall/InfluxDB: %.2fx (%d vs %d points/s)\n", p / i, p, i }'
 }
 
+query() {
+  local data=$1 runs=${2:-5}
+  [ -x "$PITWALL" ] || { echo "no release build at $PITWALL; run: cargo build --release -p pitwall" >&2; exit 1; }
+  WORK="$(mktemp -d)"
+  trap 'rm -rf "$WORK"' EXIT
+  echo "== pitwall query (DataFusion over the Iceberg tables; each run plans through the catalog)"
+  "$PITWALL" bench query --data-dir "$data" --runs "$runs" | tee "$WORK/pitwall.txt"
+  echo "== DuckDB over the same Parquet files (listed once, before timing)"
+  "$VENV/bin/python" bench/duckdb_queries.py "$data" "$runs" | tee "$WORK/duckdb.txt"
+  join <(awk '/^query [0-9]/ {print $2, $3}' "$WORK/pitwall.txt") <(awk '/^query [0-9]/ {print $2, $3}' "$WORK/duckdb.txt") |
+    awk '{ printf "query %s ratio pitwall/DuckDB (time): %.2fx (%.1f vs %.1f ms)\n", $1, $2 / $3, $2, $3 }'
+}
+
 case "${1:-install}" in
   install) install ;;
   http-write) install; shift; http_write "$@" ;;
-  *) echo "usage: bench/peers.sh [install | http-write [SECONDS]]" >&2; exit 2 ;;
+  query) install; shift; [ $# -ge 1 ] || { echo "usage: bench/peers.sh query DATA_DIR [RUNS]" >&2; exit 2; }; query "$@" ;;
+  *) echo "usage: bench/peers.sh [install | http-write [SECONDS] | query DATA_DIR [RUNS]]" >&2; exit 2 ;;
 esac

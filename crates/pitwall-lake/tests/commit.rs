@@ -119,6 +119,40 @@ async fn racing_writers_all_land(place: &Place) {
     assert_eq!(rows as i64, ROUNDS * 17);
 }
 
+/// Each commit writes a metadata file listing every live snapshot; those older than the
+/// metadata log (100 versions) are deleted as commits supersede them, so a table's
+/// metadata stays bounded. Every file the log still names is there, and so are the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_metadata_files_are_deleted_and_the_log_stays_whole() {
+    let place = local();
+    let cfg = &place.config;
+    let mut w = LakeWriter::open(open(cfg).await).await.unwrap();
+    const COMMITS: i64 = 130;
+    for i in 0..COMMITS {
+        feed(&mut w, 0, i..i + 1);
+        w.commit().await.unwrap();
+    }
+    let lake = open(cfg).await;
+    let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
+    let dir = cfg.data_dir.join("warehouse/raw/events/metadata");
+    let metadata_files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".metadata.json"))
+        .collect();
+    let log = table.metadata().metadata_log();
+    assert_eq!(log.len(), 100, "the log keeps write.metadata.previous-versions-max entries");
+    assert_eq!(metadata_files.len(), log.len() + 1, "the log's files and the current one, no more: {metadata_files:?}");
+    for entry in log {
+        let name = entry.metadata_file.rsplit('/').next().unwrap();
+        assert!(metadata_files.iter().any(|f| f == name), "{name} is in the metadata log but was deleted");
+    }
+    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], COMMITS);
+    use futures::TryStreamExt;
+    let batches: Vec<_> = table.scan().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>() as i64, COMMITS);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_cannot_commit_and_a_resumed_writer_can() {
     zombie_is_fenced(&local()).await;

@@ -468,3 +468,34 @@ pub fn codec(config: &Config, points: usize, runs: usize) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// The seeds' typical questions (deploy/trino/schema.sql, also shipped for Trino).
+const SCHEMA_SQL: &str = include_str!("../../../deploy/trino/schema.sql");
+
+/// The queries of schema.sql, comments left out.
+pub fn schema_queries() -> Vec<String> {
+    let text: String = SCHEMA_SQL.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    text.split(';').map(str::trim).filter(|q| !q.is_empty()).map(str::to_owned).collect()
+}
+
+/// `pitwall bench query`: the seeds' typical dashboard queries (schema.sql) on the lake
+/// as it is; prints each one's median time and the rows of the tables it reads.
+pub async fn query(config: &Config, runs: usize) -> anyhow::Result<()> {
+    let lake = pitwall_lake::Lake::open(config.lake.clone()).await?;
+    let tables = table_files_and_bytes(&lake).await?;
+    let rows = |t: &str| tables.iter().find(|x| x.0 == t).map_or(0, |x| x.3);
+    println!(
+        "query: {}; clean.car {} rows, metrics.windows {} rows, anomalies.events {} rows; median of {runs} runs",
+        config.lake.describe(),
+        rows("clean.car"),
+        rows("metrics.windows"),
+        rows("anomalies.events")
+    );
+    anyhow::ensure!(rows("clean.car") > 0, "the lake has no clean.car rows: fill it first (pitwall bench lake --sim-duration 14h --speed 0 streams about 10 million)");
+    for (i, sql) in schema_queries().iter().enumerate() {
+        let first = sql.lines().next().unwrap_or_default();
+        let secs = median_query(&lake, sql, runs).await?;
+        println!("query {} {:>9.1} ms  {first}", i + 1, secs * 1e3);
+    }
+    Ok(())
+}

@@ -381,6 +381,17 @@ enum BenchScenario {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The seeds' typical dashboard queries (deploy/trino/schema.sql) on a lake as it is:
+    /// each one's median time. Fill the lake first (`pitwall bench lake --sim-duration
+    /// 14h --speed 0` leaves about 10 million car rows); bench/peers.sh query runs the
+    /// same SQL in DuckDB over the same Parquet files.
+    Query {
+        #[command(flatten)]
+        common: Common,
+        /// Runs of each query; the median is printed.
+        #[arg(long, default_value = "5")]
+        runs: usize,
+    },
     /// The lake under streaming commits: commit latency, a full-scan aggregate as
     /// streamed against the same on the compacted tables, and lake bytes against the raw
     /// JSON bytes. Point it at an empty lake (--data-dir, or --catalog/--warehouse for
@@ -878,6 +889,11 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
                 target: target.map(|t| (t, target_pid)),
             };
             bench::http_write(&config, &opts).await?;
+        }
+        BenchScenario::Query { common, runs } => {
+            let config = common.lake.apply(Config::load(common.config.as_deref())?);
+            config.validate()?;
+            bench::query(&config, runs).await?;
         }
         BenchScenario::Codec { points, runs, config } => {
             anyhow::ensure!(points > 0, "--points must be at least 1");

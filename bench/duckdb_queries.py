@@ -1,0 +1,49 @@
+"""The peer for `pitwall bench query`: DuckDB running the seeds' typical queries
+(deploy/trino/schema.sql) over the very Parquet files of the lake's current snapshots,
+listed through PyIceberg from pitwall's SQLite catalog.
+
+Usage: duckdb_queries.py DATA_DIR RUNS
+Prints "query N  MS ms  FIRST_LINE" per query (the median of RUNS runs), as pitwall
+bench query does.
+"""
+
+import os
+import statistics
+import sys
+import time
+
+import duckdb
+from pyiceberg.catalog.sql import SqlCatalog
+
+TABLES = ["clean.car", "clean.sensor", "metrics.windows", "anomalies.events"]
+
+
+def main():
+    data_dir, runs = os.path.abspath(sys.argv[1]), int(sys.argv[2])
+    catalog = SqlCatalog("pitwall", uri=f"sqlite:///{data_dir}/catalog.db", warehouse=f"file://{data_dir}/warehouse")
+    con = duckdb.connect()
+    print(f"duckdb {duckdb.__version__}, {con.execute('SELECT current_setting(\'threads\')').fetchone()[0]} threads")
+    for name in TABLES:
+        files = [t.file.file_path.removeprefix("file://") for t in catalog.load_table(name).scan().plan_files()]
+        schema = name.split(".")[0]
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        if files:
+            listed = ", ".join(f"'{f}'" for f in files)
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}], union_by_name = true)")
+    here = os.path.dirname(os.path.abspath(__file__))
+    text = open(os.path.join(here, "..", "deploy", "trino", "schema.sql")).read()
+    sql = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("--"))
+    queries = [q.strip() for q in sql.split(";") if q.strip()]
+    for i, q in enumerate(queries, 1):
+        times = []
+        for _ in range(max(runs, 1)):
+            t = time.perf_counter()
+            rows = con.execute(q).fetchall()
+            times.append(time.perf_counter() - t)
+            if not rows:
+                raise SystemExit(f"query {i} returned nothing")
+        print(f"query {i} {statistics.median(times) * 1e3:>9.1f} ms  {q.splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    main()
