@@ -22,7 +22,8 @@ def main():
     data_dir, runs = os.path.abspath(sys.argv[1]), int(sys.argv[2])
     catalog = SqlCatalog("pitwall", uri=f"sqlite:///{data_dir}/catalog.db", warehouse=f"file://{data_dir}/warehouse")
     con = duckdb.connect()
-    print(f"duckdb {duckdb.__version__}, {con.execute('SELECT current_setting(\'threads\')').fetchone()[0]} threads")
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+    print(f"duckdb {duckdb.__version__}, {threads} threads")
     for name in TABLES:
         files = [t.file.file_path.removeprefix("file://") for t in catalog.load_table(name).scan().plan_files()]
         schema = name.split(".")[0]
