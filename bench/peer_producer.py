@@ -12,6 +12,7 @@ import sys
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 
 def read_all(brokers, topic):
@@ -33,12 +34,16 @@ def read_all(brokers, topic):
             if m.offset() + 1 >= ends[m.partition()]:
                 done.add(m.partition())
     c.close()
-    return messages
+    return messages, len(parts)
 
 
 def main():
     brokers, source, target = sys.argv[1:4]
-    messages = read_all(brokers, source)
+    messages, partitions = read_all(brokers, source)
+    # The target topic as pitwall creates its own: as many partitions as the source.
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for f in admin.create_topics([NewTopic(target, num_partitions=partitions, replication_factor=1)]).values():
+        f.result()
     p = Producer({"bootstrap.servers": brokers, "enable.idempotence": True, "acks": "all",
                   "compression.type": "lz4", "linger.ms": 5, "batch.size": 1000000,
                   "partitioner": "murmur2_random", "queue.buffering.max.messages": 1000000})
