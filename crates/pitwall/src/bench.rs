@@ -93,14 +93,7 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
     let mean_line = raw_bytes as f64 / (bodies.len() * opts.batch) as f64;
 
     if let Some((url, pid)) = &opts.target {
-        eprintln!(
-            "http-write to {url}: {} connections, {} lines per request ({:.0} bytes per line{}), {:?}",
-            opts.connections,
-            opts.batch,
-            mean_line,
-            if opts.gzip { ", gzip" } else { "" },
-            opts.duration
-        );
+        announce(opts, mean_line, &format!("to {url}"));
         let peer_cpu = || pid.map(|p| cpu_seconds_of(&p.to_string()));
         let before = peer_cpu();
         let load = send_load(opts, Arc::new(bodies), url).await?;
@@ -137,15 +130,7 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
         tokio::spawn(bound.run(async move { stop.cancelled().await }))
     };
 
-    eprintln!(
-        "http-write: {} connections, {} lines per request ({:.0} bytes per line{}), sink {:?}, {:?}",
-        opts.connections,
-        opts.batch,
-        mean_line,
-        if opts.gzip { ", gzip" } else { "" },
-        opts.sink,
-        opts.duration
-    );
+    announce(opts, mean_line, &format!("to pitwall, sink {:?}", opts.sink));
     let load = send_load(opts, Arc::new(bodies), &url).await;
     stop.cancel();
     server.await.ok();
@@ -155,6 +140,18 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
         anyhow::ensure!(discard.0.load(Relaxed) as usize == points, "the sink got {} points, not {points}", discard.0.load(Relaxed));
     }
     print_load(opts, &load, mean_line, Some(("pitwall's (load generator included)", load.cpu)))
+}
+
+/// Says what a load run sends, and where.
+fn announce(opts: &HttpWrite, mean_line: f64, to: &str) {
+    eprintln!(
+        "http-write {to}: {} connections, {} lines per request ({:.0} bytes per line{}), {:?}",
+        opts.connections,
+        opts.batch,
+        mean_line,
+        if opts.gzip { ", gzip" } else { "" },
+        opts.duration
+    );
 }
 
 /// What a load run measured.

@@ -218,13 +218,10 @@ async fn pyiceberg_reads_what_pitwall_wrote() {
 /// Every query of deploy/trino/schema.sql run by `pitwall query`, with its rows: the
 /// independent check runs the same SQL in DuckDB over the same files.
 fn schema_queries(data_dir: &Path) -> Value {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/trino/schema.sql");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let without_comments: String = text.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
-    let queries: Vec<&str> = without_comments.split(';').map(str::trim).filter(|q| !q.is_empty()).collect();
+    let queries = pitwall::bench::schema_queries();
     assert_eq!(queries.len(), 6, "schema.sql holds the seeds' six typical queries");
     let mut out = Vec::new();
-    for sql in queries {
+    for sql in &queries {
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_pitwall"))
             .args(["query", "--format", "json", "--data-dir"])
             .arg(data_dir)
