@@ -392,10 +392,68 @@ enum BenchScenario {
         #[arg(long, default_value = "5")]
         runs: usize,
     },
+    /// The simulators into the raw topic on Kafka at full speed, the producer of `pitwall
+    /// ingest` (idempotent, acks=all, kafka.compression): events/s and events per
+    /// CPU-second. Each run writes a topic of its own. bench/kafka.sh runs the
+    /// confluent-kafka producer on the same messages as the peer.
+    IngestKafka {
+        /// Kafka bootstrap brokers (overrides kafka.brokers).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Simulated telemetry to send (the default config makes 220 events a second of it).
+        #[arg(long, default_value = "2000s", value_parser = humantime::parse_duration)]
+        sim_duration: Duration,
+        /// Runs; the median is printed.
+        #[arg(long, default_value = "3")]
+        runs: usize,
+        /// Config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Raw telemetry to the lake with the configured windows and rules, as fast as it
+    /// goes: in-process (the embedded pipeline of `pitwall up`), or with --brokers from
+    /// Kafka (the raw topic is filled first, then `pitwall process` reads it to the end).
+    /// Prints events/s and events per CPU-second of the processing alone.
+    Process {
+        #[command(flatten)]
+        common: Common,
+        /// Read the raw topic from Kafka at these brokers instead of the in-process bus.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Simulated telemetry to process.
+        #[arg(long, default_value = "2000s", value_parser = humantime::parse_duration)]
+        sim_duration: Duration,
+        /// Runs; the median is printed.
+        #[arg(long, default_value = "3")]
+        runs: usize,
+    },
+    /// Event to anomaly at a fixed rate: probes (car points over the engine_overheat
+    /// limit) ride along with simulated telemetry, and the time to their anomaly is taken
+    /// on the anomalies topic and on the live feed (SSE over loopback): p50, p99, p99.9.
+    Latency {
+        #[command(flatten)]
+        fixed: FixedRateArgs,
+        /// Probes per second (each from a new source).
+        #[arg(long, default_value = "200")]
+        probes: f64,
+    },
+    /// Event to visible in `pitwall query`: probes ride along with simulated telemetry at
+    /// a fixed rate while a query for them runs every --poll.
+    Freshness {
+        #[command(flatten)]
+        fixed: FixedRateArgs,
+        /// Probes per second.
+        #[arg(long, default_value = "2")]
+        probes: f64,
+        /// Time between queries.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        poll: Duration,
+    },
     /// The lake under streaming commits: commit latency, a full-scan aggregate as
     /// streamed against the same on the compacted tables, and lake bytes against the raw
     /// JSON bytes. Point it at an empty lake (--data-dir, or --catalog/--warehouse for
     /// PostgreSQL and S3).
+    #[command(alias = "storage")]
     Lake {
         #[command(flatten)]
         common: Common,
@@ -419,6 +477,52 @@ enum BenchScenario {
         #[arg(long, default_value = "5")]
         runs: usize,
     },
+}
+
+/// The load of `pitwall bench latency` and `freshness`.
+#[derive(Debug, Args)]
+struct FixedRateArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Go through Kafka at these brokers (ingest and process as separate stages) instead
+    /// of the in-process bus.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Events per second.
+    #[arg(long, default_value = "10000")]
+    rate: f64,
+    /// Measured time.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time first, for the consumer groups to settle (default 5s, 10s with --brokers).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    warmup: Option<Duration>,
+}
+
+impl FixedRateArgs {
+    fn settings(self, probes: f64) -> anyhow::Result<(Config, bench::FixedRate)> {
+        let lake_given = self.common.lake.data_dir.is_some() || self.common.lake.catalog.is_some();
+        let config = self.common.lake.apply(Config::load(self.common.config.as_deref())?);
+        config.validate()?;
+        anyhow::ensure!(self.rate >= 1.0 && self.rate.is_finite(), "--rate {}: give events per second, at least 1", self.rate);
+        anyhow::ensure!(probes > 0.0 && probes <= self.rate, "--probes {probes}: give probes per second, more than 0 and at most --rate");
+        let transport = match self.brokers {
+            Some(b) => bench::Transport::Kafka(b),
+            None => bench::Transport::InProcess,
+        };
+        let warmup = self.warmup.unwrap_or(Duration::from_secs(if matches!(transport, bench::Transport::Kafka(_)) { 10 } else { 5 }));
+        Ok((
+            config,
+            bench::FixedRate {
+                rate: self.rate,
+                duration: self.duration,
+                warmup,
+                probe_every: Duration::from_secs_f64(1.0 / probes),
+                transport,
+                lake_given,
+            },
+        ))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -659,6 +763,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         start_time: now_ns(),
         sim_duration: None,
         serve: Some(config.server.clone()),
+        hold_open: false,
     };
     if let Some(brokers) = args.brokers {
         config.kafka.brokers = brokers;
@@ -899,6 +1004,46 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(points > 0, "--points must be at least 1");
             bench::codec(&Config::load(config.as_deref())?, points, runs)?;
         }
+        BenchScenario::IngestKafka {
+            brokers,
+            sim_duration,
+            runs,
+            config,
+        } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(b) = brokers {
+                config.kafka.brokers = b;
+            }
+            config.validate()?;
+            let brokers = config.kafka.brokers.clone();
+            bench::ingest_kafka(&config, &brokers, sim_duration, runs).await?;
+        }
+        BenchScenario::Process {
+            common,
+            brokers,
+            sim_duration,
+            runs,
+        } => {
+            let lake_given = common.lake.data_dir.is_some() || common.lake.catalog.is_some();
+            let config = common.lake.apply(Config::load(common.config.as_deref())?);
+            config.validate()?;
+            anyhow::ensure!(runs == 1 || common.lake.catalog.is_none(), "--runs {runs} with --catalog: every run needs an empty lake; give one run per catalog");
+            let opts = bench::ProcessBench {
+                sim_duration,
+                runs,
+                transport: brokers.map_or(bench::Transport::InProcess, bench::Transport::Kafka),
+                lake_given,
+            };
+            bench::process(&config, &opts).await?;
+        }
+        BenchScenario::Latency { fixed, probes } => {
+            let (config, opts) = fixed.settings(probes)?;
+            bench::latency(&config, &opts).await?;
+        }
+        BenchScenario::Freshness { fixed, probes, poll } => {
+            let (config, opts) = fixed.settings(probes)?;
+            bench::freshness(&config, &opts, poll).await?;
+        }
         BenchScenario::Lake {
             common,
             sim_duration,
@@ -1003,6 +1148,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         start_time: now_ns(),
         sim_duration: args.sim_duration,
         serve: None,
+        hold_open: false,
     };
     let mut sim = pipeline::simulators(&config, run.start_time);
     pipeline::produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;

@@ -66,6 +66,9 @@ pub struct SimRun {
     /// Serve the write API too (then the run lasts until cancelled, whatever the
     /// simulators do).
     pub serve: Option<pitwall_server::ServerConfig>,
+    /// Keep the raw topic open until cancelled after the simulators finish: another
+    /// producer (a benchmark's load generator) sends to it.
+    pub hold_open: bool,
 }
 
 /// The write API's way onto the in-process bus: the raw topic's producer, which waits
@@ -450,10 +453,12 @@ pub async fn run_on_bus(
     let mut producer = bus.producer(&topics.raw)?;
     let mut sim = simulators(&config, run.start_time);
     let produced = produce(&config, &run, &mut sim, &mut producer, &cancel, &stats).await;
-    if let Some(server) = server {
-        // Serving: the run lasts until cancelled, then writes in flight finish before
-        // the topic ends.
+    if run.hold_open || server.is_some() {
+        // Serving or fed from outside: the run lasts until cancelled, then writes in
+        // flight finish before the topic ends.
         cancel.cancelled().await;
+    }
+    if let Some(server) = server {
         stop_server.cancel();
         match server.await {
             Ok(Ok(())) => {}

@@ -409,6 +409,7 @@ async fn outputs_go_back_onto_the_bus_for_live_readers() {
             start_time: START,
             sim_duration: Some(Duration::from_secs(120)),
             serve: None,
+            hold_open: false,
         },
         CancellationToken::new(),
         Arc::new(Stats::default()),
@@ -465,7 +466,7 @@ async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
     use pitwall::pipeline::run_embedded;
     const DAY: i64 = 86_400_000_000_000;
     async fn run_at(config: pitwall::config::Config, start: i64) {
-        let run = SimRun { start_time: start, sim_duration: Some(Duration::from_secs(180)), serve: None };
+        let run = SimRun { start_time: start, sim_duration: Some(Duration::from_secs(180)), serve: None, hold_open: false };
         run_embedded(config, run, CancellationToken::new(), Arc::new(Stats::default())).await.expect("pipeline run");
     }
     let dir = tempfile::tempdir().unwrap();

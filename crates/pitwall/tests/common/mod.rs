@@ -123,6 +123,7 @@ pub async fn run(transport: &Transport<'_>, mut config: Config, minutes: u64) ->
         start_time: START,
         sim_duration: Some(Duration::from_secs(minutes * 60)),
         serve: None,
+        hold_open: false,
     };
     match transport {
         Transport::InProcess => run_embedded(config, run, CancellationToken::new(), Arc::new(Stats::default()))

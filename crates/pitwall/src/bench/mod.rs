@@ -12,6 +12,9 @@ use anyhow::Context;
 
 use crate::config::Config;
 
+mod flow;
+pub use flow::{FixedRate, ProcessBench, Transport, freshness, ingest_kafka, latency, process};
+
 /// Where the benchmark's write API puts points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchSink {
@@ -40,6 +43,7 @@ pub struct HttpWrite {
     pub target: Option<(String, Option<u32>)>,
 }
 
+#[derive(Debug, Default)]
 struct Discard(AtomicU64);
 
 impl pitwall_server::Sink for Discard {
@@ -109,37 +113,65 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
             Arc::new(crate::pipeline::KafkaWriteSink::new(&config.kafka, &topics.raw)?)
         }
     };
-    let server_config = pitwall_server::ServerConfig {
-        listen: "127.0.0.1:0".into(),
-        ..config.server.clone()
-    };
-    let services = pitwall_server::Services {
-        sink,
-        processor: Arc::new(config.processor.clone()),
-        stats: Arc::new(pitwall_server::WriteStats::default()),
-        lake: None,
-        live: pitwall_server::LiveHub::default(),
-    };
-    let bound = pitwall_server::Bound::bind(&server_config, pitwall_server::router(&server_config, services))
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let url = format!("http://{}/api/v2/write?precision=ns", bound.local_addr());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let server = {
-        let stop = stop.clone();
-        tokio::spawn(bound.run(async move { stop.cancelled().await }))
-    };
-
+    let server = LocalServer::start(config, sink, pitwall_server::LiveHub::default()).await?;
+    let url = format!("http://{}/api/v2/write?precision=ns", server.addr);
     announce(opts, mean_line, &format!("to pitwall, sink {:?}", opts.sink));
     let load = send_load(opts, Arc::new(bodies), &url).await;
-    stop.cancel();
-    server.await.ok();
+    server.stop().await;
     let load = load?;
     if opts.sink == BenchSink::Discard {
         let points = load.latencies.len() * opts.batch;
         anyhow::ensure!(discard.0.load(Relaxed) as usize == points, "the sink got {} points, not {points}", discard.0.load(Relaxed));
     }
     print_load(opts, &load, mean_line, Some(("pitwall's (load generator included)", load.cpu)))
+}
+
+/// pitwall's HTTP server on a free loopback port, with no lake behind its SQL API.
+struct LocalServer {
+    addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl LocalServer {
+    async fn start(config: &Config, sink: Arc<dyn pitwall_server::Sink>, live: pitwall_server::LiveHub) -> anyhow::Result<Self> {
+        let server_config = pitwall_server::ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            ..config.server.clone()
+        };
+        let services = pitwall_server::Services {
+            sink,
+            processor: Arc::new(config.processor.clone()),
+            stats: Arc::new(pitwall_server::WriteStats::default()),
+            lake: None,
+            live,
+        };
+        let bound = pitwall_server::Bound::bind(&server_config, pitwall_server::router(&server_config, services))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let addr = bound.local_addr();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(bound.run(async move { stop.cancelled().await }))
+        };
+        Ok(LocalServer { addr, stop, task })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.ok();
+    }
+}
+
+/// The peak resident memory of this process so far (VmHWM), e.g. "412 MB".
+pub(crate) fn peak_memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or_else(|| "unknown".to_owned(), |kb| format!("{:.0} MB", kb * 1024.0 / 1e6))
 }
 
 /// Says what a load run sends, and where.
@@ -319,6 +351,7 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
         start_time: crate::now_ns() - i64::try_from(opts.sim_duration.as_nanos()).unwrap_or(0),
         sim_duration: Some(opts.sim_duration),
         serve: None,
+        hold_open: false,
     };
     let started = Instant::now();
     let summary = crate::pipeline::run_embedded(cfg.clone(), run, tokio_util::sync::CancellationToken::new(), Arc::clone(&stats))
@@ -467,7 +500,7 @@ pub fn codec(config: &Config, points: usize, runs: usize) -> anyhow::Result<()> 
 }
 
 /// The seeds' typical questions (deploy/trino/schema.sql, also shipped for Trino).
-const SCHEMA_SQL: &str = include_str!("../../../deploy/trino/schema.sql");
+const SCHEMA_SQL: &str = include_str!("../../../../deploy/trino/schema.sql");
 
 /// The queries of schema.sql, comments left out.
 pub fn schema_queries() -> Vec<String> {
