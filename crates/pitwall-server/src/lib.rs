@@ -217,7 +217,14 @@ impl Bound {
 
     /// Serves until `shutdown` completes; requests in flight finish first.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        use axum::serve::ListenerExt;
+        // No Nagle delay: live-feed events are small writes that must go out at once.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, self.router).with_graceful_shutdown(shutdown).await
     }
 }
 

@@ -406,7 +406,8 @@ pub async fn run_on_bus(
     let processor_config = Arc::new(config.processor.clone());
 
     // Processors hand their outputs to the one lake writer through a bounded channel.
-    let (out_tx, out_rx) = mpsc::channel::<Batch>(64);
+    // Roomy, so processors go on (and anomalies go out) while the writer commits.
+    let (out_tx, out_rx) = mpsc::channel::<Batch>(4096);
     // Continue the offsets the lake has recorded, so every commit's claim holds. (The
     // in-process bus keeps nothing between runs, so there is nothing to replay.)
     let progress = lake.committed_progress().await.context("reading the lake's committed offsets")?;

@@ -27,6 +27,9 @@ use crate::pipeline::{
     OutputStream, Stats, encode_outputs, ensure_topics, open_lake, partition_key, record_commit, split_partition_key,
 };
 
+/// The longest processed outputs wait before they go to their topics and the writer.
+const HAND_OVER_AFTER: Duration = Duration::from_millis(20);
+
 /// How `pitwall process` runs.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessOptions {
@@ -118,6 +121,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     let mut recv_errors = 0u32;
     let mut last_stall_check = Instant::now();
     let mut last_end_check = Instant::now();
+    let mut last_hand_over = Instant::now();
 
     let result: anyhow::Result<()> = async {
         // One receive stays pending across timer ticks: dropping it could lose the
@@ -212,9 +216,11 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
             if idle_tick && !processor_config.idle_timeout.is_zero() {
                 send_ticks(&mut parts, &producer, &topics.raw, processor_config.idle_timeout).await;
             }
-            if unflushed >= 2048 || (idle_tick && unflushed > 0) {
+            // Outputs go out in batches, but never held long: anomalies are awaited.
+            if unflushed >= 2048 || (unflushed > 0 && (idle_tick || last_hand_over.elapsed() >= HAND_OVER_AFTER)) {
                 hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats).await?;
                 unflushed = 0;
+                last_hand_over = Instant::now();
             }
             if writer.due() {
                 match commit(&mut writer, &publisher, &consumer, &stats, &topics).await {

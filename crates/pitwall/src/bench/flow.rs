@@ -297,14 +297,19 @@ impl Probes {
 }
 
 /// A fixed-rate load of simulated telemetry, restamped with the wall clock as it is
-/// sent, with a probe every `probe_every`: a car point from a source of its own
-/// (PREFIX + number) whose engine is over the `engine_overheat` limit.
+/// sent, with a probe every `probe_every`: a car point whose engine is over the
+/// `engine_overheat` limit, from a source named PREFIX + number.
 struct Load {
     rate: f64,
     warmup: Duration,
     duration: Duration,
     probe_every: Duration,
     prefix: String,
+    /// Probes cycle through this many sources, each probe followed at once by a cool
+    /// point that ends its episode, so the next probe on the source starts a new one;
+    /// probes are then known by their event time. `None`: a new source per probe, known
+    /// by its number.
+    cycle: Option<u64>,
 }
 
 impl Load {
@@ -343,29 +348,39 @@ impl Load {
             while sent < due {
                 let now = crate::now_ns();
                 let is_probe = probes_sent < probes_due;
-                let probe;
-                let p: &Point = if is_probe {
+                let i = (sent as usize) % pool.len();
+                let probe = if is_probe {
                     let mut q = template.clone();
-                    q.tags.insert("driver".into(), format!("{}{probes_sent}", self.prefix).into());
+                    let source = self.cycle.map_or(probes_sent, |k| probes_sent % k);
+                    q.tags.insert("driver".into(), format!("{}{source}", self.prefix).into());
                     q.fields.insert("engine_temp_c".into(), FieldValue::F64(150.0));
                     q.time = now;
-                    probe = q;
-                    &probe
+                    Some(q)
                 } else {
-                    let i = (sent as usize) % pool.len();
                     pool[i].time = now;
-                    &pool[i]
+                    None
                 };
+                let p: &Point = probe.as_ref().unwrap_or(&pool[i]);
                 payload.clear();
                 json::encode_into(p, &mut payload)?;
                 let key = pipeline::source_key(&config.processor, p);
-                if is_probe {
-                    if measured_from.is_some() {
-                        probes.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(probes_sent, Instant::now());
-                    }
-                    probes_sent += 1;
+                if is_probe && measured_from.is_some() {
+                    let id = if self.cycle.is_some() { now as u64 } else { probes_sent };
+                    probes.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, Instant::now());
                 }
-                sink.send(key, Bytes::copy_from_slice(&payload), now).await?;
+                sink.send(key.clone(), Bytes::copy_from_slice(&payload), now).await?;
+                if let Some(mut q) = probe {
+                    probes_sent += 1;
+                    if self.cycle.is_some() {
+                        // Cool again: the episode ends, ready for the source's next probe.
+                        q.fields.insert("engine_temp_c".into(), FieldValue::F64(90.0));
+                        q.time = now + 1;
+                        payload.clear();
+                        json::encode_into(&q, &mut payload)?;
+                        sink.send(key, Bytes::copy_from_slice(&payload), now + 1).await?;
+                        sent += 1;
+                    }
+                }
                 sent += 1;
             }
         }
@@ -509,7 +524,8 @@ impl Seen {
     }
 }
 
-/// The probe an anomaly JSON is about: its number, if it starts a probe's episode.
+/// The probe an anomaly JSON is about: its event time, if it starts the episode of a
+/// probe source.
 fn probe_of(prefix: &str, json: &[u8]) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct Head<'a> {
@@ -519,13 +535,15 @@ fn probe_of(prefix: &str, json: &[u8]) -> Option<u64> {
         phase: std::borrow::Cow<'a, str>,
         #[serde(borrow)]
         rule: std::borrow::Cow<'a, str>,
+        time: i64,
     }
     let h: Head<'_> = serde_json::from_slice(json).ok()?;
-    if h.phase != "start" || h.rule != "engine_overheat" {
-        return None;
-    }
-    h.source_id.strip_prefix(prefix)?.parse().ok()
+    (h.phase == "start" && h.rule == "engine_overheat" && h.source_id.starts_with(prefix)).then_some(h.time as u64)
 }
+
+/// Sources the latency probes cycle through (a new source per probe would measure the
+/// cost of new sources, not of events).
+const PROBE_SOURCES: u64 = 16;
 
 /// Settings of `pitwall bench latency` and `pitwall bench freshness`.
 #[derive(Debug, Clone)]
@@ -545,13 +563,14 @@ pub struct FixedRate {
 }
 
 impl FixedRate {
-    fn load(&self, prefix: &str) -> Load {
+    fn load(&self, prefix: &str, cycle: Option<u64>) -> Load {
         Load {
             rate: self.rate,
             warmup: self.warmup,
             duration: self.duration,
             probe_every: self.probe_every,
             prefix: prefix.to_owned(),
+            cycle,
         }
     }
 
@@ -592,7 +611,7 @@ fn print_load(opts: &FixedRate, sent: u64, cpu: f64, wall: f64) {
 }
 
 /// `pitwall bench latency`: event to anomaly at a fixed rate. Probes (car points over
-/// the engine_overheat limit, each from a new source) go in with the load; the time to
+/// the engine_overheat limit, from 16 probe sources in turn) go in with the load; the time to
 /// their anomaly is taken where it leaves the pipeline (the anomalies topic) and where a
 /// browser gets it (the live feed's server-sent events, over loopback HTTP).
 pub async fn latency(config: &Config, opts: &FixedRate) -> anyhow::Result<()> {
@@ -605,20 +624,28 @@ pub async fn latency(config: &Config, opts: &FixedRate) -> anyhow::Result<()> {
     let (topic_seen, sse_seen) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
     let live = pitwall_server::LiveHub::default();
     let server = super::LocalServer::start(&cfg, Arc::new(super::Discard::default()), live.clone()).await?;
-    // The browser's side: connected before the load starts.
+    // The browser's side, connecting while the pipeline starts (the server sends the
+    // stream's head with its first event).
     let sse = {
         let url = format!("http://{}/api/v1/live?stream=anomalies", server.addr);
         let (probes, seen) = (Arc::clone(&probes), Arc::clone(&sse_seen));
-        let response = reqwest::Client::new().get(&url).send().await.with_context(|| format!("connecting to {url}"))?;
-        anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
-        tokio::spawn(read_sse(response, move |data| {
-            if let Some(n) = probe_of(PREFIX, data)
-                && let Some(age) = probes.age_of(n, Instant::now())
-            {
-                seen.note(n, age.as_secs_f64());
-            }
-        }))
+        tokio::spawn(async move {
+            let response = reqwest::Client::new().get(&url).send().await.with_context(|| format!("connecting to {url}"))?;
+            anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
+            read_sse(response, move |data| {
+                if let Some(n) = probe_of(PREFIX, data)
+                    && let Some(age) = probes.age_of(n, Instant::now())
+                {
+                    seen.note(n, age.as_secs_f64());
+                }
+            })
+            .await;
+            Ok(())
+        })
     };
+    // Wait for the live feed's subscription, so no probe goes out before it.
+    wait_until(Duration::from_secs(5), || live.has_listeners()).await;
+    anyhow::ensure!(live.has_listeners(), "the live feed's client did not connect");
     let on_anomaly: OnAnomaly = {
         let (probes, seen, live) = (Arc::clone(&probes), Arc::clone(&topic_seen), live.clone());
         Arc::new(move |key, payload| {
@@ -631,15 +658,15 @@ pub async fn latency(config: &Config, opts: &FixedRate) -> anyhow::Result<()> {
         })
     };
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let mut harness = Harness::start(&cfg, &opts.transport, opts.load(PREFIX), &probes, Some(on_anomaly)).await?;
+    let mut harness = Harness::start(&cfg, &opts.transport, opts.load(PREFIX, Some(PROBE_SOURCES)), &probes, Some(on_anomaly)).await?;
     let sent = harness.wait_load().await?;
     let expected = probes.len();
     wait_until(Duration::from_secs(10), || topic_seen.len() >= expected && sse_seen.len() >= expected).await;
     let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
     let processed = harness.stats.processed.load(Relaxed);
     harness.stop().await?;
-    server.stop().await;
     sse.abort();
+    server.stop().await;
     print_load(opts, sent, cpu, wall);
     println!("processed {processed} events in all (warm-up included)");
     println!("event -> anomalies topic   {}", topic_seen.summary(expected));
@@ -666,7 +693,7 @@ pub async fn freshness(config: &Config, opts: &FixedRate, poll: Duration) -> any
         prefix.len() + 1
     );
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let mut harness = Harness::start(&cfg, &opts.transport, opts.load(&prefix), &probes, None).await?;
+    let mut harness = Harness::start(&cfg, &opts.transport, opts.load(&prefix, None), &probes, None).await?;
     let mut queries = Vec::new();
     let mut load_done = None;
     loop {
