@@ -51,12 +51,40 @@ section "http-write: pitwall's write API against InfluxDB 1.x" \
   "pitwall parses, validates and keys each point (its sink counts and drops them, so this is the API's own cost); InfluxDB also writes its WAL and TSM files, so the pairing favours pitwall on work done. Both ran under the same in-process load generator (two connections, batches of 5,000 lines). Bottleneck: line-protocol parsing and JSON encoding for the raw topic on both cores." \
   bench/peers.sh http-write 10
 
+section "process in-process: the embedded pipeline, raw to lake, windows and rules on" \
+  "The simulators' own CPU time (measured alone first) is taken out of the per-core figure; target 200,000 events/s per core. Bottleneck: JSON decoding of the raw messages, per-source window and rule state, and Parquet encoding of four tables." \
+  "$PITWALL" bench process --runs 3
+
+section "latency in-process at 10,000 events/s: event to anomaly on the topic and in the browser's live feed (SSE)" \
+  "Probes: a hot reading (engine 150 degC) from one of 16 probe sources, cooled at once, so each opens a new anomaly episode; timed from just before it is sent to when the anomaly is seen. Target p99 under 50 ms." \
+  "$PITWALL" bench latency --rate 10000 --duration 20s
+
+section "latency in-process at 100,000 events/s" \
+  "Target p99 under 50 ms in-process." \
+  "$PITWALL" bench latency --rate 100000 --duration 20s
+
+section "freshness in-process: event to visible in pitwall query" \
+  "A query polls the clean table for each probe; what it measures is mostly the lake's commit interval (the rows are in the table at the first commit after they arrive)." \
+  "$PITWALL" bench freshness --rate 10000 --duration 20s
+
 if [ -x "${PITWALL_TANSU:-$CACHE/tansu/bin/tansu}" ]; then
-  section "ingest-kafka and process: the Kafka path on tansu (memory storage)" \
-    "ingest: simulators to JSON to an idempotent lz4 producer; the peer is confluent-kafka producing the same messages with the same settings. process: consumer group to processor (windows and rules on) to the lake and the output topics. Bottleneck: librdkafka's per-message produce path and the broker (tansu shares the 2 cores); in process, JSON decoding, window state and the Parquet writer." \
-    bench/kafka.sh 2000 3
+  section "ingest-kafka: the simulators into tansu, against confluent-kafka producing the same messages" \
+    "Both: idempotent producer, acks=all, lz4, murmur2 keys, same broker (tansu, memory storage, sharing the 2 cores). Target 300,000 events/s on one core. Bottleneck: librdkafka's per-message produce path (both clients) and the broker's CPU share." \
+    bench/kafka.sh ingest 2000 3
+  section "process from Kafka: consumer group to processor to lake and output topics" \
+    "The raw topic is filled first (not timed). Bottleneck: JSON decoding, window state, Parquet encoding, and producing four output topics through librdkafka; commits run inline, so processing pauses while a commit writes." \
+    bench/kafka.sh process 2000 3
+  section "latency through Kafka at 10,000 events/s" \
+    "ingest producer -> tansu -> processor -> anomalies topic -> a consumer; and the dashboard's SSE fed from the anomalies topic. Target p99 under 250 ms at 100,000 events/s." \
+    bench/kafka.sh latency 10000 20
+  section "latency through Kafka at 100,000 events/s" \
+    "Target p99 under 250 ms." \
+    bench/kafka.sh latency 100000 20
+  section "freshness through Kafka: event to visible in pitwall query" \
+    "" \
+    bench/kafka.sh freshness 20
 else
-  echo "(no tansu: ./scripts/test.sh builds it; the Kafka section is left out)" >&2
+  echo "(no tansu: ./scripts/test.sh builds it; the Kafka sections are left out)" >&2
 fi
 
 section "lake and storage: an hour of telemetry streamed at 12x, a commit per 5 s, maintenance every minute" \

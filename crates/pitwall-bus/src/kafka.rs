@@ -64,6 +64,12 @@ pub struct KafkaConfig {
     pub linger: Duration,
     /// Largest batch per partition, bytes.
     pub batch_bytes: usize,
+    /// Longest a broker may hold a consumer's fetch when it has no new data. Kafka
+    /// answers as soon as data arrives; some brokers (tansu) hold every fetch this long,
+    /// so it bounds each hop's latency there. Idle, it costs one empty fetch per broker
+    /// this often.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait: Duration,
     /// Any other librdkafka property, passed as is (e.g. `"socket.keepalive.enable" = "true"`).
     pub properties: BTreeMap<String, String>,
 }
@@ -86,6 +92,7 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             linger: Duration::from_millis(5),
             batch_bytes: 1_000_000,
+            fetch_wait: Duration::from_millis(10),
             properties: BTreeMap::new(),
         }
     }
@@ -131,6 +138,9 @@ impl KafkaConfig {
                 "compression",
                 format!("is {:?}; use one of {}", self.compression, codecs.join(", ")),
             ));
+        }
+        if self.fetch_wait > Duration::from_secs(300) {
+            return Err(config_error("fetch-wait", format!("is {:?}; use at most 300s (librdkafka's limit), e.g. \"10ms\"", self.fetch_wait)));
         }
         if self.partitions < 1 {
             return Err(config_error("partitions", format!("is {}; use 1 or more", self.partitions)));
@@ -188,7 +198,8 @@ impl KafkaConfig {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", self.fetch_wait.as_millis().max(1).to_string());
         for (k, v) in &self.properties {
             c.set(k, v);
         }

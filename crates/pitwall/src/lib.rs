@@ -433,7 +433,7 @@ enum BenchScenario {
     Latency {
         #[command(flatten)]
         fixed: FixedRateArgs,
-        /// Probes per second (each from a new source).
+        /// Probes per second: hot readings from 16 probe sources in turn, each opening a new anomaly episode.
         #[arg(long, default_value = "200")]
         probes: f64,
     },

@@ -222,7 +222,10 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 unflushed = 0;
                 last_hand_over = Instant::now();
             }
-            if writer.due() {
+            // Input gone quiet before an exit when idle: commit now rather than at the
+            // next interval.
+            let quiet = options.exit_when_idle.is_some_and(|idle| last_message.elapsed() >= idle) && unflushed == 0;
+            if writer.due() || (quiet && writer.buffered() > 0) {
                 match commit(&mut writer, &publisher, &consumer, &stats, &topics).await {
                     Ok(()) => failures = 0,
                     Err(e) => {
