@@ -26,7 +26,11 @@ section() { # title, note, then the command whose output goes in the page
     echo
     echo '```'
     echo "\$ ${*/#$PITWALL/pitwall}"
-    "$@" 2>&1 | grep -v -E '^\s*$|\r' || echo "(failed with exit status $?)"
+    # What progress bars overwrote (up to a carriage return), colour codes and blank lines stay out of the page.
+    local status=0
+    RUST_LOG=warn "$@" >"$WORK/out.txt" 2>&1 || status=$?
+    sed -e 's/\x1b\[[0-9;]*m//g' -e 's/.*\r//' -e '/^[[:space:]]*$/d' "$WORK/out.txt"
+    [ "$status" -eq 0 ] || echo "(failed with exit status $status)"
     echo '```'
     echo
     echo "$note"
