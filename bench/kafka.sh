@@ -41,7 +41,7 @@ ingest() {
   echo "peer: confluent-kafka $("$PYTHON" -c 'import confluent_kafka as c; print(c.version()[0], "(librdkafka", c.libversion()[0] + ")")'), the same messages as $source, the same producer settings"
   for run in $(seq 1 "$runs"); do
     "$PYTHON" bench/peer_producer.py "$BROKERS" "$source" "peer$run.raw" | tee -a "$WORK/peer.txt" \
-      | awk '{ printf "  run %d: %d events in %.2f s wall, %.2f CPU-s: %.0f events/s, %.0f events per CPU-second\n", NR, $2, $3, $4, $2 / $3, $2 / $4 }'
+      | awk -v run="$run" '{ printf "  run %d: %d events in %.2f s wall, %.2f CPU-s: %.0f events/s, %.0f events per CPU-second\n", run, $2, $3, $4, $2 / $3, $2 / $4 }'
   done
   local p i
   p=$(awk '{ print $2 / $3 }' "$WORK/peer.txt" | median)

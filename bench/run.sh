@@ -48,7 +48,7 @@ section() { # title, note, then the command whose output goes in the page
 } >"$WORK/page.md"
 
 section "codec: line protocol and JSON on one core" \
-  "Bottleneck: float formatting and parsing (ryu / lexical) and the field map's allocations; target 1,000,000 lines/s per core." \
+  "Target 1,000,000 lines/s per core. Bottleneck: float formatting and parsing and the field map's allocations; line-protocol encoding also escapes every key and tag value, which keeps it the slowest of the four." \
   "$PITWALL" bench codec
 
 section "http-write: pitwall's write API against InfluxDB 1.x" \
@@ -56,7 +56,7 @@ section "http-write: pitwall's write API against InfluxDB 1.x" \
   bench/peers.sh http-write 10
 
 section "process in-process: the embedded pipeline, raw to lake, windows and rules on" \
-  "The simulators' own CPU time (measured alone first) is taken out of the per-core figure; target 200,000 events/s per core. Bottleneck: JSON decoding of the raw messages, per-source window and rule state, and Parquet encoding of four tables." \
+  "The simulators' own CPU time (measured alone first) is taken out of the per-core figure; target 200,000 events/s per core. The first run pays for growing a fresh heap (the kernel zeroing pages for rows buffered until the commit), the later runs reuse it. Bottleneck (perf): JSON decoding of the raw messages, per-source window and rule state, rows held as points until the commit and then built into Arrow and Parquet for four tables." \
   "$PITWALL" bench process --runs 3
 
 section "latency in-process at 10,000 events/s: event to anomaly on the topic and in the browser's live feed (SSE)" \
@@ -68,7 +68,7 @@ section "latency in-process at 100,000 events/s" \
   "$PITWALL" bench latency --rate 100000 --duration 20s
 
 section "freshness in-process: event to visible in pitwall query" \
-  "A query polls the clean table for each probe; what it measures is mostly the lake's commit interval (the rows are in the table at the first commit after they arrive)." \
+  "A query polls the clean table for the probes; what it measures is mostly the lake's commit interval (5 s by default: rows are in the table at the first commit after they arrive), plus the commit itself and the query's catalog load and planning." \
   "$PITWALL" bench freshness --rate 10000 --duration 20s
 
 if [ -x "${PITWALL_TANSU:-$CACHE/tansu/bin/tansu}" ]; then
@@ -93,7 +93,7 @@ fi
 
 section "lake and storage: an hour of telemetry streamed at 12x, a commit per 5 s, maintenance every minute" \
   "Scan ratio: a full-scan aggregate on the tables as streaming left them against the same once compacted (target 1.5x); storage: the compacted lake against the raw JSON (target 1/10). Bottleneck: per-file Parquet footer and manifest reads for the streamed tables." \
-  "$PITWALL" bench lake --data-dir "$WORK/lake" --maintenance 1m --runs 5
+  "$PITWALL" bench lake --data-dir "$WORK/lake" --maintenance 1m --runs 3
 
 section "storage at 10 million rows: 14 hours of telemetry at full speed, a commit per simulated minute" \
   "Fills the lake the query section reads; its scan ratio has no maintenance during the stream (838 files a table as streamed), so it shows what maintenance saves." \

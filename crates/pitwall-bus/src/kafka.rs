@@ -370,12 +370,20 @@ impl KafkaProducer {
     }
 }
 
-/// What a [`KafkaPublisher`]'s delivery reports add up to.
+/// What a [`KafkaPublisher`]'s delivery reports add up to: messages not yet
+/// acknowledged, counted apart by the parity of the epoch they were queued in (see
+/// [`KafkaPublisher::mark`]).
 #[derive(Debug, Default)]
 struct Deliveries {
-    in_flight: std::sync::atomic::AtomicUsize,
+    in_flight: [std::sync::atomic::AtomicUsize; 2],
     failed: Mutex<Option<String>>,
     changed: tokio::sync::Notify,
+}
+
+impl Deliveries {
+    fn total(&self) -> usize {
+        self.in_flight.iter().map(|n| n.load(std::sync::atomic::Ordering::Acquire)).sum()
+    }
 }
 
 /// Counts delivery reports instead of completing a future per message.
@@ -384,13 +392,14 @@ struct CountingContext(Arc<Deliveries>);
 impl ClientContext for CountingContext {}
 
 impl ProducerContext for CountingContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    /// The epoch's parity.
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, parity: usize) {
         if let Err((e, m)) = result {
             let mut failed = self.0.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             failed.get_or_insert_with(|| format!("sending to {}: {e}", m.topic()));
         }
-        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.in_flight[parity & 1].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         self.0.changed.notify_waiters();
     }
 }
@@ -401,8 +410,14 @@ impl ProducerContext for CountingContext {
 pub struct KafkaPublisher {
     inner: ThreadedProducer<CountingContext>,
     deliveries: Arc<Deliveries>,
+    epoch: std::sync::atomic::AtomicUsize,
     brokers: String,
 }
+
+/// The messages a [`KafkaPublisher`] had queued when [`KafkaPublisher::mark`] was
+/// called, to wait for with [`KafkaPublisher::delivered_before`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(usize);
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -421,6 +436,7 @@ impl KafkaPublisher {
         Ok(KafkaPublisher {
             inner,
             deliveries,
+            epoch: std::sync::atomic::AtomicUsize::new(0),
             brokers: config.brokers.clone(),
         })
     }
@@ -428,14 +444,16 @@ impl KafkaPublisher {
     /// Queues one message for `topic`; waits while librdkafka's queue is full. Messages
     /// are queued in call order, so a key's messages stay in order.
     pub async fn publish(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], timestamp_ns: i64) -> Result<()> {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+        use std::sync::atomic::Ordering;
+        let parity = self.epoch.load(Ordering::Acquire) & 1;
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, parity)
             .payload(payload)
             .timestamp(timestamp_ns.div_euclid(1_000_000));
         if let Some(k) = key {
             record = record.key(k);
         }
-        use std::sync::atomic::Ordering;
-        self.deliveries.in_flight.fetch_add(1, Ordering::AcqRel);
+        let counter = &self.deliveries.in_flight[parity];
+        counter.fetch_add(1, Ordering::AcqRel);
         loop {
             match self.inner.send(record) {
                 Ok(()) => return Ok(()),
@@ -444,7 +462,7 @@ impl KafkaPublisher {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err((e, _)) => {
-                    self.deliveries.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    counter.fetch_sub(1, Ordering::AcqRel);
                     return Err(kafka_error(&format!("sending to {topic}"), &self.brokers, e));
                 }
             }
@@ -453,7 +471,21 @@ impl KafkaPublisher {
 
     /// Messages queued and not yet acknowledged (or failed).
     pub fn in_flight(&self) -> usize {
-        self.deliveries.in_flight.load(std::sync::atomic::Ordering::Acquire)
+        self.deliveries.total()
+    }
+
+    /// Marks what is queued so far, so that [`Self::delivered_before`] can wait for it
+    /// while more is queued. Call it again only after that wait is over: a mark only
+    /// tells apart the messages queued before it from those queued after.
+    pub fn mark(&self) -> Mark {
+        Mark(self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel))
+    }
+
+    /// Waits until every message queued before `mark` is acknowledged (messages queued
+    /// since may still be in flight); then reports the first delivery that failed, if any.
+    pub async fn delivered_before(&self, mark: Mark) -> Result<()> {
+        let counter = &self.deliveries.in_flight[mark.0 & 1];
+        self.wait_deliveries(|| counter.load(std::sync::atomic::Ordering::Acquire) == 0).await
     }
 
     /// Waits until at most `n` messages are unacknowledged; then reports the first
@@ -462,6 +494,10 @@ impl KafkaPublisher {
     /// A wait that lasts (a broker away or frozen) is logged every 5 s with what is
     /// still unacknowledged.
     pub async fn delivered_down_to(&self, n: usize) -> Result<()> {
+        self.wait_deliveries(|| self.in_flight() <= n).await
+    }
+
+    async fn wait_deliveries(&self, done: impl Fn() -> bool) -> Result<()> {
         const PATIENCE: Duration = Duration::from_secs(5);
         let started = std::time::Instant::now();
         let mut next_word = PATIENCE;
@@ -469,7 +505,7 @@ impl KafkaPublisher {
             let changed = self.deliveries.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.in_flight() <= n {
+            if done() {
                 break;
             }
             let waited = started.elapsed();

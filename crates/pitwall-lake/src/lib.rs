@@ -36,7 +36,7 @@ pub use rest::RestConfig;
 pub use storage::S3Config;
 pub use tables::Fixed;
 pub use progress::{Progress, ResumePlan, TableProgress};
-pub use writer::{CommitStats, LakeWriter, OFFSETS_PROPERTY, committed_offsets, committed_progress};
+pub use writer::{CommitStats, LakeWriter, OFFSETS_PROPERTY, Round, committed_offsets, committed_progress};
 
 /// Lake errors; each says what failed and what to do. Causes are part of the message
 /// rather than a `source`, so an error chain does not print them twice.

@@ -349,6 +349,8 @@ struct Pending<T> {
 /// What one partition has buffered, per table.
 #[derive(Debug)]
 struct PartitionBuffer {
+    /// Which taking up of the partition this is (see [`LakeWriter::finish_round`]).
+    id: u64,
     /// The partition's checkpoint after everything appended so far.
     checkpoint: Checkpoint,
     raw: Option<Pending<RawRecord>>,
@@ -369,9 +371,20 @@ fn push<T>(slot: &mut Option<Pending<T>>, rows: Vec<T>, since: Checkpoint) {
     }
 }
 
+/// Puts rows a round could not commit back before the rows buffered since.
+fn put_back<T>(slot: &mut Option<Pending<T>>, older: Option<Pending<T>>) {
+    if let Some(mut older) = older {
+        if let Some(newer) = slot.take() {
+            older.rows.extend(newer.rows);
+        }
+        *slot = Some(older);
+    }
+}
+
 impl PartitionBuffer {
-    fn new(checkpoint: Checkpoint) -> Self {
+    fn new(id: u64, checkpoint: Checkpoint) -> Self {
         PartitionBuffer {
+            id,
             checkpoint,
             raw: None,
             clean: BTreeMap::new(),
@@ -432,6 +445,25 @@ pub struct LakeWriter {
     buffered: usize,
     last_commit: Instant,
     props: WriterProperties,
+    next_id: u64,
+}
+
+/// A commit's rows, taken out of a [`LakeWriter`] by [`LakeWriter::take_round`] so
+/// the commit can run while the writer buffers on; hand it back with
+/// [`LakeWriter::finish_round`].
+#[derive(Debug)]
+pub struct Round(LakeWriter);
+
+impl Round {
+    /// Writes and commits the round's rows, as [`LakeWriter::commit`] does.
+    pub async fn commit(&mut self) -> Result<CommitStats> {
+        self.0.commit().await
+    }
+
+    /// Rows the round holds.
+    pub fn buffered(&self) -> usize {
+        self.0.buffered
+    }
 }
 
 impl LakeWriter {
@@ -451,6 +483,7 @@ impl LakeWriter {
             buffered: 0,
             last_commit: Instant::now(),
             props: parquet_properties(),
+            next_id: 0,
         }
     }
 
@@ -482,7 +515,8 @@ impl LakeWriter {
         for (table, at) in &plan.held {
             self.committed.entry(table.clone()).or_default().insert(partition.to_owned(), *at);
         }
-        self.parts.insert(partition.to_owned(), PartitionBuffer::new(plan.base));
+        self.next_id += 1;
+        self.parts.insert(partition.to_owned(), PartitionBuffer::new(self.next_id, plan.base));
     }
 
     /// Gives up `partition`: its buffered rows are dropped (whoever takes it over
@@ -507,8 +541,10 @@ impl LakeWriter {
     /// partition's processor checkpoint after them.
     pub fn append(&mut self, partition: &str, outputs: Outputs, checkpoint: Checkpoint) {
         self.buffered += outputs.len();
+        let id = &mut self.next_id;
         let b = self.parts.entry(partition.to_owned()).or_insert_with(|| {
-            PartitionBuffer::new(Checkpoint {
+            *id += 1;
+            PartitionBuffer::new(*id, Checkpoint {
                 next: 0,
                 replay_from: 0,
                 max_time: i64::MIN,
@@ -554,6 +590,60 @@ impl LakeWriter {
     /// Time until the commit interval has passed.
     pub fn time_to_due(&self) -> Duration {
         self.lake.config().commit_interval.saturating_sub(self.last_commit.elapsed())
+    }
+
+    /// Takes everything buffered out into a [`Round`] to commit elsewhere; the writer
+    /// buffers on from the same checkpoints. One round at a time: hand it back with
+    /// [`Self::finish_round`] before taking the next.
+    pub fn take_round(&mut self) -> Round {
+        let mut parts = BTreeMap::new();
+        for (p, b) in &mut self.parts {
+            let fresh = PartitionBuffer::new(b.id, b.checkpoint);
+            parts.insert(p.clone(), std::mem::replace(b, fresh));
+        }
+        let round = LakeWriter {
+            lake: self.lake.clone(),
+            parts,
+            committed: self.committed.clone(),
+            buffered: self.buffered,
+            last_commit: Instant::now(),
+            props: self.props.clone(),
+            next_id: self.next_id,
+        };
+        self.buffered = 0;
+        self.last_commit = Instant::now();
+        Round(round)
+    }
+
+    /// Takes back a round after its commit, successful or not: the offsets it committed
+    /// become what the next commit expects, and the rows it could not commit go back
+    /// before those buffered since, to be tried again. Partitions given up or taken up
+    /// anew while the round ran keep what the writer has now: the round's rows and
+    /// offsets for them are stale (and a fenced partition is the caller's to take up).
+    pub fn finish_round(&mut self, round: Round) {
+        let round = round.0;
+        for (p, old) in round.parts {
+            let Some(b) = self.parts.get_mut(&p).filter(|b| b.id == old.id) else {
+                continue;
+            };
+            for (table, offsets) in &round.committed {
+                if let Some(o) = offsets.get(&p) {
+                    self.committed.entry(table.clone()).or_default().insert(p.clone(), *o);
+                }
+            }
+            put_back(&mut b.raw, old.raw);
+            put_back(&mut b.windows, old.windows);
+            put_back(&mut b.anomalies, old.anomalies);
+            put_back(&mut b.rejects, old.rejects);
+            put_back(&mut b.late, old.late);
+            for (m, mut older) in old.clean {
+                if let Some(newer) = b.clean.remove(&m) {
+                    older.rows.extend(newer.rows);
+                }
+                b.clean.insert(m, older);
+            }
+        }
+        self.buffered = self.parts.values().map(PartitionBuffer::len).sum();
     }
 
     /// Writes and commits everything buffered. A table whose commit fails keeps its

@@ -196,3 +196,57 @@ async fn zombie_is_fenced(place: &Place) {
     feed(&mut owner, 0, 100..120);
     assert!(matches!(owner.commit().await, Err(Error::Fenced { committed: 150, expected: 100, .. })));
 }
+
+/// A commit can run as a round taken out of the writer while the writer buffers on
+/// (`pitwall process` commits on another task): the round lands what was buffered when
+/// it was taken, the writer's next commit the rest; a round that did not land puts its
+/// rows back before those buffered since, so they land first, and a partition taken up
+/// again while a round ran keeps only what the writer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_commit_while_the_writer_buffers_on() {
+    let place = local();
+    let cfg = &place.config;
+    let lake = open(cfg).await;
+    let mut w = LakeWriter::open(open(cfg).await).await.unwrap();
+    feed(&mut w, 0, 0..10);
+    feed(&mut w, 1, 0..4);
+    let mut round = w.take_round();
+    assert_eq!((round.buffered(), w.buffered()), (14, 0));
+    feed(&mut w, 0, 10..15);
+    round.commit().await.unwrap();
+    w.finish_round(round);
+    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 10);
+    assert_eq!(w.buffered(), 5);
+    assert_eq!(w.held("raw.events", "telemetry.raw/0"), Some(10), "the next commit expects what the round committed");
+
+    // A round that did not land (dropped before its commit, as a failed one is handed
+    // back): its rows go back first.
+    let round = w.take_round();
+    feed(&mut w, 0, 15..20);
+    w.finish_round(round);
+    assert_eq!(w.buffered(), 10);
+    w.commit().await.unwrap();
+    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 20);
+    assert_eq!(raw_offsets(&lake).await["telemetry.raw/1"], 4);
+
+    // Partition 1 given up while a round of its rows ran: the round's rows and offsets
+    // do not come back to the writer.
+    feed(&mut w, 1, 4..8);
+    let round = w.take_round();
+    w.revoke("telemetry.raw/1");
+    w.finish_round(round);
+    assert_eq!(w.buffered(), 0);
+
+    use futures::TryStreamExt;
+    let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
+    let batches: Vec<_> = table.scan().select(["partition", "offset"]).build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
+    let mut seen: Vec<(i32, i64)> = Vec::new();
+    for b in &batches {
+        let p = b.column(0).as_any().downcast_ref::<arrow_array::Int32Array>().unwrap();
+        let o = b.column(1).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+        seen.extend((0..b.num_rows()).map(|i| (p.value(i), o.value(i))));
+    }
+    seen.sort_unstable();
+    let want: Vec<(i32, i64)> = (0..20).map(|o| (0, o)).chain((0..4).map(|o| (1, o))).collect();
+    assert_eq!(seen, want, "every row once, none twice");
+}

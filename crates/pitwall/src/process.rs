@@ -18,7 +18,7 @@ use anyhow::Context;
 use pitwall_bus::Topics;
 use pitwall_bus::kafka::{KafkaConsumer, KafkaProducer, KafkaPublisher, Rebalance, StartHook};
 use pitwall_lake::progress::names;
-use pitwall_lake::{Lake, LakeWriter, ResumePlan};
+use pitwall_lake::{CommitStats, Lake, LakeWriter, ResumePlan, Round};
 use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry, TICK_KEY, tick_payload};
 use tokio_util::sync::CancellationToken;
 
@@ -114,7 +114,9 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     let producer = KafkaProducer::new(&config.kafka, &topics.clean)?;
     let processor_config = Arc::new(config.processor.clone());
     let mut parts: HashMap<u32, Part> = HashMap::new();
-    let publisher = KafkaPublisher::new(&config.kafka)?;
+    let publisher = Arc::new(KafkaPublisher::new(&config.kafka)?);
+    // The lake commit runs on another task while processing goes on; one at a time.
+    let mut in_flight: Option<InFlight> = None;
     let mut unflushed = 0usize;
     let mut last_message = Instant::now();
     let mut failures = 0u32;
@@ -222,12 +224,14 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 unflushed = 0;
                 last_hand_over = Instant::now();
             }
-            // Input gone quiet before an exit when idle: commit now rather than at the
-            // next interval.
-            let quiet = options.exit_when_idle.is_some_and(|idle| last_message.elapsed() >= idle) && unflushed == 0;
-            if writer.due() || (quiet && writer.buffered() > 0) {
-                match commit(&mut writer, &publisher, &consumer, &stats, &topics).await {
-                    Ok(()) => failures = 0,
+            if let Some(done) = in_flight.take_if(|h| h.is_finished()) {
+                let (round, result) = done.await.context("the lake commit task panicked")?;
+                writer.finish_round(round);
+                match result {
+                    Ok((s, took)) => {
+                        failures = 0;
+                        committed(&writer, &consumer, &stats, &topics, &s, took);
+                    }
                     Err(e) => {
                         if let Some(pitwall_lake::Error::Fenced { partition, .. }) = e.downcast_ref::<pitwall_lake::Error>() {
                             let partition = partition.clone();
@@ -243,10 +247,17 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                     }
                 }
             }
+            // Input gone quiet before an exit when idle: commit now rather than at the
+            // next interval.
+            let quiet = options.exit_when_idle.is_some_and(|idle| last_message.elapsed() >= idle) && unflushed == 0;
+            if in_flight.is_none() && (writer.due() || (quiet && writer.buffered() > 0)) {
+                in_flight = Some(start_commit(&mut writer, &publisher));
+            }
             if let Some(idle) = options.exit_when_idle
                 && last_message.elapsed() >= idle
                 && !parts.is_empty()
                 && unflushed == 0
+                && in_flight.is_none()
                 && writer.buffered() == 0
                 && parts.values().all(|p| p.seek.is_none())
                 && std::mem::replace(&mut last_end_check, Instant::now()).elapsed() >= Duration::from_secs(1)
@@ -264,6 +275,15 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     // rebuilds them from the lake's progress).
     if result.is_ok() {
         hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats).await?;
+        if let Some(done) = in_flight.take() {
+            let (round, result) = done.await.context("the lake commit task panicked")?;
+            writer.finish_round(round);
+            match result {
+                Ok((s, took)) => committed(&writer, &consumer, &stats, &topics, &s, took),
+                // What it could not commit is back in the writer, tried again below.
+                Err(e) => tracing::warn!(error = %e, "lake commit failed; trying again"),
+            }
+        }
         let mut attempt = 0;
         while writer.buffered() > 0 {
             match commit(&mut writer, &publisher, &consumer, &stats, &topics).await {
@@ -428,8 +448,30 @@ async fn hand_over(
     Ok(())
 }
 
-/// Waits for the Kafka outputs, commits the lake, then records the lake's offsets as the
-/// group's committed offsets (for lag monitoring).
+/// A lake commit running on a task of its own: the round and how it went (with the
+/// commit's own duration).
+type InFlight = tokio::task::JoinHandle<(Round, anyhow::Result<(CommitStats, Duration)>)>;
+
+/// Takes what the writer has buffered and commits it on another task, once the Kafka
+/// outputs queued so far (theirs among them) are acknowledged: the lake's offsets never
+/// pass outputs that could still be lost.
+fn start_commit(writer: &mut LakeWriter, publisher: &Arc<KafkaPublisher>) -> InFlight {
+    let mark = publisher.mark();
+    let mut round = writer.take_round();
+    let publisher = Arc::clone(publisher);
+    tokio::spawn(async move {
+        let result = async {
+            publisher.delivered_before(mark).await.context("publishing outputs to Kafka")?;
+            let started = Instant::now();
+            let s = round.commit().await?;
+            Ok((s, started.elapsed()))
+        }
+        .await;
+        (round, result)
+    })
+}
+
+/// Waits for the Kafka outputs, commits the lake here and now (stopping), and records it.
 async fn commit(
     writer: &mut LakeWriter,
     publisher: &KafkaPublisher,
@@ -440,8 +482,15 @@ async fn commit(
     publisher.delivered().await.context("publishing outputs to Kafka")?;
     let started = Instant::now();
     let s = writer.commit().await?;
-    record_commit(stats, &s, started.elapsed());
-    tracing::debug!(rows = s.total_rows(), files = s.files, ms = started.elapsed().as_millis() as u64, "committed");
+    committed(writer, consumer, stats, topics, &s, started.elapsed());
+    Ok(())
+}
+
+/// After a commit: its figures, and the lake's offsets as the group's committed offsets
+/// (for lag monitoring).
+fn committed(writer: &LakeWriter, consumer: &KafkaConsumer, stats: &Stats, topics: &Topics, s: &CommitStats, took: Duration) {
+    record_commit(stats, s, took);
+    tracing::debug!(rows = s.total_rows(), files = s.files, ms = took.as_millis() as u64, "committed");
     let offsets: Vec<(String, u32, i64)> = writer
         .partitions()
         .filter_map(|key| {
@@ -452,7 +501,6 @@ async fn commit(
     if let Err(e) = consumer.commit_offsets(&offsets) {
         tracing::debug!(error = %e, "recording the group's offsets for lag monitoring");
     }
-    Ok(())
 }
 
 /// End offsets of the raw topic's partitions, asked of the brokers every 2 s by a
