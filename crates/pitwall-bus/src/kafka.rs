@@ -626,6 +626,8 @@ impl ConsumerContext for GroupContext {
 pub struct KafkaConsumer {
     inner: StreamConsumer<GroupContext>,
     brokers: String,
+    group: String,
+    topics: Vec<String>,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -658,6 +660,8 @@ impl KafkaConsumer {
         Ok(KafkaConsumer {
             inner,
             brokers: config.brokers.clone(),
+            group: config.group_id.clone(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
         })
     }
 
@@ -675,7 +679,33 @@ impl KafkaConsumer {
         Ok(KafkaConsumer {
             inner,
             brokers: config.brokers.clone(),
+            group: config.group_id.clone(),
+            topics: Vec::new(),
         })
+    }
+
+    /// True if this member holds no partition although it is its group's only member, so
+    /// nobody reads the topics: seen with tansu 0.6 when a member died during a
+    /// rebalance, the survivor left with an empty assignment in a "stable" group. Blocks
+    /// on the brokers for up to 5 s.
+    pub fn stranded(&self) -> Result<bool> {
+        if self.topics.is_empty() || self.inner.assignment().map_or(true, |a| a.count() > 0) {
+            return Ok(false);
+        }
+        let groups = self
+            .inner
+            .fetch_group_list(Some(&self.group), Timeout::After(Duration::from_secs(5)))
+            .map_err(|e| kafka_error(&format!("describing group {}", self.group), &self.brokers, e))?;
+        Ok(groups.groups().iter().any(|g| g.name() == self.group && g.members().len() == 1))
+    }
+
+    /// Leaves the group and joins it again, so its coordinator assigns the partitions anew.
+    pub fn rejoin(&self) -> Result<()> {
+        self.inner.unsubscribe();
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.inner
+            .subscribe(&topics)
+            .map_err(|e| kafka_error("subscribing again", &self.brokers, e))
     }
 
     /// Assignment changes since the last call, oldest first.

@@ -27,6 +27,9 @@ use crate::pipeline::{
     OutputStream, Stats, encode_outputs, ensure_topics, open_lake, partition_key, record_commit, split_partition_key,
 };
 
+/// How long a member may hold no partition, alone in its group, before it rejoins.
+const STRANDED_AFTER: Duration = Duration::from_secs(15);
+
 /// The longest processed outputs wait before they go to their topics and the writer.
 const HAND_OVER_AFTER: Duration = Duration::from_millis(20);
 
@@ -124,6 +127,8 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     let mut last_stall_check = Instant::now();
     let mut last_end_check = Instant::now();
     let mut last_hand_over = Instant::now();
+    // Since when this member has held no partition.
+    let mut empty_since = Instant::now();
 
     let result: anyhow::Result<()> = async {
         // One receive stays pending across timer ticks: dropping it could lose the
@@ -214,6 +219,18 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 report_lag(&end_offsets, &parts, &topics.raw);
                 unstall(&consumer, &mut parts);
                 last_stall_check = Instant::now();
+                if !parts.is_empty() {
+                    empty_since = Instant::now();
+                } else if empty_since.elapsed() >= STRANDED_AFTER {
+                    empty_since = Instant::now();
+                    if tokio::task::block_in_place(|| consumer.stranded()).unwrap_or(false) {
+                        tracing::warn!(
+                            group = %config.kafka.group_id,
+                            "this member has held no partition for {STRANDED_AFTER:?} although it is the group's only member; joining the group again"
+                        );
+                        consumer.rejoin()?;
+                    }
+                }
             }
             if idle_tick && !processor_config.idle_timeout.is_zero() {
                 send_ticks(&mut parts, &producer, &topics.raw, processor_config.idle_timeout).await;

@@ -33,7 +33,9 @@ fn number_before(stdout: &str, line: &str, after: &str) -> f64 {
         .find(|l| l.trim_start().starts_with(line) && l.contains(after))
         .unwrap_or_else(|| panic!("no line {line:?}…{after:?} in\n{stdout}"));
     let head = l.split(after).next().unwrap();
-    head.rsplit(' ').find(|w| !w.is_empty()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no number before {after:?} in {l:?}"))
+    head.rsplit(' ')
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.trim_start_matches('(').parse().ok()).unwrap_or_else(|| panic!("no number before {after:?} in {l:?}"))
 }
 
 /// "N of M probes; p50 …": every probe sent was seen, and there were some.
