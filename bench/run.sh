@@ -2,7 +2,7 @@
 # Regenerates bench/RESULTS.md: every scenario and peer pairing of pitwall's benchmark
 # suite that runs on this machine, with the machine, the date and each run's own output.
 #
-#   bench/run.sh            (about 35 minutes on 2 cores, after the release build)
+#   bench/run.sh            (about 25 minutes on 2 cores, after the release build)
 #
 # Builds the release binary, installs the peers (bench/peers.sh) and needs tansu for the
 # Kafka scenarios (./scripts/test.sh builds and caches it). Run it on a quiet machine:
