@@ -242,13 +242,8 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 last_hand_over = Instant::now();
             }
             if let Some(done) = in_flight.take_if(|h| h.is_finished()) {
-                let (round, result) = done.await.context("the lake commit task panicked")?;
-                writer.finish_round(round);
-                match result {
-                    Ok((s, took)) => {
-                        failures = 0;
-                        committed(&writer, &consumer, &stats, &topics, &s, took);
-                    }
+                match land(done, &mut writer, &consumer, &stats, &topics).await? {
+                    Ok(()) => failures = 0,
                     Err(e) => {
                         if let Some(pitwall_lake::Error::Fenced { partition, .. }) = e.downcast_ref::<pitwall_lake::Error>() {
                             let partition = partition.clone();
@@ -292,14 +287,11 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     // rebuilds them from the lake's progress).
     if result.is_ok() {
         hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats).await?;
-        if let Some(done) = in_flight.take() {
-            let (round, result) = done.await.context("the lake commit task panicked")?;
-            writer.finish_round(round);
-            match result {
-                Ok((s, took)) => committed(&writer, &consumer, &stats, &topics, &s, took),
-                // What it could not commit is back in the writer, tried again below.
-                Err(e) => tracing::warn!(error = %e, "lake commit failed; trying again"),
-            }
+        if let Some(done) = in_flight.take()
+            && let Err(e) = land(done, &mut writer, &consumer, &stats, &topics).await?
+        {
+            // What it could not commit is back in the writer, tried again below.
+            tracing::warn!(error = %e, "lake commit failed; trying again");
         }
         let mut attempt = 0;
         while writer.buffered() > 0 {
@@ -486,6 +478,21 @@ fn start_commit(writer: &mut LakeWriter, publisher: &Arc<KafkaPublisher>) -> InF
         .await;
         (round, result)
     })
+}
+
+/// Takes back a round whose task has ended: the writer gets back its offsets and any
+/// rows it could not commit, and a commit that landed is recorded. The outer error is
+/// the task's (a panic); the inner one the commit's.
+async fn land(
+    done: InFlight,
+    writer: &mut LakeWriter,
+    consumer: &KafkaConsumer,
+    stats: &Stats,
+    topics: &Topics,
+) -> anyhow::Result<anyhow::Result<()>> {
+    let (round, result) = done.await.context("the lake commit task panicked")?;
+    writer.finish_round(round);
+    Ok(result.map(|(s, took)| committed(writer, consumer, stats, topics, &s, took)))
 }
 
 /// Waits for the Kafka outputs, commits the lake here and now (stopping), and records it.

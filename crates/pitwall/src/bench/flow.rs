@@ -697,10 +697,12 @@ pub async fn freshness(config: &Config, opts: &FixedRate, poll: Duration) -> any
     let mut queries = Vec::new();
     let mut load_done = None;
     let car = pitwall_lake::tables::clean_ident("car");
+    let mut car_exists = false;
     loop {
-        let started = Instant::now();
         // clean.car comes with the first commit of car rows; until then nothing is visible.
-        let batches = if lake.table(&car).await.is_ok() {
+        car_exists = car_exists || lake.table(&car).await.is_ok();
+        let started = Instant::now();
+        let batches = if car_exists {
             let q = pitwall_query::Query::new(&lake).await?;
             let batches = q.sql(&sql).await?;
             queries.push(started.elapsed().as_secs_f64());
