@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -382,7 +383,7 @@ struct Deliveries {
 
 impl Deliveries {
     fn total(&self) -> usize {
-        self.in_flight.iter().map(|n| n.load(std::sync::atomic::Ordering::Acquire)).sum()
+        self.in_flight.iter().map(|n| n.load(Ordering::Acquire)).sum()
     }
 }
 
@@ -399,7 +400,7 @@ impl ProducerContext for CountingContext {
             let mut failed = self.0.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             failed.get_or_insert_with(|| format!("sending to {}: {e}", m.topic()));
         }
-        self.0.in_flight[parity & 1].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.in_flight[parity & 1].fetch_sub(1, Ordering::AcqRel);
         self.0.changed.notify_waiters();
     }
 }
@@ -444,7 +445,6 @@ impl KafkaPublisher {
     /// Queues one message for `topic`; waits while librdkafka's queue is full. Messages
     /// are queued in call order, so a key's messages stay in order.
     pub async fn publish(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], timestamp_ns: i64) -> Result<()> {
-        use std::sync::atomic::Ordering;
         let parity = self.epoch.load(Ordering::Acquire) & 1;
         let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, parity)
             .payload(payload)
@@ -478,14 +478,14 @@ impl KafkaPublisher {
     /// while more is queued. Call it again only after that wait is over: a mark only
     /// tells apart the messages queued before it from those queued after.
     pub fn mark(&self) -> Mark {
-        Mark(self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel))
+        Mark(self.epoch.fetch_add(1, Ordering::AcqRel))
     }
 
     /// Waits until every message queued before `mark` is acknowledged (messages queued
     /// since may still be in flight); then reports the first delivery that failed, if any.
     pub async fn delivered_before(&self, mark: Mark) -> Result<()> {
         let counter = &self.deliveries.in_flight[mark.0 & 1];
-        self.wait_deliveries(|| counter.load(std::sync::atomic::Ordering::Acquire) == 0).await
+        self.wait_deliveries(|| counter.load(Ordering::Acquire) == 0).await
     }
 
     /// Waits until at most `n` messages are unacknowledged; then reports the first
@@ -555,6 +555,9 @@ pub type StartHook = Arc<dyn Fn(&str, u32) -> std::result::Result<i64, String> +
 pub struct GroupContext {
     start: Option<StartHook>,
     events: Mutex<Vec<Rebalance>>,
+    /// Set when `events` has something: read for every message of a batch, so an atomic
+    /// rather than the lock.
+    pending: AtomicBool,
 }
 
 impl std::fmt::Debug for GroupContext {
@@ -619,6 +622,18 @@ impl ConsumerContext for GroupContext {
         };
         tracing::info!(?event, "consumer group rebalance");
         self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
+        self.pending.store(true, Ordering::Release);
+    }
+}
+
+/// A message of ours, copied out of librdkafka's buffers.
+fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    Message {
+        partition: m.partition() as u32,
+        offset: m.offset(),
+        key: m.key().map(Bytes::copy_from_slice),
+        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        timestamp: m.timestamp().to_millis().unwrap_or(0).saturating_mul(1_000_000),
     }
 }
 
@@ -649,6 +664,7 @@ impl KafkaConsumer {
         let context = GroupContext {
             start,
             events: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
         };
         let inner: StreamConsumer<GroupContext> = config
             .consumer_config()
@@ -671,6 +687,7 @@ impl KafkaConsumer {
         let context = GroupContext {
             start: None,
             events: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
         };
         let inner: StreamConsumer<GroupContext> = config
             .consumer_config()
@@ -710,6 +727,10 @@ impl KafkaConsumer {
 
     /// Assignment changes since the last call, oldest first.
     pub fn rebalances(&self) -> Vec<Rebalance> {
+        let context = self.inner.context();
+        if !context.pending.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.inner.context().events.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
@@ -770,13 +791,28 @@ impl KafkaConsumer {
             .recv()
             .await
             .map_err(|e| kafka_error("receiving", &self.brokers, e))?;
-        Ok(Message {
-            partition: m.partition() as u32,
-            offset: m.offset(),
-            key: m.key().map(Bytes::copy_from_slice),
-            payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-            timestamp: m.timestamp().to_millis().unwrap_or(0).saturating_mul(1_000_000),
-        })
+        Ok(owned(&m))
+    }
+
+    /// Waits for the next message, then takes up to `max` in all of those already
+    /// fetched, without waiting again. Stops early at an assignment change, so every
+    /// message of a batch belongs to partitions taken up before it (see
+    /// [`Self::rebalances`]); an error after the first message ends the batch (librdkafka
+    /// reports it again on the next poll if it persists). Cancellation safe: nothing is
+    /// taken off librdkafka's queue until the batch is complete.
+    pub async fn recv_batch(&self, max: usize, batch: &mut Vec<Message>) -> Result<()> {
+        use futures::{FutureExt as _, StreamExt as _};
+        let mut stream = self.inner.stream();
+        let first = stream.next().await.expect("kafka streams never terminate");
+        batch.push(owned(&first.map_err(|e| kafka_error("receiving", &self.brokers, e))?));
+        let context = self.inner.context();
+        while batch.len() < max && !context.pending.load(Ordering::Acquire) {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(m))) => batch.push(owned(&m)),
+                _ => break,
+            }
+        }
+        Ok(())
     }
 
     /// Partitions assigned to this member now, as `(topic, partition)`.

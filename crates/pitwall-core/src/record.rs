@@ -175,26 +175,32 @@ impl WindowRecord {
     /// The JSON form for the metrics topic, byte for byte what [`to_json`] writes, without
     /// serde: the topic carries about one of these per event.
     pub fn to_json(&self) -> Vec<u8> {
-        use crate::json::{write_float as float, write_integer as integer, write_string as string};
         let mut o = Vec::with_capacity(384);
+        self.write_json(&mut o);
+        o
+    }
+
+    /// Appends [`Self::to_json`]'s bytes to `o`.
+    pub fn write_json(&self, o: &mut Vec<u8>) {
+        use crate::json::{write_float as float, write_integer as integer, write_string as string};
         let opt = |v: Option<f64>, o: &mut Vec<u8>| match v {
             Some(v) => float(v, o),
             None => o.extend_from_slice(b"null"),
         };
         o.extend_from_slice(b"{\"measurement\":");
-        string(&self.measurement, &mut o);
+        string(&self.measurement, o);
         o.extend_from_slice(b",\"source_id\":");
-        string(&self.source_id, &mut o);
+        string(&self.source_id, o);
         o.extend_from_slice(b",\"window\":");
-        string(&self.window, &mut o);
+        string(&self.window, o);
         o.extend_from_slice(b",\"window_start\":");
-        integer(self.window_start, &mut o);
+        integer(self.window_start, o);
         o.extend_from_slice(b",\"window_end\":");
-        integer(self.window_end, &mut o);
+        integer(self.window_end, o);
         o.extend_from_slice(b",\"field\":");
-        string(&self.field, &mut o);
+        string(&self.field, o);
         o.extend_from_slice(b",\"count\":");
-        integer(self.count, &mut o);
+        integer(self.count, o);
         for (name, v) in [
             (&b",\"min\":"[..], self.min),
             (b",\"max\":", self.max),
@@ -202,28 +208,37 @@ impl WindowRecord {
             (b",\"mean\":", self.mean),
         ] {
             o.extend_from_slice(name);
-            float(v, &mut o);
+            float(v, o);
         }
         o.extend_from_slice(b",\"stddev\":");
-        opt(self.stddev, &mut o);
+        opt(self.stddev, o);
         o.extend_from_slice(b",\"first\":");
-        float(self.first, &mut o);
+        float(self.first, o);
         o.extend_from_slice(b",\"last\":");
-        float(self.last, &mut o);
+        float(self.last, o);
         for (name, v) in [(&b",\"p50\":"[..], self.p50), (b",\"p95\":", self.p95), (b",\"p99\":", self.p99)] {
             o.extend_from_slice(name);
-            opt(v, &mut o);
+            opt(v, o);
         }
         o.push(b'}');
-        o
     }
 }
 
 /// The JSON form of a record for its bus topic.
 pub fn to_json<T: Serialize>(record: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_json(record, &mut out);
+    out
+}
+
+/// Appends [`to_json`]'s bytes to `out`.
+pub fn write_json<T: Serialize>(record: &T, out: &mut Vec<u8>) {
     // Records hold only strings, numbers and finite-or-not floats; serde_json writes
     // non-finite floats as null rather than failing.
-    serde_json::to_vec(record).unwrap_or_default()
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, record).is_err() {
+        out.truncate(start);
+    }
 }
 
 #[cfg(test)]

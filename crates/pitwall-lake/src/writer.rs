@@ -342,8 +342,51 @@ impl CommitStats {
 /// partition just before the first of them arrived.
 #[derive(Debug)]
 struct Pending<T> {
-    rows: Vec<T>,
+    /// The rows in arrival order, kept in the batches they came in: appending moves a
+    /// batch, never copies rows into an ever larger buffer.
+    rows: Chunks<T>,
     since: Checkpoint,
+}
+
+/// Rows as a list of batches.
+#[derive(Debug)]
+struct Chunks<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Chunks<T> {
+    fn new(rows: Vec<T>) -> Self {
+        let mut c = Chunks {
+            chunks: Vec::new(),
+            len: 0,
+        };
+        c.extend(rows);
+        c
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends a batch.
+    fn extend(&mut self, rows: Vec<T>) {
+        if !rows.is_empty() {
+            self.len += rows.len();
+            self.chunks.push(rows);
+        }
+    }
+
+    /// Appends one row.
+    /// Appends every row of `other`.
+    fn append(&mut self, other: Chunks<T>) {
+        self.len += other.len;
+        self.chunks.extend(other.chunks);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
 }
 
 /// What one partition has buffered, per table.
@@ -367,15 +410,39 @@ fn push<T>(slot: &mut Option<Pending<T>>, rows: Vec<T>, since: Checkpoint) {
     }
     match slot {
         Some(p) => p.rows.extend(rows),
-        None => *slot = Some(Pending { rows, since }),
+        None => {
+            *slot = Some(Pending {
+                rows: Chunks::new(rows),
+                since,
+            });
+        }
     }
+}
+
+/// Points split by measurement, each in arrival order. A batch of one measurement, the
+/// usual case, is moved as it is.
+fn by_measurement(points: Vec<Point>) -> Vec<(String, Vec<Point>)> {
+    let Some(first) = points.first().map(|p| p.measurement.clone()) else {
+        return Vec::new();
+    };
+    if points.iter().all(|p| p.measurement == first) {
+        return vec![(first, points)];
+    }
+    let mut out: Vec<(String, Vec<Point>)> = Vec::new();
+    for p in points {
+        match out.iter_mut().find(|(m, _)| *m == p.measurement) {
+            Some((_, rows)) => rows.push(p),
+            None => out.push((p.measurement.clone(), vec![p])),
+        }
+    }
+    out
 }
 
 /// Puts rows a round could not commit back before the rows buffered since.
 fn put_back<T>(slot: &mut Option<Pending<T>>, older: Option<Pending<T>>) {
     if let Some(mut older) = older {
         if let Some(newer) = slot.take() {
-            older.rows.extend(newer.rows);
+            older.rows.append(newer.rows);
         }
         *slot = Some(older);
     }
@@ -560,11 +627,14 @@ impl LakeWriter {
             late,
         } = outputs;
         push(&mut b.raw, raw, since);
-        for p in clean {
-            match b.clean.get_mut(&p.measurement) {
-                Some(pending) => pending.rows.push(p),
+        for (measurement, rows) in by_measurement(clean) {
+            match b.clean.get_mut(measurement.as_str()) {
+                Some(pending) => pending.rows.extend(rows),
                 None => {
-                    b.clean.insert(p.measurement.clone(), Pending { rows: vec![p], since });
+                    b.clean.insert(measurement, Pending {
+                        rows: Chunks::new(rows),
+                        since,
+                    });
                 }
             }
         }
@@ -638,7 +708,7 @@ impl LakeWriter {
             put_back(&mut b.late, old.late);
             for (m, mut older) in old.clean {
                 if let Some(newer) = b.clean.remove(&m) {
-                    older.rows.extend(newer.rows);
+                    older.rows.append(newer.rows);
                 }
                 b.clean.insert(m, older);
             }

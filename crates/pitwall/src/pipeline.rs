@@ -9,7 +9,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use pitwall_bus::{BusConfig, InProcessBus, Message, PartitionConsumer, Producer, Topics};
 use pitwall_core::json;
-use pitwall_core::record::to_json;
+use pitwall_core::record::write_json;
 use pitwall_lake::{Lake, LakeWriter};
 use pitwall_sim::{Fleet, InjectedFault, Mixed, Race, Simulator};
 use pitwall_stream::{Outputs, Processor, SchemaRegistry};
@@ -698,38 +698,119 @@ pub(crate) enum OutputStream {
     Late,
 }
 
-/// Encodes `o` for the output topics `want` selects: JSON, keyed by source id (DLQ
-/// messages carry no key), timestamped with event time.
+/// Outputs encoded for their topics: every message's key and payload written one after
+/// another into one buffer, so encoding allocates nothing per message and the in-process
+/// bus hands out slices of one shared buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    bytes: Vec<u8>,
+    messages: Vec<EncodedMessage>,
+}
+
+#[derive(Debug)]
+struct EncodedMessage {
+    stream: OutputStream,
+    /// Where the key ends (it starts where the previous message ends); `None` for no key.
+    key_end: Option<usize>,
+    end: usize,
+    time: i64,
+}
+
+impl Encoded {
+    fn push(&mut self, stream: OutputStream, key: Option<&str>, time: i64, write: impl FnOnce(&mut Vec<u8>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let start = self.bytes.len();
+        let key_end = key.map(|k| {
+            self.bytes.extend_from_slice(k.as_bytes());
+            self.bytes.len()
+        });
+        if let Err(e) = write(&mut self.bytes) {
+            self.bytes.truncate(start);
+            return Err(e);
+        }
+        self.messages.push(EncodedMessage {
+            stream,
+            key_end,
+            end: self.bytes.len(),
+            time,
+        });
+        Ok(())
+    }
+
+    /// Every message as `(stream, key, payload, event time)`, in the order encoded.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (OutputStream, Option<&[u8]>, &[u8], i64)> {
+        let mut start = 0;
+        self.messages.iter().map(move |m| {
+            let payload_start = m.key_end.unwrap_or(start);
+            let key = m.key_end.map(|e| &self.bytes[start..e]);
+            let payload = &self.bytes[payload_start..m.end];
+            start = m.end;
+            (m.stream, key, payload, m.time)
+        })
+    }
+
+    /// Every message with its key and payload as shared slices of one buffer.
+    fn into_shared(self) -> impl Iterator<Item = (OutputStream, Option<Bytes>, Bytes, i64)> {
+        let bytes = Bytes::from(self.bytes);
+        let mut start = 0;
+        self.messages.into_iter().map(move |m| {
+            let payload_start = m.key_end.unwrap_or(start);
+            let key = m.key_end.map(|e| bytes.slice(start..e));
+            let payload = bytes.slice(payload_start..m.end);
+            start = m.end;
+            (m.stream, key, payload, m.time)
+        })
+    }
+
+    /// Empties it, keeping its memory.
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.messages.clear();
+    }
+}
+
+/// Encodes `o` for the output topics `want` selects, appending to `out`: JSON, keyed by
+/// source id (DLQ messages carry no key), timestamped with event time.
 pub(crate) fn encode_outputs(
     o: &Outputs,
     config: &pitwall_stream::ProcessorConfig,
     want: impl Fn(OutputStream) -> bool,
-    mut emit: impl FnMut(OutputStream, Option<Bytes>, Vec<u8>, i64),
+    out: &mut Encoded,
 ) -> anyhow::Result<()> {
-    let key = |s: &str| Some(Bytes::copy_from_slice(s.as_bytes()));
     if want(OutputStream::Clean) {
         for p in &o.clean {
-            emit(OutputStream::Clean, source_key(config, p), json::encode(p)?, p.time);
+            out.push(OutputStream::Clean, config.source_id(p), p.time, |buf| Ok(json::encode_into(p, buf)?))?;
         }
     }
     if want(OutputStream::Metrics) {
         for w in &o.windows {
-            emit(OutputStream::Metrics, key(&w.source_id), w.to_json(), w.window_end);
+            out.push(OutputStream::Metrics, Some(&w.source_id), w.window_end, |buf| {
+                w.write_json(buf);
+                Ok(())
+            })?;
         }
     }
     if want(OutputStream::Anomalies) {
         for a in &o.anomalies {
-            emit(OutputStream::Anomalies, key(&a.source_id), to_json(a), a.time);
+            out.push(OutputStream::Anomalies, Some(&a.source_id), a.time, |buf| {
+                write_json(a, buf);
+                Ok(())
+            })?;
         }
     }
     if want(OutputStream::Dlq) {
         for r in &o.rejects {
-            emit(OutputStream::Dlq, None, to_json(r), r.ingest_time);
+            out.push(OutputStream::Dlq, None, r.ingest_time, |buf| {
+                write_json(r, buf);
+                Ok(())
+            })?;
         }
     }
     if want(OutputStream::Late) {
         for l in &o.late {
-            emit(OutputStream::Late, key(&l.source_id), to_json(l), l.time);
+            out.push(OutputStream::Late, Some(&l.source_id), l.time, |buf| {
+                write_json(l, buf);
+                Ok(())
+            })?;
         }
     }
     Ok(())
@@ -769,12 +850,10 @@ impl Publisher {
     }
 
     async fn publish(&self, o: &Outputs) -> anyhow::Result<()> {
-        let mut queued = Vec::new();
-        encode_outputs(o, &self.config, |s| self.producer(s).has_consumer(), |s, key, payload, time| {
-            queued.push((s, key, payload, time));
-        })?;
-        for (s, key, payload, time) in queued {
-            self.producer(s).send(key, Bytes::from(payload), time).await?;
+        let mut encoded = Encoded::default();
+        encode_outputs(o, &self.config, |s| self.producer(s).has_consumer(), &mut encoded)?;
+        for (s, key, payload, time) in encoded.into_shared() {
+            self.producer(s).send(key, payload, time).await?;
         }
         Ok(())
     }

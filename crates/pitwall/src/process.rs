@@ -24,11 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::pipeline::{
-    OutputStream, Stats, encode_outputs, ensure_topics, open_lake, partition_key, record_commit, split_partition_key,
+    Encoded, OutputStream, Stats, encode_outputs, ensure_topics, open_lake, partition_key, record_commit, split_partition_key,
 };
 
 /// How long a member may hold no partition, alone in its group, before it rejoins.
 const STRANDED_AFTER: Duration = Duration::from_secs(15);
+
+/// The most messages taken off the consumer's queue at once.
+const RECV_BATCH: usize = 512;
 
 /// The longest processed outputs wait before they go to their topics and the writer.
 const HAND_OVER_AFTER: Duration = Duration::from_millis(20);
@@ -121,6 +124,8 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     // The lake commit runs on another task while processing goes on; one at a time.
     let mut in_flight: Option<InFlight> = None;
     let mut unflushed = 0usize;
+    // The output topics' messages of a hand-over, its memory kept from one to the next.
+    let mut encoded = Encoded::default();
     let mut last_message = Instant::now();
     let mut failures = 0u32;
     let mut recv_errors = 0u32;
@@ -131,17 +136,15 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     let mut empty_since = Instant::now();
 
     let result: anyhow::Result<()> = async {
-        // One receive stays pending across timer ticks: dropping it could lose the
-        // message it has just taken off librdkafka's queue.
-        let mut pending_recv = Box::pin(consumer.recv());
+        // Messages come in batches of those already fetched; a receive is cancellation
+        // safe (nothing leaves librdkafka's queue until its batch is complete).
+        let mut batch: Vec<pitwall_bus::Message> = Vec::with_capacity(RECV_BATCH);
         loop {
             let wait = writer.time_to_due().clamp(Duration::from_millis(10), Duration::from_millis(200));
+            batch.clear();
             let received = tokio::select! {
                 () = cancel.cancelled() => break,
-                m = &mut pending_recv => {
-                    pending_recv = Box::pin(consumer.recv());
-                    Some(m)
-                }
+                r = consumer.recv_batch(RECV_BATCH, &mut batch) => Some(r),
                 () = tokio::time::sleep(wait) => None,
             };
             for event in consumer.rebalances() {
@@ -170,40 +173,18 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
             }
             let idle_tick = received.is_none();
             match received {
-                Some(Ok(m)) => 'message: {
+                Some(Ok(())) => {
                     recv_errors = 0;
-                    // Ticks are not data: they neither keep the process from exiting when
-                    // idle nor postpone the next tick.
-                    let is_tick = m.key.as_deref() == Some(TICK_KEY);
-                    if !is_tick {
-                        last_message = Instant::now();
+                    // One clock read per batch: every message of it arrived together.
+                    let now = Instant::now();
+                    let mut processed = 0;
+                    for m in batch.drain(..) {
+                        if take_message(&consumer, &mut parts, &m, now, &mut last_message) {
+                            processed += 1;
+                        }
                     }
-                    let Some(part) = parts.get_mut(&m.partition) else { break 'message };
-                    if !is_tick {
-                        part.last_data = Instant::now();
-                    }
-                    if m.offset < part.next {
-                        // Before what is needed (after a seek back): on the way there.
-                        part.progressed = Instant::now();
-                        break 'message;
-                    }
-                    if m.offset > part.next && !recover_gap(&consumer, part, m.partition, m.offset) {
-                        break 'message;
-                    }
-                    part.seek = None;
-                    part.progressed = Instant::now();
-                    if m.offset >= part.replay_until {
-                        part.processor.process(&m, &mut part.outputs);
-                    } else {
-                        // Replaying what the lake partly has: keep only what it lacks.
-                        let mut out = Outputs::default();
-                        part.processor.process(&m, &mut out);
-                        part.plan.suppress(m.offset, &mut out);
-                        part.outputs.append(&mut out);
-                    }
-                    part.next = m.offset + 1;
-                    stats.processed.fetch_add(1, Ordering::Relaxed);
-                    unflushed += 1;
+                    stats.processed.fetch_add(processed as u64, Ordering::Relaxed);
+                    unflushed += processed;
                 }
                 Some(Err(e)) => {
                     recv_errors += 1;
@@ -237,7 +218,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
             }
             // Outputs go out in batches, but never held long: anomalies are awaited.
             if unflushed >= 2048 || (unflushed > 0 && (idle_tick || last_hand_over.elapsed() >= HAND_OVER_AFTER)) {
-                hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats).await?;
+                hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats, &mut encoded).await?;
                 unflushed = 0;
                 last_hand_over = Instant::now();
             }
@@ -286,7 +267,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     // Stopping: commit what was processed (open windows stay open; the next owner
     // rebuilds them from the lake's progress).
     if result.is_ok() {
-        hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats).await?;
+        hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats, &mut encoded).await?;
         if let Some(done) = in_flight.take()
             && let Err(e) = land(done, &mut writer, &consumer, &stats, &topics).await?
         {
@@ -308,6 +289,49 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     }
     consumer.close();
     result
+}
+
+/// Processes `m` if it is the next message its partition needs (received at `now`);
+/// otherwise keeps the partition's reading position and timers right. Returns whether
+/// it was processed.
+fn take_message(
+    consumer: &KafkaConsumer,
+    parts: &mut HashMap<u32, Part>,
+    m: &pitwall_bus::Message,
+    now: Instant,
+    last_message: &mut Instant,
+) -> bool {
+    // Ticks are not data: they neither keep the process from exiting when idle nor
+    // postpone the next tick.
+    let is_tick = m.key.as_deref() == Some(TICK_KEY);
+    if !is_tick {
+        *last_message = now;
+    }
+    let Some(part) = parts.get_mut(&m.partition) else { return false };
+    if !is_tick {
+        part.last_data = now;
+    }
+    if m.offset < part.next {
+        // Before what is needed (after a seek back): on the way there.
+        part.progressed = now;
+        return false;
+    }
+    if m.offset > part.next && !recover_gap(consumer, part, m.partition, m.offset) {
+        return false;
+    }
+    part.seek = None;
+    part.progressed = now;
+    if m.offset >= part.replay_until {
+        part.processor.process(m, &mut part.outputs);
+    } else {
+        // Replaying what the lake partly has: keep only what it lacks.
+        let mut out = Outputs::default();
+        part.processor.process(m, &mut out);
+        part.plan.suppress(m.offset, &mut out);
+        part.outputs.append(&mut out);
+    }
+    part.next = m.offset + 1;
+    true
 }
 
 /// Sends a watermark tick to every partition idle for `idle` (no data, no tick from us
@@ -433,15 +457,14 @@ async fn hand_over(
     topics: &Topics,
     config: &ProcessorConfig,
     stats: &Stats,
+    encoded: &mut Encoded,
 ) -> anyhow::Result<()> {
     for part in parts.values_mut() {
         let outputs = std::mem::take(&mut part.outputs);
         crate::pipeline::count(stats, &outputs);
-        let mut queued = Vec::new();
-        encode_outputs(&outputs, config, |_| true, |stream, key, payload, time| {
-            queued.push((stream, key, payload, time));
-        })?;
-        for (stream, key, payload, time) in queued {
+        encoded.clear();
+        encode_outputs(&outputs, config, |_| true, encoded)?;
+        for (stream, key, payload, time) in encoded.iter() {
             let topic = match stream {
                 OutputStream::Clean => &topics.clean,
                 OutputStream::Metrics => &topics.metrics,
@@ -449,7 +472,7 @@ async fn hand_over(
                 OutputStream::Dlq => &topics.dlq,
                 OutputStream::Late => &topics.late,
             };
-            publisher.publish(topic, key.as_deref(), &payload, time).await?;
+            publisher.publish(topic, key, payload, time).await?;
         }
         let key = partition_key(part.processor.topic(), part.processor.partition());
         writer.append(&key, outputs, part.processor.checkpoint(part.next));
