@@ -48,6 +48,10 @@ enum Cell<'a> {
     Bin(&'a [u8]),
 }
 
+/// Column name -> position, looked up for every tag and field of every row: foldhash
+/// rather than the standard SipHash, which cost 1.5 % of a commit's CPU.
+type ColumnIndex<'a> = HashMap<&'a str, usize, foldhash::fast::FixedState>;
+
 /// A record that can be written as a table row.
 trait Row {
     /// The value for column `name`.
@@ -55,7 +59,7 @@ trait Row {
     /// The time (ns) whose day is the row's partition.
     fn partition_time(&self) -> i64;
     /// Fills `out` (all `Cell::Null`, one per column of `index`) with this row's cells.
-    fn cells<'r>(&'r self, names: &[&str], _index: &HashMap<&str, usize>, out: &mut [Cell<'r>]) {
+    fn cells<'r>(&'r self, names: &[&str], _index: &ColumnIndex<'_>, out: &mut [Cell<'r>]) {
         for (slot, name) in out.iter_mut().zip(names) {
             *slot = self.cell(name);
         }
@@ -199,7 +203,7 @@ impl Row for Point {
         self.time
     }
     /// One pass over the point's tags and fields instead of a map lookup per column.
-    fn cells<'r>(&'r self, _names: &[&str], index: &HashMap<&str, usize>, out: &mut [Cell<'r>]) {
+    fn cells<'r>(&'r self, _names: &[&str], index: &ColumnIndex<'_>, out: &mut [Cell<'r>]) {
         if let Some(&i) = index.get("time") {
             out[i] = Cell::Ts(self.time);
         }
@@ -303,7 +307,7 @@ const BATCH_ROWS: usize = 8192;
 fn batch<R: Row>(schema: &SchemaRef, rows: &[&R]) -> Result<RecordBatch> {
     let fields = schema.fields();
     let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
-    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let index: ColumnIndex<'_> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut builders = fields
         .iter()
         .map(|f| Builder::new(f, rows.len()))
