@@ -76,7 +76,7 @@ if [ -x "${PITWALL_TANSU:-$CACHE/tansu/bin/tansu}" ]; then
     "Both: idempotent producer, acks=all, lz4, murmur2 keys, same broker (tansu, memory storage, sharing the 2 cores). Target 300,000 events/s on one core. Bottleneck: librdkafka's per-message produce path (both clients) and the broker's CPU share." \
     bench/kafka.sh ingest 2000 3
   section "process from Kafka: consumer group to processor to lake and output topics" \
-    "The raw topic is filled first (not timed). One task reads and processes every partition; the lake commit runs beside it on another. Bottleneck (perf): zeroing fresh pages for rows held until the commit, copies, JSON decoding, the output topics' JSON and lz4, window state, Parquet encoding, librdkafka's threads." \
+    "The raw topic is filled first (not timed). One task reads and processes every partition; the lake commit runs beside it on another. Bottleneck (perf): JSON decoding, zeroing fresh pages for rows held until the commit, name comparisons in every stage, the output topics' JSON and lz4, window state, Parquet encoding, librdkafka's threads." \
     bench/kafka.sh process 2000 3
   section "latency through Kafka at 10,000 events/s" \
     "ingest producer -> tansu -> processor -> anomalies topic -> a consumer; and the dashboard's SSE fed from the anomalies topic. Each Kafka hop adds the producer's linger (5 ms) and up to kafka.fetch-wait (10 ms; tansu holds every fetch that long). Target p99 under 250 ms at 100,000 events/s." \

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -376,7 +376,7 @@ impl KafkaProducer {
 /// [`KafkaPublisher::mark`]).
 #[derive(Debug, Default)]
 struct Deliveries {
-    in_flight: [std::sync::atomic::AtomicUsize; 2],
+    in_flight: [AtomicUsize; 2],
     failed: Mutex<Option<String>>,
     changed: tokio::sync::Notify,
 }
@@ -411,7 +411,7 @@ impl ProducerContext for CountingContext {
 pub struct KafkaPublisher {
     inner: ThreadedProducer<CountingContext>,
     deliveries: Arc<Deliveries>,
-    epoch: std::sync::atomic::AtomicUsize,
+    epoch: AtomicUsize,
     brokers: String,
 }
 
@@ -437,7 +437,7 @@ impl KafkaPublisher {
         Ok(KafkaPublisher {
             inner,
             deliveries,
-            epoch: std::sync::atomic::AtomicUsize::new(0),
+            epoch: AtomicUsize::new(0),
             brokers: config.brokers.clone(),
         })
     }
@@ -731,7 +731,7 @@ impl KafkaConsumer {
         if !context.pending.swap(false, Ordering::Acquire) {
             return Vec::new();
         }
-        std::mem::take(&mut *self.inner.context().events.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(&mut *context.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Moves reading of an assigned partition to `offset`; messages fetched before are

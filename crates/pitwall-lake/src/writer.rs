@@ -381,7 +381,6 @@ impl<T> Chunks<T> {
         }
     }
 
-    /// Appends one row.
     /// Appends every row of `other`.
     fn append(&mut self, other: Chunks<T>) {
         self.len += other.len;

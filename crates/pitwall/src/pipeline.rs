@@ -710,10 +710,18 @@ pub(crate) struct Encoded {
 #[derive(Debug)]
 struct EncodedMessage {
     stream: OutputStream,
-    /// Where the key ends (it starts where the previous message ends); `None` for no key.
+    start: usize,
+    /// Where the key ends (it starts at `start`); `None` for no key.
     key_end: Option<usize>,
     end: usize,
     time: i64,
+}
+
+impl EncodedMessage {
+    /// Where its key and its payload are in the buffer.
+    fn ranges(&self) -> (Option<std::ops::Range<usize>>, std::ops::Range<usize>) {
+        (self.key_end.map(|e| self.start..e), self.key_end.unwrap_or(self.start)..self.end)
+    }
 }
 
 impl Encoded {
@@ -729,6 +737,7 @@ impl Encoded {
         }
         self.messages.push(EncodedMessage {
             stream,
+            start,
             key_end,
             end: self.bytes.len(),
             time,
@@ -738,26 +747,18 @@ impl Encoded {
 
     /// Every message as `(stream, key, payload, event time)`, in the order encoded.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (OutputStream, Option<&[u8]>, &[u8], i64)> {
-        let mut start = 0;
-        self.messages.iter().map(move |m| {
-            let payload_start = m.key_end.unwrap_or(start);
-            let key = m.key_end.map(|e| &self.bytes[start..e]);
-            let payload = &self.bytes[payload_start..m.end];
-            start = m.end;
-            (m.stream, key, payload, m.time)
+        self.messages.iter().map(|m| {
+            let (key, payload) = m.ranges();
+            (m.stream, key.map(|k| &self.bytes[k]), &self.bytes[payload], m.time)
         })
     }
 
     /// Every message with its key and payload as shared slices of one buffer.
     fn into_shared(self) -> impl Iterator<Item = (OutputStream, Option<Bytes>, Bytes, i64)> {
         let bytes = Bytes::from(self.bytes);
-        let mut start = 0;
         self.messages.into_iter().map(move |m| {
-            let payload_start = m.key_end.unwrap_or(start);
-            let key = m.key_end.map(|e| bytes.slice(start..e));
-            let payload = bytes.slice(payload_start..m.end);
-            start = m.end;
-            (m.stream, key, payload, m.time)
+            let (key, payload) = m.ranges();
+            (m.stream, key.map(|k| bytes.slice(k)), bytes.slice(payload), m.time)
         })
     }
 
