@@ -11,14 +11,17 @@
 #                                   same load generator for S seconds each (default 10),
 #                                   batches of 5,000 lines; prints both and the ratio
 #   bench/peers.sh query DIR [RUNS] the typical queries of deploy/trino/schema.sql in
-#                                   pitwall bench query and in DuckDB over the same
-#                                   Parquet files of the lake in DIR; ratio per query
+#                                   pitwall bench query, in DuckDB over the same Parquet
+#                                   files of the lake in DIR and in InfluxDB 1.x with the
+#                                   same rows loaded (those InfluxQL can ask); ratio per
+#                                   query and peer. NO_INFLUXDB=1 leaves InfluxDB out
+#                                   (loading 100 million rows takes it most of an hour)
 #
 # Needs the release binary (cargo build --release -p pitwall).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
-PITWALL="$CARGO_TARGET_DIR/release/pitwall"
+PITWALL="${PITWALL_BIN:-$CARGO_TARGET_DIR/release/pitwall}"
 VENV="$CACHE/venv"
 DUCKDB_VERSION=1.4.2
 CONFLUENT_KAFKA_VERSION=2.16.1
@@ -48,6 +51,8 @@ bind-address = "127.0.0.1:$rpc"
   dir = "$WORK/influx/data"
   wal-dir = "$WORK/influx/wal"
   query-log-enabled = false
+  # Bulk loads outrun the default 1 GB write cache ("cache-max-memory-size exceeded").
+  cache-max-memory-size = "4g"
 [http]
   bind-address = "127.0.0.1:$http"
   log-enabled = false
@@ -86,13 +91,24 @@ query() {
   local data=$1 runs=${2:-5}
   [ -x "$PITWALL" ] || { echo "no release build at $PITWALL; run: cargo build --release -p pitwall" >&2; exit 1; }
   WORK="$(mktemp -d)"
-  trap 'rm -rf "$WORK"' EXIT
+  trap 'kill ${INFLUX_PID:-} 2>/dev/null; wait ${INFLUX_PID:-} 2>/dev/null; rm -rf "$WORK"' EXIT
   echo "== pitwall query (DataFusion over the Iceberg tables; each run plans through the catalog)"
   "$PITWALL" bench query --data-dir "$data" --runs "$runs" | tee "$WORK/pitwall.txt"
   echo "== DuckDB over the same Parquet files (listed once, before timing)"
   "$VENV/bin/python" bench/duckdb_queries.py "$data" "$runs" | tee "$WORK/duckdb.txt"
-  join <(awk '/^query [0-9]/ {print $2, $3}' "$WORK/pitwall.txt") <(awk '/^query [0-9]/ {print $2, $3}' "$WORK/duckdb.txt") |
-    awk '{ printf "query %s ratio pitwall/DuckDB (time): %.2fx (%.1f vs %.1f ms)\n", $1, $2 / $3, $2, $3 }'
+  ratios "$WORK/duckdb.txt" DuckDB
+  [ "${NO_INFLUXDB:-0}" = 1 ] && return 0
+  echo "== InfluxDB $(influxd version 2>/dev/null | awk '{print $2}') with the same rows loaded as line protocol"
+  start_influxdb
+  "$VENV/bin/python" bench/influxdb_queries.py "$data" "$INFLUX_URL" "$runs" | tee "$WORK/influxdb.txt"
+  ratios "$WORK/influxdb.txt" InfluxDB
+}
+
+# Prints pitwall's time over the peer's for each query both answered.
+ratios() {
+  local peer=$1 name=$2
+  join <(awk '/^query [0-9]/ && $4 == "ms" {print $2, $3}' "$WORK/pitwall.txt") <(awk '/^query [0-9]/ && $4 == "ms" {print $2, $3}' "$peer") |
+    awk -v peer="$name" '{ printf "query %s ratio pitwall/%s (time): %.2fx (%.1f vs %.1f ms)\n", $1, peer, $2 / $3, $2, $3 }'
 }
 
 case "${1:-install}" in

@@ -405,9 +405,8 @@ pub async fn run_on_bus(
     let consumers = bus.subscribe(&topics.raw)?;
     let processor_config = Arc::new(config.processor.clone());
 
-    // Processors hand their outputs to the one lake writer through a bounded channel.
-    // Roomy, so processors go on (and anomalies go out) while the writer commits.
-    let (out_tx, out_rx) = mpsc::channel::<Batch>(4096);
+    // Processors hand their outputs to the one lake writer, bounded by rows in flight.
+    let (out_tx, out_rx) = Handoff::new();
     // Continue the offsets the lake has recorded, so every commit's claim holds. (The
     // in-process bus keeps nothing between runs, so there is nothing to replay.)
     let progress = lake.committed_progress().await.context("reading the lake's committed offsets")?;
@@ -871,15 +870,48 @@ pub(crate) fn split_partition_key(key: &str) -> Option<(&str, u32)> {
     Some((topic, partition.parse().ok()?))
 }
 
-/// Outputs of one partition for the lake writer, with the processor's checkpoint after them.
-type Batch = (String, Outputs, pitwall_stream::Checkpoint);
+/// Outputs of one partition for the lake writer, with the processor's checkpoint after
+/// them and the share of the hand-off's row budget they hold until the writer takes them.
+type Batch = (String, Outputs, pitwall_stream::Checkpoint, tokio::sync::OwnedSemaphorePermit);
+
+/// Rows handed from the processors to the lake writer that it has not yet taken into its
+/// buffer. Roomy, so processors go on (and anomalies go out) while the writer commits;
+/// bounded in rows, not batches, so a processor far ahead of the writer (a backfill at
+/// full speed) waits instead of holding the whole input in memory (batches of 1,024
+/// messages, ~3 rows each, at 4,096 batches in a row took 13 GB within 30 s).
+const HANDOFF_ROWS: usize = 262_144;
+
+/// The processors' side of the channel to the lake writer.
+#[derive(Clone)]
+struct Handoff {
+    tx: mpsc::Sender<Batch>,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Handoff {
+    fn new() -> (Handoff, mpsc::Receiver<Batch>) {
+        // Many small batches (a few events each at low rates) fit as well.
+        let (tx, rx) = mpsc::channel(4096);
+        (Handoff { tx, budget: Arc::new(tokio::sync::Semaphore::new(HANDOFF_ROWS)) }, rx)
+    }
+
+    /// Waits for room, then hands `outputs` over; false if the writer has stopped.
+    async fn send(&self, key: String, outputs: Outputs, checkpoint: pitwall_stream::Checkpoint) -> bool {
+        // A batch larger than the whole budget takes all of it.
+        let rows = u32::try_from(outputs.len().clamp(1, HANDOFF_ROWS)).unwrap_or(u32::MAX);
+        let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(rows).await else {
+            return false;
+        };
+        self.tx.send((key, outputs, checkpoint, permit)).await.is_ok()
+    }
+}
 
 /// Processes one partition until the topic ends, then closes its windows.
 async fn process_partition(
     mut processor: Processor,
     mut consumer: PartitionConsumer,
     publisher: Publisher,
-    out: mpsc::Sender<Batch>,
+    out: Handoff,
     stats: Arc<Stats>,
     idle_timeout: Duration,
 ) -> anyhow::Result<()> {
@@ -917,7 +949,7 @@ async fn process_partition(
             count(&stats, &outputs);
             publisher.publish(&outputs).await?;
             if !outputs.is_empty() {
-                out.send((key, outputs, processor.checkpoint(next))).await.ok();
+                out.send(key, outputs, processor.checkpoint(next)).await;
             }
             return Ok(());
         }
@@ -939,12 +971,12 @@ async fn hand_over(
     outputs: Outputs,
     key: &str,
     publisher: &Publisher,
-    out: &mpsc::Sender<Batch>,
+    out: &Handoff,
     stats: &Stats,
 ) -> anyhow::Result<()> {
     count(stats, &outputs);
     publisher.publish(&outputs).await?;
-    if out.send((key.to_owned(), outputs, processor.checkpoint(next))).await.is_err() {
+    if !out.send(key.to_owned(), outputs, processor.checkpoint(next)).await {
         anyhow::bail!("the lake writer stopped; partition {} cannot hand over its output", processor.partition());
     }
     Ok(())
@@ -972,7 +1004,9 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stat
             () = tokio::time::sleep(wait) => Some(None),
         };
         match next {
-            Some(Some((key, outputs, checkpoint))) => writer.append(&key, outputs, checkpoint),
+            // The rows leave the hand-off's budget once in the writer's buffer (which
+            // its commit_rows bounds).
+            Some(Some((key, outputs, checkpoint, _permit))) => writer.append(&key, outputs, checkpoint),
             Some(None) => {}
             None => break,
         }
