@@ -262,10 +262,15 @@ impl ExecutionPlan for LakeScan {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, _: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
         let tasks = self.groups.get(partition).cloned().ok_or_else(|| DataFusionError::Internal(format!("LakeScan has no partition {partition}")))?;
         let runtime = Runtime::try_current().map_err(df_error)?;
-        let reader = ArrowReaderBuilder::new(self.file_io.clone(), runtime).with_data_file_concurrency_limit(FILES_AT_ONCE).build();
+        // Batches as large as DataFusion's own (8,192 rows; the Parquet reader's default
+        // is 1,024, and every operator above pays per batch).
+        let reader = ArrowReaderBuilder::new(self.file_io.clone(), runtime)
+            .with_data_file_concurrency_limit(FILES_AT_ONCE)
+            .with_batch_size(context.session_config().batch_size())
+            .build();
         let batches = reader.read(futures::stream::iter(tasks.into_iter().map(Ok)).boxed()).map_err(df_error)?.stream().map_err(df_error);
         let stream = match self.limit {
             None => batches.boxed(),
