@@ -17,7 +17,7 @@
 #                                   query and peer. NO_INFLUXDB=1 leaves InfluxDB out
 #                                   (loading 100 million rows takes it most of an hour)
 #
-# Needs the release binary (cargo build --release -p pitwall).
+# Needs the release binary (cargo build --release -p pitwall; PITWALL_BIN=PATH runs another).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh

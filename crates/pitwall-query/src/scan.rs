@@ -166,7 +166,8 @@ impl TableProvider for LakeTable {
             builder = builder.with_filter(predicate);
         }
         let tasks: Vec<FileScanTask> = builder.build().map_err(df_error)?.plan_files().await.map_err(df_error)?.try_collect().await.map_err(df_error)?;
-        let groups = spread(tasks, state.config().target_partitions(), |t| t.length);
+        let partitions = state.config().target_partitions();
+        let groups = spread(split(tasks, partitions), partitions, |t| t.length);
         Ok(Arc::new(LakeScan::new(self.table.file_io().clone(), schema, groups, limit)))
     }
 
@@ -174,6 +175,35 @@ impl TableProvider for LakeTable {
         // Pushed down to prune files and row groups; DataFusion still filters the rows.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
+}
+
+/// With fewer files than `partitions` (a compacted table is often one file), cuts each
+/// file into byte ranges so that every partition has a share: iceberg's reader reads
+/// the row groups whose midpoints lie in a task's range, so each row group is read by
+/// exactly one task (a range holding no midpoint reads nothing).
+fn split(tasks: Vec<FileScanTask>, partitions: usize) -> Vec<FileScanTask> {
+    if tasks.is_empty() || tasks.len() >= partitions {
+        return tasks;
+    }
+    let pieces = partitions.div_ceil(tasks.len()) as u64;
+    let mut out = Vec::with_capacity(partitions);
+    for task in tasks {
+        // A zero length means the whole file to the reader; leave such a task whole.
+        if task.length == 0 {
+            out.push(task);
+            continue;
+        }
+        let (start, length) = (task.start, task.length);
+        for i in 0..pieces {
+            let mut piece = task.clone();
+            piece.start = start + length * i / pieces;
+            piece.length = start + length * (i + 1) / pieces - piece.start;
+            // The row count is the whole file's; no share claims it.
+            piece.record_count = None;
+            out.push(piece);
+        }
+    }
+    out
 }
 
 /// Spreads `items` over at most `n` groups of about equal weight (heaviest first, each
@@ -291,7 +321,47 @@ impl ExecutionPlan for LakeScan {
 
 #[cfg(test)]
 mod tests {
-    use super::spread;
+    use std::sync::Arc;
+
+    use iceberg::scan::FileScanTask;
+    use iceberg::spec::{DataFileFormat, Schema};
+
+    use super::{split, spread};
+
+    fn task(path: &str, size: u64) -> FileScanTask {
+        FileScanTask::builder()
+            .with_file_size_in_bytes(size)
+            .with_start(0)
+            .with_length(size)
+            .with_record_count(Some(1000))
+            .with_data_file_path(path.to_owned())
+            .with_data_file_format(DataFileFormat::Parquet)
+            .with_schema(Arc::new(Schema::builder().build().expect("an empty schema")))
+            .with_project_field_ids(Vec::new())
+            .with_case_sensitive(true)
+            .build()
+    }
+
+    #[test]
+    fn fewer_files_than_partitions_are_cut_into_ranges_that_cover_each_file_once() {
+        let pieces = split(vec![task("a", 1001), task("b", 10)], 5);
+        // 5 partitions over 2 files: 3 ranges each.
+        for (path, size) in [("a", 1001), ("b", 10)] {
+            let mut ranges: Vec<(u64, u64)> = pieces.iter().filter(|t| t.data_file_path == path).map(|t| (t.start, t.length)).collect();
+            ranges.sort_unstable();
+            assert_eq!(ranges.len(), 3, "{path}: {ranges:?}");
+            let mut next = 0;
+            for (start, length) in &ranges {
+                assert_eq!(*start, next, "{path}: ranges leave a gap or overlap: {ranges:?}");
+                next = start + length;
+            }
+            assert_eq!(next, size, "{path}: ranges end before the file does: {ranges:?}");
+        }
+        assert!(pieces.iter().all(|t| t.record_count.is_none()), "a piece must not claim the file's row count");
+        // As many files as partitions or more: left whole.
+        let whole = split(vec![task("a", 100), task("b", 100)], 2);
+        assert_eq!(whole.iter().map(|t| (t.start, t.length, t.record_count)).collect::<Vec<_>>(), vec![(0, 100, Some(1000)); 2]);
+    }
 
     #[test]
     fn files_spread_evenly_by_bytes_and_no_partition_is_empty() {
