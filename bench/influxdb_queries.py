@@ -138,21 +138,23 @@ def main():
     data_dir, url, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     con = lake_views(data_dir)
     influx = Influx(url)
+    # Per table: measurement, tags, time column, extra fields, and a field every point
+    # has (to count the points back).
     schemas = {
-        "clean.car": ("car", ["driver", "lap", "sector", "session", "team", "track"], "time", ()),
-        "metrics.windows": ("windows", ["field", "measurement", "source_id", "window"], "window_start", ()),
+        "clean.car": ("car", ["driver", "lap", "sector", "session", "team", "track"], "time", (), "speed_kph"),
+        "metrics.windows": ("windows", ["field", "measurement", "source_id", "window"], "window_start", (), '"count"'),
         # source_id once more as a field: count(DISTINCT) in InfluxQL works on fields only.
         "anomalies.events": (
             "anomalies",
             ["field", "id", "kind", "measurement", "phase", "rule", "severity", "source_id"],
             "time",
             (("source", "'\"' || source_id || '\"'"),),
+            "observed",
         ),
     }
-    counts = {"car": "speed_kph", "windows": "\"count\"", "anomalies": "observed"}
-    for table, (measurement, tags, time_col, extra) in schemas.items():
+    for table, (measurement, tags, time_col, extra, always) in schemas.items():
         sent, secs = load(con, influx, table, build_line_sql(con, table, measurement, tags, time_col, extra))
-        stored = influx.query(f"SELECT count({counts[measurement]}) FROM {measurement}")
+        stored = influx.query(f"SELECT count({always}) FROM {measurement}")
         n = stored[0][1][1] if stored else 0
         if n != sent:
             raise SystemExit(f"{table}: wrote {sent} points, InfluxDB holds {n} (points overwritten by a duplicate series and time?)")

@@ -51,7 +51,8 @@ bind-address = "127.0.0.1:$rpc"
   dir = "$WORK/influx/data"
   wal-dir = "$WORK/influx/wal"
   query-log-enabled = false
-  # Bulk loads outrun the default 1 GB write cache ("cache-max-memory-size exceeded").
+  # A precaution for bulk loads: a write that would take the cache past this size is
+  # refused (the default is 1 GB).
   cache-max-memory-size = "4g"
 [http]
   bind-address = "127.0.0.1:$http"

@@ -102,7 +102,7 @@ section "storage at 10 million rows: 14 hours of telemetry at full speed, a comm
   "$PITWALL" bench lake --data-dir "$WORK/q10m" --sim-duration 14h --speed 0 --commit-every 60s --maintenance 0s --runs 3
 
 section "query: the six questions of deploy/trino/schema.sql on 10 million car rows, against DuckDB and InfluxDB 1.x" \
-  "Same SQL, same Parquet files for DuckDB (its views list them once, before timing; pitwall loads the table from the catalog and plans its files on every run). InfluxDB holds the same rows, loaded as line protocol with what the questions group by as tags; InfluxQL cannot ask question 2 (a join) or 3 (grouping by an expression), and every answer it gives is checked against DuckDB's row count and counts. Against DuckDB, pitwall is ahead where DuckDB's date_trunc and time-bucket grouping is slow (queries 1 and 5) and behind on the join and the plain group-bys (2 and 3, at times 4: iceberg's Arrow reader decodes and DataFusion hashes slower than DuckDB's fused scan-aggregate) and on the tiny anomalies table (6: catalog load and planning on every query). Against InfluxDB, pitwall is ahead on all four it can ask, by 9 to 63 times on the scans (InfluxDB reads each series' TSM blocks and runs an iterator per group; question 4 groups by lap, a tag, so it walks thousands of series) and by a little on the tiny anomalies table. The load itself ran at about 100,000 points/s." \
+  "Same SQL, same Parquet files for DuckDB (its views list them once, before timing; pitwall loads the table from the catalog and plans its files on every run). InfluxDB holds the same rows, loaded as line protocol with what the questions group by as tags; InfluxQL cannot ask question 2 (a join) or 3 (grouping by an expression), and every answer it gives is checked against DuckDB's row count and counts. Against DuckDB, pitwall is ahead where DuckDB's date_trunc and time-bucket grouping is slow (queries 1 and 5) and behind on the join and the plain group-bys (2 and 3, at times 4: DataFusion's hash join and aggregation are slower than DuckDB's here; DataFusion's own Parquet reader over the same files was no faster than iceberg's) and on the tiny anomalies table (6: catalog load and planning on every query). Against InfluxDB, pitwall is ahead on all four it can ask, by 9 to 63 times on the scans (InfluxDB reads each series' TSM blocks and runs an iterator per group; question 4 groups by lap, a tag, so it walks thousands of series) and by a little on the tiny anomalies table. The load itself ran at about 100,000 points/s." \
   bench/peers.sh query "$WORK/q10m" 5
 
 # 100 million rows take about 40 minutes of both cores to stream here, so the lake is
@@ -112,8 +112,9 @@ Q100M="$CACHE/bench/q100m"
 if [ ! -f "$Q100M/.filled" ]; then
   echo "filling the 100-million-row lake in $Q100M (about 40 minutes, once)" >&2
   rm -rf "$Q100M"
-  { echo "\$ pitwall bench lake --data-dir $Q100M --sim-duration 140h --speed 0 --commit-every 300s --maintenance 0s --runs 1  # on $(date -u '+%Y-%m-%d')"
-    RUST_LOG=warn "$PITWALL" bench lake --data-dir "$Q100M" --sim-duration 140h --speed 0 --commit-every 300s --maintenance 0s --runs 1
+  fill=(bench lake --data-dir "$Q100M" --sim-duration 140h --speed 0 --commit-every 300s --maintenance 0s --runs 1)
+  { echo "\$ pitwall ${fill[*]}  # on $(date -u '+%Y-%m-%d')"
+    RUST_LOG=warn "$PITWALL" "${fill[@]}"
   } >"$WORK/fill.txt"
   mv "$WORK/fill.txt" "$Q100M/fill.txt"
   touch "$Q100M/.filled"
