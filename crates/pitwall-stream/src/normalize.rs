@@ -107,6 +107,58 @@ impl SchemaRegistry {
     }
 }
 
+/// One processor's copy of the registry's field types, read without a lock and walked
+/// beside a point's sorted fields: one name comparison per field instead of a tree
+/// search under a lock. A field type never changes once registered, so the copy is right
+/// for every field it has; a field it lacks sends the point to the registry, and the copy
+/// is taken again.
+#[derive(Debug, Clone, Default)]
+pub struct LocalSchemas {
+    registry: SchemaRegistry,
+    /// Per measurement, its known fields sorted by name.
+    known: HashMap<pitwall_core::Name, Vec<(pitwall_core::Name, FieldType)>>,
+}
+
+impl LocalSchemas {
+    /// A copy of `registry`, filled as points arrive.
+    pub fn new(registry: SchemaRegistry) -> Self {
+        LocalSchemas {
+            registry,
+            known: HashMap::new(),
+        }
+    }
+
+    /// [`SchemaRegistry::conform`], answered from the copy when it knows every field.
+    pub fn conform(&mut self, point: &mut Point) -> Result<(), String> {
+        if let Some(known) = self.known.get(point.measurement.as_str())
+            && point.fields.values().all(|v| !matches!(v, FieldValue::U64(u) if *u > i64::MAX as u64))
+        {
+            let mut k = known.iter().peekable();
+            let mut all_known = true;
+            for (name, value) in &mut point.fields {
+                while k.next_if(|(n, _)| n < name).is_some() {}
+                match k.peek() {
+                    Some((n, t)) if n == name => coerce(name, value, *t)?,
+                    _ => {
+                        all_known = false;
+                        break;
+                    }
+                }
+            }
+            if all_known {
+                return Ok(());
+            }
+        }
+        self.registry.conform(point)?;
+        let fields = self.registry.fields(&point.measurement);
+        self.known.insert(
+            point.measurement.as_str().into(),
+            fields.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+        );
+        Ok(())
+    }
+}
+
 fn coerce(name: &str, value: &mut FieldValue, want: FieldType) -> Result<(), String> {
     let have = FieldType::of(value);
     if have == want {
@@ -177,12 +229,23 @@ pub fn normalize_names(point: &mut Point) -> Result<(), String> {
             return Err("two field keys are the same once lower-cased".into());
         }
     }
-    for reserved in ["time"] {
-        if point.tags.contains_key(reserved) || point.fields.contains_key(reserved) {
-            return Err(format!("{reserved:?} is reserved for the event time; rename the tag or field"));
-        }
+    let reserved = |k: &pitwall_core::Name| k.len() == 4 && k == "time";
+    if point.tags.keys().any(reserved) || point.fields.keys().any(reserved) {
+        return Err("\"time\" is reserved for the event time; rename the tag or field".into());
     }
-    if let Some(k) = point.tags.keys().find(|k| point.fields.contains_key(*k)) {
+    // A name both a tag and a field: a filter of the field names' first and last bytes
+    // and lengths rules out almost every tag without comparing names.
+    let sketch = |k: &str| {
+        let b = k.as_bytes();
+        let h = (usize::from(b.first().copied().unwrap_or(0)) * 31 + usize::from(b.last().copied().unwrap_or(0))) * 7 + b.len();
+        1u64 << (h % 64)
+    };
+    let fields = point.fields.keys().fold(0u64, |m, k| m | sketch(k));
+    if let Some(k) = point
+        .tags
+        .keys()
+        .find(|k| fields & sketch(k) != 0 && point.fields.contains_key(*k))
+    {
         return Err(format!("{k:?} is both a tag and a field; rename one"));
     }
     Ok(())
@@ -220,5 +283,41 @@ mod tests {
         assert!(reg.conform(&mut p).is_err());
         let mut p = Point::new("m", 0).field("big", FieldValue::U64(u64::MAX));
         assert!(reg.conform(&mut p).unwrap_err().contains("above the largest integer"));
+    }
+
+    #[test]
+    fn a_local_copy_answers_as_the_registry_does() {
+        let reg = SchemaRegistry::default();
+        let (mut a, mut b) = (LocalSchemas::new(reg.clone()), LocalSchemas::new(reg.clone()));
+        let mut p = Point::new("m", 0).field("rpm", FieldValue::I64(5)).field("speed", FieldValue::F64(1.5));
+        a.conform(&mut p).unwrap();
+        // From the copy: coerced as the registry would.
+        let mut p = Point::new("m", 0).field("rpm", FieldValue::F64(7.0)).field("speed", FieldValue::I64(2));
+        a.conform(&mut p).unwrap();
+        assert_eq!((&p.fields["rpm"], &p.fields["speed"]), (&FieldValue::I64(7), &FieldValue::F64(2.0)));
+        let mut p = Point::new("m", 0).field("rpm", FieldValue::F64(7.5));
+        assert_eq!(a.conform(&mut p).unwrap_err(), "field \"rpm\" is a float (7.5), but the table stores it as integer");
+        // A field another copy registered meanwhile: this copy learns its type.
+        let mut p = Point::new("m", 0).field("gear", FieldValue::Bool(true));
+        b.conform(&mut p).unwrap();
+        let mut p = Point::new("m", 0).field("gear", FieldValue::I64(3)).field("rpm", FieldValue::I64(1));
+        assert!(a.conform(&mut p).unwrap_err().contains("stores it as boolean"));
+        let mut p = Point::new("m", 0).field("rpm", FieldValue::U64(u64::MAX));
+        assert!(a.conform(&mut p).unwrap_err().contains("above the largest integer"));
+        assert_eq!(reg.fields("m").len(), 3);
+    }
+
+    #[test]
+    fn a_tag_named_like_a_field_is_caught_whatever_the_filter_says() {
+        for name in ["a", "ab", "zz_top", "driver", "x"] {
+            let mut p = Point::new("m", 0)
+                .tag(name, "v")
+                .tag("other", "w")
+                .field(name, FieldValue::F64(1.0))
+                .field("speed", FieldValue::F64(1.0));
+            assert_eq!(normalize_names(&mut p).unwrap_err(), format!("{name:?} is both a tag and a field; rename one"));
+        }
+        let mut p = Point::new("m", 0).tag("time", "x");
+        assert!(normalize_names(&mut p).unwrap_err().contains("reserved"));
     }
 }

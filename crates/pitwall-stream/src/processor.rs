@@ -10,7 +10,7 @@ use pitwall_core::{Name, Point, Precision, json};
 
 use crate::config::ProcessorConfig;
 use crate::enrich::Enricher;
-use crate::normalize::{SchemaRegistry, normalize_names};
+use crate::normalize::{LocalSchemas, SchemaRegistry, normalize_names};
 use crate::rules::RuleEngine;
 use crate::window::{Mark, WindowOperator};
 
@@ -96,7 +96,7 @@ fn tick_time(payload: &[u8]) -> Option<i64> {
 #[derive(Debug)]
 pub struct Processor {
     config: Arc<ProcessorConfig>,
-    schemas: SchemaRegistry,
+    schemas: LocalSchemas,
     topic: Arc<str>,
     partition: u32,
     enricher: Arc<Enricher>,
@@ -125,7 +125,7 @@ impl Processor {
             lateness,
             config,
             enricher,
-            schemas,
+            schemas: LocalSchemas::new(schemas),
             topic: topic.into(),
             partition,
             windows,
@@ -268,7 +268,7 @@ impl Processor {
     }
 
     /// Decodes, validates and normalizes a payload; the error is the reject reason.
-    fn validate(&self, msg: &Message) -> Result<(Point, Name), String> {
+    fn validate(&mut self, msg: &Message) -> Result<(Point, Name), String> {
         let mut point = json::decode(&msg.payload, msg.timestamp, Precision::S)
             .map_err(|e| e.to_string())?;
         normalize_names(&mut point)?;

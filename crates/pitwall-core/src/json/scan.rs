@@ -142,7 +142,11 @@ impl<'a> Cursor<'a> {
                 }
             }
         }
-        Some(entries.into_iter().collect())
+        // Into a vector of the exact size: the point keeps it until the lake commit, and
+        // a room for 24 entries would more than double what a point holds.
+        let mut exact = Vec::with_capacity(entries.len());
+        exact.append(&mut entries);
+        Some(exact.into_iter().collect())
     }
 
     /// A field value: number, boolean or string.
