@@ -142,9 +142,11 @@ impl<'a> Cursor<'a> {
                 }
             }
         }
-        // Into a vector of the exact size: the point keeps it until the lake commit, and
-        // a room for 24 entries would more than double what a point holds.
-        let mut exact = Vec::with_capacity(entries.len());
+        // Into a vector of about the right size: the point keeps it until the lake
+        // commit, and room for 24 entries would more than double what a point holds. Two
+        // spare places for what enrichment adds (a lap and a sector field, dimension
+        // tags) without moving the rest.
+        let mut exact = Vec::with_capacity(entries.len() + 2);
         exact.append(&mut entries);
         Some(exact.into_iter().collect())
     }
