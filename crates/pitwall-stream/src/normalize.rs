@@ -68,16 +68,7 @@ impl SchemaRegistry {
     /// Integers become floats in float columns, integral floats become integers in
     /// integer columns; anything else is an error that says which field and why.
     pub fn conform(&self, point: &mut Point) -> Result<(), String> {
-        for (name, value) in &point.fields {
-            if let FieldValue::U64(u) = value
-                && *u > i64::MAX as u64
-            {
-                return Err(format!(
-                    "field {name:?} is {u}, above the largest integer the lake stores ({})",
-                    i64::MAX
-                ));
-            }
-        }
+        check_unsigned(point)?;
         {
             let g = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(known) = g.get(&point.measurement) {
@@ -107,12 +98,27 @@ impl SchemaRegistry {
     }
 }
 
+/// Fails on an unsigned field above the largest integer the lake's columns hold.
+fn check_unsigned(point: &Point) -> Result<(), String> {
+    for (name, value) in &point.fields {
+        if let FieldValue::U64(u) = value
+            && *u > i64::MAX as u64
+        {
+            return Err(format!(
+                "field {name:?} is {u}, above the largest integer the lake stores ({})",
+                i64::MAX
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One processor's copy of the registry's field types, read without a lock and walked
 /// beside a point's sorted fields: one name comparison per field instead of a tree
 /// search under a lock. A field type never changes once registered, so the copy is right
 /// for every field it has; a field it lacks sends the point to the registry, and the copy
 /// is taken again.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct LocalSchemas {
     registry: SchemaRegistry,
     /// Per measurement, its known fields sorted by name.
@@ -130,9 +136,8 @@ impl LocalSchemas {
 
     /// [`SchemaRegistry::conform`], answered from the copy when it knows every field.
     pub fn conform(&mut self, point: &mut Point) -> Result<(), String> {
-        if let Some(known) = self.known.get(point.measurement.as_str())
-            && point.fields.values().all(|v| !matches!(v, FieldValue::U64(u) if *u > i64::MAX as u64))
-        {
+        check_unsigned(point)?;
+        if let Some(known) = self.known.get(point.measurement.as_str()) {
             let mut k = known.iter().peekable();
             let mut all_known = true;
             for (name, value) in &mut point.fields {
