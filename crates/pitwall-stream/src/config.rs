@@ -79,7 +79,8 @@ pub struct WindowConfig {
     /// Fields aggregated; empty means every numeric field.
     #[serde(default)]
     pub fields: Vec<String>,
-    /// Compute p50, p95 and p99 (from a 1 %-accurate sketch); off saves CPU and memory.
+    /// Compute p50, p95 and p99 (exact up to 128 values in a window, from a 1 %-accurate
+    /// sketch beyond); off saves CPU and memory.
     #[serde(default = "yes")]
     pub percentiles: bool,
 }

@@ -1,7 +1,7 @@
 //! Event-time windows per source: tumbling and sliding (hopping), with count, min, max,
 //! sum, mean, sample standard deviation, first and last (by event time) and p50/p95/p99
-//! from a mergeable DDSketch, emitted once the watermark passes a window's end plus the
-//! allowed lateness. Fields named in the config may be booleans (counted as 0 and 1);
+//! (exact up to [`EXACT_UP_TO`] values in a window, from a mergeable DDSketch beyond),
+//! emitted once the watermark passes a window's end plus the allowed lateness. Fields named in the config may be booleans (counted as 0 and 1);
 //! with no fields named, every numeric field is aggregated.
 //!
 //! A sliding window of size S every L would cost S/L updates per event if each window
@@ -40,6 +40,89 @@ fn sketch() -> DDSketch {
     DDSketch::new(SketchConfig::new(SKETCH_ACCURACY, 2048, 1e-9))
 }
 
+/// Up to this many values in a window its percentiles are exact: the values themselves
+/// are kept and sorted once when it fires. A 10 Hz car gives a 5 s window 50 values,
+/// and keeping them is cheaper than a sketch's logarithm per value, its kilobyte of bins
+/// per pane and field, and the merge and rank walk over those bins. Beyond it (or when
+/// a pane alone has more) the values go into the 1 %-accurate sketch. Which of the two
+/// a window uses depends only on its count, so a replay computes the same percentiles.
+pub const EXACT_UP_TO: usize = 128;
+
+/// The values behind a window's percentiles.
+#[derive(Clone)]
+enum Quantiles {
+    /// Every value, unsorted until the window fires.
+    Exact(Vec<f64>),
+    /// Too many values to keep: a sketch of them.
+    Sketch(Box<DDSketch>),
+}
+
+impl Quantiles {
+    fn new(v: f64) -> Self {
+        let mut values = Vec::with_capacity(8);
+        values.push(v);
+        Quantiles::Exact(values)
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            Quantiles::Exact(values) => values.len() as u64,
+            Quantiles::Sketch(s) => s.count() as u64,
+        }
+    }
+
+    /// The sketch, made from the kept values if there is none yet.
+    fn sketch(&mut self) -> &mut DDSketch {
+        if let Quantiles::Exact(values) = self {
+            let mut s = Box::new(sketch());
+            for &v in values.iter() {
+                s.add(v);
+            }
+            *self = Quantiles::Sketch(s);
+        }
+        match self {
+            Quantiles::Sketch(s) => s,
+            Quantiles::Exact(_) => unreachable!("made a sketch above"),
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, v: f64) {
+        match self {
+            Quantiles::Exact(values) if values.len() < EXACT_UP_TO => values.push(v),
+            other => other.sketch().add(v),
+        }
+    }
+
+    fn merge(&mut self, other: &Quantiles) {
+        match (&mut *self, other) {
+            (Quantiles::Exact(a), Quantiles::Exact(b)) if a.len() + b.len() <= EXACT_UP_TO => a.extend_from_slice(b),
+            (_, Quantiles::Exact(b)) => {
+                let s = self.sketch();
+                for &v in b {
+                    s.add(v);
+                }
+            }
+            (_, Quantiles::Sketch(b)) => {
+                self.sketch().merge(b).expect("window sketches share one configuration");
+            }
+        }
+    }
+
+    /// The `qs` quantiles: the value of rank ⌊q·(n−1)⌋, exact or within 1 %.
+    fn quantiles<const N: usize>(&mut self, qs: [f64; N]) -> [Option<f64>; N] {
+        match self {
+            Quantiles::Exact(values) if values.is_empty() => [None; N],
+            Quantiles::Exact(values) => {
+                values.sort_unstable_by(f64::total_cmp);
+                let last = (values.len() - 1) as f64;
+                qs.map(|q| Some(values[(q * last) as usize]))
+            }
+            Quantiles::Sketch(s) => qs.map(|q| s.quantile(q).ok().flatten()),
+        }
+    }
+}
+
 /// The aggregate of one field over one pane (or, merged, one window).
 #[derive(Clone)]
 pub struct Agg {
@@ -59,7 +142,7 @@ pub struct Agg {
     first: (i64, i64, f64),
     /// (event time, offset, value) of the latest value.
     last: (i64, i64, f64),
-    sketch: Option<Box<DDSketch>>,
+    quantiles: Option<Quantiles>,
 }
 
 impl std::fmt::Debug for Agg {
@@ -71,18 +154,13 @@ impl std::fmt::Debug for Agg {
             .field("sum", &self.sum)
             .field("first", &self.first)
             .field("last", &self.last)
-            .field("sketch", &self.sketch.as_ref().map(|s| s.count()))
+            .field("quantiles", &self.quantiles.as_ref().map(Quantiles::count))
             .finish_non_exhaustive()
     }
 }
 
 impl Agg {
     fn new(v: f64, time: i64, offset: i64, percentiles: bool) -> Self {
-        let sketch = percentiles.then(|| {
-            let mut s = Box::new(sketch());
-            s.add(v);
-            s
-        });
         Agg {
             count: 1,
             min: v,
@@ -92,7 +170,7 @@ impl Agg {
             m2: 0.0,
             first: (time, offset, v),
             last: (time, offset, v),
-            sketch,
+            quantiles: percentiles.then(|| Quantiles::new(v)),
         }
     }
 
@@ -111,8 +189,8 @@ impl Agg {
         if (time, offset) > (self.last.0, self.last.1) {
             self.last = (time, offset, v);
         }
-        if let Some(s) = &mut self.sketch {
-            s.add(v);
+        if let Some(q) = &mut self.quantiles {
+            q.add(v);
         }
     }
 
@@ -133,8 +211,8 @@ impl Agg {
         if (other.last.0, other.last.1) > (self.last.0, self.last.1) {
             self.last = other.last;
         }
-        if let (Some(a), Some(b)) = (&mut self.sketch, &other.sketch) {
-            a.merge(b).expect("window sketches share one configuration");
+        if let (Some(a), Some(b)) = (&mut self.quantiles, &other.quantiles) {
+            a.merge(b);
         }
     }
 
@@ -143,9 +221,10 @@ impl Agg {
         (self.count > 1).then(|| (self.m2.max(0.0) / (self.count - 1) as f64).sqrt())
     }
 
-    /// The `q` quantile from the sketch (1 % relative accuracy), if percentiles are on.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        self.sketch.as_ref().and_then(|s| s.quantile(q).ok().flatten())
+    /// p50, p95 and p99 (exact, or within 1 % beyond [`EXACT_UP_TO`] values), if
+    /// percentiles are on. Sorts the kept values in place.
+    pub fn percentiles(&mut self) -> [Option<f64>; 3] {
+        self.quantiles.as_mut().map_or([None; 3], |q| q.quantiles([0.50, 0.95, 0.99]))
     }
 }
 
@@ -321,7 +400,8 @@ impl WindowOperator {
         self.next_end = next_end;
         fired.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
         for (start, measurement, source, aggs) in fired {
-            for (field, a) in aggs {
+            for (field, mut a) in aggs {
+                let [p50, p95, p99] = a.percentiles();
                 out.push(WindowRecord {
                     measurement: measurement.clone(),
                     source_id: source.clone(),
@@ -337,9 +417,9 @@ impl WindowOperator {
                     stddev: a.stddev(),
                     first: a.first.2,
                     last: a.last.2,
-                    p50: a.quantile(0.50),
-                    p95: a.quantile(0.95),
-                    p99: a.quantile(0.99),
+                    p50,
+                    p95,
+                    p99,
                 });
             }
         }

@@ -269,3 +269,43 @@ fn sliding_windows_fire_as_the_watermark_passes() {
     let w = out.windows.iter().find(|w| w.field == "a" && w.window_end == T0 + 3500 * MS).unwrap();
     assert_eq!((w.count, w.first, w.last, w.min, w.max), (20, 1500.0, 3400.0, 1500.0, 3400.0));
 }
+
+/// Percentiles are exact (the value of rank ⌊q·(n−1)⌋) in windows of up to
+/// `EXACT_UP_TO` values, and within the sketch's 1 % beyond, whether a single pane
+/// holds too many values or merging panes makes too many.
+#[test]
+fn percentiles_are_exact_up_to_the_limit_and_sketched_beyond() {
+    use pitwall_stream::window::EXACT_UP_TO;
+    // 10 Hz for 60 s. Sliding 20 s every 10 s: panes of 100 values, windows of 100
+    // (at the edges) and 200 (merged). Tumbling 15 s: one pane of 150 values.
+    // Tumbling 12 s: 120 values, all kept.
+    let setup = Setup { out_of_orderness_ms: 0, lateness_ms: 0, windows: vec![(20_000, 10_000), (15_000, 15_000), (12_000, 12_000)] };
+    let events: Vec<(i64, Event)> = (0..600)
+        .map(|i| (i, Event { source: 0, time_ms: i * 100, a: ((i * 7919) % 1000) as f64 / 10.0 + 1.0, b: (i * 31) % 97 - 40 }))
+        .collect();
+    let mut p = Processor::new(Arc::new(config(&setup)), SchemaRegistry::default(), "raw", 0);
+    let mut out = Outputs::default();
+    for (offset, e) in &events {
+        p.process(&message(*offset, e), &mut out);
+    }
+    p.finish(&mut out);
+    let want = naive(&setup, &events);
+    assert_eq!(out.windows.len(), want.len());
+    let (mut exact, mut sketched) = (0, 0);
+    for w in &out.windows {
+        let e = &want[&(w.window.to_string(), w.source_id.to_string(), w.window_start, w.field.to_string())];
+        check_window(w, e).unwrap();
+        if w.count as usize <= EXACT_UP_TO {
+            exact += 1;
+            for (q, got) in [(0.5, w.p50), (0.95, w.p95), (0.99, w.p99)] {
+                assert_eq!(got, Some(e.sorted[(q * (e.sorted.len() - 1) as f64) as usize]), "p{} of {w:?}", q * 100.0);
+            }
+        } else {
+            sketched += 1;
+        }
+    }
+    // Both kinds, both ways of getting too many: 200 merged (w0) and 150 in one pane (w1).
+    assert!(exact >= 5 && sketched >= 5, "{exact} exact, {sketched} sketched");
+    assert!(out.windows.iter().any(|w| w.window == "w1" && w.count == 150));
+    assert!(out.windows.iter().any(|w| w.window == "w0" && w.count == 200));
+}
