@@ -305,13 +305,94 @@ pub(crate) fn string(s: &str, out: &mut Vec<u8>) {
 /// Appends `v` as serde_json writes an `f64`: `null` when it is not finite.
 pub(crate) fn float(v: f64, out: &mut Vec<u8>) {
     if v.is_finite() {
-        out.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes());
+        if !one_decimal(v, out) {
+            out.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes());
+        }
     } else {
         out.extend_from_slice(b"null");
     }
 }
 
+/// Writes `v` as `[-]digits.digit` if that is its shortest form, as it is for the
+/// one-decimal readings most telemetry carries: then `v` is the double nearest to
+/// (10·v)/10 with 10·v a whole number, and below 10⁹ no shorter decimal rounds to
+/// it. Same text as the general path (a unit test compares them), at a fraction of
+/// the cost. Returns false, writing nothing, for any other value.
+#[inline]
+fn one_decimal(v: f64, out: &mut Vec<u8>) -> bool {
+    let tenths = v * 10.0;
+    if !(tenths.abs() < 1e10 && tenths.abs() >= 1.0) {
+        return false;
+    }
+    let whole = tenths as i64;
+    if whole as f64 != tenths || tenths / 10.0 != v {
+        return false;
+    }
+    if whole < 0 {
+        out.push(b'-');
+    }
+    let magnitude = whole.unsigned_abs();
+    integer(magnitude / 10, out);
+    out.push(b'.');
+    out.push(b'0' + (magnitude % 10) as u8);
+    true
+}
+
 /// Appends an integer.
 pub(crate) fn integer(v: impl itoa::Integer, out: &mut Vec<u8>) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    fn general(v: f64) -> String {
+        zmij::Buffer::new().format_finite(v).to_owned()
+    }
+
+    fn fast(v: f64) -> Option<String> {
+        let mut out = Vec::new();
+        super::one_decimal(v, &mut out).then(|| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn one_decimal_values_are_written_as_the_general_path_writes_them() {
+        for v in [0.1, -0.1, 0.5, 1.0, -1.0, 9.9, 10.0, 287.3, -40.7, 99.95 * 10.0, 123_456_789.9, 999_999_999.9] {
+            assert_eq!(fast(v).as_deref(), Some(general(v).as_str()), "{v}");
+        }
+        // Not one decimal, or outside the range: the general path writes them.
+        for v in [0.0, -0.0, 0.05, 0.123, 1.0 / 3.0, 1e9 + 0.5, 1e10, 1e300, 5e-324, 287.31] {
+            assert_eq!(fast(v), None, "{v}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        #[test]
+        fn tenths_are_written_as_the_general_path_writes_them(tenths in -20_000_000_000i64..20_000_000_000) {
+            let v = tenths as f64 / 10.0;
+            if let Some(text) = fast(v) {
+                prop_assert_eq!(text, general(v));
+            }
+        }
+
+        #[test]
+        fn any_double_is_written_as_the_general_path_writes_it_or_left_to_it(bits in any::<u64>()) {
+            let v = f64::from_bits(bits);
+            if v.is_finite() {
+                if let Some(text) = fast(v) {
+                    prop_assert_eq!(text, general(v));
+                }
+            }
+        }
+
+        #[test]
+        fn rounded_readings_take_the_fast_path(x in -1e6f64..1e6) {
+            let v = (x * 10.0).round() / 10.0;
+            if v.abs() >= 0.1 {
+                prop_assert_eq!(fast(v), Some(general(v)));
+            }
+        }
+    }
 }
