@@ -109,14 +109,20 @@ impl Quantiles {
         }
     }
 
-    /// The `qs` quantiles: the value of rank ⌊q·(n−1)⌋, exact or within 1 %.
+    /// The `qs` quantiles (ascending): the value of rank ⌊q·(n−1)⌋, exact or within 1 %.
     fn quantiles<const N: usize>(&mut self, qs: [f64; N]) -> [Option<f64>; N] {
         match self {
             Quantiles::Exact(values) if values.is_empty() => [None; N],
             Quantiles::Exact(values) => {
-                values.sort_unstable_by(f64::total_cmp);
+                // Each rank selected in what is above the one before: no full sort.
                 let last = (values.len() - 1) as f64;
-                qs.map(|q| Some(values[(q * last) as usize]))
+                let mut below = 0;
+                qs.map(|q| {
+                    let rank = ((q * last) as usize).max(below);
+                    values[below..].select_nth_unstable_by(rank - below, f64::total_cmp);
+                    below = rank;
+                    Some(values[rank])
+                })
             }
             Quantiles::Sketch(s) => qs.map(|q| s.quantile(q).ok().flatten()),
         }
@@ -399,6 +405,7 @@ impl WindowOperator {
         self.fired_until = self.fired_until.max(horizon);
         self.next_end = next_end;
         fired.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+        out.reserve(fired.iter().map(|f| f.3.len()).sum());
         for (start, measurement, source, aggs) in fired {
             for (field, mut a) in aggs {
                 let [p50, p95, p99] = a.percentiles();
