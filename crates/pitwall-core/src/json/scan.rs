@@ -43,8 +43,8 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Wire> {
             match bit {
                 1 => wire.measurement = Some(c.string()?.to_owned()),
                 2 => wire.name = Some(c.string()?.to_owned()),
-                4 => wire.tags = c.map(|c| c.string().map(Name::from))?,
-                8 => wire.fields = Some(c.map(Cursor::value)?),
+                4 => wire.tags = TAGS.with_borrow_mut(|scratch| c.map(scratch, |c| c.string().map(Name::from)))?,
+                8 => wire.fields = Some(FIELDS.with_borrow_mut(|scratch| c.map(scratch, Cursor::value))?),
                 16 => wire.time = Some(c.integer()?),
                 32 => wire.timestamp = Some(c.integer()?),
                 _ => wire.unsigned = c.strings()?,
@@ -56,6 +56,12 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Wire> {
     }
     c.skip_ws();
     (c.i == bytes.len()).then_some(wire)
+}
+
+thread_local! {
+    /// Where an object's members are read before they go into a vector of their size.
+    static TAGS: std::cell::RefCell<Vec<(Name, Name)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static FIELDS: std::cell::RefCell<Vec<(Name, FieldValue)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct Cursor<'a> {
@@ -127,9 +133,10 @@ impl<'a> Cursor<'a> {
     }
 
     /// An object whose values `value` reads; a repeated key keeps its last value.
-    fn map<V>(&mut self, value: impl Fn(&mut Self) -> Option<V>) -> Option<SortedMap<Name, V>> {
+    /// `entries` is scratch space, empty before and after.
+    fn map<V>(&mut self, entries: &mut Vec<(Name, V)>, value: impl Fn(&mut Self) -> Option<V>) -> Option<SortedMap<Name, V>> {
+        entries.clear();
         self.eat(b'{')?;
-        let mut entries = Vec::with_capacity(24);
         if self.peek()? == b'}' {
             self.i += 1;
         } else {
@@ -147,7 +154,7 @@ impl<'a> Cursor<'a> {
         // spare places for what enrichment adds (a lap and a sector field, dimension
         // tags) without moving the rest.
         let mut exact = Vec::with_capacity(entries.len() + 2);
-        exact.append(&mut entries);
+        exact.append(entries);
         Some(exact.into_iter().collect())
     }
 
@@ -192,9 +199,11 @@ impl<'a> Cursor<'a> {
         }
         let int_end = self.i;
         let mut float = false;
+        let mut decimals = 0;
         if self.b.get(self.i) == Some(&b'.') {
             self.i += 1;
-            if self.digits() == 0 {
+            decimals = self.digits();
+            if decimals == 0 {
                 return None;
             }
             float = true;
@@ -210,6 +219,11 @@ impl<'a> Cursor<'a> {
             float = true;
         }
         if float {
+            if self.i == int_end + 1 + decimals {
+                if let Some(v) = short_decimal(&self.b[int_start..self.i], decimals) {
+                    return Some(FieldValue::F64(if negative { -v } else { v }));
+                }
+            }
             // ASCII by construction; Rust's parser rounds correctly, as serde_json's
             // float_roundtrip does.
             let v: f64 = self.s.get(start..self.i)?.parse().ok()?;
@@ -241,6 +255,23 @@ impl<'a> Cursor<'a> {
             _ => None,
         }
     }
+}
+
+/// `digits.decimals` (no sign, no exponent, `decimals` digits after the point) with at
+/// most 15 digits: read as a whole number they are below 2^53, so that number and the
+/// power of ten are exact doubles and one division rounds correctly (Clinger's fast
+/// path), giving the value the full parser gives.
+#[inline]
+fn short_decimal(text: &[u8], decimals: usize) -> Option<f64> {
+    const POW10: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+    if text.len() > 16 {
+        return None;
+    }
+    let whole = text
+        .iter()
+        .filter(|&&c| c != b'.')
+        .fold(0u64, |m, &d| m * 10 + u64::from(d - b'0'));
+    Some(whole as f64 / POW10[decimals])
 }
 
 /// Appends `point` as the payload JSON; `point`'s floats must be finite.
@@ -367,8 +398,36 @@ mod tests {
         }
     }
 
+    /// What the scanner reads for `text` as a field value.
+    fn read(text: &str) -> Option<f64> {
+        let json = format!("{{\"measurement\":\"m\",\"fields\":{{\"v\":{text}}},\"time\":1}}");
+        match super::decode(json.as_bytes())?.fields?.get("v") {
+            Some(crate::FieldValue::F64(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn short_decimals_read_as_the_full_parser_reads_them() {
+        for text in ["0.0", "-0.0", "0.1", "-287.3", "99.95", "123456789.012345", "9007199254740.99", "1.000000000000001", "0.30000000000000004", "1234567890123456.7", "1.5e3"] {
+            let want: f64 = text.parse().unwrap();
+            let got = read(text).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{text}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn decimals_read_as_the_full_parser_reads_them(whole in 0u64..10_000_000_000_000_000, point in 1usize..19, negative in any::<bool>()) {
+            let digits = whole.to_string();
+            let point = point.min(digits.len());
+            let (a, b) = digits.split_at(digits.len() - point);
+            let text = format!("{}{}.{}", if negative { "-" } else { "" }, if a.is_empty() { "0" } else { a }, b);
+            let want: f64 = text.parse().unwrap();
+            prop_assert_eq!(read(&text).map(f64::to_bits), Some(want.to_bits()), "{}", text);
+        }
         #[test]
         fn tenths_are_written_as_the_general_path_writes_them(tenths in -20_000_000_000i64..20_000_000_000) {
             let v = tenths as f64 / 10.0;
