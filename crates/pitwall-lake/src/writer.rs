@@ -21,7 +21,7 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use pitwall_core::record::{AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord};
-use pitwall_core::{FieldValue, Point};
+use pitwall_core::{FieldValue, Name, Point};
 use pitwall_stream::{Checkpoint, FieldType, Outputs};
 
 use crate::progress::{PROGRESS_PROPERTY, Progress, ResumePlan, clean_table, names};
@@ -52,15 +52,51 @@ enum Cell<'a> {
 /// rather than the standard SipHash, which cost 1.5 % of a commit's CPU.
 type ColumnIndex<'a> = HashMap<&'a str, usize, foldhash::fast::FixedState>;
 
+/// A table's columns, as rows fill them.
+struct Columns<'a> {
+    names: Vec<&'a str>,
+    index: ColumnIndex<'a>,
+    time: Option<usize>,
+    /// The column of each key of the last point (its tags, then its fields), reused
+    /// while points keep the same keys in the same order, as the points of one source
+    /// do: a comparison of short names instead of a hash lookup per key.
+    layout: Vec<(Name, Option<usize>)>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(schema: &'a SchemaRef) -> Self {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let index: ColumnIndex<'_> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let time = index.get("time").copied();
+        Columns { names, index, time, layout: Vec::new() }
+    }
+
+    /// The column of `key`, the `at`-th key of the row.
+    #[inline]
+    fn column(&mut self, at: usize, key: &Name) -> Option<usize> {
+        match self.layout.get_mut(at) {
+            Some((known, column)) if known == key => *column,
+            slot => {
+                let column = self.index.get(key.as_str()).copied();
+                match slot {
+                    Some(slot) => *slot = (key.clone(), column),
+                    None => self.layout.push((key.clone(), column)),
+                }
+                column
+            }
+        }
+    }
+}
+
 /// A record that can be written as a table row.
 trait Row {
     /// The value for column `name`.
     fn cell(&self, name: &str) -> Cell<'_>;
     /// The time (ns) whose day is the row's partition.
     fn partition_time(&self) -> i64;
-    /// Fills `out` (all `Cell::Null`, one per column of `index`) with this row's cells.
-    fn cells<'r>(&'r self, names: &[&str], _index: &ColumnIndex<'_>, out: &mut [Cell<'r>]) {
-        for (slot, name) in out.iter_mut().zip(names) {
+    /// Fills `out` (all `Cell::Null`, one per column) with this row's cells.
+    fn cells<'r>(&'r self, columns: &mut Columns<'_>, out: &mut [Cell<'r>]) {
+        for (slot, name) in out.iter_mut().zip(&columns.names) {
             *slot = self.cell(name);
         }
     }
@@ -203,17 +239,18 @@ impl Row for Point {
         self.time
     }
     /// One pass over the point's tags and fields instead of a map lookup per column.
-    fn cells<'r>(&'r self, _names: &[&str], index: &ColumnIndex<'_>, out: &mut [Cell<'r>]) {
-        if let Some(&i) = index.get("time") {
+    fn cells<'r>(&'r self, columns: &mut Columns<'_>, out: &mut [Cell<'r>]) {
+        if let Some(i) = columns.time {
             out[i] = Cell::Ts(self.time);
         }
-        for (k, v) in &self.tags {
-            if let Some(&i) = index.get(k.as_str()) {
+        for (at, (k, v)) in self.tags.iter().enumerate() {
+            if let Some(i) = columns.column(at, k) {
                 out[i] = Cell::Str(v);
             }
         }
-        for (k, v) in &self.fields {
-            if let Some(&i) = index.get(k.as_str()) {
+        let tags = self.tags.len();
+        for (at, (k, v)) in self.fields.iter().enumerate() {
+            if let Some(i) = columns.column(tags + at, k) {
                 out[i] = match v {
                     FieldValue::F64(f) => Cell::Double(*f),
                     FieldValue::I64(x) => Cell::Long(*x),
@@ -306,16 +343,15 @@ const BATCH_ROWS: usize = 8192;
 /// Builds a record batch of `rows` in `schema`, row by row into column builders.
 fn batch<R: Row>(schema: &SchemaRef, rows: &[&R]) -> Result<RecordBatch> {
     let fields = schema.fields();
-    let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
-    let index: ColumnIndex<'_> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut columns = Columns::new(schema);
     let mut builders = fields
         .iter()
         .map(|f| Builder::new(f, rows.len()))
         .collect::<Result<Vec<_>>>()?;
-    let mut scratch = vec![Cell::Null; names.len()];
+    let mut scratch = vec![Cell::Null; fields.len()];
     for r in rows {
         scratch.fill(Cell::Null);
-        r.cells(&names, &index, &mut scratch);
+        r.cells(&mut columns, &mut scratch);
         for ((b, c), f) in builders.iter_mut().zip(&scratch).zip(fields.iter()) {
             b.append(*c, f)?;
         }
@@ -1056,6 +1092,58 @@ pub fn committed_offsets(table: &Table) -> Option<BTreeMap<String, i64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Points of different key layouts in one batch, in an order that makes the
+    /// remembered layout wrong at every position at some point: each cell still lands
+    /// in its own column (a tag and a field never share a column's place).
+    #[test]
+    fn points_of_changing_layouts_fill_their_own_columns() {
+        use arrow_array::{Array, Float64Array, Int64Array, StringArray};
+        let schema: SchemaRef = Arc::new(arrow_schema::Schema::new(vec![
+            Field::new("time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new("a", DataType::Utf8, true),
+            Field::new("b", DataType::Utf8, true),
+            Field::new("x", DataType::Float64, true),
+            Field::new("y", DataType::Int64, true),
+        ]));
+        let p = |tags: &[(&str, &str)], x: Option<f64>, y: Option<i64>, z: bool| {
+            let mut p = Point::new("m", 1_000);
+            for (k, v) in tags {
+                p = p.tag(*k, *v);
+            }
+            if let Some(x) = x {
+                p = p.field("x", FieldValue::F64(x));
+            }
+            if let Some(y) = y {
+                p = p.field("y", FieldValue::I64(y));
+            }
+            if z {
+                p = p.field("z", FieldValue::Bool(true));
+            }
+            p
+        };
+        let points = [
+            p(&[("a", "1"), ("b", "2")], Some(1.5), Some(7), false),
+            p(&[("a", "3"), ("b", "4")], Some(2.5), Some(8), false),
+            p(&[("b", "5")], Some(3.5), None, true),
+            p(&[], None, Some(9), true),
+            p(&[("a", "6"), ("b", "7")], Some(4.5), Some(10), false),
+            p(&[("a", "8"), ("c", "unknown")], None, None, true),
+        ];
+        let rows: Vec<&Point> = points.iter().collect();
+        let b = batch(&schema, &rows).unwrap();
+        let strings = |i: usize| {
+            let c = b.column(i).as_any().downcast_ref::<StringArray>().unwrap();
+            (0..c.len()).map(|r| c.is_valid(r).then(|| c.value(r).to_owned())).collect::<Vec<_>>()
+        };
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(strings(1), vec![s("1"), s("3"), None, None, s("6"), s("8")]);
+        assert_eq!(strings(2), vec![s("2"), s("4"), s("5"), None, s("7"), None]);
+        let x = b.column(3).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!((0..6).map(|r| x.is_valid(r).then(|| x.value(r))).collect::<Vec<_>>(), vec![Some(1.5), Some(2.5), Some(3.5), None, Some(4.5), None]);
+        let y = b.column(4).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!((0..6).map(|r| y.is_valid(r).then(|| y.value(r))).collect::<Vec<_>>(), vec![Some(7), Some(8), None, Some(9), Some(10), None]);
+    }
 
     #[test]
     fn day_of_negative_times_rounds_down() {
