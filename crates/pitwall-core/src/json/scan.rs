@@ -219,10 +219,10 @@ impl<'a> Cursor<'a> {
             float = true;
         }
         if float {
-            if self.i == int_end + 1 + decimals {
-                if let Some(v) = short_decimal(&self.b[int_start..self.i], decimals) {
-                    return Some(FieldValue::F64(if negative { -v } else { v }));
-                }
+            if self.i == int_end + 1 + decimals
+                && let Some(v) = short_decimal(&self.b[int_start..self.i], decimals)
+            {
+                return Some(FieldValue::F64(if negative { -v } else { v }));
             }
             // ASCII by construction; Rust's parser rounds correctly, as serde_json's
             // float_roundtrip does.
@@ -439,10 +439,10 @@ mod tests {
         #[test]
         fn any_double_is_written_as_the_general_path_writes_it_or_left_to_it(bits in any::<u64>()) {
             let v = f64::from_bits(bits);
-            if v.is_finite() {
-                if let Some(text) = fast(v) {
-                    prop_assert_eq!(text, general(v));
-                }
+            if v.is_finite()
+                && let Some(text) = fast(v)
+            {
+                prop_assert_eq!(text, general(v));
             }
         }
 
