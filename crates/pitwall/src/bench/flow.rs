@@ -101,8 +101,9 @@ impl Throughput {
     }
 }
 
-/// Prints each run and the median run (by events/s).
-fn print_runs(what: &str, runs: &mut [Throughput]) {
+/// Prints each run, then the median of each figure taken on its own (the run with the
+/// median events/s need not be the one with the median events per CPU-second).
+fn print_runs(what: &str, runs: &[Throughput]) {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     for (i, r) in runs.iter().enumerate() {
         println!(
@@ -115,14 +116,17 @@ fn print_runs(what: &str, runs: &mut [Throughput]) {
             r.per_cpu()
         );
     }
-    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    let m = runs[(runs.len() - 1) / 2];
+    let median = |figure: fn(&Throughput) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        values[(values.len() - 1) / 2]
+    };
     println!(
         "{what}: median of {}: {:.0} events/s, {:.0} events/s per core used ({:.2} of {cores} cores busy); peak memory {}",
         runs.len(),
-        m.rate(),
-        m.per_cpu(),
-        m.cpu / m.wall.max(1e-9),
+        median(Throughput::rate),
+        median(Throughput::per_cpu),
+        median(|r| r.cpu / r.wall.max(1e-9)),
         peak_memory()
     );
 }
@@ -171,7 +175,7 @@ pub async fn ingest_kafka(config: &Config, brokers: &str, sim_duration: Duration
         println!("  run {} wrote topic {topic}", run + 1);
         results.push(t);
     }
-    print_runs("ingest-kafka", &mut results);
+    print_runs("ingest-kafka", &results);
     Ok(())
 }
 
@@ -232,7 +236,7 @@ pub async fn process(config: &Config, opts: &ProcessBench) -> anyhow::Result<()>
         };
         results.push(t);
     }
-    print_runs("process", &mut results);
+    print_runs("process", &results);
     Ok(())
 }
 
