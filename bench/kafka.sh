@@ -4,7 +4,9 @@
 #
 #   bench/kafka.sh ingest [SIM_SECONDS] [RUNS]   pitwall bench ingest-kafka, then confluent-kafka
 #                                                producing the same messages (the ratio)
-#   bench/kafka.sh process [SIM_SECONDS] [RUNS]  pitwall bench process --brokers
+#   bench/kafka.sh process [SIM_SECONDS] [RUNS]  pitwall bench process --brokers, then
+#                                                confluent-kafka passing the same raw topic
+#                                                through to another topic (the Kafka floor)
 #   bench/kafka.sh latency RATE [SECONDS]        pitwall bench latency --brokers at RATE events/s
 #   bench/kafka.sh freshness [SECONDS]           pitwall bench freshness --brokers
 #
@@ -31,27 +33,51 @@ echo "broker: tansu $("$TANSU" --version | cut -d' ' -f2) on $BROKERS, memory st
 
 median() { sort -g | awk '{ r[NR] = $1 } END { if (NR) print r[int((NR + 1) / 2)] }'; }
 
+# peer LABEL SOURCE_TOPIC RUNS [--passthrough]: confluent-kafka on SOURCE_TOPIC, each run
+# to a topic of its own; prints each run and leaves its median events/s in $PEER_RATE.
+peer() {
+  local label=$1 source=$2 runs=$3 mode=${4:-}
+  PEER_RATE=""
+  "$PYTHON" -c "import confluent_kafka" 2>/dev/null \
+    || { echo "(no confluent-kafka in $PYTHON: bench/peers.sh install adds the peer)"; return; }
+  echo "peer: confluent-kafka $("$PYTHON" -c 'import confluent_kafka as c; print(c.version()[0], "(librdkafka", c.libversion()[0] + ")")'), $label"
+  : >"$WORK/peer.txt"
+  for run in $(seq 1 "$runs"); do
+    "$PYTHON" bench/peer_producer.py "$BROKERS" "$source" "peer-$RANDOM-$run.out" $mode | tee -a "$WORK/peer.txt" \
+      | awk -v run="$run" '{ printf "  run %d: %d events in %.2f s wall, %.2f CPU-s: %.0f events/s, %.0f events per CPU-second\n", run, $2, $3, $4, $2 / $3, $2 / $4 }'
+  done
+  PEER_RATE=$(awk '{ print $2 / $3 }' "$WORK/peer.txt" | median)
+  local per_cpu
+  per_cpu=$(awk '{ print $2 / $4 }' "$WORK/peer.txt" | median)
+  awk -v p="$PEER_RATE" -v c="$per_cpu" 'BEGIN { printf "confluent-kafka: median %.0f events/s, %.0f events per CPU-second\n", p, c }'
+}
+
 ingest() {
   local sim=${1:-2000} runs=${2:-3}
   "$PITWALL" bench ingest-kafka --brokers "$BROKERS" --sim-duration "${sim}s" --runs "$runs" | tee "$WORK/ingest.txt"
-  "$PYTHON" -c "import confluent_kafka" 2>/dev/null \
-    || { echo "(no confluent-kafka in $PYTHON: bench/peers.sh install adds the peer producer)"; return; }
-  local source
+  local source i
   source=$(grep -oE 'run 1 wrote topic \S+' "$WORK/ingest.txt" | awk '{ print $NF }')
-  echo "peer: confluent-kafka $("$PYTHON" -c 'import confluent_kafka as c; print(c.version()[0], "(librdkafka", c.libversion()[0] + ")")'), the same messages as $source, the same producer settings"
-  for run in $(seq 1 "$runs"); do
-    "$PYTHON" bench/peer_producer.py "$BROKERS" "$source" "peer$run.raw" | tee -a "$WORK/peer.txt" \
-      | awk -v run="$run" '{ printf "  run %d: %d events in %.2f s wall, %.2f CPU-s: %.0f events/s, %.0f events per CPU-second\n", run, $2, $3, $4, $2 / $3, $2 / $4 }'
-  done
-  local p i
-  p=$(awk '{ print $2 / $3 }' "$WORK/peer.txt" | median)
+  peer "the same messages as $source, the same producer settings" "$source" "$runs"
+  [ -n "$PEER_RATE" ] || return 0
   i=$(grep -oE 'median of [0-9]+: [0-9]+ events/s' "$WORK/ingest.txt" | awk '{ print $4 }')
-  awk -v i="$i" -v p="$p" 'BEGIN { printf "confluent-kafka: median %.0f events/s\ningest-kafka ratio pitwall/confluent-kafka (events/s): %.2fx\n", p, i / p }'
+  awk -v i="$i" -v p="$PEER_RATE" 'BEGIN { printf "ingest-kafka ratio pitwall/confluent-kafka (events/s): %.2fx\n", i / p }'
+}
+
+# The processor, then the Kafka floor under it: confluent-kafka reading the same raw
+# topic and writing every message to another topic (what process does with the clean
+# topic), nothing else.
+process() {
+  local sim=${1:-2000} runs=${2:-3}
+  "$PITWALL" bench process --brokers "$BROKERS" --sim-duration "${sim}s" --runs "$runs" | tee "$WORK/process.txt"
+  local source
+  source=$(grep -oE 'run 1: [0-9]+ events sent to \S+' "$WORK/process.txt" | awk '{ print $NF }')
+  peer "reading $source and producing every message to another topic as it arrives (no processing, no lake)" \
+    "$source" "$runs" --passthrough
 }
 
 case "${1:-}" in
   ingest) shift; ingest "$@" ;;
-  process) "$PITWALL" bench process --brokers "$BROKERS" --sim-duration "${2:-2000}s" --runs "${3:-3}" ;;
+  process) shift; process "$@" ;;
   latency) "$PITWALL" bench latency --brokers "$BROKERS" --rate "${2:?rate}" --duration "${3:-20}s" ;;
   freshness) "$PITWALL" bench freshness --brokers "$BROKERS" --duration "${2:-20}s" ;;
   *) echo "usage: bench/kafka.sh ingest|process [SIM_SECONDS] [RUNS] | latency RATE [SECONDS] | freshness [SECONDS]" >&2; exit 2 ;;
