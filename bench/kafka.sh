@@ -5,8 +5,8 @@
 #   bench/kafka.sh ingest [SIM_SECONDS] [RUNS]   pitwall bench ingest-kafka, then confluent-kafka
 #                                                producing the same messages (the ratio)
 #   bench/kafka.sh process [SIM_SECONDS] [RUNS]  pitwall bench process --brokers, then
-#                                                confluent-kafka passing the same raw topic
-#                                                through to another topic (the Kafka floor)
+#                                                confluent-kafka reading the same raw topic and
+#                                                writing process's output messages (the Kafka floor)
 #   bench/kafka.sh latency RATE [SECONDS]        pitwall bench latency --brokers at RATE events/s
 #   bench/kafka.sh freshness [SECONDS]           pitwall bench freshness --brokers
 #
@@ -33,7 +33,7 @@ echo "broker: tansu $("$TANSU" --version | cut -d' ' -f2) on $BROKERS, memory st
 
 median() { sort -g | awk '{ r[NR] = $1 } END { if (NR) print r[int((NR + 1) / 2)] }'; }
 
-# peer LABEL SOURCE_TOPIC RUNS [--passthrough]: confluent-kafka on SOURCE_TOPIC, each run
+# peer LABEL SOURCE_TOPIC RUNS [--outputs]: confluent-kafka on SOURCE_TOPIC, each run
 # to a topic of its own; prints each run and leaves its median events/s in $PEER_RATE.
 peer() {
   local label=$1 source=$2 runs=$3 mode=${4:-}
@@ -64,15 +64,15 @@ ingest() {
 }
 
 # The processor, then the Kafka floor under it: confluent-kafka reading the same raw
-# topic and writing every message to another topic (what process does with the clean
-# topic), nothing else.
+# topic and writing, in step, the very messages process wrote to its output topics
+# (clean, metrics, anomalies, ...), nothing else.
 process() {
   local sim=${1:-2000} runs=${2:-3}
   "$PITWALL" bench process --brokers "$BROKERS" --sim-duration "${sim}s" --runs "$runs" | tee "$WORK/process.txt"
   local source
   source=$(grep -oE 'run 1: [0-9]+ events sent to \S+' "$WORK/process.txt" | awk '{ print $NF }')
-  peer "reading $source and producing every message to another topic as it arrives (no processing, no lake)" \
-    "$source" "$runs" --passthrough
+  peer "reading $source and writing what process wrote to its output topics, in step (no processing, no lake)" \
+    "$source" "$runs" --outputs
 }
 
 case "${1:-}" in

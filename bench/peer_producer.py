@@ -2,12 +2,15 @@
 own Python client) with the producer settings of `pitwall` (idempotent, acks=all,
 lz4, murmur2 keys).
 
-Usage: peer_producer.py BROKERS SOURCE_TOPIC TARGET_TOPIC [--passthrough]
-Without --passthrough (the peer of `ingest-kafka`): reads SOURCE_TOPIC whole into
-memory first (not timed), then produces its messages to TARGET_TOPIC and flushes
-(timed). With --passthrough (the Kafka floor under `process`, which reads raw and
-writes every event again to the clean topic): reads SOURCE_TOPIC and produces each
-message to TARGET_TOPIC as it arrives, both timed, no processing and no lake.
+Usage: peer_producer.py BROKERS SOURCE_TOPIC TARGET_TOPIC [--outputs]
+Without --outputs (the peer of `ingest-kafka`): reads SOURCE_TOPIC whole into memory
+first (not timed), then produces its messages to TARGET_TOPIC and flushes (timed).
+With --outputs (the Kafka floor under `process`): reads the messages `pitwall process`
+wrote to its output topics (every other topic with SOURCE_TOPIC's prefix: clean,
+metrics, anomalies, ...) into memory first (not timed), then reads SOURCE_TOPIC and
+produces those messages as the raw ones arrive, in step, each to TARGET_TOPIC.<its
+suffix> (timed): the Kafka reads and writes of the processor, with no processing and
+no lake.
 Prints: "peer EVENTS WALL_S CPU_S" (CPU: this process, librdkafka's threads and the
 Python loop included).
 """
@@ -53,16 +56,37 @@ def read_each(c, topic, ends, take):
     return n
 
 
+def read_topic(brokers, topic):
+    c, ends = consumer(brokers, topic)
+    messages = []
+    read_each(c, topic, ends, lambda m: messages.append((m.key(), m.value())))
+    c.close()
+    return messages
+
+
 def main():
     brokers, source, target = sys.argv[1:4]
-    passthrough = "--passthrough" in sys.argv[4:]
-    c, ends = consumer(brokers, source)
-    messages = []
-    if not passthrough:
-        read_each(c, source, ends, lambda m: messages.append((m.key(), m.value())))
-    # The target topic as pitwall creates its own: as many partitions as the source.
+    outputs = "--outputs" in sys.argv[4:]
     admin = AdminClient({"bootstrap.servers": brokers})
-    for f in admin.create_topics([NewTopic(target, num_partitions=len(ends), replication_factor=1)]).values():
+    # (target topic, key, value) to send, and the target topics with their partitions.
+    sends, targets = [], {}
+    if outputs:
+        prefix = source.rsplit(".", 1)[0] + "."
+        topics = admin.list_topics(timeout=10).topics
+        for name in sorted(t for t in topics if t.startswith(prefix) and t != source):
+            to = f"{target}.{name[len(prefix):]}"
+            targets[to] = len(topics[name].partitions)
+            messages = read_topic(brokers, name)
+            sends.extend((to, k, v) for k, v in messages)
+            if messages:
+                print(f"  ({name}: {len(messages)} messages, {sum(len(v or b'') for _, v in messages)} bytes)", file=sys.stderr)
+    else:
+        messages = read_topic(brokers, source)
+        sends = [(target, k, v) for k, v in messages]
+    c, ends = consumer(brokers, source)
+    targets.setdefault(target, len(ends))
+    # Target topics as pitwall creates its own: as many partitions as their sources.
+    for f in admin.create_topics([NewTopic(t, num_partitions=n, replication_factor=1) for t, n in targets.items()]).values():
         f.result()
     p = Producer({"bootstrap.servers": brokers, "enable.idempotence": True, "acks": "all",
                   "compression.type": "lz4", "linger.ms": 5, "batch.size": 1000000,
@@ -73,22 +97,30 @@ def main():
         if err is not None:
             failed.append(err)
 
-    def send(key, value):
-        while True:
+    def send(upto):
+        while send.next < upto:
+            to, key, value = sends[send.next]
             try:
-                p.produce(target, value, key, on_delivery=report)
-                break
+                p.produce(to, value, key, on_delivery=report)
+                send.next += 1
             except BufferError:
                 p.poll(0.01)
         p.poll(0)
+    send.next = 0
 
     cpu0, t0 = time.process_time(), time.perf_counter()
-    if passthrough:
-        n = read_each(c, source, ends, lambda m: send(m.key(), m.value()))
+    if outputs:
+        total = sum(ends.values())
+
+        def take(_m):
+            take.n += 1
+            send(min(len(sends), len(sends) * take.n // total))
+        take.n = 0
+        n = read_each(c, source, ends, take)
+        send(len(sends))
     else:
-        for key, value in messages:
-            send(key, value)
-        n = len(messages)
+        send(len(sends))
+        n = len(sends)
     p.flush()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     c.close()
