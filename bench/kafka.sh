@@ -4,9 +4,10 @@
 #
 #   bench/kafka.sh ingest [SIM_SECONDS] [RUNS]   pitwall bench ingest-kafka, then confluent-kafka
 #                                                producing the same messages (the ratio)
-#   bench/kafka.sh process [SIM_SECONDS] [RUNS]  pitwall bench process --brokers, then
-#                                                confluent-kafka reading the same raw topic and
-#                                                writing process's output messages (the Kafka floor)
+#   bench/kafka.sh process [SIM_SECONDS] [RUNS]  pitwall bench process --brokers --kafka-floor,
+#                                                then confluent-kafka reading the same raw topic
+#                                                and writing process's output messages (the
+#                                                Kafka floor by another client)
 #   bench/kafka.sh latency RATE [SECONDS]        pitwall bench latency --brokers at RATE events/s
 #   bench/kafka.sh freshness [SECONDS]           pitwall bench freshness --brokers
 #
@@ -63,12 +64,14 @@ ingest() {
   awk -v i="$i" -v p="$PEER_RATE" 'BEGIN { printf "ingest-kafka ratio pitwall/confluent-kafka (events/s): %.2fx\n", i / p }'
 }
 
-# The processor, then the Kafka floor under it: confluent-kafka reading the same raw
-# topic and writing, in step, the very messages process wrote to its output topics
-# (clean, metrics, anomalies, ...), nothing else.
+# The processor and its Kafka work alone (--kafka-floor: pitwall's own client reading
+# the raw topic again while writing the run's output messages again, nothing else),
+# then the same Kafka work by confluent-kafka: the raw topic read while the very
+# messages process wrote to its output topics (clean, metrics, anomalies, ...) are
+# written, in step.
 process() {
   local sim=${1:-2000} runs=${2:-3}
-  "$PITWALL" bench process --brokers "$BROKERS" --sim-duration "${sim}s" --runs "$runs" | tee "$WORK/process.txt"
+  "$PITWALL" bench process --brokers "$BROKERS" --sim-duration "${sim}s" --runs "$runs" --kafka-floor | tee "$WORK/process.txt"
   local source
   source=$(grep -oE 'run 1: [0-9]+ events sent to \S+' "$WORK/process.txt" | awk '{ print $NF }')
   peer "reading $source and writing what process wrote to its output topics, in step (no processing, no lake)" \

@@ -6,8 +6,8 @@ Usage: peer_producer.py BROKERS SOURCE_TOPIC TARGET_TOPIC [--outputs]
 Without --outputs (the peer of `ingest-kafka`): reads SOURCE_TOPIC whole into memory
 first (not timed), then produces its messages to TARGET_TOPIC and flushes (timed).
 With --outputs (the Kafka floor under `process`): reads the messages `pitwall process`
-wrote to its output topics (every other topic with SOURCE_TOPIC's prefix: clean,
-metrics, anomalies, ...) into memory first (not timed), then reads SOURCE_TOPIC and
+wrote to its output topics (clean, metrics, anomalies, dlq and late under
+SOURCE_TOPIC's prefix) into memory first (not timed), then reads SOURCE_TOPIC and
 produces those messages as the raw ones arrive, in step, each to TARGET_TOPIC.<its
 suffix> (timed): the Kafka reads and writes of the processor, with no processing and
 no lake.
@@ -73,7 +73,8 @@ def main():
     if outputs:
         prefix = source.rsplit(".", 1)[0] + "."
         topics = admin.list_topics(timeout=10).topics
-        for name in sorted(t for t in topics if t.startswith(prefix) and t != source):
+        outputs = [prefix + t for t in ("clean", "metrics", "anomalies", "dlq", "late")]
+        for name in (t for t in outputs if t in topics):
             to = f"{target}.{name[len(prefix):]}"
             targets[to] = len(topics[name].partitions)
             messages = read_topic(brokers, name)

@@ -426,6 +426,12 @@ enum BenchScenario {
         /// Runs; the median is printed.
         #[arg(long, default_value = "3")]
         runs: usize,
+        /// With --brokers: after each run, the Kafka work of that run alone, with the same
+        /// client settings: the raw topic read again while the messages the run wrote to
+        /// its output topics are written again, in step, to topics of their own. No
+        /// decoding, processing or lake: the floor under the processor's figure.
+        #[arg(long, requires = "brokers")]
+        kafka_floor: bool,
     },
     /// Event to anomaly at a fixed rate: probes (car points over the engine_overheat
     /// limit) ride along with simulated telemetry, and the time to their anomaly is taken
@@ -1023,6 +1029,7 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
             brokers,
             sim_duration,
             runs,
+            kafka_floor,
         } => {
             let lake_given = common.lake.data_dir.is_some() || common.lake.catalog.is_some();
             let config = common.lake.apply(Config::load(common.config.as_deref())?);
@@ -1033,6 +1040,7 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
                 runs,
                 transport: brokers.map_or(bench::Transport::InProcess, bench::Transport::Kafka),
                 lake_given,
+                kafka_floor,
             };
             bench::process(&config, &opts).await?;
         }

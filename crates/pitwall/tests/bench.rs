@@ -88,11 +88,17 @@ fn kafka_scenarios_on_a_real_broker() {
     assert!(sent > 1000.0 && (sent - made).abs() <= 0.01 * made, "{out}");
     assert!(out.contains("run 1 wrote topic "), "{out}");
 
-    let out = bench(dir.path(), &["process", "--brokers", &broker.addr, "--sim-duration", "20s", "--runs", "1"]);
+    let out = bench(dir.path(), &["process", "--brokers", &broker.addr, "--sim-duration", "20s", "--runs", "1", "--kafka-floor"]);
     let sent = number_before(&out, "run 1:", " events sent to");
     assert!(sent > 1000.0, "{out}");
     // Every event sent was processed.
     assert_eq!(number_before(&out, "run 1:", " events in "), sent, "{out}");
+    // The Kafka work alone read every raw event again and wrote at least the clean
+    // message of each (plus window rows and anomalies).
+    assert_eq!(number_before(&out, "run 1:", " events read while"), sent, "{out}");
+    let written = number_before(&out, "run 1:", " output messages");
+    assert!(written > sent, "{out}");
+    assert!(out.contains("kafka floor: median of 1: "), "{out}");
 
     let out = bench(dir.path(), &["latency", "--brokers", &broker.addr, "--rate", "300", "--duration", "3s", "--warmup", "6s", "--probes", "2"]);
     all_probes_seen(&out, "event -> anomalies topic");

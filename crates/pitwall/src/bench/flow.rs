@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use pitwall_bus::{InProcessBus, Topics};
+use pitwall_bus::{InProcessBus, Message, Topics};
 use pitwall_core::{FieldValue, Point, json};
 use tokio_util::sync::CancellationToken;
 
@@ -190,6 +190,8 @@ pub struct ProcessBench {
     pub transport: Transport,
     /// Whether the lake was given (else each run gets a scratch directory).
     pub lake_given: bool,
+    /// From Kafka: also time each run's Kafka work alone ([`kafka_floor`]).
+    pub kafka_floor: bool,
 }
 
 /// `pitwall bench process`: raw telemetry to the lake with the configured windows and
@@ -209,6 +211,7 @@ pub async fn process(config: &Config, opts: &ProcessBench) -> anyhow::Result<()>
         config.lake.commit_rows
     );
     let mut results = Vec::new();
+    let mut floor_runs = Vec::new();
     for run in 0..opts.runs.max(1) {
         let mut cfg = config.clone();
         cfg.sim.speed = 0.0;
@@ -221,23 +224,111 @@ pub async fn process(config: &Config, opts: &ProcessBench) -> anyhow::Result<()>
                 println!("  run {}: {} events sent to {topic} first ({:.0} events/s)", run + 1, fill.events, fill.rate());
                 let idle = Duration::from_secs(2);
                 let stats = Arc::new(Stats::default());
+                let process_cfg = cfg.clone();
                 let (cpu0, t0) = (cpu_seconds(), Instant::now());
                 let options = crate::process::ProcessOptions { exit_when_idle: Some(idle) };
-                crate::process::run(cfg, options, CancellationToken::new(), Arc::clone(&stats)).await?;
+                crate::process::run(process_cfg, options, CancellationToken::new(), Arc::clone(&stats)).await?;
                 let processed = stats.processed.load(Relaxed);
                 anyhow::ensure!(processed >= fill.events, "processed {processed} of {} events", fill.events);
-                Throughput {
+                let t = Throughput {
                     events: processed,
                     // Less the idle wait that ends the run.
                     wall: (t0.elapsed().saturating_sub(idle)).as_secs_f64(),
                     cpu: cpu_seconds() - cpu0,
-                }
+                };
+                floor_runs.push((cfg, fill.events));
+                t
             }
         };
         results.push(t);
     }
     print_runs("process", &results);
+    if opts.kafka_floor {
+        // Peak memory from here on is the floor's own (it holds the output messages).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        println!("each run's Kafka work alone (the same client and settings; no decoding, processing or lake):");
+        let mut floors = Vec::new();
+        for (run, (cfg, events)) in floor_runs.iter().enumerate() {
+            let (floor, outputs) = kafka_floor(cfg, *events).await?;
+            println!("  run {}: {} events read while {outputs} output messages were written again", run + 1, floor.events);
+            floors.push(floor);
+        }
+        print_runs("kafka floor", &floors);
+    }
     Ok(())
+}
+
+/// The Kafka work of a `process` run alone: the run's raw topic read again by the
+/// processor's consumer while its publisher writes the messages the run wrote to its
+/// output topics (read into memory first, not timed), in step with the reading, to
+/// topics of their own. Nothing is decoded, processed or written to the lake, so its
+/// events per CPU-second bound what any processor with this client, this broker and
+/// this volume of output can reach. Returns the timing and the messages written.
+async fn kafka_floor(cfg: &Config, raw_events: u64) -> anyhow::Result<(Throughput, usize)> {
+    use pitwall_bus::kafka::{KafkaConsumer, KafkaPublisher};
+    let topics = Topics::with_prefix(&cfg.bus.topic_prefix);
+    let mut sends: Vec<(String, Message)> = Vec::new();
+    for topic in topics.all().into_iter().filter(|t| *t != topics.raw) {
+        let messages = read_topic(cfg, topic).await?;
+        sends.extend(messages.into_iter().map(|m| (format!("{topic}.floor"), m)));
+    }
+    let mut kafka = cfg.kafka.clone();
+    let targets: Vec<String> = topics.all().iter().map(|t| format!("{t}.floor")).collect();
+    pitwall_bus::kafka::ensure_topics(&kafka, &targets.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    kafka.group_id = format!("{}-floor", cfg.kafka.group_id);
+    let publisher = KafkaPublisher::new(&kafka)?;
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let consumer = KafkaConsumer::subscribe(&kafka, &[&topics.raw])?;
+    let (mut read, mut sent) = (0u64, 0usize);
+    let mut batch = Vec::new();
+    while read < raw_events {
+        batch.clear();
+        consumer.recv_batch(512, &mut batch).await?;
+        read += batch.len() as u64;
+        let upto = usize::try_from(sends.len() as u128 * u128::from(read.min(raw_events)) / u128::from(raw_events))?;
+        for (topic, m) in &sends[sent..upto] {
+            publisher.publish(topic, m.key.as_deref(), &m.payload, m.timestamp).await?;
+        }
+        sent = upto;
+    }
+    publisher.delivered().await?;
+    let t = Throughput {
+        events: read,
+        wall: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu0,
+    };
+    consumer.close();
+    Ok((t, sends.len()))
+}
+
+/// Every message of `topic` (to the end offsets it reports, and on while more comes
+/// within a second: tansu's end offsets can lag what it serves), through a consumer
+/// group of its own.
+async fn read_topic(cfg: &Config, topic: &str) -> anyhow::Result<Vec<Message>> {
+    use pitwall_bus::kafka::KafkaConsumer;
+    let mut kafka = cfg.kafka.clone();
+    kafka.group_id = format!("{}-read-{topic}", cfg.kafka.group_id);
+    let consumer = KafkaConsumer::subscribe(&kafka, &[topic])?;
+    let mut expected = 0;
+    for partition in 0..u32::try_from(cfg.kafka.partitions)? {
+        expected += consumer.end_offset(topic, partition, Duration::from_secs(10))?;
+    }
+    let mut messages = Vec::new();
+    if expected == 0 {
+        return Ok(messages);
+    }
+    loop {
+        let patience = if (messages.len() as i64) < expected { Duration::from_secs(30) } else { Duration::from_secs(1) };
+        match tokio::time::timeout(patience, consumer.recv_batch(512, &mut messages)).await {
+            Ok(r) => r?,
+            Err(_) if (messages.len() as i64) < expected => {
+                anyhow::bail!("{topic}: read {} of the {expected} messages its end offsets promise", messages.len())
+            }
+            Err(_) => break,
+        }
+    }
+    consumer.close();
+    Ok(messages)
 }
 
 async fn process_in_process(cfg: &Config, sim_duration: Duration) -> anyhow::Result<Throughput> {
