@@ -71,6 +71,12 @@ pub struct KafkaConfig {
     /// this often.
     #[serde(with = "humantime_serde")]
     pub fetch_wait: Duration,
+    /// Most bytes one fetch may return, all partitions together (librdkafka's
+    /// `fetch.max.bytes`). Kafka also caps each partition's share and rotates them;
+    /// tansu fills a fetch from its first partition only, so this limit is what keeps a
+    /// consumer's partitions read side by side there instead of one after the other.
+    /// At least `message.max.bytes` (1,000,000 unless set in `kafka.properties`).
+    pub fetch_bytes: usize,
     /// Any other librdkafka property, passed as is (e.g. `"socket.keepalive.enable" = "true"`).
     pub properties: BTreeMap<String, String>,
 }
@@ -94,6 +100,7 @@ impl Default for KafkaConfig {
             linger: Duration::from_millis(5),
             batch_bytes: 1_000_000,
             fetch_wait: Duration::from_millis(10),
+            fetch_bytes: 2 << 20,
             properties: BTreeMap::new(),
         }
     }
@@ -142,6 +149,13 @@ impl KafkaConfig {
         }
         if self.fetch_wait > Duration::from_secs(300) {
             return Err(config_error("fetch-wait", format!("is {:?}; use at most 300s (librdkafka's limit), e.g. \"10ms\"", self.fetch_wait)));
+        }
+        let message_max = self.properties.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+        if self.fetch_bytes < message_max {
+            return Err(config_error(
+                "fetch-bytes",
+                format!("is {}; use at least message.max.bytes ({message_max}), e.g. 2097152", self.fetch_bytes),
+            ));
         }
         if self.partitions < 1 {
             return Err(config_error("partitions", format!("is {}; use 1 or more", self.partitions)));
@@ -200,7 +214,8 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", self.fetch_wait.as_millis().max(1).to_string());
+            .set("fetch.wait.max.ms", self.fetch_wait.as_millis().max(1).to_string())
+            .set("fetch.max.bytes", self.fetch_bytes.to_string());
         for (k, v) in &self.properties {
             c.set(k, v);
         }

@@ -86,4 +86,16 @@ fn bad_settings_name_the_key() {
     assert_eq!(p.get("compression.type"), Some("zstd"));
     assert_eq!(c.consumer_config().get("partition.assignment.strategy"), Some("cooperative-sticky"));
     assert_eq!(c.consumer_config().get("enable.auto.commit"), Some("false"));
+    assert_eq!(c.consumer_config().get("fetch.max.bytes"), Some("2097152"));
+    // librdkafka refuses a fetch limit below the largest message.
+    c.fetch_bytes = 65_536;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "config key kafka.fetch-bytes: is 65536; use at least message.max.bytes (1000000), e.g. 2097152"
+    );
+    c.properties.insert("message.max.bytes".into(), "60000".into());
+    c.validate().unwrap();
+    assert_eq!(c.consumer_config().get("fetch.max.bytes"), Some("65536"));
+    c.fetch_bytes = 50_000;
+    assert!(c.validate().unwrap_err().to_string().contains("(60000)"));
 }
