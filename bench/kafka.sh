@@ -44,7 +44,10 @@ peer() {
   echo "peer: confluent-kafka $("$PYTHON" -c 'import confluent_kafka as c; print(c.version()[0], "(librdkafka", c.libversion()[0] + ")")'), $label"
   : >"$WORK/peer.txt"
   for run in $(seq 1 "$runs"); do
-    "$PYTHON" bench/peer_producer.py "$BROKERS" "$source" "peer-$RANDOM-$run.out" $mode | tee -a "$WORK/peer.txt" \
+    # The output topics' counts (stderr) are the same every run: printed once.
+    local quiet=""
+    [ "$run" -eq 1 ] || quiet=--quiet
+    "$PYTHON" bench/peer_producer.py "$BROKERS" "$source" "peer-$RANDOM-$run.out" $mode $quiet | tee -a "$WORK/peer.txt" \
       | awk -v run="$run" '{ printf "  run %d: %d events in %.2f s wall, %.2f CPU-s: %.0f events/s, %.0f events per CPU-second\n", run, $2, $3, $4, $2 / $3, $2 / $4 }'
   done
   PEER_RATE=$(awk '{ print $2 / $3 }' "$WORK/peer.txt" | median)

@@ -2,7 +2,7 @@
 own Python client) with the producer settings of `pitwall` (idempotent, acks=all,
 lz4, murmur2 keys).
 
-Usage: peer_producer.py BROKERS SOURCE_TOPIC TARGET_TOPIC [--outputs]
+Usage: peer_producer.py BROKERS SOURCE_TOPIC TARGET_TOPIC [--outputs] [--quiet]
 Without --outputs (the peer of `ingest-kafka`): reads SOURCE_TOPIC whole into memory
 first (not timed), then produces its messages to TARGET_TOPIC and flushes (timed).
 With --outputs (the Kafka floor under `process`): reads the messages `pitwall process`
@@ -11,7 +11,8 @@ SOURCE_TOPIC's prefix) into memory first (not timed), then reads SOURCE_TOPIC an
 produces those messages as the raw ones arrive, in step, each to TARGET_TOPIC.<its
 suffix> (timed): the Kafka reads and writes of the processor, with no processing and
 no lake.
-Prints: "peer EVENTS WALL_S CPU_S" (CPU: this process, librdkafka's threads and the
+Prints: "peer EVENTS WALL_S CPU_S", and on stderr, unless --quiet, the messages and bytes
+of each output topic read (CPU: this process, librdkafka's threads and the
 Python loop included).
 """
 
@@ -24,8 +25,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 def consumer(brokers, topic):
     """A consumer assigned every partition of `topic` from its start, and their end offsets."""
+    # pitwall's fetch settings (kafka.fetch-wait, kafka.fetch-bytes): tansu holds every
+    # fetch that is not full for the whole wait (librdkafka's default is 500 ms).
     c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-peer-reader",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "fetch.wait.max.ms": 10, "fetch.max.bytes": 2 << 20})
     parts = c.list_topics(topic, timeout=10).topics[topic].partitions
     ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
     c.assign([TopicPartition(topic, p, 0) for p in parts])
@@ -67,6 +71,7 @@ def read_topic(brokers, topic):
 def main():
     brokers, source, target = sys.argv[1:4]
     outputs = "--outputs" in sys.argv[4:]
+    quiet = "--quiet" in sys.argv[4:]
     admin = AdminClient({"bootstrap.servers": brokers})
     # (target topic, key, value) to send, and the target topics with their partitions.
     sends, targets = [], {}
@@ -79,7 +84,7 @@ def main():
             targets[to] = len(topics[name].partitions)
             messages = read_topic(brokers, name)
             sends.extend((to, k, v) for k, v in messages)
-            if messages:
+            if messages and not quiet:
                 print(f"  ({name}: {len(messages)} messages, {sum(len(v or b'') for _, v in messages)} bytes)", file=sys.stderr)
     else:
         messages = read_topic(brokers, source)
