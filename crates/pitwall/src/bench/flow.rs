@@ -267,13 +267,14 @@ pub async fn process(config: &Config, opts: &ProcessBench) -> anyhow::Result<()>
 async fn kafka_floor(cfg: &Config, raw_events: u64) -> anyhow::Result<(Throughput, usize)> {
     use pitwall_bus::kafka::{KafkaConsumer, KafkaPublisher};
     let topics = Topics::with_prefix(&cfg.bus.topic_prefix);
-    let mut sends: Vec<(String, Message)> = Vec::new();
-    for topic in topics.all().into_iter().filter(|t| *t != topics.raw) {
+    let outputs: Vec<&str> = topics.all().into_iter().filter(|t| *t != topics.raw).collect();
+    let targets: Vec<String> = outputs.iter().map(|t| format!("{t}.floor")).collect();
+    let mut sends: Vec<(&str, Message)> = Vec::new();
+    for (topic, target) in outputs.iter().zip(&targets) {
         let messages = read_topic(cfg, topic).await?;
-        sends.extend(messages.into_iter().map(|m| (format!("{topic}.floor"), m)));
+        sends.extend(messages.into_iter().map(|m| (target.as_str(), m)));
     }
     let mut kafka = cfg.kafka.clone();
-    let targets: Vec<String> = topics.all().iter().map(|t| format!("{t}.floor")).collect();
     pitwall_bus::kafka::ensure_topics(&kafka, &targets.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     kafka.group_id = format!("{}-floor", cfg.kafka.group_id);
     let publisher = KafkaPublisher::new(&kafka)?;
