@@ -166,6 +166,10 @@ impl Point {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// Hours (InfluxDB 1.x's `precision=h`).
+    H,
+    /// Minutes (InfluxDB 1.x's `precision=m`).
+    M,
     /// Seconds.
     S,
     /// Milliseconds.
@@ -181,6 +185,8 @@ impl Precision {
     /// Nanoseconds in one unit.
     pub fn nanos(self) -> i64 {
         match self {
+            Precision::H => 3_600_000_000_000,
+            Precision::M => 60_000_000_000,
             Precision::S => 1_000_000_000,
             Precision::Ms => 1_000_000,
             Precision::Us => 1_000,
@@ -198,11 +204,13 @@ impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "h" => Ok(Precision::H),
+            "m" => Ok(Precision::M),
             "s" => Ok(Precision::S),
             "ms" => Ok(Precision::Ms),
             "us" | "u" => Ok(Precision::Us),
             "ns" | "n" => Ok(Precision::Ns),
-            other => Err(format!("unknown precision {other:?}; use s, ms, us or ns")),
+            other => Err(format!("unknown precision {other:?}; use h, m, s, ms, us or ns")),
         }
     }
 }

@@ -13,11 +13,16 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use pitwall_lake::Lake;
 
+mod engine;
 mod scan;
+
+pub use engine::{Engine, Limits};
 
 /// Query errors.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,39 @@ pub enum Error {
     /// The query ran past its time limit and was stopped.
     #[error("the query ran past its time limit of {0:?} and was stopped; narrow it (a time range, fewer columns) or raise server.query-timeout")]
     Timeout(Duration),
+    /// Every place for a running query stayed taken while this one waited.
+    #[error("{running} queries are running and none finished within {waited:?}; retry shortly (server.query-concurrency sets how many run at once)")]
+    Busy {
+        /// The concurrency limit.
+        running: usize,
+        /// How long this query waited.
+        waited: Duration,
+    },
+    /// The SQL text is longer than allowed.
+    #[error("the SQL is {size} bytes, over the limit of {limit} (server.query-max-sql-bytes)")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Expressions, subqueries or set operations nest deeper than allowed.
+    #[error("the SQL nests expressions, subqueries or UNIONs more than {limit} deep (server.query-max-depth); write long sums and chains as aggregates or IN lists")]
+    TooDeep {
+        /// The limit.
+        limit: usize,
+    },
+    /// The query needed more memory than the pool all queries share.
+    #[error("the query needed more than the {} MiB all queries share (server.query-memory); narrow it (a time range, fewer groups or distinct values) or raise server.query-memory: {detail}", limit / (1024 * 1024))]
+    Memory {
+        /// The pool's size in bytes.
+        limit: usize,
+        /// DataFusion's account of what asked for it.
+        detail: String,
+    },
+    /// The query engine could not be set up or its thread failed.
+    #[error("query engine: {0}")]
+    Setup(String),
 }
 
 impl From<datafusion::error::DataFusionError> for Error {
@@ -88,10 +126,7 @@ impl Query {
     /// A session whose default catalog is the lake (loaded as it is now).
     pub async fn new(lake: &Lake) -> Result<Self> {
         let provider = scan::LakeCatalog::try_new(lake.catalog()).await?;
-        let config = SessionConfig::new()
-            .with_default_catalog_and_schema(pitwall_lake::CATALOG_NAME, "clean")
-            .with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config(session_config());
         ctx.register_catalog(pitwall_lake::CATALOG_NAME, Arc::new(provider));
         Ok(Query { ctx })
     }
@@ -102,37 +137,27 @@ impl Query {
         Ok(df.collect().await?)
     }
 
-    /// Runs `sql` as a read-only query within `limits`: DDL, DML (`INSERT`, `COPY`) and
-    /// other statements (`SET`) are refused before anything runs; a query past the time
-    /// limit is stopped; rows past the row limit are left out and the answer says so.
-    pub async fn read_only(&self, sql: &str, limits: &Limits) -> Result<Answer> {
-        let run = async {
-            let plan = self.ctx.state().create_logical_plan(sql).await?;
-            let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-            options.verify_plan(&plan).map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
-            let df = self.ctx.execute_logical_plan(plan).await?;
-            let stream = df.execute_stream().await?;
-            collect_limited(stream, limits.max_rows).await
-        };
-        match tokio::time::timeout(limits.timeout, run).await {
-            Ok(answer) => answer,
-            Err(_) => Err(Error::Timeout(limits.timeout)),
-        }
+    /// A session like [`Query::new`] whose memory pool and spill files are `env`'s.
+    pub(crate) async fn with_env(lake: &Lake, env: Arc<RuntimeEnv>) -> Result<Self> {
+        let provider = scan::LakeCatalog::try_new(lake.catalog()).await?;
+        let ctx = SessionContext::new_with_config_rt(session_config(), env);
+        ctx.register_catalog(pitwall_lake::CATALOG_NAME, Arc::new(provider));
+        Ok(Query { ctx })
+    }
+
+    /// Runs a planned statement if it only reads, collecting at most `max_rows` rows.
+    pub(crate) async fn run_plan_read_only(&self, plan: LogicalPlan, max_rows: usize) -> Result<Answer> {
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        options.verify_plan(&plan).map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let stream = df.execute_stream().await?;
+        collect_limited(stream, max_rows).await
     }
 
     /// The DataFusion session, for callers that need more.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
-}
-
-/// Limits of a read-only query.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Stop the query after this long.
-    pub timeout: Duration,
-    /// Return at most this many rows.
-    pub max_rows: usize,
 }
 
 /// The answer to a read-only query.
@@ -199,6 +224,12 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
             Ok(String::from_utf8_lossy(&out).into_owned())
         }
     }
+}
+
+fn session_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_default_catalog_and_schema(pitwall_lake::CATALOG_NAME, "clean")
+        .with_information_schema(true)
 }
 
 /// Number of rows in `batches`.

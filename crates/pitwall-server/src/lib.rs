@@ -18,7 +18,9 @@
 //! the token as password (Telegraf's influxdb output), compared in constant time; the
 //! query API and the live feed need it too.
 
+mod conn;
 pub mod dashboard;
+mod guard;
 pub mod live;
 pub mod metrics;
 pub mod query;
@@ -61,6 +63,32 @@ pub struct ServerConfig {
     pub query_timeout: Duration,
     /// A query answers at most this many rows (and says when there were more).
     pub query_max_rows: usize,
+    /// Memory all running queries share, in bytes; spilling operators spill into the
+    /// data directory's `tmp/` first, a query that still needs more fails naming this.
+    pub query_memory: usize,
+    /// Queries running at once; more wait `query-queue-timeout`, then get 503.
+    pub query_concurrency: usize,
+    /// How long a query waits for a place to run.
+    #[serde(with = "humantime_serde")]
+    pub query_queue_timeout: Duration,
+    /// Longest SQL text, in bytes (400 over it).
+    pub query_max_sql_bytes: usize,
+    /// Deepest nesting of expressions, subqueries and UNIONs (400 over it).
+    pub query_max_depth: usize,
+    /// Connections open at once (lowered to half the open-file limit); past it, 503.
+    pub max_connections: usize,
+    /// A request's head (line and headers) must arrive within this, from the
+    /// connection's start or from the first byte of a kept-alive connection's next request.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A kept-alive connection with no request in flight is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A request body must arrive within this (408 after).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Request bodies held at once, all requests together, in bytes; past it, 503.
+    pub body_memory: usize,
 }
 
 impl Default for ServerConfig {
@@ -72,11 +100,65 @@ impl Default for ServerConfig {
             publish_timeout: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
             query_max_rows: 100_000,
+            query_memory: 1024 * 1024 * 1024,
+            query_concurrency: 4,
+            query_queue_timeout: Duration::from_secs(5),
+            query_max_sql_bytes: 256 * 1024,
+            query_max_depth: 500,
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(60),
+            body_memory: 256 * 1024 * 1024,
         }
     }
 }
 
 impl ServerConfig {
+    /// Checks values serde cannot; the error names the key and what to use.
+    pub fn validate(&self) -> Result<(), String> {
+        let at_least = |key: &str, value: usize, min: usize, unit: &str| {
+            if value < min { Err(format!("server.{key}: is {value}; use at least {min}{unit}")) } else { Ok(()) }
+        };
+        at_least("max-body-bytes", self.max_body_bytes, 1024, " bytes")?;
+        at_least("query-max-rows", self.query_max_rows, 1, "")?;
+        at_least("query-memory", self.query_memory, 16 * 1024 * 1024, " bytes (16 MiB)")?;
+        at_least("query-concurrency", self.query_concurrency, 1, "")?;
+        at_least("query-max-sql-bytes", self.query_max_sql_bytes, 64, " bytes")?;
+        at_least("query-max-depth", self.query_max_depth, 8, "")?;
+        at_least("max-connections", self.max_connections, 1, "")?;
+        at_least("body-memory", self.body_memory, self.max_body_bytes, " bytes (server.max-body-bytes, so one largest body fits)")?;
+        if self.body_memory / guard::BODY_UNIT > u32::MAX as usize {
+            return Err(format!("server.body-memory: is {}; use at most 4 TiB", self.body_memory));
+        }
+        for (key, d) in [
+            ("query-timeout", self.query_timeout),
+            ("header-read-timeout", self.header_read_timeout),
+            ("idle-timeout", self.idle_timeout),
+            ("body-read-timeout", self.body_read_timeout),
+            ("publish-timeout", self.publish_timeout),
+        ] {
+            if d < Duration::from_millis(10) {
+                return Err(format!("server.{key}: is {d:?}; use at least 10ms"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The query limits these settings give; spill files go to `spill_dir`.
+    pub fn query_limits(&self, spill_dir: Option<std::path::PathBuf>) -> pitwall_query::Limits {
+        pitwall_query::Limits {
+            timeout: self.query_timeout,
+            max_rows: self.query_max_rows,
+            memory: self.query_memory,
+            concurrency: self.query_concurrency,
+            queue_timeout: self.query_queue_timeout,
+            max_sql_bytes: self.query_max_sql_bytes,
+            max_depth: self.query_max_depth,
+            spill_dir,
+        }
+    }
+
     /// The tokens from the config and from `PITWALL_TOKEN` (comma-separated).
     pub fn all_tokens(&self) -> Vec<String> {
         let from_env = std::env::var("PITWALL_TOKEN").unwrap_or_default();
@@ -159,11 +241,17 @@ pub(crate) struct AppState {
     stats: Arc<WriteStats>,
     lake: Option<pitwall_lake::Lake>,
     live: LiveHub,
-    query_limits: pitwall_query::Limits,
+    engine: pitwall_query::Engine,
+    body_read_timeout: Duration,
+    body_memory: usize,
+    bodies: Arc<tokio::sync::Semaphore>,
 }
 
-/// The router with every route, for [`Bound`] or a test.
-pub fn router(config: &ServerConfig, services: Services) -> Router {
+/// The router with every route, for [`Bound`] or a test. Fails when the query engine
+/// cannot be set up (its spill directory, `tmp/` in the lake's data directory).
+pub fn router(config: &ServerConfig, services: Services) -> Result<Router, String> {
+    let spill_dir = services.lake.as_ref().map(|l| l.config().data_dir.join("tmp"));
+    let engine = pitwall_query::Engine::new(config.query_limits(spill_dir)).map_err(|e| e.to_string())?;
     let state = Arc::new(AppState {
         sink: services.sink,
         tokens: config.all_tokens(),
@@ -173,12 +261,12 @@ pub fn router(config: &ServerConfig, services: Services) -> Router {
         stats: services.stats,
         lake: services.lake,
         live: services.live,
-        query_limits: pitwall_query::Limits {
-            timeout: config.query_timeout,
-            max_rows: config.query_max_rows,
-        },
+        engine,
+        body_read_timeout: config.body_read_timeout,
+        body_memory: config.body_memory,
+        bodies: Arc::new(tokio::sync::Semaphore::new(config.body_memory / guard::BODY_UNIT)),
     });
-    Router::new()
+    Ok(Router::new()
         .route("/api/v2/write", post(write_v2))
         .route("/write", post(write_v1))
         .route("/api/v1/telegraf", post(write_telegraf))
@@ -187,10 +275,11 @@ pub fn router(config: &ServerConfig, services: Services) -> Router {
         .route("/ping", get(ping).head(ping))
         .route("/health", get(health))
         .merge(dashboard::routes())
-        .with_state(state)
+        .with_state(Arc::clone(&state))
         .merge(metrics::routes())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state, guard::guard)))
 }
 
 /// A server bound to its address, ready to run.
@@ -198,6 +287,7 @@ pub fn router(config: &ServerConfig, services: Services) -> Router {
 pub struct Bound {
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: conn::ConnLimits,
 }
 
 impl Bound {
@@ -207,7 +297,12 @@ impl Bound {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        Ok(Bound { listener, router })
+        let limits = conn::ConnLimits {
+            max_connections: conn::connection_cap(config.max_connections),
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        Ok(Bound { listener, router, limits })
     }
 
     /// The address it listens on (useful with port 0).
@@ -215,16 +310,10 @@ impl Bound {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes; requests in flight finish first.
+    /// Serves until `shutdown` completes; requests in flight get a few seconds to
+    /// finish (live feeds are ended), see [`conn`].
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        // No Nagle delay: live-feed events are small writes that must go out at once.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, self.router).with_graceful_shutdown(shutdown).await
+        conn::serve(self.listener, self.router, self.limits, shutdown).await
     }
 }
 
@@ -247,11 +336,24 @@ pub(crate) struct Reject {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<u32>,
+}
+
+impl Reject {
+    /// Adds `Retry-After: seconds`.
+    pub(crate) fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
 }
 
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(serde_json::json!({"code": self.code, "message": self.message}))).into_response()
+        let mut r = (self.status, axum::Json(serde_json::json!({"code": self.code, "message": self.message}))).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
     }
 }
 
@@ -260,6 +362,7 @@ pub(crate) fn error(status: StatusCode, code: &'static str, message: impl Into<S
         status,
         code,
         message: message.into(),
+        retry_after: None,
     }
 }
 
@@ -333,10 +436,12 @@ fn precision(p: Option<&str>) -> Result<Precision, Reject> {
         "us" | "u" => Ok(Precision::Us),
         "ms" => Ok(Precision::Ms),
         "s" => Ok(Precision::S),
+        "m" => Ok(Precision::M),
+        "h" => Ok(Precision::H),
         other => Err(error(
             StatusCode::BAD_REQUEST,
             "invalid",
-            format!("precision {other:?} is not one of ns, us, ms, s"),
+            format!("precision {other:?} is not one of ns, us, ms, s, m, h"),
         )),
     }
 }
@@ -354,6 +459,27 @@ struct Rejected {
     error: String,
 }
 
+/// Rejected lines listed in an answer; the rest are counted (as InfluxDB does): a body
+/// of millions of bad lines gets a short answer, not one larger than itself.
+const MAX_LISTED: usize = 100;
+
+/// The rejected lines of a body: the first [`MAX_LISTED`] with where and why, and how
+/// many in all.
+#[derive(Debug, Default)]
+struct Rejects {
+    listed: Vec<Rejected>,
+    total: usize,
+}
+
+impl Rejects {
+    fn push(&mut self, line: usize, error: impl FnOnce() -> String) {
+        self.total += 1;
+        if self.listed.len() < MAX_LISTED {
+            self.listed.push(Rejected { line, error: error() });
+        }
+    }
+}
+
 fn message(state: &AppState, p: &Point) -> Result<RawMessage, String> {
     let payload = json::encode(p).map_err(|e| e.to_string())?;
     Ok(RawMessage {
@@ -365,7 +491,7 @@ fn message(state: &AppState, p: &Point) -> Result<RawMessage, String> {
 
 /// Publishes what was accepted and answers: 204 when everything was, 400 listing the
 /// rejects (the rest accepted) otherwise.
-async fn publish_and_answer(state: &AppState, accepted: Vec<RawMessage>, rejected: Vec<Rejected>, what: &str) -> Response {
+async fn publish_and_answer(state: &AppState, accepted: Vec<RawMessage>, rejects: Rejects, what: &str) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let n = accepted.len();
     if n > 0 {
@@ -388,23 +514,26 @@ async fn publish_and_answer(state: &AppState, accepted: Vec<RawMessage>, rejecte
         }
     }
     state.stats.accepted.fetch_add(n as u64, Relaxed);
-    state.stats.rejected.fetch_add(rejected.len() as u64, Relaxed);
+    state.stats.rejected.fetch_add(rejects.total as u64, Relaxed);
     ::metrics::counter!("pitwall_events_in_total", "stage" => "write_api").increment(n as u64);
-    if !rejected.is_empty() {
-        ::metrics::counter!("pitwall_rejects_total", "stage" => "write_api", "reason" => "parse").increment(rejected.len() as u64);
+    if rejects.total > 0 {
+        ::metrics::counter!("pitwall_rejects_total", "stage" => "write_api", "reason" => "parse").increment(rejects.total as u64);
     }
-    if rejected.is_empty() {
+    let Some(first) = rejects.listed.first() else {
         return StatusCode::NO_CONTENT.into_response();
-    }
-    let first = &rejected[0];
+    };
+    let unlisted = rejects.total - rejects.listed.len();
+    let more = if unlisted > 0 {
+        format!(" ({} listed, {unlisted} more not listed)", rejects.listed.len())
+    } else {
+        String::new()
+    };
     let message = if n == 0 {
-        format!("no {what} accepted: {} rejected; first, line {}: {}", rejected.len(), first.line, first.error)
+        format!("no {what} accepted: {} rejected{more}; first, line {}: {}", rejects.total, first.line, first.error)
     } else {
         format!(
-            "partial write: {} {what}s rejected, the other {n} accepted; first, line {}: {}",
-            rejected.len(),
-            first.line,
-            first.error
+            "partial write: {} {what}s rejected{more}, the other {n} accepted; first, line {}: {}",
+            rejects.total, first.line, first.error
         )
     };
     (
@@ -414,7 +543,8 @@ async fn publish_and_answer(state: &AppState, accepted: Vec<RawMessage>, rejecte
             "message": message,
             "line": first.line,
             "accepted": n,
-            "rejected": rejected,
+            "rejected_count": rejects.total,
+            "rejected": rejects.listed,
         })),
     )
         .into_response()
@@ -432,17 +562,57 @@ async fn write_line_protocol(state: &AppState, headers: &HeaderMap, params: &Wri
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid", "the body is not UTF-8 line protocol").into_response();
+    // Invalid UTF-8 loses only its own lines: they are blanked (so every other line
+    // keeps its number) and rejected with where the bad byte is.
+    let (text, mut bad_utf8) = match std::str::from_utf8(&body) {
+        Ok(t) => (std::borrow::Cow::Borrowed(t), Vec::new()),
+        Err(_) => {
+            let (text, bad) = blank_invalid_lines(&body);
+            (std::borrow::Cow::Owned(text), bad)
+        }
     };
-    let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
-    for r in line_protocol::parse(text, precision, now_ns()) {
+    bad_utf8.reverse();
+    let (mut accepted, mut rejects) = (Vec::new(), Rejects::default());
+    let mut flush_utf8_before = |line: usize, rejects: &mut Rejects| {
+        while bad_utf8.last().is_some_and(|(l, _)| *l < line) {
+            let (l, e) = bad_utf8.pop().expect("checked above");
+            rejects.push(l, || e);
+        }
+    };
+    for r in line_protocol::parse(&text, precision, now_ns()) {
         match r.map_err(|e| (e.to_string(), line_of(&e))).and_then(|p| message(state, &p).map_err(|e| (e, 0))) {
             Ok(m) => accepted.push(m),
-            Err((error, line)) => rejected.push(Rejected { line, error }),
+            Err((error, line)) => {
+                flush_utf8_before(line, &mut rejects);
+                rejects.push(line, || error);
+            }
         }
     }
-    publish_and_answer(state, accepted, rejected, "line").await
+    flush_utf8_before(usize::MAX, &mut rejects);
+    publish_and_answer(state, accepted, rejects, "line").await
+}
+
+/// `body` with every line that is not valid UTF-8 left empty, and those lines' numbers
+/// with the reason.
+fn blank_invalid_lines(body: &[u8]) -> (String, Vec<(usize, String)>) {
+    let mut text = String::with_capacity(body.len());
+    let mut bad = Vec::new();
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            text.push('\n');
+        }
+        match std::str::from_utf8(line) {
+            Ok(l) => text.push_str(l),
+            Err(e) => {
+                let at = e.valid_up_to();
+                bad.push((
+                    i + 1,
+                    format!("line {}, column {}: byte 0x{:02x} is not valid UTF-8; line protocol is UTF-8 text", i + 1, at + 1, line[at]),
+                ));
+            }
+        }
+    }
+    (text, bad)
 }
 
 fn line_of(e: &pitwall_core::Error) -> usize {
@@ -473,29 +643,37 @@ async fn write_telegraf(State(state): State<Arc<AppState>>, Query(params): Query
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let doc: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", format!("the body is not JSON: {e}")).into_response(),
-    };
-    let metrics = match doc {
-        serde_json::Value::Object(mut o) if o.contains_key("metrics") => match o.remove("metrics") {
-            Some(serde_json::Value::Array(a)) => a,
-            _ => return error(StatusCode::BAD_REQUEST, "invalid", "`metrics` must be an array of metrics").into_response(),
-        },
-        one @ serde_json::Value::Object(_) => vec![one],
-        _ => return error(StatusCode::BAD_REQUEST, "invalid", "expected a metric object or {\"metrics\": [...]}").into_response(),
+    // The metrics are kept as slices of the body, each decoded as it comes: a million
+    // tiny metrics cost a pointer each, not a JSON tree.
+    let metrics: Vec<&serde_json::value::RawValue> = match telegraf_metrics(&body) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
     };
     let now = now_ns();
-    let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
+    let (mut accepted, mut rejects) = (Vec::new(), Rejects::default());
     for (i, m) in metrics.iter().enumerate() {
-        let bytes = serde_json::to_vec(m).unwrap_or_default();
-        match json::decode(&bytes, now, precision).map_err(|e| e.to_string()).and_then(|p| message(&state, &p)) {
+        match json::decode(m.get().as_bytes(), now, precision).map_err(|e| e.to_string()).and_then(|p| message(&state, &p)) {
             Ok(msg) => accepted.push(msg),
-            Err(error) => rejected.push(Rejected {
-                line: i + 1,
-                error: format!("metric {}: {error}", i + 1),
-            }),
+            Err(error) => rejects.push(i + 1, || format!("metric {}: {error}", i + 1)),
         }
     }
-    publish_and_answer(&state, accepted, rejected, "metric").await
+    drop(metrics);
+    publish_and_answer(&state, accepted, rejects, "metric").await
+}
+
+/// The metrics of a Telegraf JSON body: one metric object, or `{"metrics": [...]}`.
+fn telegraf_metrics(body: &[u8]) -> Result<Vec<&serde_json::value::RawValue>, Reject> {
+    use serde_json::value::RawValue;
+    let top: std::collections::BTreeMap<std::borrow::Cow<'_, str>, &RawValue> = serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("the body is not a JSON object (a metric or {{\"metrics\": [...]}}): {e}"),
+        )
+    })?;
+    match top.get("metrics") {
+        Some(list) => serde_json::from_str::<Vec<&RawValue>>(list.get())
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("`metrics` must be an array of metrics: {e}"))),
+        None => Ok(vec![serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?]),
+    }
 }

@@ -311,9 +311,14 @@ pub(crate) async fn live(State(state): State<Arc<AppState>>, Query(params): Quer
         }
     };
     let rate = params.rate.unwrap_or(10.0);
-    if !(rate.is_finite() && rate >= 0.0) {
-        return crate::error(axum::http::StatusCode::BAD_REQUEST, "invalid", "rate must be a number of points per second, 0 or more")
-            .into_response();
+    // Below one point in 1,000 s the interval would not fit a Duration.
+    if !(rate.is_finite() && (rate == 0.0 || rate >= 0.001)) {
+        return crate::error(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("rate {rate} is not 0 (every point) or a number of points per second of at least 0.001"),
+        )
+        .into_response();
     }
     let filter = Filter {
         streams,

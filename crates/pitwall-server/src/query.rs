@@ -90,14 +90,20 @@ async fn run(state: &AppState, params: &QueryParams, headers: &HeaderMap, body: 
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this server has no lake to query"));
     };
     let started = Instant::now();
-    let q = pitwall_query::Query::new(lake)
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "internal error", e.to_string()))?;
-    let answer = q.read_only(&sql, &state.query_limits).await.map_err(|e| match e {
-        pitwall_query::Error::ReadOnly(_) => error(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
-        pitwall_query::Error::Timeout(_) => error(StatusCode::REQUEST_TIMEOUT, "timeout", e.to_string()),
-        pitwall_query::Error::Sql(_) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error", e.to_string()),
+    let answer = state.engine.read_only(lake, &sql).await.map_err(|e| {
+        use pitwall_query::Error as E;
+        let (status, code) = match e {
+            E::ReadOnly(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            E::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            E::Sql(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
+            E::TooDeep { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            // Not the client's fault in its SQL, and another try will not help as it is.
+            E::Memory { .. } => (StatusCode::INSUFFICIENT_STORAGE, "query memory"),
+            E::Busy { .. } => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).retry_after(1),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        };
+        error(status, code, e.to_string())
     })?;
     let elapsed = started.elapsed();
     let encoded = encode(&answer, format, elapsed).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "internal error", e.to_string()))?;

@@ -61,7 +61,7 @@ async fn start(config: ServerConfig, full: bool) -> Server {
         lake: None,
         live: live.clone(),
     };
-    let r = router(&config, services);
+    let r = router(&config, services).unwrap();
     let bound = Bound::bind(&config, r).await.unwrap();
     let url = format!("http://{}", bound.local_addr());
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -150,9 +150,9 @@ async fn bad_lines_are_named_and_the_good_ones_still_land() {
     assert!(msg.starts_with("partial write: 1 lines rejected, the other 2 accepted; first, line 2"), "{msg}");
     assert_eq!(s.sink.got.lock().unwrap().len(), 2);
 
-    let r = reqwest::Client::new().post(format!("{}/api/v2/write?precision=h", s.url)).body(body).send().await.unwrap();
+    let r = reqwest::Client::new().post(format!("{}/api/v2/write?precision=d", s.url)).body(body).send().await.unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(json_body(r).await["message"], "precision \"h\" is not one of ns, us, ms, s");
+    assert_eq!(json_body(r).await["message"], "precision \"d\" is not one of ns, us, ms, s, m, h");
 }
 
 #[tokio::test]
@@ -360,4 +360,206 @@ async fn metrics_count_requests_by_route_and_status() {
     assert!(text.contains(r#"pitwall_events_in_total{stage="write_api"} 2"#), "{text}");
     assert!(text.contains(r#"pitwall_rejects_total{stage="write_api",reason="parse"} 1"#), "{text}");
     assert!(text.contains("# TYPE pitwall_http_request_seconds histogram"), "{text}");
+}
+
+/// InfluxDB 1.x also takes minutes and hours.
+#[tokio::test]
+async fn v1_precision_in_minutes_and_hours() {
+    let s = start(ServerConfig::default(), false).await;
+    let c = reqwest::Client::new();
+    for (p, t) in [("m", 29_453_760i64), ("h", 490_896)] {
+        let r = c.post(format!("{}/write?db=x&precision={p}", s.url)).body(format!("m,host=a v=1 {t}\n")).send().await.unwrap();
+        assert_eq!(r.status(), 204, "{p}");
+    }
+    let got = s.sink.got.lock().unwrap();
+    assert_eq!(got[0].time, 1_767_225_600_000_000_000);
+    assert_eq!(got[1].time, 1_767_225_600_000_000_000);
+}
+
+/// A flood of bad lines gets a short answer: the first 100 named, the rest counted.
+/// (2 M bad lines answered 220 MB of JSON before.)
+#[tokio::test]
+async fn a_flood_of_bad_lines_lists_the_first_hundred_and_counts_the_rest() {
+    let s = start(ServerConfig::default(), false).await;
+    let c = reqwest::Client::new();
+    let mut body = "x\n".repeat(200_000);
+    body.push_str("m,host=a v=1\n");
+    let r = c.post(format!("{}/api/v2/write", s.url)).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.len() < 20_000, "answer of {} bytes", text.len());
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["rejected_count"], 200_000);
+    assert_eq!(v["rejected"].as_array().unwrap().len(), 100);
+    assert_eq!(v["rejected"][99]["line"], 100);
+    assert_eq!(v["accepted"], 1);
+    assert!(v["message"].as_str().unwrap().contains("199900 more not listed"), "{}", v["message"]);
+
+    // The same for Telegraf JSON: a million empty metrics.
+    let mut metrics = String::from("{\"metrics\":[");
+    metrics.push_str(&vec!["{}"; 1_000_000].join(","));
+    metrics.push_str("]}");
+    let r = c.post(format!("{}/api/v1/telegraf", s.url)).body(metrics).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v = json_body(r).await;
+    assert_eq!(v["rejected_count"], 1_000_000);
+    assert_eq!(v["rejected"].as_array().unwrap().len(), 100);
+}
+
+/// One line that is not UTF-8 loses only itself.
+#[tokio::test]
+async fn invalid_utf8_is_judged_per_line() {
+    let s = start(ServerConfig::default(), false).await;
+    let body = b"m,host=a v=1 1\nm,host=\xff v=2 2\nm,host=b v= 3\nm,host=c v=4 4\n".to_vec();
+    let r = reqwest::Client::new().post(format!("{}/api/v2/write", s.url)).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v = json_body(r).await;
+    assert_eq!(v["accepted"], 2);
+    assert_eq!(v["rejected"][0]["line"], 2);
+    assert!(v["rejected"][0]["error"].as_str().unwrap().contains("column 8: byte 0xff is not valid UTF-8"), "{v}");
+    assert_eq!(v["rejected"][1]["line"], 3, "later lines keep their numbers");
+    let keys: Vec<_> = s.sink.got.lock().unwrap().iter().map(|m| m.key.clone().unwrap()).collect();
+    assert_eq!(keys, [&b"a"[..], &b"c"[..]]);
+}
+
+/// Raw HTTP over TCP, to send what reqwest would not (half a head, a short body).
+async fn raw(url: &str) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await.unwrap()
+}
+
+/// Reads until the server closes the connection (or `within` passes); returns what came.
+async fn read_to_close(tcp: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    match tokio::time::timeout(within, tcp.read_to_end(&mut out)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Err(_) => None,
+    }
+}
+
+/// Connections that send nothing, trickle a head or idle are closed on time; a live
+/// feed is a request in flight and stays.
+#[tokio::test]
+async fn slow_heads_and_idle_connections_are_closed_and_live_feeds_are_not() {
+    use tokio::io::AsyncWriteExt;
+    let s = start(
+        ServerConfig {
+            header_read_timeout: Duration::from_millis(400),
+            idle_timeout: Duration::from_millis(800),
+            body_read_timeout: Duration::from_millis(400),
+            ..ServerConfig::default()
+        },
+        false,
+    )
+    .await;
+    // Nothing sent.
+    let mut silent = raw(&s.url).await;
+    assert!(read_to_close(&mut silent, Duration::from_secs(3)).await.is_some(), "a silent connection is closed");
+    // Half a head, then a byte now and then.
+    let mut trickle = raw(&s.url).await;
+    trickle.write_all(b"GET /ping HTTP/1.1\r\nHo").await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if trickle.write_all(b"s").await.is_err() {
+            break;
+        }
+    }
+    assert!(read_to_close(&mut trickle, Duration::from_secs(3)).await.is_some(), "a trickled head is cut off");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A body that never arrives: 408.
+    let mut slow_body = raw(&s.url).await;
+    slow_body
+        .write_all(b"POST /api/v2/write HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nm,host=a")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut slow_body, Duration::from_secs(3)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.body-read-timeout"), "{answer}");
+    // Kept alive after a request, then idle: closed after the idle timeout.
+    let mut idle = raw(&s.url).await;
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut idle, Duration::from_secs(4)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    // A live feed outlives both timeouts and still gets events.
+    let mut live = reqwest::Client::new()
+        .get(format!("{}/api/v1/live?stream=anomalies", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    s.live.feed(pitwall_server::LiveStream::Anomalies, Some(b"car-1"), anomaly("car-1", "late-one"));
+    let mut got = String::new();
+    while !got.contains("late-one") {
+        let chunk = tokio::time::timeout(Duration::from_secs(3), live.chunk()).await.unwrap().unwrap().unwrap();
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// Past `max-connections` a connection is answered 503 and closed; the ones open go on.
+#[tokio::test]
+async fn connections_past_the_cap_get_503() {
+    use tokio::io::AsyncWriteExt;
+    let s = start(ServerConfig { max_connections: 3, ..ServerConfig::default() }, false).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(raw(&s.url).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = raw(&s.url).await;
+    over.write_all(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut over, Duration::from_secs(3)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1") && answer.contains("server.max-connections"), "{answer}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = reqwest::Client::new().get(format!("{}/ping", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+/// With a token set, a wrong one is answered before the body is read: a client
+/// announcing 30 MB and sending none of it gets 401 at once.
+#[tokio::test]
+async fn the_token_is_checked_before_the_body_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let s = start(ServerConfig { tokens: vec!["right".into()], ..ServerConfig::default() }, false).await;
+    let mut tcp = raw(&s.url).await;
+    tcp.write_all(b"POST /api/v2/write HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token wrong\r\nContent-Length: 30000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
+
+/// Without a token, other origins and non-loopback host names are refused (a web page
+/// cannot write into the lake; DNS rebinding finds nothing), and pages carry security
+/// headers.
+#[tokio::test]
+async fn without_a_token_only_same_origin_loopback_requests_are_served() {
+    let s = start(ServerConfig::default(), false).await;
+    let c = reqwest::Client::new();
+    let write = format!("{}/api/v2/write", s.url);
+    let r = c.post(&write).header("Origin", "http://evil.example").body("m,host=a v=1\n").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(json_body(r).await["message"].as_str().unwrap().contains("another origin"));
+    let r = c.post(&write).header("Host", "rebound.example:8086").body("m,host=a v=1\n").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let host = s.url.trim_start_matches("http://").to_owned();
+    let r = c.post(&write).header("Origin", format!("http://{host}")).body("m,host=a v=1\n").send().await.unwrap();
+    assert_eq!(r.status(), 204, "the dashboard's own origin writes");
+    assert_eq!(s.sink.got.lock().unwrap().len(), 1);
+    let r = c.get(format!("{}/", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    // A rate too small for any interval is a 400, not a panic.
+    let r = c.get(format!("{}/api/v1/live?rate=1e-300", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 400);
 }

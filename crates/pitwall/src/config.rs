@@ -141,9 +141,7 @@ impl Config {
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             bail!("config key bus.partitions: is {}; use 1 to 1024", self.bus.partitions);
         }
-        if self.server.max_body_bytes < 1024 {
-            bail!("config key server.max-body-bytes: is {}; allow at least 1024 bytes", self.server.max_body_bytes);
-        }
+        self.server.validate().map_err(|e| anyhow::anyhow!("config key {e}"))?;
         if self.bus.capacity == 0 {
             bail!("config key bus.capacity: is 0; a partition must hold at least one message");
         }

@@ -902,14 +902,20 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
             config.lake.data_dir.display()
         );
     }
+    // The limits of the SQL API (server.query-*) hold here too: the lake may be the one
+    // a running `pitwall up` writes, on the same machine.
+    let limits = config.server.query_limits(Some(config.lake.data_dir.join("tmp")));
+    let engine = pitwall_query::Engine::new(limits)?;
     let lake = pitwall_lake::Lake::open(config.lake).await?;
-    let q = pitwall_query::Query::new(&lake).await?;
-    let batches = q.sql(&args.sql).await?;
-    let text = pitwall_query::render(&batches, args.format)?;
+    let answer = engine.read_only(&lake, &args.sql).await?;
+    let text = pitwall_query::render(&answer.batches, args.format)?;
     print!("{text}");
     if args.format == pitwall_query::Format::Table {
         println!();
-        eprintln!("{} rows", pitwall_query::row_count(&batches));
+        eprintln!("{} rows", answer.rows);
+    }
+    if answer.truncated {
+        eprintln!("the answer was cut at {} rows (server.query-max-rows); narrow the query or raise the limit", answer.rows);
     }
     Ok(ExitCode::SUCCESS)
 }

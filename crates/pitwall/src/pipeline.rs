@@ -148,7 +148,7 @@ pub(crate) async fn start_server(
         lake,
         live,
     };
-    let router = pitwall_server::router(server, services);
+    let router = pitwall_server::router(server, services).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bound = pitwall_server::Bound::bind(server, router)
         .await
         .map_err(|e| anyhow::anyhow!("{e}; pass --listen HOST:PORT (or set server.listen)"))?;

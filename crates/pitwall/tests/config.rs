@@ -112,6 +112,8 @@ fn the_compose_stack_configs_load_and_agree_with_trino() {
 
     let compose = std::fs::read_to_string(repo_file("deploy/docker-compose.yml")).unwrap();
     assert!(compose.contains("./pitwall/pitwall.toml:/etc/pitwall/pitwall.toml"));
+    // serve listens on 0.0.0.0 there: the stack does not start without a token.
+    assert!(compose.contains("PITWALL_TOKEN: ${PITWALL_TOKEN:?"), "the compose file requires PITWALL_TOKEN");
     assert!(compose.contains("./trino/catalog/iceberg.properties:/etc/trino/catalog/iceberg.properties"));
     let mut commands = Vec::new();
     for line in compose.lines() {

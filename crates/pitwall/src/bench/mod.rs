@@ -146,7 +146,7 @@ impl LocalServer {
             lake: None,
             live,
         };
-        let bound = pitwall_server::Bound::bind(&server_config, pitwall_server::router(&server_config, services))
+        let bound = pitwall_server::Bound::bind(&server_config, pitwall_server::router(&server_config, services).map_err(|e| anyhow::anyhow!("{e}"))?)
             .await
             .map_err(anyhow::Error::msg)?;
         let addr = bound.local_addr();
