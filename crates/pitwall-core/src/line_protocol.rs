@@ -21,6 +21,7 @@ pub fn parse(input: &str, precision: Precision, default_time: i64) -> Parser<'_>
         pos: 0,
         line: 1,
         line_start: 0,
+        point_line: 0,
         precision,
         default_time,
     }
@@ -54,8 +55,17 @@ pub struct Parser<'a> {
     pos: usize,
     line: usize,
     line_start: usize,
+    /// The line the last point (or error) began on.
+    point_line: usize,
     precision: Precision,
     default_time: i64,
+}
+
+impl Parser<'_> {
+    /// The line on which the item last returned began (1-based).
+    pub fn point_line(&self) -> usize {
+        self.point_line
+    }
 }
 
 impl Iterator for Parser<'_> {
@@ -74,6 +84,7 @@ impl Iterator for Parser<'_> {
         if self.pos >= self.src.len() {
             return None;
         }
+        self.point_line = self.line;
         let result = self.parse_line();
         if result.is_err() {
             self.skip_line();

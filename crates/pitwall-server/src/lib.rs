@@ -180,7 +180,8 @@ pub struct RawMessage {
     pub key: Option<Bytes>,
     /// The point as JSON.
     pub payload: Bytes,
-    /// Event time, ns.
+    /// When the server received it, ns: the message timestamp, against which the
+    /// processor judges how far ahead a point's clock may be (`processor.max-future`).
     pub time: i64,
 }
 
@@ -480,12 +481,15 @@ impl Rejects {
     }
 }
 
-fn message(state: &AppState, p: &Point) -> Result<RawMessage, String> {
+/// The raw-topic message for a point received at `received`, or why the point is
+/// refused now rather than quarantined later.
+fn message(state: &AppState, p: &Point, received: i64) -> Result<RawMessage, String> {
+    pitwall_stream::check_time(p.time, received, state.processor.max_future)?;
     let payload = json::encode(p).map_err(|e| e.to_string())?;
     Ok(RawMessage {
         key: state.processor.source_id(p).map(|s| Bytes::copy_from_slice(s.as_bytes())),
         payload: Bytes::from(payload),
-        time: p.time,
+        time: received,
     })
 }
 
@@ -579,8 +583,11 @@ async fn write_line_protocol(state: &AppState, headers: &HeaderMap, params: &Wri
             rejects.push(l, || e);
         }
     };
-    for r in line_protocol::parse(&text, precision, now_ns()) {
-        match r.map_err(|e| (e.to_string(), line_of(&e))).and_then(|p| message(state, &p).map_err(|e| (e, 0))) {
+    let received = now_ns();
+    let mut parser = line_protocol::parse(&text, precision, received);
+    while let Some(r) = parser.next() {
+        let line = parser.point_line();
+        match r.map_err(|e| (e.to_string(), line_of(&e).unwrap_or(line))).and_then(|p| message(state, &p, received).map_err(|e| (format!("line {line}: {e}"), line))) {
             Ok(m) => accepted.push(m),
             Err((error, line)) => {
                 flush_utf8_before(line, &mut rejects);
@@ -615,10 +622,10 @@ fn blank_invalid_lines(body: &[u8]) -> (String, Vec<(usize, String)>) {
     (text, bad)
 }
 
-fn line_of(e: &pitwall_core::Error) -> usize {
+fn line_of(e: &pitwall_core::Error) -> Option<usize> {
     match e {
-        pitwall_core::Error::LineProtocol { line, .. } => *line,
-        _ => 0,
+        pitwall_core::Error::LineProtocol { line, .. } => Some(*line),
+        _ => None,
     }
 }
 
@@ -652,7 +659,7 @@ async fn write_telegraf(State(state): State<Arc<AppState>>, Query(params): Query
     let now = now_ns();
     let (mut accepted, mut rejects) = (Vec::new(), Rejects::default());
     for (i, m) in metrics.iter().enumerate() {
-        match json::decode(m.get().as_bytes(), now, precision).map_err(|e| e.to_string()).and_then(|p| message(&state, &p)) {
+        match json::decode(m.get().as_bytes(), now, precision).map_err(|e| e.to_string()).and_then(|p| message(&state, &p, now)) {
             Ok(msg) => accepted.push(msg),
             Err(error) => rejects.push(i + 1, || format!("metric {}: {error}", i + 1)),
         }

@@ -71,6 +71,11 @@ async fn start(config: ServerConfig, full: bool) -> Server {
     Server { url, sink, live, stop: Some(tx) }
 }
 
+/// The event time in a raw message's payload.
+fn event_time(m: &RawMessage) -> i64 {
+    json::decode(&m.payload, 0, pitwall_core::Precision::Ns).unwrap().time
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(data).unwrap();
@@ -115,7 +120,8 @@ async fn telegrafs_influxdb_v2_output_lands_keyed_by_source() {
     assert_eq!(p.time, 1_767_225_600_008_000_000);
     assert_eq!(p.fields["temperature_c"], FieldValue::F64(23.5));
     assert_eq!(p.fields["humidity_pct"], FieldValue::I64(41));
-    assert_eq!(m.time, p.time);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    assert!((now - 60_000_000_000..=now).contains(&m.time), "the message is stamped with its receipt time");
 }
 
 /// InfluxDB v1 (`/write`, Telegraf's outputs.influxdb) with a precision, and Basic auth
@@ -132,7 +138,7 @@ async fn v1_writes_take_their_precision_and_basic_auth() {
         .unwrap();
     assert_eq!(r.status(), 204);
     let got = s.sink.got.lock().unwrap();
-    assert_eq!(got[0].time, 1_767_225_600_000_000_000);
+    assert_eq!(event_time(&got[0]), 1_767_225_600_000_000_000);
     assert_eq!(got[0].key.as_deref(), Some(&b"press-7"[..]), "measurements without a source tag use host");
 }
 
@@ -211,7 +217,7 @@ async fn telegraf_json_single_and_batched() {
     assert_eq!((v["accepted"].as_u64(), v["line"].as_u64()), (Some(2), Some(3)));
     let got = s.sink.got.lock().unwrap();
     assert_eq!(got.len(), 3);
-    assert_eq!(got[0].time, 1_767_225_600_000_000_000, "Telegraf's JSON timestamps are seconds");
+    assert_eq!(event_time(&got[0]), 1_767_225_600_000_000_000, "Telegraf's JSON timestamps are seconds");
     assert_eq!(got[0].key.as_deref(), Some(&b"edge-1"[..]));
 }
 
@@ -372,8 +378,8 @@ async fn v1_precision_in_minutes_and_hours() {
         assert_eq!(r.status(), 204, "{p}");
     }
     let got = s.sink.got.lock().unwrap();
-    assert_eq!(got[0].time, 1_767_225_600_000_000_000);
-    assert_eq!(got[1].time, 1_767_225_600_000_000_000);
+    assert_eq!(event_time(&got[0]), 1_767_225_600_000_000_000);
+    assert_eq!(event_time(&got[1]), 1_767_225_600_000_000_000);
 }
 
 /// A flood of bad lines gets a short answer: the first 100 named, the rest counted.
@@ -410,11 +416,11 @@ async fn a_flood_of_bad_lines_lists_the_first_hundred_and_counts_the_rest() {
 #[tokio::test]
 async fn invalid_utf8_is_judged_per_line() {
     let s = start(ServerConfig::default(), false).await;
-    let body = b"m,host=a v=1 1\nm,host=\xff v=2 2\nm,host=b v= 3\nm,host=c v=4 4\n".to_vec();
-    let r = reqwest::Client::new().post(format!("{}/api/v2/write", s.url)).body(body).send().await.unwrap();
+    let body = b"m,host=a v=1 1767225600\nm,host=\xff v=2 1767225600\nm,host=b v= 1767225600\nm,host=c v=4 1767225600\n".to_vec();
+    let r = reqwest::Client::new().post(format!("{}/api/v2/write?precision=s", s.url)).body(body).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let v = json_body(r).await;
-    assert_eq!(v["accepted"], 2);
+    assert_eq!(v["accepted"], 2, "{v}");
     assert_eq!(v["rejected"][0]["line"], 2);
     assert!(v["rejected"][0]["error"].as_str().unwrap().contains("column 8: byte 0xff is not valid UTF-8"), "{v}");
     assert_eq!(v["rejected"][1]["line"], 3, "later lines keep their numbers");
@@ -562,4 +568,26 @@ async fn without_a_token_only_same_origin_loopback_requests_are_served() {
     // A rate too small for any interval is a 400, not a panic.
     let r = c.get(format!("{}/api/v1/live?rate=1e-300", s.url)).send().await.unwrap();
     assert_eq!(r.status(), 400);
+}
+
+/// What the API can know is answered at once, per line: a time before 2000 or too far
+/// ahead of its receipt (`processor.max-future`) is a 400 for that line, never a 204
+/// for a point quarantined later.
+#[tokio::test]
+async fn implausible_times_are_rejected_per_line() {
+    let s = start(ServerConfig::default(), false).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let body = format!(
+        "m,host=a v=1 {now}\nm,host=b v=1 {}\nm,host=c v=1 1700000\nm,host=d v=1 {}\n",
+        now + 5 * 365 * 86_400,
+        now + 3600
+    );
+    let r = reqwest::Client::new().post(format!("{}/api/v2/write?precision=s", s.url)).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v = json_body(r).await;
+    assert_eq!(v["accepted"], 2, "on time, and an hour ahead: {v}");
+    assert_eq!(v["rejected"][0]["line"], 2);
+    assert!(v["rejected"][0]["error"].as_str().unwrap().contains("processor.max-future"), "{v}");
+    assert_eq!(v["rejected"][1]["line"], 3);
+    assert!(v["rejected"][1]["error"].as_str().unwrap().contains("before the year 2000"), "{v}");
 }

@@ -32,6 +32,13 @@ pub struct ProcessorConfig {
     /// watermark) is forgotten: its rule state is dropped, an open episode stays open.
     #[serde(with = "humantime_serde")]
     pub forget_after: Duration,
+    /// A point stamped more than this after it was received is rejected: a clock far
+    /// ahead, or a timestamp in the wrong precision. "Received" is the message
+    /// timestamp: the write API's receipt time, replay's send time, the simulators'
+    /// simulated send time; on Kafka the producer's timestamp (pitwall's producers set
+    /// the send time; other producers should too, or the topic should use LogAppendTime).
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
     /// Per-measurement settings, by measurement name.
     pub measurements: BTreeMap<String, MeasurementConfig>,
     /// Unit conversions per field, applied first.
@@ -377,6 +384,7 @@ impl Default for ProcessorConfig {
             allowed_lateness: Duration::ZERO,
             idle_timeout: Duration::from_secs(30),
             forget_after: Duration::from_secs(600),
+            max_future: Duration::from_secs(24 * 3600),
             measurements,
             units: Vec::new(),
             dimensions: Vec::new(),
@@ -550,6 +558,12 @@ impl ProcessorConfig {
     /// error names the key and says what to change.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: String, message: String| Err(Error::Config { key, message });
+        if self.max_future < Duration::from_secs(1) {
+            return bad(
+                "processor.max-future".into(),
+                format!("is {:?}; use at least 1s (default 1d): points a little ahead of the receiver's clock are normal", self.max_future),
+            );
+        }
         for (m, mc) in &self.measurements {
             if mc.source_tag.is_empty() {
                 return bad(

@@ -18,7 +18,7 @@ pub mod window;
 pub use enrich::{DimensionConfig, DistanceKind, Enricher, LapConfig, TrackConfig, Unit, UnitConfig};
 pub use config::{BaselineMethod, ProcessorConfig, RuleConfig, Severity, WindowConfig};
 pub use normalize::{FieldType, SchemaRegistry};
-pub use processor::{Checkpoint, Outputs, Processor, TICK_KEY, tick_payload};
+pub use processor::{Checkpoint, EARLIEST, Outputs, Processor, TICK_KEY, check_time, tick_payload};
 
 /// Processor errors.
 #[derive(Debug, thiserror::Error)]

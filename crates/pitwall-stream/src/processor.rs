@@ -73,9 +73,26 @@ impl Outputs {
 
 /// Earliest plausible event time: 2000-01-01. Anything before is almost always a
 /// timestamp in seconds or milliseconds sent where nanoseconds were expected.
-const EARLIEST: i64 = 946_684_800_000_000_000;
-/// Latest plausible event time, relative to when the bus accepted the message.
-const MAX_FUTURE: i64 = 24 * 3600 * 1_000_000_000;
+pub const EARLIEST: i64 = 946_684_800_000_000_000;
+
+/// Checks that event time `time` is plausible for a point received at `received` (ns):
+/// not before 2000, not more than `max_future` after it was received. The error is the
+/// reject reason. The write API calls it too, to answer 400 for such a line at once.
+pub fn check_time(time: i64, received: i64, max_future: std::time::Duration) -> Result<(), String> {
+    if time < EARLIEST {
+        return Err(format!(
+            "time {time} is before the year 2000; timestamps are nanoseconds since the epoch (was it sent in seconds or milliseconds?)"
+        ));
+    }
+    let ahead = i64::try_from(max_future.as_nanos()).unwrap_or(i64::MAX);
+    if time > received.saturating_add(ahead) {
+        return Err(format!(
+            "time {time} is more than {} after the point was received ({received}); check the source's clock and the timestamp precision (processor.max-future)",
+            humantime::format_duration(max_future)
+        ));
+    }
+    Ok(())
+}
 
 /// Key of a watermark tick on the raw topic (see [`ProcessorConfig::idle_timeout`]).
 pub const TICK_KEY: &[u8] = b"pitwall.idle-tick";
@@ -283,18 +300,7 @@ impl Processor {
                 ));
             }
         };
-        if point.time < EARLIEST {
-            return Err(format!(
-                "time {} is before the year 2000; timestamps are nanoseconds since the epoch (was it sent in seconds or milliseconds?)",
-                point.time
-            ));
-        }
-        if point.time > msg.timestamp.saturating_add(MAX_FUTURE) {
-            return Err(format!(
-                "time {} is more than a day after the message arrived ({}); check the clock and the timestamp precision",
-                point.time, msg.timestamp
-            ));
-        }
+        check_time(point.time, msg.timestamp, self.config.max_future)?;
         self.schemas.conform(&mut point)?;
         Ok((point, source_id))
     }

@@ -245,10 +245,42 @@ fn bad_payloads_are_rejects_with_their_reason() {
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert_eq!(reasons[0], "measurement \"sensor\" has no \"sensor_id\" tag, which identifies its source");
     assert!(reasons[1].starts_with("time 1700000000 is before the year 2000"), "{}", reasons[1]);
-    assert!(reasons[2].contains("more than a day after the message arrived"), "{}", reasons[2]);
+    assert!(reasons[2].contains("more than 1day after the point was received"), "{}", reasons[2]);
+    assert!(reasons[2].contains("processor.max-future"), "{}", reasons[2]);
     // The fourth is valid on its own (a string field) and defines the field's type.
     assert_eq!(out.clean.len(), 1);
     assert_eq!(out.raw.len(), 4);
+}
+
+/// A point five years ahead of when it was received is a reject and moves nothing: the
+/// on-time points after it are neither late nor windowed differently.
+#[test]
+fn a_point_far_ahead_of_its_receipt_is_rejected_and_moves_no_watermark() {
+    let run = |with_future: bool| {
+        let mut p = Processor::new(Arc::new(ProcessorConfig::default()), SchemaRegistry::default(), "telemetry.raw", 0);
+        let mut out = Outputs::default();
+        let mut offset = 0;
+        for i in 0..30 {
+            if with_future && i == 10 {
+                let mut m = msg(offset, &sensor_at("clock-ahead", 5 * 365 * 86_400 * S, 20.0, 1010.0));
+                m.timestamp = T0 + i * S;
+                p.process(&m, &mut out);
+                offset += 1;
+            }
+            let mut m = msg(offset, &sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i)));
+            m.timestamp = T0 + i * S;
+            p.process(&m, &mut out);
+            offset += 1;
+        }
+        out
+    };
+    let (plain, skewed) = (run(false), run(true));
+    assert_eq!(skewed.rejects.len(), 1);
+    assert!(skewed.rejects[0].reason.contains("processor.max-future"), "{}", skewed.rejects[0].reason);
+    assert!(skewed.late.is_empty(), "{:?}", skewed.late);
+    assert_eq!(skewed.clean, plain.clean);
+    let rows = |o: &Outputs| o.windows.iter().map(|w| (w.window_start, w.field.to_string(), w.count)).collect::<Vec<_>>();
+    assert_eq!(rows(&skewed), rows(&plain));
 }
 
 /// An idle partition: ticks on the raw topic move event time on, so windows close

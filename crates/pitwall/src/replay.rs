@@ -210,7 +210,9 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                             None => json::encode(&point)?,
                         };
                         let key = crate::pipeline::source_key(&config.processor, &point);
-                        raw.send(key, Bytes::from(payload), point.time).await?;
+                        // The message timestamp is when it was sent: the processor judges a point's
+                        // clock against it (processor.max-future).
+                        raw.send(key, Bytes::from(payload), crate::now_ns()).await?;
                         summary.sent += 1;
                     }
                     Err((line, reason)) => {
