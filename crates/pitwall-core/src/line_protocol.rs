@@ -1,11 +1,16 @@
 //! InfluxDB line protocol: `measurement,tag=v field=1.0,n=2i,ok=t,s="x" 1700000000000000000`.
 //!
-//! The whole grammar as InfluxDB documents it: escaped commas, spaces and equals signs
-//! in names, `\\` for a literal backslash, double-quoted string fields with `\"` and
-//! `\\`, `i`/`u` integer suffixes, every boolean spelling, comment and blank lines, CRLF
-//! line ends, and an optional timestamp in s/ms/us/ns precision. A bad line yields an
-//! error naming its line, column and what was expected, and parsing goes on with the
-//! next line so one bad line loses nothing else.
+//! The grammar as InfluxData's reference decoder (`github.com/influxdata/line-protocol`,
+//! package `lineprotocol`) reads it: `\,` and `\ ` escape in measurements, `\,` `\=`
+//! and `\ ` in tag keys, tag values and field keys, and any other backslash is literal
+//! (so in `two\\ words` the first backslash is kept and the second escapes the space);
+//! ASCII control characters (0x00-0x1F, 0x7F) are refused in names and comments;
+//! double-quoted string fields decode `\"`, `\\`, `\n`, `\r` and `\t`; `i`/`u`
+//! integer suffixes, every boolean spelling, comment and blank lines, CRLF line ends,
+//! spaces (not tabs) as separators and indentation, and an optional timestamp in h/m/s/
+//! ms/us/ns precision. A tag key given twice is an error, as in InfluxDB. A bad line
+//! yields an error naming its line, column and what was expected, and parsing goes on
+//! with the next line so one bad line loses nothing else.
 
 use std::fmt::Write as _;
 
@@ -72,20 +77,27 @@ impl Iterator for Parser<'_> {
     type Item = Result<Point>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        // Skip blank lines, leading whitespace and comment lines.
+        // Skip blank lines, leading spaces and comment lines.
+        let mut result = None;
         while self.pos < self.src.len() {
             match self.src[self.pos] {
-                b' ' | b'\t' | b'\r' => self.pos += 1,
+                b' ' => self.pos += 1,
+                b'\r' if self.src.get(self.pos + 1) == Some(&b'\n') => self.pos += 1,
                 b'\n' => self.newline(),
-                b'#' => self.skip_line(),
+                b'#' => {
+                    if let Err(e) = self.comment() {
+                        result = Some(Err(e));
+                        break;
+                    }
+                }
                 _ => break,
             }
         }
-        if self.pos >= self.src.len() {
+        if result.is_none() && self.pos >= self.src.len() {
             return None;
         }
         self.point_line = self.line;
-        let result = self.parse_line();
+        let result = result.unwrap_or_else(|| self.parse_line());
         if result.is_err() {
             self.skip_line();
         }
@@ -93,23 +105,58 @@ impl Iterator for Parser<'_> {
     }
 }
 
-/// Bytes that can end or change a name: a stop (`,` ` ` `=`), an escape, a line end.
+/// Bytes that can end or change a name: a stop (`,` ` ` `=`), an escape, a control
+/// character (line ends among them).
 static NAME_SPECIAL: [bool; 256] = {
     let mut t = [false; 256];
     t[b',' as usize] = true;
     t[b' ' as usize] = true;
     t[b'=' as usize] = true;
     t[b'\\' as usize] = true;
-    t[b'\n' as usize] = true;
-    t[b'\r' as usize] = true;
+    let mut c = 0;
+    while c < 32 {
+        t[c] = true;
+        c += 1;
+    }
+    t[0x7f] = true;
     t
 };
+
+/// What a backslash escapes in a measurement name.
+const MEASUREMENT_ESCAPES: &[u8] = b", ";
+/// What a backslash escapes in tag keys, tag values and field keys.
+const KEY_ESCAPES: &[u8] = b",= ";
+
+fn is_control(b: u8) -> bool {
+    b < 32 || b == 0x7f
+}
 
 impl<'a> Parser<'a> {
     fn newline(&mut self) {
         self.pos += 1;
         self.line += 1;
         self.line_start = self.pos;
+    }
+
+    /// Skips a comment line, which may hold no control character but its line end.
+    fn comment(&mut self) -> Result<()> {
+        while let Some(b) = self.peek() {
+            match b {
+                b'\n' => break,
+                b'\r' if self.src.get(self.pos + 1) == Some(&b'\n') => {
+                    self.pos += 1;
+                    break;
+                }
+                b if is_control(b) => {
+                    return Err(self.err(self.pos, format!("control character {} in a comment line", show_byte(b))));
+                }
+                _ => self.pos += 1,
+            }
+        }
+        if self.peek() == Some(b'\n') {
+            self.newline();
+        }
+        Ok(())
     }
 
     fn skip_line(&mut self) {
@@ -148,7 +195,7 @@ impl<'a> Parser<'a> {
     }
 
     fn parse_line(&mut self) -> Result<Point> {
-        let measurement = self.name(b", ", "measurement")?;
+        let measurement = self.name(b", ", MEASUREMENT_ESCAPES, "measurement")?;
         if measurement.is_empty() {
             return Err(self.err(self.pos, "expected a measurement name"));
         }
@@ -156,7 +203,7 @@ impl<'a> Parser<'a> {
         while self.peek() == Some(b',') {
             self.pos += 1;
             let key_at = self.pos;
-            let key = self.name(b"=", "tag key")?;
+            let key = self.name(b"=", KEY_ESCAPES, "tag key")?;
             if key.is_empty() {
                 return Err(self.err(key_at, "expected a tag key after ','"));
             }
@@ -168,9 +215,12 @@ impl<'a> Parser<'a> {
             }
             self.pos += 1;
             let value_at = self.pos;
-            let value = self.name(b", ", "tag value")?;
+            let value = self.name(b", ", KEY_ESCAPES, "tag value")?;
             if value.is_empty() {
                 return Err(self.err(value_at, format!("tag {key:?} has an empty value")));
+            }
+            if tags.contains_key(key.as_str()) {
+                return Err(self.err(key_at, format!("tag key {key:?} appears twice")));
             }
             tags.insert(key, value);
         }
@@ -190,7 +240,7 @@ impl<'a> Parser<'a> {
         let mut fields = SortedMap::new();
         loop {
             let key_at = self.pos;
-            let key = self.name(b"=", "field key")?;
+            let key = self.name(b"=", KEY_ESCAPES, "field key")?;
             if key.is_empty() {
                 return Err(self.err(key_at, "expected a field key"));
             }
@@ -240,7 +290,7 @@ impl<'a> Parser<'a> {
     }
 
     fn skip_spaces(&mut self) {
-        while self.peek() == Some(b' ') || self.peek() == Some(b'\t') {
+        while self.peek() == Some(b' ') {
             self.pos += 1;
         }
     }
@@ -254,9 +304,9 @@ impl<'a> Parser<'a> {
     }
 
     /// Reads an escaped name up to one of `stops` (unescaped), a space or the line end.
-    /// `\` before a comma, space, equals sign or backslash stands for that character;
-    /// before anything else it is literal.
-    fn name(&mut self, stops: &[u8], what: &str) -> Result<Name> {
+    /// `\` before one of `escapes` stands for that character; before anything else it
+    /// is literal, and what follows it is read as usual.
+    fn name(&mut self, stops: &[u8], escapes: &[u8], what: &str) -> Result<Name> {
         let start = self.pos;
         let mut out: Option<Name> = None;
         let mut run_start = start;
@@ -270,7 +320,7 @@ impl<'a> Parser<'a> {
             }
             match b {
                 b'\\' => match self.src.get(self.pos + 1) {
-                    Some(&e @ (b',' | b' ' | b'=' | b'\\')) => {
+                    Some(&e) if escapes.contains(&e) => {
                         let s = out.get_or_insert_with(Name::default);
                         s.push_str(&self.text[run_start..self.pos]);
                         s.push(e as char);
@@ -290,6 +340,9 @@ impl<'a> Parser<'a> {
                         self.pos,
                         format!("expected '=' after {what} {:?}, found {}", &self.text[start..self.pos], self.found()),
                     ));
+                }
+                b if is_control(b) => {
+                    return Err(self.err(self.pos, format!("control character {} in {what}", show_byte(b))));
                 }
                 _ => self.pos += 1,
             }
@@ -326,9 +379,14 @@ impl<'a> Parser<'a> {
                         return Ok(FieldValue::Str(s));
                     }
                     Some(b'\\') => match self.src.get(self.pos + 1) {
-                        Some(&e @ (b'"' | b'\\')) => {
+                        Some(&e @ (b'"' | b'\\' | b'n' | b'r' | b't')) => {
                             s.push_str(&self.text[run_start..self.pos]);
-                            s.push(e as char);
+                            s.push(match e {
+                                b'n' => '\n',
+                                b'r' => '\r',
+                                b't' => '\t',
+                                other => other as char,
+                            });
                             self.pos += 2;
                             run_start = self.pos;
                         }
@@ -345,7 +403,7 @@ impl<'a> Parser<'a> {
             }
         }
         while let Some(b) = self.peek() {
-            if matches!(b, b',' | b' ' | b'\t' | b'\n' | b'\r') {
+            if matches!(b, b',' | b' ' | b'\n' | b'\r') {
                 break;
             }
             self.pos += 1;
@@ -365,20 +423,22 @@ impl<'a> Parser<'a> {
             "f" | "F" | "false" | "False" | "FALSE" => return Ok(FieldValue::Bool(false)),
             _ => {}
         }
-        let digits = &token[..token.len() - 1];
+        // The suffix is one ASCII byte, so cutting it keeps a char boundary; the token may
+        // end in any character (found by the any-text property test).
+        let digits = || &token[..token.len() - 1];
         match token.as_bytes()[token.len() - 1] {
-            b'i' => digits
+            b'i' => digits()
                 .parse::<i64>()
                 .map(FieldValue::I64)
                 .map_err(|_| bad("a signed 64-bit integer before the 'i' suffix")),
-            b'u' => digits
+            b'u' => digits()
                 .parse::<u64>()
                 .map(FieldValue::U64)
                 .map_err(|_| bad("an unsigned 64-bit integer before the 'u' suffix")),
             _ => {
                 // Rust also parses "inf" and "NaN"; line protocol has no such floats.
                 let first = token.as_bytes()[0];
-                if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
+                if !(first.is_ascii_digit() || matches!(first, b'-' | b'.')) {
                     return Err(bad(
                         "a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string",
                     ));
@@ -402,7 +462,12 @@ impl<'a> Parser<'a> {
             self.pos += 1;
         }
         let token = &self.text[start..self.pos];
-        let value: i64 = token.parse().map_err(|_| {
+        let digits = token.strip_prefix('-').unwrap_or(token);
+        let value: i64 = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| token.parse().ok())
+            .flatten()
+            .ok_or(())
+            .map_err(|()| {
             self.err(
                 start,
                 format!("expected an integer timestamp, found {token:?}"),
@@ -429,28 +494,36 @@ fn check_name(name: &str, what: &str) -> Result<()> {
     if name.is_empty() {
         return Err(unrepresentable(&format!("{what} is empty")));
     }
-    if name.contains(['\n', '\r']) {
-        return Err(unrepresentable(&format!("{what} {name:?} holds a line break")));
+    if name.bytes().any(is_control) {
+        return Err(unrepresentable(&format!("{what} {name:?} holds a control character")));
+    }
+    // A backslash is literal unless an escapable character follows; at the end of a
+    // name the separator would follow and be read as escaped.
+    if name.ends_with('\\') {
+        return Err(unrepresentable(&format!("{what} {name:?} ends with a backslash")));
     }
     Ok(())
 }
 
 fn escape(out: &mut String, s: &str, specials: &[char]) {
     for c in s.chars() {
-        if c == '\\' || specials.contains(&c) {
+        if specials.contains(&c) {
             out.push('\\');
         }
         out.push(c);
     }
 }
 
+/// A byte for a message: `0x09`.
+fn show_byte(b: u8) -> String {
+    format!("0x{b:02x}")
+}
+
 /// Appends `point` as one line (with a trailing `\n`), timestamp in nanoseconds.
 pub fn encode(point: &Point, out: &mut String) -> Result<()> {
     check_name(&point.measurement, "the measurement")?;
-    if point.measurement.starts_with(['#', '\t']) {
-        return Err(unrepresentable(
-            "a measurement starting with '#' or a tab reads as a comment or indentation",
-        ));
+    if point.measurement.starts_with('#') {
+        return Err(unrepresentable("a measurement starting with '#' reads as a comment"));
     }
     if point.fields.is_empty() {
         return Err(unrepresentable("a point needs at least one field"));
@@ -538,17 +611,78 @@ mod tests {
     #[test]
     fn parses_types_and_escapes() {
         let p = one(
-            r#"my\ meas\,x,t\=k=v\ 1\,2\\ i=-3i,u=7u,b=TRUE,f=F,s="say \"hi\"\\ and \n",e=1e3"#,
+            r#"my\ meas\,x,t\=k=v\ 1\,2\x i=-3i,u=7u,b=TRUE,f=F,s="say \"hi\"\\ and \n\q",e=1e3"#,
         );
         assert_eq!(p.measurement, "my meas,x");
-        assert_eq!(p.tags["t=k"], "v 1,2\\");
+        assert_eq!(p.tags["t=k"], "v 1,2\\x");
         assert_eq!(p.fields["i"], FieldValue::I64(-3));
         assert_eq!(p.fields["u"], FieldValue::U64(7));
         assert_eq!(p.fields["b"], FieldValue::Bool(true));
         assert_eq!(p.fields["f"], FieldValue::Bool(false));
-        assert_eq!(p.fields["s"], FieldValue::Str("say \"hi\"\\ and \\n".into()));
+        assert_eq!(p.fields["s"], FieldValue::Str("say \"hi\"\\ and \n\\q".into()));
         assert_eq!(p.fields["e"], FieldValue::F64(1000.0));
         assert_eq!(p.time, 42, "no timestamp takes the default");
+    }
+
+    // The rules of InfluxData's reference decoder, one test each.
+
+    #[test]
+    fn reference_a_backslash_escapes_only_its_contexts_characters() {
+        // In tag values only `\,` `\=` `\ ` escape; `\\` is two literal backslashes,
+        // so here the first is kept and the second escapes the space.
+        let p = one(r"cpu,host=two\\ words v=1");
+        assert_eq!(p.tags["host"], r"two\ words");
+        // In measurements `\=` is no escape: the backslash stays; `=` needs none.
+        let p = one(r"a\=b=c v=1");
+        assert_eq!(p.measurement, r"a\=b=c");
+        // A backslash before anything else is literal.
+        assert_eq!(one(r"m,k=a\b v=1").tags["k"], r"a\b");
+        assert_eq!(one(r"m\x v=1").measurement, r"m\x");
+    }
+
+    #[test]
+    fn reference_string_fields_decode_n_r_t() {
+        let p = one(r#"m s="a\tb\nc\rd\\n""#);
+        assert_eq!(p.fields["s"], FieldValue::Str("a\tb\nc\rd\\n".into()));
+    }
+
+    #[test]
+    fn reference_control_characters_are_refused_in_names_and_comments() {
+        assert_eq!(err("c\u{1}pu v=1"), "line 1, column 2: control character 0x01 in measurement");
+        assert_eq!(err("cpu,h\u{7f}=a v=1"), "line 1, column 6: control character 0x7f in tag key");
+        assert_eq!(err("cpu,h=a\tb v=1"), "line 1, column 8: control character 0x09 in tag value");
+        assert_eq!(err("cpu v\u{0}=1"), "line 1, column 6: control character 0x00 in field key");
+        assert_eq!(err("# a\u{1b}[31m comment\nm v=1"), "line 1, column 4: control character 0x1b in a comment line");
+        // The line after a bad comment still counts.
+        let results: Vec<_> = parse("# bad\u{7}\nm v=1 1\n", Precision::Ns, 0).collect();
+        assert!(results[0].is_err());
+        assert_eq!(results[1].as_ref().unwrap().time, 1);
+        // Strings may hold them.
+        assert_eq!(one("m s=\"\u{1}\"").fields["s"], FieldValue::Str("\u{1}".into()));
+    }
+
+    #[test]
+    fn reference_a_tag_key_given_twice_rejects_the_point() {
+        assert_eq!(err("cpu,host=a,host=b v=1"), "line 1, column 12: tag key \"host\" appears twice");
+    }
+
+    #[test]
+    fn reference_tabs_are_no_separators_or_indentation() {
+        assert_eq!(err("\tcpu v=1"), "line 1, column 1: control character 0x09 in measurement");
+        assert!(err("cpu v=1\t5").contains("column 7"));
+        assert!(err("cpu v=1 5\t").contains("column 10"));
+        assert!(err("cpu v=1¥").contains("expected a number"), "a multi-byte last character is no panic");
+        // Spaces are.
+        assert_eq!(one("   cpu v=1   5  ").time, 5);
+        // A solitary carriage return is no line end.
+        assert!(parse("m v=1\rm v=2", Precision::Ns, 0).any(|r| r.is_err()));
+    }
+
+    #[test]
+    fn reference_numbers_and_timestamps_have_no_plus_sign() {
+        assert!(err("cpu v=+1").contains("expected a number"));
+        assert!(err("cpu v=1 +5").contains("expected an integer timestamp"));
+        assert_eq!(one("cpu v=-1.5 -5").time, -5);
     }
 
     #[test]
@@ -618,6 +752,10 @@ mod tests {
         let p = Point::new("m", 0).tag("a", "x\ny").field("v", FieldValue::F64(1.0));
         assert!(encode(&p, &mut String::new()).is_err());
         let p = Point::new("#m", 0).field("v", FieldValue::F64(1.0));
+        assert!(encode(&p, &mut String::new()).is_err());
+        let p = Point::new("m", 0).tag("a", "x\\").field("v", FieldValue::F64(1.0));
+        assert!(encode(&p, &mut String::new()).is_err(), "a trailing backslash would escape the separator");
+        let p = Point::new("m\t", 0).field("v", FieldValue::F64(1.0));
         assert!(encode(&p, &mut String::new()).is_err());
         let p = Point::new("m", 0).field("v", FieldValue::F64(f64::NAN));
         assert!(encode(&p, &mut String::new()).is_err());

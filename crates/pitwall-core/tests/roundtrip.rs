@@ -5,17 +5,17 @@ use std::collections::BTreeMap;
 use pitwall_core::{FieldValue, Point, Precision, json, line_protocol};
 use proptest::prelude::*;
 
-/// Names as line protocol can carry them: non-empty, no line breaks. The alphabet leans
-/// on the characters that need escaping.
+/// Names as line protocol can carry them: non-empty, no control characters, no
+/// trailing backslash. The alphabet leans on the characters that need escaping.
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z_][a-z0-9_]{0,12}",
-        "[ a-zA-Z0-9,=\\\\\"'#é\u{1F3CE}\t]{1,10}",
+        "[ a-zA-Z0-9,=\\\\\"'#é\u{1F3CE}]{1,10}".prop_filter("ends with a backslash", |n| !n.ends_with('\\')),
     ]
 }
 
 fn measurement() -> impl Strategy<Value = String> {
-    name().prop_filter("reads as a comment", |m| !m.starts_with(['#', '\t']))
+    name().prop_filter("reads as a comment", |m| !m.starts_with('#'))
 }
 
 fn field_value() -> impl Strategy<Value = FieldValue> {
@@ -70,6 +70,22 @@ proptest! {
         for r in line_protocol::parse(&s, Precision::Ns, 0) {
             if let Err(e) = r {
                 prop_assert!(e.to_string().starts_with("line "));
+            }
+        }
+    }
+
+    /// Any text at all, control characters and every Unicode plane included: each item
+    /// is a point or an error with a line and a column, and parsing always ends.
+    #[test]
+    fn any_text_parses_or_is_rejected_with_a_line_and_column(s in "(?s:.){0,96}", tail in "[\\x00-\\x7f]{0,32}") {
+        let doc = format!("{s}{tail}");
+        let mut items = 0;
+        for r in line_protocol::parse(&doc, Precision::Ns, 0) {
+            items += 1;
+            prop_assert!(items <= doc.len() + 1, "more items than bytes");
+            if let Err(e) = r {
+                let text = e.to_string();
+                prop_assert!(text.starts_with("line ") && text.contains(", column "), "{}", text);
             }
         }
     }
