@@ -148,6 +148,11 @@ pub struct LakeConfig {
     pub commit_interval: Duration,
     /// Commit as soon as this many rows are buffered.
     pub commit_rows: usize,
+    /// Clean tables writes may create in all; a point of a new measurement past it is a
+    /// reject naming this key.
+    pub max_tables: usize,
+    /// Columns (tags and fields) a clean table may have; a point adding more is a reject.
+    pub max_columns: usize,
 }
 
 impl Default for LakeConfig {
@@ -161,6 +166,8 @@ impl Default for LakeConfig {
             maintenance: MaintenanceConfig::default(),
             commit_interval: Duration::from_secs(5),
             commit_rows: 200_000,
+            max_tables: 500,
+            max_columns: 500,
         }
     }
 }
@@ -178,6 +185,14 @@ impl LakeConfig {
 
     /// Checks `catalog` and `warehouse` name something pitwall can use.
     pub fn validate(&self) -> Result<()> {
+        for (key, value) in [("max-tables", self.max_tables), ("max-columns", self.max_columns)] {
+            if value == 0 {
+                return Err(Error::Config {
+                    key,
+                    message: "is 0; use a positive count (default 500)".into(),
+                });
+            }
+        }
         let c = &self.catalog;
         if !(c.is_empty() || c.starts_with("postgres://") || c.starts_with("postgresql://") || c.starts_with("sqlite:") || rest::is_rest(c)) {
             return Err(Error::Config {

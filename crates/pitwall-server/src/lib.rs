@@ -223,6 +223,9 @@ pub struct Services {
     pub stats: Arc<WriteStats>,
     /// The lake the SQL API reads; `None` answers 503.
     pub lake: Option<pitwall_lake::Lake>,
+    /// The column types the processors hold, so a write that would conflict with its
+    /// table is refused at once; `None` checks names only.
+    pub schemas: Option<pitwall_stream::SchemaRegistry>,
     /// The live feed's hub.
     pub live: LiveHub,
 }
@@ -241,6 +244,7 @@ pub(crate) struct AppState {
     processor: Arc<ProcessorConfig>,
     stats: Arc<WriteStats>,
     lake: Option<pitwall_lake::Lake>,
+    schemas: Option<pitwall_stream::SchemaRegistry>,
     live: LiveHub,
     engine: pitwall_query::Engine,
     body_read_timeout: Duration,
@@ -261,6 +265,7 @@ pub fn router(config: &ServerConfig, services: Services) -> Result<Router, Strin
         processor: services.processor,
         stats: services.stats,
         lake: services.lake,
+        schemas: services.schemas,
         live: services.live,
         engine,
         body_read_timeout: config.body_read_timeout,
@@ -485,12 +490,35 @@ impl Rejects {
 /// refused now rather than quarantined later.
 fn message(state: &AppState, p: &Point, received: i64) -> Result<RawMessage, String> {
     pitwall_stream::check_time(p.time, received, state.processor.max_future)?;
+    admit(state, p)?;
     let payload = json::encode(p).map_err(|e| e.to_string())?;
     Ok(RawMessage {
         key: state.processor.source_id(p).map(|s| Bytes::copy_from_slice(s.as_bytes())),
         payload: Bytes::from(payload),
         time: received,
     })
+}
+
+/// What the processor would refuse about a point's names and types, checked now: names
+/// (length, reserved, a tag and a field alike), and against the processors' registry
+/// (a tag named like a numeric field, a type the table does not hold, the table and
+/// column limits).
+fn admit(state: &AppState, p: &Point) -> Result<(), String> {
+    use pitwall_stream::normalize::{check_names, names_are_normal};
+    let renamed;
+    let p = if names_are_normal(p) {
+        check_names(p)?;
+        p
+    } else {
+        let mut q = p.clone();
+        pitwall_stream::normalize_names(&mut q)?;
+        renamed = q;
+        &renamed
+    };
+    match &state.schemas {
+        Some(registry) => registry.check(p),
+        None => Ok(()),
+    }
 }
 
 /// Publishes what was accepted and answers: 204 when everything was, 400 listing the

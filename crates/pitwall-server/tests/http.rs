@@ -59,6 +59,11 @@ async fn start(config: ServerConfig, full: bool) -> Server {
         processor: Arc::new(ProcessorConfig::default()),
         stats: Arc::new(WriteStats::default()),
         lake: None,
+        schemas: Some({
+            let r = pitwall_stream::SchemaRegistry::default();
+            r.seed("car", [("speed_kph".to_owned(), pitwall_stream::FieldType::Float)]);
+            r
+        }),
         live: live.clone(),
     };
     let r = router(&config, services).unwrap();
@@ -590,4 +595,33 @@ async fn implausible_times_are_rejected_per_line() {
     assert!(v["rejected"][0]["error"].as_str().unwrap().contains("processor.max-future"), "{v}");
     assert_eq!(v["rejected"][1]["line"], 3);
     assert!(v["rejected"][1]["error"].as_str().unwrap().contains("before the year 2000"), "{v}");
+}
+
+/// Names that would stop a table's commit later are a 400 for their line now: an
+/// over-long measurement, a tag named like a numeric field of its table, a reserved
+/// name, a tag and a field alike.
+#[tokio::test]
+async fn poison_names_are_refused_per_line() {
+    let s = start(ServerConfig::default(), false).await;
+    let long = "m".repeat(300);
+    let body = format!(
+        "{long},host=a v=1\ncar,driver=VER,speed_kph=fast rpm=1\nm,host=a time_day=1\nm,host=a host=1\ncar,driver=VER speed_kph=\"fast\"\ncar,driver=VER speed_kph=312.5\n"
+    );
+    let r = reqwest::Client::new().post(format!("{}/api/v2/write", s.url)).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v = json_body(r).await;
+    assert_eq!(v["accepted"], 1, "{v}");
+    let errors: Vec<(u64, String)> = v["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["line"].as_u64().unwrap(), r["error"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    assert!(errors[0].1.contains("300 bytes long"), "{errors:?}");
+    assert!(errors[1].1.contains("holds \"speed_kph\" as a float field"), "{errors:?}");
+    assert!(errors[2].1.contains("reserved"), "{errors:?}");
+    assert!(errors[3].1.contains("both a tag and a field"), "{errors:?}");
+    assert!(errors[4].1.contains("stores it as float"), "{errors:?}");
+    assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
 }

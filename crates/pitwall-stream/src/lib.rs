@@ -17,7 +17,7 @@ pub mod window;
 
 pub use enrich::{DimensionConfig, DistanceKind, Enricher, LapConfig, TrackConfig, Unit, UnitConfig};
 pub use config::{BaselineMethod, ProcessorConfig, RuleConfig, Severity, WindowConfig};
-pub use normalize::{FieldType, SchemaRegistry};
+pub use normalize::{FieldType, MAX_NAME_BYTES, SchemaLimits, SchemaRegistry, normalize_names};
 pub use processor::{Checkpoint, EARLIEST, Outputs, Processor, TICK_KEY, check_time, tick_payload};
 
 /// Processor errors.

@@ -43,15 +43,72 @@ impl FieldType {
     }
 }
 
-/// Field types per measurement, shared by every partition so all agree on a table's
+/// Tables and columns writes may create (`lake.max-tables`, `lake.max-columns`): one
+/// client must not be able to make thousands of tables or columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaLimits {
+    /// Clean tables (measurements) in all.
+    pub max_tables: usize,
+    /// Columns (tags and fields) per clean table.
+    pub max_columns: usize,
+}
+
+impl Default for SchemaLimits {
+    fn default() -> Self {
+        SchemaLimits {
+            max_tables: 500,
+            max_columns: 500,
+        }
+    }
+}
+
+/// Column types per measurement, shared by every partition so all agree on a table's
 /// columns. Seeded from existing tables at start; a new field takes the type it is
-/// first seen with.
+/// first seen with, and a tag registers as a string column, so a tag can never take the
+/// name of a numeric field (or the reverse) and fail the table's commit later.
 #[derive(Debug, Clone, Default)]
 pub struct SchemaRegistry {
     inner: Arc<RwLock<HashMap<String, BTreeMap<String, FieldType>>>>,
+    limits: SchemaLimits,
 }
 
 impl SchemaRegistry {
+    /// An empty registry that admits at most `limits` tables and columns.
+    pub fn with_limits(limits: SchemaLimits) -> Self {
+        SchemaRegistry {
+            inner: Arc::default(),
+            limits,
+        }
+    }
+
+    /// Checks `point` (with normalized names) against the known columns without
+    /// registering anything: what the write API can tell a client at once.
+    pub fn check(&self, point: &Point) -> Result<(), String> {
+        check_unsigned(point)?;
+        let g = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(known) = g.get(&point.measurement) else {
+            if g.len() >= self.limits.max_tables {
+                return Err(too_many_tables(&point.measurement, self.limits.max_tables));
+            }
+            return Ok(());
+        };
+        check_tags(point, |name| known.get(name).copied())?;
+        let mut new = 0;
+        for (name, value) in &point.fields {
+            match known.get(name.as_str()) {
+                Some(&t) => {
+                    coerce(name, &mut value.clone(), t)?;
+                }
+                None => new += 1,
+            }
+        }
+        new += point.tags.keys().filter(|k| !known.contains_key(k.as_str())).count();
+        if new > 0 && known.len() + new > self.limits.max_columns {
+            return Err(too_many_columns(&point.measurement, self.limits.max_columns));
+        }
+        Ok(())
+    }
+
     /// Declares the field types of `measurement` (e.g. from its existing table).
     pub fn seed(&self, measurement: &str, fields: impl IntoIterator<Item = (String, FieldType)>) {
         let mut g = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -72,7 +129,8 @@ impl SchemaRegistry {
         {
             let g = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(known) = g.get(&point.measurement) {
-                let mut all_known = true;
+                check_tags(point, |name| known.get(name).copied())?;
+                let mut all_known = point.tags.keys().all(|k| known.contains_key(k.as_str()));
                 for (name, value) in &mut point.fields {
                     match known.get(name.as_str()) {
                         Some(&t) => coerce(name, value, t)?,
@@ -85,17 +143,59 @@ impl SchemaRegistry {
             }
         }
         let mut g = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !g.contains_key(&point.measurement) && g.len() >= self.limits.max_tables {
+            return Err(too_many_tables(&point.measurement, self.limits.max_tables));
+        }
         let known = g.entry(point.measurement.clone()).or_default();
+        // Checked again under the write lock: another partition may have registered
+        // these names meanwhile.
+        check_tags(point, |name| known.get(name).copied())?;
+        let mut added = Vec::new();
         for (name, value) in &mut point.fields {
             match known.get(name.as_str()) {
                 Some(&t) => coerce(name, value, t)?,
-                None => {
-                    known.insert(name.to_string(), FieldType::of(value));
-                }
+                None => added.push((name.to_string(), FieldType::of(value))),
             }
         }
+        for k in point.tags.keys() {
+            if !known.contains_key(k.as_str()) {
+                added.push((k.to_string(), FieldType::Str));
+            }
+        }
+        if known.len() + added.len() > self.limits.max_columns {
+            let empty = known.is_empty();
+            if empty {
+                g.remove(&point.measurement);
+            }
+            return Err(too_many_columns(&point.measurement, self.limits.max_columns));
+        }
+        known.extend(added);
         Ok(())
     }
+}
+
+/// Fails when a tag takes the name of a column the table holds as a non-string field.
+fn check_tags(point: &Point, known: impl Fn(&str) -> Option<FieldType>) -> Result<(), String> {
+    for k in point.tags.keys() {
+        if let Some(t) = known(k.as_str())
+            && t != FieldType::Str
+        {
+            return Err(format!(
+                "tag {k:?}: the table clean.{} holds {k:?} as a {} field; rename the tag",
+                point.measurement,
+                t.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn too_many_tables(measurement: &str, limit: usize) -> String {
+    format!("measurement {measurement:?} would be a new table, and the lake already has {limit} (lake.max-tables); write to an existing measurement or raise the limit")
+}
+
+fn too_many_columns(measurement: &str, limit: usize) -> String {
+    format!("the point would give clean.{measurement} more than {limit} columns (lake.max-columns); put varying names in tag values, not in tag or field keys")
 }
 
 /// Fails on an unsigned field above the largest integer the lake's columns hold.
@@ -138,9 +238,24 @@ impl LocalSchemas {
     pub fn conform(&mut self, point: &mut Point) -> Result<(), String> {
         check_unsigned(point)?;
         if let Some(known) = self.known.get(point.measurement.as_str()) {
-            let mut k = known.iter().peekable();
             let mut all_known = true;
+            let mut k = known.iter().peekable();
+            for name in point.tags.keys() {
+                while k.next_if(|(n, _)| n < name).is_some() {}
+                match k.peek() {
+                    Some((n, FieldType::Str)) if n == name => {}
+                    // A known name that is no string: the registry says why.
+                    _ => {
+                        all_known = false;
+                        break;
+                    }
+                }
+            }
+            let mut k = known.iter().peekable();
             for (name, value) in &mut point.fields {
+                if !all_known {
+                    break;
+                }
                 while k.next_if(|(n, _)| n < name).is_some() {}
                 match k.peek() {
                     Some((n, t)) if n == name => coerce(name, value, *t)?,
@@ -192,6 +307,10 @@ fn coerce(name: &str, value: &mut FieldValue, want: FieldType) -> Result<(), Str
     }
 }
 
+/// Longest measurement, tag or field name, in bytes (after normalization, so ASCII):
+/// a measurement names a table and its directory, where file systems allow 255.
+pub const MAX_NAME_BYTES: usize = 128;
+
 /// A name as a SQL-friendly column or table name: lower case, `[a-z0-9_]` only.
 pub fn normalize_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
@@ -234,9 +353,35 @@ pub fn normalize_names(point: &mut Point) -> Result<(), String> {
             return Err("two field keys are the same once lower-cased".into());
         }
     }
-    let reserved = |k: &pitwall_core::Name| k.len() == 4 && k == "time";
-    if point.tags.keys().any(reserved) || point.fields.keys().any(reserved) {
-        return Err("\"time\" is reserved for the event time; rename the tag or field".into());
+    check_names(point)
+}
+
+/// True when `point`'s names are already what [`normalize_names`] makes them.
+pub fn names_are_normal(point: &Point) -> bool {
+    let clean = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    clean(&point.measurement) && point.tags.keys().all(|k| clean(k)) && point.fields.keys().all(|k| clean(k))
+}
+
+/// Checks normalized names: none reserved, none too long, no name both a tag and a field.
+pub fn check_names(point: &Point) -> Result<(), String> {
+    let reserved = |k: &pitwall_core::Name| (k.len() == 4 && k == "time") || (k.len() == 8 && k == "time_day");
+    if let Some(k) = point.tags.keys().chain(point.fields.keys()).find(|k| reserved(k)) {
+        return Err(format!(
+            "{k:?} is reserved (\"time\" for the event time, \"time_day\" for the tables' day partition); rename the tag or field"
+        ));
+    }
+    if point.measurement.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "the measurement name is {} bytes long; names are at most {MAX_NAME_BYTES} (it names a table and a directory)",
+            point.measurement.len()
+        ));
+    }
+    if let Some(k) = point.tags.keys().chain(point.fields.keys()).find(|k| k.len() > MAX_NAME_BYTES) {
+        return Err(format!(
+            "the tag or field name {:?}... is {} bytes long; names are at most {MAX_NAME_BYTES}",
+            &k[..32],
+            k.len()
+        ));
     }
     // A name both a tag and a field: a filter of the field names' first and last bytes
     // and lengths rules out almost every tag without comparing names.
@@ -310,6 +455,58 @@ mod tests {
         let mut p = Point::new("m", 0).field("rpm", FieldValue::U64(u64::MAX));
         assert!(a.conform(&mut p).unwrap_err().contains("above the largest integer"));
         assert_eq!(reg.fields("m").len(), 3);
+    }
+
+    /// Points that would fail their table's commit later are refused when they arrive:
+    /// a tag named like a numeric field of the table, a field named like a tag with
+    /// another type, reserved and over-long names, more tables or columns than allowed.
+    #[test]
+    fn poison_names_are_refused_on_arrival() {
+        let reg = SchemaRegistry::with_limits(SchemaLimits { max_tables: 2, max_columns: 4 });
+        reg.seed("car", [("speed_kph".to_owned(), FieldType::Float), ("driver".to_owned(), FieldType::Str)]);
+        let mut local = LocalSchemas::new(reg.clone());
+        let mut p = Point::new("car", 0).tag("speed_kph", "fast").field("rpm", FieldValue::F64(1.0));
+        let e = reg.conform(&mut p.clone()).unwrap_err();
+        assert_eq!(e, "tag \"speed_kph\": the table clean.car holds \"speed_kph\" as a float field; rename the tag");
+        assert_eq!(local.conform(&mut p).unwrap_err(), e, "the processor's copy says the same");
+        assert_eq!(reg.check(&Point::new("car", 0).tag("speed_kph", "x").field("a", FieldValue::F64(1.0))).unwrap_err(), e);
+        // A tag of a string column is fine (tags and string fields are both strings).
+        let mut p = Point::new("car", 0).tag("driver", "VER").field("rpm", FieldValue::F64(1.0));
+        local.conform(&mut p).unwrap();
+        // The tag registered as a string column: a float field of its name is refused.
+        let mut p = Point::new("car", 0).tag("driver", "VER").field("team", FieldValue::F64(1.0));
+        local.conform(&mut p).unwrap();
+        let mut p = Point::new("car", 0).tag("team", "RBR").field("gear", FieldValue::F64(1.0));
+        assert!(local.conform(&mut p).unwrap_err().contains("holds \"team\" as a float field"));
+        // Columns: car has speed_kph, driver, rpm, team = 4, the limit.
+        let mut p = Point::new("car", 0).tag("driver", "VER").field("gear", FieldValue::I64(3));
+        let e = local.conform(&mut p).unwrap_err();
+        assert!(e.contains("lake.max-columns"), "{e}");
+        assert!(reg.check(&p).unwrap_err().contains("lake.max-columns"));
+        // Tables: car and one more.
+        let mut p = Point::new("sensor", 0).tag("sensor_id", "s").field("t", FieldValue::F64(1.0));
+        reg.conform(&mut p).unwrap();
+        let mut p = Point::new("cpu", 0).tag("host", "h").field("u", FieldValue::F64(1.0));
+        assert!(reg.check(&p).unwrap_err().contains("lake.max-tables"));
+        assert!(reg.conform(&mut p).unwrap_err().contains("lake.max-tables"));
+        assert_eq!(reg.inner.read().unwrap().len(), 2);
+        // A table whose first point is over the column limit is not left behind.
+        let reg = SchemaRegistry::with_limits(SchemaLimits { max_tables: 5, max_columns: 1 });
+        let mut p = Point::new("wide", 0).tag("a", "x").field("b", FieldValue::F64(1.0));
+        assert!(reg.conform(&mut p).is_err());
+        assert!(reg.fields("wide").is_empty() && reg.inner.read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn reserved_and_over_long_names_are_refused() {
+        let mut p = Point::new("m", 0).field("time_day", FieldValue::F64(1.0));
+        assert!(normalize_names(&mut p).unwrap_err().contains("\"time_day\" is reserved"));
+        let mut p = Point::new("m".repeat(300), 0).field("v", FieldValue::F64(1.0));
+        assert!(normalize_names(&mut p).unwrap_err().contains("300 bytes long; names are at most 128"));
+        let mut p = Point::new("m", 0).tag("k".repeat(129), "v").field("v", FieldValue::F64(1.0));
+        assert!(normalize_names(&mut p).unwrap_err().contains("129 bytes long"));
+        let mut p = Point::new("m".repeat(128), 0).tag("k".repeat(128), "v").field("v", FieldValue::F64(1.0));
+        normalize_names(&mut p).unwrap();
     }
 
     #[test]

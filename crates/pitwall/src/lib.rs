@@ -1097,7 +1097,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(&cancel, "stopping: finishing the writes in flight");
     eprintln!("pitwall serve: writes go to {} at {}", topics.raw, config.kafka.brokers);
-    let (lake, _) = pipeline::open_lake(&config).await?;
+    let lake = pipeline::open_lake(&config).await?;
     let live = pitwall_server::LiveHub::default();
     pipeline::feed_live_from_kafka(&config, &topics, &live, &cancel)?;
     let server = pipeline::start_server(&config.server, &config, sink, Some(lake), live, cancel.clone()).await?;

@@ -137,15 +137,17 @@ pub(crate) async fn start_server(
     server: &pitwall_server::ServerConfig,
     config: &Config,
     sink: Arc<dyn pitwall_server::Sink>,
-    lake: Option<Lake>,
+    lake: Option<(Lake, SchemaRegistry)>,
     live: pitwall_server::LiveHub,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let (lake, schemas) = lake.unzip();
     let services = pitwall_server::Services {
         sink,
         processor: Arc::new(config.processor.clone()),
         stats: Arc::new(pitwall_server::WriteStats::default()),
         lake,
+        schemas,
         live,
     };
     let router = pitwall_server::router(server, services).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -351,7 +353,10 @@ pub(crate) async fn open_lake(config: &Config) -> anyhow::Result<(Lake, SchemaRe
     let lake = Lake::open(config.lake.clone())
         .await
         .with_context(|| format!("opening the lake ({})", config.lake.describe()))?;
-    let schemas = SchemaRegistry::default();
+    let schemas = SchemaRegistry::with_limits(pitwall_stream::SchemaLimits {
+        max_tables: config.lake.max_tables,
+        max_columns: config.lake.max_columns,
+    });
     for (m, fields) in lake.clean_schemas().await? {
         schemas.seed(&m, fields);
     }
@@ -446,7 +451,7 @@ pub async fn run_on_bus(
             });
             let live = pitwall_server::LiveHub::default();
             feed_live(&bus, &topics, &live)?;
-            Some(start_server(s, &config, sink, Some(lake.clone()), live, stop_server.clone()).await?)
+            Some(start_server(s, &config, sink, Some((lake.clone(), schemas.clone())), live, stop_server.clone()).await?)
         }
         None => None,
     };
@@ -514,10 +519,10 @@ pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken
     let server = match &run.serve {
         Some(s) => {
             let sink = Arc::new(KafkaWriteSink::new(&config.kafka, &topics.raw)?);
-            let (lake, _) = open_lake(&config).await?;
+            let (lake, schemas) = open_lake(&config).await?;
             let live = pitwall_server::LiveHub::default();
             feed_live_from_kafka(&config, &topics, &live, &cancel)?;
-            Some(start_server(s, &config, sink, Some(lake), live, cancel.clone()).await?)
+            Some(start_server(s, &config, sink, Some((lake, schemas)), live, cancel.clone()).await?)
         }
         None => None,
     };

@@ -144,6 +144,7 @@ impl LocalServer {
             processor: Arc::new(config.processor.clone()),
             stats: Arc::new(pitwall_server::WriteStats::default()),
             lake: None,
+            schemas: None,
             live,
         };
         let bound = pitwall_server::Bound::bind(&server_config, pitwall_server::router(&server_config, services).map_err(|e| anyhow::anyhow!("{e}"))?)
