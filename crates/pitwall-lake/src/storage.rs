@@ -87,10 +87,24 @@ impl S3Config {
 
     /// A client for `bucket`.
     pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        // A request gives up after about 15 s (object_store's default is 3 minutes): a
+        // commit that cannot reach the store fails soon, the pipeline says so on
+        // /health and tries the whole commit again with its own backoff, for as long
+        // as the outage lasts.
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: std::time::Duration::from_millis(100),
+                max_backoff: std::time::Duration::from_secs(4),
+                base: 2.0,
+            },
+            max_retries: 5,
+            retry_timeout: std::time::Duration::from_secs(15),
+        };
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region(&self.region)
-            .with_virtual_hosted_style_request(!self.path_style);
+            .with_virtual_hosted_style_request(!self.path_style)
+            .with_retry(retry);
         if !self.endpoint.is_empty() {
             b = b.with_endpoint(&self.endpoint).with_allow_http(self.endpoint.starts_with("http://"));
         }

@@ -189,6 +189,26 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// The checks a query passes before it is planned (size, then parse and depth), on a
+/// thread with the query threads' stack, as the engine runs them: for the fuzz target.
+#[doc(hidden)]
+pub fn guard(sql: &str, limits: &Limits) -> Result<()> {
+    check_size(sql, limits.max_sql_bytes)?;
+    let (sql, depth) = (sql.to_owned(), limits.max_depth);
+    std::thread::Builder::new()
+        .stack_size(QUERY_THREAD_STACK)
+        .spawn(move || {
+            let state = datafusion::prelude::SessionContext::new().state();
+            let dialect = state.config().options().sql_parser.dialect;
+            let statement = state.sql_to_statement(&sql, &dialect)?;
+            check_depth(&statement, depth)
+        })
+        .map_err(|e| Error::Setup(format!("cannot start a query thread: {e}")))?
+        .join()
+        // A panic is what the fuzzer looks for: let it through.
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 fn check_size(sql: &str, limit: usize) -> Result<()> {
     if sql.len() > limit {
         return Err(Error::TooLarge { size: sql.len(), limit });

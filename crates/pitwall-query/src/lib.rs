@@ -22,7 +22,7 @@ use pitwall_lake::Lake;
 mod engine;
 mod scan;
 
-pub use engine::{Engine, Limits};
+pub use engine::{Engine, Limits, guard};
 
 /// Query errors.
 #[derive(Debug, thiserror::Error)]

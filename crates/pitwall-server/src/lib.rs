@@ -203,6 +203,52 @@ pub trait Sink: Send + Sync + 'static {
     fn publish(&self, messages: Vec<RawMessage>) -> SinkFuture<'_>;
 }
 
+/// Whether the lake is taking commits, for `/health`, the status line and metrics. The
+/// pipeline marks each commit's outcome; while commits fail (storage or catalog down),
+/// `/health` answers 503 with the reason, and it says "pass" again after the next
+/// commit that succeeds.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<std::sync::Mutex<Option<Failing>>>);
+
+#[derive(Debug)]
+struct Failing {
+    reason: String,
+    since: std::time::Instant,
+    failures: u32,
+}
+
+impl Health {
+    /// Notes a failed commit; returns how many failed in a row.
+    pub fn commit_failed(&self, reason: &str) -> u32 {
+        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let f = g.get_or_insert_with(|| Failing {
+            reason: String::new(),
+            since: std::time::Instant::now(),
+            failures: 0,
+        });
+        f.failures += 1;
+        f.reason = reason.to_owned();
+        ::metrics::gauge!("pitwall_lake_commit_failing").set(1.0);
+        ::metrics::counter!("pitwall_lake_commit_failures_total").increment(1);
+        f.failures
+    }
+
+    /// Notes a commit that succeeded.
+    pub fn commit_ok(&self) {
+        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.take().is_some() {
+            ::metrics::gauge!("pitwall_lake_commit_failing").set(0.0);
+            tracing::info!("lake commits succeed again");
+        }
+    }
+
+    /// What is wrong, if anything: the last error, for how long, failures in a row.
+    pub fn problem(&self) -> Option<(String, Duration, u32)> {
+        let g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.as_ref().map(|f| (f.reason.clone(), f.since.elapsed(), f.failures))
+    }
+}
+
 /// Counters of the write API, for status and metrics.
 #[derive(Debug, Default)]
 pub struct WriteStats {
@@ -228,6 +274,8 @@ pub struct Services {
     pub schemas: Option<pitwall_stream::SchemaRegistry>,
     /// The live feed's hub.
     pub live: LiveHub,
+    /// Whether the lake takes commits (`/health`).
+    pub health: Health,
 }
 
 impl std::fmt::Debug for Services {
@@ -246,6 +294,7 @@ pub(crate) struct AppState {
     lake: Option<pitwall_lake::Lake>,
     schemas: Option<pitwall_stream::SchemaRegistry>,
     live: LiveHub,
+    health: Health,
     engine: pitwall_query::Engine,
     body_read_timeout: Duration,
     body_memory: usize,
@@ -267,6 +316,7 @@ pub fn router(config: &ServerConfig, services: Services) -> Result<Router, Strin
         lake: services.lake,
         schemas: services.schemas,
         live: services.live,
+        health: services.health,
         engine,
         body_read_timeout: config.body_read_timeout,
         body_memory: config.body_memory,
@@ -327,8 +377,22 @@ async fn ping() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"name": "pitwall", "status": "pass", "message": "ready for writes"}))
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.health.problem() {
+        None => axum::Json(serde_json::json!({"name": "pitwall", "status": "pass", "message": "ready for writes"})).into_response(),
+        Some((reason, since, failures)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "name": "pitwall",
+                "status": "fail",
+                "message": format!(
+                    "lake commits have failed for {}s ({failures} in a row; rows are kept and retried): {reason}",
+                    since.as_secs()
+                ),
+            })),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,9 +484,14 @@ fn body_bytes(state: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Byte
     if !gzip {
         return Ok(body);
     }
-    let mut out = Vec::with_capacity(body.len() * 4);
-    let limit = state.max_body as u64;
-    flate2::read::GzDecoder::new(&body[..])
+    gunzip(&body, state.max_body)
+}
+
+/// `body` decompressed, refused past `limit` bytes (a gzip bomb stops there).
+fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, Reject> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    let limit = limit as u64;
+    flate2::read::GzDecoder::new(body)
         .take(limit + 1)
         .read_to_end(&mut out)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("the body is not valid gzip: {e}")))?;
@@ -488,12 +557,13 @@ impl Rejects {
 
 /// The raw-topic message for a point received at `received`, or why the point is
 /// refused now rather than quarantined later.
-fn message(state: &AppState, p: &Point, received: i64) -> Result<RawMessage, String> {
-    pitwall_stream::check_time(p.time, received, state.processor.max_future)?;
-    admit(state, p)?;
+fn message(ctx: &Decode<'_>, p: &Point) -> Result<RawMessage, String> {
+    let received = ctx.received;
+    pitwall_stream::check_time(p.time, received, ctx.processor.max_future)?;
+    admit(ctx, p)?;
     let payload = json::encode(p).map_err(|e| e.to_string())?;
     Ok(RawMessage {
-        key: state.processor.source_id(p).map(|s| Bytes::copy_from_slice(s.as_bytes())),
+        key: ctx.processor.source_id(p).map(|s| Bytes::copy_from_slice(s.as_bytes())),
         payload: Bytes::from(payload),
         time: received,
     })
@@ -503,7 +573,7 @@ fn message(state: &AppState, p: &Point, received: i64) -> Result<RawMessage, Str
 /// (length, reserved, a tag and a field alike), and against the processors' registry
 /// (a tag named like a numeric field, a type the table does not hold, the table and
 /// column limits).
-fn admit(state: &AppState, p: &Point) -> Result<(), String> {
+fn admit(ctx: &Decode<'_>, p: &Point) -> Result<(), String> {
     use pitwall_stream::normalize::{check_names, names_are_normal};
     let renamed;
     let p = if names_are_normal(p) {
@@ -515,9 +585,26 @@ fn admit(state: &AppState, p: &Point) -> Result<(), String> {
         renamed = q;
         &renamed
     };
-    match &state.schemas {
+    match ctx.schemas {
         Some(registry) => registry.check(p),
         None => Ok(()),
+    }
+}
+
+/// What decoding a write needs: whose rules, which schemas, when it was received.
+struct Decode<'a> {
+    processor: &'a ProcessorConfig,
+    schemas: Option<&'a pitwall_stream::SchemaRegistry>,
+    received: i64,
+}
+
+impl AppState {
+    fn decode(&self) -> Decode<'_> {
+        Decode {
+            processor: &self.processor,
+            schemas: self.schemas.as_ref(),
+            received: now_ns(),
+        }
     }
 }
 
@@ -594,12 +681,18 @@ async fn write_line_protocol(state: &AppState, headers: &HeaderMap, params: &Wri
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    // Invalid UTF-8 loses only its own lines: they are blanked (so every other line
-    // keeps its number) and rejected with where the bad byte is.
-    let (text, mut bad_utf8) = match std::str::from_utf8(&body) {
+    let (accepted, rejects) = decode_line_protocol(&state.decode(), &body, precision);
+    publish_and_answer(state, accepted, rejects, "line").await
+}
+
+/// The messages of a line-protocol body and its rejected lines. Invalid UTF-8 loses only
+/// its own lines: they are blanked (so every other line keeps its number) and rejected
+/// with where the bad byte is.
+fn decode_line_protocol(ctx: &Decode<'_>, body: &[u8], precision: Precision) -> (Vec<RawMessage>, Rejects) {
+    let (text, mut bad_utf8) = match std::str::from_utf8(body) {
         Ok(t) => (std::borrow::Cow::Borrowed(t), Vec::new()),
         Err(_) => {
-            let (text, bad) = blank_invalid_lines(&body);
+            let (text, bad) = blank_invalid_lines(body);
             (std::borrow::Cow::Owned(text), bad)
         }
     };
@@ -611,11 +704,13 @@ async fn write_line_protocol(state: &AppState, headers: &HeaderMap, params: &Wri
             rejects.push(l, || e);
         }
     };
-    let received = now_ns();
-    let mut parser = line_protocol::parse(&text, precision, received);
+    let mut parser = line_protocol::parse(&text, precision, ctx.received);
     while let Some(r) = parser.next() {
         let line = parser.point_line();
-        match r.map_err(|e| (e.to_string(), line_of(&e).unwrap_or(line))).and_then(|p| message(state, &p, received).map_err(|e| (format!("line {line}: {e}"), line))) {
+        match r
+            .map_err(|e| (e.to_string(), line_of(&e).unwrap_or(line)))
+            .and_then(|p| message(ctx, &p).map_err(|e| (format!("line {line}: {e}"), line)))
+        {
             Ok(m) => accepted.push(m),
             Err((error, line)) => {
                 flush_utf8_before(line, &mut rejects);
@@ -624,7 +719,7 @@ async fn write_line_protocol(state: &AppState, headers: &HeaderMap, params: &Wri
         }
     }
     flush_utf8_before(usize::MAX, &mut rejects);
-    publish_and_answer(state, accepted, rejects, "line").await
+    (accepted, rejects)
 }
 
 /// `body` with every line that is not valid UTF-8 left empty, and those lines' numbers
@@ -678,22 +773,25 @@ async fn write_telegraf(State(state): State<Arc<AppState>>, Query(params): Query
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    // The metrics are kept as slices of the body, each decoded as it comes: a million
-    // tiny metrics cost a pointer each, not a JSON tree.
-    let metrics: Vec<&serde_json::value::RawValue> = match telegraf_metrics(&body) {
-        Ok(m) => m,
-        Err(r) => return r.into_response(),
-    };
-    let now = now_ns();
+    match decode_telegraf(&state.decode(), &body, precision) {
+        Ok((accepted, rejects)) => publish_and_answer(&state, accepted, rejects, "metric").await,
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The messages of a Telegraf JSON body and its rejected metrics. The metrics are kept
+/// as slices of the body, each decoded as it comes: a million tiny metrics cost a
+/// pointer each, not a JSON tree.
+fn decode_telegraf(ctx: &Decode<'_>, body: &[u8], precision: Precision) -> Result<(Vec<RawMessage>, Rejects), Reject> {
+    let metrics = telegraf_metrics(body)?;
     let (mut accepted, mut rejects) = (Vec::new(), Rejects::default());
     for (i, m) in metrics.iter().enumerate() {
-        match json::decode(m.get().as_bytes(), now, precision).map_err(|e| e.to_string()).and_then(|p| message(&state, &p, now)) {
+        match json::decode(m.get().as_bytes(), ctx.received, precision).map_err(|e| e.to_string()).and_then(|p| message(ctx, &p)) {
             Ok(msg) => accepted.push(msg),
             Err(error) => rejects.push(i + 1, || format!("metric {}: {error}", i + 1)),
         }
     }
-    drop(metrics);
-    publish_and_answer(&state, accepted, rejects, "metric").await
+    Ok((accepted, rejects))
 }
 
 /// The metrics of a Telegraf JSON body: one metric object, or `{"metrics": [...]}`.
@@ -710,5 +808,42 @@ fn telegraf_metrics(body: &[u8]) -> Result<Vec<&serde_json::value::RawValue>, Re
         Some(list) => serde_json::from_str::<Vec<&RawValue>>(list.get())
             .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("`metrics` must be an array of metrics: {e}"))),
         None => Ok(vec![serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?]),
+    }
+}
+
+/// Entry points for the fuzz targets (`fuzz/`): the write path from the body as it
+/// arrives up to validation, without a server.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Decodes `body` as the write API would (gunzipped first if `gzip`; Telegraf JSON
+    /// if `telegraf`, else line protocol) and returns how many points it accepted and
+    /// how many it rejected. The answer is rendered too, so its encoding is exercised.
+    pub fn write_body(body: &[u8], gzip: bool, telegraf: bool) -> (usize, usize) {
+        let processor = ProcessorConfig::default();
+        let schemas = pitwall_stream::SchemaRegistry::default();
+        let ctx = Decode {
+            processor: &processor,
+            schemas: Some(&schemas),
+            received: 1_767_225_600_000_000_000,
+        };
+        let body = if gzip {
+            match gunzip(body, 1 << 20) {
+                Ok(b) => b,
+                Err(_) => return (0, 0),
+            }
+        } else {
+            Bytes::copy_from_slice(body)
+        };
+        let decoded = if telegraf { decode_telegraf(&ctx, &body, Precision::S) } else { Ok(decode_line_protocol(&ctx, &body, Precision::Ns)) };
+        match decoded {
+            Ok((accepted, rejects)) => {
+                assert!(rejects.listed.len() <= MAX_LISTED);
+                let _ = serde_json::to_vec(&rejects.listed);
+                (accepted.len(), rejects.total)
+            }
+            Err(_) => (0, 0),
+        }
     }
 }

@@ -65,6 +65,7 @@ async fn start(config: ServerConfig, full: bool) -> Server {
             r
         }),
         live: live.clone(),
+        health: pitwall_server::Health::default(),
     };
     let r = router(&config, services).unwrap();
     let bound = Bound::bind(&config, r).await.unwrap();

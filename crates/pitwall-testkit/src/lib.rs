@@ -250,15 +250,7 @@ api_bind_addr = "127.0.0.1:{admin}"
         )
         .unwrap();
         let log = dir.path().join("garage.log");
-        let child = Command::new(garage_binary())
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting garage");
+        let child = Self::spawn(&config, &log);
         let endpoint = format!("http://127.0.0.1:{s3}");
         let mut g = Garage {
             child,
@@ -288,6 +280,31 @@ api_bind_addr = "127.0.0.1:{admin}"
         g.cli(&["bucket", "allow", "--read", "--write", "--owner", "pitwall", "--key", "pitwall-tests"]);
         wait_listening(&format!("127.0.0.1:{s3}"), "garage's S3 API", &log);
         g
+    }
+
+    fn spawn(config: &Path, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Command::new(garage_binary())
+            .arg("-c")
+            .arg(config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting garage")
+    }
+
+    /// Stops the server (an outage); [`Garage::restart`] brings it back with its data.
+    pub fn stop(&mut self) {
+        stop(&mut self.child);
+    }
+
+    /// Starts the server again on the same ports and data, and waits until S3 answers.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.config, &self.log());
+        let s3 = self.endpoint.trim_start_matches("http://").to_owned();
+        wait_listening(&s3, "garage's S3 API", &self.log());
     }
 
     /// Runs a garage admin command against this server.

@@ -116,6 +116,16 @@ impl Config {
                 .filter(|k| k.as_str().contains("__"))
                 .map(|k| k.as_str().replace("__", ".").replace('_', "-").into()),
         );
+        Self::extract(&figment)
+    }
+
+    /// Defaults, then the TOML `text` (no file, no environment), validated: what the
+    /// config fuzz target feeds.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        Self::extract(&Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    fn extract(figment: &Figment) -> anyhow::Result<Config> {
         let config: Config = figment.extract().map_err(|e| {
             let mut msg = String::new();
             for err in e {

@@ -1100,7 +1100,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let lake = pipeline::open_lake(&config).await?;
     let live = pitwall_server::LiveHub::default();
     pipeline::feed_live_from_kafka(&config, &topics, &live, &cancel)?;
-    let server = pipeline::start_server(&config.server, &config, sink, Some(lake), live, cancel.clone()).await?;
+    // serve commits nothing; its /health reports the server alone.
+    let server = pipeline::start_server(&config.server, &config, sink, Some(lake), live, pitwall_server::Health::default(), cancel.clone()).await?;
     server.await??;
     Ok(ExitCode::SUCCESS)
 }

@@ -48,6 +48,8 @@ pub struct Stats {
     pub windows: AtomicU64,
     /// How long each lake commit took (seconds; the first 100,000), for `pitwall bench`.
     pub commit_seconds: std::sync::Mutex<Vec<f64>>,
+    /// Whether lake commits succeed (`/health`, the status line).
+    pub health: pitwall_server::Health,
 }
 
 impl Stats {
@@ -139,6 +141,7 @@ pub(crate) async fn start_server(
     sink: Arc<dyn pitwall_server::Sink>,
     lake: Option<(Lake, SchemaRegistry)>,
     live: pitwall_server::LiveHub,
+    health: pitwall_server::Health,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let (lake, schemas) = lake.unzip();
@@ -149,6 +152,7 @@ pub(crate) async fn start_server(
         lake,
         schemas,
         live,
+        health,
     };
     let router = pitwall_server::router(server, services).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bound = pitwall_server::Bound::bind(server, router)
@@ -423,7 +427,7 @@ pub async fn run_on_bus(
         lake_writer_state.assign(&key, &plan);
     }
     let writer = tokio::spawn(
-        lake_writer(lake_writer_state, out_rx, Arc::clone(&stats)).instrument(tracing::info_span!("lake-writer")),
+        lake_writer(lake_writer_state, out_rx, Arc::clone(&stats), config.lake.commit_rows.saturating_mul(4)).instrument(tracing::info_span!("lake-writer")),
     );
     let mut processors = Vec::new();
     for consumer in consumers {
@@ -451,7 +455,7 @@ pub async fn run_on_bus(
             });
             let live = pitwall_server::LiveHub::default();
             feed_live(&bus, &topics, &live)?;
-            Some(start_server(s, &config, sink, Some((lake.clone(), schemas.clone())), live, stop_server.clone()).await?)
+            Some(start_server(s, &config, sink, Some((lake.clone(), schemas.clone())), live, stats.health.clone(), stop_server.clone()).await?)
         }
         None => None,
     };
@@ -522,7 +526,7 @@ pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken
             let (lake, schemas) = open_lake(&config).await?;
             let live = pitwall_server::LiveHub::default();
             feed_live_from_kafka(&config, &topics, &live, &cancel)?;
-            Some(start_server(s, &config, sink, Some((lake, schemas)), live, cancel.clone()).await?)
+            Some(start_server(s, &config, sink, Some((lake, schemas)), live, stats.health.clone(), cancel.clone()).await?)
         }
         None => None,
     };
@@ -999,13 +1003,24 @@ pub(crate) fn count(stats: &Stats, o: &Outputs) {
 }
 
 /// Buffers outputs and commits when due; at the end commits the rest. A failed commit
-/// keeps its rows and is retried, so nothing is lost to a passing error.
-async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stats: Arc<Stats>) -> anyhow::Result<()> {
+/// keeps its rows and is retried with backoff (up to [`MAX_BACKOFF`]) for as long as it
+/// takes: storage or a catalog that is down for minutes loses nothing. Meanwhile
+/// `/health` and the status line say so, and once `max_buffered` rows wait the writer
+/// takes nothing more, so the hand-off fills, the processors wait and the bus pushes
+/// back on writers (503) instead of memory growing.
+async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stats: Arc<Stats>, max_buffered: usize) -> anyhow::Result<()> {
     let mut failures = 0u32;
+    let mut retry_at = Instant::now();
     loop {
-        let wait = writer.time_to_due().max(Duration::from_millis(10));
+        let holding = failures > 0 && writer.buffered() >= max_buffered;
+        let wait = if failures > 0 {
+            retry_at.saturating_duration_since(Instant::now())
+        } else {
+            writer.time_to_due()
+        }
+        .max(Duration::from_millis(10));
         let next = tokio::select! {
-            o = rx.recv() => o.map(Some),
+            o = rx.recv(), if !holding => o.map(Some),
             () = tokio::time::sleep(wait) => Some(None),
         };
         match next {
@@ -1015,15 +1030,24 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stat
             Some(None) => {}
             None => break,
         }
-        if writer.due() {
+        let due = if failures > 0 { Instant::now() >= retry_at } else { writer.due() };
+        if due {
             match commit(&mut writer, &stats).await {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    stats.health.commit_ok();
+                }
                 Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, buffered = writer.buffered(), "lake commit failed; keeping the rows and retrying");
-                    if failures >= 10 {
-                        return Err(e.context("the lake commit failed 10 times in a row"));
-                    }
+                    failures = stats.health.commit_failed(&format!("{e:#}"));
+                    let backoff = backoff(failures);
+                    retry_at = Instant::now() + backoff;
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        failures,
+                        buffered = writer.buffered(),
+                        retry_in = ?backoff,
+                        "lake commit failed; keeping the rows and retrying"
+                    );
                 }
             }
         }
@@ -1032,9 +1056,10 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stat
     let mut attempt = 0;
     while writer.buffered() > 0 {
         match commit(&mut writer, &stats).await {
-            Ok(()) => {}
+            Ok(()) => stats.health.commit_ok(),
             Err(e) if attempt < 5 => {
                 attempt += 1;
+                stats.health.commit_failed(&format!("{e:#}"));
                 tracing::warn!(error = %e, attempt, "final lake commit failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
@@ -1042,6 +1067,15 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stat
         }
     }
     Ok(())
+}
+
+/// The longest wait between two tries of a failing commit.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The wait before the next try after `failures` failed commits in a row: 0.5 s,
+/// doubling, at most [`MAX_BACKOFF`].
+pub(crate) fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << failures.saturating_sub(1).min(10))).min(MAX_BACKOFF)
 }
 
 async fn commit(writer: &mut LakeWriter, stats: &Stats) -> anyhow::Result<()> {

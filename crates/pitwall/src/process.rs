@@ -224,18 +224,21 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
             }
             if let Some(done) = in_flight.take_if(|h| h.is_finished()) {
                 match land(done, &mut writer, &consumer, &stats, &topics).await? {
-                    Ok(()) => failures = 0,
+                    Ok(()) => {
+                        failures = 0;
+                        stats.health.commit_ok();
+                    }
                     Err(e) => {
                         if let Some(pitwall_lake::Error::Fenced { partition, .. }) = e.downcast_ref::<pitwall_lake::Error>() {
                             let partition = partition.clone();
                             tracing::warn!(error = %e, "fenced: taking the partition up again from the lake");
                             retake(&partition, &lake, &mut writer, &mut parts, &consumer, &processor_config, &schemas).await?;
                         } else {
-                            failures += 1;
-                            tracing::warn!(error = %e, failures, buffered = writer.buffered(), "lake commit failed; keeping the rows and retrying");
-                            if failures >= 10 {
-                                return Err(e.context("the lake commit failed 10 times in a row"));
-                            }
+                            // Never given up: storage or a catalog down for minutes
+                            // loses nothing; /health and the status line say so.
+                            failures = stats.health.commit_failed(&format!("{e:#}"));
+                            tracing::warn!(error = %format!("{e:#}"), failures, buffered = writer.buffered(), "lake commit failed; keeping the rows and retrying");
+                            tokio::time::sleep(crate::pipeline::backoff(failures).min(Duration::from_secs(5))).await;
                         }
                     }
                 }

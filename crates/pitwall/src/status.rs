@@ -54,7 +54,14 @@ pub fn print_line(stats: &Stats, elapsed: Duration, rate_of: Rate) {
 
 fn line(stats: &Stats, elapsed: Duration, rate: f64, rate_of: Rate) -> String {
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    format!(
+    let trouble = match stats.health.problem() {
+        Some((reason, since, failures)) => {
+            let reason: String = reason.chars().take(160).collect();
+            format!(" | LAKE COMMITS FAILING for {}s ({failures} in a row, rows kept): {reason}", since.as_secs())
+        }
+        None => String::new(),
+    };
+    let mut out = format!(
         "[{:>6.0}s] {:>8.0} events/s | {} events {} | {} rows committed in {} commits | {} windows | {} anomalies | {} rejects | {} late",
         elapsed.as_secs_f64(),
         rate,
@@ -69,5 +76,7 @@ fn line(stats: &Stats, elapsed: Duration, rate: f64, rate_of: Rate) -> String {
         g(&stats.anomalies),
         g(&stats.rejects),
         g(&stats.late),
-    )
+    );
+    out.push_str(&trouble);
+    out
 }

@@ -146,6 +146,7 @@ impl LocalServer {
             lake: None,
             schemas: None,
             live,
+            health: pitwall_server::Health::default(),
         };
         let bound = pitwall_server::Bound::bind(&server_config, pitwall_server::router(&server_config, services).map_err(|e| anyhow::anyhow!("{e}"))?)
             .await
