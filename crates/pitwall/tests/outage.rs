@@ -10,7 +10,7 @@ use pitwall_lake::{Lake, LakeConfig};
 use pitwall_query::Query;
 
 mod common;
-use common::{Up, rows};
+use common::{Up, rows, s3_config};
 
 /// How long the S3 server stays down.
 const OUTAGE: Duration = Duration::from_secs(70);
@@ -92,14 +92,7 @@ async fn an_s3_outage_loses_nothing_and_commits_resume_by_themselves() {
     let lake = Lake::open(LakeConfig {
         catalog,
         warehouse: format!("s3://{}/warehouse", s3.bucket),
-        s3: pitwall_lake::S3Config {
-            endpoint: s3.endpoint.clone(),
-            region: s3.region.clone(),
-            path_style: true,
-            access_key_id: s3.access_key_id.clone(),
-            secret_access_key: s3.secret_access_key.clone(),
-            ..Default::default()
-        },
+        s3: s3_config(&s3),
         ..LakeConfig::test_config(&dir.path().join("reader"))
     })
     .await

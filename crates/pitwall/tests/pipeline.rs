@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Broker, START, Transport, config, count, rows, rule_for};
+use common::{Broker, START, Transport, config, count, rows, rule_for, s3_config};
 use pitwall::pipeline::{SimRun, Stats};
 use pitwall_lake::{Lake, LakeConfig};
 use pitwall_query::Query;
@@ -290,16 +290,6 @@ async fn pyiceberg_and_duckdb_read_the_lake_through_a_rest_catalog() {
 }
 
 /// The lake's S3 settings for the test's garage server.
-fn s3_config(s3: &pitwall_testkit::Garage) -> pitwall_lake::S3Config {
-    pitwall_lake::S3Config {
-        endpoint: s3.endpoint.clone(),
-        region: s3.region.clone(),
-        path_style: true,
-        access_key_id: s3.access_key_id.clone(),
-        secret_access_key: s3.secret_access_key.clone(),
-        ..Default::default()
-    }
-}
 
 /// PyIceberg's properties for reading from the test's garage server, added to `catalog`.
 fn add_s3_properties(catalog: &mut Value, s3: &pitwall_testkit::Garage) {

@@ -258,3 +258,15 @@ pub fn program(env: &str, default: &str, package: &str) -> String {
     );
     path
 }
+
+/// The lake's S3 settings for the test's garage server.
+pub fn s3_config(s3: &pitwall_testkit::Garage) -> pitwall_lake::S3Config {
+    pitwall_lake::S3Config {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        path_style: true,
+        access_key_id: s3.access_key_id.clone(),
+        secret_access_key: s3.secret_access_key.clone(),
+        ..Default::default()
+    }
+}
