@@ -626,3 +626,21 @@ async fn poison_names_are_refused_per_line() {
     assert!(errors[4].1.contains("stores it as float"), "{errors:?}");
     assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
 }
+
+/// `/api/v1/sources` is paged: at most 1,000 a page, the total in `X-Total-Count`.
+#[tokio::test]
+async fn sources_are_paged() {
+    let s = start(ServerConfig::default(), false).await;
+    for i in 0..1500 {
+        s.live.feed(pitwall_server::LiveStream::Clean, Some(format!("s-{i:04}").as_bytes()), clean(&format!("s-{i:04}"), 1, 1.0));
+    }
+    let c = reqwest::Client::new();
+    let r = c.get(format!("{}/api/v1/sources", s.url)).send().await.unwrap();
+    assert_eq!(r.headers()["x-total-count"], "1500");
+    let first: Vec<serde_json::Value> = r.json().await.unwrap();
+    assert_eq!(first.len(), 1000);
+    let r = c.get(format!("{}/api/v1/sources?offset=1000&limit=10000", s.url)).send().await.unwrap();
+    let rest: Vec<serde_json::Value> = r.json().await.unwrap();
+    assert_eq!(rest.len(), 500);
+    assert_eq!(rest[0]["source"], "s-1000");
+}
