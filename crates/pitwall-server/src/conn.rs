@@ -32,7 +32,7 @@ use axum::body::Body;
 use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -40,10 +40,6 @@ use tower::ServiceExt;
 
 /// How long requests in flight may go on once the server is told to stop.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Connections being turned away at once (each writes a short 503); past this a
-/// connection over the cap is closed without an answer.
-const TURNING_AWAY: usize = 64;
 
 /// The connection settings of [`crate::ServerConfig`].
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +73,6 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let turning_away = Arc::new(Semaphore::new(TURNING_AWAY));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -110,12 +105,7 @@ pub(crate) async fn serve(
             }
             Err(_) => {
                 ::metrics::counter!("pitwall_http_connections_refused_total").increment(1);
-                if let Ok(permit) = Arc::clone(&turning_away).try_acquire_owned() {
-                    conns.spawn(async move {
-                        turn_away(tcp, limits.max_connections).await;
-                        drop(permit);
-                    });
-                }
+                turn_away(&tcp, limits.max_connections);
             }
         }
     }
@@ -129,8 +119,11 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Answers a connection over the cap with 503 and closes it.
-async fn turn_away(mut tcp: TcpStream, cap: usize) {
+/// Answers a connection over the cap with 503 and closes it, without waiting for
+/// anything: what the client already sent is read first (closing on unread bytes would
+/// reset the connection before the client reads the answer), the answer fits the
+/// socket's send buffer, and the socket is closed when the caller drops it.
+fn turn_away(tcp: &TcpStream, cap: usize) {
     let body = format!(
         "{{\"code\":\"unavailable\",\"message\":\"the server has {cap} connections open, its limit (server.max-connections); retry shortly\"}}"
     );
@@ -138,15 +131,9 @@ async fn turn_away(mut tcp: TcpStream, cap: usize) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    // Read what the client sent first, briefly: closing with unread bytes resets the
-    // connection and the client would see a reset instead of the answer.
     let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_millis(200), tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        tcp.write_all(answer.as_bytes()).await?;
-        tcp.shutdown().await
-    })
-    .await;
+    while matches!(tcp.try_read(&mut buf), Ok(n) if n > 0) {}
+    let _ = tcp.try_write(answer.as_bytes());
 }
 
 /// What the watchdog decides about a connection.
