@@ -289,8 +289,6 @@ async fn pyiceberg_and_duckdb_read_the_lake_through_a_rest_catalog() {
     independent_readers_agree(&lake, summary.produced, dir.path(), catalog).await;
 }
 
-/// The lake's S3 settings for the test's garage server.
-
 /// PyIceberg's properties for reading from the test's garage server, added to `catalog`.
 fn add_s3_properties(catalog: &mut Value, s3: &pitwall_testkit::Garage) {
     let props = serde_json::json!({
