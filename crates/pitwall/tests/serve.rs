@@ -283,3 +283,34 @@ async fn new_fields_evolve_the_table_and_conflicting_types_are_rejected() {
     let table = lake.table(&pitwall_lake::tables::clean_ident("press")).await.unwrap();
     assert!(table.metadata().current_schema().field_by_name("vibration_mm_s").is_some());
 }
+
+/// Ctrl-C with a dashboard open: the live feed's connection is ended with the server
+/// (it kept `pitwall up` running until the browser closed, 46 s after Ctrl-C), and the
+/// browser sees the stream end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_ends_open_live_feeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&["--status-interval", "1s"], &dir.path().join("lake"));
+    let mut feeds = Vec::new();
+    for _ in 0..3 {
+        let r = reqwest::Client::new().get(format!("{}/api/v1/live", up.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        feeds.push(r);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    let stop = tokio::task::spawn_blocking(move || up.stop());
+    // Each feed ends (its body finishes or breaks) instead of hanging on.
+    for mut f in feeds {
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(_)) = f.chunk().await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "a live feed was still open 20 s after Ctrl-C");
+    }
+    let (status, log) = stop.await.unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "{log}");
+    assert!(took < Duration::from_secs(20), "Ctrl-C took {took:?} with live feeds open");
+    eprintln!("pitwall up stopped {took:?} after Ctrl-C with 3 live feeds open");
+}
