@@ -664,6 +664,7 @@ impl LakeWriter {
             anomalies,
             rejects,
             late,
+            duplicates: _,
         } = outputs;
         push(&mut b.raw, raw, since);
         for (measurement, rows) in by_measurement(clean) {

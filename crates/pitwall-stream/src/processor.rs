@@ -1,5 +1,6 @@
 //! The per-partition processor: raw bus message in, every derived record out.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use pitwall_bus::Message;
@@ -42,6 +43,8 @@ pub struct Outputs {
     pub rejects: Vec<RejectRecord>,
     /// Valid points that arrived too late for their window.
     pub late: Vec<LateRecord>,
+    /// Points identical to one already taken (a client's retry): kept in `raw` only.
+    pub duplicates: u64,
 }
 
 impl Outputs {
@@ -68,6 +71,7 @@ impl Outputs {
         self.anomalies.append(&mut other.anomalies);
         self.rejects.append(&mut other.rejects);
         self.late.append(&mut other.late);
+        self.duplicates += std::mem::take(&mut other.duplicates);
     }
 }
 
@@ -124,6 +128,120 @@ pub struct Processor {
     data_time: i64,
     out_of_orderness: i64,
     lateness: i64,
+    /// Points taken recently, to know a retry when it comes.
+    seen: Seen,
+    /// How far behind the horizon points are remembered in `seen`: the longest window.
+    remember: i64,
+}
+
+/// Fingerprints of the points taken while they can still count: a client that re-sends
+/// a batch after a timeout or a 5xx (Telegraf does) must not be counted twice. A point
+/// identical to one taken (measurement, tags, fields and time) is a duplicate: kept in
+/// the raw table, counted, processed no further, as InfluxDB's last-write-wins makes a
+/// retry harmless. Points are remembered while their time is within the longest window
+/// behind the horizon, in arrival order with the mark of their message.
+///
+/// Replay must decide every duplicate as the first run did, or the state a duplicate
+/// would have touched differs afterwards. So the checkpoint starts the replay early
+/// enough to hold the original of every duplicate it replays: each duplicate found is
+/// noted with its original's mark (a *hit*), and the replay start is lowered to the
+/// original of any hit at or after it, until no hit lowers it further. That start never
+/// moves back over time (an original is live at its hit, so it is at or after every
+/// earlier start), so hits before the last start are forgotten.
+#[derive(Debug)]
+struct Seen {
+    fingerprints: HashMap<u64, Mark, foldhash::fast::FixedState>,
+    order: VecDeque<(i64, u64, Mark)>,
+    /// (the original's mark, the duplicate's offset), in offset order.
+    hits: VecDeque<(Mark, i64)>,
+    /// The offset the last checkpoint's replay starts at: hits before it are done with.
+    settled: std::sync::atomic::AtomicI64,
+}
+
+/// The fingerprint hasher's seed: fixed, so a replay computes the same fingerprints.
+const FINGERPRINT_SEED: u64 = 0x7069_7477_616c_6c21;
+
+impl Seen {
+    fn new() -> Self {
+        Seen {
+            fingerprints: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(FINGERPRINT_SEED)),
+            order: VecDeque::new(),
+            hits: VecDeque::new(),
+            settled: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Remembers the point of `fingerprint`; false (and a hit noted) if it is a
+    /// duplicate of one remembered.
+    fn insert(&mut self, time: i64, fingerprint: u64, mark: Mark) -> bool {
+        match self.fingerprints.entry(fingerprint) {
+            std::collections::hash_map::Entry::Occupied(original) => {
+                let settled = self.settled.load(std::sync::atomic::Ordering::Relaxed);
+                while self.hits.front().is_some_and(|&(_, d)| d < settled) {
+                    self.hits.pop_front();
+                }
+                self.hits.push_back((*original.get(), mark.offset));
+                false
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(mark);
+                self.order.push_back((time, fingerprint, mark));
+                true
+            }
+        }
+    }
+
+    /// Forgets, in arrival order, the points older than `cutoff`.
+    fn forget_before(&mut self, cutoff: i64) {
+        while let Some(&(time, fingerprint, _)) = self.order.front() {
+            if time >= cutoff {
+                break;
+            }
+            self.order.pop_front();
+            self.fingerprints.remove(&fingerprint);
+        }
+    }
+
+    /// Where a replay must start, given where the rest of the state needs it to
+    /// (`earliest`, `None` for nowhere before `next`): early enough for every remembered
+    /// point and for the original of every duplicate the replay will meet.
+    fn replay_start(&self, earliest: Option<Mark>, next: i64) -> Option<Mark> {
+        let mut start = earliest.into_iter().chain(self.order.front().map(|&(_, _, m)| m)).min();
+        loop {
+            let at = start.map_or(next, |m| m.offset);
+            let lower = self.hits.iter().filter(|&&(_, d)| d >= at).map(|&(m, _)| m).min();
+            match lower {
+                Some(m) if m.offset < at => start = Some(m),
+                _ => break,
+            }
+        }
+        self.settled.store(start.map_or(next, |m| m.offset), std::sync::atomic::Ordering::Relaxed);
+        start
+    }
+}
+
+/// A point's identity: measurement, tags, fields (values by their bits) and time.
+fn fingerprint(point: &Point) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(FINGERPRINT_SEED).build_hasher();
+    point.measurement.hash(&mut h);
+    for (k, v) in &point.tags {
+        k.hash(&mut h);
+        v.hash(&mut h);
+    }
+    h.write_u8(0xff);
+    for (k, v) in &point.fields {
+        k.hash(&mut h);
+        match v {
+            pitwall_core::FieldValue::F64(f) => (0u8, f.to_bits()).hash(&mut h),
+            pitwall_core::FieldValue::I64(i) => (1u8, *i).hash(&mut h),
+            pitwall_core::FieldValue::U64(u) => (2u8, *u).hash(&mut h),
+            pitwall_core::FieldValue::Bool(b) => (3u8, *b).hash(&mut h),
+            pitwall_core::FieldValue::Str(t) => (4u8, t.as_str()).hash(&mut h),
+        }
+    }
+    point.time.hash(&mut h);
+    h.finish()
 }
 
 impl Processor {
@@ -136,6 +254,12 @@ impl Processor {
             .map(|w| WindowOperator::new(w, lateness))
             .collect();
         let rules = RuleEngine::new(&config.rules, config.forget_after);
+        let remember = config
+            .windows
+            .iter()
+            .map(|w| i64::try_from(w.size.as_nanos()).unwrap_or(i64::MAX))
+            .max()
+            .unwrap_or(0);
         let enricher = config.enricher().expect("the processor config is validated at start");
         Processor {
             out_of_orderness: i64::try_from(config.out_of_orderness.as_nanos()).unwrap_or(i64::MAX),
@@ -149,6 +273,8 @@ impl Processor {
             rules,
             max_time: i64::MIN,
             data_time: i64::MIN,
+            seen: Seen::new(),
+            remember,
         }
     }
 
@@ -165,13 +291,8 @@ impl Processor {
     /// Where a replay must start to rebuild the current state, when the next offset to
     /// process is `next`.
     pub fn checkpoint(&self, next: i64) -> Checkpoint {
-        let earliest = self
-            .windows
-            .iter()
-            .filter_map(WindowOperator::earliest)
-            .chain(self.rules.earliest())
-            .min();
-        match earliest {
+        let earliest = self.windows.iter().filter_map(WindowOperator::earliest).chain(self.rules.earliest()).min();
+        match self.seen.replay_start(earliest, next) {
             Some(m) => Checkpoint {
                 next,
                 replay_from: m.offset,
@@ -223,6 +344,14 @@ impl Processor {
         };
         let watermark = self.watermark();
         let horizon = watermark.saturating_sub(self.lateness);
+        let mark = Mark {
+            offset: msg.offset,
+            max_time: self.max_time,
+        };
+        if point.time >= horizon.saturating_sub(self.remember) && !self.seen.insert(point.time, fingerprint(&point), mark) {
+            out.duplicates += 1;
+            return;
+        }
         if point.time < horizon {
             out.late.push(LateRecord {
                 origin,
@@ -235,10 +364,6 @@ impl Processor {
             });
             return;
         }
-        let mark = Mark {
-            offset: msg.offset,
-            max_time: self.max_time,
-        };
         for w in &mut self.windows {
             w.add(&source_id, &point, mark);
         }
@@ -263,6 +388,7 @@ impl Processor {
             for w in &mut self.windows {
                 w.fire(watermark, &mut out.windows);
             }
+            self.seen.forget_before(watermark.saturating_sub(self.lateness).saturating_sub(self.remember));
         }
     }
 

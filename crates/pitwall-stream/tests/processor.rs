@@ -329,3 +329,45 @@ fn idle_ticks_close_windows_and_silence_waits_for_data() {
     assert_eq!(silent.len(), 1, "{silent:?}");
     assert_eq!((silent[0].source_id.as_str(), silent[0].phase, silent[0].time), ("s2", Phase::Start, T0 + 29 * S));
 }
+
+/// A client's retry is harmless: the same batch taken three times gives the clean rows,
+/// windows and anomaly episodes of one, and the copies are counted as duplicates (they
+/// stay in the raw table).
+#[test]
+fn a_batch_sent_three_times_counts_once() {
+    let batch: Vec<Point> = (0..40)
+        .flat_map(|i| {
+            [
+                sensor_at("s1", i * S / 2, wobble(20.0, i) + if (20..26).contains(&i) { 60.0 } else { 0.0 }, wobble(1010.0, i)),
+                sensor_at("s2", i * S / 2, wobble(22.0, i), wobble(1012.0, i)),
+            ]
+        })
+        .collect();
+    let run = |sends: usize| {
+        let mut p = Processor::new(Arc::new(ProcessorConfig::default()), SchemaRegistry::default(), "telemetry.raw", 0);
+        let mut out = Outputs::default();
+        let mut offset = 0;
+        // Telegraf flushes every 10 points; a timed-out flush is sent again whole.
+        for chunk in batch.chunks(10) {
+            for _ in 0..sends {
+                for pt in chunk {
+                    p.process(&msg(offset, pt), &mut out);
+                    offset += 1;
+                }
+            }
+        }
+        p.finish(&mut out);
+        out
+    };
+    let (once, thrice) = (run(1), run(3));
+    assert_eq!(thrice.duplicates, 2 * batch.len() as u64);
+    assert_eq!(once.duplicates, 0);
+    assert_eq!(thrice.raw.len(), 3 * batch.len(), "every copy is in the raw table");
+    assert_eq!(thrice.clean, once.clean);
+    assert!(thrice.late.is_empty(), "{:?}", thrice.late);
+    let rows = |o: &Outputs| o.windows.iter().map(|w| (w.window_start, w.source_id.to_string(), w.field.to_string(), w.count)).collect::<Vec<_>>();
+    assert_eq!(rows(&thrice), rows(&once));
+    let episodes = |o: &Outputs| o.anomalies.iter().map(|a| (a.rule.clone(), a.source_id.clone(), a.phase, a.time)).collect::<Vec<_>>();
+    assert!(!episodes(&once).is_empty(), "the batch holds an overheating episode");
+    assert_eq!(episodes(&thrice), episodes(&once));
+}

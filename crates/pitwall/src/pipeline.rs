@@ -46,6 +46,8 @@ pub struct Stats {
     pub late: AtomicU64,
     /// Window rows produced.
     pub windows: AtomicU64,
+    /// Points identical to one already taken (a client's retry), not processed again.
+    pub duplicates: AtomicU64,
     /// How long each lake commit took (seconds; the first 100,000), for `pitwall bench`.
     pub commit_seconds: std::sync::Mutex<Vec<f64>>,
     /// Whether lake commits succeed (`/health`, the status line).
@@ -1000,6 +1002,10 @@ pub(crate) fn count(stats: &Stats, o: &Outputs) {
     crate::metrics::rejects(o.rejects.iter().map(|r| r.reason.as_str()));
     stats.late.fetch_add(o.late.len() as u64, Ordering::Relaxed);
     stats.windows.fetch_add(o.windows.len() as u64, Ordering::Relaxed);
+    if o.duplicates > 0 {
+        stats.duplicates.fetch_add(o.duplicates, Ordering::Relaxed);
+        ::metrics::counter!("pitwall_duplicates_total").increment(o.duplicates);
+    }
 }
 
 /// Buffers outputs and commits when due; at the end commits the rest. A failed commit

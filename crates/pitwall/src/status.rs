@@ -77,6 +77,10 @@ fn line(stats: &Stats, elapsed: Duration, rate: f64, rate_of: Rate) -> String {
         g(&stats.rejects),
         g(&stats.late),
     );
+    let duplicates = g(&stats.duplicates);
+    if duplicates > 0 {
+        out.push_str(&format!(" | {duplicates} duplicates"));
+    }
     out.push_str(&trouble);
     out
 }

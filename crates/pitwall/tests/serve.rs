@@ -314,3 +314,46 @@ async fn ctrl_c_ends_open_live_feeds() {
     assert!(took < Duration::from_secs(20), "Ctrl-C took {took:?} with live feeds open");
     eprintln!("pitwall up stopped {took:?} after Ctrl-C with 3 live feeds open");
 }
+
+/// Telegraf re-sends a batch after a timeout: the same batch sent three times gives the
+/// clean rows and window aggregates of one send; the copies stay in `raw.events` and
+/// are counted as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_three_times_lands_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lake");
+    let config = dir.path().join("pitwall.toml");
+    std::fs::write(&config, "[sim]\nrace-enabled = false\niot-enabled = false\n").unwrap();
+    let up = Up::start(&["--status-interval", "1s", "--config", config.to_str().unwrap()], &data);
+    let mut metrics = Vec::new();
+    for i in 0..30 {
+        metrics.push(format!(
+            r#"{{"name":"sensor","tags":{{"sensor_id":"s-{}","site":"plant-a"}},"fields":{{"temperature_c":{}.5}},"timestamp":{}}}"#,
+            i % 3,
+            20 + i % 4,
+            1_767_225_600 + i / 3
+        ));
+    }
+    let body = format!(r#"{{"metrics":[{}]}}"#, metrics.join(","));
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = client.post(format!("{}/api/v1/telegraf", up.url)).body(body.clone()).send().await.unwrap();
+        assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, log) = up.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("| 60 duplicates"), "the status line counts the copies:\n{log}");
+    let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
+    let q = Query::new(&lake).await.unwrap();
+    let n = |sql: &'static str| {
+        let q = &q;
+        async move { rows(q, sql).await[0]["n"].as_i64().unwrap() }
+    };
+    assert_eq!(n("SELECT count(*) AS n FROM clean.sensor").await, 30);
+    assert_eq!(n("SELECT count(*) AS n FROM raw.events").await, 90, "every copy as received");
+    assert_eq!(
+        n("SELECT CAST(sum(count) AS BIGINT) AS n FROM metrics.windows WHERE \"window\" = 'sensor_10s' AND field = 'temperature_c'").await,
+        30
+    );
+}
