@@ -128,6 +128,7 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     let mut encoded = Encoded::default();
     let mut last_message = Instant::now();
     let mut failures = 0u32;
+    let max_buffered = config.lake.commit_rows.saturating_mul(4);
     let mut recv_errors = 0u32;
     let mut last_stall_check = Instant::now();
     let mut last_end_check = Instant::now();
@@ -142,9 +143,13 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
         loop {
             let wait = writer.time_to_due().clamp(Duration::from_millis(10), Duration::from_millis(200));
             batch.clear();
+            // While commits fail, read no further than 4 x commit-rows ahead: the rows
+            // wait in Kafka, not in memory. (Past max.poll.interval.ms the member leaves
+            // its group and the next owner takes the partitions up from the lake.)
+            let holding = failures > 0 && writer.buffered() >= max_buffered;
             let received = tokio::select! {
                 () = cancel.cancelled() => break,
-                r = consumer.recv_batch(RECV_BATCH, &mut batch) => Some(r),
+                r = consumer.recv_batch(RECV_BATCH, &mut batch), if !holding => Some(r),
                 () = tokio::time::sleep(wait) => None,
             };
             for event in consumer.rebalances() {
