@@ -21,7 +21,6 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
   exit 1
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-need_apt nodejs npm
 web_packages
 export CARGO_TARGET_DIR="$CACHE/fuzz/target"
 cd fuzz
