@@ -112,6 +112,28 @@ fn run(p: &mut Processor, msgs: &[Message]) -> Vec<(i64, Outputs)> {
         .collect()
 }
 
+/// Runs a processor up to `cut`, rebuilds another from its checkpoint, and checks that
+/// the rebuilt one yields, from the cut on, exactly `reference` (the outputs of `whole`,
+/// which never stopped) and checkpoints where `whole` does. Returns the checkpoint.
+fn replay_agrees(processor: &dyn Fn() -> Processor, msgs: &[Message], reference: &[(i64, Outputs)], whole: &Processor, cut: usize, seed: u64) -> Checkpoint {
+    let mut first = processor();
+    run(&mut first, &msgs[..cut]);
+    let cp: Checkpoint = first.checkpoint(cut as i64);
+    assert!(cp.replay_from <= cp.next && cp.replay_from >= 0);
+    let mut second = processor();
+    second.resume(&cp);
+    let replayed = run(&mut second, &msgs[cp.replay_from as usize..]);
+    let after: Vec<_> = replayed.into_iter().filter(|(o, _)| *o >= cp.next).collect();
+    let expected: Vec<_> = reference.iter().filter(|(o, _)| *o >= cp.next).cloned().collect();
+    assert_eq!(after.len(), expected.len());
+    for ((o, got), (_, want)) in after.iter().zip(&expected) {
+        assert_eq!(got, want, "seed {seed} cut {cut}: outputs of offset {o} differ after the replay");
+    }
+    // And the rebuilt processor checkpoints where the original would.
+    assert_eq!(second.checkpoint(msgs.len() as i64), whole.checkpoint(msgs.len() as i64));
+    cp
+}
+
 #[test]
 fn a_processor_rebuilt_from_a_checkpoint_continues_exactly() {
     for seed in 1..=3 {
@@ -137,27 +159,13 @@ fn a_processor_rebuilt_from_a_checkpoint_continues_exactly() {
 
         // Checkpoints taken by a processor that ran up to each cut point.
         for cut in [1, 777, 3_000, 5_555, 9_001, 11_999, 15_432, 19_999] {
-            let mut first = processor();
-            run(&mut first, &msgs[..cut]);
-            let cp: Checkpoint = first.checkpoint(cut as i64);
-            assert!(cp.replay_from <= cp.next && cp.replay_from >= 0);
+            let cp = replay_agrees(&processor, &msgs, &reference, &whole, cut, seed);
             assert!(
                 // The baseline rule keeps a minute of samples: about 55 messages a second.
                 cut - (cp.replay_from as usize) < 5_000,
                 "seed {seed} cut {cut}: replay from {} is too far back",
                 cp.replay_from
             );
-            let mut second = processor();
-            second.resume(&cp);
-            let replayed = run(&mut second, &msgs[cp.replay_from as usize..]);
-            let after: Vec<_> = replayed.into_iter().filter(|(o, _)| *o >= cp.next).collect();
-            let expected: Vec<_> = reference.iter().filter(|(o, _)| *o >= cp.next).cloned().collect();
-            assert_eq!(after.len(), expected.len());
-            for ((o, got), (_, want)) in after.iter().zip(&expected) {
-                assert_eq!(got, want, "seed {seed} cut {cut}: outputs of offset {o} differ after the replay");
-            }
-            // And the rebuilt processor checkpoints where the original would.
-            assert_eq!(second.checkpoint(msgs.len() as i64), whole.checkpoint(msgs.len() as i64));
         }
     }
 }
@@ -187,19 +195,7 @@ fn duplicates_are_decided_the_same_after_a_replay() {
         let duplicates: u64 = reference.iter().map(|(_, o)| o.duplicates).sum();
         assert!(duplicates > 300, "seed {seed}: {duplicates} duplicates");
         for cut in [777, 5_555, 9_001, 15_432] {
-            let mut first = processor();
-            run(&mut first, &msgs[..cut]);
-            let cp = first.checkpoint(cut as i64);
-            let mut second = processor();
-            second.resume(&cp);
-            let replayed = run(&mut second, &msgs[cp.replay_from as usize..]);
-            let after: Vec<_> = replayed.into_iter().filter(|(o, _)| *o >= cp.next).collect();
-            let expected: Vec<_> = reference.iter().filter(|(o, _)| *o >= cp.next).cloned().collect();
-            assert_eq!(after.len(), expected.len());
-            for ((o, got), (_, want)) in after.iter().zip(&expected) {
-                assert_eq!(got, want, "seed {seed} cut {cut}: outputs of offset {o} differ after the replay");
-            }
-            assert_eq!(second.checkpoint(msgs.len() as i64), whole.checkpoint(msgs.len() as i64));
+            replay_agrees(&processor, &msgs, &reference, &whole, cut, seed);
         }
     }
 }
