@@ -323,10 +323,7 @@ pub fn normalize_name(name: &str) -> String {
 
 /// Normalizes the names of a point in place; returns an error if two names collide.
 pub fn normalize_names(point: &mut Point) -> Result<(), String> {
-    let is_clean = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
+    let is_clean = is_normal_name;
     if !is_clean(&point.measurement) {
         point.measurement = normalize_name(&point.measurement);
         if point.measurement.is_empty() || point.measurement.bytes().all(|b| b == b'_') {
@@ -356,10 +353,14 @@ pub fn normalize_names(point: &mut Point) -> Result<(), String> {
     check_names(point)
 }
 
+/// True when `name` is already what [`normalize_name`] makes it.
+fn is_normal_name(name: &str) -> bool {
+    name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// True when `point`'s names are already what [`normalize_names`] makes them.
 pub fn names_are_normal(point: &Point) -> bool {
-    let clean = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    clean(&point.measurement) && point.tags.keys().all(|k| clean(k)) && point.fields.keys().all(|k| clean(k))
+    is_normal_name(&point.measurement) && point.tags.keys().all(|k| is_normal_name(k)) && point.fields.keys().all(|k| is_normal_name(k))
 }
 
 /// Checks normalized names: none reserved, none too long, no name both a tag and a field.

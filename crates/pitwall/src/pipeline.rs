@@ -1044,11 +1044,12 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stat
                     stats.health.commit_ok();
                 }
                 Err(e) => {
-                    failures = stats.health.commit_failed(&format!("{e:#}"));
+                    let error = format!("{e:#}");
+                    failures = stats.health.commit_failed(&error);
                     let backoff = backoff(failures);
                     retry_at = Instant::now() + backoff;
                     tracing::warn!(
-                        error = %format!("{e:#}"),
+                        error = %error,
                         failures,
                         buffered = writer.buffered(),
                         retry_in = ?backoff,

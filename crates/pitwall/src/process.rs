@@ -241,8 +241,9 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                         } else {
                             // Never given up: storage or a catalog down for minutes
                             // loses nothing; /health and the status line say so.
-                            failures = stats.health.commit_failed(&format!("{e:#}"));
-                            tracing::warn!(error = %format!("{e:#}"), failures, buffered = writer.buffered(), "lake commit failed; keeping the rows and retrying");
+                            let error = format!("{e:#}");
+                            failures = stats.health.commit_failed(&error);
+                            tracing::warn!(error = %error, failures, buffered = writer.buffered(), "lake commit failed; keeping the rows and retrying");
                             tokio::time::sleep(crate::pipeline::backoff(failures).min(Duration::from_secs(5))).await;
                         }
                     }
