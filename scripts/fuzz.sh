@@ -3,6 +3,7 @@
 # nightly toolchain:
 #
 #   scripts/fuzz.sh line_protocol 600
+#   scripts/fuzz.sh line_protocol 36000 -runs=10000000   # stop at 10 M executions
 #   scripts/fuzz.sh list
 #
 # Targets: line_protocol, json_payload, telegraf_json, fastf1_csv, write_body_gzip,
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 target="${1:?usage: scripts/fuzz.sh TARGET [SECONDS] (scripts/fuzz.sh list shows the targets)}"
-seconds="${2:-60}"
+seconds="${2:-60}"  # further arguments go to libFuzzer
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "the nightly toolchain is needed: rustup toolchain install nightly" >&2
   exit 1
@@ -34,4 +35,4 @@ mkdir -p "$corpus"
 # coverage and its crash, timeout and memory checks still apply.
 # -rss_limit_mb: the write path holds a body and its messages; 2 GB would mean a leak.
 exec cargo +nightly fuzz run -O -s none "$target" "$corpus" "seeds/$target" -- \
-  -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
+  -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "${@:3}"

@@ -173,7 +173,7 @@ fn bench(c: &mut Criterion) {
                 let p = &mut cycle[i];
                 p.time = T0 + ((round * CYCLE + k) / cars) as i64 * STEP;
                 let mark = Mark { offset: (round * CYCLE + k) as i64, max_time: max };
-                rules.evaluate(&sources[i], p, max.saturating_sub(2_000_000_000), mark, out);
+                rules.evaluate(&sources[i], p, p.time, max.saturating_sub(2_000_000_000), mark, out);
                 rules.advance(p.time - 2_000_000_000, out);
                 max = max.max(p.time);
             }

@@ -25,11 +25,15 @@ pub struct ProcessorConfig {
     /// windows gets a watermark tick: its event time moves on by the time that passed, so
     /// its windows close. Ticks go through the raw topic, so a replay sees them too.
     /// Silence (deadman) rules judge against data only, so a partition that merely ran
-    /// out of data raises nothing. Zero turns ticks off.
+    /// out of data raises nothing. Also how far a source's own clock may trail its
+    /// partition's (event time is per source): a silent source's windows close as the
+    /// others' data moves on. Zero turns ticks off, and every source's clock then
+    /// follows the partition's.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// A source that has sent nothing for this long (event time, against its partition's
-    /// watermark) is forgotten: its rule state is dropped, an open episode stays open.
+    /// clock) is forgotten: its rule state is dropped, an open episode stays open; a
+    /// source's own clock set this long before is let go.
     #[serde(with = "humantime_serde")]
     pub forget_after: Duration,
     /// A point stamped more than this after it was received is rejected: a clock far

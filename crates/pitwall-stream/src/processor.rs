@@ -75,6 +75,10 @@ impl Outputs {
     }
 }
 
+fn nanos(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
 /// Earliest plausible event time: 2000-01-01. Anything before is almost always a
 /// timestamp in seconds or milliseconds sent where nanoseconds were expected.
 pub const EARLIEST: i64 = 946_684_800_000_000_000;
@@ -123,15 +127,170 @@ pub struct Processor {
     enricher: Arc<Enricher>,
     windows: Vec<WindowOperator>,
     rules: RuleEngine,
+    /// The partition's clock: the largest event time of its data, each point's time
+    /// taken no later than when it was received (so a source whose clock runs ahead
+    /// cannot move it), and of its ticks.
     max_time: i64,
-    /// The largest event time of data (ticks aside), from which ticks count.
+    /// The partition's clock from data alone (ticks aside), from which ticks count.
     data_time: i64,
+    /// Each source's own clock, while it is ahead of the partition's (see [`Clocks`]).
+    clocks: Clocks,
     out_of_orderness: i64,
     lateness: i64,
     /// Points taken recently, to know a retry when it comes.
     seen: Seen,
     /// How far behind the horizon points are remembered in `seen`: the longest window.
     remember: i64,
+}
+
+/// Event time per source. A source's events are judged against its own clock: the
+/// largest event time it has sent. So a device whose clock runs minutes ahead makes its
+/// own later points look early, never anyone else's late.
+///
+/// A source that stops sending must still see its windows close, so no source's clock
+/// is behind the partition's clock (the largest event time of the partition's data,
+/// each point counted at most at the time it was received) by more than `idle` (the
+/// processor's idle timeout): a silent source's windows close as the others' data moves
+/// on, as the idle ticks move an idle partition on. A source's own clock matters only
+/// while it is ahead of that floor; and a clock set by a point received long ago
+/// (`forget` before the partition's clock) is let go, so one far-ahead point cannot pin
+/// state or the replay start for long. Both are decided from the partition's clock and
+/// the log alone, so a replay judges every point as the first run did; the checkpoint's
+/// replay start covers the point that set every clock that still matters.
+#[derive(Debug, Default)]
+struct Clocks {
+    /// measurement -> source -> clock. Nested so a lookup borrows the names.
+    by_source: HashMap<Name, HashMap<Name, SourceClock>>,
+    idle: i64,
+    forget: i64,
+    /// When the partition's clock passes this, clocks that no longer matter are dropped.
+    next_sweep: i64,
+    /// When each clock ahead of the partition's is let go (its point received more
+    /// than `forget` before the partition's clock): at most one entry per source,
+    /// moved on when it is due and the source has sent a newer point.
+    due: std::collections::BinaryHeap<std::cmp::Reverse<(i64, Name, Name)>>,
+}
+
+/// What set a source's clock.
+#[derive(Debug, Clone, Copy)]
+struct SourceClock {
+    /// The source's largest event time.
+    time: i64,
+    /// That point's time, at most when it was received.
+    received: i64,
+    /// The message it came in.
+    mark: Mark,
+    /// True while an entry in `Clocks::due` stands for it.
+    queued: bool,
+}
+
+impl Clocks {
+    fn new(idle: i64, forget: i64) -> Self {
+        Clocks {
+            by_source: HashMap::new(),
+            idle,
+            forget,
+            next_sweep: i64::MIN,
+            due: std::collections::BinaryHeap::new(),
+        }
+    }
+
+    /// The lowest any source's clock can be when the partition's clock is `partition`.
+    fn floor(&self, partition: i64) -> i64 {
+        partition.saturating_sub(self.idle)
+    }
+
+    fn matters(&self, c: &SourceClock, partition: i64) -> bool {
+        c.time > self.floor(partition) && c.received.saturating_add(self.forget) >= partition
+    }
+
+    /// The clock of `source` of `measurement`.
+    fn of(&self, measurement: &str, source: &str, partition: i64) -> i64 {
+        let floor = self.floor(partition);
+        match self.by_source.get(measurement).and_then(|m| m.get(source)) {
+            Some(c) if self.matters(c, partition) => c.time,
+            _ => floor,
+        }
+    }
+
+    /// A point of `source` at `time`, received at `received` (at most `time`), in the
+    /// message of `mark`, was taken. True if it moved the source's clock ahead of the
+    /// partition's floor.
+    fn advance(&mut self, measurement: &str, source: &str, time: i64, received: i64, mark: Mark, partition: i64) -> bool {
+        let current = self.of(measurement, source, partition);
+        if time <= current {
+            return false;
+        }
+        let sources = match self.by_source.get_mut(measurement) {
+            Some(s) => s,
+            None => self.by_source.entry(Name::from(measurement)).or_default(),
+        };
+        let clock = match sources.get_mut(source) {
+            Some(c) => c,
+            None => sources.entry(Name::from(source)).or_insert(SourceClock {
+                time,
+                received,
+                mark,
+                queued: false,
+            }),
+        };
+        (clock.time, clock.received, clock.mark) = (time, received, mark);
+        if !clock.queued {
+            clock.queued = true;
+            let at = received.saturating_add(self.forget);
+            self.due.push(std::cmp::Reverse((at, Name::from(measurement), Name::from(source))));
+        }
+        true
+    }
+
+    /// The sources whose clock, still ahead of the partition's floor, is let go now
+    /// that the partition's clock is at `partition`, in a replay's order.
+    fn let_go(&mut self, partition: i64) -> Vec<(Name, Name)> {
+        let mut gone = Vec::new();
+        while let Some(std::cmp::Reverse((at, _, _))) = self.due.peek()
+            && *at < partition
+        {
+            let std::cmp::Reverse((_, measurement, source)) = self.due.pop().expect("peeked");
+            let floor = self.floor(partition);
+            let Some(c) = self.by_source.get_mut(measurement.as_str()).and_then(|m| m.get_mut(source.as_str())) else {
+                continue;
+            };
+            let at = c.received.saturating_add(self.forget);
+            if at >= partition {
+                // A newer point came since: wait for it.
+                self.due.push(std::cmp::Reverse((at, measurement, source)));
+                continue;
+            }
+            c.queued = false;
+            if c.time > floor {
+                gone.push((measurement, source));
+            }
+        }
+        gone
+    }
+
+    /// Drops the clocks that no longer matter, once per `idle` of partition time.
+    fn sweep(&mut self, partition: i64) {
+        if partition < self.next_sweep {
+            return;
+        }
+        self.next_sweep = partition.saturating_add(self.idle.max(1));
+        let (floor, forget) = (self.floor(partition), self.forget);
+        for sources in self.by_source.values_mut() {
+            sources.retain(|_, c| c.time > floor && c.received.saturating_add(forget) >= partition);
+        }
+        self.by_source.retain(|_, s| !s.is_empty());
+    }
+
+    /// The earliest mark a clock that matters was set in.
+    fn earliest(&self, partition: i64) -> Option<Mark> {
+        self.by_source
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|c| self.matters(c, partition))
+            .map(|c| c.mark)
+            .min()
+    }
 }
 
 /// Fingerprints of the points taken while they can still count: a client that re-sends
@@ -261,6 +420,7 @@ impl Processor {
             .max()
             .unwrap_or(0);
         let enricher = config.enricher().expect("the processor config is validated at start");
+        let clocks = Clocks::new(nanos(config.idle_timeout), nanos(config.forget_after));
         Processor {
             out_of_orderness: i64::try_from(config.out_of_orderness.as_nanos()).unwrap_or(i64::MAX),
             lateness,
@@ -273,6 +433,7 @@ impl Processor {
             rules,
             max_time: i64::MIN,
             data_time: i64::MIN,
+            clocks,
             seen: Seen::new(),
             remember,
         }
@@ -291,7 +452,13 @@ impl Processor {
     /// Where a replay must start to rebuild the current state, when the next offset to
     /// process is `next`.
     pub fn checkpoint(&self, next: i64) -> Checkpoint {
-        let earliest = self.windows.iter().filter_map(WindowOperator::earliest).chain(self.rules.earliest()).min();
+        let earliest = self
+            .windows
+            .iter()
+            .filter_map(WindowOperator::earliest)
+            .chain(self.rules.earliest())
+            .chain(self.clocks.earliest(self.max_time))
+            .min();
         match self.seen.replay_start(earliest, next) {
             Some(m) => Checkpoint {
                 next,
@@ -306,9 +473,10 @@ impl Processor {
         }
     }
 
-    /// The event-time watermark: no event older than this is expected any more.
+    /// The partition's event-time watermark: the watermark of a source that has been
+    /// silent a while. A source's own is at or ahead of it (see [`Clocks`]).
     pub fn watermark(&self) -> i64 {
-        self.max_time.saturating_sub(self.out_of_orderness)
+        self.clocks.floor(self.max_time).saturating_sub(self.out_of_orderness)
     }
 
     /// Processes one message, appending what it yields to `out`.
@@ -342,13 +510,19 @@ impl Processor {
                 return;
             }
         };
-        let watermark = self.watermark();
+        let measurement = point.measurement.clone();
+        let clock = self.clocks.of(&measurement, &source_id, self.max_time);
+        let watermark = clock.saturating_sub(self.out_of_orderness);
         let horizon = watermark.saturating_sub(self.lateness);
         let mark = Mark {
             offset: msg.offset,
             max_time: self.max_time,
         };
-        if point.time >= horizon.saturating_sub(self.remember) && !self.seen.insert(point.time, fingerprint(&point), mark) {
+        // The point's time at most when it was received: what the partition's clock,
+        // silence and the memory of points taken go by, so a point far ahead cannot
+        // move them (nor keep itself remembered for as long as it is ahead).
+        let heard = point.time.min(msg.timestamp);
+        if heard >= self.forget_seen_before(self.max_time) && !self.seen.insert(heard, fingerprint(&point), mark) {
             out.duplicates += 1;
             return;
         }
@@ -367,15 +541,31 @@ impl Processor {
         for w in &mut self.windows {
             w.add(&source_id, &point, mark);
         }
-        self.rules.evaluate(&source_id, &point, horizon, mark, &mut out.anomalies);
-        self.data_time = self.data_time.max(point.time);
+        self.rules.evaluate(&source_id, &point, heard, horizon, mark, &mut out.anomalies);
+        if self.clocks.advance(&measurement, &source_id, point.time, heard, mark, self.max_time) {
+            let watermark = point.time.saturating_sub(self.out_of_orderness);
+            for w in &mut self.windows {
+                w.fire_source(&measurement, &source_id, watermark, &mut out.windows);
+            }
+        }
+        self.data_time = self.data_time.max(heard);
         // Silence is judged against the partition's data only, as of this point's time:
         // when every source of a partition stops (the session is over, a backlog is
         // done), none is silent next to the others, and ticks do not make them so. Each
         // call depends on this point alone, so a replay makes the same calls.
-        self.rules.advance(point.time.saturating_sub(self.out_of_orderness), &mut out.anomalies);
-        self.tick(point.time, out);
+        self.rules.advance(heard.saturating_sub(self.out_of_orderness), &mut out.anomalies);
+        self.tick(heard, out);
         out.clean.push(point);
+    }
+
+    /// Points older than this are not remembered for duplicates when the partition's
+    /// clock is at `partition`: behind every source's horizon by the longest window.
+    fn forget_seen_before(&self, partition: i64) -> i64 {
+        self.clocks
+            .floor(partition)
+            .saturating_sub(self.out_of_orderness)
+            .saturating_sub(self.lateness)
+            .saturating_sub(self.remember)
     }
 
     /// Moves event time on to `time` if it is ahead, as data does and as a watermark
@@ -384,22 +574,34 @@ impl Processor {
     pub fn tick(&mut self, time: i64, out: &mut Outputs) {
         if time > self.max_time {
             self.max_time = time;
+            // Sources ahead of the partition whose clock is let go now: their windows
+            // close (nothing newer of theirs is expected).
+            for (measurement, source) in self.clocks.let_go(time) {
+                for w in &mut self.windows {
+                    w.fire_source(&measurement, &source, i64::MAX, &mut out.windows);
+                }
+            }
             let watermark = self.watermark();
             for w in &mut self.windows {
                 w.fire(watermark, &mut out.windows);
             }
-            self.seen.forget_before(watermark.saturating_sub(self.lateness).saturating_sub(self.remember));
+            self.seen.forget_before(self.forget_seen_before(time));
+            self.clocks.sweep(time);
         }
     }
 
-    /// The event time a tick should carry after the partition has been idle for `idle`
-    /// (the newest data's time plus `idle`); `None` when no window is open or no data
-    /// was seen yet.
+    /// The event time a tick should carry after the partition has been idle for `idle`:
+    /// the newest data's time plus `idle`, plus the idle timeout by which silent sources'
+    /// clocks trail the partition's, so every source's watermark moves on by `idle`.
+    /// `None` when no window is open or no data was seen yet.
     pub fn idle_tick_time(&self, idle: std::time::Duration) -> Option<i64> {
         if self.data_time == i64::MIN || self.open_windows() == 0 {
             return None;
         }
-        let time = self.data_time.saturating_add(i64::try_from(idle.as_nanos()).unwrap_or(i64::MAX));
+        let time = self
+            .data_time
+            .saturating_add(nanos(idle))
+            .saturating_add(self.clocks.idle);
         (time > self.max_time).then_some(time)
     }
 

@@ -64,7 +64,8 @@ struct State {
 #[derive(Debug)]
 struct Source {
     name: String,
-    /// Its largest event time, to forget it once silent for `forget_after`.
+    /// Its largest event time (at most when heard), to forget it once silent for
+    /// `forget_after`.
     last_time: i64,
 }
 
@@ -214,13 +215,15 @@ impl RuleEngine {
     /// Evaluates every rule on `point` from `source_id`, appending episode starts and
     /// ends to `out`. `horizon` is the earliest event time a later event can still have
     /// (events before it are late and never reach the rules); `mark` is the message
-    /// `point` came in.
-    pub fn evaluate(&mut self, source_id: &str, point: &Point, horizon: i64, mark: Mark, out: &mut Vec<AnomalyRecord>) {
+    /// `point` came in. `heard` is the point's time, at most when it was received: the
+    /// clock silence and forgetting are judged on, which a source whose clock runs ahead
+    /// cannot move (the partition's clock, see [`Self::advance`]).
+    pub fn evaluate(&mut self, source_id: &str, point: &Point, heard: i64, horizon: i64, mark: Mark, out: &mut Vec<AnomalyRecord>) {
         // Only measurements with rules take a slot.
         let Some(&group) = self.by_measurement.get(&point.measurement) else {
             return;
         };
-        let slot = self.slot(source_id, point.time);
+        let slot = self.slot(source_id, heard);
         for k in 0..self.groups[group].len() {
             let i = self.groups[group][k];
             let rule = &self.rules[i];
@@ -230,20 +233,22 @@ impl RuleEngine {
                     continue;
                 }
                 if let (Some(ep), Some((t, _))) = (state.active, state.seen) {
-                    let gap = point.time - t;
-                    out.push(record(rule, source_id, Phase::End, ep.time, Some(point.time), secs(gap), secs(nanos(*silence)), format!(
+                    let gap = heard - t;
+                    out.push(record(rule, source_id, Phase::End, ep.time, Some(heard), secs(gap), secs(nanos(*silence)), format!(
                         "{} reported again after {:.1} s of silence",
                         field.as_deref().unwrap_or(source_id),
                         secs(gap)
                     )));
                     state.active = None;
+                    // Due again from here: `advance` skipped it while it was on.
+                    self.next_due = self.next_due.min(heard.saturating_add(nanos(*silence)));
                 }
-                let newest = state.seen.is_none_or(|(t, _)| point.time >= t);
+                let newest = state.seen.is_none_or(|(t, _)| heard >= t);
                 if newest {
                     if state.seen.is_none() {
-                        self.next_due = self.next_due.min(point.time.saturating_add(nanos(*silence)));
+                        self.next_due = self.next_due.min(heard.saturating_add(nanos(*silence)));
                     }
-                    state.seen = Some((point.time, mark));
+                    state.seen = Some((heard, mark));
                 }
                 continue;
             }
@@ -308,16 +313,18 @@ impl RuleEngine {
                     None => src.name.clone(),
                 };
                 let rule = &self.rules[i];
-                let silent = secs(watermark - t);
+                // The row says what the silence was when it became an episode (the
+                // limit), not when other sources' data revealed it: that depends on
+                // their timing, and the row must not.
                 out.push(record(
                     rule,
                     &src.name,
                     Phase::Start,
                     at,
                     None,
-                    silent,
                     secs(limit),
-                    format!("{what} has sent nothing for over {silent:.1} s (limit {silence:?})"),
+                    secs(limit),
+                    format!("{what} has sent nothing for {silence:?}, its limit"),
                 ));
                 state.active = Some(Episode { mark: seen_mark, time: at });
             }

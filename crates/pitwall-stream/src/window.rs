@@ -241,8 +241,14 @@ struct Pane {
     aggs: SortedMap<Name, Agg>,
 }
 
-/// Panes of one source, by pane start.
-type Series = BTreeMap<i64, Pane>;
+/// Panes of one source, by pane start, and how far its own clock has fired them.
+#[derive(Debug, Default)]
+struct Series {
+    panes: BTreeMap<i64, Pane>,
+    /// The horizon this source's windows last fired at by its own clock (see
+    /// [`WindowOperator::fire_source`]); the operator's `fired_until` covers the rest.
+    fired_until: i64,
+}
 
 /// A window that fired, before it becomes rows.
 type Fired = (i64, Name, Name, SortedMap<Name, Agg>);
@@ -315,9 +321,13 @@ impl WindowOperator {
         };
         let series = match sources.get_mut(source_id) {
             Some(s) => s,
-            None => sources.entry(Name::from(source_id)).or_default(),
+            None => sources.entry(Name::from(source_id)).or_insert_with(|| Series {
+                panes: BTreeMap::new(),
+                fired_until: i64::MIN,
+            }),
         };
         let aggs = &mut series
+            .panes
             .entry(pane_start)
             .or_insert_with(|| Pane {
                 since: mark,
@@ -372,6 +382,30 @@ impl WindowOperator {
         self.fire_until(horizon, out);
     }
 
+    /// Emits, like [`Self::fire`], the windows of one source whose own clock has moved
+    /// its watermark to `watermark` (ahead of the partition's, see the processor).
+    pub fn fire_source(&mut self, measurement: &str, source_id: &str, watermark: i64, out: &mut Vec<WindowRecord>) {
+        let horizon = watermark.saturating_sub(self.lateness);
+        let after = self.fired_until;
+        let Some(sources) = self.open.get_mut(measurement) else { return };
+        let Some(mut series) = sources.remove(source_id) else { return };
+        if horizon <= series.fired_until.max(after) {
+            sources.insert(Name::from(source_id), series);
+            return;
+        }
+        let mut fired: Vec<Fired> = Vec::new();
+        let (measurement, source) = (Name::from(measurement), Name::from(source_id));
+        self.fire_series(&mut series, after, horizon, &mut |start, aggs| {
+            fired.push((start, measurement.clone(), source.clone(), aggs));
+        });
+        if !series.panes.is_empty()
+            && let Some(sources) = self.open.get_mut(measurement.as_str())
+        {
+            sources.insert(source, series);
+        }
+        self.emit(fired, out);
+    }
+
     /// Emits every window that has data and has not fired (end of input).
     pub fn fire_all(&mut self, out: &mut Vec<WindowRecord>) {
         self.fire_until(i64::MAX, out);
@@ -383,27 +417,23 @@ impl WindowOperator {
         let mut next_end = i64::MAX;
         let mut open = std::mem::take(&mut self.open);
         for (measurement, sources) in &mut open {
-            for (source, panes) in sources.iter_mut() {
-                self.fire_series(panes, after, horizon, &mut |start, aggs| {
+            for (source, series) in sources.iter_mut() {
+                let n = self.fire_series(series, after, horizon, &mut |start, aggs| {
                     fired.push((start, measurement.clone(), source.clone(), aggs));
                 });
-                // Panes whose last window has fired are done.
-                while let Some(entry) = panes.first_entry() {
-                    let last_end = self.end_of(entry.key().div_euclid(self.slide));
-                    if last_end > horizon {
-                        let first = self.first_window(*entry.key()).max(self.first_window(horizon));
-                        next_end = next_end.min(self.end_of(first));
-                        break;
-                    }
-                    entry.remove();
-                }
+                next_end = next_end.min(n);
             }
-            sources.retain(|_, panes| !panes.is_empty());
+            sources.retain(|_, series| !series.panes.is_empty());
         }
         open.retain(|_, s| !s.is_empty());
         self.open = open;
         self.fired_until = self.fired_until.max(horizon);
         self.next_end = next_end;
+        self.emit(fired, out);
+    }
+
+    /// Turns fired windows into rows, in a deterministic order.
+    fn emit(&self, mut fired: Vec<Fired>, out: &mut Vec<WindowRecord>) {
         fired.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
         out.reserve(fired.iter().map(|f| f.3.len()).sum());
         for (start, measurement, source, aggs) in fired {
@@ -433,8 +463,30 @@ impl WindowOperator {
     }
 
     /// Calls `emit` for each window of one source with data whose end is in
-    /// (`after`, `horizon`], merging its panes.
-    fn fire_series(&self, panes: &Series, after: i64, horizon: i64, emit: &mut impl FnMut(i64, SortedMap<Name, Agg>)) {
+    /// (`after`, `horizon`] (and after what the source fired by its own clock), merging
+    /// its panes; drops the panes whose last window has fired. Returns the smallest end
+    /// of a window still to fire (`i64::MAX` if none).
+    fn fire_series(&self, series: &mut Series, after: i64, horizon: i64, emit: &mut impl FnMut(i64, SortedMap<Name, Agg>)) -> i64 {
+        let after = after.max(series.fired_until);
+        if horizon > after {
+            self.fire_panes(&series.panes, after, horizon, emit);
+        }
+        let horizon = horizon.max(after);
+        series.fired_until = horizon;
+        while let Some(entry) = series.panes.first_entry() {
+            let last_end = self.end_of(entry.key().div_euclid(self.slide));
+            if last_end > horizon {
+                let first = self.first_window(*entry.key()).max(self.first_window(horizon));
+                return self.end_of(first);
+            }
+            entry.remove();
+        }
+        i64::MAX
+    }
+
+    /// Calls `emit` for each window with data in `panes` whose end is in (`after`,
+    /// `horizon`], merging its panes.
+    fn fire_panes(&self, panes: &BTreeMap<i64, Pane>, after: i64, horizon: i64, emit: &mut impl FnMut(i64, SortedMap<Name, Agg>)) {
         let (Some((&first, _)), Some((&last, _))) = (panes.first_key_value(), panes.last_key_value()) else {
             return;
         };
@@ -479,13 +531,13 @@ impl WindowOperator {
         self.open
             .values()
             .flat_map(HashMap::values)
-            .flat_map(BTreeMap::values)
+            .flat_map(|s| s.panes.values())
             .map(|p| p.since)
             .min()
     }
 
     /// Number of open panes, for status.
     pub fn open_windows(&self) -> usize {
-        self.open.values().flat_map(HashMap::values).map(BTreeMap::len).sum()
+        self.open.values().flat_map(HashMap::values).map(|s| s.panes.len()).sum()
     }
 }

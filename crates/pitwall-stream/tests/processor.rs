@@ -308,9 +308,11 @@ fn idle_ticks_close_windows_and_silence_waits_for_data() {
         payload: Bytes::from(pitwall_stream::tick_payload(time)),
         timestamp: time,
     };
-    // Idle for 5 s: event time 19 + 5 = 24 s, watermark 22 s: [10, 20) closes.
+    // Idle for 5 s: the partition's clock goes to 19 + 5 s plus the idle timeout (30 s)
+    // by which a silent source's clock trails it, so each source's clock is at 24 s,
+    // its watermark 22 s: [10, 20) closes.
     let t = p.idle_tick_time(Duration::from_secs(5)).unwrap();
-    assert_eq!(t, T0 + 24 * S);
+    assert_eq!(t, T0 + 54 * S);
     let mut after = Outputs::default();
     p.process(&tick(40, t), &mut after);
     assert_eq!(fired(&after), [(10, "s1".to_owned()), (10, "s2".to_owned())]);

@@ -22,12 +22,20 @@ const T0: i64 = 1_767_225_600_000_000_000;
 /// time, some up to 1.5 s behind (within the 2 s bound), a few 2 to 6 s behind (late or
 /// nearly).
 fn messages(seed: u64, n: usize) -> Vec<Message> {
-    messages_with(seed, n, 0)
+    messages_with(seed, n, 0, false)
+}
+
+/// A source's clock error when clocks are skewed: most are right, some run ahead (by
+/// less and more than the idle timeout, and past `forget_after`), some behind.
+fn skew_of(source: &str) -> i64 {
+    const S: i64 = 1_000_000_000;
+    [0, 5 * S, 0, 90 * S, -12 * S, 700 * S, 0, -45 * S][source.bytes().map(usize::from).sum::<usize>() % 8]
 }
 
 /// As [`messages`], with `retry_pct` per cent of the points sent again up to 3 s later,
-/// as a client's retry does.
-fn messages_with(seed: u64, n: usize, retry_pct: u32) -> Vec<Message> {
+/// as a client's retry does, and if `skewed`, each source's clock off by [`skew_of`]
+/// (its points arrive when they would, stamped by the wrong clock).
+fn messages_with(seed: u64, n: usize, retry_pct: u32, skewed: bool) -> Vec<Message> {
     let config = RaceConfig {
         cars: 3,
         faults_per_car_minute: 3.0,
@@ -52,7 +60,12 @@ fn messages_with(seed: u64, n: usize, retry_pct: u32) -> Vec<Message> {
                 80..97 => rng.random_range(0..1_500_000_000),
                 _ => rng.random_range(2_000_000_000..6_000_000_000),
             };
-            (p.time + delay, p)
+            let arrival = p.time + delay;
+            let mut p = p;
+            if skewed {
+                p.time += skew_of(p.tags.get("driver").or(p.tags.get("sensor_id")).unwrap());
+            }
+            (arrival, p)
         })
         .collect();
     let mut retries: Vec<(i64, Point)> = Vec::new();
@@ -189,13 +202,45 @@ fn duplicates_are_decided_the_same_after_a_replay() {
     config.rules.retain(|r| !matches!(r, pitwall_stream::RuleConfig::Baseline { .. }));
     let processor = || Processor::new(Arc::new(config.clone()), SchemaRegistry::default(), "telemetry.raw", 0);
     for seed in 1..=3 {
-        let msgs = messages_with(seed, 20_000, 5);
+        let msgs = messages_with(seed, 20_000, 5, false);
         let mut whole = processor();
         let reference = run(&mut whole, &msgs);
         let duplicates: u64 = reference.iter().map(|(_, o)| o.duplicates).sum();
         assert!(duplicates > 300, "seed {seed}: {duplicates} duplicates");
         for cut in [777, 5_555, 9_001, 15_432] {
             replay_agrees(&processor, &msgs, &reference, &whole, cut, seed);
+        }
+    }
+}
+
+/// Sources whose clocks run ahead and behind (by less and more than the idle timeout,
+/// one past `forget_after`): each is judged by its own clock, and a rebuilt processor
+/// still agrees with the uninterrupted one. Also with windows and rules on cars only,
+/// where nothing but its clock holds a sensor's state.
+#[test]
+fn skewed_source_clocks_are_rebuilt_exactly_by_a_replay() {
+    let mut config = config();
+    config.rules.retain(|r| !matches!(r, pitwall_stream::RuleConfig::Baseline { .. }));
+    let mut cars_only = config.clone();
+    cars_only.rules.retain(|r| r.measurement() == "car");
+    for w in &mut cars_only.windows {
+        w.measurements = vec!["car".into()];
+    }
+    for (name, config) in [("all", config), ("cars only", cars_only)] {
+        let processor = || Processor::new(Arc::new(config.clone()), SchemaRegistry::default(), "telemetry.raw", 0);
+        for seed in 1..=2 {
+            let msgs = messages_with(seed, 20_000, 2, true);
+            let mut whole = processor();
+            let reference = run(&mut whole, &msgs);
+            let windows_of = |skew: i64| reference.iter().flat_map(|(_, o)| &o.windows).filter(|w| skew_of(&w.source_id) == skew).count();
+            if name == "all" {
+                for skew in [0, 5_000_000_000, 90_000_000_000, -12_000_000_000, 700_000_000_000] {
+                    assert!(windows_of(skew) > 10, "seed {seed}: sources {skew} ns off have {} windows", windows_of(skew));
+                }
+            }
+            for cut in [777, 5_555, 9_001, 15_432, 19_999] {
+                replay_agrees(&processor, &msgs, &reference, &whole, cut, seed);
+            }
         }
     }
 }
