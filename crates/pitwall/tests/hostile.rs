@@ -1,6 +1,6 @@
 //! One hostile client against the real binary: `pitwall up` with a token, then every
 //! probe that stopped or bloated the process before (deep SQL, a memory-hungry query, a
-//! bad-line flood, a gzip bomb, a future-stamped point, over-long and colliding names,
+//! bad-line flood, a gzip bomb, a future-stamped point, sources whose clocks run ahead, over-long and colliding names,
 //! idle and slow connections, random bytes on every route, a cross-origin write, more
 //! connections than the cap) while good points are written before, during and after.
 //! Afterwards the process is alive, `/ping` answers within 100 ms, its peak RSS stayed
@@ -74,10 +74,18 @@ impl Probe<'_> {
 }
 
 /// `n` good points at `first`, one source each of seven, on their own times.
+/// Now, in nanoseconds since the epoch.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+}
+
+/// `n` good points stamped as a device with a right clock would: just before they are
+/// sent, a microsecond apart (so every point's time is its own).
 fn good(first: i64, n: i64) -> Vec<u8> {
     let mut lp = String::new();
+    let base = now_ns() - 100_000_000;
     for i in first..first + n {
-        lp.push_str(&format!("press,host=p{} temp={}.5 {}\n", i % 7, i % 90, T0 + i * 1_000_000));
+        lp.push_str(&format!("press,host=p{} temp={}.5 {}\n", i % 7, i % 90, base + (i - first) * 1_000));
     }
     lp.into_bytes()
 }
@@ -144,6 +152,12 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
     let future = format!("press,host=p1 temp=1 {}\n", T0 + 5 * 365 * 86_400 * 1_000_000_000).into_bytes();
     let a = p.run("point 5 years ahead", p.post("/api/v2/write", future, &[])).await;
     assert!(a.starts_with("400") && a.contains("processor.max-future"), "{a}");
+    // Devices whose clocks run 10 minutes ahead, on every partition: accepted, judged
+    // by their own clocks, and the good points written after them are not late.
+    let ahead: String = (0..16).map(|h| format!("press,host=skew{h} temp=1 {}\n", now_ns() + 600 * 1_000_000_000)).collect();
+    let a = p.run("16 sources 10 minutes ahead", p.post("/api/v2/write", ahead.into_bytes(), &[])).await;
+    assert!(a.starts_with("204"), "{a}");
+    write_good(500).await;
     let names = format!("{},host=a v=1\npress,host=p1,temp=hot v=1\npress,host=p1 host=1\npress,host=p1 time_day=1\n", "m".repeat(300)).into_bytes();
     let a = p.run("over-long, colliding names", p.post("/api/v2/write", names, &[])).await;
     assert!(a.starts_with("400") && a.contains("\"accepted\":0"), "{a}");
@@ -282,7 +296,11 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
     assert!(!log.contains("panicked"), "{log}");
     let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
     let q = Query::new(&lake).await.unwrap();
-    let counts = rows(&q, "SELECT count(*) AS n, count(DISTINCT time) AS times FROM clean.press").await;
+    let counts = rows(&q, "SELECT count(*) AS n, count(DISTINCT time) AS times FROM clean.press WHERE host LIKE 'p%'").await;
+    let skewed = rows(&q, "SELECT count(*) AS n FROM clean.press WHERE host LIKE 'skew%'").await;
+    assert_eq!(skewed[0]["n"], 16, "the sources ahead are data too: {skewed:?}");
+    let late = rows(&q, "SELECT count(*) AS n FROM quarantine.late").await;
+    assert_eq!(late[0]["n"], 0, "nothing late: {late:?}");
     assert_eq!(counts[0]["n"], written, "every good point: {counts:?}");
     assert_eq!(counts[0]["times"], written, "each once: {counts:?}");
     let tables = rows(&q, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'clean'").await;
