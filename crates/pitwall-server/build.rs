@@ -5,9 +5,14 @@
 use std::path::PathBuf;
 
 fn main() {
-    let web = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("web");
+    let web =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("web");
     let dist = web.join("node_modules/uplot/dist");
-    for (file, var) in [("uPlot.iife.min.js", "PITWALL_UPLOT_JS"), ("uPlot.min.css", "PITWALL_UPLOT_CSS")] {
+    for (file, var) in [
+        ("uPlot.iife.min.js", "PITWALL_UPLOT_JS"),
+        ("uPlot.min.css", "PITWALL_UPLOT_CSS"),
+    ] {
         let path = dist.join(file);
         if !path.is_file() {
             panic!(
@@ -20,5 +25,8 @@ fn main() {
         println!("cargo:rustc-env={var}={}", path.display());
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    println!("cargo:rerun-if-changed={}", web.join("package-lock.json").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        web.join("package-lock.json").display()
+    );
 }

@@ -18,12 +18,16 @@ use bytes::Bytes;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseRecord, DeliveryResult, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
+};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 
@@ -117,13 +121,20 @@ impl KafkaConfig {
     /// Checks the settings librdkafka would only reject later, naming the key.
     pub fn validate(&self) -> Result<()> {
         if self.brokers.trim().is_empty() {
-            return Err(config_error("brokers", "is empty; give host:port of at least one broker".into()));
+            return Err(config_error(
+                "brokers",
+                "is empty; give host:port of at least one broker".into(),
+            ));
         }
         let protocols = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
         if !protocols.contains(&self.security_protocol.as_str()) {
             return Err(config_error(
                 "security-protocol",
-                format!("is {:?}; use one of {}", self.security_protocol, protocols.join(", ")),
+                format!(
+                    "is {:?}; use one of {}",
+                    self.security_protocol,
+                    protocols.join(", ")
+                ),
             ));
         }
         if self.security_protocol.starts_with("sasl") {
@@ -132,36 +143,64 @@ impl KafkaConfig {
                 other => {
                     return Err(config_error(
                         "sasl-mechanism",
-                        format!("is {other:?}; with a sasl_* security protocol use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+                        format!(
+                            "is {other:?}; with a sasl_* security protocol use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                        ),
                     ));
                 }
             }
             if self.sasl_username.is_none() || self.sasl_password.is_none() {
-                return Err(config_error("sasl-username", "SASL needs sasl-username and sasl-password".into()));
+                return Err(config_error(
+                    "sasl-username",
+                    "SASL needs sasl-username and sasl-password".into(),
+                ));
             }
         }
         let codecs = ["lz4", "zstd", "snappy", "gzip", "none"];
         if !codecs.contains(&self.compression.as_str()) {
             return Err(config_error(
                 "compression",
-                format!("is {:?}; use one of {}", self.compression, codecs.join(", ")),
+                format!(
+                    "is {:?}; use one of {}",
+                    self.compression,
+                    codecs.join(", ")
+                ),
             ));
         }
         if self.fetch_wait > Duration::from_secs(300) {
-            return Err(config_error("fetch-wait", format!("is {:?}; use at most 300s (librdkafka's limit), e.g. \"10ms\"", self.fetch_wait)));
+            return Err(config_error(
+                "fetch-wait",
+                format!(
+                    "is {:?}; use at most 300s (librdkafka's limit), e.g. \"10ms\"",
+                    self.fetch_wait
+                ),
+            ));
         }
-        let message_max = self.properties.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+        let message_max = self
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
         if self.fetch_bytes < message_max {
             return Err(config_error(
                 "fetch-bytes",
-                format!("is {}; use at least message.max.bytes ({message_max}), e.g. 2097152", self.fetch_bytes),
+                format!(
+                    "is {}; use at least message.max.bytes ({message_max}), e.g. 2097152",
+                    self.fetch_bytes
+                ),
             ));
         }
         if self.partitions < 1 {
-            return Err(config_error("partitions", format!("is {}; use 1 or more", self.partitions)));
+            return Err(config_error(
+                "partitions",
+                format!("is {}; use 1 or more", self.partitions),
+            ));
         }
         if self.replication_factor < 1 {
-            return Err(config_error("replication-factor", format!("is {}; use 1 or more", self.replication_factor)));
+            return Err(config_error(
+                "replication-factor",
+                format!("is {}; use 1 or more", self.replication_factor),
+            ));
         }
         Ok(())
     }
@@ -182,7 +221,11 @@ impl KafkaConfig {
         opt(&mut c, "sasl.password", self.sasl_password.clone());
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
         opt(&mut c, "ssl.ca.location", path(&self.ssl_ca_location));
-        opt(&mut c, "ssl.certificate.location", path(&self.ssl_certificate_location));
+        opt(
+            &mut c,
+            "ssl.certificate.location",
+            path(&self.ssl_certificate_location),
+        );
         opt(&mut c, "ssl.key.location", path(&self.ssl_key_location));
         for (k, v) in &self.properties {
             c.set(k, v);
@@ -214,7 +257,10 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", self.fetch_wait.as_millis().max(1).to_string())
+            .set(
+                "fetch.wait.max.ms",
+                self.fetch_wait.as_millis().max(1).to_string(),
+            )
             .set("fetch.max.bytes", self.fetch_bytes.to_string());
         for (k, v) in &self.properties {
             c.set(k, v);
@@ -253,7 +299,13 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<()> 
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .filter(|t| !existing.iter().any(|e| e == *t))
-        .map(|t| NewTopic::new(t, config.partitions, TopicReplication::Fixed(config.replication_factor)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                config.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
         .collect();
     if new.is_empty() {
         return Ok(());
@@ -266,7 +318,13 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<()> 
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(kafka_error(&format!("creating topic {topic}"), &config.brokers, code)),
+            Err((topic, code)) => {
+                return Err(kafka_error(
+                    &format!("creating topic {topic}"),
+                    &config.brokers,
+                    code,
+                ));
+            }
         }
     }
     Ok(())
@@ -281,7 +339,9 @@ pub struct KafkaProducer {
 
 impl std::fmt::Debug for KafkaProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaProducer").field("topic", &self.topic).finish()
+        f.debug_struct("KafkaProducer")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
@@ -302,7 +362,12 @@ impl KafkaProducer {
     /// Sends one message and waits until the brokers acknowledged it (acks=all). While
     /// the brokers are away, librdkafka keeps retrying within its delivery timeout.
     /// Returns the partition and offset it was written at.
-    pub async fn send(&self, key: Option<&[u8]>, payload: &[u8], timestamp_ns: i64) -> Result<(u32, i64)> {
+    pub async fn send(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        timestamp_ns: i64,
+    ) -> Result<(u32, i64)> {
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
             .payload(payload)
             .timestamp(timestamp_ns.div_euclid(1_000_000));
@@ -311,7 +376,11 @@ impl KafkaProducer {
         }
         match self.inner.send(record, Timeout::Never).await {
             Ok(delivery) => Ok((delivery.partition as u32, delivery.offset)),
-            Err((e, _)) => Err(kafka_error(&format!("sending to {}", self.topic), &self.brokers, e)),
+            Err((e, _)) => Err(kafka_error(
+                &format!("sending to {}", self.topic),
+                &self.brokers,
+                e,
+            )),
         }
     }
 
@@ -324,7 +393,8 @@ impl KafkaProducer {
         payload: &[u8],
         timestamp_ns: i64,
     ) -> Result<impl Future<Output = Result<(u32, i64)>> + use<>> {
-        self.enqueue_to(&self.topic, key, payload, timestamp_ns).await
+        self.enqueue_to(&self.topic, key, payload, timestamp_ns)
+            .await
     }
 
     /// [`Self::enqueue`] to another topic than the producer's own.
@@ -349,31 +419,61 @@ impl KafkaProducer {
                     return Ok(async move {
                         match delivery.await {
                             Ok(Ok(d)) => Ok((d.partition as u32, d.offset)),
-                            Ok(Err((e, _))) => Err(kafka_error(&format!("sending to {topic}"), &brokers, e)),
-                            Err(_) => Err(kafka_error(&format!("sending to {topic}"), &brokers, "the producer was dropped")),
+                            Ok(Err((e, _))) => {
+                                Err(kafka_error(&format!("sending to {topic}"), &brokers, e))
+                            }
+                            Err(_) => Err(kafka_error(
+                                &format!("sending to {topic}"),
+                                &brokers,
+                                "the producer was dropped",
+                            )),
                         }
                     });
                 }
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((e, _)) => return Err(kafka_error(&format!("sending to {topic}"), &self.brokers, e)),
+                Err((e, _)) => {
+                    return Err(kafka_error(
+                        &format!("sending to {topic}"),
+                        &self.brokers,
+                        e,
+                    ));
+                }
             }
         }
     }
 
     /// Sends one message to `partition` of `topic` (not where its key would go) and waits
     /// for its acknowledgement; returns its offset.
-    pub async fn send_to_partition(&self, topic: &str, partition: u32, key: &[u8], payload: &[u8], timestamp_ns: i64) -> Result<i64> {
+    pub async fn send_to_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        key: &[u8],
+        payload: &[u8],
+        timestamp_ns: i64,
+    ) -> Result<i64> {
         let record = FutureRecord::<[u8], [u8]>::to(topic)
             .partition(partition as i32)
             .key(key)
             .payload(payload)
             .timestamp(timestamp_ns.div_euclid(1_000_000));
-        match self.inner.send(record, Timeout::After(Duration::from_secs(30))).await {
+        match self
+            .inner
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+        {
             Ok(delivery) => Ok(delivery.offset),
-            Err((e, _)) => Err(kafka_error(&format!("sending to {topic} partition {partition}"), &self.brokers, e)),
+            Err((e, _)) => Err(kafka_error(
+                &format!("sending to {topic} partition {partition}"),
+                &self.brokers,
+                e,
+            )),
         }
     }
 
@@ -398,7 +498,10 @@ struct Deliveries {
 
 impl Deliveries {
     fn total(&self) -> usize {
-        self.in_flight.iter().map(|n| n.load(Ordering::Acquire)).sum()
+        self.in_flight
+            .iter()
+            .map(|n| n.load(Ordering::Acquire))
+            .sum()
     }
 }
 
@@ -412,7 +515,11 @@ impl ProducerContext for CountingContext {
     type DeliveryOpaque = usize;
     fn delivery(&self, result: &DeliveryResult<'_>, parity: usize) {
         if let Err((e, m)) = result {
-            let mut failed = self.0.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut failed = self
+                .0
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             failed.get_or_insert_with(|| format!("sending to {}: {e}", m.topic()));
         }
         self.0.in_flight[parity & 1].fetch_sub(1, Ordering::AcqRel);
@@ -437,7 +544,9 @@ pub struct Mark(usize);
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaPublisher").field("in_flight", &self.in_flight()).finish()
+        f.debug_struct("KafkaPublisher")
+            .field("in_flight", &self.in_flight())
+            .finish()
     }
 }
 
@@ -459,7 +568,13 @@ impl KafkaPublisher {
 
     /// Queues one message for `topic`; waits while librdkafka's queue is full. Messages
     /// are queued in call order, so a key's messages stay in order.
-    pub async fn publish(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], timestamp_ns: i64) -> Result<()> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        timestamp_ns: i64,
+    ) -> Result<()> {
         let parity = self.epoch.load(Ordering::Acquire) & 1;
         let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, parity)
             .payload(payload)
@@ -472,13 +587,20 @@ impl KafkaPublisher {
         loop {
             match self.inner.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err((e, _)) => {
                     counter.fetch_sub(1, Ordering::AcqRel);
-                    return Err(kafka_error(&format!("sending to {topic}"), &self.brokers, e));
+                    return Err(kafka_error(
+                        &format!("sending to {topic}"),
+                        &self.brokers,
+                        e,
+                    ));
                 }
             }
         }
@@ -500,7 +622,8 @@ impl KafkaPublisher {
     /// since may still be in flight); then reports the first delivery that failed, if any.
     pub async fn delivered_before(&self, mark: Mark) -> Result<()> {
         let counter = &self.deliveries.in_flight[mark.0 & 1];
-        self.wait_deliveries(|| counter.load(Ordering::Acquire) == 0).await
+        self.wait_deliveries(|| counter.load(Ordering::Acquire) == 0)
+            .await
     }
 
     /// Waits until at most `n` messages are unacknowledged; then reports the first
@@ -535,7 +658,12 @@ impl KafkaPublisher {
             }
             let _ = tokio::time::timeout(next_word.saturating_sub(waited), changed).await;
         }
-        let failed = self.deliveries.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let failed = self
+            .deliveries
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         match failed {
             Some(e) => Err(Error::Kafka(format!("{e} (brokers {})", self.brokers))),
             None => Ok(()),
@@ -577,15 +705,25 @@ pub struct GroupContext {
 
 impl std::fmt::Debug for GroupContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupContext").field("start_hook", &self.start.is_some()).finish()
+        f.debug_struct("GroupContext")
+            .field("start_hook", &self.start.is_some())
+            .finish()
     }
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let parts: Vec<(String, u32)> = tpl
             .elements()
             .iter()
@@ -603,9 +741,15 @@ impl ConsumerContext for GroupContext {
                     match start {
                         Ok(offset) => {
                             if offset >= 0
-                                && let Err(e) = tpl.set_partition_offset(topic, *partition as i32, Offset::Offset(offset))
+                                && let Err(e) = tpl.set_partition_offset(
+                                    topic,
+                                    *partition as i32,
+                                    Offset::Offset(offset),
+                                )
                             {
-                                failed = Some(format!("setting the start offset of {topic}/{partition}: {e}"));
+                                failed = Some(format!(
+                                    "setting the start offset of {topic}/{partition}: {e}"
+                                ));
                             }
                             assigned.push((topic.clone(), *partition, offset));
                         }
@@ -615,7 +759,11 @@ impl ConsumerContext for GroupContext {
                 match failed {
                     Some(reason) => Rebalance::Failed(reason),
                     None => {
-                        let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                        let r = if cooperative {
+                            consumer.incremental_assign(tpl)
+                        } else {
+                            consumer.assign(tpl)
+                        };
                         match r {
                             Ok(()) => Rebalance::Assigned(assigned),
                             Err(e) => Rebalance::Failed(format!("assigning {parts:?}: {e}")),
@@ -624,7 +772,11 @@ impl ConsumerContext for GroupContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "unassigning revoked partitions");
                 }
@@ -636,7 +788,10 @@ impl ConsumerContext for GroupContext {
             }
         };
         tracing::info!(?event, "consumer group rebalance");
-        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(event);
         self.pending.store(true, Ordering::Release);
     }
 }
@@ -648,7 +803,11 @@ fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
         offset: m.offset(),
         key: m.key().map(Bytes::copy_from_slice),
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-        timestamp: m.timestamp().to_millis().unwrap_or(0).saturating_mul(1_000_000),
+        timestamp: m
+            .timestamp()
+            .to_millis()
+            .unwrap_or(0)
+            .saturating_mul(1_000_000),
     }
 }
 
@@ -662,7 +821,9 @@ pub struct KafkaConsumer {
 
 impl std::fmt::Debug for KafkaConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaConsumer").field("brokers", &self.brokers).finish()
+        f.debug_struct("KafkaConsumer")
+            .field("brokers", &self.brokers)
+            .finish()
     }
 }
 
@@ -675,7 +836,11 @@ impl KafkaConsumer {
 
     /// Joins the group and subscribes to `topics`; each assigned partition starts at
     /// the offset `start` gives (a negative one means the group's committed offset).
-    pub fn subscribe_with(config: &KafkaConfig, topics: &[&str], start: Option<StartHook>) -> Result<Self> {
+    pub fn subscribe_with(
+        config: &KafkaConfig,
+        topics: &[&str],
+        start: Option<StartHook>,
+    ) -> Result<Self> {
         let context = GroupContext {
             start,
             events: Mutex::new(Vec::new()),
@@ -727,8 +892,17 @@ impl KafkaConsumer {
         let groups = self
             .inner
             .fetch_group_list(Some(&self.group), Timeout::After(Duration::from_secs(5)))
-            .map_err(|e| kafka_error(&format!("describing group {}", self.group), &self.brokers, e))?;
-        Ok(groups.groups().iter().any(|g| g.name() == self.group && g.members().len() == 1))
+            .map_err(|e| {
+                kafka_error(
+                    &format!("describing group {}", self.group),
+                    &self.brokers,
+                    e,
+                )
+            })?;
+        Ok(groups
+            .groups()
+            .iter()
+            .any(|g| g.name() == self.group && g.members().len() == 1))
     }
 
     /// Leaves the group and joins it again, so its coordinator assigns the partitions anew.
@@ -746,15 +920,31 @@ impl KafkaConsumer {
         if !context.pending.swap(false, Ordering::Acquire) {
             return Vec::new();
         }
-        std::mem::take(&mut *context.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(
+            &mut *context
+                .events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Moves reading of an assigned partition to `offset`; messages fetched before are
     /// discarded by librdkafka.
     pub fn seek(&self, topic: &str, partition: u32, offset: i64) -> Result<()> {
         self.inner
-            .seek(topic, partition as i32, Offset::Offset(offset), Timeout::After(Duration::from_secs(10)))
-            .map_err(|e| kafka_error(&format!("seeking {topic}/{partition} to {offset}"), &self.brokers, e))
+            .seek(
+                topic,
+                partition as i32,
+                Offset::Offset(offset),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .map_err(|e| {
+                kafka_error(
+                    &format!("seeking {topic}/{partition} to {offset}"),
+                    &self.brokers,
+                    e,
+                )
+            })
     }
 
     /// The earliest offset `topic/partition` still holds.
@@ -765,8 +955,18 @@ impl KafkaConsumer {
     /// The offsets `topic/partition` holds: the earliest, and the next to be written.
     pub fn offset_range(&self, topic: &str, partition: u32) -> Result<(i64, i64)> {
         self.inner
-            .fetch_watermarks(topic, partition as i32, Timeout::After(Duration::from_secs(10)))
-            .map_err(|e| kafka_error(&format!("reading the offsets {topic}/{partition} holds"), &self.brokers, e))
+            .fetch_watermarks(
+                topic,
+                partition as i32,
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .map_err(|e| {
+                kafka_error(
+                    &format!("reading the offsets {topic}/{partition} holds"),
+                    &self.brokers,
+                    e,
+                )
+            })
     }
 
     /// The next offset to be written to `topic/partition`, asking the broker and waiting
@@ -775,7 +975,13 @@ impl KafkaConsumer {
         self.inner
             .fetch_watermarks(topic, partition as i32, Timeout::After(wait))
             .map(|(_, high)| high)
-            .map_err(|e| kafka_error(&format!("reading the end offset of {topic}/{partition}"), &self.brokers, e))
+            .map_err(|e| {
+                kafka_error(
+                    &format!("reading the end offset of {topic}/{partition}"),
+                    &self.brokers,
+                    e,
+                )
+            })
     }
 
     /// Records `offsets` (`(topic, partition, next)`) as the group's committed offsets,
@@ -819,7 +1025,9 @@ impl KafkaConsumer {
         use futures::{FutureExt as _, StreamExt as _};
         let mut stream = self.inner.stream();
         let first = stream.next().await.expect("kafka streams never terminate");
-        batch.push(owned(&first.map_err(|e| kafka_error("receiving", &self.brokers, e))?));
+        batch.push(owned(
+            &first.map_err(|e| kafka_error("receiving", &self.brokers, e))?,
+        ));
         let context = self.inner.context();
         while batch.len() < max && !context.pending.load(Ordering::Acquire) {
             match stream.next().now_or_never() {

@@ -314,7 +314,12 @@ pub struct Producer {
 impl Producer {
     /// Appends a message to the key's partition, waiting while that partition is full.
     /// Returns the partition and offset it was given.
-    pub async fn send(&self, key: Option<Bytes>, payload: Bytes, timestamp: i64) -> Result<(u32, i64)> {
+    pub async fn send(
+        &self,
+        key: Option<Bytes>,
+        payload: Bytes,
+        timestamp: i64,
+    ) -> Result<(u32, i64)> {
         let n = self.topic.partitions.len() as u32;
         let partition = match &key {
             Some(k) => partition_for(k, n),
@@ -343,7 +348,12 @@ impl Producer {
 
     /// Like [`send`](Self::send), but only when the topic has a consumer: output topics
     /// nobody reads are not buffered in memory. Returns whether it was sent.
-    pub async fn send_if_subscribed(&self, key: Option<Bytes>, payload: Bytes, timestamp: i64) -> Result<bool> {
+    pub async fn send_if_subscribed(
+        &self,
+        key: Option<Bytes>,
+        payload: Bytes,
+        timestamp: i64,
+    ) -> Result<bool> {
         if !self.topic.subscribed.load(Ordering::Acquire) {
             return Ok(false);
         }
@@ -409,7 +419,10 @@ mod tests {
     #[test]
     fn topic_names_follow_the_prefix() {
         assert_eq!(Topics::default().raw, "telemetry.raw");
-        assert_eq!(Topics::with_prefix("f1.telemetry.").anomalies, "f1.telemetry.anomalies");
+        assert_eq!(
+            Topics::with_prefix("f1.telemetry.").anomalies,
+            "f1.telemetry.anomalies"
+        );
     }
 
     #[tokio::test]
@@ -418,9 +431,13 @@ mod tests {
         let mut parts = bus.subscribe("telemetry.raw").unwrap();
         let p = bus.producer("telemetry.raw").unwrap();
         for i in 0..10i64 {
-            p.send(Some(Bytes::from_static(b"VER")), Bytes::from(i.to_string()), i)
-                .await
-                .unwrap();
+            p.send(
+                Some(Bytes::from_static(b"VER")),
+                Bytes::from(i.to_string()),
+                i,
+            )
+            .await
+            .unwrap();
         }
         bus.close("telemetry.raw").await.unwrap();
         let want = partition_for(b"VER", 3) as usize;
@@ -433,7 +450,10 @@ mod tests {
             assert_eq!(*offset, i as i64);
             assert_eq!(payload, &Bytes::from(i.to_string()));
         }
-        assert!(matches!(bus.subscribe("telemetry.raw"), Err(Error::AlreadySubscribed(_))));
+        assert!(matches!(
+            bus.subscribe("telemetry.raw"),
+            Err(Error::AlreadySubscribed(_))
+        ));
     }
 
     #[tokio::test]
@@ -452,7 +472,10 @@ mod tests {
             p.send(None, Bytes::new(), 5),
         )
         .await;
-        assert!(blocked.is_err(), "send should wait while the partition is full");
+        assert!(
+            blocked.is_err(),
+            "send should wait while the partition is full"
+        );
         assert_eq!(parts[0].recv().await.unwrap().offset, 0);
         p.send(None, Bytes::new(), 5).await.unwrap();
         assert_eq!(bus.sent("telemetry.raw"), 5);

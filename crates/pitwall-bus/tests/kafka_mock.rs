@@ -22,16 +22,33 @@ async fn keys_land_where_the_java_client_puts_them_and_come_back_in_order() {
     let config = config(cluster.bootstrap_servers());
     config.validate().unwrap();
     let producer = KafkaProducer::new(&config, "telemetry.raw").unwrap();
-    let drivers = ["VER", "HAM", "LEC", "NOR", "ALO", "PIA", "sensor-007", "a-little-bit-longer-string"];
+    let drivers = [
+        "VER",
+        "HAM",
+        "LEC",
+        "NOR",
+        "ALO",
+        "PIA",
+        "sensor-007",
+        "a-little-bit-longer-string",
+    ];
     let mut sent = Vec::new();
     for round in 0..5i64 {
         for d in drivers {
             let payload = format!("{d}:{round}");
             let (partition, offset) = producer
-                .send(Some(d.as_bytes()), payload.as_bytes(), 1_767_225_600_000_000_000 + round * 1_000_000)
+                .send(
+                    Some(d.as_bytes()),
+                    payload.as_bytes(),
+                    1_767_225_600_000_000_000 + round * 1_000_000,
+                )
                 .await
                 .unwrap();
-            assert_eq!(partition, partition_for(d.as_bytes(), 3), "key {d}: librdkafka and murmur2 disagree");
+            assert_eq!(
+                partition,
+                partition_for(d.as_bytes(), 3),
+                "key {d}: librdkafka and murmur2 disagree"
+            );
             sent.push((partition, offset, d, payload));
         }
     }
@@ -56,8 +73,15 @@ async fn keys_land_where_the_java_client_puts_them_and_come_back_in_order() {
     }
     // Within a partition, offsets arrive in order.
     for p in 0..3 {
-        let offsets: Vec<i64> = got.iter().filter(|m| m.partition == p).map(|m| m.offset).collect();
-        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {p}: {offsets:?}");
+        let offsets: Vec<i64> = got
+            .iter()
+            .filter(|m| m.partition == p)
+            .map(|m| m.offset)
+            .collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {p}: {offsets:?}"
+        );
     }
     assert!(!consumer.assignment().unwrap().is_empty());
 }
@@ -74,7 +98,12 @@ fn bad_settings_name_the_key() {
     );
     c.compression = "zstd".into();
     c.security_protocol = "sasl_ssl".into();
-    assert!(c.validate().unwrap_err().to_string().starts_with("config key kafka.sasl-mechanism"));
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("config key kafka.sasl-mechanism")
+    );
     c.sasl_mechanism = Some("SCRAM-SHA-512".into());
     c.sasl_username = Some("u".into());
     c.sasl_password = Some("p".into());
@@ -84,7 +113,10 @@ fn bad_settings_name_the_key() {
     assert_eq!(p.get("acks"), Some("all"));
     assert_eq!(p.get("partitioner"), Some("murmur2_random"));
     assert_eq!(p.get("compression.type"), Some("zstd"));
-    assert_eq!(c.consumer_config().get("partition.assignment.strategy"), Some("cooperative-sticky"));
+    assert_eq!(
+        c.consumer_config().get("partition.assignment.strategy"),
+        Some("cooperative-sticky")
+    );
     assert_eq!(c.consumer_config().get("enable.auto.commit"), Some("false"));
     assert_eq!(c.consumer_config().get("fetch.max.bytes"), Some("2097152"));
     // librdkafka refuses a fetch limit below the largest message.
@@ -93,7 +125,8 @@ fn bad_settings_name_the_key() {
         c.validate().unwrap_err().to_string(),
         "config key kafka.fetch-bytes: is 65536; use at least message.max.bytes (1000000), e.g. 2097152"
     );
-    c.properties.insert("message.max.bytes".into(), "60000".into());
+    c.properties
+        .insert("message.max.bytes".into(), "60000".into());
     c.validate().unwrap();
     assert_eq!(c.consumer_config().get("fetch.max.bytes"), Some("65536"));
     c.fetch_bytes = 50_000;

@@ -8,7 +8,9 @@ use pitwall_core::{Point, Precision, json, line_protocol};
 const T0: i64 = 1_767_225_600_000_000_000;
 
 fn batch(n: usize) -> String {
-    let drivers = ["VER", "HAM", "LEC", "NOR", "PIA", "RUS", "SAI", "ALO", "PER", "GAS"];
+    let drivers = [
+        "VER", "HAM", "LEC", "NOR", "PIA", "RUS", "SAI", "ALO", "PER", "GAS",
+    ];
     let mut out = String::new();
     for i in 0..n {
         let t = T0 + i as i64 * 10_000_000;
@@ -51,7 +53,9 @@ fn batch(n: usize) -> String {
 fn codec(c: &mut Criterion) {
     const N: usize = 10_000;
     let text = batch(N);
-    let points: Vec<Point> = line_protocol::parse(&text, Precision::Ns, 0).map(Result::unwrap).collect();
+    let points: Vec<Point> = line_protocol::parse(&text, Precision::Ns, 0)
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(points.len(), N);
     let payloads: Vec<Vec<u8>> = points.iter().map(|p| json::encode(p).unwrap()).collect();
     eprintln!(
@@ -63,7 +67,11 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("line-protocol parse", |b| {
-        b.iter(|| line_protocol::parse(&text, Precision::Ns, 0).map(|p| p.unwrap().fields.len()).sum::<usize>())
+        b.iter(|| {
+            line_protocol::parse(&text, Precision::Ns, 0)
+                .map(|p| p.unwrap().fields.len())
+                .sum::<usize>()
+        })
     });
     g.bench_function("line-protocol encode", |b| {
         let mut out = String::with_capacity(text.len());
@@ -76,7 +84,12 @@ fn codec(c: &mut Criterion) {
         })
     });
     g.bench_function("json decode", |b| {
-        b.iter(|| payloads.iter().map(|p| json::decode(p, 0, Precision::S).unwrap().fields.len()).sum::<usize>())
+        b.iter(|| {
+            payloads
+                .iter()
+                .map(|p| json::decode(p, 0, Precision::S).unwrap().fields.len())
+                .sum::<usize>()
+        })
     });
     g.bench_function("json encode", |b| {
         let mut out = Vec::with_capacity(512);

@@ -63,7 +63,12 @@ impl Columns {
 }
 
 /// Parses one data row (`line` is its line number, for errors).
-pub fn parse_row(cols: &Columns, row: &csv::StringRecord, line: u64, driver: &str) -> Result<Point> {
+pub fn parse_row(
+    cols: &Columns,
+    row: &csv::StringRecord,
+    line: u64,
+    driver: &str,
+) -> Result<Point> {
     let cell = |i: usize, name: &str| -> Result<&str> {
         row.get(i).map(str::trim).ok_or_else(|| Error::Csv {
             line,
@@ -84,7 +89,8 @@ pub fn parse_row(cols: &Columns, row: &csv::StringRecord, line: u64, driver: &st
             .ok_or_else(|| bad(name, "a number", s))
     };
     let date = cell(cols.date, "Date")?;
-    let time = parse_date(date).ok_or_else(|| bad("Date", "a UTC date such as 2023-03-05 15:03:52.466", date))?;
+    let time = parse_date(date)
+        .ok_or_else(|| bad("Date", "a UTC date such as 2023-03-05 15:03:52.466", date))?;
     let drs_code = number(cols.drs, "DRS")? as i64;
     let brake = match cell(cols.brake, "Brake")? {
         "True" | "true" | "1" | "1.0" => true,
@@ -93,10 +99,16 @@ pub fn parse_row(cols: &Columns, row: &csv::StringRecord, line: u64, driver: &st
     };
     let mut p = Point::new("car", time)
         .tag("driver", driver)
-        .field("rpm", FieldValue::I64(number(cols.rpm, "RPM")?.round() as i64))
+        .field(
+            "rpm",
+            FieldValue::I64(number(cols.rpm, "RPM")?.round() as i64),
+        )
         .field("speed_kph", FieldValue::F64(number(cols.speed, "Speed")?))
         .field("gear", FieldValue::I64(number(cols.gear, "nGear")? as i64))
-        .field("throttle_pct", FieldValue::F64(number(cols.throttle, "Throttle")?))
+        .field(
+            "throttle_pct",
+            FieldValue::F64(number(cols.throttle, "Throttle")?),
+        )
         .field("brake", FieldValue::Bool(brake))
         .field("drs", FieldValue::Bool(matches!(drs_code, 10 | 12 | 14)))
         .field("drs_code", FieldValue::I64(drs_code));
@@ -107,7 +119,8 @@ pub fn parse_row(cols: &Columns, row: &csv::StringRecord, line: u64, driver: &st
         if let Some(i) = col {
             let s = cell(i, name)?;
             if !s.is_empty() {
-                let secs = parse_timedelta(s).ok_or_else(|| bad(name, "a duration such as 0 days 01:02:35.201000", s))?;
+                let secs = parse_timedelta(s)
+                    .ok_or_else(|| bad(name, "a duration such as 0 days 01:02:35.201000", s))?;
                 p.fields.insert(field.into(), FieldValue::F64(secs));
             }
         }
@@ -123,8 +136,14 @@ pub fn parse_row(cols: &Columns, row: &csv::StringRecord, line: u64, driver: &st
 
 /// Parses every row of a FastF1 car data CSV; bad rows are errors and the rest go on.
 pub fn parse(input: &str, driver: &str) -> Vec<Result<Point>> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input.as_bytes());
-    let cols = match reader.headers().map_err(|e| csv_error(&e)).and_then(Columns::from_header) {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(input.as_bytes());
+    let cols = match reader
+        .headers()
+        .map_err(|e| csv_error(&e))
+        .and_then(Columns::from_header)
+    {
         Ok(c) => c,
         Err(e) => return vec![Err(e)],
     };
@@ -158,9 +177,15 @@ fn parse_date(s: &str) -> Option<i64> {
 /// seconds.
 fn parse_timedelta(s: &str) -> Option<f64> {
     let (days, clock) = match s.split_once(" days ") {
-        Some((d, rest)) => (d.trim().parse::<f64>().ok()?, rest.trim().trim_start_matches('+')),
+        Some((d, rest)) => (
+            d.trim().parse::<f64>().ok()?,
+            rest.trim().trim_start_matches('+'),
+        ),
         None => match s.split_once(" day ") {
-            Some((d, rest)) => (d.trim().parse::<f64>().ok()?, rest.trim().trim_start_matches('+')),
+            Some((d, rest)) => (
+                d.trim().parse::<f64>().ok()?,
+                rest.trim().trim_start_matches('+'),
+            ),
             None => (0.0, s.trim()),
         },
     };
@@ -230,8 +255,14 @@ mod tests {
     #[test]
     fn drivers_come_from_file_names() {
         assert_eq!(driver_from_file_name("VER").as_deref(), Some("VER"));
-        assert_eq!(driver_from_file_name("VER_car_data").as_deref(), Some("VER"));
-        assert_eq!(driver_from_file_name("2023_bahrain_R_HAM").as_deref(), Some("HAM"));
+        assert_eq!(
+            driver_from_file_name("VER_car_data").as_deref(),
+            Some("VER")
+        );
+        assert_eq!(
+            driver_from_file_name("2023_bahrain_R_HAM").as_deref(),
+            Some("HAM")
+        );
         assert_eq!(driver_from_file_name("car_data"), None);
         assert_eq!(parse_timedelta("-1 days +23:59:59.500000"), Some(-0.5));
     }

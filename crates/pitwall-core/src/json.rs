@@ -87,7 +87,9 @@ pub fn decode(bytes: &[u8], default_time: i64, telegraf_precision: Precision) ->
         let location = format!("fields.{key}");
         match fields.get_mut(key.as_str()) {
             Some(v @ FieldValue::I64(_)) => {
-                let FieldValue::I64(i) = *v else { unreachable!() };
+                let FieldValue::I64(i) = *v else {
+                    unreachable!()
+                };
                 *v = FieldValue::U64(u64::try_from(i).map_err(|_| {
                     invalid(&location, format!("is listed as unsigned but is {i}"))
                 })?);
@@ -152,7 +154,11 @@ mod tests {
     }
 
     fn serde_encode(p: &Point) -> Vec<u8> {
-        let unsigned = p.fields.iter().filter(|(_, v)| matches!(v, FieldValue::U64(_))).map(|(k, _)| k.as_str());
+        let unsigned = p
+            .fields
+            .iter()
+            .filter(|(_, v)| matches!(v, FieldValue::U64(_)))
+            .map(|(k, _)| k.as_str());
         serde_json::to_vec(&WireOut {
             measurement: &p.measurement,
             tags: &p.tags,
@@ -169,7 +175,9 @@ mod tests {
 
     fn point() -> impl Strategy<Value = Point> {
         let value = prop_oneof![
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(FieldValue::F64),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(FieldValue::F64),
             any::<i64>().prop_map(FieldValue::I64),
             any::<u64>().prop_map(FieldValue::U64),
             any::<bool>().prop_map(FieldValue::Bool),
@@ -183,8 +191,14 @@ mod tests {
         )
             .prop_map(|(measurement, tags, fields, time)| Point {
                 measurement,
-                tags: tags.into_iter().map(|(k, v)| (Name::from(k), Name::from(v))).collect(),
-                fields: fields.into_iter().map(|(k, v)| (Name::from(k), v)).collect(),
+                tags: tags
+                    .into_iter()
+                    .map(|(k, v)| (Name::from(k), Name::from(v)))
+                    .collect(),
+                fields: fields
+                    .into_iter()
+                    .map(|(k, v)| (Name::from(k), v))
+                    .collect(),
                 time,
             })
     }
@@ -204,15 +218,31 @@ mod tests {
             Just("1e400".to_owned()),
         ];
         let string = "\"([a-z]|\\\\[n\"u]|é|\t){0,4}\"";
-        let scalar = prop_oneof![number, string, Just("true".to_owned()), Just("false".to_owned()), Just("tru".to_owned()), Just("null".to_owned())];
-        let member = (string, ws, scalar.clone()).prop_map(|(k, w, v)| format!("{k}:{w}{v}"));
-        let object = proptest::collection::vec(member, 0..4).prop_map(|m| format!("{{{}}}", m.join(",")));
-        let array = proptest::collection::vec(string, 0..3).prop_map(|m| format!("[{}]", m.join(",")));
-        let key = prop_oneof![
-            Just("measurement"), Just("name"), Just("tags"), Just("fields"), Just("time"),
-            Just("timestamp"), Just("unsigned"), Just("other"),
+        let scalar = prop_oneof![
+            number,
+            string,
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            Just("tru".to_owned()),
+            Just("null".to_owned())
         ];
-        let top = (key, ws, prop_oneof![scalar, object, array]).prop_map(|(k, w, v)| format!("\"{k}\"{w}:{v}"));
+        let member = (string, ws, scalar.clone()).prop_map(|(k, w, v)| format!("{k}:{w}{v}"));
+        let object =
+            proptest::collection::vec(member, 0..4).prop_map(|m| format!("{{{}}}", m.join(",")));
+        let array =
+            proptest::collection::vec(string, 0..3).prop_map(|m| format!("[{}]", m.join(",")));
+        let key = prop_oneof![
+            Just("measurement"),
+            Just("name"),
+            Just("tags"),
+            Just("fields"),
+            Just("time"),
+            Just("timestamp"),
+            Just("unsigned"),
+            Just("other"),
+        ];
+        let top = (key, ws, prop_oneof![scalar, object, array])
+            .prop_map(|(k, w, v)| format!("\"{k}\"{w}:{v}"));
         (proptest::collection::vec(top, 0..6), ws, "[ }x]{0,1}")
             .prop_map(|(m, w, tail)| format!("{{{}{w}}}{tail}", m.join(",")))
     }
@@ -271,26 +301,44 @@ mod tests {
 
     #[test]
     fn errors_say_where_and_what() {
-        let e = decode(br#"{"measurement":"m","fields":{"v":null},"time":1}"#, 0, Precision::S)
-            .unwrap_err()
-            .to_string();
+        let e = decode(
+            br#"{"measurement":"m","fields":{"v":null},"time":1}"#,
+            0,
+            Precision::S,
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             e,
             "JSON line 1, column 37: invalid type: null, expected a number, a boolean or a string"
         );
-        let e = decode(br#"{"measurement":"m","fields":{},"time":1}"#, 0, Precision::S)
-            .unwrap_err()
-            .to_string();
+        let e = decode(
+            br#"{"measurement":"m","fields":{},"time":1}"#,
+            0,
+            Precision::S,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("has no fields"), "{e}");
-        let e = decode(br#"{"measurement":"m","fields":{"v":1},"tim":1}"#, 0, Precision::S)
-            .unwrap_err()
-            .to_string();
+        let e = decode(
+            br#"{"measurement":"m","fields":{"v":1},"tim":1}"#,
+            0,
+            Precision::S,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown field `tim`"), "{e}");
-        let e = decode(br#"{"measurement":"m","fields":{"v":-1},"unsigned":["v"]}"#, 0, Precision::S)
+        let e = decode(
+            br#"{"measurement":"m","fields":{"v":-1},"unsigned":["v"]}"#,
+            0,
+            Precision::S,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "JSON fields.v: is listed as unsigned but is -1");
+        let e = decode(b"{\"measurement\":", 0, Precision::S)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "JSON fields.v: is listed as unsigned but is -1");
-        let e = decode(b"{\"measurement\":", 0, Precision::S).unwrap_err().to_string();
         assert!(e.starts_with("JSON line 1, column 15: EOF"), "{e}");
     }
 }

@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{Error, FieldValue, Point, Precision, Result, Name, SortedMap};
+use crate::{Error, FieldValue, Name, Point, Precision, Result, SortedMap};
 
 /// Parses every point in `input`, one result per non-empty, non-comment line.
 ///
@@ -148,7 +148,10 @@ impl<'a> Parser<'a> {
                     break;
                 }
                 b if is_control(b) => {
-                    return Err(self.err(self.pos, format!("control character {} in a comment line", show_byte(b))));
+                    return Err(self.err(
+                        self.pos,
+                        format!("control character {} in a comment line", show_byte(b)),
+                    ));
                 }
                 _ => self.pos += 1,
             }
@@ -247,7 +250,10 @@ impl<'a> Parser<'a> {
             if self.peek() != Some(b'=') {
                 return Err(self.err(
                     self.pos,
-                    format!("expected '=' after field key {key:?}, found {}", self.found()),
+                    format!(
+                        "expected '=' after field key {key:?}, found {}",
+                        self.found()
+                    ),
                 ));
             }
             self.pos += 1;
@@ -313,7 +319,10 @@ impl<'a> Parser<'a> {
         loop {
             // Skip the plain bytes in one go; only the few that mean something stop it.
             let rest = &self.src[self.pos..];
-            self.pos += rest.iter().position(|&b| NAME_SPECIAL[b as usize]).unwrap_or(rest.len());
+            self.pos += rest
+                .iter()
+                .position(|&b| NAME_SPECIAL[b as usize])
+                .unwrap_or(rest.len());
             let Some(b) = self.peek() else { break };
             if stops.contains(&b) {
                 break;
@@ -338,11 +347,18 @@ impl<'a> Parser<'a> {
                 b' ' | b',' => {
                     return Err(self.err(
                         self.pos,
-                        format!("expected '=' after {what} {:?}, found {}", &self.text[start..self.pos], self.found()),
+                        format!(
+                            "expected '=' after {what} {:?}, found {}",
+                            &self.text[start..self.pos],
+                            self.found()
+                        ),
                     ));
                 }
                 b if is_control(b) => {
-                    return Err(self.err(self.pos, format!("control character {} in {what}", show_byte(b))));
+                    return Err(self.err(
+                        self.pos,
+                        format!("control character {} in {what}", show_byte(b)),
+                    ));
                 }
                 _ => self.pos += 1,
             }
@@ -468,11 +484,11 @@ impl<'a> Parser<'a> {
             .flatten()
             .ok_or(())
             .map_err(|()| {
-            self.err(
-                start,
-                format!("expected an integer timestamp, found {token:?}"),
-            )
-        })?;
+                self.err(
+                    start,
+                    format!("expected an integer timestamp, found {token:?}"),
+                )
+            })?;
         self.precision.to_nanos(value).ok_or_else(|| {
             self.err(
                 start,
@@ -495,12 +511,16 @@ fn check_name(name: &str, what: &str) -> Result<()> {
         return Err(unrepresentable(&format!("{what} is empty")));
     }
     if name.bytes().any(is_control) {
-        return Err(unrepresentable(&format!("{what} {name:?} holds a control character")));
+        return Err(unrepresentable(&format!(
+            "{what} {name:?} holds a control character"
+        )));
     }
     // A backslash is literal unless an escapable character follows; at the end of a
     // name the separator would follow and be read as escaped.
     if name.ends_with('\\') {
-        return Err(unrepresentable(&format!("{what} {name:?} ends with a backslash")));
+        return Err(unrepresentable(&format!(
+            "{what} {name:?} ends with a backslash"
+        )));
     }
     Ok(())
 }
@@ -523,7 +543,9 @@ fn show_byte(b: u8) -> String {
 pub fn encode(point: &Point, out: &mut String) -> Result<()> {
     check_name(&point.measurement, "the measurement")?;
     if point.measurement.starts_with('#') {
-        return Err(unrepresentable("a measurement starting with '#' reads as a comment"));
+        return Err(unrepresentable(
+            "a measurement starting with '#' reads as a comment",
+        ));
     }
     if point.fields.is_empty() {
         return Err(unrepresentable("a point needs at least one field"));
@@ -619,7 +641,10 @@ mod tests {
         assert_eq!(p.fields["u"], FieldValue::U64(7));
         assert_eq!(p.fields["b"], FieldValue::Bool(true));
         assert_eq!(p.fields["f"], FieldValue::Bool(false));
-        assert_eq!(p.fields["s"], FieldValue::Str("say \"hi\"\\ and \n\\q".into()));
+        assert_eq!(
+            p.fields["s"],
+            FieldValue::Str("say \"hi\"\\ and \n\\q".into())
+        );
         assert_eq!(p.fields["e"], FieldValue::F64(1000.0));
         assert_eq!(p.time, 42, "no timestamp takes the default");
     }
@@ -648,30 +673,57 @@ mod tests {
 
     #[test]
     fn reference_control_characters_are_refused_in_names_and_comments() {
-        assert_eq!(err("c\u{1}pu v=1"), "line 1, column 2: control character 0x01 in measurement");
-        assert_eq!(err("cpu,h\u{7f}=a v=1"), "line 1, column 6: control character 0x7f in tag key");
-        assert_eq!(err("cpu,h=a\tb v=1"), "line 1, column 8: control character 0x09 in tag value");
-        assert_eq!(err("cpu v\u{0}=1"), "line 1, column 6: control character 0x00 in field key");
-        assert_eq!(err("# a\u{1b}[31m comment\nm v=1"), "line 1, column 4: control character 0x1b in a comment line");
+        assert_eq!(
+            err("c\u{1}pu v=1"),
+            "line 1, column 2: control character 0x01 in measurement"
+        );
+        assert_eq!(
+            err("cpu,h\u{7f}=a v=1"),
+            "line 1, column 6: control character 0x7f in tag key"
+        );
+        assert_eq!(
+            err("cpu,h=a\tb v=1"),
+            "line 1, column 8: control character 0x09 in tag value"
+        );
+        assert_eq!(
+            err("cpu v\u{0}=1"),
+            "line 1, column 6: control character 0x00 in field key"
+        );
+        assert_eq!(
+            err("# a\u{1b}[31m comment\nm v=1"),
+            "line 1, column 4: control character 0x1b in a comment line"
+        );
         // The line after a bad comment still counts.
         let results: Vec<_> = parse("# bad\u{7}\nm v=1 1\n", Precision::Ns, 0).collect();
         assert!(results[0].is_err());
         assert_eq!(results[1].as_ref().unwrap().time, 1);
         // Strings may hold them.
-        assert_eq!(one("m s=\"\u{1}\"").fields["s"], FieldValue::Str("\u{1}".into()));
+        assert_eq!(
+            one("m s=\"\u{1}\"").fields["s"],
+            FieldValue::Str("\u{1}".into())
+        );
     }
 
     #[test]
     fn reference_a_tag_key_given_twice_rejects_the_point() {
-        assert_eq!(err("cpu,host=a,host=b v=1"), "line 1, column 12: tag key \"host\" appears twice");
+        assert_eq!(
+            err("cpu,host=a,host=b v=1"),
+            "line 1, column 12: tag key \"host\" appears twice"
+        );
     }
 
     #[test]
     fn reference_tabs_are_no_separators_or_indentation() {
-        assert_eq!(err("\tcpu v=1"), "line 1, column 1: control character 0x09 in measurement");
+        assert_eq!(
+            err("\tcpu v=1"),
+            "line 1, column 1: control character 0x09 in measurement"
+        );
         assert!(err("cpu v=1\t5").contains("column 7"));
         assert!(err("cpu v=1 5\t").contains("column 10"));
-        assert!(err("cpu v=1¥").contains("expected a number"), "a multi-byte last character is no panic");
+        assert!(
+            err("cpu v=1¥").contains("expected a number"),
+            "a multi-byte last character is no panic"
+        );
         // Spaces are.
         assert_eq!(one("   cpu v=1   5  ").time, 5);
         // A solitary carriage return is no line end.
@@ -697,7 +749,10 @@ mod tests {
     }
 
     fn err_with(s: &str, precision: Precision) -> String {
-        parse(s, precision, 0).find_map(|r| r.err()).unwrap().to_string()
+        parse(s, precision, 0)
+            .find_map(|r| r.err())
+            .unwrap()
+            .to_string()
     }
 
     #[test]
@@ -713,7 +768,10 @@ mod tests {
     fn multi_line_strings_keep_line_numbers() {
         let doc = "m s=\"a\nb\" 1\nm v=oops 2\n";
         let results: Vec<_> = parse(doc, Precision::Ns, 0).collect();
-        assert_eq!(results[0].as_ref().unwrap().fields["s"], FieldValue::Str("a\nb".into()));
+        assert_eq!(
+            results[0].as_ref().unwrap().fields["s"],
+            FieldValue::Str("a\nb".into())
+        );
         assert_eq!(
             results[1].as_ref().unwrap_err().to_string(),
             "line 3, column 5: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"oops\""
@@ -722,18 +780,54 @@ mod tests {
 
     #[test]
     fn errors_name_line_column_and_expectation() {
-        assert_eq!(err("cpu"), "line 1, column 4: expected a space and then fields after the measurement and tags, found end of input");
-        assert_eq!(err("cpu,host"), "line 1, column 9: expected '=' after tag key \"host\", found end of input");
-        assert_eq!(err("cpu,host= v=1"), "line 1, column 10: tag \"host\" has an empty value");
-        assert_eq!(err("cpu v=1.2.3"), "line 1, column 7: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"1.2.3\"");
-        assert_eq!(err("cpu v=12x4i"), "line 1, column 7: field \"v\": expected a signed 64-bit integer before the 'i' suffix, found \"12x4i\"");
-        assert_eq!(err("cpu v=-1u"), "line 1, column 7: field \"v\": expected an unsigned 64-bit integer before the 'u' suffix, found \"-1u\"");
-        assert_eq!(err("ok v=1\ncpu v=1 12:00"), "line 2, column 9: expected an integer timestamp, found \"12:00\"");
-        assert_eq!(err("cpu v=\"open"), "line 1, column 7: string value of field \"v\" has no closing '\"'");
-        assert_eq!(err("cpu v="), "line 1, column 7: field \"v\" has no value after '='");
-        assert_eq!(err("cpu v=1 5 6"), "line 1, column 11: expected ',' and another field, a timestamp or the end of the line, found '6'");
-        assert_eq!(err("cpu v=NaN"), "line 1, column 7: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"NaN\"");
-        assert_eq!(err("cpu v=inf"), "line 1, column 7: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"inf\"");
+        assert_eq!(
+            err("cpu"),
+            "line 1, column 4: expected a space and then fields after the measurement and tags, found end of input"
+        );
+        assert_eq!(
+            err("cpu,host"),
+            "line 1, column 9: expected '=' after tag key \"host\", found end of input"
+        );
+        assert_eq!(
+            err("cpu,host= v=1"),
+            "line 1, column 10: tag \"host\" has an empty value"
+        );
+        assert_eq!(
+            err("cpu v=1.2.3"),
+            "line 1, column 7: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"1.2.3\""
+        );
+        assert_eq!(
+            err("cpu v=12x4i"),
+            "line 1, column 7: field \"v\": expected a signed 64-bit integer before the 'i' suffix, found \"12x4i\""
+        );
+        assert_eq!(
+            err("cpu v=-1u"),
+            "line 1, column 7: field \"v\": expected an unsigned 64-bit integer before the 'u' suffix, found \"-1u\""
+        );
+        assert_eq!(
+            err("ok v=1\ncpu v=1 12:00"),
+            "line 2, column 9: expected an integer timestamp, found \"12:00\""
+        );
+        assert_eq!(
+            err("cpu v=\"open"),
+            "line 1, column 7: string value of field \"v\" has no closing '\"'"
+        );
+        assert_eq!(
+            err("cpu v="),
+            "line 1, column 7: field \"v\" has no value after '='"
+        );
+        assert_eq!(
+            err("cpu v=1 5 6"),
+            "line 1, column 11: expected ',' and another field, a timestamp or the end of the line, found '6'"
+        );
+        assert_eq!(
+            err("cpu v=NaN"),
+            "line 1, column 7: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"NaN\""
+        );
+        assert_eq!(
+            err("cpu v=inf"),
+            "line 1, column 7: field \"v\": expected a number (1.5, 2i, 3u), a boolean (t, false) or a quoted string, found \"inf\""
+        );
     }
 
     #[test]
@@ -742,19 +836,29 @@ mod tests {
         let results: Vec<_> = parse(doc, Precision::Ns, 0).collect();
         assert_eq!(results.len(), 3);
         // An unclosed string spanning lines is reported where it opened.
-        assert_eq!(err("m v=1\nm s=\"open\nstill open"), "line 2, column 5: string value of field \"s\" has no closing '\"'");
+        assert_eq!(
+            err("m v=1\nm s=\"open\nstill open"),
+            "line 2, column 5: string value of field \"s\" has no closing '\"'"
+        );
         assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
         assert_eq!(results[2].as_ref().unwrap().time, 3);
     }
 
     #[test]
     fn encode_refuses_what_cannot_round_trip() {
-        let p = Point::new("m", 0).tag("a", "x\ny").field("v", FieldValue::F64(1.0));
+        let p = Point::new("m", 0)
+            .tag("a", "x\ny")
+            .field("v", FieldValue::F64(1.0));
         assert!(encode(&p, &mut String::new()).is_err());
         let p = Point::new("#m", 0).field("v", FieldValue::F64(1.0));
         assert!(encode(&p, &mut String::new()).is_err());
-        let p = Point::new("m", 0).tag("a", "x\\").field("v", FieldValue::F64(1.0));
-        assert!(encode(&p, &mut String::new()).is_err(), "a trailing backslash would escape the separator");
+        let p = Point::new("m", 0)
+            .tag("a", "x\\")
+            .field("v", FieldValue::F64(1.0));
+        assert!(
+            encode(&p, &mut String::new()).is_err(),
+            "a trailing backslash would escape the separator"
+        );
         let p = Point::new("m\t", 0).field("v", FieldValue::F64(1.0));
         assert!(encode(&p, &mut String::new()).is_err());
         let p = Point::new("m", 0).field("v", FieldValue::F64(f64::NAN));

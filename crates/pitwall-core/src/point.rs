@@ -210,7 +210,9 @@ impl std::str::FromStr for Precision {
             "ms" => Ok(Precision::Ms),
             "us" | "u" => Ok(Precision::Us),
             "ns" | "n" => Ok(Precision::Ns),
-            other => Err(format!("unknown precision {other:?}; use h, m, s, ms, us or ns")),
+            other => Err(format!(
+                "unknown precision {other:?}; use h, m, s, ms, us or ns"
+            )),
         }
     }
 }

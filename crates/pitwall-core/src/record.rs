@@ -216,7 +216,11 @@ impl WindowRecord {
         float(self.first, o);
         o.extend_from_slice(b",\"last\":");
         float(self.last, o);
-        for (name, v) in [(&b",\"p50\":"[..], self.p50), (b",\"p95\":", self.p95), (b",\"p99\":", self.p99)] {
+        for (name, v) in [
+            (&b",\"p50\":"[..], self.p50),
+            (b",\"p95\":", self.p95),
+            (b",\"p99\":", self.p99),
+        ] {
             o.extend_from_slice(name);
             opt(v, o);
         }
@@ -247,7 +251,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn float() -> impl Strategy<Value = f64> {
-        prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(-0.0), -1e6f64..1e6]
+        prop_oneof![
+            any::<f64>(),
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(-0.0),
+            -1e6f64..1e6
+        ]
     }
 
     proptest! {

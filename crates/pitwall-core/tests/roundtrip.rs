@@ -10,7 +10,8 @@ use proptest::prelude::*;
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z_][a-z0-9_]{0,12}",
-        "[ a-zA-Z0-9,=\\\\\"'#é\u{1F3CE}]{1,10}".prop_filter("ends with a backslash", |n| !n.ends_with('\\')),
+        "[ a-zA-Z0-9,=\\\\\"'#é\u{1F3CE}]{1,10}"
+            .prop_filter("ends with a backslash", |n| !n.ends_with('\\')),
     ]
 }
 
@@ -38,12 +39,22 @@ fn point() -> impl Strategy<Value = Point> {
         prop::collection::btree_map(name(), field_value(), 1..8),
         any::<i64>(),
     )
-        .prop_map(|(measurement, tags, fields, time): (String, BTreeMap<String, String>, BTreeMap<String, _>, _)| Point {
-            measurement,
-            tags: tags.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-            fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-            time,
-        })
+        .prop_map(
+            |(measurement, tags, fields, time): (
+                String,
+                BTreeMap<String, String>,
+                BTreeMap<String, _>,
+                _,
+            )| Point {
+                measurement,
+                tags: tags
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+                fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+                time,
+            },
+        )
 }
 
 proptest! {

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iceberg::spec::{
-    DataFile, DataFileFormat, FormatVersion, MAIN_BRANCH, ManifestList, ManifestListWriter, ManifestWriterBuilder,
-    Operation, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
-    TableMetadataBuilder,
+    DataFile, DataFileFormat, FormatVersion, MAIN_BRANCH, ManifestList, ManifestListWriter,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
+    SnapshotSummaryCollector, Summary, TableMetadataBuilder,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, TableIdent};
@@ -57,13 +57,20 @@ impl CatalogPointer {
     /// Makes `metadata` (built on `table` as loaded from `old_location`) the table's
     /// current metadata if nobody committed since: true once it is, false if another
     /// writer got there first (reload and rebuild).
-    pub(crate) async fn swap(&self, table: &Table, old_location: &str, metadata: iceberg::spec::TableMetadata) -> Result<bool> {
+    pub(crate) async fn swap(
+        &self,
+        table: &Table,
+        old_location: &str,
+        metadata: iceberg::spec::TableMetadata,
+    ) -> Result<bool> {
         match self {
             CatalogPointer::Sql(sql) => {
                 let location = MetadataLocation::from_str(old_location)?.with_next_version();
                 metadata.write_to(table.file_io(), &location).await?;
                 let new_location = location.to_string();
-                let swapped = sql.compare_and_set(table.identifier(), old_location, &new_location).await?;
+                let swapped = sql
+                    .compare_and_set(table.identifier(), old_location, &new_location)
+                    .await?;
                 let doomed = if swapped {
                     superseded_metadata(table.metadata(), old_location, &metadata, &new_location)
                 } else {
@@ -77,7 +84,10 @@ impl CatalogPointer {
                 }
                 Ok(swapped)
             }
-            CatalogPointer::Rest(rest) => rest.commit(table.identifier(), table.metadata(), &metadata).await,
+            CatalogPointer::Rest(rest) => {
+                rest.commit(table.identifier(), table.metadata(), &metadata)
+                    .await
+            }
         }
     }
 }
@@ -98,11 +108,19 @@ fn superseded_metadata(
     new: &iceberg::spec::TableMetadata,
     new_location: &str,
 ) -> Vec<String> {
-    if new.properties().get(DELETE_AFTER_COMMIT).is_some_and(|v| v.eq_ignore_ascii_case("false")) {
+    if new
+        .properties()
+        .get(DELETE_AFTER_COMMIT)
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+    {
         return Vec::new();
     }
-    let kept: std::collections::HashSet<&str> =
-        new.metadata_log().iter().map(|l| l.metadata_file.as_str()).chain([new_location]).collect();
+    let kept: std::collections::HashSet<&str> = new
+        .metadata_log()
+        .iter()
+        .map(|l| l.metadata_file.as_str())
+        .chain([new_location])
+        .collect();
     let mut doomed: Vec<String> = old
         .metadata_log()
         .iter()
@@ -127,7 +145,13 @@ pub(crate) struct SqlPointer {
 impl SqlPointer {
     /// Moves `ident`'s metadata pointer from `old` to `new` if it still is `old`.
     async fn compare_and_set(&self, ident: &TableIdent, old: &str, new: &str) -> Result<bool> {
-        let p = |i: usize| if self.dollar_placeholders { format!("${i}") } else { "?".to_owned() };
+        let p = |i: usize| {
+            if self.dollar_placeholders {
+                format!("${i}")
+            } else {
+                "?".to_owned()
+            }
+        };
         let sql = format!(
             "UPDATE iceberg_tables SET metadata_location = {}, previous_metadata_location = {}
              WHERE catalog_name = {} AND table_namespace = {} AND table_name = {}
@@ -149,7 +173,9 @@ impl SqlPointer {
             .bind(old)
             .execute(&self.pool)
             .await
-            .map_err(|e| Error::Catalog(format!("swapping the metadata pointer of {ident}: {e}")))?;
+            .map_err(|e| {
+                Error::Catalog(format!("swapping the metadata pointer of {ident}: {e}"))
+            })?;
         Ok(result.rows_affected() == 1)
     }
 }
@@ -205,7 +231,15 @@ pub(crate) async fn fenced_append(
             .metadata_location()
             .ok_or_else(|| Error::Internal(format!("{ident} has no metadata location")))?
             .to_owned();
-        let new_metadata = stage(&table, &old_location, files.clone(), &offsets, &progress, properties).await?;
+        let new_metadata = stage(
+            &table,
+            &old_location,
+            files.clone(),
+            &offsets,
+            &progress,
+            properties,
+        )
+        .await?;
         if pointer.swap(&table, &old_location, new_metadata).await? {
             return Ok(());
         }
@@ -247,7 +281,11 @@ async fn stage(
 
     let mut summary = SnapshotSummaryCollector::default();
     for f in &files {
-        summary.add_file(f, Arc::clone(&schema), Arc::clone(metadata.default_partition_spec()));
+        summary.add_file(
+            f,
+            Arc::clone(&schema),
+            Arc::clone(metadata.default_partition_spec()),
+        );
     }
     let manifest_path = format!("{meta_dir}/{commit_id}-m0.{}", DataFileFormat::Avro);
     let mut manifest = ManifestWriterBuilder::new(
@@ -276,7 +314,10 @@ async fn stage(
         previous_totals = current.summary().additional_properties.clone();
     }
     manifests.push(new_manifest);
-    let list_path = format!("{meta_dir}/snap-{snapshot_id}-0-{commit_id}.{}", DataFileFormat::Avro);
+    let list_path = format!(
+        "{meta_dir}/snap-{snapshot_id}-0-{commit_id}.{}",
+        DataFileFormat::Avro
+    );
     let mut list = ManifestListWriter::v2(
         file_io.new_output(&list_path)?.writer().await?,
         snapshot_id,
@@ -312,21 +353,28 @@ async fn stage(
         })
         .with_schema_id(metadata.current_schema_id())
         .build();
-    let new_metadata = TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(old_location.to_owned()))
-        .add_snapshot(snapshot)?
-        .set_ref(
-            MAIN_BRANCH,
-            SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
-        )?
-        .build()?
-        .metadata;
+    let new_metadata =
+        TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(old_location.to_owned()))
+            .add_snapshot(snapshot)?
+            .set_ref(
+                MAIN_BRANCH,
+                SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+            )?
+            .build()?
+            .metadata;
     Ok(new_metadata)
 }
 
 /// `total-*` summary values: the previous snapshot's plus what this one adds, as the
 /// Iceberg spec's snapshot summary defines them.
-fn add_totals(props: &mut HashMap<String, String>, added: &HashMap<String, String>, previous: &HashMap<String, String>) {
-    let num = |m: &HashMap<String, String>, k: &str| m.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+fn add_totals(
+    props: &mut HashMap<String, String>,
+    added: &HashMap<String, String>,
+    previous: &HashMap<String, String>,
+) {
+    let num = |m: &HashMap<String, String>, k: &str| {
+        m.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0)
+    };
     for (total, add) in [
         ("total-data-files", "added-data-files"),
         ("total-records", "added-records"),
@@ -335,7 +383,10 @@ fn add_totals(props: &mut HashMap<String, String>, added: &HashMap<String, Strin
         ("total-position-deletes", "added-position-deletes"),
         ("total-equality-deletes", "added-equality-deletes"),
     ] {
-        props.insert(total.to_owned(), (num(previous, total) + num(added, add)).to_string());
+        props.insert(
+            total.to_owned(),
+            (num(previous, total) + num(added, add)).to_string(),
+        );
     }
 }
 
@@ -361,9 +412,14 @@ pub(crate) async fn live_entries(table: &Table) -> Result<Vec<iceberg::spec::Man
 pub(crate) struct LiveEntries(HashMap<String, Arc<Vec<iceberg::spec::ManifestEntryRef>>>);
 
 /// [`live_entries`], reading only manifests `cache` has not seen.
-pub(crate) async fn live_entries_cached(table: &Table, cache: &mut LiveEntries) -> Result<Vec<iceberg::spec::ManifestEntryRef>> {
+pub(crate) async fn live_entries_cached(
+    table: &Table,
+    cache: &mut LiveEntries,
+) -> Result<Vec<iceberg::spec::ManifestEntryRef>> {
     let metadata = table.metadata();
-    let Some(current) = metadata.current_snapshot() else { return Ok(Vec::new()) };
+    let Some(current) = metadata.current_snapshot() else {
+        return Ok(Vec::new());
+    };
     let file_io = table.file_io();
     let list = manifest_list(table, current).await?;
     let mut out = Vec::new();
@@ -372,7 +428,14 @@ pub(crate) async fn live_entries_cached(table: &Table, cache: &mut LiveEntries) 
             Some(e) => Arc::clone(e),
             None => {
                 let manifest = m.load_manifest(file_io).await?;
-                let e = Arc::new(manifest.entries().iter().filter(|e| e.is_alive()).cloned().collect::<Vec<_>>());
+                let e = Arc::new(
+                    manifest
+                        .entries()
+                        .iter()
+                        .filter(|e| e.is_alive())
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
                 cache.0.insert(m.manifest_path.clone(), Arc::clone(&e));
                 e
             }
@@ -384,8 +447,15 @@ pub(crate) async fn live_entries_cached(table: &Table, cache: &mut LiveEntries) 
 
 /// The manifest list of one of `table`'s snapshots.
 pub(crate) async fn manifest_list(table: &Table, snapshot: &Snapshot) -> Result<ManifestList> {
-    let bytes = table.file_io().new_input(snapshot.manifest_list())?.read().await?;
-    Ok(ManifestList::parse_with_version(&bytes, table.metadata().format_version())?)
+    let bytes = table
+        .file_io()
+        .new_input(snapshot.manifest_list())?
+        .read()
+        .await?;
+    Ok(ManifestList::parse_with_version(
+        &bytes,
+        table.metadata().format_version(),
+    )?)
 }
 
 /// What a rewrite commit did.
@@ -431,17 +501,21 @@ pub(crate) async fn fenced_rewrite(
         let table = catalog.load_table(ident).await?;
         let metadata = table.metadata();
         let live = live_entries_cached(&table, &mut cache).await?;
-        let live_paths: std::collections::HashSet<&str> = live.iter().map(|e| e.file_path()).collect();
+        let live_paths: std::collections::HashSet<&str> =
+            live.iter().map(|e| e.file_path()).collect();
         if let Some(gone) = removed.iter().find(|p| !live_paths.contains(p.as_str())) {
             return Err(Error::Changed {
                 table: ident.to_string(),
-                message: format!("{gone} is no longer in the table (another maintenance run rewrote it); nothing was written, run it again"),
+                message: format!(
+                    "{gone} is no longer in the table (another maintenance run rewrote it); nothing was written, run it again"
+                ),
             });
         }
         if let Some(days) = owned_days
-            && let Some(intruder) = live
-                .iter()
-                .find(|e| partition_day(e.data_file.partition()).is_some_and(|d| days.contains(&d)) && !removed.contains(e.file_path()))
+            && let Some(intruder) = live.iter().find(|e| {
+                partition_day(e.data_file.partition()).is_some_and(|d| days.contains(&d))
+                    && !removed.contains(e.file_path())
+            })
         {
             return Err(Error::Changed {
                 table: ident.to_string(),
@@ -474,7 +548,11 @@ pub(crate) async fn fenced_rewrite(
             let seq = e.sequence_number.unwrap_or(0);
             if removed.contains(e.file_path()) {
                 summary.remove_file(&e.data_file, Arc::clone(&schema), Arc::clone(&spec));
-                manifest.add_delete_file(e.data_file.clone(), seq, e.file_sequence_number.or(Some(seq)))?;
+                manifest.add_delete_file(
+                    e.data_file.clone(),
+                    seq,
+                    e.file_sequence_number.or(Some(seq)),
+                )?;
                 done.removed_files += 1;
                 done.removed_rows += e.record_count();
             } else {
@@ -502,7 +580,10 @@ pub(crate) async fn fenced_rewrite(
         }
         done.files_after = total_files as usize;
         let new_manifest = manifest.write_manifest_file().await?;
-        let list_path = format!("{meta_dir}/snap-{snapshot_id}-0-{commit_id}.{}", DataFileFormat::Avro);
+        let list_path = format!(
+            "{meta_dir}/snap-{snapshot_id}-0-{commit_id}.{}",
+            DataFileFormat::Avro
+        );
         let mut list = ManifestListWriter::v2(
             file_io.new_output(&list_path)?.writer().await?,
             snapshot_id,
@@ -547,14 +628,18 @@ pub(crate) async fn fenced_rewrite(
             .with_schema_id(metadata.current_schema_id())
             .build();
         let old_location = current_location(&table)?;
-        let new_metadata = TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(old_location.clone()))
-            .add_snapshot(snapshot)?
-            .set_ref(
-                MAIN_BRANCH,
-                SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
-            )?
-            .build()?
-            .metadata;
+        let new_metadata =
+            TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(old_location.clone()))
+                .add_snapshot(snapshot)?
+                .set_ref(
+                    MAIN_BRANCH,
+                    SnapshotReference::new(
+                        snapshot_id,
+                        SnapshotRetention::branch(None, None, None),
+                    ),
+                )?
+                .build()?
+                .metadata;
         if pointer.swap(&table, &old_location, new_metadata).await? {
             return Ok(done);
         }
@@ -562,7 +647,10 @@ pub(crate) async fn fenced_rewrite(
         // The streaming writer is not spinning (it commits every few seconds): the
         // best chance is to retry at once, while a retry costs only the manifests
         // appended since. A short jitter keeps two maintenance runs from lockstep.
-        tokio::time::sleep(Duration::from_millis(1 + u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 8))).await;
+        tokio::time::sleep(Duration::from_millis(
+            1 + u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 8),
+        ))
+        .await;
     }
     Err(Error::Catalog(format!(
         "{ident}: {MAX_REWRITE_ATTEMPTS} maintenance commits in a row lost the race to other writers; try again later"
@@ -572,7 +660,9 @@ pub(crate) async fn fenced_rewrite(
 /// The day (days since 1970-01-01) a day-partitioned file holds.
 pub(crate) fn partition_day(partition: &iceberg::spec::Struct) -> Option<i32> {
     match partition.iter().next()? {
-        Some(iceberg::spec::Literal::Primitive(iceberg::spec::PrimitiveLiteral::Int(d))) => Some(*d),
+        Some(iceberg::spec::Literal::Primitive(iceberg::spec::PrimitiveLiteral::Int(d))) => {
+            Some(*d)
+        }
         _ => None,
     }
 }
@@ -584,4 +674,3 @@ pub(crate) fn current_location(table: &Table) -> Result<String> {
         .map(str::to_owned)
         .ok_or_else(|| Error::Internal(format!("{} has no metadata location", table.identifier())))
 }
-

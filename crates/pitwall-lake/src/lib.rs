@@ -11,8 +11,8 @@
 
 mod commit;
 mod maintain;
-pub mod rest;
 pub mod progress;
+pub mod rest;
 pub mod storage;
 pub mod tables;
 mod writer;
@@ -32,18 +32,22 @@ use serde::{Deserialize, Serialize};
 
 pub use commit::{Claim, Rewritten};
 pub use maintain::{Compacted, Expired, MaintenanceConfig};
+pub use progress::{Progress, ResumePlan, TableProgress};
 pub use rest::RestConfig;
 pub use storage::S3Config;
 pub use tables::Fixed;
-pub use progress::{Progress, ResumePlan, TableProgress};
-pub use writer::{CommitStats, LakeWriter, OFFSETS_PROPERTY, Round, committed_offsets, committed_progress};
+pub use writer::{
+    CommitStats, LakeWriter, OFFSETS_PROPERTY, Round, committed_offsets, committed_progress,
+};
 
 /// Lake errors; each says what failed and what to do. Causes are part of the message
 /// rather than a `source`, so an error chain does not print them twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The data directory cannot be used.
-    #[error("data directory {path}: {error}; check that it exists and is writable, or pass another --data-dir")]
+    #[error(
+        "data directory {path}: {error}; check that it exists and is writable, or pass another --data-dir"
+    )]
     DataDir {
         /// The directory.
         path: PathBuf,
@@ -57,7 +61,9 @@ pub enum Error {
     #[error("arrow: {0}")]
     Arrow(arrow_schema::ArrowError),
     /// A clean table has a column whose type pitwall cannot write into.
-    #[error("table {table}: column {column} is {found}, which pitwall cannot write {wanted} values into; rename the field or drop the column")]
+    #[error(
+        "table {table}: column {column} is {found}, which pitwall cannot write {wanted} values into; rename the field or drop the column"
+    )]
     Incompatible {
         /// Table name.
         table: String,
@@ -71,7 +77,9 @@ pub enum Error {
     /// Another writer has committed a partition this writer claims: this writer lost
     /// the partition (a rebalance, or a pause long enough to be replaced) and must not
     /// write. Nothing was committed; resume from the lake's offsets.
-    #[error("commit to {table} fenced: the lake records partition {partition} up to offset {committed}, but this writer expected {expected}; another writer owns it now")]
+    #[error(
+        "commit to {table} fenced: the lake records partition {partition} up to offset {committed}, but this writer expected {expected}; another writer owns it now"
+    )]
     Fenced {
         /// Table name.
         table: String,
@@ -185,7 +193,10 @@ impl LakeConfig {
 
     /// Checks `catalog` and `warehouse` name something pitwall can use.
     pub fn validate(&self) -> Result<()> {
-        for (key, value) in [("max-tables", self.max_tables), ("max-columns", self.max_columns)] {
+        for (key, value) in [
+            ("max-tables", self.max_tables),
+            ("max-columns", self.max_columns),
+        ] {
             if value == 0 {
                 return Err(Error::Config {
                     key,
@@ -194,7 +205,12 @@ impl LakeConfig {
             }
         }
         let c = &self.catalog;
-        if !(c.is_empty() || c.starts_with("postgres://") || c.starts_with("postgresql://") || c.starts_with("sqlite:") || rest::is_rest(c)) {
+        if !(c.is_empty()
+            || c.starts_with("postgres://")
+            || c.starts_with("postgresql://")
+            || c.starts_with("sqlite:")
+            || rest::is_rest(c))
+        {
             return Err(Error::Config {
                 key: "catalog",
                 message: format!(
@@ -269,16 +285,29 @@ impl Lake {
         config.validate()?;
         let dir = &config.data_dir;
         let data_dir = |dir: &Path| -> Result<PathBuf> {
-            std::fs::create_dir_all(dir).map_err(|error| Error::DataDir { path: dir.to_owned(), error })?;
-            dir.canonicalize().map_err(|error| Error::DataDir { path: dir.to_owned(), error })
+            std::fs::create_dir_all(dir).map_err(|error| Error::DataDir {
+                path: dir.to_owned(),
+                error,
+            })?;
+            dir.canonicalize().map_err(|error| Error::DataDir {
+                path: dir.to_owned(),
+                error,
+            })
         };
         let rest = rest::is_rest(&config.catalog);
         let uses_dir = config.catalog.is_empty() || (config.warehouse.is_empty() && !rest);
-        let dir = if uses_dir { data_dir(dir)? } else { dir.clone() };
+        let dir = if uses_dir {
+            data_dir(dir)?
+        } else {
+            dir.clone()
+        };
         let warehouse = if rest && config.warehouse.is_empty() {
             String::new()
         } else if config.warehouse.is_empty() {
-            std::fs::create_dir_all(dir.join("warehouse")).map_err(|error| Error::DataDir { path: dir.clone(), error })?;
+            std::fs::create_dir_all(dir.join("warehouse")).map_err(|error| Error::DataDir {
+                path: dir.clone(),
+                error,
+            })?;
             format!("file://{}", dir.join("warehouse").display())
         } else if storage::split_s3(&config.warehouse).is_some() {
             config.warehouse.trim_end_matches('/').to_owned()
@@ -286,14 +315,26 @@ impl Lake {
             let local = PathBuf::from(config.warehouse.trim_start_matches("file://"));
             format!("file://{}", data_dir(&local)?.display())
         };
-        let storage = Arc::new(storage::LakeStorageFactory { s3: config.s3.clone() });
+        let storage = Arc::new(storage::LakeStorageFactory {
+            s3: config.s3.clone(),
+        });
         let (catalog, pointer, catalog_uri): (Arc<dyn Catalog>, _, _) = if rest {
-            let (catalog, committer) = rest::connect(&config.catalog, &config.rest, storage).await?;
-            (Arc::new(catalog), commit::CatalogPointer::Rest(committer), config.catalog.clone())
+            let (catalog, committer) =
+                rest::connect(&config.catalog, &config.rest, storage).await?;
+            (
+                Arc::new(catalog),
+                commit::CatalogPointer::Rest(committer),
+                config.catalog.clone(),
+            )
         } else {
             let (catalog_uri, postgres) = if config.catalog.is_empty() {
-                (format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display()), false)
-            } else if config.catalog.starts_with("postgres://") || config.catalog.starts_with("postgresql://") {
+                (
+                    format!("sqlite:{}?mode=rwc", dir.join("catalog.db").display()),
+                    false,
+                )
+            } else if config.catalog.starts_with("postgres://")
+                || config.catalog.starts_with("postgresql://")
+            {
                 (config.catalog.clone(), true)
             } else {
                 (config.catalog.clone(), false)
@@ -308,7 +349,11 @@ impl Lake {
             let catalog = SqlCatalogBuilder::default()
                 .uri(&catalog_uri)
                 .warehouse_location(&warehouse)
-                .sql_bind_style(if postgres { SqlBindStyle::DollarNumeric } else { SqlBindStyle::QMark })
+                .sql_bind_style(if postgres {
+                    SqlBindStyle::DollarNumeric
+                } else {
+                    SqlBindStyle::QMark
+                })
                 // SQLite: one connection, as SQLite serializes writers anyway and this avoids
                 // lock errors.
                 .prop("pool.max-connections", if postgres { "4" } else { "1" })
@@ -341,7 +386,9 @@ impl Lake {
         for ns in tables::NAMESPACES {
             let ident = NamespaceIdent::new(ns.to_owned());
             if !lake.catalog.namespace_exists(&ident).await? {
-                lake.catalog.create_namespace(&ident, HashMap::new()).await?;
+                lake.catalog
+                    .create_namespace(&ident, HashMap::new())
+                    .await?;
             }
         }
         for t in Fixed::ALL {
@@ -367,10 +414,16 @@ impl Lake {
             .partition_spec(spec)
             .properties([
                 ("write.format.default".to_owned(), "parquet".to_owned()),
-                ("write.parquet.compression-codec".to_owned(), "zstd".to_owned()),
+                (
+                    "write.parquet.compression-codec".to_owned(),
+                    "zstd".to_owned(),
+                ),
             ])
             .build();
-        Ok(self.catalog.create_table(ident.namespace(), creation).await?)
+        Ok(self
+            .catalog
+            .create_table(ident.namespace(), creation)
+            .await?)
     }
 
     /// The catalog, for readers such as DataFusion.
@@ -404,19 +457,36 @@ impl Lake {
         claim: &Claim,
         properties: &HashMap<String, String>,
     ) -> Result<()> {
-        commit::fenced_append(self.catalog.as_ref(), &self.pointer, table, files, claim, properties).await
+        commit::fenced_append(
+            self.catalog.as_ref(),
+            &self.pointer,
+            table,
+            files,
+            claim,
+            properties,
+        )
+        .await
     }
 
     /// The bus offsets each table's newest snapshot records, by table name.
     pub async fn committed_offsets(&self) -> Result<BTreeMap<String, BTreeMap<String, i64>>> {
-        Ok(self.committed_progress().await?.into_iter().map(|(t, p)| (t, p.offsets)).collect())
+        Ok(self
+            .committed_progress()
+            .await?
+            .into_iter()
+            .map(|(t, p)| (t, p.offsets))
+            .collect())
     }
 
     /// The offsets and processor progress each table's newest snapshot records, by
     /// table name: what [`ResumePlan::from_lake`] plans from.
     pub async fn committed_progress(&self) -> Result<BTreeMap<String, TableProgress>> {
         let mut idents: Vec<TableIdent> = Fixed::ALL.iter().map(|f| f.ident()).collect();
-        idents.extend(self.catalog.list_tables(&NamespaceIdent::new("clean".to_owned())).await?);
+        idents.extend(
+            self.catalog
+                .list_tables(&NamespaceIdent::new("clean".to_owned()))
+                .await?,
+        );
         let mut out = BTreeMap::new();
         for ident in idents {
             let table = self.catalog.load_table(&ident).await?;
@@ -433,7 +503,10 @@ impl Lake {
 
     /// How to take up `partition` (`topic/partition`): see [`ResumePlan`].
     pub async fn resume_plan(&self, partition: &str) -> Result<ResumePlan> {
-        Ok(ResumePlan::from_lake(&self.committed_progress().await?, partition))
+        Ok(ResumePlan::from_lake(
+            &self.committed_progress().await?,
+            partition,
+        ))
     }
 
     /// Loads a table.
@@ -489,8 +562,13 @@ impl Lake {
         let mut missing = Vec::new();
         for t in tags {
             match schema.field_by_name(t) {
-                None => missing.push(AddColumn::optional(t, Type::Primitive(iceberg::spec::PrimitiveType::String))),
-                Some(f) if *f.field_type != Type::Primitive(iceberg::spec::PrimitiveType::String) => {
+                None => missing.push(AddColumn::optional(
+                    t,
+                    Type::Primitive(iceberg::spec::PrimitiveType::String),
+                )),
+                Some(f)
+                    if *f.field_type != Type::Primitive(iceberg::spec::PrimitiveType::String) =>
+                {
                     return Err(Error::Incompatible {
                         table: format!("clean.{measurement}"),
                         column: t.clone(),
@@ -503,9 +581,15 @@ impl Lake {
         }
         for (f, ft) in fields {
             match schema.field_by_name(f) {
-                None => missing.push(AddColumn::optional(f, Type::Primitive(tables::field_type(*ft)))),
-                Some(col) if tables::clean_field_type(&col.field_type) != Some(*ft)
-                    && !(matches!(ft, FieldType::UInt) && tables::clean_field_type(&col.field_type) == Some(FieldType::Int)) =>
+                None => missing.push(AddColumn::optional(
+                    f,
+                    Type::Primitive(tables::field_type(*ft)),
+                )),
+                Some(col)
+                    if tables::clean_field_type(&col.field_type) != Some(*ft)
+                        && !(matches!(ft, FieldType::UInt)
+                            && tables::clean_field_type(&col.field_type)
+                                == Some(FieldType::Int)) =>
                 {
                     return Err(Error::Incompatible {
                         table: format!("clean.{measurement}"),

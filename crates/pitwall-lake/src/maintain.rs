@@ -17,19 +17,23 @@ use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
-use iceberg::arrow::{ArrowReaderBuilder, schema_to_arrow_schema};
 use iceberg::Runtime;
+use iceberg::arrow::{ArrowReaderBuilder, schema_to_arrow_schema};
 use iceberg::spec::{DataFileFormat, Operation, PartitionKey, Struct, TableMetadataBuilder};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{NamespaceIdent, TableIdent};
 use serde::{Deserialize, Serialize};
 
-use crate::commit::{Rewritten, current_location, fenced_rewrite, live_entries, manifest_list, partition_day};
+use crate::commit::{
+    Rewritten, current_location, fenced_rewrite, live_entries, manifest_list, partition_day,
+};
 use crate::storage::LakeStorage;
 use crate::tables::Fixed;
 use crate::{Error, Lake, Result};
@@ -80,14 +84,19 @@ mod humantime_serde_map {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         m.iter()
             .map(|(k, v)| (k.clone(), humantime::format_duration(*v).to_string()))
             .collect::<BTreeMap<_, _>>()
             .serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
         BTreeMap::<String, String>::deserialize(d)?
             .into_iter()
             .map(|(k, v)| {
@@ -131,7 +140,11 @@ impl Lake {
     /// Every table of the lake: the fixed ones and each `clean.<measurement>`.
     pub async fn table_idents(&self) -> Result<Vec<TableIdent>> {
         let mut idents: Vec<TableIdent> = Fixed::ALL.iter().map(|f| f.ident()).collect();
-        idents.extend(self.catalog.list_tables(&NamespaceIdent::new("clean".to_owned())).await?);
+        idents.extend(
+            self.catalog
+                .list_tables(&NamespaceIdent::new("clean".to_owned()))
+                .await?,
+        );
         Ok(idents)
     }
 
@@ -155,21 +168,40 @@ impl Lake {
         self.compact_with(ident, target_size, true).await
     }
 
-    async fn compact_with(&self, ident: &TableIdent, target_size: u64, tiered: bool) -> Result<Compacted> {
+    async fn compact_with(
+        &self,
+        ident: &TableIdent,
+        target_size: u64,
+        tiered: bool,
+    ) -> Result<Compacted> {
         let table = self.catalog.load_table(ident).await?;
         let live = live_entries(&table).await?;
         let manifests_before = match table.metadata().current_snapshot() {
             Some(s) => manifest_list(&table, s).await?.entries().len(),
             None => 0,
         };
-        let mut out = Compacted { files_before: live.len(), files_after: live.len(), manifests_before, ..Compacted::default() };
+        let mut out = Compacted {
+            files_before: live.len(),
+            files_after: live.len(),
+            manifests_before,
+            ..Compacted::default()
+        };
         let small = target_size / 4 * 3;
-        let tier = |size: u64| if tiered { (size / (256 << 10)).checked_ilog(4).map_or(0, |t| t + 1) } else { 0 };
+        let tier = |size: u64| {
+            if tiered {
+                (size / (256 << 10)).checked_ilog(4).map_or(0, |t| t + 1)
+            } else {
+                0
+            }
+        };
         let mut groups: BTreeMap<(Option<i32>, u32), (Struct, Vec<String>)> = BTreeMap::new();
         for e in &live {
             if e.file_size_in_bytes() < small {
                 let g = groups
-                    .entry((partition_day(e.data_file.partition()), tier(e.file_size_in_bytes())))
+                    .entry((
+                        partition_day(e.data_file.partition()),
+                        tier(e.file_size_in_bytes()),
+                    ))
                     .or_insert_with(|| (e.data_file.partition().clone(), Vec::new()));
                 g.1.push(e.file_path().to_owned());
             }
@@ -182,22 +214,39 @@ impl Lake {
         let mut removed = BTreeSet::new();
         let mut added = Vec::new();
         if !groups.is_empty() {
-            let tasks: Vec<_> = table.scan().build()?.plan_files().await?.try_collect().await?;
+            let tasks: Vec<_> = table
+                .scan()
+                .build()?
+                .plan_files()
+                .await?
+                .try_collect()
+                .await?;
             let metadata = table.metadata();
             let schema = Arc::clone(metadata.current_schema());
             let arrow_schema = Arc::new(schema_to_arrow_schema(&schema)?);
             let sort_by = crate::tables::sort_columns(ident, &schema);
             let spec = metadata.default_partition_spec().as_ref().clone();
             let builder = DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
-                ParquetWriterBuilder::new(crate::writer::for_schema(crate::writer::compaction_properties(), &schema), Arc::clone(&schema)),
+                ParquetWriterBuilder::new(
+                    crate::writer::for_schema(crate::writer::compaction_properties(), &schema),
+                    Arc::clone(&schema),
+                ),
                 usize::try_from(target_size).unwrap_or(usize::MAX),
                 table.file_io().clone(),
                 DefaultLocationGenerator::new(metadata)?,
-                DefaultFileNameGenerator::new(format!("compact-{}", uuid::Uuid::new_v4()), None, DataFileFormat::Parquet),
+                DefaultFileNameGenerator::new(
+                    format!("compact-{}", uuid::Uuid::new_v4()),
+                    None,
+                    DataFileFormat::Parquet,
+                ),
             ));
             for (partition, files) in groups.into_values() {
                 let wanted: HashSet<&str> = files.iter().map(String::as_str).collect();
-                let group: Vec<_> = tasks.iter().filter(|t| wanted.contains(t.data_file_path.as_str())).cloned().collect();
+                let group: Vec<_> = tasks
+                    .iter()
+                    .filter(|t| wanted.contains(t.data_file_path.as_str()))
+                    .cloned()
+                    .collect();
                 if group.len() != files.len() {
                     return Err(Error::Internal(format!(
                         "{ident}: the scan planned {} of the {} files to compact",
@@ -207,11 +256,12 @@ impl Lake {
                 }
                 // Object stores answer each read after tens of milliseconds: read many
                 // small files at once (row order does not matter, chunks are sorted).
-                let mut batches = ArrowReaderBuilder::new(table.file_io().clone(), Runtime::current())
-                    .with_data_file_concurrency_limit(READ_CONCURRENCY)
-                    .build()
-                    .read(futures::stream::iter(group.into_iter().map(Ok)).boxed())?
-                    .stream();
+                let mut batches =
+                    ArrowReaderBuilder::new(table.file_io().clone(), Runtime::current())
+                        .with_data_file_concurrency_limit(READ_CONCURRENCY)
+                        .build()
+                        .read(futures::stream::iter(group.into_iter().map(Ok)).boxed())?
+                        .stream();
                 let key = PartitionKey::new(spec.clone(), Arc::clone(&schema), partition);
                 let mut w = builder.build(Some(key)).await?;
                 let mut chunk = SortChunk::new(&sort_by, &arrow_schema);
@@ -230,7 +280,11 @@ impl Lake {
                 // Never trade rows for smaller files: the rows read and written must be
                 // the rows the manifests say the files hold.
                 let written_rows: u64 = written.iter().map(|f| f.record_count()).sum();
-                let source_rows: u64 = live.iter().filter(|e| wanted.contains(e.file_path())).map(|e| e.record_count()).sum();
+                let source_rows: u64 = live
+                    .iter()
+                    .filter(|e| wanted.contains(e.file_path()))
+                    .map(|e| e.record_count())
+                    .sum();
                 if group_rows != source_rows || written_rows != source_rows {
                     for f in written.iter().chain(&added) {
                         let _ = table.file_io().delete(f.file_path()).await;
@@ -245,7 +299,17 @@ impl Lake {
             }
         }
         let written: Vec<String> = added.iter().map(|f| f.file_path().to_owned()).collect();
-        match fenced_rewrite(self.catalog.as_ref(), &self.pointer, ident, &removed, added, Operation::Replace, None).await {
+        match fenced_rewrite(
+            self.catalog.as_ref(),
+            &self.pointer,
+            ident,
+            &removed,
+            added,
+            Operation::Replace,
+            None,
+        )
+        .await
+        {
             Ok(Rewritten { files_after, .. }) => {
                 out.files_after = files_after;
                 out.committed = true;
@@ -263,15 +327,20 @@ impl Lake {
 
     /// Drops snapshots older than `older_than` (never the current one) and deletes the
     /// manifest lists, manifests and data files no remaining snapshot references.
-    pub async fn expire_snapshots(&self, ident: &TableIdent, older_than: Duration) -> Result<Expired> {
+    pub async fn expire_snapshots(
+        &self,
+        ident: &TableIdent,
+        older_than: Duration,
+    ) -> Result<Expired> {
         for _ in 0..20 {
             let table = self.catalog.load_table(ident).await?;
             let metadata = table.metadata();
             let current = metadata.current_snapshot_id();
             let cutoff = now_ms() - older_than.as_millis() as i64;
             // pitwall keeps only the main branch; iceberg-rust does not list other refs.
-            let (old, keep): (Vec<_>, Vec<_>) =
-                metadata.snapshots().partition(|s| s.timestamp_ms() < cutoff && Some(s.snapshot_id()) != current);
+            let (old, keep): (Vec<_>, Vec<_>) = metadata
+                .snapshots()
+                .partition(|s| s.timestamp_ms() < cutoff && Some(s.snapshot_id()) != current);
             if old.is_empty() {
                 return Ok(Expired::default());
             }
@@ -282,42 +351,77 @@ impl Lake {
             }
             let mut doomed = BTreeSet::new();
             for s in &old {
-                doomed.extend(manifests.snapshot_files(&table, s).await?.into_iter().filter(|f| !kept_files.contains(f)));
+                doomed.extend(
+                    manifests
+                        .snapshot_files(&table, s)
+                        .await?
+                        .into_iter()
+                        .filter(|f| !kept_files.contains(f)),
+                );
             }
             let ids: Vec<i64> = old.iter().map(|s| s.snapshot_id()).collect();
             let old_location = current_location(&table)?;
-            let new_metadata = TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(old_location.clone()))
-                .remove_snapshots(&ids)
-                .build()?
-                .metadata;
-            if self.pointer.swap(&table, &old_location, new_metadata).await? {
+            let new_metadata = TableMetadataBuilder::new_from_metadata(
+                metadata.clone(),
+                Some(old_location.clone()),
+            )
+            .remove_snapshots(&ids)
+            .build()?
+            .metadata;
+            if self
+                .pointer
+                .swap(&table, &old_location, new_metadata)
+                .await?
+            {
                 let io = table.file_io();
                 let mut deleted = 0;
                 for f in &doomed {
                     match io.delete(f).await {
                         Ok(()) => deleted += 1,
-                        Err(e) => tracing::warn!(file = %f, error = %e, "could not delete an expired file; orphan cleaning will"),
+                        Err(e) => {
+                            tracing::warn!(file = %f, error = %e, "could not delete an expired file; orphan cleaning will")
+                        }
                     }
                 }
-                return Ok(Expired { snapshots: ids.len(), files_deleted: deleted });
+                return Ok(Expired {
+                    snapshots: ids.len(),
+                    files_deleted: deleted,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(Error::Catalog(format!("{ident}: expiry kept losing the commit race; try again later")))
+        Err(Error::Catalog(format!(
+            "{ident}: expiry kept losing the commit race; try again later"
+        )))
     }
 
     /// Deletes files under the table's location that no snapshot and no metadata file
     /// of the table references and that are older than `older_than`. Returns them.
-    pub async fn clean_orphans(&self, ident: &TableIdent, older_than: Duration) -> Result<Vec<String>> {
+    pub async fn clean_orphans(
+        &self,
+        ident: &TableIdent,
+        older_than: Duration,
+    ) -> Result<Vec<String>> {
         let table = self.catalog.load_table(ident).await?;
         let metadata = table.metadata();
         let mut referenced: HashSet<String> = HashSet::new();
         let mut manifests = ManifestFiles::default();
         for s in metadata.snapshots() {
-            referenced.extend(manifests.snapshot_files(&table, s).await?.iter().map(|f| normalize(f)));
+            referenced.extend(
+                manifests
+                    .snapshot_files(&table, s)
+                    .await?
+                    .iter()
+                    .map(|f| normalize(f)),
+            );
         }
         referenced.extend(table.metadata_location().map(normalize));
-        referenced.extend(metadata.metadata_log().iter().map(|l| normalize(&l.metadata_file)));
+        referenced.extend(
+            metadata
+                .metadata_log()
+                .iter()
+                .map(|l| normalize(&l.metadata_file)),
+        );
         let cutoff = now_ms() - older_than.as_millis() as i64;
         let storage = self.storage();
         let mut removed = Vec::new();
@@ -345,21 +449,39 @@ impl Lake {
         if old.is_empty() {
             return Ok(Rewritten::default());
         }
-        fenced_rewrite(self.catalog.as_ref(), &self.pointer, ident, &old, Vec::new(), Operation::Delete, None).await
+        fenced_rewrite(
+            self.catalog.as_ref(),
+            &self.pointer,
+            ident,
+            &old,
+            Vec::new(),
+            Operation::Delete,
+            None,
+        )
+        .await
     }
 
     /// One round of everything `config` asks for, over every table; errors of one table
     /// are logged and the others still run. Returns a line per table that changed.
     pub async fn maintain(&self, config: &MaintenanceConfig) -> Result<Vec<String>> {
-        self.maintain_tables(&self.table_idents().await?, config).await
+        self.maintain_tables(&self.table_idents().await?, config)
+            .await
     }
 
     /// As [`Lake::maintain`], over `tables`; lines carry no table name when given one.
-    pub async fn maintain_tables(&self, tables: &[TableIdent], config: &MaintenanceConfig) -> Result<Vec<String>> {
+    pub async fn maintain_tables(
+        &self,
+        tables: &[TableIdent],
+        config: &MaintenanceConfig,
+    ) -> Result<Vec<String>> {
         let mut lines = Vec::new();
         for ident in tables {
             if let Some(line) = self.maintain_table(ident, config).await {
-                lines.push(if tables.len() == 1 { line } else { format!("{ident}: {line}") });
+                lines.push(if tables.len() == 1 {
+                    line
+                } else {
+                    format!("{ident}: {line}")
+                });
             }
         }
         Ok(lines)
@@ -368,12 +490,19 @@ impl Lake {
     /// One round of everything `config` asks for on one table: retention, tiered
     /// compaction, expiry, orphan cleaning. Failures are logged, and the next step
     /// still runs. Returns what changed, if anything.
-    pub async fn maintain_table(&self, ident: &TableIdent, config: &MaintenanceConfig) -> Option<String> {
+    pub async fn maintain_table(
+        &self,
+        ident: &TableIdent,
+        config: &MaintenanceConfig,
+    ) -> Option<String> {
         let name = ident.to_string();
         let mut parts = Vec::new();
         if let Some(keep) = config.retention.get(&name) {
             match self.apply_retention(ident, *keep).await {
-                Ok(r) if r.removed_files > 0 => parts.push(format!("dropped {} rows in {} files past retention", r.removed_rows, r.removed_files)),
+                Ok(r) if r.removed_files > 0 => parts.push(format!(
+                    "dropped {} rows in {} files past retention",
+                    r.removed_rows, r.removed_files
+                )),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(table = %name, error = %e, "retention failed"),
             }
@@ -385,11 +514,16 @@ impl Lake {
             )),
             Ok(_) => {}
             // Another round (a replica's, or one by hand) rewrote those files first.
-            Err(e @ Error::Changed { .. }) => tracing::info!(table = %name, error = %e, "compaction skipped until the next round"),
+            Err(e @ Error::Changed { .. }) => {
+                tracing::info!(table = %name, error = %e, "compaction skipped until the next round")
+            }
             Err(e) => tracing::warn!(table = %name, error = %e, "compaction failed"),
         }
         match self.expire_snapshots(ident, config.expire_after).await {
-            Ok(x) if x.snapshots > 0 => parts.push(format!("expired {} snapshots, deleted {} files", x.snapshots, x.files_deleted)),
+            Ok(x) if x.snapshots > 0 => parts.push(format!(
+                "expired {} snapshots, deleted {} files",
+                x.snapshots, x.files_deleted
+            )),
             Ok(_) => {}
             Err(e) => tracing::warn!(table = %name, error = %e, "snapshot expiry failed"),
         }
@@ -419,7 +553,11 @@ struct ManifestFiles(std::collections::HashMap<String, Arc<Vec<String>>>);
 impl ManifestFiles {
     /// Every file a snapshot needs: its manifest list, its manifests and the data files
     /// live in it (a file its manifests list as deleted is not read through it).
-    async fn snapshot_files(&mut self, table: &Table, snapshot: &iceberg::spec::Snapshot) -> Result<Vec<String>> {
+    async fn snapshot_files(
+        &mut self,
+        table: &Table,
+        snapshot: &iceberg::spec::Snapshot,
+    ) -> Result<Vec<String>> {
         let mut out = vec![snapshot.manifest_list().to_owned()];
         for m in manifest_list(table, snapshot).await?.entries() {
             out.push(m.manifest_path.clone());
@@ -427,8 +565,14 @@ impl ManifestFiles {
                 Some(f) => Arc::clone(f),
                 None => {
                     let manifest = m.load_manifest(table.file_io()).await?;
-                    let files: Arc<Vec<String>> =
-                        Arc::new(manifest.entries().iter().filter(|e| e.is_alive()).map(|e| e.file_path().to_owned()).collect());
+                    let files: Arc<Vec<String>> = Arc::new(
+                        manifest
+                            .entries()
+                            .iter()
+                            .filter(|e| e.is_alive())
+                            .map(|e| e.file_path().to_owned())
+                            .collect(),
+                    );
                     self.0.insert(m.manifest_path.clone(), Arc::clone(&files));
                     files
                 }
@@ -457,15 +601,27 @@ impl SortChunk {
     const LIMIT: usize = 256 << 20;
 
     fn new(sort_by: &[String], schema: &arrow_schema::SchemaRef) -> Self {
-        let columns = sort_by.iter().filter_map(|c| schema.index_of(c).ok()).collect();
-        SortChunk { columns, schema: Arc::clone(schema), batches: Vec::new(), bytes: 0 }
+        let columns = sort_by
+            .iter()
+            .filter_map(|c| schema.index_of(c).ok())
+            .collect();
+        SortChunk {
+            columns,
+            schema: Arc::clone(schema),
+            batches: Vec::new(),
+            bytes: 0,
+        }
     }
 
     /// Takes `batch`; returns a sorted chunk once enough has gathered.
     fn push(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
         self.bytes += batch.get_array_memory_size();
         self.batches.push(batch);
-        if self.bytes >= Self::LIMIT { self.finish() } else { Ok(None) }
+        if self.bytes >= Self::LIMIT {
+            self.finish()
+        } else {
+            Ok(None)
+        }
     }
 
     /// Sorts and returns what has gathered, if anything.
@@ -474,14 +630,18 @@ impl SortChunk {
         if self.batches.is_empty() {
             return Ok(None);
         }
-        let batch = arrow_select::concat::concat_batches(&self.schema, &std::mem::take(&mut self.batches))?;
+        let batch =
+            arrow_select::concat::concat_batches(&self.schema, &std::mem::take(&mut self.batches))?;
         if self.columns.is_empty() {
             return Ok(Some(batch));
         }
         let keys: Vec<arrow_ord::sort::SortColumn> = self
             .columns
             .iter()
-            .map(|&i| arrow_ord::sort::SortColumn { values: Arc::clone(batch.column(i)), options: None })
+            .map(|&i| arrow_ord::sort::SortColumn {
+                values: Arc::clone(batch.column(i)),
+                options: None,
+            })
             .collect();
         let order = arrow_ord::sort::lexsort_to_indices(&keys, None)?;
         Ok(Some(arrow_select::take::take_record_batch(&batch, &order)?))

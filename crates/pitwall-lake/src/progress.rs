@@ -140,7 +140,12 @@ impl ResumePlan {
 
     /// The largest suppression offset: from there on nothing is dropped.
     pub fn replay_until(&self) -> i64 {
-        self.suppress.values().copied().chain([self.frontier]).max().unwrap_or(0)
+        self.suppress
+            .values()
+            .copied()
+            .chain([self.frontier])
+            .max()
+            .unwrap_or(0)
     }
 
     /// Drops from `out` (the outputs of the message at `offset`) what the lake has.
@@ -207,7 +212,14 @@ mod tests {
     #[test]
     fn an_empty_lake_replays_from_the_start() {
         let plan = ResumePlan::from_lake(&BTreeMap::new(), P);
-        assert_eq!(plan.base, Checkpoint { next: 0, replay_from: 0, max_time: i64::MIN });
+        assert_eq!(
+            plan.base,
+            Checkpoint {
+                next: 0,
+                replay_from: 0,
+                max_time: i64::MIN
+            }
+        );
         assert_eq!(plan.suppress_below(names::RAW), 0);
     }
 

@@ -49,7 +49,14 @@ impl fmt::Debug for RestConfig {
             .field("credential", &hide(&self.credential))
             .field("scope", &self.scope)
             .field("oauth2_server_uri", &self.oauth2_server_uri)
-            .field("headers", &self.headers.keys().map(|k| (k, "***")).collect::<BTreeMap<_, _>>())
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .keys()
+                    .map(|k| (k, "***"))
+                    .collect::<BTreeMap<_, _>>(),
+            )
             .finish()
     }
 }
@@ -71,7 +78,9 @@ pub(crate) struct RestCommitter {
 
 impl fmt::Debug for RestCommitter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RestCommitter").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("RestCommitter")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,10 +105,11 @@ pub(crate) async fn connect(
         .map_err(|e| unreachable(uri, &e))?;
     let mut headers = reqwest::header::HeaderMap::new();
     for (k, v) in &cfg.headers {
-        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| Error::Config {
-            key: "rest.headers",
-            message: format!("{k:?} is not an HTTP header name ({e})"),
-        })?;
+        let name =
+            reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| Error::Config {
+                key: "rest.headers",
+                message: format!("{k:?} is not an HTTP header name ({e})"),
+            })?;
         let value = reqwest::header::HeaderValue::from_str(v).map_err(|e| Error::Config {
             key: "rest.headers",
             message: format!("the value of {k:?} cannot be sent as an HTTP header ({e})"),
@@ -112,13 +122,18 @@ pub(crate) async fn connect(
         fetch_token(&http, uri, cfg).await?
     };
     if !token.is_empty() {
-        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| Error::Config {
-            key: "rest.token",
-            message: format!("the token cannot be sent as an HTTP header ({e})"),
-        })?;
+        let value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| {
+                Error::Config {
+                    key: "rest.token",
+                    message: format!("the token cannot be sent as an HTTP header ({e})"),
+                }
+            })?;
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    let mut request = http.get(format!("{uri}/v1/config")).headers(headers.clone());
+    let mut request = http
+        .get(format!("{uri}/v1/config"))
+        .headers(headers.clone());
     if !cfg.warehouse.is_empty() {
         request = request.query(&[("warehouse", cfg.warehouse.as_str())]);
     }
@@ -126,7 +141,10 @@ pub(crate) async fn connect(
     let status = response.status();
     let body = response.text().await.map_err(|e| unreachable(uri, &e))?;
     if !status.is_success() {
-        return Err(unreachable(uri, &format!("GET /v1/config answered {status}: {}", error_message(&body))));
+        return Err(unreachable(
+            uri,
+            &format!("GET /v1/config answered {status}: {}", error_message(&body)),
+        ));
     }
     #[derive(Deserialize, Default)]
     struct ServerConfig {
@@ -135,9 +153,19 @@ pub(crate) async fn connect(
         #[serde(default)]
         overrides: HashMap<String, String>,
     }
-    let server: ServerConfig =
-        serde_json::from_str(&body).map_err(|e| unreachable(uri, &format!("GET /v1/config gave something else than a catalog config ({e})")))?;
-    let pick = |k: &str| server.overrides.get(k).or_else(|| server.defaults.get(k)).cloned();
+    let server: ServerConfig = serde_json::from_str(&body).map_err(|e| {
+        unreachable(
+            uri,
+            &format!("GET /v1/config gave something else than a catalog config ({e})"),
+        )
+    })?;
+    let pick = |k: &str| {
+        server
+            .overrides
+            .get(k)
+            .or_else(|| server.defaults.get(k))
+            .cloned()
+    };
     let base_uri = pick("uri").unwrap_or_else(|| uri.to_owned());
     let base_uri = base_uri.trim_end_matches('/');
     let base = match pick("prefix").filter(|p| !p.is_empty()) {
@@ -160,43 +188,81 @@ pub(crate) async fn connect(
         .load(crate::CATALOG_NAME, props)
         .await
         .map_err(|e| unreachable(uri, &e))?;
-    Ok((catalog, RestCommitter { http, base, headers }))
+    Ok((
+        catalog,
+        RestCommitter {
+            http,
+            base,
+            headers,
+        },
+    ))
 }
 
 /// The OAuth2 client-credentials exchange.
 async fn fetch_token(http: &reqwest::Client, uri: &str, cfg: &RestConfig) -> Result<String> {
-    let (id, secret) = cfg.credential.split_once(':').unwrap_or(("", cfg.credential.as_str()));
-    let endpoint = if cfg.oauth2_server_uri.is_empty() { format!("{uri}/v1/oauth/tokens") } else { cfg.oauth2_server_uri.clone() };
-    let mut form = vec![("grant_type", "client_credentials"), ("client_secret", secret)];
+    let (id, secret) = cfg
+        .credential
+        .split_once(':')
+        .unwrap_or(("", cfg.credential.as_str()));
+    let endpoint = if cfg.oauth2_server_uri.is_empty() {
+        format!("{uri}/v1/oauth/tokens")
+    } else {
+        cfg.oauth2_server_uri.clone()
+    };
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        ("client_secret", secret),
+    ];
     if !id.is_empty() {
         form.push(("client_id", id));
     }
-    let scope = if cfg.scope.is_empty() { "catalog" } else { cfg.scope.as_str() };
+    let scope = if cfg.scope.is_empty() {
+        "catalog"
+    } else {
+        cfg.scope.as_str()
+    };
     form.push(("scope", scope));
-    let response = http.post(&endpoint).form(&form).send().await.map_err(|e| unreachable(&endpoint, &e))?;
+    let response = http
+        .post(&endpoint)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| unreachable(&endpoint, &e))?;
     let status = response.status();
-    let body = response.text().await.map_err(|e| unreachable(&endpoint, &e))?;
+    let body = response
+        .text()
+        .await
+        .map_err(|e| unreachable(&endpoint, &e))?;
     if !status.is_success() {
         return Err(Error::Config {
             key: "rest.credential",
-            message: format!("{endpoint} refused the credential ({status}: {}); check the client id and secret", error_message(&body)),
+            message: format!(
+                "{endpoint} refused the credential ({status}: {}); check the client id and secret",
+                error_message(&body)
+            ),
         });
     }
     #[derive(Deserialize)]
     struct Token {
         access_token: String,
     }
-    serde_json::from_str::<Token>(&body).map(|t| t.access_token).map_err(|e| Error::Config {
-        key: "rest.credential",
-        message: format!("{endpoint} answered without an access_token ({e})"),
-    })
+    serde_json::from_str::<Token>(&body)
+        .map(|t| t.access_token)
+        .map_err(|e| Error::Config {
+            key: "rest.credential",
+            message: format!("{endpoint} answered without an access_token ({e})"),
+        })
 }
 
 /// The message of a REST error body (`{"error": {"message": …}}`), or the body.
 fn error_message(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_owned))
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| body.chars().take(300).collect())
 }
 
@@ -206,22 +272,32 @@ fn updates(old: &TableMetadata, new: &TableMetadata) -> Vec<TableUpdate> {
     let old_ids: HashSet<i64> = old.snapshots().map(|s| s.snapshot_id()).collect();
     let new_ids: HashSet<i64> = new.snapshots().map(|s| s.snapshot_id()).collect();
     let mut out = Vec::new();
-    let mut added: Vec<_> = new.snapshots().filter(|s| !old_ids.contains(&s.snapshot_id())).collect();
+    let mut added: Vec<_> = new
+        .snapshots()
+        .filter(|s| !old_ids.contains(&s.snapshot_id()))
+        .collect();
     added.sort_by_key(|s| s.sequence_number());
     for s in added {
-        out.push(TableUpdate::AddSnapshot { snapshot: s.as_ref().clone() });
+        out.push(TableUpdate::AddSnapshot {
+            snapshot: s.as_ref().clone(),
+        });
     }
     let mut removed: Vec<i64> = old_ids.difference(&new_ids).copied().collect();
     if !removed.is_empty() {
         removed.sort_unstable();
-        out.push(TableUpdate::RemoveSnapshots { snapshot_ids: removed });
+        out.push(TableUpdate::RemoveSnapshots {
+            snapshot_ids: removed,
+        });
     }
     if new.current_snapshot_id() != old.current_snapshot_id()
         && let Some(id) = new.current_snapshot_id()
     {
         out.push(TableUpdate::SetSnapshotRef {
             ref_name: MAIN_BRANCH.to_owned(),
-            reference: iceberg::spec::SnapshotReference::new(id, iceberg::spec::SnapshotRetention::branch(None, None, None)),
+            reference: iceberg::spec::SnapshotReference::new(
+                id,
+                iceberg::spec::SnapshotRetention::branch(None, None, None),
+            ),
         });
     }
     out
@@ -233,16 +309,30 @@ impl RestCommitter {
         let enc = |s: &str| {
             s.bytes()
                 .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
                 })
                 .collect::<String>()
         };
-        format!("{}namespaces/{}/tables/{}", self.base, enc(&ns), enc(ident.name()))
+        format!(
+            "{}namespaces/{}/tables/{}",
+            self.base,
+            enc(&ns),
+            enc(ident.name())
+        )
     }
 
     /// Commits `new` over `old` if the table's main branch still is where `old` has it:
     /// true once committed, false if another writer committed first.
-    pub(crate) async fn commit(&self, ident: &TableIdent, old: &TableMetadata, new: &TableMetadata) -> Result<bool> {
+    pub(crate) async fn commit(
+        &self,
+        ident: &TableIdent,
+        old: &TableMetadata,
+        new: &TableMetadata,
+    ) -> Result<bool> {
         let updates = updates(old, new);
         if updates.is_empty() {
             return Ok(true);
@@ -260,7 +350,13 @@ impl RestCommitter {
             "updates": updates,
         });
         let url = self.table_url(ident);
-        let sent = self.http.post(&url).headers(self.headers.clone()).json(&body).send().await;
+        let sent = self
+            .http
+            .post(&url)
+            .headers(self.headers.clone())
+            .json(&body)
+            .send()
+            .await;
         let response = match sent {
             Ok(r) => r,
             // The request may or may not have reached the server: look.
@@ -274,14 +370,31 @@ impl RestCommitter {
         match status.as_u16() {
             409 => Ok(false),
             // CommitStateUnknownException: the commit may have landed.
-            500 | 502 | 503 | 504 => self.landed(ident, old, new, &format!("{status}: {}", error_message(&text))).await,
-            _ => Err(Error::Catalog(format!("the REST catalog refused the commit to {ident} ({status}: {})", error_message(&text)))),
+            500 | 502 | 503 | 504 => {
+                self.landed(
+                    ident,
+                    old,
+                    new,
+                    &format!("{status}: {}", error_message(&text)),
+                )
+                .await
+            }
+            _ => Err(Error::Catalog(format!(
+                "the REST catalog refused the commit to {ident} ({status}: {})",
+                error_message(&text)
+            ))),
         }
     }
 
     /// After a commit whose outcome is unknown: true if `new` is what the table holds
     /// now, false if the table is still as before (the commit did not land).
-    async fn landed(&self, ident: &TableIdent, old: &TableMetadata, new: &TableMetadata, why: &str) -> Result<bool> {
+    async fn landed(
+        &self,
+        ident: &TableIdent,
+        old: &TableMetadata,
+        new: &TableMetadata,
+        why: &str,
+    ) -> Result<bool> {
         tracing::warn!(table = %ident, error = why, "a REST commit's outcome is unknown; loading the table to see");
         let response = self
             .http
@@ -290,24 +403,35 @@ impl RestCommitter {
             .send()
             .await
             .map_err(|e| Error::Catalog(format!("{ident}: a commit's outcome is unknown ({why}) and the table cannot be loaded ({e})")))?;
-        let value: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| Error::Catalog(format!("{ident}: a commit's outcome is unknown ({why}) and the table cannot be read ({e})")))?;
+        let value: serde_json::Value = response.json().await.map_err(|e| {
+            Error::Catalog(format!(
+                "{ident}: a commit's outcome is unknown ({why}) and the table cannot be read ({e})"
+            ))
+        })?;
         let ids: HashSet<i64> = value
             .pointer("/metadata/snapshots")
             .and_then(|s| s.as_array())
-            .map(|a| a.iter().filter_map(|s| s.get("snapshot-id").and_then(serde_json::Value::as_i64)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.get("snapshot-id").and_then(serde_json::Value::as_i64))
+                    .collect()
+            })
             .unwrap_or_default();
         // A commit that adds a snapshot landed if the table has it (others may have
         // built on it since); one that only removes snapshots, if they are gone.
-        Ok(match new.current_snapshot_id().filter(|id| Some(*id) != old.current_snapshot_id()) {
-            Some(id) => ids.contains(&id),
-            None => {
-                let kept: HashSet<i64> = new.snapshots().map(|s| s.snapshot_id()).collect();
-                old.snapshots().all(|s| kept.contains(&s.snapshot_id()) || !ids.contains(&s.snapshot_id()))
-            }
-        })
+        Ok(
+            match new
+                .current_snapshot_id()
+                .filter(|id| Some(*id) != old.current_snapshot_id())
+            {
+                Some(id) => ids.contains(&id),
+                None => {
+                    let kept: HashSet<i64> = new.snapshots().map(|s| s.snapshot_id()).collect();
+                    old.snapshots()
+                        .all(|s| kept.contains(&s.snapshot_id()) || !ids.contains(&s.snapshot_id()))
+                }
+            },
+        )
     }
 }
 
@@ -315,16 +439,27 @@ impl RestCommitter {
 mod tests {
     use super::*;
     use iceberg::spec::{
-        NestedField, Operation, PrimitiveType, Schema, Snapshot, SnapshotReference, SnapshotRetention, Summary, TableMetadataBuilder, Type,
+        NestedField, Operation, PrimitiveType, Schema, Snapshot, SnapshotReference,
+        SnapshotRetention, Summary, TableMetadataBuilder, Type,
     };
 
     fn table() -> TableMetadata {
         let schema = Schema::builder()
-            .with_fields(vec![NestedField::required(1, "x", Type::Primitive(PrimitiveType::Long)).into()])
+            .with_fields(vec![
+                NestedField::required(1, "x", Type::Primitive(PrimitiveType::Long)).into(),
+            ])
             .build()
             .unwrap();
-        let creation = iceberg::TableCreation::builder().name("t".to_owned()).location("file:///tmp/t".to_owned()).schema(schema).build();
-        TableMetadataBuilder::from_table_creation(creation).unwrap().build().unwrap().metadata
+        let creation = iceberg::TableCreation::builder()
+            .name("t".to_owned())
+            .location("file:///tmp/t".to_owned())
+            .schema(schema)
+            .build();
+        TableMetadataBuilder::from_table_creation(creation)
+            .unwrap()
+            .build()
+            .unwrap()
+            .metadata
     }
 
     fn with_snapshot(m: &TableMetadata, id: i64) -> TableMetadata {
@@ -334,13 +469,19 @@ mod tests {
             .with_sequence_number(m.next_sequence_number())
             .with_timestamp_ms(m.last_updated_ms() + 1)
             .with_manifest_list(format!("file:///tmp/t/metadata/snap-{id}.avro"))
-            .with_summary(Summary { operation: Operation::Append, additional_properties: Default::default() })
+            .with_summary(Summary {
+                operation: Operation::Append,
+                additional_properties: Default::default(),
+            })
             .with_schema_id(m.current_schema_id())
             .build();
         TableMetadataBuilder::new_from_metadata(m.clone(), None)
             .add_snapshot(snapshot)
             .unwrap()
-            .set_ref(MAIN_BRANCH, SnapshotReference::new(id, SnapshotRetention::branch(None, None, None)))
+            .set_ref(
+                MAIN_BRANCH,
+                SnapshotReference::new(id, SnapshotRetention::branch(None, None, None)),
+            )
             .unwrap()
             .build()
             .unwrap()
@@ -357,11 +498,25 @@ mod tests {
         assert_eq!(u[0]["snapshot"]["snapshot-id"], 22);
         assert_eq!(u[0]["snapshot"]["parent-snapshot-id"], 11);
         assert_eq!(u[1]["action"], "set-snapshot-ref");
-        assert_eq!((u[1]["ref-name"].as_str(), u[1]["snapshot-id"].as_i64(), u[1]["type"].as_str()), (Some("main"), Some(22), Some("branch")));
+        assert_eq!(
+            (
+                u[1]["ref-name"].as_str(),
+                u[1]["snapshot-id"].as_i64(),
+                u[1]["type"].as_str()
+            ),
+            (Some("main"), Some(22), Some("branch"))
+        );
         assert_eq!(u.as_array().unwrap().len(), 2);
-        let expired = TableMetadataBuilder::new_from_metadata(two.clone(), None).remove_snapshots(&[11]).build().unwrap().metadata;
+        let expired = TableMetadataBuilder::new_from_metadata(two.clone(), None)
+            .remove_snapshots(&[11])
+            .build()
+            .unwrap()
+            .metadata;
         let u = serde_json::to_value(updates(&two, &expired)).unwrap();
-        assert_eq!(u, serde_json::json!([{"action": "remove-snapshots", "snapshot-ids": [11]}]));
+        assert_eq!(
+            u,
+            serde_json::json!([{"action": "remove-snapshots", "snapshot-ids": [11]}])
+        );
         assert!(updates(&two, &two).is_empty());
     }
 
@@ -374,7 +529,10 @@ mod tests {
             ..Default::default()
         };
         let shown = format!("{cfg:?}");
-        assert!(!shown.contains("tok-123") && !shown.contains("sec-456") && !shown.contains("key-789"), "{shown}");
+        assert!(
+            !shown.contains("tok-123") && !shown.contains("sec-456") && !shown.contains("key-789"),
+            "{shown}"
+        );
         assert!(shown.contains("X-API-Key"), "{shown}");
     }
 }

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use iceberg::io::{
-    FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorage, OutputFile, Storage, StorageConfig,
-    StorageFactory,
+    FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorage, OutputFile, Storage,
+    StorageConfig, StorageFactory,
 };
 use iceberg::{Error as IcebergError, ErrorKind};
 use object_store::aws::AmazonS3Builder;
@@ -65,7 +65,14 @@ impl fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("path_style", &self.path_style)
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &if self.secret_access_key.is_empty() { "" } else { "***" })
+            .field(
+                "secret_access_key",
+                &if self.secret_access_key.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
             .finish_non_exhaustive()
     }
 }
@@ -74,10 +81,20 @@ impl S3Config {
     /// The settings with empty entries filled from the AWS environment variables.
     pub fn resolved(&self) -> S3Config {
         let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-        let or_env = |value: &str, key: &str| if value.is_empty() { env(key).unwrap_or_default() } else { value.to_owned() };
+        let or_env = |value: &str, key: &str| {
+            if value.is_empty() {
+                env(key).unwrap_or_default()
+            } else {
+                value.to_owned()
+            }
+        };
         S3Config {
             endpoint: or_env(&self.endpoint, "AWS_ENDPOINT_URL"),
-            region: if self.region.is_empty() { env("AWS_REGION").unwrap_or_else(|| "us-east-1".into()) } else { self.region.clone() },
+            region: if self.region.is_empty() {
+                env("AWS_REGION").unwrap_or_else(|| "us-east-1".into())
+            } else {
+                self.region.clone()
+            },
             path_style: self.path_style,
             access_key_id: or_env(&self.access_key_id, "AWS_ACCESS_KEY_ID"),
             secret_access_key: or_env(&self.secret_access_key, "AWS_SECRET_ACCESS_KEY"),
@@ -106,10 +123,14 @@ impl S3Config {
             .with_virtual_hosted_style_request(!self.path_style)
             .with_retry(retry);
         if !self.endpoint.is_empty() {
-            b = b.with_endpoint(&self.endpoint).with_allow_http(self.endpoint.starts_with("http://"));
+            b = b
+                .with_endpoint(&self.endpoint)
+                .with_allow_http(self.endpoint.starts_with("http://"));
         }
         if !self.access_key_id.is_empty() {
-            b = b.with_access_key_id(&self.access_key_id).with_secret_access_key(&self.secret_access_key);
+            b = b
+                .with_access_key_id(&self.access_key_id)
+                .with_secret_access_key(&self.secret_access_key);
         }
         if !self.session_token.is_empty() {
             b = b.with_token(&self.session_token);
@@ -120,7 +141,9 @@ impl S3Config {
 
 /// Splits `s3://bucket/key` (also `s3a://`, `s3n://`) into the bucket and the key.
 pub fn split_s3(location: &str) -> Option<(&str, &str)> {
-    let rest = ["s3://", "s3a://", "s3n://"].iter().find_map(|s| location.strip_prefix(s))?;
+    let rest = ["s3://", "s3a://", "s3n://"]
+        .iter()
+        .find_map(|s| location.strip_prefix(s))?;
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     (!bucket.is_empty()).then_some((bucket, key))
 }
@@ -158,8 +181,13 @@ impl LakeStorage {
     }
 
     /// The store and key of an `s3://` location, or `None` for a local one.
-    pub fn object(&self, location: &str) -> iceberg::Result<Option<(Arc<dyn ObjectStore>, ObjectPath)>> {
-        let Some((bucket, key)) = split_s3(location) else { return Ok(None) };
+    pub fn object(
+        &self,
+        location: &str,
+    ) -> iceberg::Result<Option<(Arc<dyn ObjectStore>, ObjectPath)>> {
+        let Some((bucket, key)) = split_s3(location) else {
+            return Ok(None);
+        };
         let settings = serde_json::to_string(&self.s3).map_err(|e| error(location, e))?;
         let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
         let store = match clients.get(&(settings.clone(), bucket.to_owned())) {
@@ -215,7 +243,11 @@ impl Storage for LakeStorage {
     async fn reader(&self, path: &str) -> iceberg::Result<Box<dyn FileRead>> {
         match self.object(path)? {
             None => LocalFsStorage.reader(path).await,
-            Some((store, key)) => Ok(Box::new(ObjectRead { store, key, location: path.to_owned() })),
+            Some((store, key)) => Ok(Box::new(ObjectRead {
+                store,
+                key,
+                location: path.to_owned(),
+            })),
         }
     }
 
@@ -223,7 +255,10 @@ impl Storage for LakeStorage {
         match self.object(path)? {
             None => LocalFsStorage.write(path, bs).await,
             Some((store, key)) => {
-                store.put(&key, bs.into()).await.map_err(|e| error(path, e))?;
+                store
+                    .put(&key, bs.into())
+                    .await
+                    .map_err(|e| error(path, e))?;
                 Ok(())
             }
         }
@@ -294,7 +329,10 @@ impl LakeStorage {
                 let mut listing = store.list(Some(&key));
                 while let Some(meta) = listing.next().await {
                     let meta = meta.map_err(|e| error(prefix, e))?;
-                    out.push((format!("s3://{bucket}/{}", meta.location), meta.last_modified.timestamp_millis()));
+                    out.push((
+                        format!("s3://{bucket}/{}", meta.location),
+                        meta.last_modified.timestamp_millis(),
+                    ));
                 }
             }
             None => {
@@ -308,7 +346,9 @@ impl LakeStorage {
                     };
                     for entry in entries {
                         let entry = entry.map_err(|e| error(&dir.display().to_string(), e))?;
-                        let meta = entry.metadata().map_err(|e| error(&entry.path().display().to_string(), e))?;
+                        let meta = entry
+                            .metadata()
+                            .map_err(|e| error(&entry.path().display().to_string(), e))?;
                         if meta.is_dir() {
                             dirs.push(entry.path());
                         } else {
@@ -329,8 +369,15 @@ impl LakeStorage {
 
 /// `file:///x`, `file:/x` or `/x` as a local path.
 fn local_path(path: &str) -> std::path::PathBuf {
-    let p = path.strip_prefix("file://").or_else(|| path.strip_prefix("file:")).unwrap_or(path);
-    std::path::PathBuf::from(if p.starts_with('/') { p.to_owned() } else { format!("/{p}") })
+    let p = path
+        .strip_prefix("file://")
+        .or_else(|| path.strip_prefix("file:"))
+        .unwrap_or(path);
+    std::path::PathBuf::from(if p.starts_with('/') {
+        p.to_owned()
+    } else {
+        format!("/{p}")
+    })
 }
 
 struct ObjectRead {
@@ -342,7 +389,10 @@ struct ObjectRead {
 #[async_trait]
 impl FileRead for ObjectRead {
     async fn read(&self, range: Range<u64>) -> iceberg::Result<Bytes> {
-        self.store.get_range(&self.key, range).await.map_err(|e| error(&self.location, e))
+        self.store
+            .get_range(&self.key, range)
+            .await
+            .map_err(|e| error(&self.location, e))
     }
 }
 
@@ -354,12 +404,18 @@ struct ObjectWrite {
 #[async_trait]
 impl FileWrite for ObjectWrite {
     async fn write(&mut self, bs: Bytes) -> iceberg::Result<()> {
-        let w = self.writer.as_mut().ok_or_else(|| error(&self.location, "write after close"))?;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| error(&self.location, "write after close"))?;
         w.put(bs).await.map_err(|e| error(&self.location, e))
     }
 
     async fn close(&mut self) -> iceberg::Result<()> {
-        let mut w = self.writer.take().ok_or_else(|| error(&self.location, "closed twice"))?;
+        let mut w = self
+            .writer
+            .take()
+            .ok_or_else(|| error(&self.location, "closed twice"))?;
         w.shutdown().await.map_err(|e| error(&self.location, e))
     }
 }
@@ -370,7 +426,10 @@ mod tests {
 
     #[test]
     fn s3_locations_split_into_bucket_and_key() {
-        assert_eq!(split_s3("s3://lake/warehouse/raw/events"), Some(("lake", "warehouse/raw/events")));
+        assert_eq!(
+            split_s3("s3://lake/warehouse/raw/events"),
+            Some(("lake", "warehouse/raw/events"))
+        );
         assert_eq!(split_s3("s3a://lake/x"), Some(("lake", "x")));
         assert_eq!(split_s3("s3://lake"), Some(("lake", "")));
         assert_eq!(split_s3("s3:///x"), None);
@@ -379,7 +438,10 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug_output() {
-        let c = S3Config { secret_access_key: "hunter2".into(), ..S3Config::default() };
+        let c = S3Config {
+            secret_access_key: "hunter2".into(),
+            ..S3Config::default()
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

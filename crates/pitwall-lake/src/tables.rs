@@ -26,7 +26,13 @@ pub enum Fixed {
 
 impl Fixed {
     /// Every fixed table.
-    pub const ALL: [Fixed; 5] = [Fixed::Raw, Fixed::Windows, Fixed::Anomalies, Fixed::Rejects, Fixed::Late];
+    pub const ALL: [Fixed; 5] = [
+        Fixed::Raw,
+        Fixed::Windows,
+        Fixed::Anomalies,
+        Fixed::Rejects,
+        Fixed::Late,
+    ];
 
     /// `namespace.table`.
     pub fn ident(self) -> TableIdent {
@@ -129,7 +135,13 @@ impl Fixed {
             // A bus partition interleaves its sources; a source's payloads side by side
             // differ only in their numbers.
             Fixed::Raw | Fixed::Rejects => &["partition", "key", "offset"],
-            Fixed::Windows => &["measurement", "window", "source_id", "field", "window_start"],
+            Fixed::Windows => &[
+                "measurement",
+                "window",
+                "source_id",
+                "field",
+                "window_start",
+            ],
             Fixed::Anomalies | Fixed::Late => &["measurement", "source_id", "time"],
         }
     }
@@ -151,7 +163,10 @@ impl Fixed {
 
 /// `clean.<measurement>`.
 pub fn clean_ident(measurement: &str) -> TableIdent {
-    TableIdent::new(NamespaceIdent::new("clean".to_owned()), measurement.to_owned())
+    TableIdent::new(
+        NamespaceIdent::new("clean".to_owned()),
+        measurement.to_owned(),
+    )
 }
 
 /// The Iceberg type of a clean field.
@@ -207,18 +222,31 @@ pub fn clean_schema<'a>(
     ))];
     for t in tags {
         let id = cols.len() as i32 + 1;
-        cols.push(std::sync::Arc::new(NestedField::optional(id, t, Type::Primitive(PrimitiveType::String))));
+        cols.push(std::sync::Arc::new(NestedField::optional(
+            id,
+            t,
+            Type::Primitive(PrimitiveType::String),
+        )));
     }
     for (f, t) in fields {
         let id = cols.len() as i32 + 1;
-        cols.push(std::sync::Arc::new(NestedField::optional(id, f, Type::Primitive(field_type(t)))));
+        cols.push(std::sync::Arc::new(NestedField::optional(
+            id,
+            f,
+            Type::Primitive(field_type(t)),
+        )));
     }
-    Schema::builder().with_fields(cols).build().map_err(Error::from)
+    Schema::builder()
+        .with_fields(cols)
+        .build()
+        .map_err(Error::from)
 }
 
 /// Day partitioning on `column` of `schema`.
 pub fn day_partition(schema: &Schema, column: &str) -> Result<UnboundPartitionSpec> {
-    let field = schema.field_by_name(column).ok_or_else(|| Error::Internal(format!("no column {column} to partition by")))?;
+    let field = schema
+        .field_by_name(column)
+        .ok_or_else(|| Error::Internal(format!("no column {column} to partition by")))?;
     Ok(UnboundPartitionSpec::builder()
         .add_partition_field(field.id, format!("{column}_day"), Transform::Day)?
         .build())

@@ -15,12 +15,16 @@ use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use pitwall_core::record::{AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord};
+use pitwall_core::record::{
+    AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord,
+};
 use pitwall_core::{FieldValue, Name, Point};
 use pitwall_stream::{Checkpoint, FieldType, Outputs};
 
@@ -68,7 +72,12 @@ impl<'a> Columns<'a> {
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         let index: ColumnIndex<'_> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let time = index.get("time").copied();
-        Columns { names, index, time, layout: Vec::new() }
+        Columns {
+            names,
+            index,
+            time,
+            layout: Vec::new(),
+        }
     }
 
     /// The column of `key`, the `at`-th key of the row.
@@ -138,7 +147,9 @@ impl Row for RejectRecord {
             "ingest_time" => Cell::Ts(self.ingest_time),
             "reason" => Cell::Str(&self.reason),
             "payload" => Cell::Bin(&self.payload),
-            "payload_text" => Cell::Str(std::str::from_utf8(&self.payload).unwrap_or("<not UTF-8; see payload>")),
+            "payload_text" => {
+                Cell::Str(std::str::from_utf8(&self.payload).unwrap_or("<not UTF-8; see payload>"))
+            }
             _ => Cell::Null,
         }
     }
@@ -285,9 +296,9 @@ enum Builder {
 impl Builder {
     fn new(field: &Field, n: usize) -> Result<Self> {
         Ok(match field.data_type() {
-            DataType::Timestamp(TimeUnit::Microsecond, tz) => {
-                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(n).with_timezone_opt(tz.clone()))
-            }
+            DataType::Timestamp(TimeUnit::Microsecond, tz) => Builder::Ts(
+                TimestampMicrosecondBuilder::with_capacity(n).with_timezone_opt(tz.clone()),
+            ),
             DataType::Utf8 => Builder::Str(StringBuilder::with_capacity(n, n * 16)),
             DataType::Int64 => Builder::Long(Int64Builder::with_capacity(n)),
             DataType::Int32 => Builder::Int(Int32Builder::with_capacity(n)),
@@ -583,7 +594,10 @@ impl LakeWriter {
     /// [`Lake::committed_progress`] read it just now).
     pub fn with_progress(lake: Lake, progress: &BTreeMap<String, crate::TableProgress>) -> Self {
         LakeWriter {
-            committed: progress.iter().map(|(t, p)| (t.clone(), p.offsets.clone())).collect(),
+            committed: progress
+                .iter()
+                .map(|(t, p)| (t.clone(), p.offsets.clone()))
+                .collect(),
             lake,
             parts: BTreeMap::new(),
             buffered: 0,
@@ -619,10 +633,16 @@ impl LakeWriter {
             offsets.remove(partition);
         }
         for (table, at) in &plan.held {
-            self.committed.entry(table.clone()).or_default().insert(partition.to_owned(), *at);
+            self.committed
+                .entry(table.clone())
+                .or_default()
+                .insert(partition.to_owned(), *at);
         }
         self.next_id += 1;
-        self.parts.insert(partition.to_owned(), PartitionBuffer::new(self.next_id, plan.base));
+        self.parts.insert(
+            partition.to_owned(),
+            PartitionBuffer::new(self.next_id, plan.base),
+        );
     }
 
     /// Gives up `partition`: its buffered rows are dropped (whoever takes it over
@@ -650,11 +670,14 @@ impl LakeWriter {
         let id = &mut self.next_id;
         let b = self.parts.entry(partition.to_owned()).or_insert_with(|| {
             *id += 1;
-            PartitionBuffer::new(*id, Checkpoint {
-                next: 0,
-                replay_from: 0,
-                max_time: i64::MIN,
-            })
+            PartitionBuffer::new(
+                *id,
+                Checkpoint {
+                    next: 0,
+                    replay_from: 0,
+                    max_time: i64::MIN,
+                },
+            )
         });
         let since = b.checkpoint;
         let Outputs {
@@ -671,10 +694,13 @@ impl LakeWriter {
             match b.clean.get_mut(measurement.as_str()) {
                 Some(pending) => pending.rows.extend(rows),
                 None => {
-                    b.clean.insert(measurement, Pending {
-                        rows: Chunks::new(rows),
-                        since,
-                    });
+                    b.clean.insert(
+                        measurement,
+                        Pending {
+                            rows: Chunks::new(rows),
+                            since,
+                        },
+                    );
                 }
             }
         }
@@ -699,7 +725,10 @@ impl LakeWriter {
 
     /// Time until the commit interval has passed.
     pub fn time_to_due(&self) -> Duration {
-        self.lake.config().commit_interval.saturating_sub(self.last_commit.elapsed())
+        self.lake
+            .config()
+            .commit_interval
+            .saturating_sub(self.last_commit.elapsed())
     }
 
     /// Takes everything buffered out into a [`Round`] to commit elsewhere; the writer
@@ -738,7 +767,10 @@ impl LakeWriter {
             };
             for (table, offsets) in &round.committed {
                 if let Some(o) = offsets.get(&p) {
-                    self.committed.entry(table.clone()).or_default().insert(p.clone(), *o);
+                    self.committed
+                        .entry(table.clone())
+                        .or_default()
+                        .insert(p.clone(), *o);
                 }
             }
             put_back(&mut b.raw, old.raw);
@@ -763,7 +795,10 @@ impl LakeWriter {
     pub async fn commit(&mut self) -> Result<CommitStats> {
         self.last_commit = Instant::now();
         let mut stats = CommitStats::default();
-        let summary = HashMap::from([("pitwall.writer".to_owned(), format!("pitwall {}", env!("CARGO_PKG_VERSION")))]);
+        let summary = HashMap::from([(
+            "pitwall.writer".to_owned(),
+            format!("pitwall {}", env!("CARGO_PKG_VERSION")),
+        )]);
         let progress: BTreeMap<String, Progress> = self
             .parts
             .iter()
@@ -780,9 +815,21 @@ impl LakeWriter {
             .collect();
         let mut first_error = None;
         let mut tables: Vec<String> = [names::RAW].iter().map(|s| (*s).to_owned()).collect();
-        let measurements: BTreeSet<String> = self.parts.values().flat_map(|b| b.clean.keys().cloned()).collect();
+        let measurements: BTreeSet<String> = self
+            .parts
+            .values()
+            .flat_map(|b| b.clean.keys().cloned())
+            .collect();
         tables.extend(measurements.iter().map(|m| clean_table(m)));
-        tables.extend([names::WINDOWS, names::ANOMALIES, names::REJECTS, names::LATE].map(str::to_owned));
+        tables.extend(
+            [
+                names::WINDOWS,
+                names::ANOMALIES,
+                names::REJECTS,
+                names::LATE,
+            ]
+            .map(str::to_owned),
+        );
         for table in tables {
             let r = self.commit_table(&table, &progress, &summary).await;
             match r {
@@ -845,7 +892,8 @@ impl LakeWriter {
                 names::REJECTS => gather!(rejects, Fixed::Rejects),
                 names::LATE => gather!(late, Fixed::Late),
                 _ => {
-                    let m = measurement.ok_or_else(|| Error::Internal(format!("no such table {table}")))?;
+                    let m = measurement
+                        .ok_or_else(|| Error::Internal(format!("no such table {table}")))?;
                     let mut rows: Vec<&Point> = Vec::new();
                     for (p, b) in &self.parts {
                         if let Some(pending) = b.clean.get(m) {
@@ -863,7 +911,10 @@ impl LakeWriter {
         };
         let (data_files, rows, t) = files;
         let n = data_files.len();
-        let bytes = data_files.iter().map(DataFile::file_size_in_bytes).sum::<u64>();
+        let bytes = data_files
+            .iter()
+            .map(DataFile::file_size_in_bytes)
+            .sum::<u64>();
         let held = self.committed.get(table).cloned().unwrap_or_default();
         let mut claim = Claim::default();
         for p in &claimed {
@@ -880,11 +931,16 @@ impl LakeWriter {
                 claim.progress.insert(p.clone(), pr.clone());
             }
         }
-        self.lake.append_fenced(t, data_files, &claim, summary).await?;
+        self.lake
+            .append_fenced(t, data_files, &claim, summary)
+            .await?;
         let entry = self.committed.entry(table.to_owned()).or_default();
         entry.extend(claim.next);
         for p in &claimed {
-            let b = self.parts.get_mut(p).expect("claimed partitions are buffered");
+            let b = self
+                .parts
+                .get_mut(p)
+                .expect("claimed partitions are buffered");
             match table {
                 names::RAW => b.raw = None,
                 names::WINDOWS => b.windows = None,
@@ -916,7 +972,9 @@ impl Committer<'_> {
         let mut last: Option<&Point> = None;
         for &p in points {
             // Most points of a measurement carry the same names as the one before.
-            if last.is_some_and(|l| l.tags.keys().eq(p.tags.keys()) && l.fields.keys().eq(p.fields.keys())) {
+            if last.is_some_and(|l| {
+                l.tags.keys().eq(p.tags.keys()) && l.fields.keys().eq(p.fields.keys())
+            }) {
                 continue;
             }
             last = Some(p);
@@ -931,7 +989,9 @@ impl Committer<'_> {
                 }
             }
         }
-        self.lake.ensure_clean_table(measurement, &tags, &fields).await
+        self.lake
+            .ensure_clean_table(measurement, &tags, &fields)
+            .await
     }
 
     /// Writes one Parquet file per day of data; nothing is visible until committed.
@@ -942,19 +1002,35 @@ impl Committer<'_> {
         let spec = metadata.default_partition_spec().as_ref().clone();
         let mut by_day: BTreeMap<i64, Vec<&R>> = BTreeMap::new();
         for r in rows {
-            by_day.entry(r.partition_time().div_euclid(DAY_NS)).or_default().push(r);
+            by_day
+                .entry(r.partition_time().div_euclid(DAY_NS))
+                .or_default()
+                .push(r);
         }
-        let builder = DataFileWriterBuilder::new(RollingFileWriterBuilder::new_with_default_file_size(
-            ParquetWriterBuilder::new(for_schema(self.props.clone(), &schema), Arc::clone(&schema)),
-            table.file_io().clone(),
-            DefaultLocationGenerator::new(metadata)?,
-            DefaultFileNameGenerator::new(uuid::Uuid::new_v4().to_string(), None, DataFileFormat::Parquet),
-        ));
+        let builder =
+            DataFileWriterBuilder::new(RollingFileWriterBuilder::new_with_default_file_size(
+                ParquetWriterBuilder::new(
+                    for_schema(self.props.clone(), &schema),
+                    Arc::clone(&schema),
+                ),
+                table.file_io().clone(),
+                DefaultLocationGenerator::new(metadata)?,
+                DefaultFileNameGenerator::new(
+                    uuid::Uuid::new_v4().to_string(),
+                    None,
+                    DataFileFormat::Parquet,
+                ),
+            ));
         let mut files: Vec<DataFile> = Vec::new();
         for (day, day_rows) in by_day {
-            let day = i32::try_from(day)
-                .map_err(|_| Error::Internal(format!("day {day} is out of range for a date partition")))?;
-            let key = PartitionKey::new(spec.clone(), Arc::clone(&schema), Struct::from_iter([Some(Literal::date(day))]));
+            let day = i32::try_from(day).map_err(|_| {
+                Error::Internal(format!("day {day} is out of range for a date partition"))
+            })?;
+            let key = PartitionKey::new(
+                spec.clone(),
+                Arc::clone(&schema),
+                Struct::from_iter([Some(Literal::date(day))]),
+            );
             let mut w = builder.build(Some(key)).await?;
             // In slices: the Parquet writer keeps only encoded pages, and the Arrow
             // columns of one slice are freed before the next is built, so a commit of a
@@ -971,12 +1047,19 @@ impl Committer<'_> {
 impl Lake {
     /// The live data files of `ident` in the day partitions `days`: what
     /// [`Lake::replace_days`] will take out.
-    pub async fn day_files(&self, ident: &iceberg::TableIdent, days: &BTreeSet<i32>) -> Result<BTreeSet<String>> {
+    pub async fn day_files(
+        &self,
+        ident: &iceberg::TableIdent,
+        days: &BTreeSet<i32>,
+    ) -> Result<BTreeSet<String>> {
         let table = self.table(ident).await?;
         Ok(crate::commit::live_entries(&table)
             .await?
             .iter()
-            .filter(|e| crate::commit::partition_day(e.data_file.partition()).is_some_and(|d| days.contains(&d)))
+            .filter(|e| {
+                crate::commit::partition_day(e.data_file.partition())
+                    .is_some_and(|d| days.contains(&d))
+            })
             .map(|e| e.file_path().to_owned())
             .collect())
     }
@@ -994,10 +1077,16 @@ impl Lake {
         outputs: &Outputs,
     ) -> Result<BTreeMap<String, crate::Rewritten>> {
         let props = parquet_properties();
-        let mut c = Committer { lake: self, props: &props };
+        let mut c = Committer {
+            lake: self,
+            props: &props,
+        };
         let mut by_measurement: BTreeMap<&str, Vec<&Point>> = BTreeMap::new();
         for p in &outputs.clean {
-            by_measurement.entry(p.measurement.as_str()).or_default().push(p);
+            by_measurement
+                .entry(p.measurement.as_str())
+                .or_default()
+                .push(p);
         }
         let mut work: Vec<(iceberg::TableIdent, Vec<DataFile>)> = Vec::new();
         for (m, rows) in &by_measurement {
@@ -1006,7 +1095,10 @@ impl Lake {
         }
         for table in planned.keys().filter(|t| t.starts_with("clean.")) {
             if !by_measurement.contains_key(&table["clean.".len()..]) {
-                work.push((crate::tables::clean_ident(&table["clean.".len()..]), Vec::new()));
+                work.push((
+                    crate::tables::clean_ident(&table["clean.".len()..]),
+                    Vec::new(),
+                ));
             }
         }
         let windows: Vec<&WindowRecord> = outputs.windows.iter().collect();
@@ -1038,7 +1130,9 @@ impl Lake {
 
 /// How pitwall writes Parquet: zstd at its default level.
 pub(crate) fn parquet_properties() -> WriterProperties {
-    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build()
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build()
 }
 
 /// `props` for the columns of `schema`: integer and timestamp columns (times, offsets,
@@ -1046,12 +1140,22 @@ pub(crate) fn parquet_properties() -> WriterProperties {
 /// series lie together, so their times and offsets step by nearly the same amount each
 /// row and pack into a few bits: a third less for raw.events' offsets and ingest times,
 /// a fifth less for metrics.windows and clean.car (measured on the simulator's data).
-pub(crate) fn for_schema(props: WriterProperties, schema: &iceberg::spec::Schema) -> WriterProperties {
+pub(crate) fn for_schema(
+    props: WriterProperties,
+    schema: &iceberg::spec::Schema,
+) -> WriterProperties {
     use iceberg::spec::{PrimitiveType as P, Type};
     let mut b = props.into_builder();
     for f in schema.as_struct().fields() {
-        if let Type::Primitive(P::Int | P::Long | P::Date | P::Timestamp | P::Timestamptz | P::TimestampNs | P::TimestamptzNs) =
-            f.field_type.as_ref()
+        if let Type::Primitive(
+            P::Int
+            | P::Long
+            | P::Date
+            | P::Timestamp
+            | P::Timestamptz
+            | P::TimestampNs
+            | P::TimestamptzNs,
+        ) = f.field_type.as_ref()
         {
             let col = parquet::schema::types::ColumnPath::from(f.name.as_str());
             b = b
@@ -1086,7 +1190,10 @@ pub fn committed_progress(table: &Table) -> BTreeMap<String, Progress> {
 /// The bus offsets recorded by the newest snapshot of `table`, if any.
 pub fn committed_offsets(table: &Table) -> Option<BTreeMap<String, i64>> {
     let snapshot = table.metadata().current_snapshot()?;
-    let json = snapshot.summary().additional_properties.get(OFFSETS_PROPERTY)?;
+    let json = snapshot
+        .summary()
+        .additional_properties
+        .get(OFFSETS_PROPERTY)?;
     serde_json::from_str(json).ok()
 }
 
@@ -1101,7 +1208,11 @@ mod tests {
     fn points_of_changing_layouts_fill_their_own_columns() {
         use arrow_array::{Array, Float64Array, Int64Array, StringArray};
         let schema: SchemaRef = Arc::new(arrow_schema::Schema::new(vec![
-            Field::new("time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
             Field::new("a", DataType::Utf8, true),
             Field::new("b", DataType::Utf8, true),
             Field::new("x", DataType::Float64, true),
@@ -1135,15 +1246,27 @@ mod tests {
         let b = batch(&schema, &rows).unwrap();
         let strings = |i: usize| {
             let c = b.column(i).as_any().downcast_ref::<StringArray>().unwrap();
-            (0..c.len()).map(|r| c.is_valid(r).then(|| c.value(r).to_owned())).collect::<Vec<_>>()
+            (0..c.len())
+                .map(|r| c.is_valid(r).then(|| c.value(r).to_owned()))
+                .collect::<Vec<_>>()
         };
         let s = |v: &str| Some(v.to_owned());
         assert_eq!(strings(1), vec![s("1"), s("3"), None, None, s("6"), s("8")]);
         assert_eq!(strings(2), vec![s("2"), s("4"), s("5"), None, s("7"), None]);
         let x = b.column(3).as_any().downcast_ref::<Float64Array>().unwrap();
-        assert_eq!((0..6).map(|r| x.is_valid(r).then(|| x.value(r))).collect::<Vec<_>>(), vec![Some(1.5), Some(2.5), Some(3.5), None, Some(4.5), None]);
+        assert_eq!(
+            (0..6)
+                .map(|r| x.is_valid(r).then(|| x.value(r)))
+                .collect::<Vec<_>>(),
+            vec![Some(1.5), Some(2.5), Some(3.5), None, Some(4.5), None]
+        );
         let y = b.column(4).as_any().downcast_ref::<Int64Array>().unwrap();
-        assert_eq!((0..6).map(|r| y.is_valid(r).then(|| y.value(r))).collect::<Vec<_>>(), vec![Some(7), Some(8), None, Some(9), Some(10), None]);
+        assert_eq!(
+            (0..6)
+                .map(|r| y.is_valid(r).then(|| y.value(r)))
+                .collect::<Vec<_>>(),
+            vec![Some(7), Some(8), None, Some(9), Some(10), None]
+        );
     }
 
     #[test]

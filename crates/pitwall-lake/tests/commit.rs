@@ -23,13 +23,28 @@ async fn writers_racing_on_postgresql_and_s3_all_land() {
         "catalog",
         "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = 'pitwall' AND table_namespace = 'raw' AND table_name = 'events'",
     );
-    assert!(location.trim().starts_with("s3://pitwall/warehouse/raw/events/metadata/"), "{location}");
-    let table = open(&place.config).await.table(&Fixed::Raw.ident()).await.unwrap();
+    assert!(
+        location
+            .trim()
+            .starts_with("s3://pitwall/warehouse/raw/events/metadata/"),
+        "{location}"
+    );
+    let table = open(&place.config)
+        .await
+        .table(&Fixed::Raw.ident())
+        .await
+        .unwrap();
     assert_eq!(table.metadata_location(), Some(location.trim()));
     // The layout Trino's JDBC catalog (and Java's, and PyIceberg's) reads: namespaces too.
     let namespaces = pg.psql("catalog", "SELECT DISTINCT namespace FROM iceberg_namespace_properties WHERE catalog_name = 'pitwall' ORDER BY 1");
-    assert_eq!(namespaces.lines().collect::<Vec<_>>(), ["anomalies", "clean", "metrics", "quarantine", "raw"]);
-    assert!(!place.config.data_dir.join("warehouse").exists(), "nothing should be written locally");
+    assert_eq!(
+        namespaces.lines().collect::<Vec<_>>(),
+        ["anomalies", "clean", "metrics", "quarantine", "raw"]
+    );
+    assert!(
+        !place.config.data_dir.join("warehouse").exists(),
+        "nothing should be written locally"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,10 +54,21 @@ async fn writers_racing_through_a_rest_catalog_all_land() {
     // The tables live where the REST catalog put them, and its commits wrote the
     // metadata: nothing in pitwall's own data directory.
     let (server, _) = place.rest.as_ref().unwrap();
-    let table = open(&place.config).await.table(&Fixed::Raw.ident()).await.unwrap();
+    let table = open(&place.config)
+        .await
+        .table(&Fixed::Raw.ident())
+        .await
+        .unwrap();
     let location = table.metadata_location().unwrap();
-    assert!(location.starts_with(&format!("{}/raw/events/metadata/", server.warehouse)), "{location} is not under {}", server.warehouse);
-    assert!(!place.config.data_dir.join("warehouse").exists() && !place.config.data_dir.join("catalog.db").exists());
+    assert!(
+        location.starts_with(&format!("{}/raw/events/metadata/", server.warehouse)),
+        "{location} is not under {}",
+        server.warehouse
+    );
+    assert!(
+        !place.config.data_dir.join("warehouse").exists()
+            && !place.config.data_dir.join("catalog.db").exists()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,13 +88,33 @@ async fn a_rest_commit_on_a_stale_head_is_rebuilt_not_lost() {
     let mut a = LakeWriter::open(open(cfg).await).await.unwrap();
     feed(&mut a, 0, 0..10);
     a.commit().await.unwrap();
-    let head = lake.table(&Fixed::Raw.ident()).await.unwrap().metadata().current_snapshot_id().unwrap();
+    let head = lake
+        .table(&Fixed::Raw.ident())
+        .await
+        .unwrap()
+        .metadata()
+        .current_snapshot_id()
+        .unwrap();
     // A commit prepared on the table as it was before a's commit (no claim, no files).
-    lake.append_fenced(stale, Vec::new(), &pitwall_lake::Claim::default(), &Default::default()).await.unwrap();
+    lake.append_fenced(
+        stale,
+        Vec::new(),
+        &pitwall_lake::Claim::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
     let current = table.metadata().current_snapshot().unwrap();
-    assert_eq!(current.parent_snapshot_id(), Some(head), "rebuilt on a's snapshot");
-    assert_eq!(current.summary().additional_properties["total-records"], "10");
+    assert_eq!(
+        current.parent_snapshot_id(),
+        Some(head),
+        "rebuilt on a's snapshot"
+    );
+    assert_eq!(
+        current.summary().additional_properties["total-records"],
+        "10"
+    );
     assert_eq!(table.metadata().snapshots().count(), 2);
     assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 10);
 }
@@ -80,7 +126,10 @@ async fn a_rest_catalog_refusing_the_token_is_a_clear_error() {
     let mut cfg = place.config.clone();
     cfg.rest.token = "rb_not_the_key".to_owned();
     let err = pitwall_lake::Lake::open(cfg).await.unwrap_err().to_string();
-    assert!(err.contains("REST catalog") && err.contains(&place.config.catalog) && err.contains("401"), "{err}");
+    assert!(
+        err.contains("REST catalog") && err.contains(&place.config.catalog) && err.contains("401"),
+        "{err}"
+    );
 }
 
 async fn racing_writers_all_land(place: &Place) {
@@ -106,15 +155,33 @@ async fn racing_writers_all_land(place: &Place) {
     tb.await.unwrap();
     let lake = open(cfg).await;
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
-    assert_eq!(table.metadata().snapshots().count() as i64, 2 * ROUNDS, "no commit was lost");
+    assert_eq!(
+        table.metadata().snapshots().count() as i64,
+        2 * ROUNDS,
+        "no commit was lost"
+    );
     let offsets = raw_offsets(&lake).await;
     assert_eq!(offsets["telemetry.raw/0"], ROUNDS * 10);
     assert_eq!(offsets["telemetry.raw/1"], ROUNDS * 7);
-    let summary = &table.metadata().current_snapshot().unwrap().summary().additional_properties;
+    let summary = &table
+        .metadata()
+        .current_snapshot()
+        .unwrap()
+        .summary()
+        .additional_properties;
     assert_eq!(summary["total-records"], (ROUNDS * 17).to_string());
     // Every row is readable once: scan the table.
     use futures::TryStreamExt;
-    let batches: Vec<_> = table.scan().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
+    let batches: Vec<_> = table
+        .scan()
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows as i64, ROUNDS * 17);
 }
@@ -141,16 +208,39 @@ async fn superseded_metadata_files_are_deleted_and_the_log_stays_whole() {
         .filter(|n| n.ends_with(".metadata.json"))
         .collect();
     let log = table.metadata().metadata_log();
-    assert_eq!(log.len(), 100, "the log keeps write.metadata.previous-versions-max entries");
-    assert_eq!(metadata_files.len(), log.len() + 1, "the log's files and the current one, no more: {metadata_files:?}");
+    assert_eq!(
+        log.len(),
+        100,
+        "the log keeps write.metadata.previous-versions-max entries"
+    );
+    assert_eq!(
+        metadata_files.len(),
+        log.len() + 1,
+        "the log's files and the current one, no more: {metadata_files:?}"
+    );
     for entry in log {
         let name = entry.metadata_file.rsplit('/').next().unwrap();
-        assert!(metadata_files.iter().any(|f| f == name), "{name} is in the metadata log but was deleted");
+        assert!(
+            metadata_files.iter().any(|f| f == name),
+            "{name} is in the metadata log but was deleted"
+        );
     }
     assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], COMMITS);
     use futures::TryStreamExt;
-    let batches: Vec<_> = table.scan().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
-    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>() as i64, COMMITS);
+    let batches: Vec<_> = table
+        .scan()
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        batches.iter().map(|b| b.num_rows()).sum::<usize>() as i64,
+        COMMITS
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,16 +265,35 @@ async fn zombie_is_fenced(place: &Place) {
     feed(&mut zombie, 0, 0..100);
     let err = zombie.commit().await.unwrap_err();
     match &err {
-        Error::Fenced { table, partition, committed, expected } => {
-            assert_eq!((table.as_str(), partition.as_str(), *committed, *expected), ("raw.events", "telemetry.raw/0", 100, 0));
+        Error::Fenced {
+            table,
+            partition,
+            committed,
+            expected,
+        } => {
+            assert_eq!(
+                (table.as_str(), partition.as_str(), *committed, *expected),
+                ("raw.events", "telemetry.raw/0", 100, 0)
+            );
         }
         other => panic!("expected a fenced commit, got {other}"),
     }
-    assert!(err.to_string().contains("another writer owns it now"), "{err}");
-    assert_eq!(zombie.buffered(), 0, "the fenced partition's rows were dropped");
+    assert!(
+        err.to_string().contains("another writer owns it now"),
+        "{err}"
+    );
+    assert_eq!(
+        zombie.buffered(),
+        0,
+        "the fenced partition's rows were dropped"
+    );
     let lake = open(cfg).await;
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
-    assert_eq!(table.metadata().snapshots().count(), 1, "the zombie wrote no snapshot");
+    assert_eq!(
+        table.metadata().snapshots().count(),
+        1,
+        "the zombie wrote no snapshot"
+    );
 
     // A writer that resumes from the lake carries on where the owner stopped.
     let mut resumed = LakeWriter::open(open(cfg).await).await.unwrap();
@@ -194,7 +303,14 @@ async fn zombie_is_fenced(place: &Place) {
     assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 150);
     // ... and the old owner, now stale itself, is fenced in turn.
     feed(&mut owner, 0, 100..120);
-    assert!(matches!(owner.commit().await, Err(Error::Fenced { committed: 150, expected: 100, .. })));
+    assert!(matches!(
+        owner.commit().await,
+        Err(Error::Fenced {
+            committed: 150,
+            expected: 100,
+            ..
+        })
+    ));
 }
 
 /// A commit can run as a round taken out of the writer while the writer buffers on
@@ -217,7 +333,11 @@ async fn rounds_commit_while_the_writer_buffers_on() {
     w.finish_round(round);
     assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 10);
     assert_eq!(w.buffered(), 5);
-    assert_eq!(w.held("raw.events", "telemetry.raw/0"), Some(10), "the next commit expects what the round committed");
+    assert_eq!(
+        w.held("raw.events", "telemetry.raw/0"),
+        Some(10),
+        "the next commit expects what the round committed"
+    );
 
     // A round that did not land (dropped before its commit, as a failed one is handed
     // back): its rows go back first.
@@ -239,14 +359,35 @@ async fn rounds_commit_while_the_writer_buffers_on() {
 
     use futures::TryStreamExt;
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
-    let batches: Vec<_> = table.scan().select(["partition", "offset"]).build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
+    let batches: Vec<_> = table
+        .scan()
+        .select(["partition", "offset"])
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     let mut seen: Vec<(i32, i64)> = Vec::new();
     for b in &batches {
-        let p = b.column(0).as_any().downcast_ref::<arrow_array::Int32Array>().unwrap();
-        let o = b.column(1).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+        let p = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow_array::Int32Array>()
+            .unwrap();
+        let o = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap();
         seen.extend((0..b.num_rows()).map(|i| (p.value(i), o.value(i))));
     }
     seen.sort_unstable();
-    let want: Vec<(i32, i64)> = (0..20).map(|o| (0, o)).chain((0..4).map(|o| (1, o))).collect();
+    let want: Vec<(i32, i64)> = (0..20)
+        .map(|o| (0, o))
+        .chain((0..4).map(|o| (1, o)))
+        .collect();
     assert_eq!(seen, want, "every row once, none twice");
 }

@@ -28,7 +28,9 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{Expr, Query as SqlQuery, SetExpr, TableFactor, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{
+    Expr, Query as SqlQuery, SetExpr, TableFactor, Visit, Visitor,
+};
 use pitwall_lake::Lake;
 use tokio::sync::Semaphore;
 
@@ -90,7 +92,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,15 +104,27 @@ impl Engine {
     pub fn new(limits: Limits) -> Result<Self> {
         let mode = match &limits.spill_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| Error::Setup(format!("cannot create the spill directory {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::Setup(format!(
+                        "cannot create the spill directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
                 DiskManagerMode::Directories(vec![dir.clone()])
             }
             None => DiskManagerMode::OsTmpDirectory,
         };
-        let pool = TrackConsumersPool::new(GreedyMemoryPool::new(limits.memory.max(1)), NonZeroUsize::new(3).expect("3 is not zero"));
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(limits.memory.max(1)),
+            NonZeroUsize::new(3).expect("3 is not zero"),
+        );
         let disk = DiskManagerBuilder::default()
             .with_mode(mode)
-            .with_max_temp_directory_size(u64::try_from(limits.memory).unwrap_or(u64::MAX).saturating_mul(SPILL_PER_MEMORY));
+            .with_max_temp_directory_size(
+                u64::try_from(limits.memory)
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(SPILL_PER_MEMORY),
+            );
         let env = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(pool))
             .with_disk_manager_builder(disk)
@@ -131,14 +147,22 @@ impl Engine {
     /// limit are left out and the answer says so.
     pub async fn read_only(&self, lake: &Lake, sql: &str) -> Result<Answer> {
         check_size(sql, self.limits.max_sql_bytes)?;
-        let permit = tokio::time::timeout(self.limits.queue_timeout, Arc::clone(&self.permits).acquire_owned())
-            .await
-            .map_err(|_| Error::Busy {
-                running: self.limits.concurrency,
-                waited: self.limits.queue_timeout,
-            })?
-            .map_err(|_| Error::Setup("the query engine is closed".into()))?;
-        let (lake, sql, limits, env) = (lake.clone(), sql.to_owned(), Arc::clone(&self.limits), Arc::clone(&self.env));
+        let permit = tokio::time::timeout(
+            self.limits.queue_timeout,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        .map_err(|_| Error::Busy {
+            running: self.limits.concurrency,
+            waited: self.limits.queue_timeout,
+        })?
+        .map_err(|_| Error::Setup("the query engine is closed".into()))?;
+        let (lake, sql, limits, env) = (
+            lake.clone(),
+            sql.to_owned(),
+            Arc::clone(&self.limits),
+            Arc::clone(&self.env),
+        );
         let mut task = runtime().spawn(async move {
             let _permit = permit;
             let q = Query::with_env(&lake, env).await?;
@@ -211,7 +235,10 @@ pub fn guard(sql: &str, limits: &Limits) -> Result<()> {
 
 fn check_size(sql: &str, limit: usize) -> Result<()> {
     if sql.len() > limit {
-        return Err(Error::TooLarge { size: sql.len(), limit });
+        return Err(Error::TooLarge {
+            size: sql.len(),
+            limit,
+        });
     }
     Ok(())
 }
@@ -248,7 +275,11 @@ impl Depth {
     fn enter(&mut self, by: usize) -> ControlFlow<()> {
         self.depth += by;
         self.max = self.max.max(self.depth);
-        if self.depth > self.limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if self.depth > self.limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     }
 }
 
@@ -312,7 +343,9 @@ mod tests {
 
     fn depth_of(sql: &str, limit: usize) -> Result<()> {
         let state = SessionContext::new().state();
-        let statement = state.sql_to_statement(sql, &"generic".parse().unwrap()).unwrap();
+        let statement = state
+            .sql_to_statement(sql, &"generic".parse().unwrap())
+            .unwrap();
         check_depth(&statement, limit)
     }
 
@@ -321,7 +354,10 @@ mod tests {
         let sum = |n: usize| format!("SELECT {}", vec!["1"; n].join("+"));
         // n terms make a left-deep tree n-1 operators deep, plus the leaf and the query.
         assert!(depth_of(&sum(10), 11).is_ok());
-        assert!(matches!(depth_of(&sum(10), 10), Err(Error::TooDeep { limit: 10 })));
+        assert!(matches!(
+            depth_of(&sum(10), 10),
+            Err(Error::TooDeep { limit: 10 })
+        ));
         let unions = |n: usize| vec!["SELECT 1"; n].join(" UNION ALL ");
         assert!(depth_of(&unions(5), 10).is_ok());
         assert!(depth_of(&unions(50), 10).is_err());
@@ -333,6 +369,9 @@ mod tests {
     #[test]
     fn size_is_checked_in_bytes() {
         assert!(check_size("SELECT 1", 8).is_ok());
-        assert!(matches!(check_size("SELECT 12", 8), Err(Error::TooLarge { size: 9, limit: 8 })));
+        assert!(matches!(
+            check_size("SELECT 12", 8),
+            Err(Error::TooLarge { size: 9, limit: 8 })
+        ));
     }
 }

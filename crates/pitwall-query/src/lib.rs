@@ -41,10 +41,14 @@ pub enum Error {
     #[error("only reading is allowed here (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN): {0}")]
     ReadOnly(String),
     /// The query ran past its time limit and was stopped.
-    #[error("the query ran past its time limit of {0:?} and was stopped; narrow it (a time range, fewer columns) or raise server.query-timeout")]
+    #[error(
+        "the query ran past its time limit of {0:?} and was stopped; narrow it (a time range, fewer columns) or raise server.query-timeout"
+    )]
     Timeout(Duration),
     /// Every place for a running query stayed taken while this one waited.
-    #[error("{running} queries are running and none finished within {waited:?}; retry shortly (server.query-concurrency sets how many run at once)")]
+    #[error(
+        "{running} queries are running and none finished within {waited:?}; retry shortly (server.query-concurrency sets how many run at once)"
+    )]
     Busy {
         /// The concurrency limit.
         running: usize,
@@ -60,7 +64,9 @@ pub enum Error {
         limit: usize,
     },
     /// Expressions, subqueries or set operations nest deeper than allowed.
-    #[error("the SQL nests expressions, subqueries or UNIONs more than {limit} deep (server.query-max-depth); write long sums and chains as aggregates or IN lists")]
+    #[error(
+        "the SQL nests expressions, subqueries or UNIONs more than {limit} deep (server.query-max-depth); write long sums and chains as aggregates or IN lists"
+    )]
     TooDeep {
         /// The limit.
         limit: usize,
@@ -118,7 +124,9 @@ pub struct Query {
 
 impl std::fmt::Debug for Query {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Query").field("session", &self.ctx.session_id()).finish()
+        f.debug_struct("Query")
+            .field("session", &self.ctx.session_id())
+            .finish()
     }
 }
 
@@ -146,9 +154,18 @@ impl Query {
     }
 
     /// Runs a planned statement if it only reads, collecting at most `max_rows` rows.
-    pub(crate) async fn run_plan_read_only(&self, plan: LogicalPlan, max_rows: usize) -> Result<Answer> {
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        options.verify_plan(&plan).map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
+    pub(crate) async fn run_plan_read_only(
+        &self,
+        plan: LogicalPlan,
+        max_rows: usize,
+    ) -> Result<Answer> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        options
+            .verify_plan(&plan)
+            .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
         let df = self.ctx.execute_logical_plan(plan).await?;
         let stream = df.execute_stream().await?;
         collect_limited(stream, max_rows).await
@@ -205,7 +222,9 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
         Format::Csv => {
             let mut out = Vec::new();
             {
-                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out);
                 for b in batches {
                     w.write(b)?;
                 }

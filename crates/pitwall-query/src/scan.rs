@@ -26,11 +26,13 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use futures::{StreamExt, TryStreamExt};
+use iceberg::Runtime;
 use iceberg::arrow::{ArrowReaderBuilder, schema_to_arrow_schema};
 use iceberg::io::FileIO;
-use iceberg::Runtime;
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
@@ -54,9 +56,19 @@ impl LakeCatalog {
     /// Lists the namespaces and their tables (tables are loaded when a query names them).
     pub(crate) async fn try_new(catalog: Arc<dyn Catalog>) -> iceberg::Result<Self> {
         let mut schemas = HashMap::new();
-        for name in catalog.list_namespaces(None).await?.iter().flat_map(|ns| ns.as_ref().clone()) {
+        for name in catalog
+            .list_namespaces(None)
+            .await?
+            .iter()
+            .flat_map(|ns| ns.as_ref().clone())
+        {
             let namespace = NamespaceIdent::new(name.clone());
-            let tables = catalog.list_tables(&namespace).await?.into_iter().map(|t| t.name().to_owned()).collect();
+            let tables = catalog
+                .list_tables(&namespace)
+                .await?
+                .into_iter()
+                .map(|t| t.name().to_owned())
+                .collect();
             schemas.insert(
                 name,
                 Arc::new(LakeSchema {
@@ -82,7 +94,9 @@ impl CatalogProvider for LakeCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.schemas.get(name).map(|s| Arc::clone(s) as Arc<dyn SchemaProvider>)
+        self.schemas
+            .get(name)
+            .map(|s| Arc::clone(s) as Arc<dyn SchemaProvider>)
     }
 }
 
@@ -165,13 +179,29 @@ impl TableProvider for LakeTable {
         if let Some(predicate) = convert_filters_to_predicate(filters) {
             builder = builder.with_filter(predicate);
         }
-        let tasks: Vec<FileScanTask> = builder.build().map_err(df_error)?.plan_files().await.map_err(df_error)?.try_collect().await.map_err(df_error)?;
+        let tasks: Vec<FileScanTask> = builder
+            .build()
+            .map_err(df_error)?
+            .plan_files()
+            .await
+            .map_err(df_error)?
+            .try_collect()
+            .await
+            .map_err(df_error)?;
         let partitions = state.config().target_partitions();
         let groups = spread(split(tasks, partitions), partitions, |t| t.length);
-        Ok(Arc::new(LakeScan::new(self.table.file_io().clone(), schema, groups, limit)))
+        Ok(Arc::new(LakeScan::new(
+            self.table.file_io().clone(),
+            schema,
+            groups,
+            limit,
+        )))
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
         // Pushed down to prune files and row groups; DataFusion still filters the rows.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -213,7 +243,10 @@ fn spread<T>(mut items: Vec<T>, n: usize, weight: impl Fn(&T) -> u64) -> Vec<Vec
     items.sort_by_key(|t| std::cmp::Reverse(weight(t)));
     let mut groups: Vec<(u64, Vec<T>)> = (0..n).map(|_| (0, Vec::new())).collect();
     for item in items {
-        let lightest = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
+        let lightest = groups
+            .iter_mut()
+            .min_by_key(|g| g.0)
+            .expect("at least one group");
         lightest.0 += weight(&item);
         lightest.1.push(item);
     }
@@ -230,7 +263,12 @@ struct LakeScan {
 }
 
 impl LakeScan {
-    fn new(file_io: FileIO, schema: SchemaRef, groups: Vec<Vec<FileScanTask>>, limit: Option<usize>) -> Self {
+    fn new(
+        file_io: FileIO,
+        schema: SchemaRef,
+        groups: Vec<Vec<FileScanTask>>,
+        limit: Option<usize>,
+    ) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
             Partitioning::UnknownPartitioning(groups.len()),
@@ -249,19 +287,31 @@ impl LakeScan {
 
 impl fmt::Debug for LakeScan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LakeScan").field("partitions", &self.groups.len()).field("limit", &self.limit).finish()
+        f.debug_struct("LakeScan")
+            .field("partitions", &self.groups.len())
+            .field("limit", &self.limit)
+            .finish()
     }
 }
 
 impl DisplayAs for LakeScan {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let files: usize = self.groups.iter().map(Vec::len).sum();
-        write!(f, "LakeScan: {files} files in {} partitions, columns [", self.groups.len())?;
+        write!(
+            f,
+            "LakeScan: {files} files in {} partitions, columns [",
+            self.groups.len()
+        )?;
         for (i, field) in self.schema.fields().iter().enumerate() {
             write!(f, "{}{}", if i > 0 { ", " } else { "" }, field.name())?;
         }
         write!(f, "]")?;
-        if let Some(p) = self.groups.iter().flatten().find_map(|t| t.predicate.as_ref()) {
+        if let Some(p) = self
+            .groups
+            .iter()
+            .flatten()
+            .find_map(|t| t.predicate.as_ref())
+        {
             write!(f, ", predicate {p}")?;
         }
         if let Some(limit) = self.limit {
@@ -288,12 +338,21 @@ impl ExecutionPlan for LakeScan {
         Vec::new()
     }
 
-    fn with_new_children(self: Arc<Self>, _: Vec<Arc<dyn ExecutionPlan>>) -> DFResult<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
-        let tasks = self.groups.get(partition).cloned().ok_or_else(|| DataFusionError::Internal(format!("LakeScan has no partition {partition}")))?;
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        let tasks = self.groups.get(partition).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!("LakeScan has no partition {partition}"))
+        })?;
         let runtime = Runtime::try_current().map_err(df_error)?;
         // Batches as large as DataFusion's own (8,192 rows; the Parquet reader's default
         // is 1,024, and every operator above pays per batch).
@@ -301,7 +360,11 @@ impl ExecutionPlan for LakeScan {
             .with_data_file_concurrency_limit(FILES_AT_ONCE)
             .with_batch_size(context.session_config().batch_size())
             .build();
-        let batches = reader.read(futures::stream::iter(tasks.into_iter().map(Ok)).boxed()).map_err(df_error)?.stream().map_err(df_error);
+        let batches = reader
+            .read(futures::stream::iter(tasks.into_iter().map(Ok)).boxed())
+            .map_err(df_error)?
+            .stream()
+            .map_err(df_error);
         let stream = match self.limit {
             None => batches.boxed(),
             Some(limit) => {
@@ -315,7 +378,10 @@ impl ExecutionPlan for LakeScan {
                     .boxed()
             }
         };
-        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
     }
 }
 
@@ -336,7 +402,9 @@ mod tests {
             .with_record_count(Some(1000))
             .with_data_file_path(path.to_owned())
             .with_data_file_format(DataFileFormat::Parquet)
-            .with_schema(Arc::new(Schema::builder().build().expect("an empty schema")))
+            .with_schema(Arc::new(
+                Schema::builder().build().expect("an empty schema"),
+            ))
             .with_project_field_ids(Vec::new())
             .with_case_sensitive(true)
             .build()
@@ -347,20 +415,39 @@ mod tests {
         let pieces = split(vec![task("a", 1001), task("b", 10)], 5);
         // 5 partitions over 2 files: 3 ranges each.
         for (path, size) in [("a", 1001), ("b", 10)] {
-            let mut ranges: Vec<(u64, u64)> = pieces.iter().filter(|t| t.data_file_path == path).map(|t| (t.start, t.length)).collect();
+            let mut ranges: Vec<(u64, u64)> = pieces
+                .iter()
+                .filter(|t| t.data_file_path == path)
+                .map(|t| (t.start, t.length))
+                .collect();
             ranges.sort_unstable();
             assert_eq!(ranges.len(), 3, "{path}: {ranges:?}");
             let mut next = 0;
             for (start, length) in &ranges {
-                assert_eq!(*start, next, "{path}: ranges leave a gap or overlap: {ranges:?}");
+                assert_eq!(
+                    *start, next,
+                    "{path}: ranges leave a gap or overlap: {ranges:?}"
+                );
                 next = start + length;
             }
-            assert_eq!(next, size, "{path}: ranges end before the file does: {ranges:?}");
+            assert_eq!(
+                next, size,
+                "{path}: ranges end before the file does: {ranges:?}"
+            );
         }
-        assert!(pieces.iter().all(|t| t.record_count.is_none()), "a piece must not claim the file's row count");
+        assert!(
+            pieces.iter().all(|t| t.record_count.is_none()),
+            "a piece must not claim the file's row count"
+        );
         // As many files as partitions or more: left whole.
         let whole = split(vec![task("a", 100), task("b", 100)], 2);
-        assert_eq!(whole.iter().map(|t| (t.start, t.length, t.record_count)).collect::<Vec<_>>(), vec![(0, 100, Some(1000)); 2]);
+        assert_eq!(
+            whole
+                .iter()
+                .map(|t| (t.start, t.length, t.record_count))
+                .collect::<Vec<_>>(),
+            vec![(0, 100, Some(1000)); 2]
+        );
     }
 
     #[test]
@@ -372,6 +459,9 @@ mod tests {
         // Fewer files than cores: one partition per file.
         assert_eq!(spread(vec![3u64, 9], 8, |w| *w), vec![vec![9], vec![3]]);
         // No files: one empty partition (the scan still has a schema to return).
-        assert_eq!(spread(Vec::<u64>::new(), 4, |w| *w), vec![Vec::<u64>::new()]);
+        assert_eq!(
+            spread(Vec::<u64>::new(), 4, |w| *w),
+            vec![Vec::<u64>::new()]
+        );
     }
 }

@@ -23,7 +23,8 @@ async fn deep_and_long_sql_is_refused_before_planning_and_the_limit_itself_runs(
 
     // At the limit: a sum of max_depth - 1 terms is max_depth deep with its query.
     let answer = engine.read_only(&lake, &sum(max_depth - 1)).await.unwrap();
-    let total = arrow::util::display::array_value_to_string(answer.batches[0].column(0), 0).unwrap();
+    let total =
+        arrow::util::display::array_value_to_string(answer.batches[0].column(0), 0).unwrap();
     assert_eq!(total, (max_depth - 1).to_string());
 
     // 3,000 terms aborted the whole process on a 2 MiB stack before.
@@ -33,23 +34,41 @@ async fn deep_and_long_sql_is_refused_before_planning_and_the_limit_itself_runs(
 
     // As deep as the size limit allows, as UNIONs and as nested subqueries.
     let unions = vec!["SELECT 1"; 10_000].join(" UNION ALL ");
-    assert!(matches!(engine.read_only(&lake, &unions).await.unwrap_err(), Error::TooDeep { .. }));
+    assert!(matches!(
+        engine.read_only(&lake, &unions).await.unwrap_err(),
+        Error::TooDeep { .. }
+    ));
     let big = sum(engine.limits().max_sql_bytes / 2 - 20);
     let err = engine.read_only(&lake, &big).await.unwrap_err();
     assert!(matches!(err, Error::TooDeep { .. }), "{err}");
     let over = format!("SELECT 1 -- {}", "x".repeat(engine.limits().max_sql_bytes));
     let err = engine.read_only(&lake, &over).await.unwrap_err();
-    assert!(matches!(err, Error::TooLarge { .. }) && err.to_string().contains("server.query-max-sql-bytes"), "{err}");
+    assert!(
+        matches!(err, Error::TooLarge { .. })
+            && err.to_string().contains("server.query-max-sql-bytes"),
+        "{err}"
+    );
 
     // Still read-only.
-    assert!(matches!(engine.read_only(&lake, "CREATE TABLE t AS SELECT 1").await.unwrap_err(), Error::ReadOnly(_)));
+    assert!(matches!(
+        engine
+            .read_only(&lake, "CREATE TABLE t AS SELECT 1")
+            .await
+            .unwrap_err(),
+        Error::ReadOnly(_)
+    ));
 }
 
 /// The process's peak resident memory, from the kernel.
 fn peak_rss_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +83,10 @@ async fn queries_stay_within_the_memory_pool() {
     })
     .unwrap();
     // An aggregate that cannot spill fails naming the pool.
-    let err = engine.read_only(&lake, "SELECT array_agg(value) FROM range(100000000)").await.unwrap_err();
+    let err = engine
+        .read_only(&lake, "SELECT array_agg(value) FROM range(100000000)")
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Memory { .. }), "{err}");
     assert!(err.to_string().contains("server.query-memory"), "{err}");
 
@@ -75,13 +97,22 @@ async fn queries_stay_within_the_memory_pool() {
         .read_only(&lake, "SELECT count(DISTINCT value) FROM range(1000000000)")
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Memory { .. } | Error::Timeout(_)), "{err}");
+    assert!(
+        matches!(err, Error::Memory { .. } | Error::Timeout(_)),
+        "{err}"
+    );
     let peak = peak_rss_mib();
-    eprintln!("stopped after {:?} ({err}); peak RSS of the test process {peak} MiB", started.elapsed());
+    eprintln!(
+        "stopped after {:?} ({err}); peak RSS of the test process {peak} MiB",
+        started.elapsed()
+    );
     assert!(peak < 1024, "peak RSS {peak} MiB with a 32 MiB pool");
 
     // The pool is whole again for the next query.
-    let answer = engine.read_only(&lake, "SELECT count(DISTINCT value) FROM range(1000)").await.unwrap();
+    let answer = engine
+        .read_only(&lake, "SELECT count(DISTINCT value) FROM range(1000)")
+        .await
+        .unwrap();
     assert_eq!(answer.rows, 1);
 }
 
@@ -103,10 +134,20 @@ async fn time_and_places_are_limited() {
         engine.read_only(&lake, "SELECT 1").await
     });
     let first = first.unwrap_err();
-    assert!(matches!(first, Error::Timeout(_)) && first.to_string().contains("server.query-timeout"), "{first}");
-    assert!(started.elapsed() < Duration::from_secs(10), "the time limit answers at once");
+    assert!(
+        matches!(first, Error::Timeout(_)) && first.to_string().contains("server.query-timeout"),
+        "{first}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the time limit answers at once"
+    );
     let second = second.unwrap_err();
-    assert!(matches!(second, Error::Busy { .. }) && second.to_string().contains("server.query-concurrency"), "{second}");
+    assert!(
+        matches!(second, Error::Busy { .. })
+            && second.to_string().contains("server.query-concurrency"),
+        "{second}"
+    );
     // Once the abandoned query lets go of its place, queries run again.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -113,7 +113,10 @@ pub(crate) async fn serve(
     let _ = stop_tx.send(true);
     // Every connection closes itself within the grace; this only waits for them.
     let all_closed = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), all_closed).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), all_closed)
+        .await
+        .is_err()
+    {
         conns.abort_all();
     }
     Ok(())
@@ -176,7 +179,9 @@ impl Activity {
     fn read_some(&self) {
         let now = self.now();
         self.last_io.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == NONE {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == NONE
+        {
             self.head_started.store(now, Ordering::Relaxed);
         }
     }
@@ -230,7 +235,10 @@ impl http_body::Body for Tracked {
     type Data = axum::body::Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -250,7 +258,11 @@ struct Watched {
 }
 
 impl AsyncRead for Watched {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -261,7 +273,11 @@ impl AsyncRead for Watched {
 }
 
 impl AsyncWrite for Watched {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.tcp).poll_write(cx, buf)
     }
 
@@ -273,7 +289,11 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
     }
 
@@ -284,7 +304,12 @@ impl AsyncWrite for Watched {
 
 /// Serves one connection under the watchdog until it ends, is timed out, or the server
 /// stops.
-async fn connection(tcp: TcpStream, router: Router, limits: ConnLimits, mut stop: watch::Receiver<bool>) {
+async fn connection(
+    tcp: TcpStream,
+    router: Router,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         tcp,
@@ -298,11 +323,16 @@ async fn connection(tcp: TcpStream, router: Router, limits: ConnLimits, mut stop
             let call = router.clone().oneshot(req.map(Body::new));
             async move {
                 let response = call.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, _in_flight: in_flight }))
+                Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
             }
         })
     };
-    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service);
     tokio::pin!(conn);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -361,13 +391,25 @@ mod tests {
         assert_eq!(a.verdict(&limits), Verdict::SlowHead);
         a.request_began();
         std::thread::sleep(Duration::from_millis(3));
-        assert_eq!(a.verdict(&limits), Verdict::Keep, "a request in flight is never timed out");
+        assert_eq!(
+            a.verdict(&limits),
+            Verdict::Keep,
+            "a request in flight is never timed out"
+        );
         a.response_ended();
         std::thread::sleep(Duration::from_millis(3));
-        assert_eq!(a.verdict(&limits), Verdict::Idle, "after the response, idle time counts");
+        assert_eq!(
+            a.verdict(&limits),
+            Verdict::Idle,
+            "after the response, idle time counts"
+        );
         a.read_some();
         std::thread::sleep(Duration::from_millis(3));
-        assert_eq!(a.verdict(&limits), Verdict::SlowHead, "a head begun and not finished");
+        assert_eq!(
+            a.verdict(&limits),
+            Verdict::SlowHead,
+            "a head begun and not finished"
+        );
         let generous = ConnLimits {
             header_read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),

@@ -21,16 +21,38 @@ const UPLOT_JS: &str = include_str!(env!("PITWALL_UPLOT_JS"));
 const UPLOT_CSS: &str = include_str!(env!("PITWALL_UPLOT_CSS"));
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
-        .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
-        .route("/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
-        .route("/vendor/uPlot.iife.min.js", get(|| async { asset("text/javascript; charset=utf-8", UPLOT_JS) }))
-        .route("/vendor/uPlot.min.css", get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+        )
+        .route(
+            "/vendor/uPlot.iife.min.js",
+            get(|| async { asset("text/javascript; charset=utf-8", UPLOT_JS) }),
+        )
+        .route(
+            "/vendor/uPlot.min.css",
+            get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
+        )
         .route("/api/v1/sources", get(sources))
 }
 
@@ -50,7 +72,11 @@ const MAX_SOURCES_PAGE: usize = 1000;
 /// The sources the live feed has seen: measurement, source id, and the tag that holds
 /// the source id in the lake's clean table; a page at a time (`limit`, `offset`), the
 /// total in `X-Total-Count`.
-async fn sources(State(state): State<Arc<AppState>>, Query(page): Query<SourcesPage>, headers: HeaderMap) -> Response {
+async fn sources(
+    State(state): State<Arc<AppState>>,
+    Query(page): Query<SourcesPage>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = crate::authorize(&state, &headers, None) {
         return r.into_response();
     }
@@ -67,6 +93,7 @@ async fn sources(State(state): State<Arc<AppState>>, Query(page): Query<SourcesP
         })
         .collect();
     let mut r = axum::Json(list).into_response();
-    r.headers_mut().insert("x-total-count", axum::http::HeaderValue::from(total));
+    r.headers_mut()
+        .insert("x-total-count", axum::http::HeaderValue::from(total));
     r
 }

@@ -32,16 +32,29 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 /// permits fit the `u32` it takes at once.
 pub(crate) const BODY_UNIT: usize = 1024;
 
-pub(crate) async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let mut response = match check(&state, req, next).await {
         Ok(r) => r,
         Err(r) => r.into_response(),
     };
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -74,7 +87,12 @@ async fn check(state: &AppState, req: Request, next: Next) -> Result<Response, R
         _ => state.max_body,
     };
     let units = u32::try_from(held.div_ceil(BODY_UNIT).max(1)).unwrap_or(u32::MAX);
-    let permit = match tokio::time::timeout(Duration::from_secs(1), Arc::clone(&state.bodies).acquire_many_owned(units)).await {
+    let permit = match tokio::time::timeout(
+        Duration::from_secs(1),
+        Arc::clone(&state.bodies).acquire_many_owned(units),
+    )
+    .await
+    {
         Ok(Ok(p)) => p,
         _ => {
             return Err(error(
@@ -88,7 +106,12 @@ async fn check(state: &AppState, req: Request, next: Next) -> Result<Response, R
             .retry_after(1));
         }
     };
-    let bytes = match tokio::time::timeout(state.body_read_timeout, axum::body::to_bytes(body, state.max_body)).await {
+    let bytes = match tokio::time::timeout(
+        state.body_read_timeout,
+        axum::body::to_bytes(body, state.max_body),
+    )
+    .await
+    {
         Err(_) => {
             return Err(error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -100,14 +123,22 @@ async fn check(state: &AppState, req: Request, next: Next) -> Result<Response, R
             ));
         }
         Ok(Err(e)) => {
-            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
                 return Err(too_large(state.max_body));
             }
-            return Err(error(StatusCode::BAD_REQUEST, "invalid", format!("the request body could not be read: {e}")));
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the request body could not be read: {e}"),
+            ));
         }
         Ok(Ok(b)) => b,
     };
-    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     drop(permit);
     Ok(response)
 }
@@ -129,7 +160,9 @@ fn browser_safe(headers: &HeaderMap, method: &Method) -> Result<(), Reject> {
         return Err(error(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("host {host:?} is not a loopback name; with no token set only localhost is served: set server.tokens (or PITWALL_TOKEN) to serve other hosts"),
+            format!(
+                "host {host:?} is not a loopback name; with no token set only localhost is served: set server.tokens (or PITWALL_TOKEN) to serve other hosts"
+            ),
         ));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -144,7 +177,9 @@ fn browser_safe(headers: &HeaderMap, method: &Method) -> Result<(), Reject> {
     }
     // Browsers that send no Origin on a simple GET still say where a request came from.
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    let navigation = headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok()) == Some("navigate") && method == Method::GET;
+    let navigation = headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok())
+        == Some("navigate")
+        && method == Method::GET;
     if matches!(site, Some("cross-site" | "same-site")) && !navigation {
         return Err(cross_origin());
     }
@@ -164,7 +199,13 @@ fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split_once(']').map_or(rest, |(ip, _)| ip)
     } else {
-        host.rsplit_once(':').map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
+        host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        })
     };
     let name = name.trim_end_matches('.');
     name.eq_ignore_ascii_case("localhost")
@@ -178,10 +219,27 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for ok in ["localhost", "localhost:8086", "LOCALHOST.", "app.localhost:1", "127.0.0.1", "127.1.2.3:80", "[::1]:8086", "[::1]"] {
+        for ok in [
+            "localhost",
+            "localhost:8086",
+            "LOCALHOST.",
+            "app.localhost:1",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]:8086",
+            "[::1]",
+        ] {
             assert!(is_loopback_host(ok), "{ok}");
         }
-        for bad in ["evil.com", "127.0.0.1.evil.com", "localhost.evil.com", "10.0.0.1:8086", "[::2]:1", "0.0.0.0", "xlocalhost"] {
+        for bad in [
+            "evil.com",
+            "127.0.0.1.evil.com",
+            "localhost.evil.com",
+            "10.0.0.1:8086",
+            "[::2]:1",
+            "0.0.0.0",
+            "xlocalhost",
+        ] {
             assert!(!is_loopback_host(bad), "{bad}");
         }
     }
@@ -197,12 +255,52 @@ mod tests {
         };
         let post = Method::POST;
         assert!(browser_safe(&headers(&[("host", "127.0.0.1:8086")]), &post).is_ok());
-        assert!(browser_safe(&headers(&[("host", "127.0.0.1:8086"), ("origin", "http://127.0.0.1:8086")]), &post).is_ok());
-        assert!(browser_safe(&headers(&[("host", "127.0.0.1:8086"), ("origin", "http://evil.example")]), &post).is_err());
-        assert!(browser_safe(&headers(&[("host", "127.0.0.1:8086"), ("origin", "null")]), &post).is_err());
+        assert!(
+            browser_safe(
+                &headers(&[
+                    ("host", "127.0.0.1:8086"),
+                    ("origin", "http://127.0.0.1:8086")
+                ]),
+                &post
+            )
+            .is_ok()
+        );
+        assert!(
+            browser_safe(
+                &headers(&[
+                    ("host", "127.0.0.1:8086"),
+                    ("origin", "http://evil.example")
+                ]),
+                &post
+            )
+            .is_err()
+        );
+        assert!(
+            browser_safe(
+                &headers(&[("host", "127.0.0.1:8086"), ("origin", "null")]),
+                &post
+            )
+            .is_err()
+        );
         assert!(browser_safe(&headers(&[("host", "rebound.example:8086")]), &Method::GET).is_err());
-        assert!(browser_safe(&headers(&[("host", "localhost"), ("sec-fetch-site", "cross-site")]), &post).is_err());
+        assert!(
+            browser_safe(
+                &headers(&[("host", "localhost"), ("sec-fetch-site", "cross-site")]),
+                &post
+            )
+            .is_err()
+        );
         // A link from another site to the dashboard still opens it.
-        assert!(browser_safe(&headers(&[("host", "localhost"), ("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate")]), &Method::GET).is_ok());
+        assert!(
+            browser_safe(
+                &headers(&[
+                    ("host", "localhost"),
+                    ("sec-fetch-site", "cross-site"),
+                    ("sec-fetch-mode", "navigate")
+                ]),
+                &Method::GET
+            )
+            .is_ok()
+        );
     }
 }

@@ -118,18 +118,42 @@ impl ServerConfig {
     /// Checks values serde cannot; the error names the key and what to use.
     pub fn validate(&self) -> Result<(), String> {
         let at_least = |key: &str, value: usize, min: usize, unit: &str| {
-            if value < min { Err(format!("server.{key}: is {value}; use at least {min}{unit}")) } else { Ok(()) }
+            if value < min {
+                Err(format!(
+                    "server.{key}: is {value}; use at least {min}{unit}"
+                ))
+            } else {
+                Ok(())
+            }
         };
         at_least("max-body-bytes", self.max_body_bytes, 1024, " bytes")?;
         at_least("query-max-rows", self.query_max_rows, 1, "")?;
-        at_least("query-memory", self.query_memory, 16 * 1024 * 1024, " bytes (16 MiB)")?;
+        at_least(
+            "query-memory",
+            self.query_memory,
+            16 * 1024 * 1024,
+            " bytes (16 MiB)",
+        )?;
         at_least("query-concurrency", self.query_concurrency, 1, "")?;
-        at_least("query-max-sql-bytes", self.query_max_sql_bytes, 64, " bytes")?;
+        at_least(
+            "query-max-sql-bytes",
+            self.query_max_sql_bytes,
+            64,
+            " bytes",
+        )?;
         at_least("query-max-depth", self.query_max_depth, 8, "")?;
         at_least("max-connections", self.max_connections, 1, "")?;
-        at_least("body-memory", self.body_memory, self.max_body_bytes, " bytes (server.max-body-bytes, so one largest body fits)")?;
+        at_least(
+            "body-memory",
+            self.body_memory,
+            self.max_body_bytes,
+            " bytes (server.max-body-bytes, so one largest body fits)",
+        )?;
         if self.body_memory / guard::BODY_UNIT > u32::MAX as usize {
-            return Err(format!("server.body-memory: is {}; use at most 4 TiB", self.body_memory));
+            return Err(format!(
+                "server.body-memory: is {}; use at most 4 TiB",
+                self.body_memory
+            ));
         }
         for (key, d) in [
             ("query-timeout", self.query_timeout),
@@ -220,7 +244,10 @@ struct Failing {
 impl Health {
     /// Notes a failed commit; returns how many failed in a row.
     pub fn commit_failed(&self, reason: &str) -> u32 {
-        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let f = g.get_or_insert_with(|| Failing {
             reason: String::new(),
             since: std::time::Instant::now(),
@@ -235,7 +262,10 @@ impl Health {
 
     /// Notes a commit that succeeded.
     pub fn commit_ok(&self) {
-        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if g.take().is_some() {
             ::metrics::gauge!("pitwall_lake_commit_failing").set(0.0);
             tracing::info!("lake commits succeed again");
@@ -244,8 +274,12 @@ impl Health {
 
     /// What is wrong, if anything: the last error, for how long, failures in a row.
     pub fn problem(&self) -> Option<(String, Duration, u32)> {
-        let g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.as_ref().map(|f| (f.reason.clone(), f.since.elapsed(), f.failures))
+        let g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.as_ref()
+            .map(|f| (f.reason.clone(), f.since.elapsed(), f.failures))
     }
 }
 
@@ -280,7 +314,9 @@ pub struct Services {
 
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Services").field("lake", &self.lake.is_some()).finish_non_exhaustive()
+        f.debug_struct("Services")
+            .field("lake", &self.lake.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -304,8 +340,12 @@ pub(crate) struct AppState {
 /// The router with every route, for [`Bound`] or a test. Fails when the query engine
 /// cannot be set up (its spill directory, `tmp/` in the lake's data directory).
 pub fn router(config: &ServerConfig, services: Services) -> Result<Router, String> {
-    let spill_dir = services.lake.as_ref().map(|l| l.config().data_dir.join("tmp"));
-    let engine = pitwall_query::Engine::new(config.query_limits(spill_dir)).map_err(|e| e.to_string())?;
+    let spill_dir = services
+        .lake
+        .as_ref()
+        .map(|l| l.config().data_dir.join("tmp"));
+    let engine =
+        pitwall_query::Engine::new(config.query_limits(spill_dir)).map_err(|e| e.to_string())?;
     let state = Arc::new(AppState {
         sink: services.sink,
         tokens: config.all_tokens(),
@@ -320,7 +360,9 @@ pub fn router(config: &ServerConfig, services: Services) -> Result<Router, Strin
         engine,
         body_read_timeout: config.body_read_timeout,
         body_memory: config.body_memory,
-        bodies: Arc::new(tokio::sync::Semaphore::new(config.body_memory / guard::BODY_UNIT)),
+        bodies: Arc::new(tokio::sync::Semaphore::new(
+            config.body_memory / guard::BODY_UNIT,
+        )),
     });
     Ok(Router::new()
         .route("/api/v2/write", post(write_v2))
@@ -358,17 +400,26 @@ impl Bound {
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
         };
-        Ok(Bound { listener, router, limits })
+        Ok(Bound {
+            listener,
+            router,
+            limits,
+        })
     }
 
     /// The address it listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` completes; requests in flight get a few seconds to
     /// finish (live feeds are ended), see [`conn`].
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         conn::serve(self.listener, self.router, self.limits, shutdown).await
     }
 }
@@ -419,9 +470,14 @@ impl Reject {
 
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {
-        let mut r = (self.status, axum::Json(serde_json::json!({"code": self.code, "message": self.message}))).into_response();
+        let mut r = (
+            self.status,
+            axum::Json(serde_json::json!({"code": self.code, "message": self.message})),
+        )
+            .into_response();
         if let Some(s) = self.retry_after {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }
@@ -438,24 +494,36 @@ pub(crate) fn error(status: StatusCode, code: &'static str, message: impl Into<S
 
 /// Checks the token, if any is configured.
 /// `in_query` is a token passed in the URL, for clients that cannot set headers.
-pub(crate) fn authorize(state: &AppState, headers: &HeaderMap, in_query: Option<&str>) -> Result<(), Reject> {
+pub(crate) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    in_query: Option<&str>,
+) -> Result<(), Reject> {
     if state.tokens.is_empty() {
         return Ok(());
     }
-    let from_header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-        let (scheme, rest) = v.split_once(' ')?;
-        let rest = rest.trim();
-        match scheme.to_ascii_lowercase().as_str() {
-            "token" | "bearer" => Some(rest.to_owned()),
-            "basic" => {
-                use base64::Engine;
-                let raw = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
-                let text = String::from_utf8(raw).ok()?;
-                Some(text.split_once(':').map_or(text.clone(), |(_, p)| p.to_owned()))
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            let rest = rest.trim();
+            match scheme.to_ascii_lowercase().as_str() {
+                "token" | "bearer" => Some(rest.to_owned()),
+                "basic" => {
+                    use base64::Engine;
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(rest)
+                        .ok()?;
+                    let text = String::from_utf8(raw).ok()?;
+                    Some(
+                        text.split_once(':')
+                            .map_or(text.clone(), |(_, p)| p.to_owned()),
+                    )
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    });
+        });
     let Some(given) = from_header.or_else(|| in_query.map(str::to_owned)) else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
@@ -464,14 +532,17 @@ pub(crate) fn authorize(state: &AppState, headers: &HeaderMap, in_query: Option<
         ));
     };
     // Every token is compared, in constant time, whatever matches.
-    let ok = state
-        .tokens
-        .iter()
-        .fold(subtle::Choice::from(0), |acc, t| acc | t.as_bytes().ct_eq(given.as_bytes()));
+    let ok = state.tokens.iter().fold(subtle::Choice::from(0), |acc, t| {
+        acc | t.as_bytes().ct_eq(given.as_bytes())
+    });
     if bool::from(ok) {
         Ok(())
     } else {
-        Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "the token is not valid"))
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the token is not valid",
+        ))
     }
 }
 
@@ -494,7 +565,13 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, Reject> {
     flate2::read::GzDecoder::new(body)
         .take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("the body is not valid gzip: {e}")))?;
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the body is not valid gzip: {e}"),
+            )
+        })?;
     if out.len() as u64 > limit {
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -550,7 +627,10 @@ impl Rejects {
     fn push(&mut self, line: usize, error: impl FnOnce() -> String) {
         self.total += 1;
         if self.listed.len() < MAX_LISTED {
-            self.listed.push(Rejected { line, error: error() });
+            self.listed.push(Rejected {
+                line,
+                error: error(),
+            });
         }
     }
 }
@@ -563,7 +643,10 @@ fn message(ctx: &Decode<'_>, p: &Point) -> Result<RawMessage, String> {
     admit(ctx, p)?;
     let payload = json::encode(p).map_err(|e| e.to_string())?;
     Ok(RawMessage {
-        key: ctx.processor.source_id(p).map(|s| Bytes::copy_from_slice(s.as_bytes())),
+        key: ctx
+            .processor
+            .source_id(p)
+            .map(|s| Bytes::copy_from_slice(s.as_bytes())),
         payload: Bytes::from(payload),
         time: received,
     })
@@ -610,15 +693,24 @@ impl AppState {
 
 /// Publishes what was accepted and answers: 204 when everything was, 400 listing the
 /// rejects (the rest accepted) otherwise.
-async fn publish_and_answer(state: &AppState, accepted: Vec<RawMessage>, rejects: Rejects, what: &str) -> Response {
+async fn publish_and_answer(
+    state: &AppState,
+    accepted: Vec<RawMessage>,
+    rejects: Rejects,
+    what: &str,
+) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let n = accepted.len();
     if n > 0 {
         match tokio::time::timeout(state.publish_timeout, state.sink.publish(accepted)).await {
             Ok(Ok(())) => {}
             Ok(Err(SinkError::Failed(e))) => {
-                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the pipeline did not take the points: {e}"))
-                    .into_response();
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("the pipeline did not take the points: {e}"),
+                )
+                .into_response();
             }
             Ok(Err(SinkError::Full)) | Err(_) => {
                 let mut r = error(
@@ -627,28 +719,39 @@ async fn publish_and_answer(state: &AppState, accepted: Vec<RawMessage>, rejects
                     "the pipeline is behind and did not take the points in time; retry shortly (points of this body may have been taken)",
                 )
                 .into_response();
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return r;
             }
         }
     }
     state.stats.accepted.fetch_add(n as u64, Relaxed);
-    state.stats.rejected.fetch_add(rejects.total as u64, Relaxed);
+    state
+        .stats
+        .rejected
+        .fetch_add(rejects.total as u64, Relaxed);
     ::metrics::counter!("pitwall_events_in_total", "stage" => "write_api").increment(n as u64);
     if rejects.total > 0 {
-        ::metrics::counter!("pitwall_rejects_total", "stage" => "write_api", "reason" => "parse").increment(rejects.total as u64);
+        ::metrics::counter!("pitwall_rejects_total", "stage" => "write_api", "reason" => "parse")
+            .increment(rejects.total as u64);
     }
     let Some(first) = rejects.listed.first() else {
         return StatusCode::NO_CONTENT.into_response();
     };
     let unlisted = rejects.total - rejects.listed.len();
     let more = if unlisted > 0 {
-        format!(" ({} listed, {unlisted} more not listed)", rejects.listed.len())
+        format!(
+            " ({} listed, {unlisted} more not listed)",
+            rejects.listed.len()
+        )
     } else {
         String::new()
     };
     let message = if n == 0 {
-        format!("no {what} accepted: {} rejected{more}; first, line {}: {}", rejects.total, first.line, first.error)
+        format!(
+            "no {what} accepted: {} rejected{more}; first, line {}: {}",
+            rejects.total, first.line, first.error
+        )
     } else {
         format!(
             "partial write: {} {what}s rejected{more}, the other {n} accepted; first, line {}: {}",
@@ -670,7 +773,12 @@ async fn publish_and_answer(state: &AppState, accepted: Vec<RawMessage>, rejects
 }
 
 /// The token was checked by the guard middleware before the body was read, as for every POST.
-async fn write_line_protocol(state: &AppState, headers: &HeaderMap, params: &WriteParams, body: Bytes) -> Response {
+async fn write_line_protocol(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &WriteParams,
+    body: Bytes,
+) -> Response {
     let precision = match precision(params.precision.as_deref()) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
@@ -686,7 +794,11 @@ async fn write_line_protocol(state: &AppState, headers: &HeaderMap, params: &Wri
 /// The messages of a line-protocol body and its rejected lines. Invalid UTF-8 loses only
 /// its own lines: they are blanked (so every other line keeps its number) and rejected
 /// with where the bad byte is.
-fn decode_line_protocol(ctx: &Decode<'_>, body: &[u8], precision: Precision) -> (Vec<RawMessage>, Rejects) {
+fn decode_line_protocol(
+    ctx: &Decode<'_>,
+    body: &[u8],
+    precision: Precision,
+) -> (Vec<RawMessage>, Rejects) {
     let (text, mut bad_utf8) = match std::str::from_utf8(body) {
         Ok(t) => (std::borrow::Cow::Borrowed(t), Vec::new()),
         Err(_) => {
@@ -750,15 +862,30 @@ fn line_of(e: &pitwall_core::Error) -> Option<usize> {
     }
 }
 
-async fn write_v2(State(state): State<Arc<AppState>>, Query(params): Query<WriteParams>, headers: HeaderMap, body: Bytes) -> Response {
+async fn write_v2(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<WriteParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     write_line_protocol(&state, &headers, &params, body).await
 }
 
-async fn write_v1(State(state): State<Arc<AppState>>, Query(params): Query<WriteParams>, headers: HeaderMap, body: Bytes) -> Response {
+async fn write_v1(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<WriteParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     write_line_protocol(&state, &headers, &params, body).await
 }
 
-async fn write_telegraf(State(state): State<Arc<AppState>>, Query(params): Query<WriteParams>, headers: HeaderMap, body: Bytes) -> Response {
+async fn write_telegraf(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<WriteParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     // Telegraf's JSON serializer writes timestamps in seconds unless told otherwise.
     let precision = match precision(Some(params.precision.as_deref().unwrap_or("s"))) {
         Ok(p) => p,
@@ -777,11 +904,18 @@ async fn write_telegraf(State(state): State<Arc<AppState>>, Query(params): Query
 /// The messages of a Telegraf JSON body and its rejected metrics. The metrics are kept
 /// as slices of the body, each decoded as it comes: a million tiny metrics cost a
 /// pointer each, not a JSON tree.
-fn decode_telegraf(ctx: &Decode<'_>, body: &[u8], precision: Precision) -> Result<(Vec<RawMessage>, Rejects), Reject> {
+fn decode_telegraf(
+    ctx: &Decode<'_>,
+    body: &[u8],
+    precision: Precision,
+) -> Result<(Vec<RawMessage>, Rejects), Reject> {
     let metrics = telegraf_metrics(body)?;
     let (mut accepted, mut rejects) = (Vec::new(), Rejects::default());
     for (i, m) in metrics.iter().enumerate() {
-        match json::decode(m.get().as_bytes(), ctx.received, precision).map_err(|e| e.to_string()).and_then(|p| message(ctx, &p)) {
+        match json::decode(m.get().as_bytes(), ctx.received, precision)
+            .map_err(|e| e.to_string())
+            .and_then(|p| message(ctx, &p))
+        {
             Ok(msg) => accepted.push(msg),
             Err(error) => rejects.push(i + 1, || format!("metric {}: {error}", i + 1)),
         }
@@ -792,17 +926,25 @@ fn decode_telegraf(ctx: &Decode<'_>, body: &[u8], precision: Precision) -> Resul
 /// The metrics of a Telegraf JSON body: one metric object, or `{"metrics": [...]}`.
 fn telegraf_metrics(body: &[u8]) -> Result<Vec<&serde_json::value::RawValue>, Reject> {
     use serde_json::value::RawValue;
-    let top: std::collections::BTreeMap<std::borrow::Cow<'_, str>, &RawValue> = serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            format!("the body is not a JSON object (a metric or {{\"metrics\": [...]}}): {e}"),
-        )
-    })?;
+    let top: std::collections::BTreeMap<std::borrow::Cow<'_, str>, &RawValue> =
+        serde_json::from_slice(body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the body is not a JSON object (a metric or {{\"metrics\": [...]}}): {e}"),
+            )
+        })?;
     match top.get("metrics") {
-        Some(list) => serde_json::from_str::<Vec<&RawValue>>(list.get())
-            .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("`metrics` must be an array of metrics: {e}"))),
-        None => Ok(vec![serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?]),
+        Some(list) => serde_json::from_str::<Vec<&RawValue>>(list.get()).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("`metrics` must be an array of metrics: {e}"),
+            )
+        }),
+        None => Ok(vec![serde_json::from_slice(body).map_err(|e| {
+            error(StatusCode::BAD_REQUEST, "invalid", e.to_string())
+        })?]),
     }
 }
 
@@ -831,7 +973,11 @@ pub mod fuzzing {
         } else {
             Bytes::copy_from_slice(body)
         };
-        let decoded = if telegraf { decode_telegraf(&ctx, &body, Precision::S) } else { Ok(decode_line_protocol(&ctx, &body, Precision::Ns)) };
+        let decoded = if telegraf {
+            decode_telegraf(&ctx, &body, Precision::S)
+        } else {
+            Ok(decode_line_protocol(&ctx, &body, Precision::Ns))
+        };
         match decoded {
             Ok((accepted, rejects)) => {
                 assert!(rejects.listed.len() <= MAX_LISTED);

@@ -100,7 +100,9 @@ struct Head<'a> {
 
 /// The `measurement` of an output message's JSON.
 fn measurement_of(data: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Head<'_>>(data).ok().map(|h| h.measurement.into_owned())
+    serde_json::from_slice::<Head<'_>>(data)
+        .ok()
+        .map(|h| h.measurement.into_owned())
 }
 
 impl Default for LiveHub {
@@ -136,14 +138,18 @@ impl LiveHub {
         if stream == LiveStream::Clean {
             let mut sources = self.lock_sources();
             if !sources.contains_key(source.as_ref()) {
-                let Some(measurement) = measurement_of(&data) else { return };
+                let Some(measurement) = measurement_of(&data) else {
+                    return;
+                };
                 sources.insert(source.clone().into_owned(), measurement);
             }
             if !self.has_listeners() {
                 return;
             }
         }
-        let Some(measurement) = measurement_of(&data) else { return };
+        let Some(measurement) = measurement_of(&data) else {
+            return;
+        };
         let source = source.into_owned();
         let event = Arc::new(LiveEvent {
             seq: self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
@@ -156,7 +162,11 @@ impl LiveHub {
                 .map_or(0, |d| d.as_millis() as i64),
         });
         {
-            let mut recent = self.inner.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut recent = self
+                .inner
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if recent.len() == self.inner.history {
                 recent.pop_front();
             }
@@ -167,21 +177,37 @@ impl LiveHub {
         }
     }
 
-    fn lock_sources(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
-        self.inner.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock_sources(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
+        self.inner
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every source seen on the clean stream, as (measurement, source id), sorted.
     pub fn sources(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self.lock_sources().iter().map(|(s, m)| (m.clone(), s.clone())).collect();
+        let mut v: Vec<_> = self
+            .lock_sources()
+            .iter()
+            .map(|(s, m)| (m.clone(), s.clone()))
+            .collect();
         v.sort();
         v
     }
 
     /// Subscribes; also returns the recent events after `after` (a reconnect's
     /// `Last-Event-ID`).
-    fn subscribe(&self, after: Option<u64>) -> (broadcast::Receiver<Arc<LiveEvent>>, Vec<Arc<LiveEvent>>) {
-        let recent = self.inner.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn subscribe(
+        &self,
+        after: Option<u64>,
+    ) -> (broadcast::Receiver<Arc<LiveEvent>>, Vec<Arc<LiveEvent>>) {
+        let recent = self
+            .inner
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rx = self.inner.tx.subscribe();
         let missed = match after {
             Some(id) => recent.iter().filter(|e| e.seq > id).cloned().collect(),
@@ -207,8 +233,12 @@ pub(crate) struct LiveParams {
 }
 
 fn list(s: Option<&str>) -> Option<Vec<String>> {
-    s.filter(|s| !s.trim().is_empty())
-        .map(|s| s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect())
+    s.filter(|s| !s.trim().is_empty()).map(|s| {
+        s.split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect()
+    })
 }
 
 struct Filter {
@@ -220,7 +250,10 @@ struct Filter {
 impl Filter {
     fn wants(&self, e: &LiveEvent) -> bool {
         self.streams.contains(&e.stream)
-            && self.measurements.as_ref().is_none_or(|m| m.contains(&e.measurement))
+            && self
+                .measurements
+                .as_ref()
+                .is_none_or(|m| m.contains(&e.measurement))
             && self.sources.as_ref().is_none_or(|s| s.contains(&e.source))
     }
 }
@@ -231,11 +264,16 @@ impl Filter {
 fn sse_event(e: &LiveEvent) -> Event {
     let json = String::from_utf8_lossy(&e.data);
     let data = match json.strip_prefix('{') {
-        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"received_ms\":{}}}", e.received_ms),
+        Some(rest) if rest.trim_start().starts_with('}') => {
+            format!("{{\"received_ms\":{}}}", e.received_ms)
+        }
         Some(rest) => format!("{{\"received_ms\":{},{rest}", e.received_ms),
         None => json.into_owned(),
     };
-    Event::default().event(e.stream.name()).id(e.seq.to_string()).data(data)
+    Event::default()
+        .event(e.stream.name())
+        .id(e.seq.to_string())
+        .data(data)
 }
 
 /// A series' last send, and the point held back since.
@@ -286,12 +324,20 @@ impl Downsampler {
     }
 }
 
-pub(crate) async fn live(State(state): State<Arc<AppState>>, Query(params): Query<LiveParams>, headers: HeaderMap) -> Response {
+pub(crate) async fn live(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<LiveParams>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = crate::authorize(&state, &headers, params.token.as_deref()) {
         return r.into_response();
     }
     let streams = match list(params.stream.as_deref()) {
-        None => vec![LiveStream::Clean, LiveStream::Metrics, LiveStream::Anomalies],
+        None => vec![
+            LiveStream::Clean,
+            LiveStream::Metrics,
+            LiveStream::Anomalies,
+        ],
         Some(names) => {
             let mut streams = Vec::new();
             for n in &names {
@@ -325,7 +371,11 @@ pub(crate) async fn live(State(state): State<Arc<AppState>>, Query(params): Quer
         measurements: list(params.measurement.as_deref()),
         sources: list(params.source.as_deref()),
     };
-    let interval = if rate == 0.0 { Duration::ZERO } else { Duration::from_secs_f64(1.0 / rate) };
+    let interval = if rate == 0.0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(1.0 / rate)
+    };
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -333,8 +383,12 @@ pub(crate) async fn live(State(state): State<Arc<AppState>>, Query(params): Quer
     let (rx, missed) = state.live.subscribe(after);
     let (out_tx, out_rx) = mpsc::channel::<Event>(256);
     tokio::spawn(pump(rx, missed, filter, interval, out_tx));
-    let stream = futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))).into_response()
+    let stream = futures::stream::unfold(out_rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response()
 }
 
 /// Moves events from the hub to one connection until it closes.
@@ -350,7 +404,11 @@ async fn pump(
         series: HashMap::new(),
     };
     // The browser's EventSource reconnects after this long if the connection drops.
-    if out.send(Event::default().retry(Duration::from_secs(1))).await.is_err() {
+    if out
+        .send(Event::default().retry(Duration::from_secs(1)))
+        .await
+        .is_err()
+    {
         return;
     }
     for e in missed {
@@ -358,7 +416,11 @@ async fn pump(
             return;
         }
     }
-    let tick_every = if interval.is_zero() { Duration::from_secs(3600) } else { interval / 2 };
+    let tick_every = if interval.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        interval / 2
+    };
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

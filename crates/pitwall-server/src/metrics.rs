@@ -36,13 +36,19 @@ static COLLECTORS: Mutex<Vec<Collector>> = Mutex::new(Vec::new());
 /// pipeline already keeps as atomics) up to date; it returns false once it has nothing
 /// more to report, and is then dropped.
 pub fn on_scrape(collect: impl Fn() -> bool + Send + Sync + 'static) {
-    COLLECTORS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::new(collect));
+    COLLECTORS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Box::new(collect));
 }
 
 /// The metrics as Prometheus text, after running the collectors.
 pub fn render_text() -> String {
     let handle = install();
-    COLLECTORS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|c| c());
+    COLLECTORS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|c| c());
     handle.run_upkeep();
     handle.render()
 }
@@ -52,7 +58,9 @@ pub fn render_text() -> String {
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let latency = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+            let latency = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
                 .expect("bucket list is not empty")
@@ -69,17 +77,54 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("pitwall_events_in_total", "Events taken in, by stage (ingest, write_api, process).");
-    describe_counter!("pitwall_events_out_total", "Rows produced by the processor, by stream.");
-    describe_counter!("pitwall_rejects_total", "Rejected payloads or lines, by stage and kind of reason.");
-    describe_gauge!("pitwall_consumer_lag_messages", "Messages on the bus not yet processed, per partition.");
-    describe_gauge!("pitwall_watermark_lag_seconds", Unit::Seconds, "Wall clock minus the partition's event-time watermark.");
-    describe_histogram!("pitwall_lake_commit_seconds", Unit::Seconds, "Latency of lake commits.");
-    describe_counter!("pitwall_lake_rows_total", "Rows committed to the lake, per table.");
-    describe_counter!("pitwall_lake_files_total", "Data files committed to the lake, per table.");
-    describe_counter!("pitwall_lake_bytes_total", Unit::Bytes, "Bytes of data files committed to the lake, per table.");
-    describe_counter!("pitwall_http_requests_total", "HTTP requests answered, by route, method and status.");
-    describe_histogram!("pitwall_http_request_seconds", Unit::Seconds, "Latency of HTTP requests, by route.");
+    describe_counter!(
+        "pitwall_events_in_total",
+        "Events taken in, by stage (ingest, write_api, process)."
+    );
+    describe_counter!(
+        "pitwall_events_out_total",
+        "Rows produced by the processor, by stream."
+    );
+    describe_counter!(
+        "pitwall_rejects_total",
+        "Rejected payloads or lines, by stage and kind of reason."
+    );
+    describe_gauge!(
+        "pitwall_consumer_lag_messages",
+        "Messages on the bus not yet processed, per partition."
+    );
+    describe_gauge!(
+        "pitwall_watermark_lag_seconds",
+        Unit::Seconds,
+        "Wall clock minus the partition's event-time watermark."
+    );
+    describe_histogram!(
+        "pitwall_lake_commit_seconds",
+        Unit::Seconds,
+        "Latency of lake commits."
+    );
+    describe_counter!(
+        "pitwall_lake_rows_total",
+        "Rows committed to the lake, per table."
+    );
+    describe_counter!(
+        "pitwall_lake_files_total",
+        "Data files committed to the lake, per table."
+    );
+    describe_counter!(
+        "pitwall_lake_bytes_total",
+        Unit::Bytes,
+        "Bytes of data files committed to the lake, per table."
+    );
+    describe_counter!(
+        "pitwall_http_requests_total",
+        "HTTP requests answered, by route, method and status."
+    );
+    describe_histogram!(
+        "pitwall_http_request_seconds",
+        Unit::Seconds,
+        "Latency of HTTP requests, by route."
+    );
 }
 
 /// `GET /metrics`, for a server of its own (processes that serve nothing else).
@@ -95,7 +140,10 @@ pub fn routes() -> Router {
 async fn render() -> Response {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render_text(),
     )
         .into_response()
@@ -111,7 +159,8 @@ pub async fn track(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::histogram!("pitwall_http_request_seconds", "route" => route.clone()).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("pitwall_http_request_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
     metrics::counter!("pitwall_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
     response
 }

@@ -48,10 +48,17 @@ fn format_of(named: Option<&str>, headers: &HeaderMap) -> Result<Format, Reject>
             "json" => Ok(Format::Json),
             "csv" => Ok(Format::Csv),
             "arrow" | "arrow-ipc" => Ok(Format::Arrow),
-            other => Err(error(StatusCode::BAD_REQUEST, "invalid", format!("format {other:?} is not one of json, csv, arrow"))),
+            other => Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("format {other:?} is not one of json, csv, arrow"),
+            )),
         };
     }
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     Ok(if accept.contains(ARROW_STREAM) {
         Format::Arrow
     } else if accept.contains("text/csv") {
@@ -61,7 +68,12 @@ fn format_of(named: Option<&str>, headers: &HeaderMap) -> Result<Format, Reject>
     })
 }
 
-pub(crate) async fn query(State(state): State<Arc<AppState>>, Query(params): Query<QueryParams>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn query(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<QueryParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     match run(&state, &params, &headers, &body).await {
         Ok(r) => r,
         Err(r) => r.into_response(),
@@ -69,25 +81,44 @@ pub(crate) async fn query(State(state): State<Arc<AppState>>, Query(params): Que
 }
 
 /// The token was checked by the guard middleware before the body was read.
-async fn run(state: &AppState, params: &QueryParams, headers: &HeaderMap, body: &[u8]) -> Result<Response, Reject> {
+async fn run(
+    state: &AppState,
+    params: &QueryParams,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Reject> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     let (sql, named) = if is_json {
-        let b: QueryBody = serde_json::from_slice(body)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("the body is not {{\"sql\": \"...\", \"format\": ...}}: {e}")))?;
+        let b: QueryBody = serde_json::from_slice(body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the body is not {{\"sql\": \"...\", \"format\": ...}}: {e}"),
+            )
+        })?;
         (b.sql, b.format.or_else(|| params.format.clone()))
     } else {
-        let sql = std::str::from_utf8(body).map_err(|_| error(StatusCode::BAD_REQUEST, "invalid", "the SQL is not UTF-8"))?;
+        let sql = std::str::from_utf8(body)
+            .map_err(|_| error(StatusCode::BAD_REQUEST, "invalid", "the SQL is not UTF-8"))?;
         (sql.to_owned(), params.format.clone())
     };
     if sql.trim().is_empty() {
-        return Err(error(StatusCode::BAD_REQUEST, "invalid", "no SQL: send the query as the body, or {\"sql\": \"...\"}"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "no SQL: send the query as the body, or {\"sql\": \"...\"}",
+        ));
     }
     let format = format_of(named.as_deref(), headers)?;
     let Some(lake) = &state.lake else {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this server has no lake to query"));
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this server has no lake to query",
+        ));
     };
     let started = Instant::now();
     let answer = state.engine.read_only(lake, &sql).await.map_err(|e| {
@@ -100,30 +131,57 @@ async fn run(state: &AppState, params: &QueryParams, headers: &HeaderMap, body: 
             E::TooDeep { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             // Not the client's fault in its SQL, and another try will not help as it is.
             E::Memory { .. } => (StatusCode::INSUFFICIENT_STORAGE, "query memory"),
-            E::Busy { .. } => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).retry_after(1),
+            E::Busy { .. } => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )
+                .retry_after(1);
+            }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         };
         error(status, code, e.to_string())
     })?;
     let elapsed = started.elapsed();
-    let encoded = encode(&answer, format, elapsed).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "internal error", e.to_string()))?;
+    let encoded = encode(&answer, format, elapsed).map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+            e.to_string(),
+        )
+    })?;
     let content_type = match format {
         Format::Json => "application/json",
         Format::Csv => "text/csv; charset=utf-8",
         Format::Arrow => ARROW_STREAM,
     };
-    let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], encoded).into_response();
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type)],
+        encoded,
+    )
+        .into_response();
     let h = r.headers_mut();
     h.insert("x-pitwall-rows", HeaderValue::from(answer.rows));
-    h.insert("x-pitwall-truncated", HeaderValue::from_static(if answer.truncated { "true" } else { "false" }));
+    h.insert(
+        "x-pitwall-truncated",
+        HeaderValue::from_static(if answer.truncated { "true" } else { "false" }),
+    );
     Ok(r)
 }
 
-fn encode(answer: &Answer, format: Format, elapsed: std::time::Duration) -> Result<Vec<u8>, arrow::error::ArrowError> {
+fn encode(
+    answer: &Answer,
+    format: Format,
+    elapsed: std::time::Duration,
+) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let mut out = Vec::new();
     match format {
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
             for b in &answer.batches {
                 w.write(b)?;
             }
@@ -143,7 +201,11 @@ fn encode(answer: &Answer, format: Format, elapsed: std::time::Duration) -> Resu
                 .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
                 .collect();
             out.extend_from_slice(b"{\"columns\":");
-            out.extend_from_slice(serde_json::to_string(&columns).unwrap_or_default().as_bytes());
+            out.extend_from_slice(
+                serde_json::to_string(&columns)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
             out.extend_from_slice(b",\"rows\":");
             let before = out.len();
             {

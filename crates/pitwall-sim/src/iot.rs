@@ -126,8 +126,10 @@ impl Simulator for Fleet {
         // A slow swing (10 simulated minutes a cycle) so windows see movement.
         let t = now as f64 / 1e9 / 600.0 * std::f64::consts::TAU;
         for s in &mut self.sensors {
-            let mut temp = s.base_temp + 2.0 * (t + s.phase).sin() + self.rng.random_range(-0.2..0.2);
-            let humidity = s.base_humidity - 3.0 * (t + s.phase).sin() + self.rng.random_range(-0.5..0.5);
+            let mut temp =
+                s.base_temp + 2.0 * (t + s.phase).sin() + self.rng.random_range(-0.2..0.2);
+            let humidity =
+                s.base_humidity - 3.0 * (t + s.phase).sin() + self.rng.random_range(-0.5..0.5);
             let mut pressure = s.base_pressure + self.rng.random_range(-0.3..0.3);
             if s.fault.is_none() && now >= s.cooldown_until && self.rng.random::<f64>() < chance {
                 let kind = match self.rng.random_range(0..4) {

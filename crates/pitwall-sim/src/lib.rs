@@ -95,7 +95,11 @@ impl Mixed {
 
 impl Simulator for Mixed {
     fn next_time(&self) -> i64 {
-        self.sims.iter().map(|s| s.next_time()).min().unwrap_or(i64::MAX)
+        self.sims
+            .iter()
+            .map(|s| s.next_time())
+            .min()
+            .unwrap_or(i64::MAX)
     }
 
     fn step(&mut self, out: &mut Vec<Point>) {
@@ -152,9 +156,23 @@ mod tests {
         let (points, _) = run(1, 0.0);
         let car = points.iter().find(|p| p.measurement == "car").unwrap();
         for f in [
-            "speed_kph", "rpm", "gear", "throttle_pct", "brake", "drs", "engine_temp_c", "oil_temp_c",
-            "tyre_temp_fl_c", "tyre_temp_fr_c", "tyre_temp_rl_c", "tyre_temp_rr_c", "ers_pct", "lap",
-            "distance_m", "x", "y",
+            "speed_kph",
+            "rpm",
+            "gear",
+            "throttle_pct",
+            "brake",
+            "drs",
+            "engine_temp_c",
+            "oil_temp_c",
+            "tyre_temp_fl_c",
+            "tyre_temp_fr_c",
+            "tyre_temp_rl_c",
+            "tyre_temp_rr_c",
+            "ers_pct",
+            "lap",
+            "distance_m",
+            "x",
+            "y",
         ] {
             assert!(car.fields.contains_key(f), "missing {f}");
         }
@@ -164,6 +182,10 @@ mod tests {
         let sensor = points.iter().find(|p| p.measurement == "sensor").unwrap();
         assert!(sensor.tags.contains_key("sensor_id") && sensor.tags.contains_key("site"));
         // Cars go round: some complete laps in two minutes.
-        assert!(points.iter().any(|p| p.fields.get("lap") == Some(&pitwall_core::FieldValue::I64(1))));
+        assert!(
+            points
+                .iter()
+                .any(|p| p.fields.get("lap") == Some(&pitwall_core::FieldValue::I64(1)))
+        );
     }
 }

@@ -215,7 +215,8 @@ impl Simulator for Race {
                 .position(|&top| speed_kph <= top * 0.985)
                 .unwrap_or(7);
             let ratio = SHIFT_RPM / GEAR_TOP_KPH[gear];
-            let mut rpm = (speed_kph * ratio).max(4_000.0) * (1.0 + self.rng.random_range(-0.004..0.004));
+            let mut rpm =
+                (speed_kph * ratio).max(4_000.0) * (1.0 + self.rng.random_range(-0.004..0.004));
             let mut reported_gear = gear as i64 + 1;
             let load = throttle / 100.0;
 
@@ -224,7 +225,11 @@ impl Simulator for Race {
             car.engine_temp += (engine_target - car.engine_temp) * (dt / 20.0);
             let oil_target = car.engine_temp + 4.0;
             car.oil_temp += (oil_target - car.oil_temp) * (dt / 40.0);
-            let cornering = if self.track.is_straight(car.distance) { 0.0 } else { 1.0 };
+            let cornering = if self.track.is_straight(car.distance) {
+                0.0
+            } else {
+                1.0
+            };
             for (i, t) in car.tyre_temp.iter_mut().enumerate() {
                 let side = if i % 2 == 0 { 1.0 } else { 0.9 };
                 let target = 88.0 + 14.0 * cornering * side + if braking { 6.0 } else { 0.0 };
@@ -256,7 +261,8 @@ impl Simulator for Race {
                     FaultKind::Overheating | FaultKind::TyreOverheat => true,
                     // Flat out for a second on a fast straight: an RPM collapse cannot be a gear change.
                     FaultKind::RpmDrop => {
-                        car.full_throttle_since.is_some_and(|since| now - since >= SECOND)
+                        car.full_throttle_since
+                            .is_some_and(|since| now - since >= SECOND)
                             && rpm >= 10_500.0
                             && pos.speed >= TOP_SPEED * 0.7
                     }
@@ -269,7 +275,11 @@ impl Simulator for Race {
                         FaultKind::Overheating => self.rng.random_range(128.0..136.0),
                         FaultKind::TyreOverheat => self.rng.random_range(132.0..140.0),
                         FaultKind::GearMismatch => {
-                            if gear >= 5 { -2.0 } else { 2.0 }
+                            if gear >= 5 {
+                                -2.0
+                            } else {
+                                2.0
+                            }
                         }
                         _ => 0.0,
                     };
@@ -333,7 +343,8 @@ impl Simulator for Race {
                 }
             }
 
-            let drs = self.track.segments[pos.segment].drs_zone && throttle >= 100.0 && speed_kph > 250.0;
+            let drs =
+                self.track.segments[pos.segment].drs_zone && throttle >= 100.0 && speed_kph > 250.0;
             let f = |v: f64| FieldValue::F64((v * 10.0).round() / 10.0);
             let [fl, fr, rl, rr] = car.tyre_temp;
             // In key order, so the maps are built by appending (no search, no shifting).
@@ -364,8 +375,14 @@ impl Simulator for Race {
             ];
             let p = Point {
                 measurement: "car".to_owned(),
-                tags: tags.into_iter().map(|(k, v)| (Name::from(k), Name::from(v))).collect(),
-                fields: fields.into_iter().map(|(k, v)| (Name::from(k), v)).collect(),
+                tags: tags
+                    .into_iter()
+                    .map(|(k, v)| (Name::from(k), Name::from(v)))
+                    .collect(),
+                fields: fields
+                    .into_iter()
+                    .map(|(k, v)| (Name::from(k), v))
+                    .collect(),
                 time: now,
             };
             out.push(p);

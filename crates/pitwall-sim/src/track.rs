@@ -179,7 +179,9 @@ impl Track {
 
     /// Is `distance_m` on a straight (not in a corner)?
     pub fn is_straight(&self, distance_m: f64) -> bool {
-        self.segments[self.at(distance_m).segment].radius_m.is_none()
+        self.segments[self.at(distance_m).segment]
+            .radius_m
+            .is_none()
     }
 }
 
@@ -191,7 +193,9 @@ mod tests {
     fn profile_is_plausible() {
         let t = Track::default();
         assert!((t.length_m() - 4450.0).abs() < 100.0, "{}", t.length_m());
-        let speeds: Vec<f64> = (0..2225).map(|i| t.at(i as f64 * 2.0).speed * 3.6).collect();
+        let speeds: Vec<f64> = (0..2225)
+            .map(|i| t.at(i as f64 * 2.0).speed * 3.6)
+            .collect();
         let min = speeds.iter().cloned().fold(f64::MAX, f64::min);
         let max = speeds.iter().cloned().fold(0.0, f64::max);
         assert!((90.0..130.0).contains(&min), "slowest corner {min} km/h");

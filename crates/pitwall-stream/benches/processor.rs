@@ -13,7 +13,8 @@ use pitwall_sim::{Race, RaceConfig, Simulator};
 use pitwall_stream::rules::RuleEngine;
 use pitwall_stream::window::{Mark, WindowOperator};
 use pitwall_stream::{
-    BaselineMethod, Outputs, Processor, ProcessorConfig, RuleConfig, SchemaRegistry, Severity, WindowConfig,
+    BaselineMethod, Outputs, Processor, ProcessorConfig, RuleConfig, SchemaRegistry, Severity,
+    WindowConfig,
 };
 use std::time::Duration;
 
@@ -87,7 +88,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("process_race_events", |b| {
         let config = Arc::new(ProcessorConfig::default());
         b.iter(|| {
-            let mut p = Processor::new(Arc::clone(&config), SchemaRegistry::default(), "telemetry.raw", 0);
+            let mut p = Processor::new(
+                Arc::clone(&config),
+                SchemaRegistry::default(),
+                "telemetry.raw",
+                0,
+            );
             let mut out = Outputs::default();
             for m in &msgs {
                 p.process(m, &mut out);
@@ -100,7 +106,10 @@ fn bench(c: &mut Criterion) {
     // The operators alone, on decoded points: one update is one field value into one
     // window (or pane). 4 fields per car event.
     let fields = ["rpm", "speed_kph", "throttle_pct", "engine_temp_c"];
-    let sources: Vec<String> = points.iter().map(|p| p.tags["driver"].to_string()).collect();
+    let sources: Vec<String> = points
+        .iter()
+        .map(|p| p.tags["driver"].to_string())
+        .collect();
     let mut g = c.benchmark_group("windows");
     g.throughput(Throughput::Elements((N * fields.len()) as u64));
     g.sample_size(20);
@@ -123,7 +132,14 @@ fn bench(c: &mut Criterion) {
                 let mut w = WindowOperator::new(&config, 0);
                 let mut out = Vec::new();
                 for (i, (p, s)) in points.iter().zip(&sources).enumerate() {
-                    w.add(s, p, Mark { offset: i as i64, max_time: p.time });
+                    w.add(
+                        s,
+                        p,
+                        Mark {
+                            offset: i as i64,
+                            max_time: p.time,
+                        },
+                    );
                     w.fire(p.time - 2_000_000_000, &mut out);
                 }
                 w.fire_all(&mut out);
@@ -172,14 +188,27 @@ fn bench(c: &mut Criterion) {
             for (k, &i) in order.iter().enumerate() {
                 let p = &mut cycle[i];
                 p.time = T0 + ((round * CYCLE + k) / cars) as i64 * STEP;
-                let mark = Mark { offset: (round * CYCLE + k) as i64, max_time: max };
-                rules.evaluate(&sources[i], p, p.time, max.saturating_sub(2_000_000_000), mark, out);
+                let mark = Mark {
+                    offset: (round * CYCLE + k) as i64,
+                    max_time: max,
+                };
+                rules.evaluate(
+                    &sources[i],
+                    p,
+                    p.time,
+                    max.saturating_sub(2_000_000_000),
+                    mark,
+                    out,
+                );
                 rules.advance(p.time - 2_000_000_000, out);
                 max = max.max(p.time);
             }
         }
     };
-    for (name, config) in [("default_rules", ProcessorConfig::default()), ("all_kinds", all)] {
+    for (name, config) in [
+        ("default_rules", ProcessorConfig::default()),
+        ("all_kinds", all),
+    ] {
         let mut out = Vec::new();
         run(&config, &mut out);
         // What the bench raises, to show it is not formatting messages all the time.

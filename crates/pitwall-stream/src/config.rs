@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::enrich::{DimensionConfig, DistanceKind, Enricher, LapConfig, Loaded, TrackConfig, UnitConfig};
+use crate::enrich::{
+    DimensionConfig, DistanceKind, Enricher, LapConfig, Loaded, TrackConfig, UnitConfig,
+};
 use crate::{Error, Result};
 
 /// Everything the processor needs to know.
@@ -85,7 +87,11 @@ pub struct WindowConfig {
     #[serde(with = "humantime_serde")]
     pub size: Duration,
     /// How often a window starts; none means `size` (tumbling windows).
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub slide: Option<Duration>,
     /// Fields aggregated; empty means every numeric field.
     #[serde(default)]
@@ -104,7 +110,10 @@ impl WindowConfig {
     /// Length of the pane every event updates, in nanoseconds: gcd(size, slide), which
     /// both the size and the slide are whole multiples of.
     pub fn pane_nanos(&self) -> u128 {
-        let (mut a, mut b) = (self.size.as_nanos(), self.slide.unwrap_or(self.size).as_nanos());
+        let (mut a, mut b) = (
+            self.size.as_nanos(),
+            self.slide.unwrap_or(self.size).as_nanos(),
+        );
         while b != 0 {
             (a, b) = (b, a % b);
         }
@@ -142,7 +151,12 @@ impl Severity {
 /// One anomaly rule. Every kind has a unique `name`, the `measurement` it watches and a
 /// `severity`; the rest depends on the kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", rename_all_fields = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum RuleConfig {
     /// A field above (or below) a limit, e.g. engine temperature over 120 °C.
     Threshold {
@@ -528,7 +542,9 @@ fn tyre(corner: &str) -> RuleConfig {
 /// The seeds' windows: 1 s and 5 s sliding metrics of speed, RPM, throttle and brake
 /// per car, and 10 s tumbling temperature per sensor.
 fn default_windows() -> Vec<WindowConfig> {
-    let car = ["speed_kph", "rpm", "throttle_pct", "brake"].map(String::from).to_vec();
+    let car = ["speed_kph", "rpm", "throttle_pct", "brake"]
+        .map(String::from)
+        .to_vec();
     vec![
         WindowConfig {
             name: "car_1s".into(),
@@ -565,7 +581,10 @@ impl ProcessorConfig {
         if self.max_future < Duration::from_secs(1) {
             return bad(
                 "processor.max-future".into(),
-                format!("is {:?}; use at least 1s (default 1d): points a little ahead of the receiver's clock are normal", self.max_future),
+                format!(
+                    "is {:?}; use at least 1s (default 1d): points a little ahead of the receiver's clock are normal",
+                    self.max_future
+                ),
             );
         }
         for (m, mc) in &self.measurements {
@@ -581,22 +600,40 @@ impl ProcessorConfig {
         for (i, w) in self.windows.iter().enumerate() {
             let key = format!("processor.windows[{i}]");
             if w.name.is_empty() {
-                return bad(format!("{key}.name"), "is empty; give the window a name such as \"car_5s\"".into());
+                return bad(
+                    format!("{key}.name"),
+                    "is empty; give the window a name such as \"car_5s\"".into(),
+                );
             }
             if !names.insert(w.name.clone()) {
-                return bad(format!("{key}.name"), format!("{:?} is used by another window; names must be unique", w.name));
+                return bad(
+                    format!("{key}.name"),
+                    format!(
+                        "{:?} is used by another window; names must be unique",
+                        w.name
+                    ),
+                );
             }
             if w.size < Duration::from_millis(1) {
-                return bad(format!("{key}.size"), format!("is {:?}; a window must be at least 1ms long", w.size));
+                return bad(
+                    format!("{key}.size"),
+                    format!("is {:?}; a window must be at least 1ms long", w.size),
+                );
             }
             if let Some(slide) = w.slide {
                 if slide < Duration::from_millis(1) {
-                    return bad(format!("{key}.slide"), format!("is {slide:?}; windows must start at least 1ms apart"));
+                    return bad(
+                        format!("{key}.slide"),
+                        format!("is {slide:?}; windows must start at least 1ms apart"),
+                    );
                 }
                 if slide > w.size {
                     return bad(
                         format!("{key}.slide"),
-                        format!("is {slide:?}, longer than the window ({:?}): events between windows would be left out; use a slide of at most the size", w.size),
+                        format!(
+                            "is {slide:?}, longer than the window ({:?}): events between windows would be left out; use a slide of at most the size",
+                            w.size
+                        ),
                     );
                 }
                 let panes = w.size.as_nanos() / w.pane_nanos();
@@ -611,7 +648,10 @@ impl ProcessorConfig {
             }
             for (j, f) in w.fields.iter().enumerate() {
                 if f.is_empty() {
-                    return bad(format!("{key}.fields[{j}]"), "is empty; name a numeric field".into());
+                    return bad(
+                        format!("{key}.fields[{j}]"),
+                        "is empty; name a numeric field".into(),
+                    );
                 }
             }
         }
@@ -619,76 +659,165 @@ impl ProcessorConfig {
         for (i, r) in self.rules.iter().enumerate() {
             let key = format!("processor.rules[{i}]");
             if r.name().is_empty() {
-                return bad(format!("{key}.name"), "is empty; give the rule a name".into());
+                return bad(
+                    format!("{key}.name"),
+                    "is empty; give the rule a name".into(),
+                );
             }
             if !names.insert(r.name().to_owned()) {
-                return bad(format!("{key}.name"), format!("{:?} is used by another rule; names must be unique", r.name()));
+                return bad(
+                    format!("{key}.name"),
+                    format!(
+                        "{:?} is used by another rule; names must be unique",
+                        r.name()
+                    ),
+                );
             }
             if r.measurement().is_empty() {
-                return bad(format!("{key}.measurement"), "is empty; name the measurement the rule watches".into());
+                return bad(
+                    format!("{key}.measurement"),
+                    "is empty; name the measurement the rule watches".into(),
+                );
             }
             match r {
-                RuleConfig::Threshold { above, below, hysteresis, .. } => {
+                RuleConfig::Threshold {
+                    above,
+                    below,
+                    hysteresis,
+                    ..
+                } => {
                     if above.is_none() && below.is_none() {
-                        return bad(format!("{key}.above"), "a threshold rule needs `above`, `below` or both".into());
+                        return bad(
+                            format!("{key}.above"),
+                            "a threshold rule needs `above`, `below` or both".into(),
+                        );
                     }
                     if hysteresis.is_nan() || *hysteresis < 0.0 {
-                        return bad(format!("{key}.hysteresis"), format!("is {hysteresis}; it must be zero or more"));
+                        return bad(
+                            format!("{key}.hysteresis"),
+                            format!("is {hysteresis}; it must be zero or more"),
+                        );
                     }
                 }
                 RuleConfig::RateOfChange { drop, within, .. } => {
                     if drop.is_nan() || *drop <= 0.0 {
-                        return bad(format!("{key}.drop"), format!("is {drop}; it must be more than zero"));
+                        return bad(
+                            format!("{key}.drop"),
+                            format!("is {drop}; it must be more than zero"),
+                        );
                     }
                     if within.is_zero() {
-                        return bad(format!("{key}.within"), "is zero; give a span such as \"500ms\"".into());
+                        return bad(
+                            format!("{key}.within"),
+                            "is zero; give a span such as \"500ms\"".into(),
+                        );
                     }
                 }
-                RuleConfig::GearConsistency { ratios, tolerance, .. } => {
+                RuleConfig::GearConsistency {
+                    ratios, tolerance, ..
+                } => {
                     if ratios.is_empty() || ratios.iter().any(|r| r.is_nan() || *r <= 0.0) {
-                        return bad(format!("{key}.ratios"), "needs one positive RPM-per-km/h ratio per gear, first gear first".into());
+                        return bad(
+                            format!("{key}.ratios"),
+                            "needs one positive RPM-per-km/h ratio per gear, first gear first"
+                                .into(),
+                        );
                     }
                     if !(*tolerance > 0.0 && *tolerance < 0.5) {
-                        return bad(format!("{key}.tolerance"), format!("is {tolerance}; use a fraction such as 0.05"));
+                        return bad(
+                            format!("{key}.tolerance"),
+                            format!("is {tolerance}; use a fraction such as 0.05"),
+                        );
                     }
                 }
-                RuleConfig::Stuck { stuck_for, tolerance, .. } => {
+                RuleConfig::Stuck {
+                    stuck_for,
+                    tolerance,
+                    ..
+                } => {
                     if stuck_for.is_zero() {
-                        return bad(format!("{key}.for"), "is zero; give how long a value must stay the same, e.g. \"30s\"".into());
+                        return bad(
+                            format!("{key}.for"),
+                            "is zero; give how long a value must stay the same, e.g. \"30s\""
+                                .into(),
+                        );
                     }
                     if tolerance.is_nan() || *tolerance < 0.0 {
-                        return bad(format!("{key}.tolerance"), format!("is {tolerance}; it must be zero or more"));
+                        return bad(
+                            format!("{key}.tolerance"),
+                            format!("is {tolerance}; it must be zero or more"),
+                        );
                     }
                 }
                 RuleConfig::Deadman { silence, field, .. } => {
                     if silence.is_zero() {
-                        return bad(format!("{key}.silence"), "is zero; give the longest gap allowed, e.g. \"10s\"".into());
+                        return bad(
+                            format!("{key}.silence"),
+                            "is zero; give the longest gap allowed, e.g. \"10s\"".into(),
+                        );
                     }
                     if *silence >= self.forget_after {
                         return bad(
                             format!("{key}.silence"),
-                            format!("is {silence:?}, not shorter than processor.forget-after ({:?}): the source would be forgotten before it is missed", self.forget_after),
+                            format!(
+                                "is {silence:?}, not shorter than processor.forget-after ({:?}): the source would be forgotten before it is missed",
+                                self.forget_after
+                            ),
                         );
                     }
                     if field.as_deref() == Some("") {
-                        return bad(format!("{key}.field"), "is empty; name a field or leave the key out to watch the whole source".into());
+                        return bad(
+                            format!("{key}.field"),
+                            "is empty; name a field or leave the key out to watch the whole source"
+                                .into(),
+                        );
                     }
                 }
-                RuleConfig::Baseline { threshold, span, refresh, warm_up, min_spread, .. } => {
+                RuleConfig::Baseline {
+                    threshold,
+                    span,
+                    refresh,
+                    warm_up,
+                    min_spread,
+                    ..
+                } => {
                     if threshold.is_nan() || *threshold <= 0.0 {
-                        return bad(format!("{key}.threshold"), format!("is {threshold}; it must be more than zero (6 is a common choice)"));
+                        return bad(
+                            format!("{key}.threshold"),
+                            format!(
+                                "is {threshold}; it must be more than zero (6 is a common choice)"
+                            ),
+                        );
                     }
                     if refresh.is_zero() || refresh > span {
-                        return bad(format!("{key}.refresh"), format!("is {refresh:?}; it must be more than zero and at most the span ({span:?})"));
+                        return bad(
+                            format!("{key}.refresh"),
+                            format!(
+                                "is {refresh:?}; it must be more than zero and at most the span ({span:?})"
+                            ),
+                        );
                     }
                     if span.as_nanos() / refresh.as_nanos() > MAX_PANES_PER_WINDOW {
-                        return bad(format!("{key}.refresh"), format!("is {refresh:?}: the span would be recomputed more than {MAX_PANES_PER_WINDOW} times over; use a longer refresh"));
+                        return bad(
+                            format!("{key}.refresh"),
+                            format!(
+                                "is {refresh:?}: the span would be recomputed more than {MAX_PANES_PER_WINDOW} times over; use a longer refresh"
+                            ),
+                        );
                     }
                     if warm_up > span {
-                        return bad(format!("{key}.warm-up"), format!("is {warm_up:?}, longer than the span ({span:?}) the baseline holds; it could never be reached"));
+                        return bad(
+                            format!("{key}.warm-up"),
+                            format!(
+                                "is {warm_up:?}, longer than the span ({span:?}) the baseline holds; it could never be reached"
+                            ),
+                        );
                     }
                     if min_spread.is_nan() || *min_spread < 0.0 {
-                        return bad(format!("{key}.min-spread"), format!("is {min_spread}; it must be zero or more"));
+                        return bad(
+                            format!("{key}.min-spread"),
+                            format!("is {min_spread}; it must be zero or more"),
+                        );
                     }
                 }
             }
@@ -702,13 +831,21 @@ impl ProcessorConfig {
         if let Some(e) = self.loaded.0.get() {
             return Ok(Arc::clone(e));
         }
-        let e = Arc::new(Enricher::new(&self.units, &self.dimensions, &self.laps, &self.tracks)?);
+        let e = Arc::new(Enricher::new(
+            &self.units,
+            &self.dimensions,
+            &self.laps,
+            &self.tracks,
+        )?);
         Ok(Arc::clone(self.loaded.0.get_or_init(|| e)))
     }
 
     /// The source id of `point`: the value of its measurement's source tag, if present.
     pub fn source_id<'p>(&self, point: &'p pitwall_core::Point) -> Option<&'p str> {
-        point.tags.get(self.source_tag(&point.measurement)).map(|v| v.as_str())
+        point
+            .tags
+            .get(self.source_tag(&point.measurement))
+            .map(|v| v.as_str())
     }
 
     /// The source tag of `measurement`: configured, else `host`.
@@ -745,7 +882,11 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.rules.len(), 1);
         assert_eq!(c.rules[0].severity(), Severity::Critical);
-        assert_eq!(c.windows.len(), 3, "defaults kept for what the file leaves out");
+        assert_eq!(
+            c.windows.len(),
+            3,
+            "defaults kept for what the file leaves out"
+        );
     }
 
     #[test]
@@ -761,10 +902,15 @@ mod tests {
         )
         .unwrap();
         let e = c.validate().unwrap_err().to_string();
-        assert_eq!(e, "config key processor.rules[0].above: a threshold rule needs `above`, `below` or both");
-        let e = toml::from_str::<ProcessorConfig>("[[rules]]\nname='x'\nmeasurement='car'\nkind='magic'\n")
-            .unwrap_err()
-            .to_string();
+        assert_eq!(
+            e,
+            "config key processor.rules[0].above: a threshold rule needs `above`, `below` or both"
+        );
+        let e = toml::from_str::<ProcessorConfig>(
+            "[[rules]]\nname='x'\nmeasurement='car'\nkind='magic'\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown variant `magic`"), "{e}");
         let e = toml::from_str::<ProcessorConfig>(
             "[[rules]]\nname='x'\nmeasurement='car'\nkind='threshold'\nfield='a'\nabove=1.0\nabvoe=2.0\n",

@@ -203,11 +203,17 @@ impl Enricher {
             if from != to {
                 return bad(
                     format!("processor.units[{i}].to"),
-                    format!("converts {from} ({:?}) to {to} ({:?}); both ends must measure the same thing", u.from, u.to),
+                    format!(
+                        "converts {from} ({:?}) to {to} ({:?}); both ends must measure the same thing",
+                        u.from, u.to
+                    ),
                 );
             }
             if u.field.is_empty() || u.rename.as_deref() == Some("") {
-                return bad(format!("processor.units[{i}].field"), "is empty; name the field as sent".into());
+                return bad(
+                    format!("processor.units[{i}].field"),
+                    "is empty; name the field as sent".into(),
+                );
             }
             // x in `from` -> base = x a + b -> in `to`: (base - d) / c.
             out.units.push(Conversion {
@@ -221,18 +227,25 @@ impl Enricher {
         for (i, d) in dimensions.iter().enumerate() {
             let key = format!("processor.dimensions[{i}]");
             if d.key.is_empty() {
-                return bad(format!("{key}.key"), "is empty; name the tag to join on, e.g. \"driver\"".into());
+                return bad(
+                    format!("{key}.key"),
+                    "is empty; name the tag to join on, e.g. \"driver\"".into(),
+                );
             }
             let rows = load(&d.file, &d.key, &d.columns).map_err(|message| Error::Config {
                 key: format!("{key}.file"),
                 message,
             })?;
-            out.dimensions.push((d.measurements.clone(), d.key.clone(), rows));
+            out.dimensions
+                .push((d.measurements.clone(), d.key.clone(), rows));
         }
         for (name, t) in tracks {
             let key = format!("processor.tracks.{name}");
             if t.length_m.is_nan() || t.length_m <= 0.0 {
-                return bad(format!("{key}.length-m"), format!("is {}; give the lap length in metres", t.length_m));
+                return bad(
+                    format!("{key}.length-m"),
+                    format!("is {}; give the lap length in metres", t.length_m),
+                );
             }
             if t.sectors.first() != Some(&0.0)
                 || t.sectors.windows(2).any(|w| w[0].total_cmp(&w[1]).is_ge())
@@ -246,7 +259,10 @@ impl Enricher {
         }
         for (i, l) in laps.iter().enumerate() {
             if l.measurement.is_empty() || l.distance_field.is_empty() {
-                return bad(format!("processor.laps[{i}]"), "needs a measurement and a distance-field".into());
+                return bad(
+                    format!("processor.laps[{i}]"),
+                    "needs a measurement and a distance-field".into(),
+                );
             }
         }
         Ok(out)
@@ -254,13 +270,27 @@ impl Enricher {
 
     /// Enriches `point` in place; the error is a reject reason.
     pub fn apply(&self, point: &mut Point) -> std::result::Result<(), String> {
-        for Conversion { measurement, field, scale, offset, rename } in &self.units {
-            if measurement.as_ref().is_some_and(|m| *m != point.measurement) {
+        for Conversion {
+            measurement,
+            field,
+            scale,
+            offset,
+            rename,
+        } in &self.units
+        {
+            if measurement
+                .as_ref()
+                .is_some_and(|m| *m != point.measurement)
+            {
                 continue;
             }
-            let Some(v) = point.fields.get(field.as_str()) else { continue };
+            let Some(v) = point.fields.get(field.as_str()) else {
+                continue;
+            };
             let Some(x) = v.as_f64().filter(|_| !matches!(v, FieldValue::Bool(_))) else {
-                return Err(format!("field {field:?} is {v:?}; a unit conversion needs a number"));
+                return Err(format!(
+                    "field {field:?} is {v:?}; a unit conversion needs a number"
+                ));
             };
             let y = FieldValue::F64(x * scale + offset);
             match rename {
@@ -277,7 +307,11 @@ impl Enricher {
             if !measurements.is_empty() && !measurements.contains(&point.measurement) {
                 continue;
             }
-            let Some(row) = point.tags.get(key.as_str()).and_then(|k| rows.get(k.as_str())) else {
+            let Some(row) = point
+                .tags
+                .get(key.as_str())
+                .and_then(|k| rows.get(k.as_str()))
+            else {
                 continue;
             };
             for (tag, value) in row {
@@ -290,18 +324,31 @@ impl Enricher {
             if l.measurement != point.measurement {
                 continue;
             }
-            let Some(track) = point.tags.get(l.track_tag.as_str()).and_then(|t| self.tracks.get(t.as_str())) else {
+            let Some(track) = point
+                .tags
+                .get(l.track_tag.as_str())
+                .and_then(|t| self.tracks.get(t.as_str()))
+            else {
                 continue;
             };
-            let Some(d) = point.fields.get(l.distance_field.as_str()).and_then(FieldValue::as_f64) else {
+            let Some(d) = point
+                .fields
+                .get(l.distance_field.as_str())
+                .and_then(FieldValue::as_f64)
+            else {
                 continue;
             };
             let within = d.rem_euclid(track.length_m);
             let sector = track.sectors.partition_point(|&s| s <= within).max(1);
-            point.fields.insert(l.sector_field.as_str().into(), FieldValue::I64(sector as i64));
+            point.fields.insert(
+                l.sector_field.as_str().into(),
+                FieldValue::I64(sector as i64),
+            );
             if l.distance == DistanceKind::Total {
                 let lap = (d / track.length_m).floor() as i64 + 1;
-                point.fields.insert(l.lap_field.as_str().into(), FieldValue::I64(lap));
+                point
+                    .fields
+                    .insert(l.lap_field.as_str().into(), FieldValue::I64(lap));
             }
         }
         Ok(())
@@ -315,17 +362,27 @@ impl Enricher {
 
 /// Reads a dimension file: key value -> (column, value) of the wanted columns.
 fn load(file: &Path, key: &str, columns: &[String]) -> std::result::Result<Rows, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}; give the path of a CSV or TOML file", file.display()))?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!(
+            "cannot read {}: {e}; give the path of a CSV or TOML file",
+            file.display()
+        )
+    })?;
     let wanted = |c: &str| c != key && (columns.is_empty() || columns.iter().any(|w| w == c));
     let mut rows = Rows::new();
-    let is_toml = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let is_toml = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
     let mut found: Vec<String> = Vec::new();
     if is_toml {
-        let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
         for (k, v) in table {
             let toml::Value::Table(t) = v else {
-                return Err(format!("{}: {k:?} is not a table; write [{k}] and then column = value lines", file.display()));
+                return Err(format!(
+                    "{}: {k:?} is not a table; write [{k}] and then column = value lines",
+                    file.display()
+                ));
             };
             let mut tags = Vec::new();
             for (c, v) in t {
@@ -339,7 +396,10 @@ fn load(file: &Path, key: &str, columns: &[String]) -> std::result::Result<Rows,
                     toml::Value::Float(f) => f.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
                     other => {
-                        return Err(format!("{}: [{k}] {c} is {other}; use a string or a number", file.display()));
+                        return Err(format!(
+                            "{}: [{k}] {c} is {other}; use a string or a number",
+                            file.display()
+                        ));
                     }
                 };
                 tags.push((Name::from(c.as_str()), Name::from(value.as_str())));
@@ -347,8 +407,13 @@ fn load(file: &Path, key: &str, columns: &[String]) -> std::result::Result<Rows,
             rows.insert(k, tags);
         }
     } else {
-        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
-        let headers = reader.headers().map_err(|e| format!("{}: {e}", file.display()))?.clone();
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        let headers = reader
+            .headers()
+            .map_err(|e| format!("{}: {e}", file.display()))?
+            .clone();
         let Some(k) = headers.iter().position(|h| h == key) else {
             return Err(format!(
                 "{} has no {key:?} column (it has {}); the key column must be named like the tag",
@@ -358,7 +423,8 @@ fn load(file: &Path, key: &str, columns: &[String]) -> std::result::Result<Rows,
         };
         found.extend(headers.iter().map(str::to_owned));
         for (line, record) in reader.records().enumerate() {
-            let record = record.map_err(|e| format!("{}, line {}: {e}", file.display(), line + 2))?;
+            let record =
+                record.map_err(|e| format!("{}, line {}: {e}", file.display(), line + 2))?;
             let tags = headers
                 .iter()
                 .zip(record.iter())
@@ -410,7 +476,10 @@ mod tests {
     }
 
     fn f(p: &Point, name: &str) -> f64 {
-        p.fields.get(name).and_then(FieldValue::as_f64).unwrap_or_else(|| panic!("no {name} in {p:?}"))
+        p.fields
+            .get(name)
+            .and_then(FieldValue::as_f64)
+            .unwrap_or_else(|| panic!("no {name} in {p:?}"))
     }
 
     #[test]
@@ -432,8 +501,17 @@ mod tests {
         e.apply(&mut s).unwrap();
         assert_eq!(f(&s, "speed_mph"), 1.0);
         let mut bad = car().field("throttle", FieldValue::Str("half".into()));
-        assert_eq!(e.apply(&mut bad).unwrap_err(), "field \"throttle\" is Str(\"half\"); a unit conversion needs a number");
-        let err = Enricher::new(&[unit("x", Unit::Mph, Unit::Celsius, None)], &[], &[], &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            e.apply(&mut bad).unwrap_err(),
+            "field \"throttle\" is Str(\"half\"); a unit conversion needs a number"
+        );
+        let err = Enricher::new(
+            &[unit("x", Unit::Mph, Unit::Celsius, None)],
+            &[],
+            &[],
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "config key processor.units[0].to: converts speed (Mph) to temperature (Celsius); both ends must measure the same thing"
@@ -444,9 +522,17 @@ mod tests {
     fn dimension_files_add_tags_joined_on_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("drivers.csv");
-        std::fs::write(&csv, "driver, team, car_number\nVER, Red Bull Racing, 1\nHAM, Ferrari, 44\n").unwrap();
+        std::fs::write(
+            &csv,
+            "driver, team, car_number\nVER, Red Bull Racing, 1\nHAM, Ferrari, 44\n",
+        )
+        .unwrap();
         let toml = dir.path().join("sensors.toml");
-        std::fs::write(&toml, "[s1]\nsite = \"plant-a\"\nlocation = \"boiler room\"\nfloor = 2\n").unwrap();
+        std::fs::write(
+            &toml,
+            "[s1]\nsite = \"plant-a\"\nlocation = \"boiler room\"\nfloor = 2\n",
+        )
+        .unwrap();
         let dims = [
             DimensionConfig {
                 name: "drivers".into(),
@@ -468,9 +554,18 @@ mod tests {
         e.apply(&mut p).unwrap();
         assert_eq!(p.tags["car_number"], "1");
         assert_eq!(p.tags["team"], "kept", "a tag the point has wins");
-        let mut s = Point::new("sensor", 0).tag("sensor_id", "s1").tag("site", "x");
+        let mut s = Point::new("sensor", 0)
+            .tag("sensor_id", "s1")
+            .tag("site", "x");
         e.apply(&mut s).unwrap();
-        assert_eq!((s.tags["location"].as_str(), s.tags["floor"].as_str(), s.tags["site"].as_str()), ("boiler room", "2", "x"));
+        assert_eq!(
+            (
+                s.tags["location"].as_str(),
+                s.tags["floor"].as_str(),
+                s.tags["site"].as_str()
+            ),
+            ("boiler room", "2", "x")
+        );
         let mut unknown = Point::new("sensor", 0).tag("sensor_id", "s9");
         e.apply(&mut unknown).unwrap();
         assert_eq!(unknown.tags.len(), 1, "an unknown key adds nothing");
@@ -478,13 +573,26 @@ mod tests {
         // Errors name the key and the file.
         let mut bad = dims[0].clone();
         bad.key = "code".into();
-        let err = Enricher::new(&[], &[bad], &[], &BTreeMap::new()).unwrap_err().to_string();
-        assert!(err.starts_with("config key processor.dimensions[0].file: "), "{err}");
-        assert!(err.contains("has no \"code\" column (it has driver, team, car_number)"), "{err}");
+        let err = Enricher::new(&[], &[bad], &[], &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config key processor.dimensions[0].file: "),
+            "{err}"
+        );
+        assert!(
+            err.contains("has no \"code\" column (it has driver, team, car_number)"),
+            "{err}"
+        );
         let mut missing = dims[0].clone();
         missing.file = dir.path().join("nope.csv");
-        let err = Enricher::new(&[], &[missing], &[], &BTreeMap::new()).unwrap_err().to_string();
-        assert!(err.contains("cannot read") && err.contains("nope.csv"), "{err}");
+        let err = Enricher::new(&[], &[missing], &[], &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("nope.csv"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -505,16 +613,40 @@ mod tests {
             lap_field: "lap".into(),
         }];
         let e = Enricher::new(&[], &[], &laps, &tracks).unwrap();
-        for (d, lap, sector) in [(3500.0, 4, 2), (0.0, 1, 1), (299.9, 1, 1), (300.0, 1, 2), (1999.0, 2, 3)] {
+        for (d, lap, sector) in [
+            (3500.0, 4, 2),
+            (0.0, 1, 1),
+            (299.9, 1, 1),
+            (300.0, 1, 2),
+            (1999.0, 2, 3),
+        ] {
             let mut p = car().field("distance_m", FieldValue::F64(d));
             e.apply(&mut p).unwrap();
-            assert_eq!((p.fields["lap"].clone(), p.fields["sector"].clone()), (FieldValue::I64(lap), FieldValue::I64(sector)), "{d}");
+            assert_eq!(
+                (p.fields["lap"].clone(), p.fields["sector"].clone()),
+                (FieldValue::I64(lap), FieldValue::I64(sector)),
+                "{d}"
+            );
         }
         let mut other = car().tag("track", "elsewhere");
         e.apply(&mut other).unwrap();
-        assert!(!other.fields.contains_key("sector"), "no sector on an unknown track");
-        let bad = BTreeMap::from([("t".to_owned(), TrackConfig { length_m: 1000.0, sectors: vec![0.0, 700.0, 300.0] })]);
-        let err = Enricher::new(&[], &[], &laps, &bad).unwrap_err().to_string();
-        assert!(err.starts_with("config key processor.tracks.t.sectors: must start at 0 and ascend"), "{err}");
+        assert!(
+            !other.fields.contains_key("sector"),
+            "no sector on an unknown track"
+        );
+        let bad = BTreeMap::from([(
+            "t".to_owned(),
+            TrackConfig {
+                length_m: 1000.0,
+                sectors: vec![0.0, 700.0, 300.0],
+            },
+        )]);
+        let err = Enricher::new(&[], &[], &laps, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config key processor.tracks.t.sectors: must start at 0 and ascend"),
+            "{err}"
+        );
     }
 }

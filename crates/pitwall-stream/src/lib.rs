@@ -9,14 +9,16 @@
 //! rebuilds the same state and the same outputs.
 
 pub mod config;
+pub mod enrich;
 pub mod normalize;
 mod processor;
-pub mod enrich;
 pub mod rules;
 pub mod window;
 
-pub use enrich::{DimensionConfig, DistanceKind, Enricher, LapConfig, TrackConfig, Unit, UnitConfig};
 pub use config::{BaselineMethod, ProcessorConfig, RuleConfig, Severity, WindowConfig};
+pub use enrich::{
+    DimensionConfig, DistanceKind, Enricher, LapConfig, TrackConfig, Unit, UnitConfig,
+};
 pub use normalize::{FieldType, MAX_NAME_BYTES, SchemaLimits, SchemaRegistry, normalize_names};
 pub use processor::{Checkpoint, EARLIEST, Outputs, Processor, TICK_KEY, check_time, tick_payload};
 

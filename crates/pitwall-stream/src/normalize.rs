@@ -85,7 +85,10 @@ impl SchemaRegistry {
     /// registering anything: what the write API can tell a client at once.
     pub fn check(&self, point: &Point) -> Result<(), String> {
         check_unsigned(point)?;
-        let g = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let g = self
+            .inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(known) = g.get(&point.measurement) else {
             if g.len() >= self.limits.max_tables {
                 return Err(too_many_tables(&point.measurement, self.limits.max_tables));
@@ -102,22 +105,35 @@ impl SchemaRegistry {
                 None => new += 1,
             }
         }
-        new += point.tags.keys().filter(|k| !known.contains_key(k.as_str())).count();
+        new += point
+            .tags
+            .keys()
+            .filter(|k| !known.contains_key(k.as_str()))
+            .count();
         if new > 0 && known.len() + new > self.limits.max_columns {
-            return Err(too_many_columns(&point.measurement, self.limits.max_columns));
+            return Err(too_many_columns(
+                &point.measurement,
+                self.limits.max_columns,
+            ));
         }
         Ok(())
     }
 
     /// Declares the field types of `measurement` (e.g. from its existing table).
     pub fn seed(&self, measurement: &str, fields: impl IntoIterator<Item = (String, FieldType)>) {
-        let mut g = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.entry(measurement.to_owned()).or_default().extend(fields);
     }
 
     /// The known field types of `measurement`.
     pub fn fields(&self, measurement: &str) -> BTreeMap<String, FieldType> {
-        let g = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let g = self
+            .inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.get(measurement).cloned().unwrap_or_default()
     }
 
@@ -127,7 +143,10 @@ impl SchemaRegistry {
     pub fn conform(&self, point: &mut Point) -> Result<(), String> {
         check_unsigned(point)?;
         {
-            let g = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let g = self
+                .inner
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(known) = g.get(&point.measurement) {
                 check_tags(point, |name| known.get(name).copied())?;
                 let mut all_known = point.tags.keys().all(|k| known.contains_key(k.as_str()));
@@ -142,7 +161,10 @@ impl SchemaRegistry {
                 }
             }
         }
-        let mut g = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !g.contains_key(&point.measurement) && g.len() >= self.limits.max_tables {
             return Err(too_many_tables(&point.measurement, self.limits.max_tables));
         }
@@ -167,7 +189,10 @@ impl SchemaRegistry {
             if empty {
                 g.remove(&point.measurement);
             }
-            return Err(too_many_columns(&point.measurement, self.limits.max_columns));
+            return Err(too_many_columns(
+                &point.measurement,
+                self.limits.max_columns,
+            ));
         }
         known.extend(added);
         Ok(())
@@ -191,11 +216,15 @@ fn check_tags(point: &Point, known: impl Fn(&str) -> Option<FieldType>) -> Resul
 }
 
 fn too_many_tables(measurement: &str, limit: usize) -> String {
-    format!("measurement {measurement:?} would be a new table, and the lake already has {limit} (lake.max-tables); write to an existing measurement or raise the limit")
+    format!(
+        "measurement {measurement:?} would be a new table, and the lake already has {limit} (lake.max-tables); write to an existing measurement or raise the limit"
+    )
 }
 
 fn too_many_columns(measurement: &str, limit: usize) -> String {
-    format!("the point would give clean.{measurement} more than {limit} columns (lake.max-columns); put varying names in tag values, not in tag or field keys")
+    format!(
+        "the point would give clean.{measurement} more than {limit} columns (lake.max-columns); put varying names in tag values, not in tag or field keys"
+    )
 }
 
 /// Fails on an unsigned field above the largest integer the lake's columns hold.
@@ -316,7 +345,11 @@ pub fn normalize_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.trim().chars() {
         let c = c.to_ascii_lowercase();
-        out.push(if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' });
+        out.push(if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        });
     }
     out
 }
@@ -355,18 +388,27 @@ pub fn normalize_names(point: &mut Point) -> Result<(), String> {
 
 /// True when `name` is already what [`normalize_name`] makes it.
 fn is_normal_name(name: &str) -> bool {
-    name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    name.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// True when `point`'s names are already what [`normalize_names`] makes them.
 pub fn names_are_normal(point: &Point) -> bool {
-    is_normal_name(&point.measurement) && point.tags.keys().all(|k| is_normal_name(k)) && point.fields.keys().all(|k| is_normal_name(k))
+    is_normal_name(&point.measurement)
+        && point.tags.keys().all(|k| is_normal_name(k))
+        && point.fields.keys().all(|k| is_normal_name(k))
 }
 
 /// Checks normalized names: none reserved, none too long, no name both a tag and a field.
 pub fn check_names(point: &Point) -> Result<(), String> {
-    let reserved = |k: &pitwall_core::Name| (k.len() == 4 && k == "time") || (k.len() == 8 && k == "time_day");
-    if let Some(k) = point.tags.keys().chain(point.fields.keys()).find(|k| reserved(k)) {
+    let reserved =
+        |k: &pitwall_core::Name| (k.len() == 4 && k == "time") || (k.len() == 8 && k == "time_day");
+    if let Some(k) = point
+        .tags
+        .keys()
+        .chain(point.fields.keys())
+        .find(|k| reserved(k))
+    {
         return Err(format!(
             "{k:?} is reserved (\"time\" for the event time, \"time_day\" for the tables' day partition); rename the tag or field"
         ));
@@ -377,7 +419,12 @@ pub fn check_names(point: &Point) -> Result<(), String> {
             point.measurement.len()
         ));
     }
-    if let Some(k) = point.tags.keys().chain(point.fields.keys()).find(|k| k.len() > MAX_NAME_BYTES) {
+    if let Some(k) = point
+        .tags
+        .keys()
+        .chain(point.fields.keys())
+        .find(|k| k.len() > MAX_NAME_BYTES)
+    {
         return Err(format!(
             "the tag or field name {:?}... is {} bytes long; names are at most {MAX_NAME_BYTES}",
             &k[..32],
@@ -388,7 +435,10 @@ pub fn check_names(point: &Point) -> Result<(), String> {
     // and lengths rules out almost every tag without comparing names.
     let sketch = |k: &str| {
         let b = k.as_bytes();
-        let h = (usize::from(b.first().copied().unwrap_or(0)) * 31 + usize::from(b.last().copied().unwrap_or(0))) * 7 + b.len();
+        let h = (usize::from(b.first().copied().unwrap_or(0)) * 31
+            + usize::from(b.last().copied().unwrap_or(0)))
+            * 7
+            + b.len();
         1u64 << (h % 64)
     };
     let fields = point.fields.keys().fold(0u64, |m, k| m | sketch(k));
@@ -409,12 +459,19 @@ mod tests {
     #[test]
     fn names_become_sql_friendly() {
         assert_eq!(normalize_name("Engine Temp (C)"), "engine_temp__c_");
-        let mut p = Point::new("CPU", 0).tag("Host", "a").field("Usage Idle", FieldValue::F64(1.0));
+        let mut p = Point::new("CPU", 0)
+            .tag("Host", "a")
+            .field("Usage Idle", FieldValue::F64(1.0));
         normalize_names(&mut p).unwrap();
         assert_eq!(p.measurement, "cpu");
         assert!(p.tags.contains_key("host") && p.fields.contains_key("usage_idle"));
-        let mut p = Point::new("m", 0).tag("a", "x").field("a", FieldValue::F64(1.0));
-        assert_eq!(normalize_names(&mut p).unwrap_err(), "\"a\" is both a tag and a field; rename one");
+        let mut p = Point::new("m", 0)
+            .tag("a", "x")
+            .field("a", FieldValue::F64(1.0));
+        assert_eq!(
+            normalize_names(&mut p).unwrap_err(),
+            "\"a\" is both a tag and a field; rename one"
+        );
     }
 
     #[test]
@@ -433,28 +490,55 @@ mod tests {
         let mut p = Point::new("m", 0).field("rpm", FieldValue::Str("x".into()));
         assert!(reg.conform(&mut p).is_err());
         let mut p = Point::new("m", 0).field("big", FieldValue::U64(u64::MAX));
-        assert!(reg.conform(&mut p).unwrap_err().contains("above the largest integer"));
+        assert!(
+            reg.conform(&mut p)
+                .unwrap_err()
+                .contains("above the largest integer")
+        );
     }
 
     #[test]
     fn a_local_copy_answers_as_the_registry_does() {
         let reg = SchemaRegistry::default();
-        let (mut a, mut b) = (LocalSchemas::new(reg.clone()), LocalSchemas::new(reg.clone()));
-        let mut p = Point::new("m", 0).field("rpm", FieldValue::I64(5)).field("speed", FieldValue::F64(1.5));
+        let (mut a, mut b) = (
+            LocalSchemas::new(reg.clone()),
+            LocalSchemas::new(reg.clone()),
+        );
+        let mut p = Point::new("m", 0)
+            .field("rpm", FieldValue::I64(5))
+            .field("speed", FieldValue::F64(1.5));
         a.conform(&mut p).unwrap();
         // From the copy: coerced as the registry would.
-        let mut p = Point::new("m", 0).field("rpm", FieldValue::F64(7.0)).field("speed", FieldValue::I64(2));
+        let mut p = Point::new("m", 0)
+            .field("rpm", FieldValue::F64(7.0))
+            .field("speed", FieldValue::I64(2));
         a.conform(&mut p).unwrap();
-        assert_eq!((&p.fields["rpm"], &p.fields["speed"]), (&FieldValue::I64(7), &FieldValue::F64(2.0)));
+        assert_eq!(
+            (&p.fields["rpm"], &p.fields["speed"]),
+            (&FieldValue::I64(7), &FieldValue::F64(2.0))
+        );
         let mut p = Point::new("m", 0).field("rpm", FieldValue::F64(7.5));
-        assert_eq!(a.conform(&mut p).unwrap_err(), "field \"rpm\" is a float (7.5), but the table stores it as integer");
+        assert_eq!(
+            a.conform(&mut p).unwrap_err(),
+            "field \"rpm\" is a float (7.5), but the table stores it as integer"
+        );
         // A field another copy registered meanwhile: this copy learns its type.
         let mut p = Point::new("m", 0).field("gear", FieldValue::Bool(true));
         b.conform(&mut p).unwrap();
-        let mut p = Point::new("m", 0).field("gear", FieldValue::I64(3)).field("rpm", FieldValue::I64(1));
-        assert!(a.conform(&mut p).unwrap_err().contains("stores it as boolean"));
+        let mut p = Point::new("m", 0)
+            .field("gear", FieldValue::I64(3))
+            .field("rpm", FieldValue::I64(1));
+        assert!(
+            a.conform(&mut p)
+                .unwrap_err()
+                .contains("stores it as boolean")
+        );
         let mut p = Point::new("m", 0).field("rpm", FieldValue::U64(u64::MAX));
-        assert!(a.conform(&mut p).unwrap_err().contains("above the largest integer"));
+        assert!(
+            a.conform(&mut p)
+                .unwrap_err()
+                .contains("above the largest integer")
+        );
         assert_eq!(reg.fields("m").len(), 3);
     }
 
@@ -463,37 +547,85 @@ mod tests {
     /// another type, reserved and over-long names, more tables or columns than allowed.
     #[test]
     fn poison_names_are_refused_on_arrival() {
-        let reg = SchemaRegistry::with_limits(SchemaLimits { max_tables: 2, max_columns: 4 });
-        reg.seed("car", [("speed_kph".to_owned(), FieldType::Float), ("driver".to_owned(), FieldType::Str)]);
+        let reg = SchemaRegistry::with_limits(SchemaLimits {
+            max_tables: 2,
+            max_columns: 4,
+        });
+        reg.seed(
+            "car",
+            [
+                ("speed_kph".to_owned(), FieldType::Float),
+                ("driver".to_owned(), FieldType::Str),
+            ],
+        );
         let mut local = LocalSchemas::new(reg.clone());
-        let mut p = Point::new("car", 0).tag("speed_kph", "fast").field("rpm", FieldValue::F64(1.0));
+        let mut p = Point::new("car", 0)
+            .tag("speed_kph", "fast")
+            .field("rpm", FieldValue::F64(1.0));
         let e = reg.conform(&mut p.clone()).unwrap_err();
-        assert_eq!(e, "tag \"speed_kph\": the table clean.car holds \"speed_kph\" as a float field; rename the tag");
-        assert_eq!(local.conform(&mut p).unwrap_err(), e, "the processor's copy says the same");
-        assert_eq!(reg.check(&Point::new("car", 0).tag("speed_kph", "x").field("a", FieldValue::F64(1.0))).unwrap_err(), e);
+        assert_eq!(
+            e,
+            "tag \"speed_kph\": the table clean.car holds \"speed_kph\" as a float field; rename the tag"
+        );
+        assert_eq!(
+            local.conform(&mut p).unwrap_err(),
+            e,
+            "the processor's copy says the same"
+        );
+        assert_eq!(
+            reg.check(
+                &Point::new("car", 0)
+                    .tag("speed_kph", "x")
+                    .field("a", FieldValue::F64(1.0))
+            )
+            .unwrap_err(),
+            e
+        );
         // A tag of a string column is fine (tags and string fields are both strings).
-        let mut p = Point::new("car", 0).tag("driver", "VER").field("rpm", FieldValue::F64(1.0));
+        let mut p = Point::new("car", 0)
+            .tag("driver", "VER")
+            .field("rpm", FieldValue::F64(1.0));
         local.conform(&mut p).unwrap();
         // The tag registered as a string column: a float field of its name is refused.
-        let mut p = Point::new("car", 0).tag("driver", "VER").field("team", FieldValue::F64(1.0));
+        let mut p = Point::new("car", 0)
+            .tag("driver", "VER")
+            .field("team", FieldValue::F64(1.0));
         local.conform(&mut p).unwrap();
-        let mut p = Point::new("car", 0).tag("team", "RBR").field("gear", FieldValue::F64(1.0));
-        assert!(local.conform(&mut p).unwrap_err().contains("holds \"team\" as a float field"));
+        let mut p = Point::new("car", 0)
+            .tag("team", "RBR")
+            .field("gear", FieldValue::F64(1.0));
+        assert!(
+            local
+                .conform(&mut p)
+                .unwrap_err()
+                .contains("holds \"team\" as a float field")
+        );
         // Columns: car has speed_kph, driver, rpm, team = 4, the limit.
-        let mut p = Point::new("car", 0).tag("driver", "VER").field("gear", FieldValue::I64(3));
+        let mut p = Point::new("car", 0)
+            .tag("driver", "VER")
+            .field("gear", FieldValue::I64(3));
         let e = local.conform(&mut p).unwrap_err();
         assert!(e.contains("lake.max-columns"), "{e}");
         assert!(reg.check(&p).unwrap_err().contains("lake.max-columns"));
         // Tables: car and one more.
-        let mut p = Point::new("sensor", 0).tag("sensor_id", "s").field("t", FieldValue::F64(1.0));
+        let mut p = Point::new("sensor", 0)
+            .tag("sensor_id", "s")
+            .field("t", FieldValue::F64(1.0));
         reg.conform(&mut p).unwrap();
-        let mut p = Point::new("cpu", 0).tag("host", "h").field("u", FieldValue::F64(1.0));
+        let mut p = Point::new("cpu", 0)
+            .tag("host", "h")
+            .field("u", FieldValue::F64(1.0));
         assert!(reg.check(&p).unwrap_err().contains("lake.max-tables"));
         assert!(reg.conform(&mut p).unwrap_err().contains("lake.max-tables"));
         assert_eq!(reg.inner.read().unwrap().len(), 2);
         // A table whose first point is over the column limit is not left behind.
-        let reg = SchemaRegistry::with_limits(SchemaLimits { max_tables: 5, max_columns: 1 });
-        let mut p = Point::new("wide", 0).tag("a", "x").field("b", FieldValue::F64(1.0));
+        let reg = SchemaRegistry::with_limits(SchemaLimits {
+            max_tables: 5,
+            max_columns: 1,
+        });
+        let mut p = Point::new("wide", 0)
+            .tag("a", "x")
+            .field("b", FieldValue::F64(1.0));
         assert!(reg.conform(&mut p).is_err());
         assert!(reg.fields("wide").is_empty() && reg.inner.read().unwrap().is_empty());
     }
@@ -501,12 +633,28 @@ mod tests {
     #[test]
     fn reserved_and_over_long_names_are_refused() {
         let mut p = Point::new("m", 0).field("time_day", FieldValue::F64(1.0));
-        assert!(normalize_names(&mut p).unwrap_err().contains("\"time_day\" is reserved"));
+        assert!(
+            normalize_names(&mut p)
+                .unwrap_err()
+                .contains("\"time_day\" is reserved")
+        );
         let mut p = Point::new("m".repeat(300), 0).field("v", FieldValue::F64(1.0));
-        assert!(normalize_names(&mut p).unwrap_err().contains("300 bytes long; names are at most 128"));
-        let mut p = Point::new("m", 0).tag("k".repeat(129), "v").field("v", FieldValue::F64(1.0));
-        assert!(normalize_names(&mut p).unwrap_err().contains("129 bytes long"));
-        let mut p = Point::new("m".repeat(128), 0).tag("k".repeat(128), "v").field("v", FieldValue::F64(1.0));
+        assert!(
+            normalize_names(&mut p)
+                .unwrap_err()
+                .contains("300 bytes long; names are at most 128")
+        );
+        let mut p = Point::new("m", 0)
+            .tag("k".repeat(129), "v")
+            .field("v", FieldValue::F64(1.0));
+        assert!(
+            normalize_names(&mut p)
+                .unwrap_err()
+                .contains("129 bytes long")
+        );
+        let mut p = Point::new("m".repeat(128), 0)
+            .tag("k".repeat(128), "v")
+            .field("v", FieldValue::F64(1.0));
         normalize_names(&mut p).unwrap();
     }
 
@@ -518,7 +666,10 @@ mod tests {
                 .tag("other", "w")
                 .field(name, FieldValue::F64(1.0))
                 .field("speed", FieldValue::F64(1.0));
-            assert_eq!(normalize_names(&mut p).unwrap_err(), format!("{name:?} is both a tag and a field; rename one"));
+            assert_eq!(
+                normalize_names(&mut p).unwrap_err(),
+                format!("{name:?} is both a tag and a field; rename one")
+            );
         }
         let mut p = Point::new("m", 0).tag("time", "x");
         assert!(normalize_names(&mut p).unwrap_err().contains("reserved"));

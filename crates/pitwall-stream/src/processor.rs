@@ -113,7 +113,10 @@ pub fn tick_payload(time: i64) -> Vec<u8> {
 /// The event time a tick payload carries.
 fn tick_time(payload: &[u8]) -> Option<i64> {
     let s = std::str::from_utf8(payload).ok()?;
-    s.strip_prefix("{\"pitwall_idle_tick\":")?.strip_suffix('}')?.parse().ok()
+    s.strip_prefix("{\"pitwall_idle_tick\":")?
+        .strip_suffix('}')?
+        .parse()
+        .ok()
 }
 
 /// Processes one partition's messages in offset order. Pure and deterministic: the same
@@ -216,7 +219,15 @@ impl Clocks {
     /// A point of `source` at `time`, received at `received` (at most `time`), in the
     /// message of `mark`, was taken. True if it moved the source's clock ahead of the
     /// partition's floor.
-    fn advance(&mut self, measurement: &str, source: &str, time: i64, received: i64, mark: Mark, partition: i64) -> bool {
+    fn advance(
+        &mut self,
+        measurement: &str,
+        source: &str,
+        time: i64,
+        received: i64,
+        mark: Mark,
+        partition: i64,
+    ) -> bool {
         let current = self.of(measurement, source, partition);
         if time <= current {
             return false;
@@ -238,7 +249,11 @@ impl Clocks {
         if !clock.queued {
             clock.queued = true;
             let at = received.saturating_add(self.forget);
-            self.due.push(std::cmp::Reverse((at, Name::from(measurement), Name::from(source))));
+            self.due.push(std::cmp::Reverse((
+                at,
+                Name::from(measurement),
+                Name::from(source),
+            )));
         }
         true
     }
@@ -252,7 +267,11 @@ impl Clocks {
         {
             let std::cmp::Reverse((_, measurement, source)) = self.due.pop().expect("peeked");
             let floor = self.floor(partition);
-            let Some(c) = self.by_source.get_mut(measurement.as_str()).and_then(|m| m.get_mut(source.as_str())) else {
+            let Some(c) = self
+                .by_source
+                .get_mut(measurement.as_str())
+                .and_then(|m| m.get_mut(source.as_str()))
+            else {
                 continue;
             };
             let at = c.received.saturating_add(self.forget);
@@ -323,7 +342,9 @@ const FINGERPRINT_SEED: u64 = 0x7069_7477_616c_6c21;
 impl Seen {
     fn new() -> Self {
         Seen {
-            fingerprints: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(FINGERPRINT_SEED)),
+            fingerprints: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(
+                FINGERPRINT_SEED,
+            )),
             order: VecDeque::new(),
             hits: VecDeque::new(),
             settled: std::sync::atomic::AtomicI64::new(i64::MIN),
@@ -365,16 +386,27 @@ impl Seen {
     /// (`earliest`, `None` for nowhere before `next`): early enough for every remembered
     /// point and for the original of every duplicate the replay will meet.
     fn replay_start(&self, earliest: Option<Mark>, next: i64) -> Option<Mark> {
-        let mut start = earliest.into_iter().chain(self.order.front().map(|&(_, _, m)| m)).min();
+        let mut start = earliest
+            .into_iter()
+            .chain(self.order.front().map(|&(_, _, m)| m))
+            .min();
         loop {
             let at = start.map_or(next, |m| m.offset);
-            let lower = self.hits.iter().filter(|&&(_, d)| d >= at).map(|&(m, _)| m).min();
+            let lower = self
+                .hits
+                .iter()
+                .filter(|&&(_, d)| d >= at)
+                .map(|&(m, _)| m)
+                .min();
             match lower {
                 Some(m) if m.offset < at => start = Some(m),
                 _ => break,
             }
         }
-        self.settled.store(start.map_or(next, |m| m.offset), std::sync::atomic::Ordering::Relaxed);
+        self.settled.store(
+            start.map_or(next, |m| m.offset),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         start
     }
 }
@@ -405,7 +437,12 @@ fn fingerprint(point: &Point) -> u64 {
 
 impl Processor {
     /// A processor for `partition` of `topic`. `config` must have passed validation.
-    pub fn new(config: Arc<ProcessorConfig>, schemas: SchemaRegistry, topic: &str, partition: u32) -> Self {
+    pub fn new(
+        config: Arc<ProcessorConfig>,
+        schemas: SchemaRegistry,
+        topic: &str,
+        partition: u32,
+    ) -> Self {
         let lateness = i64::try_from(config.allowed_lateness.as_nanos()).unwrap_or(i64::MAX);
         let windows = config
             .windows
@@ -419,7 +456,9 @@ impl Processor {
             .map(|w| i64::try_from(w.size.as_nanos()).unwrap_or(i64::MAX))
             .max()
             .unwrap_or(0);
-        let enricher = config.enricher().expect("the processor config is validated at start");
+        let enricher = config
+            .enricher()
+            .expect("the processor config is validated at start");
         let clocks = Clocks::new(nanos(config.idle_timeout), nanos(config.forget_after));
         Processor {
             out_of_orderness: i64::try_from(config.out_of_orderness.as_nanos()).unwrap_or(i64::MAX),
@@ -476,7 +515,9 @@ impl Processor {
     /// The partition's event-time watermark: the watermark of a source that has been
     /// silent a while. A source's own is at or ahead of it (see [`Clocks`]).
     pub fn watermark(&self) -> i64 {
-        self.clocks.floor(self.max_time).saturating_sub(self.out_of_orderness)
+        self.clocks
+            .floor(self.max_time)
+            .saturating_sub(self.out_of_orderness)
     }
 
     /// Processes one message, appending what it yields to `out`.
@@ -494,7 +535,10 @@ impl Processor {
         };
         out.raw.push(RawRecord {
             origin: origin.clone(),
-            key: msg.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: msg
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             ingest_time: msg.timestamp,
             payload: msg.payload.clone(),
         });
@@ -522,7 +566,9 @@ impl Processor {
         // silence and the memory of points taken go by, so a point far ahead cannot
         // move them (nor keep itself remembered for as long as it is ahead).
         let heard = point.time.min(msg.timestamp);
-        if heard >= self.forget_seen_before(self.max_time) && !self.seen.insert(heard, fingerprint(&point), mark) {
+        if heard >= self.forget_seen_before(self.max_time)
+            && !self.seen.insert(heard, fingerprint(&point), mark)
+        {
             out.duplicates += 1;
             return;
         }
@@ -541,8 +587,16 @@ impl Processor {
         for w in &mut self.windows {
             w.add(&source_id, &point, mark);
         }
-        self.rules.evaluate(&source_id, &point, heard, horizon, mark, &mut out.anomalies);
-        if self.clocks.advance(&measurement, &source_id, point.time, heard, mark, self.max_time) {
+        self.rules
+            .evaluate(&source_id, &point, heard, horizon, mark, &mut out.anomalies);
+        if self.clocks.advance(
+            &measurement,
+            &source_id,
+            point.time,
+            heard,
+            mark,
+            self.max_time,
+        ) {
             let watermark = point.time.saturating_sub(self.out_of_orderness);
             for w in &mut self.windows {
                 w.fire_source(&measurement, &source_id, watermark, &mut out.windows);
@@ -553,7 +607,10 @@ impl Processor {
         // when every source of a partition stops (the session is over, a backlog is
         // done), none is silent next to the others, and ticks do not make them so. Each
         // call depends on this point alone, so a replay makes the same calls.
-        self.rules.advance(heard.saturating_sub(self.out_of_orderness), &mut out.anomalies);
+        self.rules.advance(
+            heard.saturating_sub(self.out_of_orderness),
+            &mut out.anomalies,
+        );
         self.tick(heard, out);
         out.clean.push(point);
     }
@@ -614,8 +671,8 @@ impl Processor {
 
     /// Decodes, validates and normalizes a payload; the error is the reject reason.
     fn validate(&mut self, msg: &Message) -> Result<(Point, Name), String> {
-        let mut point = json::decode(&msg.payload, msg.timestamp, Precision::S)
-            .map_err(|e| e.to_string())?;
+        let mut point =
+            json::decode(&msg.payload, msg.timestamp, Precision::S).map_err(|e| e.to_string())?;
         normalize_names(&mut point)?;
         self.enricher.apply(&mut point)?;
         let source_id = match self.config.source_id(&point) {

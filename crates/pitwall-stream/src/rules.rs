@@ -94,7 +94,10 @@ pub struct RuleEngine {
 
 /// The numeric value of `field`, looked up first where `hint` says it was last time.
 fn num(point: &Point, field: &str, hint: &mut usize) -> Option<f64> {
-    point.fields.get_hinted(field, hint).and_then(|v| v.as_f64())
+    point
+        .fields
+        .get_hinted(field, hint)
+        .and_then(|v| v.as_f64())
 }
 
 /// What one evaluation concluded. The message is only formatted when an episode
@@ -112,12 +115,23 @@ enum Detail<'r> {
     Above,
     Below,
     Inside,
-    Fell { within: Duration, while_above: Option<(&'r str, f64)> },
-    Gear { speed: f64, rpm: f64 },
+    Fell {
+        within: Duration,
+        while_above: Option<(&'r str, f64)>,
+    },
+    Gear {
+        speed: f64,
+        rpm: f64,
+    },
     /// Stuck: the value.
-    Stuck { value: f64 },
+    Stuck {
+        value: f64,
+    },
     /// Baseline: distance in spreads, and the spread.
-    Deviates { z: f64, spread: f64 },
+    Deviates {
+        z: f64,
+        spread: f64,
+    },
 }
 
 fn secs(ns: i64) -> f64 {
@@ -131,24 +145,38 @@ impl Verdict<'_> {
             Detail::Above => format!("{field} is {v}, above the limit of {limit}"),
             Detail::Below => format!("{field} is {v}, below the limit of {limit}"),
             Detail::Inside => format!("{field} is back to {v}"),
-            Detail::Fell { within, while_above } => {
+            Detail::Fell {
+                within,
+                while_above,
+            } => {
                 let cond = match while_above {
                     Some((f, a)) => format!(" with {f} at or above {a}"),
                     None => String::new(),
                 };
-                format!("{field} fell from {limit} to {v} ({} in under {within:?}){cond}", limit - v)
+                format!(
+                    "{field} fell from {limit} to {v} ({} in under {within:?}){cond}",
+                    limit - v
+                )
             }
             Detail::Gear { speed, rpm } => {
-                format!("{field} {v} reported at {speed} km/h and {rpm} rpm; speed and rpm say gear {limit}")
+                format!(
+                    "{field} {v} reported at {speed} km/h and {rpm} rpm; speed and rpm say gear {limit}"
+                )
             }
             Detail::Stuck { value, .. } if self.on => {
-                format!("{field} has read {value} for {v:.1} s (limit {limit} s): the sensor or channel may be frozen")
+                format!(
+                    "{field} has read {value} for {v:.1} s (limit {limit} s): the sensor or channel may be frozen"
+                )
             }
-            Detail::Stuck { value, .. } => format!("{field} moved again after reading {value} for {v:.1} s"),
+            Detail::Stuck { value, .. } => {
+                format!("{field} moved again after reading {value} for {v:.1} s")
+            }
             Detail::Deviates { z, spread } if self.on => format!(
                 "{field} is {v}, {z:.1} spreads of {spread:.3} away from its recent baseline of {limit:.3}"
             ),
-            Detail::Deviates { z, .. } => format!("{field} is back to {v}, {z:.1} spreads from its baseline of {limit:.3}"),
+            Detail::Deviates { z, .. } => {
+                format!("{field} is back to {v}, {z:.1} spreads from its baseline of {limit:.3}")
+            }
         }
     }
 }
@@ -160,10 +188,12 @@ impl RuleEngine {
         let mut by_measurement: HashMap<String, usize> = HashMap::default();
         let mut groups: Vec<Vec<usize>> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
-            let g = *by_measurement.entry(r.measurement().to_owned()).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
+            let g = *by_measurement
+                .entry(r.measurement().to_owned())
+                .or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
             groups[g].push(i);
         }
         RuleEngine {
@@ -186,7 +216,9 @@ impl RuleEngine {
     /// The slot of `source_id`, taking one (and a state per rule) if it is new.
     fn slot(&mut self, source_id: &str, time: i64) -> usize {
         if let Some(&s) = self.index.get(source_id) {
-            let src = self.sources[s].as_mut().expect("indexed sources have a slot");
+            let src = self.sources[s]
+                .as_mut()
+                .expect("indexed sources have a slot");
             src.last_time = src.last_time.max(time);
             return s;
         }
@@ -218,7 +250,15 @@ impl RuleEngine {
     /// `point` came in. `heard` is the point's time, at most when it was received: the
     /// clock silence and forgetting are judged on, which a source whose clock runs ahead
     /// cannot move (the partition's clock, see [`Self::advance`]).
-    pub fn evaluate(&mut self, source_id: &str, point: &Point, heard: i64, horizon: i64, mark: Mark, out: &mut Vec<AnomalyRecord>) {
+    pub fn evaluate(
+        &mut self,
+        source_id: &str,
+        point: &Point,
+        heard: i64,
+        horizon: i64,
+        mark: Mark,
+        out: &mut Vec<AnomalyRecord>,
+    ) {
         // Only measurements with rules take a slot.
         let Some(&group) = self.by_measurement.get(&point.measurement) else {
             return;
@@ -229,16 +269,28 @@ impl RuleEngine {
             let rule = &self.rules[i];
             let state = &mut self.state[i][slot];
             if let RuleConfig::Deadman { field, silence, .. } = rule {
-                if field.as_deref().is_some_and(|f| !point.fields.contains_key(f)) {
+                if field
+                    .as_deref()
+                    .is_some_and(|f| !point.fields.contains_key(f))
+                {
                     continue;
                 }
                 if let (Some(ep), Some((t, _))) = (state.active, state.seen) {
                     let gap = heard - t;
-                    out.push(record(rule, source_id, Phase::End, ep.time, Some(heard), secs(gap), secs(nanos(*silence)), format!(
-                        "{} reported again after {:.1} s of silence",
-                        field.as_deref().unwrap_or(source_id),
-                        secs(gap)
-                    )));
+                    out.push(record(
+                        rule,
+                        source_id,
+                        Phase::End,
+                        ep.time,
+                        Some(heard),
+                        secs(gap),
+                        secs(nanos(*silence)),
+                        format!(
+                            "{} reported again after {:.1} s of silence",
+                            field.as_deref().unwrap_or(source_id),
+                            secs(gap)
+                        ),
+                    ));
                     state.active = None;
                     // Due again from here: `advance` skipped it while it was on.
                     self.next_due = self.next_due.min(heard.saturating_add(nanos(*silence)));
@@ -257,11 +309,32 @@ impl RuleEngine {
             };
             match (v.on, state.active) {
                 (true, None) => {
-                    out.push(record(rule, source_id, Phase::Start, point.time, None, v.observed, v.expected, v.message()));
-                    state.active = Some(Episode { mark, time: point.time });
+                    out.push(record(
+                        rule,
+                        source_id,
+                        Phase::Start,
+                        point.time,
+                        None,
+                        v.observed,
+                        v.expected,
+                        v.message(),
+                    ));
+                    state.active = Some(Episode {
+                        mark,
+                        time: point.time,
+                    });
                 }
                 (false, Some(ep)) => {
-                    out.push(record(rule, source_id, Phase::End, ep.time, Some(point.time), v.observed, v.expected, v.message()));
+                    out.push(record(
+                        rule,
+                        source_id,
+                        Phase::End,
+                        ep.time,
+                        Some(point.time),
+                        v.observed,
+                        v.expected,
+                        v.message(),
+                    ));
                     state.active = None;
                 }
                 _ => {}
@@ -280,7 +353,9 @@ impl RuleEngine {
         let mut due = i64::MAX;
         let start = out.len();
         for s in 0..self.sources.len() {
-            let Some(src) = &self.sources[s] else { continue };
+            let Some(src) = &self.sources[s] else {
+                continue;
+            };
             let forget_at = src.last_time.saturating_add(self.forget_after);
             if watermark > forget_at {
                 // Open episodes stay open in the lake: the source never came back.
@@ -298,7 +373,9 @@ impl RuleEngine {
                     unreachable!("only deadman rules are listed")
                 };
                 let state = &mut self.state[i][s];
-                let Some((t, seen_mark)) = state.seen else { continue };
+                let Some((t, seen_mark)) = state.seen else {
+                    continue;
+                };
                 if state.active.is_some() {
                     continue;
                 }
@@ -326,7 +403,10 @@ impl RuleEngine {
                     secs(limit),
                     format!("{what} has sent nothing for {silence:?}, its limit"),
                 ));
-                state.active = Some(Episode { mark: seen_mark, time: at });
+                state.active = Some(Episode {
+                    mark: seen_mark,
+                    time: at,
+                });
             }
         }
         // Slots are not in a replay's order; the rows are.
@@ -403,7 +483,11 @@ fn check<'r>(
         } => {
             let v = num(point, field, &mut hints[0])?;
             // While an episode is on, it needs to come back past the hysteresis band to end.
-            let slack = if state.active.is_some() { *hysteresis } else { 0.0 };
+            let slack = if state.active.is_some() {
+                *hysteresis
+            } else {
+                0.0
+            };
             if let Some(limit) = above
                 && v > limit - slack
             {
@@ -463,7 +547,9 @@ fn check<'r>(
                 .recent
                 .iter()
                 .filter(|&&(t, ..)| t >= from && t <= point.time)
-                .fold((f64::MIN, w), |(p, lw), &(_, v, w, _)| (p.max(v), lw.min(w)));
+                .fold((f64::MIN, w), |(p, lw), &(_, v, w, _)| {
+                    (p.max(v), lw.min(w))
+                });
             state.recent.push_back((point.time, v, w, mark));
             let on = peak - v > *drop && low_while >= *while_above;
             Some(Verdict {
@@ -572,7 +658,13 @@ fn check<'r>(
 
 /// (center, spread) of the samples before `start`, or none while they cover less than
 /// `warm_up` or hold fewer than five values.
-fn baseline(samples: &[(i64, f64, Mark)], start: i64, warm_up: i64, method: BaselineMethod, min_spread: f64) -> Option<(f64, f64)> {
+fn baseline(
+    samples: &[(i64, f64, Mark)],
+    start: i64,
+    warm_up: i64,
+    method: BaselineMethod,
+    min_spread: f64,
+) -> Option<(f64, f64)> {
     let (mut values, mut oldest) = (Vec::with_capacity(samples.len()), i64::MAX);
     for &(t, v, _) in samples.iter().filter(|s| s.0 < start) {
         values.push(v);

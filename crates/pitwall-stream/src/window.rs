@@ -96,7 +96,9 @@ impl Quantiles {
 
     fn merge(&mut self, other: &Quantiles) {
         match (&mut *self, other) {
-            (Quantiles::Exact(a), Quantiles::Exact(b)) if a.len() + b.len() <= EXACT_UP_TO => a.extend_from_slice(b),
+            (Quantiles::Exact(a), Quantiles::Exact(b)) if a.len() + b.len() <= EXACT_UP_TO => {
+                a.extend_from_slice(b)
+            }
             (_, Quantiles::Exact(b)) => {
                 let s = self.sketch();
                 for &v in b {
@@ -104,7 +106,9 @@ impl Quantiles {
                 }
             }
             (_, Quantiles::Sketch(b)) => {
-                self.sketch().merge(b).expect("window sketches share one configuration");
+                self.sketch()
+                    .merge(b)
+                    .expect("window sketches share one configuration");
             }
         }
     }
@@ -230,7 +234,9 @@ impl Agg {
     /// p50, p95 and p99 (exact, or within 1 % beyond [`EXACT_UP_TO`] values), if
     /// percentiles are on. Sorts the kept values in place.
     pub fn percentiles(&mut self) -> [Option<f64>; 3] {
-        self.quantiles.as_mut().map_or([None; 3], |q| q.quantiles([0.50, 0.95, 0.99]))
+        self.quantiles
+            .as_mut()
+            .map_or([None; 3], |q| q.quantiles([0.50, 0.95, 0.99]))
     }
 }
 
@@ -280,7 +286,11 @@ impl WindowOperator {
         let nanos = |n: u128| i64::try_from(n).unwrap_or(i64::MAX).max(1);
         let size = nanos(config.size.as_nanos());
         let slide = config.slide.map_or(size, |s| nanos(s.as_nanos()));
-        let mut fields: Vec<Name> = config.fields.iter().map(|f| Name::from(f.as_str())).collect();
+        let mut fields: Vec<Name> = config
+            .fields
+            .iter()
+            .map(|f| Name::from(f.as_str()))
+            .collect();
         fields.sort();
         fields.dedup();
         WindowOperator {
@@ -317,14 +327,19 @@ impl WindowOperator {
         let pane_start = t - t.rem_euclid(self.pane);
         let sources = match self.open.get_mut(point.measurement.as_str()) {
             Some(s) => s,
-            None => self.open.entry(Name::from(point.measurement.as_str())).or_default(),
+            None => self
+                .open
+                .entry(Name::from(point.measurement.as_str()))
+                .or_default(),
         };
         let series = match sources.get_mut(source_id) {
             Some(s) => s,
-            None => sources.entry(Name::from(source_id)).or_insert_with(|| Series {
-                panes: BTreeMap::new(),
-                fired_until: i64::MIN,
-            }),
+            None => sources
+                .entry(Name::from(source_id))
+                .or_insert_with(|| Series {
+                    panes: BTreeMap::new(),
+                    fired_until: i64::MIN,
+                }),
         };
         let aggs = &mut series
             .panes
@@ -384,11 +399,21 @@ impl WindowOperator {
 
     /// Emits, like [`Self::fire`], the windows of one source whose own clock has moved
     /// its watermark to `watermark` (ahead of the partition's, see the processor).
-    pub fn fire_source(&mut self, measurement: &str, source_id: &str, watermark: i64, out: &mut Vec<WindowRecord>) {
+    pub fn fire_source(
+        &mut self,
+        measurement: &str,
+        source_id: &str,
+        watermark: i64,
+        out: &mut Vec<WindowRecord>,
+    ) {
         let horizon = watermark.saturating_sub(self.lateness);
         let after = self.fired_until;
-        let Some(sources) = self.open.get_mut(measurement) else { return };
-        let Some(mut series) = sources.remove(source_id) else { return };
+        let Some(sources) = self.open.get_mut(measurement) else {
+            return;
+        };
+        let Some(mut series) = sources.remove(source_id) else {
+            return;
+        };
         if horizon <= series.fired_until.max(after) {
             sources.insert(Name::from(source_id), series);
             return;
@@ -466,7 +491,13 @@ impl WindowOperator {
     /// (`after`, `horizon`] (and after what the source fired by its own clock), merging
     /// its panes; drops the panes whose last window has fired. Returns the smallest end
     /// of a window still to fire (`i64::MAX` if none).
-    fn fire_series(&self, series: &mut Series, after: i64, horizon: i64, emit: &mut impl FnMut(i64, SortedMap<Name, Agg>)) -> i64 {
+    fn fire_series(
+        &self,
+        series: &mut Series,
+        after: i64,
+        horizon: i64,
+        emit: &mut impl FnMut(i64, SortedMap<Name, Agg>),
+    ) -> i64 {
         let after = after.max(series.fired_until);
         if horizon > after {
             self.fire_panes(&series.panes, after, horizon, emit);
@@ -476,7 +507,9 @@ impl WindowOperator {
         while let Some(entry) = series.panes.first_entry() {
             let last_end = self.end_of(entry.key().div_euclid(self.slide));
             if last_end > horizon {
-                let first = self.first_window(*entry.key()).max(self.first_window(horizon));
+                let first = self
+                    .first_window(*entry.key())
+                    .max(self.first_window(horizon));
                 return self.end_of(first);
             }
             entry.remove();
@@ -486,8 +519,16 @@ impl WindowOperator {
 
     /// Calls `emit` for each window with data in `panes` whose end is in (`after`,
     /// `horizon`], merging its panes.
-    fn fire_panes(&self, panes: &BTreeMap<i64, Pane>, after: i64, horizon: i64, emit: &mut impl FnMut(i64, SortedMap<Name, Agg>)) {
-        let (Some((&first, _)), Some((&last, _))) = (panes.first_key_value(), panes.last_key_value()) else {
+    fn fire_panes(
+        &self,
+        panes: &BTreeMap<i64, Pane>,
+        after: i64,
+        horizon: i64,
+        emit: &mut impl FnMut(i64, SortedMap<Name, Agg>),
+    ) {
+        let (Some((&first, _)), Some((&last, _))) =
+            (panes.first_key_value(), panes.last_key_value())
+        else {
             return;
         };
         let mut k = self.first_window(first).max(self.first_window(after));
@@ -519,7 +560,9 @@ impl WindowOperator {
                 }
                 None => {
                     // No data in this window: skip to the first window of the next pane.
-                    let Some((&next, _)) = panes.range(end..).next() else { return };
+                    let Some((&next, _)) = panes.range(end..).next() else {
+                        return;
+                    };
                     k = (k + 1).max(self.first_window(next));
                 }
             }
@@ -538,6 +581,10 @@ impl WindowOperator {
 
     /// Number of open panes, for status.
     pub fn open_windows(&self) -> usize {
-        self.open.values().flat_map(HashMap::values).map(|s| s.panes.len()).sum()
+        self.open
+            .values()
+            .flat_map(HashMap::values)
+            .map(|s| s.panes.len())
+            .sum()
     }
 }

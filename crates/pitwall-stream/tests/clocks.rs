@@ -37,7 +37,10 @@ fn stream(seed: u64, skew: Option<i64>) -> Vec<Message> {
         faults_per_sensor_minute: 2.0,
         ..IotConfig::default()
     };
-    let mut sim = Mixed::new(vec![Box::new(Race::new(race, seed, T0)), Box::new(Fleet::new(fleet, seed, T0))]);
+    let mut sim = Mixed::new(vec![
+        Box::new(Race::new(race, seed, T0)),
+        Box::new(Fleet::new(fleet, seed, T0)),
+    ]);
     let mut points = Vec::new();
     while points.len() < 15_000 {
         sim.step(&mut points);
@@ -74,7 +77,12 @@ fn stream(seed: u64, skew: Option<i64>) -> Vec<Message> {
 }
 
 fn run(msgs: &[Message]) -> Outputs {
-    let mut p = Processor::new(Arc::new(ProcessorConfig::default()), SchemaRegistry::default(), "telemetry.raw", 0);
+    let mut p = Processor::new(
+        Arc::new(ProcessorConfig::default()),
+        SchemaRegistry::default(),
+        "telemetry.raw",
+        0,
+    );
     let mut out = Outputs::default();
     for m in msgs {
         p.process(m, &mut out);
@@ -94,10 +102,30 @@ struct Others {
 
 fn others(out: &Outputs) -> Others {
     Others {
-        clean: out.clean.iter().filter(|p| source_of(p) != SKEWED).map(|p| format!("{p:?}")).collect(),
-        windows: out.windows.iter().filter(|w| w.source_id != SKEWED).map(|w| format!("{w:?}")).collect(),
-        episodes: out.anomalies.iter().filter(|a| a.source_id != SKEWED).map(|a| format!("{a:?}")).collect(),
-        late: out.late.iter().filter(|l| l.source_id != SKEWED).map(|l| format!("{} {} {}", l.source_id, l.time, l.watermark)).collect(),
+        clean: out
+            .clean
+            .iter()
+            .filter(|p| source_of(p) != SKEWED)
+            .map(|p| format!("{p:?}"))
+            .collect(),
+        windows: out
+            .windows
+            .iter()
+            .filter(|w| w.source_id != SKEWED)
+            .map(|w| format!("{w:?}"))
+            .collect(),
+        episodes: out
+            .anomalies
+            .iter()
+            .filter(|a| a.source_id != SKEWED)
+            .map(|a| format!("{a:?}"))
+            .collect(),
+        late: out
+            .late
+            .iter()
+            .filter(|l| l.source_id != SKEWED)
+            .map(|l| format!("{} {} {}", l.source_id, l.time, l.watermark))
+            .collect(),
     }
 }
 
@@ -109,18 +137,44 @@ fn a_source_whose_clock_runs_ahead_changes_nothing_for_the_others() {
         let ahead = run(&stream(seed, Some(600 * S)));
         let behind = run(&stream(seed, Some(-20 * S)));
         let reference = others(&without);
-        assert!(reference.windows.len() > 100 && !reference.late.is_empty(), "seed {seed}: {} windows", reference.windows.len());
-        assert!(reference.episodes.len() > 10, "seed {seed}: {} episode rows", reference.episodes.len());
-        for (what, out) in [("on time", &on_time), ("10 minutes ahead", &ahead), ("20 s behind", &behind)] {
+        assert!(
+            reference.windows.len() > 100 && !reference.late.is_empty(),
+            "seed {seed}: {} windows",
+            reference.windows.len()
+        );
+        assert!(
+            reference.episodes.len() > 10,
+            "seed {seed}: {} episode rows",
+            reference.episodes.len()
+        );
+        for (what, out) in [
+            ("on time", &on_time),
+            ("10 minutes ahead", &ahead),
+            ("20 s behind", &behind),
+        ] {
             let got = others(out);
-            assert_eq!(got.clean, reference.clean, "seed {seed}, {SKEWED} {what}: others' clean rows");
-            assert_eq!(got.windows, reference.windows, "seed {seed}, {SKEWED} {what}: others' windows");
-            assert_eq!(got.late, reference.late, "seed {seed}, {SKEWED} {what}: others' late points");
+            assert_eq!(
+                got.clean, reference.clean,
+                "seed {seed}, {SKEWED} {what}: others' clean rows"
+            );
+            assert_eq!(
+                got.windows, reference.windows,
+                "seed {seed}, {SKEWED} {what}: others' windows"
+            );
+            assert_eq!(
+                got.late, reference.late,
+                "seed {seed}, {SKEWED} {what}: others' late points"
+            );
             assert!(
                 got.episodes == reference.episodes,
                 "seed {seed}, {SKEWED} {what}: others' episodes differ: only with it {:#?}, only without {:#?}",
-                got.episodes.difference(&reference.episodes).collect::<Vec<_>>(),
-                reference.episodes.difference(&got.episodes).collect::<Vec<_>>()
+                got.episodes
+                    .difference(&reference.episodes)
+                    .collect::<Vec<_>>(),
+                reference
+                    .episodes
+                    .difference(&got.episodes)
+                    .collect::<Vec<_>>()
             );
         }
         // And the skewed source is judged by its own clock: as much of it is late, and
@@ -132,9 +186,21 @@ fn a_source_whose_clock_runs_ahead_changes_nothing_for_the_others() {
                 out.windows.iter().filter(|w| w.source_id == SKEWED).count(),
             )
         };
-        assert!(of_skewed(&on_time).0 > 200 && of_skewed(&on_time).2 > 20, "{:?}", of_skewed(&on_time));
-        assert_eq!(of_skewed(&ahead), of_skewed(&on_time), "seed {seed}: (clean, late, windows) of {SKEWED} 10 minutes ahead");
-        assert_eq!(of_skewed(&behind), of_skewed(&on_time), "seed {seed}: (clean, late, windows) of {SKEWED} 20 s behind");
+        assert!(
+            of_skewed(&on_time).0 > 200 && of_skewed(&on_time).2 > 20,
+            "{:?}",
+            of_skewed(&on_time)
+        );
+        assert_eq!(
+            of_skewed(&ahead),
+            of_skewed(&on_time),
+            "seed {seed}: (clean, late, windows) of {SKEWED} 10 minutes ahead"
+        );
+        assert_eq!(
+            of_skewed(&behind),
+            of_skewed(&on_time),
+            "seed {seed}: (clean, late, windows) of {SKEWED} 20 s behind"
+        );
     }
 }
 
@@ -148,7 +214,11 @@ fn a_sources_clock_survives_a_checkpoint() {
         rules: Vec::new(),
         ..ProcessorConfig::default()
     });
-    let point = |id: &str, t: i64| Point::new("sensor", t).tag("sensor_id", id).field("v", FieldValue::F64(1.0));
+    let point = |id: &str, t: i64| {
+        Point::new("sensor", t)
+            .tag("sensor_id", id)
+            .field("v", FieldValue::F64(1.0))
+    };
     let message = |offset: i64, p: &Point, received: i64| Message {
         partition: 0,
         offset,
@@ -173,9 +243,16 @@ fn a_sources_clock_survives_a_checkpoint() {
         whole.process(m, &mut out);
     }
     assert_eq!(out.late.len(), 1, "{:?}", out.late);
-    assert_eq!(out.late[0].watermark, T0 + 88 * S, "judged by its own clock (90 s less 2 s)");
+    assert_eq!(
+        out.late[0].watermark,
+        T0 + 88 * S,
+        "judged by its own clock (90 s less 2 s)"
+    );
     let cp = cp.unwrap();
-    assert_eq!(cp.replay_from, 0, "the replay must start where the clock was set: {cp:?}");
+    assert_eq!(
+        cp.replay_from, 0,
+        "the replay must start where the clock was set: {cp:?}"
+    );
     let mut rebuilt = Processor::new(config, SchemaRegistry::default(), "raw", 0);
     rebuilt.resume(&cp);
     let mut again = Outputs::default();

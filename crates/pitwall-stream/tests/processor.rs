@@ -36,7 +36,12 @@ fn run(points: &[Point], finish: bool) -> Outputs {
         out_of_orderness: Duration::from_secs(2),
         ..ProcessorConfig::default()
     };
-    let mut p = Processor::new(Arc::new(config), SchemaRegistry::default(), "telemetry.raw", 0);
+    let mut p = Processor::new(
+        Arc::new(config),
+        SchemaRegistry::default(),
+        "telemetry.raw",
+        0,
+    );
     let mut out = Outputs::default();
     for (i, pt) in points.iter().enumerate() {
         p.process(&msg(i as i64, pt), &mut out);
@@ -63,34 +68,71 @@ fn out_of_order_within_the_bound_counts_and_later_is_late() {
     assert_eq!(out.late[0].lateness_ns, 3 * S);
     assert_eq!(out.late[0].watermark, T0 + 10 * S);
     assert_eq!(out.late[0].origin.offset, 4);
-    let w: Vec<_> = out.windows.iter().filter(|w| w.field == "temperature_c").collect();
+    let w: Vec<_> = out
+        .windows
+        .iter()
+        .filter(|w| w.field == "temperature_c")
+        .collect();
     assert_eq!(w.len(), 2);
-    assert_eq!((w[0].window_start, w[0].count, w[0].min, w[0].max), (T0, 3, 20.0, 22.0));
+    assert_eq!(
+        (w[0].window_start, w[0].count, w[0].min, w[0].max),
+        (T0, 3, 20.0, 22.0)
+    );
     assert!((w[0].mean - 21.0).abs() < 1e-12);
     assert_eq!((w[1].window_start, w[1].count), (T0 + 10 * S, 1));
 }
 
 #[test]
 fn windows_wait_for_the_watermark_unless_the_input_ends() {
-    let out = run(&[sensor(0, 20.0), sensor(9 * S, 21.0), sensor(11 * S, 22.0)], false);
-    assert!(out.windows.is_empty(), "watermark 9 s has not passed the window end at 10 s");
-    let out = run(&[sensor(0, 20.0), sensor(9 * S, 21.0), sensor(11 * S, 22.0)], true);
-    assert_eq!(out.windows.iter().filter(|w| w.field == "temperature_c").count(), 2);
+    let out = run(
+        &[sensor(0, 20.0), sensor(9 * S, 21.0), sensor(11 * S, 22.0)],
+        false,
+    );
+    assert!(
+        out.windows.is_empty(),
+        "watermark 9 s has not passed the window end at 10 s"
+    );
+    let out = run(
+        &[sensor(0, 20.0), sensor(9 * S, 21.0), sensor(11 * S, 22.0)],
+        true,
+    );
+    assert_eq!(
+        out.windows
+            .iter()
+            .filter(|w| w.field == "temperature_c")
+            .count(),
+        2
+    );
 }
 
 #[test]
 fn a_threshold_episode_is_one_row_until_it_clears_past_the_hysteresis() {
     // sensor_overheat: above 50, hysteresis 2.
     let temps = [20.0, 55.0, 60.0, 49.0, 51.0, 47.9, 20.0, 52.0];
-    let pts: Vec<Point> = temps.iter().enumerate().map(|(i, t)| sensor(i as i64 * S, *t)).collect();
+    let pts: Vec<Point> = temps
+        .iter()
+        .enumerate()
+        .map(|(i, t)| sensor(i as i64 * S, *t))
+        .collect();
     let out = run(&pts, false);
     // Starts at 55; 49 and 51 stay inside the band (above 48); 47.9 ends it; 52 starts anew.
     assert_eq!(episodes(&out, "sensor_overheat"), [(1, Some(5)), (7, None)]);
     let a = &out.anomalies[0];
-    assert_eq!((a.rule.as_str(), a.source_id.as_str(), a.observed, a.expected), ("sensor_overheat", "s1", 55.0, 50.0));
+    assert_eq!(
+        (
+            a.rule.as_str(),
+            a.source_id.as_str(),
+            a.observed,
+            a.expected
+        ),
+        ("sensor_overheat", "s1", 55.0, 50.0)
+    );
     assert_eq!(a.severity, "critical");
     let end = &out.anomalies[1];
-    assert_eq!((end.phase, end.id.as_str(), end.observed), (Phase::End, a.id.as_str(), 47.9));
+    assert_eq!(
+        (end.phase, end.id.as_str(), end.observed),
+        (Phase::End, a.id.as_str(), 47.9)
+    );
     assert_eq!(end.message, "temperature_c is back to 47.9");
 }
 
@@ -100,14 +142,27 @@ fn episodes(out: &Outputs, rule: &str) -> Vec<(i64, Option<i64>)> {
     let rows: Vec<_> = out.anomalies.iter().filter(|a| a.rule == rule).collect();
     let starts: Vec<_> = rows.iter().filter(|a| a.phase == Phase::Start).collect();
     for e in rows.iter().filter(|a| a.phase == Phase::End) {
-        assert_eq!(starts.iter().filter(|s| s.id == e.id && s.time == e.time).count(), 1, "end row {e:?} has no start");
+        assert_eq!(
+            starts
+                .iter()
+                .filter(|s| s.id == e.id && s.time == e.time)
+                .count(),
+            1,
+            "end row {e:?} has no start"
+        );
     }
     starts
         .iter()
         .map(|s| {
-            let ends: Vec<_> = rows.iter().filter(|e| e.phase == Phase::End && e.id == s.id).collect();
+            let ends: Vec<_> = rows
+                .iter()
+                .filter(|e| e.phase == Phase::End && e.id == s.id)
+                .collect();
             assert!(ends.len() <= 1, "{ends:?}");
-            ((s.time - T0) / S, ends.first().map(|e| (e.end_time.unwrap() - T0) / S))
+            (
+                (s.time - T0) / S,
+                ends.first().map(|e| (e.end_time.unwrap() - T0) / S),
+            )
         })
         .collect()
 }
@@ -127,15 +182,28 @@ fn wobble(base: f64, i: i64) -> f64 {
 #[test]
 fn a_value_that_stops_changing_is_stuck_until_it_moves() {
     // sensor_stuck: temperature unchanged for 30 s.
-    let mut pts: Vec<Point> = (0..10).map(|i| sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i))).collect();
+    let mut pts: Vec<Point> = (0..10)
+        .map(|i| sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i)))
+        .collect();
     // From 10 s on it reads 21.5 (the run starts at 10 s) until 45 s; at 46 s it moves.
     pts.extend((10..46).map(|i| sensor_at("s1", i * S, 21.5, wobble(1010.0, i))));
     pts.extend((46..50).map(|i| sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i))));
     let out = run(&pts, true);
     assert_eq!(episodes(&out, "sensor_stuck"), [(40, Some(46))]);
-    let a = out.anomalies.iter().find(|a| a.rule == "sensor_stuck").unwrap();
-    assert_eq!((a.kind.as_str(), a.field.as_str(), a.observed, a.expected), ("stuck", "temperature_c", 30.0, 30.0));
-    assert!(a.message.contains("has read 21.5 for 30.0 s"), "{}", a.message);
+    let a = out
+        .anomalies
+        .iter()
+        .find(|a| a.rule == "sensor_stuck")
+        .unwrap();
+    assert_eq!(
+        (a.kind.as_str(), a.field.as_str(), a.observed, a.expected),
+        ("stuck", "temperature_c", 30.0, 30.0)
+    );
+    assert!(
+        a.message.contains("has read 21.5 for 30.0 s"),
+        "{}",
+        a.message
+    );
     assert_eq!(out.anomalies.len(), 2, "{:?}", out.anomalies);
 }
 
@@ -154,9 +222,20 @@ fn a_source_that_goes_silent_is_missed_once_the_watermark_passes_the_limit() {
     // Last report at 5 s, so the silence passed 10 s at 15 s (seen once the watermark
     // passed it, when s1 sent 18 s); it ended when s2 reported at 31 s.
     assert_eq!(episodes(&out, "sensor_silent"), [(15, Some(31))]);
-    let rows: Vec<_> = out.anomalies.iter().filter(|a| a.rule == "sensor_silent").collect();
+    let rows: Vec<_> = out
+        .anomalies
+        .iter()
+        .filter(|a| a.rule == "sensor_silent")
+        .collect();
     assert_eq!(rows[0].source_id, "s2");
-    assert_eq!((rows[0].kind.as_str(), rows[0].field.as_str(), rows[0].expected), ("deadman", "*", 10.0));
+    assert_eq!(
+        (
+            rows[0].kind.as_str(),
+            rows[0].field.as_str(),
+            rows[0].expected
+        ),
+        ("deadman", "*", 10.0)
+    );
     assert_eq!(rows[1].observed, 26.0, "26 s without a report");
     assert_eq!(out.anomalies.len(), 2, "nothing else: {:?}", out.anomalies);
 }
@@ -172,7 +251,12 @@ fn a_field_missing_from_a_reporting_source_is_missed_too() {
         silence: Duration::from_secs(5),
     });
     config.validate().unwrap();
-    let mut p = Processor::new(Arc::new(config), SchemaRegistry::default(), "telemetry.raw", 0);
+    let mut p = Processor::new(
+        Arc::new(config),
+        SchemaRegistry::default(),
+        "telemetry.raw",
+        0,
+    );
     let mut out = Outputs::default();
     for i in 0..30 {
         let mut pt = sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i));
@@ -184,7 +268,13 @@ fn a_field_missing_from_a_reporting_source_is_missed_too() {
     // Last pressure at 9 s: missed from 14 s (seen when the watermark passed it, at 17 s).
     assert_eq!(episodes(&out, "no_pressure"), [(14, Some(20))]);
     assert_eq!(out.anomalies[0].field, "pressure_hpa");
-    assert!(out.anomalies[0].message.starts_with("pressure_hpa of s1 has sent nothing"), "{}", out.anomalies[0].message);
+    assert!(
+        out.anomalies[0]
+            .message
+            .starts_with("pressure_hpa of s1 has sent nothing"),
+        "{}",
+        out.anomalies[0].message
+    );
 }
 
 #[test]
@@ -204,20 +294,35 @@ fn a_value_far_from_the_sources_baseline_is_an_outlier_after_the_warm_up() {
     let out = run(&pts, true);
     assert_eq!(episodes(&out, "pressure_outlier"), [(120, Some(130))]);
     let a = &out.anomalies[0];
-    assert_eq!((a.kind.as_str(), a.field.as_str()), ("baseline", "pressure_hpa"));
-    assert!((a.expected - 1010.0).abs() < 0.3, "baseline center {}", a.expected);
+    assert_eq!(
+        (a.kind.as_str(), a.field.as_str()),
+        ("baseline", "pressure_hpa")
+    );
+    assert!(
+        (a.expected - 1010.0).abs() < 0.3,
+        "baseline center {}",
+        a.expected
+    );
     assert!(a.message.contains("spreads of"), "{}", a.message);
     assert_eq!(out.anomalies.len(), 2, "nothing else: {:?}", out.anomalies);
 
     // The same with the mean and standard deviation.
     let mut config = ProcessorConfig::default();
     for r in &mut config.rules {
-        if let pitwall_stream::RuleConfig::Baseline { method, threshold, .. } = r {
+        if let pitwall_stream::RuleConfig::Baseline {
+            method, threshold, ..
+        } = r
+        {
             *method = pitwall_stream::BaselineMethod::Zscore;
             *threshold = 6.0;
         }
     }
-    let mut p = Processor::new(Arc::new(config), SchemaRegistry::default(), "telemetry.raw", 0);
+    let mut p = Processor::new(
+        Arc::new(config),
+        SchemaRegistry::default(),
+        "telemetry.raw",
+        0,
+    );
     let mut out = Outputs::default();
     for (i, pt) in pts.iter().enumerate() {
         p.process(&msg(i as i64, pt), &mut out);
@@ -237,16 +342,37 @@ fn bad_payloads_are_rejects_with_their_reason() {
         payload: Bytes::from_static(payload.as_bytes()),
         timestamp: T0,
     };
-    p.process(&bad(0, "{\"measurement\":\"sensor\",\"tags\":{\"site\":\"a\"},\"fields\":{\"t\":1.0}}"), &mut out);
+    p.process(
+        &bad(
+            0,
+            "{\"measurement\":\"sensor\",\"tags\":{\"site\":\"a\"},\"fields\":{\"t\":1.0}}",
+        ),
+        &mut out,
+    );
     p.process(&bad(1, "{\"measurement\":\"sensor\",\"tags\":{\"sensor_id\":\"x\"},\"fields\":{\"t\":1.0},\"time\":1700000000}"), &mut out);
     p.process(&bad(2, "{\"measurement\":\"sensor\",\"tags\":{\"sensor_id\":\"x\"},\"fields\":{\"t\":1.0},\"time\":1800000000000000000}"), &mut out);
     p.process(&bad(3, "{\"measurement\":\"sensor\",\"tags\":{\"sensor_id\":\"x\"},\"fields\":{\"t\":\"hot\"}}"), &mut out);
     let reasons: Vec<&str> = out.rejects.iter().map(|r| r.reason.as_str()).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
-    assert_eq!(reasons[0], "measurement \"sensor\" has no \"sensor_id\" tag, which identifies its source");
-    assert!(reasons[1].starts_with("time 1700000000 is before the year 2000"), "{}", reasons[1]);
-    assert!(reasons[2].contains("more than 1day after the point was received"), "{}", reasons[2]);
-    assert!(reasons[2].contains("processor.max-future"), "{}", reasons[2]);
+    assert_eq!(
+        reasons[0],
+        "measurement \"sensor\" has no \"sensor_id\" tag, which identifies its source"
+    );
+    assert!(
+        reasons[1].starts_with("time 1700000000 is before the year 2000"),
+        "{}",
+        reasons[1]
+    );
+    assert!(
+        reasons[2].contains("more than 1day after the point was received"),
+        "{}",
+        reasons[2]
+    );
+    assert!(
+        reasons[2].contains("processor.max-future"),
+        "{}",
+        reasons[2]
+    );
     // The fourth is valid on its own (a string field) and defines the field's type.
     assert_eq!(out.clean.len(), 1);
     assert_eq!(out.raw.len(), 4);
@@ -257,17 +383,28 @@ fn bad_payloads_are_rejects_with_their_reason() {
 #[test]
 fn a_point_far_ahead_of_its_receipt_is_rejected_and_moves_no_watermark() {
     let run = |with_future: bool| {
-        let mut p = Processor::new(Arc::new(ProcessorConfig::default()), SchemaRegistry::default(), "telemetry.raw", 0);
+        let mut p = Processor::new(
+            Arc::new(ProcessorConfig::default()),
+            SchemaRegistry::default(),
+            "telemetry.raw",
+            0,
+        );
         let mut out = Outputs::default();
         let mut offset = 0;
         for i in 0..30 {
             if with_future && i == 10 {
-                let mut m = msg(offset, &sensor_at("clock-ahead", 5 * 365 * 86_400 * S, 20.0, 1010.0));
+                let mut m = msg(
+                    offset,
+                    &sensor_at("clock-ahead", 5 * 365 * 86_400 * S, 20.0, 1010.0),
+                );
                 m.timestamp = T0 + i * S;
                 p.process(&m, &mut out);
                 offset += 1;
             }
-            let mut m = msg(offset, &sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i)));
+            let mut m = msg(
+                offset,
+                &sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i)),
+            );
             m.timestamp = T0 + i * S;
             p.process(&m, &mut out);
             offset += 1;
@@ -276,10 +413,19 @@ fn a_point_far_ahead_of_its_receipt_is_rejected_and_moves_no_watermark() {
     };
     let (plain, skewed) = (run(false), run(true));
     assert_eq!(skewed.rejects.len(), 1);
-    assert!(skewed.rejects[0].reason.contains("processor.max-future"), "{}", skewed.rejects[0].reason);
+    assert!(
+        skewed.rejects[0].reason.contains("processor.max-future"),
+        "{}",
+        skewed.rejects[0].reason
+    );
     assert!(skewed.late.is_empty(), "{:?}", skewed.late);
     assert_eq!(skewed.clean, plain.clean);
-    let rows = |o: &Outputs| o.windows.iter().map(|w| (w.window_start, w.field.to_string(), w.count)).collect::<Vec<_>>();
+    let rows = |o: &Outputs| {
+        o.windows
+            .iter()
+            .map(|w| (w.window_start, w.field.to_string(), w.count))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(rows(&skewed), rows(&plain));
 }
 
@@ -292,15 +438,39 @@ fn idle_ticks_close_windows_and_silence_waits_for_data() {
     let config = Arc::new(ProcessorConfig::default());
     let mut p = Processor::new(config, SchemaRegistry::default(), "telemetry.raw", 0);
     let mut out = Outputs::default();
-    assert_eq!(p.idle_tick_time(Duration::from_secs(5)), None, "nothing waits on event time yet");
+    assert_eq!(
+        p.idle_tick_time(Duration::from_secs(5)),
+        None,
+        "nothing waits on event time yet"
+    );
     for i in 0..20 {
-        p.process(&msg(2 * i, &sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i))), &mut out);
-        p.process(&msg(2 * i + 1, &sensor_at("s2", i * S, wobble(22.0, i), wobble(1012.0, i))), &mut out);
+        p.process(
+            &msg(
+                2 * i,
+                &sensor_at("s1", i * S, wobble(20.0, i), wobble(1010.0, i)),
+            ),
+            &mut out,
+        );
+        p.process(
+            &msg(
+                2 * i + 1,
+                &sensor_at("s2", i * S, wobble(22.0, i), wobble(1012.0, i)),
+            ),
+            &mut out,
+        );
     }
     let fired = |o: &Outputs| {
-        o.windows.iter().filter(|w| w.field == "temperature_c").map(|w| ((w.window_start - T0) / S, w.source_id.to_string())).collect::<Vec<_>>()
+        o.windows
+            .iter()
+            .filter(|w| w.field == "temperature_c")
+            .map(|w| ((w.window_start - T0) / S, w.source_id.to_string()))
+            .collect::<Vec<_>>()
     };
-    assert_eq!(fired(&out), [(0, "s1".to_owned()), (0, "s2".to_owned())], "the watermark (17 s) closed [0, 10) only");
+    assert_eq!(
+        fired(&out),
+        [(0, "s1".to_owned()), (0, "s2".to_owned())],
+        "the watermark (17 s) closed [0, 10) only"
+    );
     let tick = |offset: i64, time: i64| Message {
         partition: 0,
         offset,
@@ -315,9 +485,19 @@ fn idle_ticks_close_windows_and_silence_waits_for_data() {
     assert_eq!(t, T0 + 54 * S);
     let mut after = Outputs::default();
     p.process(&tick(40, t), &mut after);
-    assert_eq!(fired(&after), [(10, "s1".to_owned()), (10, "s2".to_owned())]);
-    assert!(after.raw.is_empty() && after.clean.is_empty() && after.anomalies.is_empty(), "a tick is not data: {after:?}");
-    assert_eq!(p.idle_tick_time(Duration::from_secs(15)), None, "no window open: nothing to tick for");
+    assert_eq!(
+        fired(&after),
+        [(10, "s1".to_owned()), (10, "s2".to_owned())]
+    );
+    assert!(
+        after.raw.is_empty() && after.clean.is_empty() && after.anomalies.is_empty(),
+        "a tick is not data: {after:?}"
+    );
+    assert_eq!(
+        p.idle_tick_time(Duration::from_secs(15)),
+        None,
+        "no window open: nothing to tick for"
+    );
     // Idle much longer: still no silence, since no data says the others went on.
     p.process(&tick(41, T0 + 60 * S), &mut after);
     assert!(after.anomalies.is_empty(), "{:?}", after.anomalies);
@@ -327,9 +507,20 @@ fn idle_ticks_close_windows_and_silence_waits_for_data() {
     p.process(&msg(42, &sensor_at("s1", 25 * S, 20.0, 1010.0)), &mut back);
     assert_eq!(back.late.len(), 1);
     p.process(&msg(43, &sensor_at("s1", 70 * S, 20.0, 1010.0)), &mut back);
-    let silent: Vec<_> = back.anomalies.iter().filter(|a| a.rule == "sensor_silent").collect();
+    let silent: Vec<_> = back
+        .anomalies
+        .iter()
+        .filter(|a| a.rule == "sensor_silent")
+        .collect();
     assert_eq!(silent.len(), 1, "{silent:?}");
-    assert_eq!((silent[0].source_id.as_str(), silent[0].phase, silent[0].time), ("s2", Phase::Start, T0 + 29 * S));
+    assert_eq!(
+        (
+            silent[0].source_id.as_str(),
+            silent[0].phase,
+            silent[0].time
+        ),
+        ("s2", Phase::Start, T0 + 29 * S)
+    );
 }
 
 /// A client's retry is harmless: the same batch taken three times gives the clean rows,
@@ -340,13 +531,23 @@ fn a_batch_sent_three_times_counts_once() {
     let batch: Vec<Point> = (0..40)
         .flat_map(|i| {
             [
-                sensor_at("s1", i * S / 2, wobble(20.0, i) + if (20..26).contains(&i) { 60.0 } else { 0.0 }, wobble(1010.0, i)),
+                sensor_at(
+                    "s1",
+                    i * S / 2,
+                    wobble(20.0, i) + if (20..26).contains(&i) { 60.0 } else { 0.0 },
+                    wobble(1010.0, i),
+                ),
                 sensor_at("s2", i * S / 2, wobble(22.0, i), wobble(1012.0, i)),
             ]
         })
         .collect();
     let run = |sends: usize| {
-        let mut p = Processor::new(Arc::new(ProcessorConfig::default()), SchemaRegistry::default(), "telemetry.raw", 0);
+        let mut p = Processor::new(
+            Arc::new(ProcessorConfig::default()),
+            SchemaRegistry::default(),
+            "telemetry.raw",
+            0,
+        );
         let mut out = Outputs::default();
         let mut offset = 0;
         // Telegraf flushes every 10 points; a timed-out flush is sent again whole.
@@ -364,12 +565,36 @@ fn a_batch_sent_three_times_counts_once() {
     let (once, thrice) = (run(1), run(3));
     assert_eq!(thrice.duplicates, 2 * batch.len() as u64);
     assert_eq!(once.duplicates, 0);
-    assert_eq!(thrice.raw.len(), 3 * batch.len(), "every copy is in the raw table");
+    assert_eq!(
+        thrice.raw.len(),
+        3 * batch.len(),
+        "every copy is in the raw table"
+    );
     assert_eq!(thrice.clean, once.clean);
     assert!(thrice.late.is_empty(), "{:?}", thrice.late);
-    let rows = |o: &Outputs| o.windows.iter().map(|w| (w.window_start, w.source_id.to_string(), w.field.to_string(), w.count)).collect::<Vec<_>>();
+    let rows = |o: &Outputs| {
+        o.windows
+            .iter()
+            .map(|w| {
+                (
+                    w.window_start,
+                    w.source_id.to_string(),
+                    w.field.to_string(),
+                    w.count,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
     assert_eq!(rows(&thrice), rows(&once));
-    let episodes = |o: &Outputs| o.anomalies.iter().map(|a| (a.rule.clone(), a.source_id.clone(), a.phase, a.time)).collect::<Vec<_>>();
-    assert!(!episodes(&once).is_empty(), "the batch holds an overheating episode");
+    let episodes = |o: &Outputs| {
+        o.anomalies
+            .iter()
+            .map(|a| (a.rule.clone(), a.source_id.clone(), a.phase, a.time))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        !episodes(&once).is_empty(),
+        "the batch holds an overheating episode"
+    );
     assert_eq!(episodes(&thrice), episodes(&once));
 }

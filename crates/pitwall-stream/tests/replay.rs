@@ -29,7 +29,8 @@ fn messages(seed: u64, n: usize) -> Vec<Message> {
 /// less and more than the idle timeout, and past `forget_after`), some behind.
 fn skew_of(source: &str) -> i64 {
     const S: i64 = 1_000_000_000;
-    [0, 5 * S, 0, 90 * S, -12 * S, 700 * S, 0, -45 * S][source.bytes().map(usize::from).sum::<usize>() % 8]
+    [0, 5 * S, 0, 90 * S, -12 * S, 700 * S, 0, -45 * S]
+        [source.bytes().map(usize::from).sum::<usize>() % 8]
 }
 
 /// As [`messages`], with `retry_pct` per cent of the points sent again up to 3 s later,
@@ -46,7 +47,10 @@ fn messages_with(seed: u64, n: usize, retry_pct: u32, skewed: bool) -> Vec<Messa
         faults_per_sensor_minute: 2.0,
         ..IotConfig::default()
     };
-    let mut sim = Mixed::new(vec![Box::new(Race::new(config, seed, T0)), Box::new(Fleet::new(fleet, seed, T0))]);
+    let mut sim = Mixed::new(vec![
+        Box::new(Race::new(config, seed, T0)),
+        Box::new(Fleet::new(fleet, seed, T0)),
+    ]);
     let mut points: Vec<Point> = Vec::with_capacity(n + 8);
     while points.len() < n {
         sim.step(&mut points);
@@ -83,7 +87,13 @@ fn messages_with(seed: u64, n: usize, retry_pct: u32, skewed: bool) -> Vec<Messa
         .map(|(i, (arrival, p))| Message {
             partition: 0,
             offset: i as i64,
-            key: Some(Bytes::copy_from_slice(p.tags.get("driver").or(p.tags.get("sensor_id")).unwrap().as_bytes())),
+            key: Some(Bytes::copy_from_slice(
+                p.tags
+                    .get("driver")
+                    .or(p.tags.get("sensor_id"))
+                    .unwrap()
+                    .as_bytes(),
+            )),
             payload: Bytes::from(json::encode(&p).unwrap()),
             timestamp: arrival,
         })
@@ -93,7 +103,12 @@ fn messages_with(seed: u64, n: usize, retry_pct: u32, skewed: bool) -> Vec<Messa
 /// The default rules and windows, plus sliding windows (panes shared between windows)
 /// with allowed lateness, which a resumed processor must fire exactly as the original.
 fn processor() -> Processor {
-    Processor::new(Arc::new(config()), SchemaRegistry::default(), "telemetry.raw", 0)
+    Processor::new(
+        Arc::new(config()),
+        SchemaRegistry::default(),
+        "telemetry.raw",
+        0,
+    )
 }
 
 fn config() -> ProcessorConfig {
@@ -128,7 +143,14 @@ fn run(p: &mut Processor, msgs: &[Message]) -> Vec<(i64, Outputs)> {
 /// Runs a processor up to `cut`, rebuilds another from its checkpoint, and checks that
 /// the rebuilt one yields, from the cut on, exactly `reference` (the outputs of `whole`,
 /// which never stopped) and checkpoints where `whole` does. Returns the checkpoint.
-fn replay_agrees(processor: &dyn Fn() -> Processor, msgs: &[Message], reference: &[(i64, Outputs)], whole: &Processor, cut: usize, seed: u64) -> Checkpoint {
+fn replay_agrees(
+    processor: &dyn Fn() -> Processor,
+    msgs: &[Message],
+    reference: &[(i64, Outputs)],
+    whole: &Processor,
+    cut: usize,
+    seed: u64,
+) -> Checkpoint {
     let mut first = processor();
     run(&mut first, &msgs[..cut]);
     let cp: Checkpoint = first.checkpoint(cut as i64);
@@ -136,14 +158,27 @@ fn replay_agrees(processor: &dyn Fn() -> Processor, msgs: &[Message], reference:
     let mut second = processor();
     second.resume(&cp);
     let replayed = run(&mut second, &msgs[cp.replay_from as usize..]);
-    let after: Vec<_> = replayed.into_iter().filter(|(o, _)| *o >= cp.next).collect();
-    let expected: Vec<_> = reference.iter().filter(|(o, _)| *o >= cp.next).cloned().collect();
+    let after: Vec<_> = replayed
+        .into_iter()
+        .filter(|(o, _)| *o >= cp.next)
+        .collect();
+    let expected: Vec<_> = reference
+        .iter()
+        .filter(|(o, _)| *o >= cp.next)
+        .cloned()
+        .collect();
     assert_eq!(after.len(), expected.len());
     for ((o, got), (_, want)) in after.iter().zip(&expected) {
-        assert_eq!(got, want, "seed {seed} cut {cut}: outputs of offset {o} differ after the replay");
+        assert_eq!(
+            got, want,
+            "seed {seed} cut {cut}: outputs of offset {o} differ after the replay"
+        );
     }
     // And the rebuilt processor checkpoints where the original would.
-    assert_eq!(second.checkpoint(msgs.len() as i64), whole.checkpoint(msgs.len() as i64));
+    assert_eq!(
+        second.checkpoint(msgs.len() as i64),
+        whole.checkpoint(msgs.len() as i64)
+    );
     cp
 }
 
@@ -153,17 +188,32 @@ fn a_processor_rebuilt_from_a_checkpoint_continues_exactly() {
         let msgs = messages(seed, 20_000);
         let mut whole = processor();
         let reference = run(&mut whole, &msgs);
-        let total: Outputs = reference.iter().fold(Outputs::default(), |mut acc, (_, o)| {
-            acc.append(&mut o.clone());
-            acc
-        });
-        for kind in ["threshold", "rate-of-change", "gear-consistency", "stuck", "deadman", "baseline"] {
+        let total: Outputs = reference
+            .iter()
+            .fold(Outputs::default(), |mut acc, (_, o)| {
+                acc.append(&mut o.clone());
+                acc
+            });
+        for kind in [
+            "threshold",
+            "rate-of-change",
+            "gear-consistency",
+            "stuck",
+            "deadman",
+            "baseline",
+        ] {
             assert!(
-                total.anomalies.iter().any(|a| a.kind == kind && a.phase == Phase::Start),
+                total
+                    .anomalies
+                    .iter()
+                    .any(|a| a.kind == kind && a.phase == Phase::Start),
                 "seed {seed}: no {kind} episode started"
             );
             assert!(
-                total.anomalies.iter().any(|a| a.kind == kind && a.phase == Phase::End),
+                total
+                    .anomalies
+                    .iter()
+                    .any(|a| a.kind == kind && a.phase == Phase::End),
                 "seed {seed}: no {kind} episode ended"
             );
         }
@@ -187,7 +237,14 @@ fn a_processor_rebuilt_from_a_checkpoint_continues_exactly() {
 fn a_processor_without_open_state_checkpoints_at_its_offset() {
     let p = processor();
     let cp = p.checkpoint(42);
-    assert_eq!(cp, Checkpoint { next: 42, replay_from: 42, max_time: i64::MIN });
+    assert_eq!(
+        cp,
+        Checkpoint {
+            next: 42,
+            replay_from: 42,
+            max_time: i64::MIN
+        }
+    );
 }
 
 /// Retried points: a processor rebuilt from a checkpoint decides every duplicate as the
@@ -199,8 +256,17 @@ fn a_processor_without_open_state_checkpoints_at_its_offset() {
 #[test]
 fn duplicates_are_decided_the_same_after_a_replay() {
     let mut config = config();
-    config.rules.retain(|r| !matches!(r, pitwall_stream::RuleConfig::Baseline { .. }));
-    let processor = || Processor::new(Arc::new(config.clone()), SchemaRegistry::default(), "telemetry.raw", 0);
+    config
+        .rules
+        .retain(|r| !matches!(r, pitwall_stream::RuleConfig::Baseline { .. }));
+    let processor = || {
+        Processor::new(
+            Arc::new(config.clone()),
+            SchemaRegistry::default(),
+            "telemetry.raw",
+            0,
+        )
+    };
     for seed in 1..=3 {
         let msgs = messages_with(seed, 20_000, 5, false);
         let mut whole = processor();
@@ -220,22 +286,47 @@ fn duplicates_are_decided_the_same_after_a_replay() {
 #[test]
 fn skewed_source_clocks_are_rebuilt_exactly_by_a_replay() {
     let mut config = config();
-    config.rules.retain(|r| !matches!(r, pitwall_stream::RuleConfig::Baseline { .. }));
+    config
+        .rules
+        .retain(|r| !matches!(r, pitwall_stream::RuleConfig::Baseline { .. }));
     let mut cars_only = config.clone();
     cars_only.rules.retain(|r| r.measurement() == "car");
     for w in &mut cars_only.windows {
         w.measurements = vec!["car".into()];
     }
     for (name, config) in [("all", config), ("cars only", cars_only)] {
-        let processor = || Processor::new(Arc::new(config.clone()), SchemaRegistry::default(), "telemetry.raw", 0);
+        let processor = || {
+            Processor::new(
+                Arc::new(config.clone()),
+                SchemaRegistry::default(),
+                "telemetry.raw",
+                0,
+            )
+        };
         for seed in 1..=2 {
             let msgs = messages_with(seed, 20_000, 2, true);
             let mut whole = processor();
             let reference = run(&mut whole, &msgs);
-            let windows_of = |skew: i64| reference.iter().flat_map(|(_, o)| &o.windows).filter(|w| skew_of(&w.source_id) == skew).count();
+            let windows_of = |skew: i64| {
+                reference
+                    .iter()
+                    .flat_map(|(_, o)| &o.windows)
+                    .filter(|w| skew_of(&w.source_id) == skew)
+                    .count()
+            };
             if name == "all" {
-                for skew in [0, 5_000_000_000, 90_000_000_000, -12_000_000_000, 700_000_000_000] {
-                    assert!(windows_of(skew) > 10, "seed {seed}: sources {skew} ns off have {} windows", windows_of(skew));
+                for skew in [
+                    0,
+                    5_000_000_000,
+                    90_000_000_000,
+                    -12_000_000_000,
+                    700_000_000_000,
+                ] {
+                    assert!(
+                        windows_of(skew) > 10,
+                        "seed {seed}: sources {skew} ns off have {} windows",
+                        windows_of(skew)
+                    );
                 }
             }
             for cut in [777, 5_555, 9_001, 15_432, 19_999] {

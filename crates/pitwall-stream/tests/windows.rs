@@ -64,7 +64,12 @@ fn config(s: &Setup) -> ProcessorConfig {
     ProcessorConfig {
         out_of_orderness: Duration::from_millis(s.out_of_orderness_ms as u64),
         allowed_lateness: Duration::from_millis(s.lateness_ms as u64),
-        measurements: BTreeMap::from([("m".to_owned(), MeasurementConfig { source_tag: "id".into() })]),
+        measurements: BTreeMap::from([(
+            "m".to_owned(),
+            MeasurementConfig {
+                source_tag: "id".into(),
+            },
+        )]),
         windows,
         rules: Vec::new(),
         ..ProcessorConfig::default()
@@ -100,7 +105,10 @@ struct Expected {
 
 /// Naive batch windows: for every window of every source that holds an event, the
 /// aggregates over its events ordered by (time, arrival).
-fn naive(setup: &Setup, on_time: &[(i64, Event)]) -> BTreeMap<(String, String, i64, String), Expected> {
+fn naive(
+    setup: &Setup,
+    on_time: &[(i64, Event)],
+) -> BTreeMap<(String, String, i64, String), Expected> {
     let mut out = BTreeMap::new();
     for (i, &(size, slide)) in setup.windows.iter().enumerate() {
         let fields: &[&str] = if i == 0 { &["a", "b"] } else { &["a"] };
@@ -112,7 +120,10 @@ fn naive(setup: &Setup, on_time: &[(i64, Event)]) -> BTreeMap<(String, String, i
             while k * slide <= t {
                 for &f in fields {
                     let v = if f == "a" { e.a } else { e.b as f64 };
-                    groups.entry((format!("s{}", e.source), k * slide, f)).or_default().push((t, *offset, v));
+                    groups
+                        .entry((format!("s{}", e.source), k * slide, f))
+                        .or_default()
+                        .push((t, *offset, v));
                 }
                 k += 1;
             }
@@ -152,7 +163,12 @@ fn check_window(w: &WindowRecord, e: &Expected) -> Result<(), TestCaseError> {
     prop_assert_eq!(w.min, e.min);
     prop_assert_eq!(w.max, e.max);
     prop_assert!(close(w.sum, e.sum), "sum {} vs {}", w.sum, e.sum);
-    prop_assert!(close(w.mean, e.sum / e.count as f64), "mean {} vs {}", w.mean, e.sum / e.count as f64);
+    prop_assert!(
+        close(w.mean, e.sum / e.count as f64),
+        "mean {} vs {}",
+        w.mean,
+        e.sum / e.count as f64
+    );
     match (w.stddev, e.stddev) {
         (Some(a), Some(b)) => prop_assert!((a - b).abs() <= 1e-6 * (1.0 + b), "stddev {a} vs {b}"),
         (a, b) => prop_assert_eq!(a, b),
@@ -162,7 +178,12 @@ fn check_window(w: &WindowRecord, e: &Expected) -> Result<(), TestCaseError> {
     for (q, got) in [(0.5, w.p50), (0.95, w.p95), (0.99, w.p99)] {
         let want = e.sorted[(q * (e.sorted.len() - 1) as f64) as usize];
         let got = got.expect("percentiles are on");
-        prop_assert!((got - want).abs() <= 0.0101 * want.abs() + 1e-9, "p{} {got} vs {want} in {:?}", q * 100.0, e.sorted);
+        prop_assert!(
+            (got - want).abs() <= 0.0101 * want.abs() + 1e-9,
+            "p{} {got} vs {want} in {:?}",
+            q * 100.0,
+            e.sorted
+        );
     }
     Ok(())
 }
@@ -170,8 +191,19 @@ fn check_window(w: &WindowRecord, e: &Expected) -> Result<(), TestCaseError> {
 fn events() -> impl Strategy<Value = Vec<(Event, u16)>> {
     // Each event comes with a delivery delay, in per-mille of the allowed disorder.
     prop::collection::vec(
-        (0u8..3, 0i64..12_000, -500i32..500, -50i64..50, 0u16..=1000)
-            .prop_map(|(source, time_ms, a, b, delay)| (Event { source, time_ms, a: a as f64 / 10.0, b }, delay)),
+        (0u8..3, 0i64..12_000, -500i32..500, -50i64..50, 0u16..=1000).prop_map(
+            |(source, time_ms, a, b, delay)| {
+                (
+                    Event {
+                        source,
+                        time_ms,
+                        a: a as f64 / 10.0,
+                        b,
+                    },
+                    delay,
+                )
+            },
+        ),
         1..150,
     )
 }
@@ -185,8 +217,16 @@ fn setup() -> impl Strategy<Value = Setup> {
         Just((250, 250)),
         Just((1500, 1500)),
     ];
-    (prop_oneof![Just(0), Just(300), Just(2000)], prop_oneof![Just(0), Just(700)], prop::collection::vec(window, 1..3))
-        .prop_map(|(out_of_orderness_ms, lateness_ms, windows)| Setup { out_of_orderness_ms, lateness_ms, windows })
+    (
+        prop_oneof![Just(0), Just(300), Just(2000)],
+        prop_oneof![Just(0), Just(700)],
+        prop::collection::vec(window, 1..3),
+    )
+        .prop_map(|(out_of_orderness_ms, lateness_ms, windows)| Setup {
+            out_of_orderness_ms,
+            lateness_ms,
+            windows,
+        })
 }
 
 proptest! {
@@ -266,18 +306,44 @@ proptest! {
 /// come out while later events are still arriving.
 #[test]
 fn sliding_windows_fire_as_the_watermark_passes() {
-    let setup = Setup { out_of_orderness_ms: 0, lateness_ms: 0, windows: vec![(2000, 500)] };
-    let mut p = Processor::new(Arc::new(config(&setup)), SchemaRegistry::default(), "raw", 0);
+    let setup = Setup {
+        out_of_orderness_ms: 0,
+        lateness_ms: 0,
+        windows: vec![(2000, 500)],
+    };
+    let mut p = Processor::new(
+        Arc::new(config(&setup)),
+        SchemaRegistry::default(),
+        "raw",
+        0,
+    );
     let mut out = Outputs::default();
     for (i, t) in (0..40).map(|i| i * 100).enumerate() {
-        let e = Event { source: 0, time_ms: t, a: t as f64, b: 0 };
+        let e = Event {
+            source: 0,
+            time_ms: t,
+            a: t as f64,
+            b: 0,
+        };
         p.process(&message(i as i64, &e), &mut out);
     }
     // Watermark at 3900 ms: windows ending at 500, 1000, ..., 3500 have fired (a and b each).
-    let ends: Vec<i64> = out.windows.iter().filter(|w| w.field == "a").map(|w| (w.window_end - T0) / MS).collect();
+    let ends: Vec<i64> = out
+        .windows
+        .iter()
+        .filter(|w| w.field == "a")
+        .map(|w| (w.window_end - T0) / MS)
+        .collect();
     assert_eq!(ends, vec![500, 1000, 1500, 2000, 2500, 3000, 3500]);
-    let w = out.windows.iter().find(|w| w.field == "a" && w.window_end == T0 + 3500 * MS).unwrap();
-    assert_eq!((w.count, w.first, w.last, w.min, w.max), (20, 1500.0, 3400.0, 1500.0, 3400.0));
+    let w = out
+        .windows
+        .iter()
+        .find(|w| w.field == "a" && w.window_end == T0 + 3500 * MS)
+        .unwrap();
+    assert_eq!(
+        (w.count, w.first, w.last, w.min, w.max),
+        (20, 1500.0, 3400.0, 1500.0, 3400.0)
+    );
 }
 
 /// Percentiles are exact (the value of rank ⌊q·(n−1)⌋) in windows of up to
@@ -289,11 +355,30 @@ fn percentiles_are_exact_up_to_the_limit_and_sketched_beyond() {
     // 10 Hz for 60 s. Sliding 20 s every 10 s: panes of 100 values, windows of 100
     // (at the edges) and 200 (merged). Tumbling 15 s: one pane of 150 values.
     // Tumbling 12 s: 120 values, all kept.
-    let setup = Setup { out_of_orderness_ms: 0, lateness_ms: 0, windows: vec![(20_000, 10_000), (15_000, 15_000), (12_000, 12_000)] };
+    let setup = Setup {
+        out_of_orderness_ms: 0,
+        lateness_ms: 0,
+        windows: vec![(20_000, 10_000), (15_000, 15_000), (12_000, 12_000)],
+    };
     let events: Vec<(i64, Event)> = (0..600)
-        .map(|i| (i, Event { source: 0, time_ms: i * 100, a: ((i * 7919) % 1000) as f64 / 10.0 + 1.0, b: (i * 31) % 97 - 40 }))
+        .map(|i| {
+            (
+                i,
+                Event {
+                    source: 0,
+                    time_ms: i * 100,
+                    a: ((i * 7919) % 1000) as f64 / 10.0 + 1.0,
+                    b: (i * 31) % 97 - 40,
+                },
+            )
+        })
         .collect();
-    let mut p = Processor::new(Arc::new(config(&setup)), SchemaRegistry::default(), "raw", 0);
+    let mut p = Processor::new(
+        Arc::new(config(&setup)),
+        SchemaRegistry::default(),
+        "raw",
+        0,
+    );
     let mut out = Outputs::default();
     for (offset, e) in &events {
         p.process(&message(*offset, e), &mut out);
@@ -303,19 +388,40 @@ fn percentiles_are_exact_up_to_the_limit_and_sketched_beyond() {
     assert_eq!(out.windows.len(), want.len());
     let (mut exact, mut sketched) = (0, 0);
     for w in &out.windows {
-        let e = &want[&(w.window.to_string(), w.source_id.to_string(), w.window_start, w.field.to_string())];
+        let e = &want[&(
+            w.window.to_string(),
+            w.source_id.to_string(),
+            w.window_start,
+            w.field.to_string(),
+        )];
         check_window(w, e).unwrap();
         if w.count as usize <= EXACT_UP_TO {
             exact += 1;
             for (q, got) in [(0.5, w.p50), (0.95, w.p95), (0.99, w.p99)] {
-                assert_eq!(got, Some(e.sorted[(q * (e.sorted.len() - 1) as f64) as usize]), "p{} of {w:?}", q * 100.0);
+                assert_eq!(
+                    got,
+                    Some(e.sorted[(q * (e.sorted.len() - 1) as f64) as usize]),
+                    "p{} of {w:?}",
+                    q * 100.0
+                );
             }
         } else {
             sketched += 1;
         }
     }
     // Both kinds, both ways of getting too many: 200 merged (w0) and 150 in one pane (w1).
-    assert!(exact >= 5 && sketched >= 5, "{exact} exact, {sketched} sketched");
-    assert!(out.windows.iter().any(|w| w.window == "w1" && w.count == 150));
-    assert!(out.windows.iter().any(|w| w.window == "w0" && w.count == 200));
+    assert!(
+        exact >= 5 && sketched >= 5,
+        "{exact} exact, {sketched} sketched"
+    );
+    assert!(
+        out.windows
+            .iter()
+            .any(|w| w.window == "w1" && w.count == 150)
+    );
+    assert!(
+        out.windows
+            .iter()
+            .any(|w| w.window == "w0" && w.count == 200)
+    );
 }

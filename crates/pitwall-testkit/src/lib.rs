@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_listening(addr: &str, what: &str, log: &Path) {
@@ -22,14 +26,19 @@ fn wait_listening(addr: &str, what: &str, log: &Path) {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-            panic!("{what} did not listen on {addr} within 30 s; the end of its log ({}):\n{tail}", log.display());
+            panic!(
+                "{what} did not listen on {addr} within 30 s; the end of its log ({}):\n{tail}",
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{what} failed ({}):\n{}\n{}",
@@ -41,7 +50,10 @@ fn run(cmd: &mut Command, what: &str) -> Output {
 }
 
 fn stop(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -91,12 +103,17 @@ fn postgres_account() -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&"postgres")).then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+        (f.first() == Some(&"postgres"))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
     })
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
 }
 
 impl Postgres {
@@ -104,7 +121,10 @@ impl Postgres {
     pub fn start() -> Postgres {
         use std::os::unix::process::CommandExt;
         let bin = postgres_bin();
-        let dir = tempfile::Builder::new().prefix("pitwall-pg").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pitwall-pg")
+            .tempdir()
+            .unwrap();
         let account = postgres_account();
         let as_owner = |cmd: &mut Command| {
             if let Some((uid, gid)) = account {
@@ -116,7 +136,14 @@ impl Postgres {
         }
         let data = dir.path().join("data");
         let mut initdb = Command::new(bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args(["-U", "pitwall", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "pitwall",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         as_owner(&mut initdb);
         run(&mut initdb, "initdb");
         let port = free_port();
@@ -125,14 +152,26 @@ impl Postgres {
         server
             .arg("-D")
             .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
             .arg("-k")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         as_owner(&mut server);
         let child = server.spawn().expect("starting postgres");
-        let pg = Postgres { child, dir, port, bin };
+        let pg = Postgres {
+            child,
+            dir,
+            port,
+            bin,
+        };
         wait_listening(&format!("127.0.0.1:{port}"), "postgres", &log);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -145,7 +184,11 @@ impl Postgres {
             if ready {
                 break;
             }
-            assert!(Instant::now() < deadline, "postgres did not get ready (log: {})", log.display());
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not get ready (log: {})",
+                log.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         pg
@@ -166,7 +209,16 @@ impl Postgres {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = run(
             Command::new(self.bin.join("psql"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "pitwall", "-d", db])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "pitwall",
+                    "-d",
+                    db,
+                ])
                 .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql]),
             "psql",
         );
@@ -205,10 +257,12 @@ pub struct Garage {
 
 /// The garage binary: `PITWALL_GARAGE`, else where `scripts/test.sh` builds it.
 pub fn garage_binary() -> PathBuf {
-    let path = std::env::var_os("PITWALL_GARAGE").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").expect("HOME is set");
-        PathBuf::from(home).join(".cache/pitwall/garage/bin/garage")
-    });
+    let path = std::env::var_os("PITWALL_GARAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            PathBuf::from(home).join(".cache/pitwall/garage/bin/garage")
+        });
     assert!(
         path.exists(),
         "the S3 server garage is not at {}; run ./scripts/test.sh, which builds it once and caches it",
@@ -220,11 +274,16 @@ pub fn garage_binary() -> PathBuf {
 impl Garage {
     /// Starts garage and makes the bucket `pitwall` with a read-write key.
     pub fn start() -> Garage {
-        let dir = tempfile::Builder::new().prefix("pitwall-garage").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pitwall-garage")
+            .tempdir()
+            .unwrap();
         let (s3, rpc, admin) = (free_port(), free_port(), free_port());
         let config = dir.path().join("garage.toml");
         let region = "us-east-1".to_owned();
-        let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + s3 as usize) % 256)).collect();
+        let secret: String = (0..32)
+            .map(|i| format!("{:02x}", (i * 37 + s3 as usize) % 256))
+            .collect();
         std::fs::write(
             &config,
             format!(
@@ -272,18 +331,35 @@ api_bind_addr = "127.0.0.1:{admin}"
         let key = g.cli(&["key", "create", "pitwall-tests"]);
         let field = |name: &str| {
             key.lines()
-                .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_owned()))
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix(name)
+                        .map(|v| v.trim_start_matches(':').trim().to_owned())
+                })
                 .unwrap_or_else(|| panic!("no {name:?} in garage's answer:\n{key}"))
         };
         g.access_key_id = field("Key ID");
         g.secret_access_key = field("Secret key");
-        g.cli(&["bucket", "allow", "--read", "--write", "--owner", "pitwall", "--key", "pitwall-tests"]);
+        g.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            "pitwall",
+            "--key",
+            "pitwall-tests",
+        ]);
         wait_listening(&format!("127.0.0.1:{s3}"), "garage's S3 API", &log);
         g
     }
 
     fn spawn(config: &Path, log: &Path) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         Command::new(garage_binary())
             .arg("-c")
             .arg(config)
@@ -309,7 +385,13 @@ api_bind_addr = "127.0.0.1:{admin}"
 
     /// Runs a garage admin command against this server.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = run(Command::new(garage_binary()).arg("-c").arg(&self.config).args(args), "garage");
+        let out = run(
+            Command::new(garage_binary())
+                .arg("-c")
+                .arg(&self.config)
+                .args(args),
+            "garage",
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -317,7 +399,12 @@ api_bind_addr = "127.0.0.1:{admin}"
     fn cli_retrying(&self, args: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new(garage_binary()).arg("-c").arg(&self.config).args(args).output().unwrap();
+            let out = Command::new(garage_binary())
+                .arg("-c")
+                .arg(&self.config)
+                .args(args)
+                .output()
+                .unwrap();
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).into_owned();
             }
@@ -359,10 +446,12 @@ pub struct Rustberg {
 
 /// The rustberg binary: `PITWALL_RUSTBERG`, else where `scripts/test.sh` builds it.
 pub fn rustberg_binary() -> PathBuf {
-    let path = std::env::var_os("PITWALL_RUSTBERG").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").expect("HOME is set");
-        PathBuf::from(home).join(".cache/pitwall/rustberg/bin/rustberg")
-    });
+    let path = std::env::var_os("PITWALL_RUSTBERG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            PathBuf::from(home).join(".cache/pitwall/rustberg/bin/rustberg")
+        });
     assert!(
         path.exists(),
         "the Iceberg REST catalog rustberg is not at {}; run ./scripts/test.sh, which builds it once and caches it",
@@ -383,9 +472,17 @@ impl Rustberg {
     }
 
     fn start_with(garage: Option<&Garage>) -> Rustberg {
-        let dir = tempfile::Builder::new().prefix("pitwall-rustberg").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pitwall-rustberg")
+            .tempdir()
+            .unwrap();
         let port = free_port();
-        let token: String = format!("rb_{}", (0..40).map(|i| char::from(b'a' + ((i * 7 + port as usize) % 26) as u8)).collect::<String>());
+        let token: String = format!(
+            "rb_{}",
+            (0..40)
+                .map(|i| char::from(b'a' + ((i * 7 + port as usize) % 26) as u8))
+                .collect::<String>()
+        );
         std::fs::create_dir_all(dir.path().join("catalog")).unwrap();
         let (warehouse, storage) = match garage {
             Some(g) => (
@@ -397,7 +494,10 @@ impl Rustberg {
             ),
             None => {
                 std::fs::create_dir_all(dir.path().join("warehouse")).unwrap();
-                (format!("file://{}", dir.path().join("warehouse").display()), String::new())
+                (
+                    format!("file://{}", dir.path().join("warehouse").display()),
+                    String::new(),
+                )
             }
         };
         let config = dir.path().join("rustberg.toml");
@@ -453,7 +553,13 @@ fail_closed = false
         }
         let child = cmd.spawn().expect("starting rustberg");
         wait_listening(&format!("127.0.0.1:{port}"), "rustberg", &log);
-        Rustberg { child, dir, uri: format!("http://127.0.0.1:{port}"), token, warehouse }
+        Rustberg {
+            child,
+            dir,
+            uri: format!("http://127.0.0.1:{port}"),
+            token,
+            warehouse,
+        }
     }
 
     /// The server's log file.

@@ -55,10 +55,17 @@ pub struct BackfillSummary {
 
 /// `2026-01-02` or an RFC 3339 time, as ns since the epoch.
 pub fn parse_time(s: &str) -> anyhow::Result<i64> {
-    let text = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
-    let t = humantime::parse_rfc3339_weak(&text)
-        .with_context(|| format!("{s:?} is not a date (2026-01-02) or a UTC time (2026-01-02T13:00:00Z)"))?;
-    let d = t.duration_since(std::time::UNIX_EPOCH).context("times before 1970 are not supported")?;
+    let text = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_owned()
+    };
+    let t = humantime::parse_rfc3339_weak(&text).with_context(|| {
+        format!("{s:?} is not a date (2026-01-02) or a UTC time (2026-01-02T13:00:00Z)")
+    })?;
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("times before 1970 are not supported")?;
     i64::try_from(d.as_nanos()).context("time out of range")
 }
 
@@ -88,7 +95,9 @@ fn string_at(column: &dyn Array, i: usize) -> Option<String> {
 }
 
 fn column<'a>(b: &'a RecordBatch, name: &str) -> anyhow::Result<&'a dyn Array> {
-    b.column_by_name(name).map(|c| c.as_ref()).with_context(|| format!("the query gave no {name} column"))
+    b.column_by_name(name)
+        .map(|c| c.as_ref())
+        .with_context(|| format!("the query gave no {name} column"))
 }
 
 /// Runs the backfill.
@@ -104,7 +113,12 @@ pub async fn run(config: Config, options: &BackfillOptions) -> anyhow::Result<Ba
     // Plan first: the files of those days now. Whatever the stream adds after this is
     // caught at commit time, not silently replaced.
     let mut targets = vec![Fixed::Windows.ident(), Fixed::Anomalies.ident()];
-    targets.extend(lake.table_idents().await?.into_iter().filter(|t| t.to_string().starts_with("clean.")));
+    targets.extend(
+        lake.table_idents()
+            .await?
+            .into_iter()
+            .filter(|t| t.to_string().starts_with("clean.")),
+    );
     let mut planned = BTreeMap::new();
     for ident in &targets {
         planned.insert(ident.to_string(), lake.day_files(ident, &days).await?);
@@ -116,7 +130,11 @@ pub async fn run(config: Config, options: &BackfillOptions) -> anyhow::Result<Ba
         .await?;
     let mut partitions: Vec<(String, i32, u64)> = Vec::new();
     for b in &parts {
-        let (topic, partition, n) = (column(b, "topic")?, column(b, "partition")?, column(b, "n")?);
+        let (topic, partition, n) = (
+            column(b, "topic")?,
+            column(b, "partition")?,
+            column(b, "n")?,
+        );
         for i in 0..b.num_rows() {
             partitions.push((
                 string_at(topic, i).unwrap_or_default(),
@@ -126,17 +144,29 @@ pub async fn run(config: Config, options: &BackfillOptions) -> anyhow::Result<Ba
         }
     }
     let total: u64 = partitions.iter().map(|p| p.2).sum();
-    let bar = if options.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    let bar = if options.progress {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} raw rows {per_sec} ETA {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let processor_config = Arc::new(config.processor.clone());
     let mut kept = Outputs::default();
-    let mut summary = BackfillSummary { days: days.clone(), ..BackfillSummary::default() };
+    let mut summary = BackfillSummary {
+        days: days.clone(),
+        ..BackfillSummary::default()
+    };
     for (topic, partition, _) in &partitions {
         bar.set_message(format!("{topic}/{partition}"));
-        let mut processor = Processor::new(Arc::clone(&processor_config), schemas.clone(), topic, *partition as u32);
+        let mut processor = Processor::new(
+            Arc::clone(&processor_config),
+            schemas.clone(),
+            topic,
+            *partition as u32,
+        );
         let mut out = Outputs::default();
         let sql = format!(
             "SELECT \"offset\", key, CAST(ingest_time AS BIGINT) AS ingest_us, payload FROM raw.events \
@@ -144,7 +174,12 @@ pub async fn run(config: Config, options: &BackfillOptions) -> anyhow::Result<Ba
             topic.replace('\'', "''")
         );
         for b in q.sql(&sql).await? {
-            let (offset, key, ingest, payload) = (column(&b, "offset")?, column(&b, "key")?, column(&b, "ingest_us")?, column(&b, "payload")?);
+            let (offset, key, ingest, payload) = (
+                column(&b, "offset")?,
+                column(&b, "key")?,
+                column(&b, "ingest_us")?,
+                column(&b, "payload")?,
+            );
             for i in 0..b.num_rows() {
                 bar.inc(1);
                 summary.raw_rows += 1;
@@ -153,23 +188,34 @@ pub async fn run(config: Config, options: &BackfillOptions) -> anyhow::Result<Ba
                     offset: offset.as_primitive::<Int64Type>().value(i),
                     key: string_at(key, i).map(Bytes::from),
                     payload: binary_at(payload, i),
-                    timestamp: ingest.as_primitive::<Int64Type>().value(i).saturating_mul(1000),
+                    timestamp: ingest
+                        .as_primitive::<Int64Type>()
+                        .value(i)
+                        .saturating_mul(1000),
                 };
                 // Only the range (and its warm-up) goes through; rejects are not recomputed.
                 match json::decode(&msg.payload, msg.timestamp, Precision::S) {
-                    Ok(p) if p.time >= replay_from && p.time < hi => processor.process(&msg, &mut out),
+                    Ok(p) if p.time >= replay_from && p.time < hi => {
+                        processor.process(&msg, &mut out)
+                    }
                     _ => {}
                 }
             }
         }
         processor.finish(&mut out);
         let in_days = |t: i64| t >= lo && t < hi;
-        kept.clean.extend(out.clean.into_iter().filter(|p| in_days(p.time)));
-        kept.windows.extend(out.windows.into_iter().filter(|w| in_days(w.window_start)));
-        kept.anomalies.extend(out.anomalies.into_iter().filter(|a| in_days(a.time)));
+        kept.clean
+            .extend(out.clean.into_iter().filter(|p| in_days(p.time)));
+        kept.windows
+            .extend(out.windows.into_iter().filter(|w| in_days(w.window_start)));
+        kept.anomalies
+            .extend(out.anomalies.into_iter().filter(|a| in_days(a.time)));
     }
     bar.finish_and_clear();
-    let done = lake.replace_days(&days, &planned, &kept).await.context("replacing the days' partitions")?;
+    let done = lake
+        .replace_days(&days, &planned, &kept)
+        .await
+        .context("replacing the days' partitions")?;
     for (table, r) in done {
         summary.tables.insert(table, (r.removed_rows, r.added_rows));
     }

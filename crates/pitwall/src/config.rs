@@ -122,7 +122,9 @@ impl Config {
     /// Defaults, then the TOML `text` (no file, no environment), validated: what the
     /// config fuzz target feeds.
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
-        Self::extract(&Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+        Self::extract(
+            &Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
     }
 
     fn extract(figment: &Figment) -> anyhow::Result<Config> {
@@ -149,34 +151,59 @@ impl Config {
         self.processor.validate()?;
         self.kafka.validate()?;
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
-            bail!("config key bus.partitions: is {}; use 1 to 1024", self.bus.partitions);
+            bail!(
+                "config key bus.partitions: is {}; use 1 to 1024",
+                self.bus.partitions
+            );
         }
-        self.server.validate().map_err(|e| anyhow::anyhow!("config key {e}"))?;
+        self.server
+            .validate()
+            .map_err(|e| anyhow::anyhow!("config key {e}"))?;
         if self.bus.capacity == 0 {
             bail!("config key bus.capacity: is 0; a partition must hold at least one message");
         }
         if !(self.sim.speed >= 0.0 && self.sim.speed.is_finite()) {
-            bail!("config key sim.speed: is {}; use 0 (as fast as possible) or a positive factor", self.sim.speed);
+            bail!(
+                "config key sim.speed: is {}; use 0 (as fast as possible) or a positive factor",
+                self.sim.speed
+            );
         }
         if !(self.sim.corrupt_per_minute >= 0.0 && self.sim.corrupt_per_minute.is_finite()) {
-            bail!("config key sim.corrupt-per-minute: is {}; use 0 or a positive rate", self.sim.corrupt_per_minute);
+            bail!(
+                "config key sim.corrupt-per-minute: is {}; use 0 or a positive rate",
+                self.sim.corrupt_per_minute
+            );
         }
         if !(1..=20).contains(&self.sim.race.cars) {
-            bail!("config key sim.race.cars: is {}; the grid has 1 to 20 cars", self.sim.race.cars);
+            bail!(
+                "config key sim.race.cars: is {}; the grid has 1 to 20 cars",
+                self.sim.race.cars
+            );
         }
         if !(self.sim.race.hz > 0.0 && self.sim.race.hz <= 1000.0) {
-            bail!("config key sim.race.hz: is {}; use a rate above 0 and at most 1000", self.sim.race.hz);
+            bail!(
+                "config key sim.race.hz: is {}; use a rate above 0 and at most 1000",
+                self.sim.race.hz
+            );
         }
         if !(self.sim.iot.hz > 0.0 && self.sim.iot.hz <= 1000.0) {
-            bail!("config key sim.iot.hz: is {}; use a rate above 0 and at most 1000", self.sim.iot.hz);
+            bail!(
+                "config key sim.iot.hz: is {}; use a rate above 0 and at most 1000",
+                self.sim.iot.hz
+            );
         }
         if self.lake.commit_interval < Duration::from_millis(10) {
-            bail!("config key lake.commit-interval: is {:?}; use at least 10ms (default 5s)", self.lake.commit_interval);
+            bail!(
+                "config key lake.commit-interval: is {:?}; use at least 10ms (default 5s)",
+                self.lake.commit_interval
+            );
         }
         if self.lake.commit_rows == 0 {
             bail!("config key lake.commit-rows: is 0; use a positive row count");
         }
-        self.lake.validate().map_err(|e| anyhow::anyhow!("config key {e}"))?;
+        self.lake
+            .validate()
+            .map_err(|e| anyhow::anyhow!("config key {e}"))?;
         Ok(())
     }
 }

@@ -508,15 +508,31 @@ struct FixedRateArgs {
 impl FixedRateArgs {
     fn settings(self, probes: f64) -> anyhow::Result<(Config, bench::FixedRate)> {
         let lake_given = self.common.lake.data_dir.is_some() || self.common.lake.catalog.is_some();
-        let config = self.common.lake.apply(Config::load(self.common.config.as_deref())?);
+        let config = self
+            .common
+            .lake
+            .apply(Config::load(self.common.config.as_deref())?);
         config.validate()?;
-        anyhow::ensure!(self.rate >= 1.0 && self.rate.is_finite(), "--rate {}: give events per second, at least 1", self.rate);
-        anyhow::ensure!(probes > 0.0 && probes <= self.rate, "--probes {probes}: give probes per second, more than 0 and at most --rate");
+        anyhow::ensure!(
+            self.rate >= 1.0 && self.rate.is_finite(),
+            "--rate {}: give events per second, at least 1",
+            self.rate
+        );
+        anyhow::ensure!(
+            probes > 0.0 && probes <= self.rate,
+            "--probes {probes}: give probes per second, more than 0 and at most --rate"
+        );
         let transport = match self.brokers {
             Some(b) => bench::Transport::Kafka(b),
             None => bench::Transport::InProcess,
         };
-        let warmup = self.warmup.unwrap_or(Duration::from_secs(if matches!(transport, bench::Transport::Kafka(_)) { 10 } else { 5 }));
+        let warmup = self.warmup.unwrap_or(Duration::from_secs(
+            if matches!(transport, bench::Transport::Kafka(_)) {
+                10
+            } else {
+                5
+            },
+        ));
         Ok((
             config,
             bench::FixedRate {
@@ -605,7 +621,10 @@ pub fn startup() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -645,11 +664,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 c.processor.windows.len(),
                 c.processor.rules.len()
             );
-            let all = |v: &[String], what: &str| if v.is_empty() { format!("every {what}") } else { v.join(", ") };
+            let all = |v: &[String], what: &str| {
+                if v.is_empty() {
+                    format!("every {what}")
+                } else {
+                    v.join(", ")
+                }
+            };
             for w in &c.processor.windows {
                 let shape = match w.slide {
                     Some(slide) if slide != w.size => {
-                        format!("sliding {} every {}", humantime::format_duration(w.size), humantime::format_duration(slide))
+                        format!(
+                            "sliding {} every {}",
+                            humantime::format_duration(w.size),
+                            humantime::format_duration(slide)
+                        )
                     }
                     _ => format!("tumbling {}", humantime::format_duration(w.size)),
                 };
@@ -658,12 +687,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     w.name,
                     all(&w.fields, "numeric field"),
                     all(&w.measurements, "measurement"),
-                    if w.percentiles { ", with p50/p95/p99" } else { "" }
+                    if w.percentiles {
+                        ", with p50/p95/p99"
+                    } else {
+                        ""
+                    }
                 );
             }
             for r in &c.processor.rules {
                 let on = r.field().map(|f| format!("{f} of ")).unwrap_or_default();
-                println!("  rule   {:<16} {} on {on}{} ({})", r.name(), r.kind(), r.measurement(), r.severity().as_str());
+                println!(
+                    "  rule   {:<16} {} on {on}{} ({})",
+                    r.name(),
+                    r.kind(),
+                    r.measurement(),
+                    r.severity().as_str()
+                );
             }
             let p = &c.processor;
             for u in &p.units {
@@ -671,14 +710,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("  unit   {} {:?} -> {to} {:?}", u.field, u.from, u.to);
             }
             for d in &p.dimensions {
-                println!("  join   {:<16} {} on tag {}", d.name, d.file.display(), d.key);
+                println!(
+                    "  join   {:<16} {} on tag {}",
+                    d.name,
+                    d.file.display(),
+                    d.key
+                );
             }
             for l in &p.laps {
-                let what = if l.distance == pitwall_stream::DistanceKind::Total { "lap and sector" } else { "sector" };
-                println!("  derive {what} of {} from {} on the track named by tag {}", l.measurement, l.distance_field, l.track_tag);
+                let what = if l.distance == pitwall_stream::DistanceKind::Total {
+                    "lap and sector"
+                } else {
+                    "sector"
+                };
+                println!(
+                    "  derive {what} of {} from {} on the track named by tag {}",
+                    l.measurement, l.distance_field, l.track_tag
+                );
             }
             for (name, t) in &p.tracks {
-                println!("  track  {name}: {} m, {} sectors", t.length_m, t.sectors.len());
+                println!(
+                    "  track  {name}: {} m, {} sectors",
+                    t.length_m,
+                    t.sectors.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -714,7 +769,10 @@ pub(crate) fn now_ns() -> i64 {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let mut config = args.common.lake.apply(Config::load(args.common.config.as_deref())?);
+    let mut config = args
+        .common
+        .lake
+        .apply(Config::load(args.common.config.as_deref())?);
     if let Some(seed) = args.seed {
         config.sim.seed = seed;
     }
@@ -755,9 +813,17 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     ));
     eprintln!(
         "pitwall up: {} cars at {} Hz, {} sensors, speed {}x; lake: {}",
-        if config.sim.race_enabled { config.sim.race.cars } else { 0 },
+        if config.sim.race_enabled {
+            config.sim.race.cars
+        } else {
+            0
+        },
         config.sim.race.hz,
-        if config.sim.iot_enabled { config.sim.iot.sensors } else { 0 },
+        if config.sim.iot_enabled {
+            config.sim.iot.sensors
+        } else {
+            0
+        },
         config.sim.speed,
         config.lake.describe()
     );
@@ -774,7 +840,10 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(brokers) = args.brokers {
         config.kafka.brokers = brokers;
         config.validate()?;
-        eprintln!("over Kafka at {}: simulators -> {}raw -> processor group {}", config.kafka.brokers, config.bus.topic_prefix, config.kafka.group_id);
+        eprintln!(
+            "over Kafka at {}: simulators -> {}raw -> processor group {}",
+            config.kafka.brokers, config.bus.topic_prefix, config.kafka.group_id
+        );
         let started = std::time::Instant::now();
         let result = pipeline::run_on_kafka(config, run, cancel.clone(), Arc::clone(&stats)).await;
         cancel.cancel();
@@ -801,7 +870,10 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn backfill_command(args: BackfillArgs) -> anyhow::Result<ExitCode> {
-    let config = args.common.lake.apply(Config::load(args.common.config.as_deref())?);
+    let config = args
+        .common
+        .lake
+        .apply(Config::load(args.common.config.as_deref())?);
     config.validate()?;
     let options = backfill::BackfillOptions {
         from: backfill::parse_time(&args.from).context("--from")?,
@@ -811,9 +883,20 @@ async fn backfill_command(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     };
     let started = std::time::Instant::now();
     let s = backfill::run(config, &options).await?;
-    let day = |d: i32| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(d as u64 * 86_400)).to_string()[..10].to_owned();
+    let day = |d: i32| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(d as u64 * 86_400),
+        )
+        .to_string()[..10]
+            .to_owned()
+    };
     let days: Vec<String> = s.days.iter().map(|d| day(*d)).collect();
-    println!("backfilled {} from {} raw rows in {:.1}s", days.join(", "), s.raw_rows, started.elapsed().as_secs_f64());
+    println!(
+        "backfilled {} from {} raw rows in {:.1}s",
+        days.join(", "),
+        s.raw_rows,
+        started.elapsed().as_secs_f64()
+    );
     for (table, (removed, written)) in &s.tables {
         println!("  {table}: {removed} rows replaced by {written}");
     }
@@ -829,7 +912,10 @@ async fn lake_command(command: LakeCommand) -> anyhow::Result<ExitCode> {
         | LakeCommand::Maintain { target } => target,
     };
     let only = target.table.clone();
-    let config = target.common.lake.apply(Config::load(target.common.config.as_deref())?);
+    let config = target
+        .common
+        .lake
+        .apply(Config::load(target.common.config.as_deref())?);
     config.validate()?;
     let m = &config.lake.maintenance;
     let lake = pitwall_lake::Lake::open(config.lake.clone())
@@ -841,7 +927,9 @@ async fn lake_command(command: LakeCommand) -> anyhow::Result<ExitCode> {
         Some(name) => {
             let found: Vec<_> = all.into_iter().filter(|t| &t.to_string() == name).collect();
             if found.is_empty() {
-                anyhow::bail!("--table {name}: no such table; `pitwall query \"SHOW TABLES\"` lists them");
+                anyhow::bail!(
+                    "--table {name}: no such table; `pitwall query \"SHOW TABLES\"` lists them"
+                );
             }
             found
         }
@@ -851,34 +939,62 @@ async fn lake_command(command: LakeCommand) -> anyhow::Result<ExitCode> {
         let name = ident.to_string();
         let line = match &command {
             LakeCommand::Compact { target_size, .. } => {
-                let c = lake.compact(ident, target_size.unwrap_or(m.target_file_size)).await?;
+                let c = lake
+                    .compact(ident, target_size.unwrap_or(m.target_file_size))
+                    .await?;
                 c.committed.then(|| {
-                    format!("compacted {} data files ({} manifests) into {}; {} rows rewritten", c.files_before, c.manifests_before, c.files_after, c.rows_rewritten)
+                    format!(
+                        "compacted {} data files ({} manifests) into {}; {} rows rewritten",
+                        c.files_before, c.manifests_before, c.files_after, c.rows_rewritten
+                    )
                 })
             }
             LakeCommand::Expire { older_than, .. } => {
-                let x = lake.expire_snapshots(ident, older_than.unwrap_or(m.expire_after)).await?;
-                (x.snapshots > 0).then(|| format!("expired {} snapshots; deleted {} files", x.snapshots, x.files_deleted))
+                let x = lake
+                    .expire_snapshots(ident, older_than.unwrap_or(m.expire_after))
+                    .await?;
+                (x.snapshots > 0).then(|| {
+                    format!(
+                        "expired {} snapshots; deleted {} files",
+                        x.snapshots, x.files_deleted
+                    )
+                })
             }
             LakeCommand::CleanOrphans { older_than, .. } => {
-                let o = lake.clean_orphans(ident, older_than.unwrap_or(m.orphan_age)).await?;
+                let o = lake
+                    .clean_orphans(ident, older_than.unwrap_or(m.orphan_age))
+                    .await?;
                 (!o.is_empty()).then(|| format!("removed {} orphan files", o.len()))
             }
-            LakeCommand::Retention { keep, .. } => match keep.or_else(|| m.retention.get(&name).copied()) {
-                Some(keep) => {
-                    let r = lake.apply_retention(ident, keep).await?;
-                    (r.removed_files > 0).then(|| {
-                        format!("dropped {} rows in {} files older than {}", r.removed_rows, r.removed_files, humantime::format_duration(keep))
-                    })
+            LakeCommand::Retention { keep, .. } => {
+                match keep.or_else(|| m.retention.get(&name).copied()) {
+                    Some(keep) => {
+                        let r = lake.apply_retention(ident, keep).await?;
+                        (r.removed_files > 0).then(|| {
+                            format!(
+                                "dropped {} rows in {} files older than {}",
+                                r.removed_rows,
+                                r.removed_files,
+                                humantime::format_duration(keep)
+                            )
+                        })
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
             LakeCommand::Maintain { .. } => {
                 let only = pitwall_lake::MaintenanceConfig {
-                    retention: m.retention.iter().filter(|(t, _)| **t == name).map(|(t, d)| (t.clone(), *d)).collect(),
+                    retention: m
+                        .retention
+                        .iter()
+                        .filter(|(t, _)| **t == name)
+                        .map(|(t, d)| (t.clone(), *d))
+                        .collect(),
                     ..m.clone()
                 };
-                let lines = lake.maintain_tables(std::slice::from_ref(ident), &only).await?;
+                let lines = lake
+                    .maintain_tables(std::slice::from_ref(ident), &only)
+                    .await?;
                 (!lines.is_empty()).then(|| lines.join("; "))
             }
         };
@@ -895,7 +1011,10 @@ async fn lake_command(command: LakeCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let config = args.common.lake.apply(Config::load(args.common.config.as_deref())?);
+    let config = args
+        .common
+        .lake
+        .apply(Config::load(args.common.config.as_deref())?);
     if config.lake.is_embedded_catalog() && !config.lake.data_dir.join("catalog.db").exists() {
         anyhow::bail!(
             "no lake in {}: run `pitwall up` first, or pass the --data-dir it used",
@@ -904,7 +1023,9 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     }
     // The limits of the SQL API (server.query-*) hold here too: the lake may be the one
     // a running `pitwall up` writes, on the same machine.
-    let limits = config.server.query_limits(Some(config.lake.data_dir.join("tmp")));
+    let limits = config
+        .server
+        .query_limits(Some(config.lake.data_dir.join("tmp")));
     let engine = pitwall_query::Engine::new(limits)?;
     let lake = pitwall_lake::Lake::open(config.lake).await?;
     let answer = engine.read_only(&lake, &args.sql).await?;
@@ -915,7 +1036,10 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{} rows", answer.rows);
     }
     if answer.truncated {
-        eprintln!("the answer was cut at {} rows (server.query-max-rows); narrow the query or raise the limit", answer.rows);
+        eprintln!(
+            "the answer was cut at {} rows (server.query-max-rows); narrow the query or raise the limit",
+            answer.rows
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -938,7 +1062,10 @@ async fn serve_metrics(listen: Option<&str>, cancel: &CancellationToken) -> anyh
 }
 
 async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
-    let mut config = args.common.lake.apply(Config::load(args.common.config.as_deref())?);
+    let mut config = args
+        .common
+        .lake
+        .apply(Config::load(args.common.config.as_deref())?);
     if let Some(b) = args.brokers {
         config.kafka.brokers = b;
     }
@@ -947,7 +1074,10 @@ async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     }
     config.validate()?;
     let cancel = CancellationToken::new();
-    cancel_on_ctrl_c(&cancel, "stopping: committing what was processed and leaving the group");
+    cancel_on_ctrl_c(
+        &cancel,
+        "stopping: committing what was processed and leaving the group",
+    );
     cancel_after(&cancel, args.duration);
     serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
     let stats = Arc::new(pipeline::Stats::default());
@@ -995,8 +1125,12 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
             if let Some(b) = brokers {
                 config.kafka.brokers = b;
             }
-            let connections = connections.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
-            anyhow::ensure!(connections > 0 && batch > 0, "--connections and --batch must be at least 1");
+            let connections = connections
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+            anyhow::ensure!(
+                connections > 0 && batch > 0,
+                "--connections and --batch must be at least 1"
+            );
             let opts = bench::HttpWrite {
                 duration,
                 connections,
@@ -1012,7 +1146,11 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
             config.validate()?;
             bench::query(&config, runs).await?;
         }
-        BenchScenario::Codec { points, runs, config } => {
+        BenchScenario::Codec {
+            points,
+            runs,
+            config,
+        } => {
             anyhow::ensure!(points > 0, "--points must be at least 1");
             bench::codec(&Config::load(config.as_deref())?, points, runs)?;
         }
@@ -1040,7 +1178,10 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
             let lake_given = common.lake.data_dir.is_some() || common.lake.catalog.is_some();
             let config = common.lake.apply(Config::load(common.config.as_deref())?);
             config.validate()?;
-            anyhow::ensure!(runs == 1 || common.lake.catalog.is_none(), "--runs {runs} with --catalog: every run needs an empty lake; give one run per catalog");
+            anyhow::ensure!(
+                runs == 1 || common.lake.catalog.is_none(),
+                "--runs {runs} with --catalog: every run needs an empty lake; give one run per catalog"
+            );
             let opts = bench::ProcessBench {
                 sim_duration,
                 runs,
@@ -1054,7 +1195,11 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
             let (config, opts) = fixed.settings(probes)?;
             bench::latency(&config, &opts).await?;
         }
-        BenchScenario::Freshness { fixed, probes, poll } => {
+        BenchScenario::Freshness {
+            fixed,
+            probes,
+            poll,
+        } => {
             let (config, opts) = fixed.settings(probes)?;
             bench::freshness(&config, &opts, poll).await?;
         }
@@ -1068,8 +1213,14 @@ async fn bench_command(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
         } => {
             let config = common.lake.apply(Config::load(common.config.as_deref())?);
             config.validate()?;
-            anyhow::ensure!(speed >= 0.0 && speed.is_finite(), "--speed {speed}: give a factor of real time, or 0 for as fast as possible");
-            anyhow::ensure!(!commit_every.is_zero(), "--commit-every 0s: give the simulated time between commits, e.g. 5s");
+            anyhow::ensure!(
+                speed >= 0.0 && speed.is_finite(),
+                "--speed {speed}: give a factor of real time, or 0 for as fast as possible"
+            );
+            anyhow::ensure!(
+                !commit_every.is_zero(),
+                "--commit-every 0s: give the simulated time between commits, e.g. 5s"
+            );
             let opts = bench::LakeBench {
                 sim_duration,
                 speed,
@@ -1096,12 +1247,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let sink = Arc::new(pipeline::KafkaWriteSink::new(&config.kafka, &topics.raw)?);
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(&cancel, "stopping: finishing the writes in flight");
-    eprintln!("pitwall serve: writes go to {} at {}", topics.raw, config.kafka.brokers);
+    eprintln!(
+        "pitwall serve: writes go to {} at {}",
+        topics.raw, config.kafka.brokers
+    );
     let lake = pipeline::open_lake(&config).await?;
     let live = pitwall_server::LiveHub::default();
     pipeline::feed_live_from_kafka(&config, &topics, &live, &cancel)?;
     // serve commits nothing; its /health reports the server alone.
-    let server = pipeline::start_server(&config.server, &config, sink, Some(lake), live, pitwall_server::Health::default(), cancel.clone()).await?;
+    let server = pipeline::start_server(
+        &config.server,
+        &config,
+        sink,
+        Some(lake),
+        live,
+        pitwall_server::Health::default(),
+        cancel.clone(),
+    )
+    .await?;
     server.await??;
     Ok(ExitCode::SUCCESS)
 }
@@ -1122,7 +1285,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let topics = pipeline::ensure_topics(&config).await?;
     let mut sink = pipeline::KafkaSink::new(&config.kafka, &topics.raw)?;
     let cancel = CancellationToken::new();
-    cancel_on_ctrl_c(&cancel, "stopping: waiting for the brokers to acknowledge what was sent");
+    cancel_on_ctrl_c(
+        &cancel,
+        "stopping: waiting for the brokers to acknowledge what was sent",
+    );
     cancel_after(&cancel, args.duration);
     serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
     let stats = Arc::new(pipeline::Stats::default());
@@ -1152,8 +1318,16 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     };
     eprintln!(
         "pitwall ingest: {} cars, {} sensors, speed {}x -> {} on {}",
-        if config.sim.race_enabled { config.sim.race.cars } else { 0 },
-        if config.sim.iot_enabled { config.sim.iot.sensors } else { 0 },
+        if config.sim.race_enabled {
+            config.sim.race.cars
+        } else {
+            0
+        },
+        if config.sim.iot_enabled {
+            config.sim.iot.sensors
+        } else {
+            0
+        },
         config.sim.speed,
         topics.raw,
         config.kafka.brokers
@@ -1186,7 +1360,10 @@ async fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         config.kafka.brokers = b;
     }
     if !(args.speed >= 0.0 && args.speed.is_finite()) {
-        anyhow::bail!("--speed is {}; use 0 (as fast as possible) or a positive factor", args.speed);
+        anyhow::bail!(
+            "--speed is {}; use 0 (as fast as possible) or a positive factor",
+            args.speed
+        );
     }
     let opts = replay::ReplayOptions {
         path: args.path,
@@ -1197,7 +1374,10 @@ async fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         precision: args.precision,
     };
     let cancel = CancellationToken::new();
-    cancel_on_ctrl_c(&cancel, "stopping: waiting for the brokers to acknowledge what was sent");
+    cancel_on_ctrl_c(
+        &cancel,
+        "stopping: waiting for the brokers to acknowledge what was sent",
+    );
     serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
     let summary = replay::replay(&config, &opts, cancel).await?;
     eprintln!("{}", replay::describe(&summary));
@@ -1205,8 +1385,8 @@ async fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
     use pitwall_sim::Simulator;
+    use std::io::Write;
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(seed) = args.seed {
         config.sim.seed = seed;

@@ -15,11 +15,20 @@ pub(crate) fn export(stats: &Arc<Stats>) {
     pitwall_server::metrics::install();
     let weak = Arc::downgrade(stats);
     pitwall_server::metrics::on_scrape(move || {
-        let Some(s) = weak.upgrade() else { return false };
+        let Some(s) = weak.upgrade() else {
+            return false;
+        };
         counter!("pitwall_events_in_total", "stage" => "ingest").absolute(s.produced.load(Relaxed));
-        counter!("pitwall_events_in_total", "stage" => "process").absolute(s.processed.load(Relaxed));
-        for (stream, c) in [("clean", &s.clean), ("windows", &s.windows), ("anomalies", &s.anomalies), ("late", &s.late)] {
-            counter!("pitwall_events_out_total", "stage" => "process", "stream" => stream).absolute(c.load(Relaxed));
+        counter!("pitwall_events_in_total", "stage" => "process")
+            .absolute(s.processed.load(Relaxed));
+        for (stream, c) in [
+            ("clean", &s.clean),
+            ("windows", &s.windows),
+            ("anomalies", &s.anomalies),
+            ("late", &s.late),
+        ] {
+            counter!("pitwall_events_out_total", "stage" => "process", "stream" => stream)
+                .absolute(c.load(Relaxed));
         }
         true
     });
@@ -59,7 +68,8 @@ pub(crate) fn partition(topic: &str, partition: u32, lag: Option<i64>, watermark
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        gauge!("pitwall_watermark_lag_seconds", "partition" => p).set((now - watermark_ns) as f64 / 1e9);
+        gauge!("pitwall_watermark_lag_seconds", "partition" => p)
+            .set((now - watermark_ns) as f64 / 1e9);
     }
 }
 

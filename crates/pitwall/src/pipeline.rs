@@ -125,7 +125,12 @@ impl pitwall_server::Sink for KafkaWriteSink {
             let failed = |e: pitwall_bus::Error| pitwall_server::SinkError::Failed(e.to_string());
             let mut acks = Vec::with_capacity(messages.len());
             for m in &messages {
-                acks.push(self.producer.enqueue(m.key.as_deref(), &m.payload, m.time).await.map_err(failed)?);
+                acks.push(
+                    self.producer
+                        .enqueue(m.key.as_deref(), &m.payload, m.time)
+                        .await
+                        .map_err(failed)?,
+                );
             }
             for ack in acks {
                 ack.await.map_err(failed)?;
@@ -161,11 +166,21 @@ pub(crate) async fn start_server(
         .await
         .map_err(|e| anyhow::anyhow!("{e}; pass --listen HOST:PORT (or set server.listen)"))?;
     let addr = bound.local_addr();
-    let auth = if server.all_tokens().is_empty() { "no token needed" } else { "token required" };
-    eprintln!("dashboard on http://{addr}/ ({auth}); SQL /api/v1/query, live feed /api/v1/live, metrics /metrics");
-    eprintln!("write API on http://{addr}: InfluxDB v2 /api/v2/write, v1 /write, Telegraf JSON /api/v1/telegraf");
+    let auth = if server.all_tokens().is_empty() {
+        "no token needed"
+    } else {
+        "token required"
+    };
+    eprintln!(
+        "dashboard on http://{addr}/ ({auth}); SQL /api/v1/query, live feed /api/v1/live, metrics /metrics"
+    );
+    eprintln!(
+        "write API on http://{addr}: InfluxDB v2 /api/v2/write, v1 /write, Telegraf JSON /api/v1/telegraf"
+    );
     tracing::info!(%addr, "write API listening");
-    Ok(tokio::spawn(bound.run(async move { stop.cancelled().await })))
+    Ok(tokio::spawn(
+        bound.run(async move { stop.cancelled().await }),
+    ))
 }
 
 /// The output topics the live feed follows, with their streams.
@@ -180,7 +195,11 @@ fn live_topics(topics: &Topics) -> [(&String, pitwall_server::LiveStream); 3] {
 
 /// Forwards the clean, metrics and anomalies topics of the in-process bus to the live
 /// feed, until the topics end.
-fn feed_live(bus: &InProcessBus, topics: &Topics, live: &pitwall_server::LiveHub) -> anyhow::Result<()> {
+fn feed_live(
+    bus: &InProcessBus,
+    topics: &Topics,
+    live: &pitwall_server::LiveHub,
+) -> anyhow::Result<()> {
     for (topic, stream) in live_topics(topics) {
         for mut consumer in bus.subscribe(topic)? {
             let live = live.clone();
@@ -200,11 +219,23 @@ fn feed_live(bus: &InProcessBus, topics: &Topics, live: &pitwall_server::LiveHub
 /// Follows the clean, metrics and anomalies topics on Kafka into the live feed, from
 /// their ends, until `cancel`: each in a group of its own (`GROUP-live-PID-TOPIC`)
 /// that commits nothing, so it takes nothing from the processors' group.
-pub(crate) fn feed_live_from_kafka(config: &Config, topics: &Topics, live: &pitwall_server::LiveHub, cancel: &CancellationToken) -> anyhow::Result<()> {
+pub(crate) fn feed_live_from_kafka(
+    config: &Config,
+    topics: &Topics,
+    live: &pitwall_server::LiveHub,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     for (topic, stream) in live_topics(topics) {
         let mut kafka = config.kafka.clone();
-        kafka.group_id = format!("{}-live-{}-{}", config.kafka.group_id, std::process::id(), stream.name());
-        kafka.properties.insert("auto.offset.reset".into(), "latest".into());
+        kafka.group_id = format!(
+            "{}-live-{}-{}",
+            config.kafka.group_id,
+            std::process::id(),
+            stream.name()
+        );
+        kafka
+            .properties
+            .insert("auto.offset.reset".into(), "latest".into());
         let consumer = pitwall_bus::kafka::KafkaConsumer::subscribe(&kafka, &[topic.as_str()])?;
         let (live, cancel) = (live.clone(), cancel.clone());
         tokio::spawn(async move {
@@ -256,24 +287,41 @@ pub struct Summary {
 pub fn simulators(config: &Config, start_time: i64) -> Mixed {
     let mut sims: Vec<Box<dyn Simulator>> = Vec::new();
     if config.sim.race_enabled {
-        sims.push(Box::new(Race::new(config.sim.race.clone(), config.sim.seed, start_time)));
+        sims.push(Box::new(Race::new(
+            config.sim.race.clone(),
+            config.sim.seed,
+            start_time,
+        )));
     }
     if config.sim.iot_enabled {
-        sims.push(Box::new(Fleet::new(config.sim.iot.clone(), config.sim.seed, start_time)));
+        sims.push(Box::new(Fleet::new(
+            config.sim.iot.clone(),
+            config.sim.seed,
+            start_time,
+        )));
     }
     Mixed::new(sims)
 }
 
 /// The source id of a simulated point (the bus key).
-pub(crate) fn source_key(config: &pitwall_stream::ProcessorConfig, p: &pitwall_core::Point) -> Option<Bytes> {
-    config.source_id(p).map(|s| Bytes::copy_from_slice(s.as_bytes()))
+pub(crate) fn source_key(
+    config: &pitwall_stream::ProcessorConfig,
+    p: &pitwall_core::Point,
+) -> Option<Bytes> {
+    config
+        .source_id(p)
+        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
 }
 
 /// Runs the lake's maintenance (compaction, expiry, orphans, retention) every
 /// `lake.maintenance.interval` until `cancel`; nothing when the interval is zero. A run
 /// cut short by `cancel` leaves at most unreferenced files, which a later run removes.
 /// The task stops when the returned guard is dropped.
-pub(crate) fn spawn_maintenance(lake: &Lake, config: &Config, cancel: &CancellationToken) -> MaintenanceTask {
+pub(crate) fn spawn_maintenance(
+    lake: &Lake,
+    config: &Config,
+    cancel: &CancellationToken,
+) -> MaintenanceTask {
     let m = config.lake.maintenance.clone();
     if m.interval.is_zero() {
         return MaintenanceTask(None);
@@ -420,16 +468,26 @@ pub async fn run_on_bus(
     let (out_tx, out_rx) = Handoff::new();
     // Continue the offsets the lake has recorded, so every commit's claim holds. (The
     // in-process bus keeps nothing between runs, so there is nothing to replay.)
-    let progress = lake.committed_progress().await.context("reading the lake's committed offsets")?;
+    let progress = lake
+        .committed_progress()
+        .await
+        .context("reading the lake's committed offsets")?;
     let mut lake_writer_state = LakeWriter::with_progress(lake.clone(), &progress);
     for consumer in &consumers {
         let key = partition_key(&topics.raw, consumer.partition);
         let plan = pitwall_lake::ResumePlan::from_lake(&progress, &key);
-        bus.resume(&topics.raw, consumer.partition, plan.frontier).await?;
+        bus.resume(&topics.raw, consumer.partition, plan.frontier)
+            .await?;
         lake_writer_state.assign(&key, &plan);
     }
     let writer = tokio::spawn(
-        lake_writer(lake_writer_state, out_rx, Arc::clone(&stats), config.lake.commit_rows.saturating_mul(4)).instrument(tracing::info_span!("lake-writer")),
+        lake_writer(
+            lake_writer_state,
+            out_rx,
+            Arc::clone(&stats),
+            config.lake.commit_rows.saturating_mul(4),
+        )
+        .instrument(tracing::info_span!("lake-writer")),
     );
     let mut processors = Vec::new();
     for consumer in consumers {
@@ -442,8 +500,15 @@ pub async fn run_on_bus(
         let span = tracing::info_span!("processor", partition = consumer.partition);
         let publisher = Publisher::new(&bus, &topics, Arc::clone(&processor_config))?;
         processors.push(tokio::spawn(
-            process_partition(p, consumer, publisher, out_tx.clone(), Arc::clone(&stats), processor_config.idle_timeout)
-                .instrument(span),
+            process_partition(
+                p,
+                consumer,
+                publisher,
+                out_tx.clone(),
+                Arc::clone(&stats),
+                processor_config.idle_timeout,
+            )
+            .instrument(span),
         ));
     }
     drop(out_tx);
@@ -457,7 +522,18 @@ pub async fn run_on_bus(
             });
             let live = pitwall_server::LiveHub::default();
             feed_live(&bus, &topics, &live)?;
-            Some(start_server(s, &config, sink, Some((lake.clone(), schemas.clone())), live, stats.health.clone(), stop_server.clone()).await?)
+            Some(
+                start_server(
+                    s,
+                    &config,
+                    sink,
+                    Some((lake.clone(), schemas.clone())),
+                    live,
+                    stats.health.clone(),
+                    stop_server.clone(),
+                )
+                .await?,
+            )
         }
         None => None,
     };
@@ -520,7 +596,12 @@ pub async fn run_on_bus(
 /// ingest`) while the processor reads it in the consumer group (as `pitwall process`),
 /// until `cancel`. What was processed is committed; what was sent but not processed
 /// waits in Kafka for the next run.
-pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
+pub async fn run_on_kafka(
+    config: Config,
+    run: SimRun,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+) -> anyhow::Result<()> {
     let topics = ensure_topics(&config).await?;
     let server = match &run.serve {
         Some(s) => {
@@ -528,7 +609,18 @@ pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken
             let (lake, schemas) = open_lake(&config).await?;
             let live = pitwall_server::LiveHub::default();
             feed_live_from_kafka(&config, &topics, &live, &cancel)?;
-            Some(start_server(s, &config, sink, Some((lake, schemas)), live, stats.health.clone(), cancel.clone()).await?)
+            Some(
+                start_server(
+                    s,
+                    &config,
+                    sink,
+                    Some((lake, schemas)),
+                    live,
+                    stats.health.clone(),
+                    cancel.clone(),
+                )
+                .await?,
+            )
         }
         None => None,
     };
@@ -541,7 +633,13 @@ pub async fn run_on_kafka(config: Config, run: SimRun, cancel: CancellationToken
             sink.finish().await
         })
     };
-    let processed = crate::process::run(config, crate::process::ProcessOptions::default(), cancel.clone(), stats).await;
+    let processed = crate::process::run(
+        config,
+        crate::process::ProcessOptions::default(),
+        cancel.clone(),
+        stats,
+    )
+    .await;
     cancel.cancel();
     producer.await.context("the simulator task panicked")??;
     if let Some(server) = server {
@@ -589,7 +687,9 @@ impl KafkaSink {
 
 impl RawSink for KafkaSink {
     async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> anyhow::Result<()> {
-        self.publisher.publish(&self.topic, key.as_deref(), &payload, time).await?;
+        self.publisher
+            .publish(&self.topic, key.as_deref(), &payload, time)
+            .await?;
         if self.publisher.in_flight() > 50_000 {
             self.publisher.delivered_down_to(25_000).await?;
         }
@@ -606,9 +706,10 @@ pub async fn produce<S: RawSink>(
     cancel: &CancellationToken,
     stats: &Stats,
 ) -> anyhow::Result<()> {
-    let end_time = run
-        .sim_duration
-        .map(|d| run.start_time.saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)));
+    let end_time = run.sim_duration.map(|d| {
+        run.start_time
+            .saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    });
     let speed = config.sim.speed;
     let wall_start = Instant::now();
     let mut points = Vec::new();
@@ -643,7 +744,11 @@ pub async fn produce<S: RawSink>(
                 json::encode_into(p, &mut payload)?;
             }
             // The simulator is the producer: the message timestamp is the event time.
-            let send = producer.send(source_key(&config.processor, p), Bytes::copy_from_slice(&payload), p.time);
+            let send = producer.send(
+                source_key(&config.processor, p),
+                Bytes::copy_from_slice(&payload),
+                p.time,
+            );
             tokio::select! {
                 r = send => { r?; }
                 () = cancel.cancelled() => return Ok(()),
@@ -663,8 +768,15 @@ struct Corrupter {
 impl Corrupter {
     fn new(config: &Config) -> Self {
         let per_minute = |n: usize, hz: f64, on: bool| if on { n as f64 * hz * 60.0 } else { 0.0 };
-        let events_per_minute = per_minute(config.sim.race.cars, config.sim.race.hz, config.sim.race_enabled)
-            + per_minute(config.sim.iot.sensors, config.sim.iot.hz, config.sim.iot_enabled);
+        let events_per_minute = per_minute(
+            config.sim.race.cars,
+            config.sim.race.hz,
+            config.sim.race_enabled,
+        ) + per_minute(
+            config.sim.iot.sensors,
+            config.sim.iot.hz,
+            config.sim.iot_enabled,
+        );
         Corrupter {
             chance: config.sim.corrupt_per_minute / events_per_minute.max(1.0),
             rng: ChaCha8Rng::seed_from_u64(config.sim.seed ^ 0x00c0_ffee),
@@ -692,7 +804,9 @@ impl Corrupter {
                 q.time /= 1_000_000_000;
                 let _ = json::encode_into(&q, out);
             }
-            _ => out.extend_from_slice(format!("{} at {}: sensor offline", q.measurement, q.time).as_bytes()),
+            _ => out.extend_from_slice(
+                format!("{} at {}: sensor offline", q.measurement, q.time).as_bytes(),
+            ),
         }
         true
     }
@@ -730,12 +844,21 @@ struct EncodedMessage {
 impl EncodedMessage {
     /// Where its key and its payload are in the buffer.
     fn ranges(&self) -> (Option<std::ops::Range<usize>>, std::ops::Range<usize>) {
-        (self.key_end.map(|e| self.start..e), self.key_end.unwrap_or(self.start)..self.end)
+        (
+            self.key_end.map(|e| self.start..e),
+            self.key_end.unwrap_or(self.start)..self.end,
+        )
     }
 }
 
 impl Encoded {
-    fn push(&mut self, stream: OutputStream, key: Option<&str>, time: i64, write: impl FnOnce(&mut Vec<u8>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn push(
+        &mut self,
+        stream: OutputStream,
+        key: Option<&str>,
+        time: i64,
+        write: impl FnOnce(&mut Vec<u8>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let start = self.bytes.len();
         let key_end = key.map(|k| {
             self.bytes.extend_from_slice(k.as_bytes());
@@ -759,7 +882,12 @@ impl Encoded {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (OutputStream, Option<&[u8]>, &[u8], i64)> {
         self.messages.iter().map(|m| {
             let (key, payload) = m.ranges();
-            (m.stream, key.map(|k| &self.bytes[k]), &self.bytes[payload], m.time)
+            (
+                m.stream,
+                key.map(|k| &self.bytes[k]),
+                &self.bytes[payload],
+                m.time,
+            )
         })
     }
 
@@ -768,7 +896,12 @@ impl Encoded {
         let bytes = Bytes::from(self.bytes);
         self.messages.into_iter().map(move |m| {
             let (key, payload) = m.ranges();
-            (m.stream, key.map(|k| bytes.slice(k)), bytes.slice(payload), m.time)
+            (
+                m.stream,
+                key.map(|k| bytes.slice(k)),
+                bytes.slice(payload),
+                m.time,
+            )
         })
     }
 
@@ -789,15 +922,22 @@ pub(crate) fn encode_outputs(
 ) -> anyhow::Result<()> {
     if want(OutputStream::Clean) {
         for p in &o.clean {
-            out.push(OutputStream::Clean, config.source_id(p), p.time, |buf| Ok(json::encode_into(p, buf)?))?;
+            out.push(OutputStream::Clean, config.source_id(p), p.time, |buf| {
+                Ok(json::encode_into(p, buf)?)
+            })?;
         }
     }
     if want(OutputStream::Metrics) {
         for w in &o.windows {
-            out.push(OutputStream::Metrics, Some(&w.source_id), w.window_end, |buf| {
-                w.write_json(buf);
-                Ok(())
-            })?;
+            out.push(
+                OutputStream::Metrics,
+                Some(&w.source_id),
+                w.window_end,
+                |buf| {
+                    w.write_json(buf);
+                    Ok(())
+                },
+            )?;
         }
     }
     if want(OutputStream::Anomalies) {
@@ -839,7 +979,11 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn new(bus: &InProcessBus, topics: &Topics, config: Arc<pitwall_stream::ProcessorConfig>) -> anyhow::Result<Self> {
+    fn new(
+        bus: &InProcessBus,
+        topics: &Topics,
+        config: Arc<pitwall_stream::ProcessorConfig>,
+    ) -> anyhow::Result<Self> {
         Ok(Publisher {
             clean: bus.producer(&topics.clean)?,
             metrics: bus.producer(&topics.metrics)?,
@@ -862,7 +1006,12 @@ impl Publisher {
 
     async fn publish(&self, o: &Outputs) -> anyhow::Result<()> {
         let mut encoded = Encoded::default();
-        encode_outputs(o, &self.config, |s| self.producer(s).has_consumer(), &mut encoded)?;
+        encode_outputs(
+            o,
+            &self.config,
+            |s| self.producer(s).has_consumer(),
+            &mut encoded,
+        )?;
         for (s, key, payload, time) in encoded.into_shared() {
             self.producer(s).send(key, payload, time).await?;
         }
@@ -883,7 +1032,12 @@ pub(crate) fn split_partition_key(key: &str) -> Option<(&str, u32)> {
 
 /// Outputs of one partition for the lake writer, with the processor's checkpoint after
 /// them and the share of the hand-off's row budget they hold until the writer takes them.
-type Batch = (String, Outputs, pitwall_stream::Checkpoint, tokio::sync::OwnedSemaphorePermit);
+type Batch = (
+    String,
+    Outputs,
+    pitwall_stream::Checkpoint,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// Rows handed from the processors to the lake writer that it has not yet taken into its
 /// buffer. Roomy, so processors go on (and anomalies go out) while the writer commits;
@@ -903,17 +1057,31 @@ impl Handoff {
     fn new() -> (Handoff, mpsc::Receiver<Batch>) {
         // Many small batches (a few events each at low rates) fit as well.
         let (tx, rx) = mpsc::channel(4096);
-        (Handoff { tx, budget: Arc::new(tokio::sync::Semaphore::new(HANDOFF_ROWS)) }, rx)
+        (
+            Handoff {
+                tx,
+                budget: Arc::new(tokio::sync::Semaphore::new(HANDOFF_ROWS)),
+            },
+            rx,
+        )
     }
 
     /// Waits for room, then hands `outputs` over; false if the writer has stopped.
-    async fn send(&self, key: String, outputs: Outputs, checkpoint: pitwall_stream::Checkpoint) -> bool {
+    async fn send(
+        &self,
+        key: String,
+        outputs: Outputs,
+        checkpoint: pitwall_stream::Checkpoint,
+    ) -> bool {
         // A batch larger than the whole budget takes all of it.
         let rows = u32::try_from(outputs.len().clamp(1, HANDOFF_ROWS)).unwrap_or(u32::MAX);
         let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(rows).await else {
             return false;
         };
-        self.tx.send((key, outputs, checkpoint, permit)).await.is_ok()
+        self.tx
+            .send((key, outputs, checkpoint, permit))
+            .await
+            .is_ok()
     }
 }
 
@@ -946,7 +1114,8 @@ async fn process_partition(
                         let mut outputs = Outputs::default();
                         processor.tick(time, &mut outputs);
                         if !outputs.is_empty() {
-                            hand_over(&processor, next, outputs, &key, &publisher, &out, &stats).await?;
+                            hand_over(&processor, next, outputs, &key, &publisher, &out, &stats)
+                                .await?;
                         }
                     }
                     continue;
@@ -969,7 +1138,12 @@ async fn process_partition(
             next = m.offset + 1;
         }
         stats.processed.fetch_add(n as u64, Ordering::Relaxed);
-        crate::metrics::partition(processor.topic(), processor.partition(), Some(consumer.pending() as i64), processor.watermark());
+        crate::metrics::partition(
+            processor.topic(),
+            processor.partition(),
+            Some(consumer.pending() as i64),
+            processor.watermark(),
+        );
         hand_over(&processor, next, outputs, &key, &publisher, &out, &stats).await?;
     }
 }
@@ -987,21 +1161,37 @@ async fn hand_over(
 ) -> anyhow::Result<()> {
     count(stats, &outputs);
     publisher.publish(&outputs).await?;
-    if !out.send(key.to_owned(), outputs, processor.checkpoint(next)).await {
-        anyhow::bail!("the lake writer stopped; partition {} cannot hand over its output", processor.partition());
+    if !out
+        .send(key.to_owned(), outputs, processor.checkpoint(next))
+        .await
+    {
+        anyhow::bail!(
+            "the lake writer stopped; partition {} cannot hand over its output",
+            processor.partition()
+        );
     }
     Ok(())
 }
 
 pub(crate) fn count(stats: &Stats, o: &Outputs) {
     // Episodes started; their end rows are not more anomalies.
-    let started = o.anomalies.iter().filter(|a| a.phase == pitwall_core::record::Phase::Start).count();
+    let started = o
+        .anomalies
+        .iter()
+        .filter(|a| a.phase == pitwall_core::record::Phase::Start)
+        .count();
     stats.anomalies.fetch_add(started as u64, Ordering::Relaxed);
-    stats.rejects.fetch_add(o.rejects.len() as u64, Ordering::Relaxed);
-    stats.clean.fetch_add(o.clean.len() as u64, Ordering::Relaxed);
+    stats
+        .rejects
+        .fetch_add(o.rejects.len() as u64, Ordering::Relaxed);
+    stats
+        .clean
+        .fetch_add(o.clean.len() as u64, Ordering::Relaxed);
     crate::metrics::rejects(o.rejects.iter().map(|r| r.reason.as_str()));
     stats.late.fetch_add(o.late.len() as u64, Ordering::Relaxed);
-    stats.windows.fetch_add(o.windows.len() as u64, Ordering::Relaxed);
+    stats
+        .windows
+        .fetch_add(o.windows.len() as u64, Ordering::Relaxed);
     if o.duplicates > 0 {
         stats.duplicates.fetch_add(o.duplicates, Ordering::Relaxed);
         ::metrics::counter!("pitwall_duplicates_total").increment(o.duplicates);
@@ -1014,7 +1204,12 @@ pub(crate) fn count(stats: &Stats, o: &Outputs) {
 /// `/health` and the status line say so, and once `max_buffered` rows wait the writer
 /// takes nothing more, so the hand-off fills, the processors wait and the bus pushes
 /// back on writers (503) instead of memory growing.
-async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stats: Arc<Stats>, max_buffered: usize) -> anyhow::Result<()> {
+async fn lake_writer(
+    mut writer: LakeWriter,
+    mut rx: mpsc::Receiver<Batch>,
+    stats: Arc<Stats>,
+    max_buffered: usize,
+) -> anyhow::Result<()> {
     let mut failures = 0u32;
     let mut retry_at = Instant::now();
     loop {
@@ -1032,11 +1227,17 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stat
         match next {
             // The rows leave the hand-off's budget once in the writer's buffer (which
             // its commit_rows bounds).
-            Some(Some((key, outputs, checkpoint, _permit))) => writer.append(&key, outputs, checkpoint),
+            Some(Some((key, outputs, checkpoint, _permit))) => {
+                writer.append(&key, outputs, checkpoint)
+            }
             Some(None) => {}
             None => break,
         }
-        let due = if failures > 0 { Instant::now() >= retry_at } else { writer.due() };
+        let due = if failures > 0 {
+            Instant::now() >= retry_at
+        } else {
+            writer.due()
+        };
         if due {
             match commit(&mut writer, &stats).await {
                 Ok(()) => {
@@ -1070,7 +1271,9 @@ async fn lake_writer(mut writer: LakeWriter, mut rx: mpsc::Receiver<Batch>, stat
                 tracing::warn!(error = %e, attempt, "final lake commit failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
-            Err(e) => return Err(e.context("the final lake commit failed; the rows were not saved")),
+            Err(e) => {
+                return Err(e.context("the final lake commit failed; the rows were not saved"));
+            }
         }
     }
     Ok(())
@@ -1082,7 +1285,8 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The wait before the next try after `failures` failed commits in a row: 0.5 s,
 /// doubling, at most [`MAX_BACKOFF`].
 pub(crate) fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(500u64.saturating_mul(1 << failures.saturating_sub(1).min(10))).min(MAX_BACKOFF)
+    Duration::from_millis(500u64.saturating_mul(1 << failures.saturating_sub(1).min(10)))
+        .min(MAX_BACKOFF)
 }
 
 async fn commit(writer: &mut LakeWriter, stats: &Stats) -> anyhow::Result<()> {
@@ -1095,12 +1299,24 @@ async fn commit(writer: &mut LakeWriter, stats: &Stats) -> anyhow::Result<()> {
 /// Counts a finished commit in `stats`.
 pub(crate) fn record_commit(stats: &Stats, s: &pitwall_lake::CommitStats, took: Duration) {
     crate::metrics::commit(s, took);
-    stats.rows_committed.fetch_add(s.total_rows() as u64, Ordering::Relaxed);
-    let clean: usize = s.rows.iter().filter(|(k, _)| k.starts_with("clean.")).map(|(_, v)| v).sum();
-    stats.clean_committed.fetch_add(clean as u64, Ordering::Relaxed);
+    stats
+        .rows_committed
+        .fetch_add(s.total_rows() as u64, Ordering::Relaxed);
+    let clean: usize = s
+        .rows
+        .iter()
+        .filter(|(k, _)| k.starts_with("clean."))
+        .map(|(_, v)| v)
+        .sum();
+    stats
+        .clean_committed
+        .fetch_add(clean as u64, Ordering::Relaxed);
     if s.total_rows() > 0 {
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        let mut times = stats.commit_seconds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut times = stats
+            .commit_seconds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if times.len() < 100_000 {
             times.push(took.as_secs_f64());
         }

@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::pipeline::{
-    Encoded, OutputStream, Stats, encode_outputs, ensure_topics, open_lake, partition_key, record_commit, split_partition_key,
+    Encoded, OutputStream, Stats, encode_outputs, ensure_topics, open_lake, partition_key,
+    record_commit, split_partition_key,
 };
 
 /// How long a member may hold no partition, alone in its group, before it rejoins.
@@ -87,9 +88,13 @@ impl Part {
     }
 }
 
-
 /// Runs the processor until `cancel` (or idle, if asked), then commits what it has.
-pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationToken, stats: Arc<Stats>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    options: ProcessOptions,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+) -> anyhow::Result<()> {
     let topics = ensure_topics(&config).await?;
     let (lake, schemas) = open_lake(&config).await?;
     let _maintenance = crate::pipeline::spawn_maintenance(&lake, &config, &cancel);
@@ -98,7 +103,11 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
         .context("reading the lake's committed offsets")?;
     let plans: Arc<Mutex<HashMap<String, ResumePlan>>> = Arc::default();
     let hook: StartHook = {
-        let (lake, plans, handle) = (lake.clone(), Arc::clone(&plans), tokio::runtime::Handle::current());
+        let (lake, plans, handle) = (
+            lake.clone(),
+            Arc::clone(&plans),
+            tokio::runtime::Handle::current(),
+        );
         Arc::new(move |topic: &str, partition: u32| {
             let key = partition_key(topic, partition);
             let plan = tokio::task::block_in_place(|| handle.block_on(lake.resume_plan(&key)))
@@ -111,7 +120,10 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
                 behind = ?plan.suppress,
                 "taking up the partition from the lake"
             );
-            plans.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, plan);
+            plans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key, plan);
             Ok(start)
         })
     };
@@ -276,7 +288,16 @@ pub async fn run(config: Config, options: ProcessOptions, cancel: CancellationTo
     // Stopping: commit what was processed (open windows stay open; the next owner
     // rebuilds them from the lake's progress).
     if result.is_ok() {
-        hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats, &mut encoded).await?;
+        hand_over(
+            &mut parts,
+            &mut writer,
+            &publisher,
+            &topics,
+            &processor_config,
+            &stats,
+            &mut encoded,
+        )
+        .await?;
         if let Some(done) = in_flight.take()
             && let Err(e) = land(done, &mut writer, &consumer, &stats, &topics).await?
         {
@@ -316,7 +337,9 @@ fn take_message(
     if !is_tick {
         *last_message = now;
     }
-    let Some(part) = parts.get_mut(&m.partition) else { return false };
+    let Some(part) = parts.get_mut(&m.partition) else {
+        return false;
+    };
     if !is_tick {
         part.last_data = now;
     }
@@ -347,7 +370,12 @@ fn take_message(
 /// for that long) whose processor has windows open or sources to watch. The tick goes
 /// through the raw topic, so every reader of the partition, a replay included, moves
 /// event time on at the same offset. A tick that fails to send is tried again later.
-async fn send_ticks(parts: &mut HashMap<u32, Part>, producer: &KafkaProducer, raw: &str, idle: Duration) {
+async fn send_ticks(
+    parts: &mut HashMap<u32, Part>,
+    producer: &KafkaProducer,
+    raw: &str,
+    idle: Duration,
+) {
     for (&partition, part) in parts.iter_mut() {
         let idle_for = part.last_data.elapsed();
         if idle_for < idle
@@ -357,11 +385,20 @@ async fn send_ticks(parts: &mut HashMap<u32, Part>, producer: &KafkaProducer, ra
         {
             continue;
         }
-        let Some(time) = part.processor.idle_tick_time(idle_for) else { continue };
+        let Some(time) = part.processor.idle_tick_time(idle_for) else {
+            continue;
+        };
         part.last_tick = Some(Instant::now());
-        match producer.send_to_partition(raw, partition, TICK_KEY, &tick_payload(time), time).await {
-            Ok(offset) => tracing::debug!(partition, offset, idle = ?idle_for, "idle: sent a watermark tick"),
-            Err(e) => tracing::warn!(partition, error = %e, "idle: cannot send a watermark tick; trying again later"),
+        match producer
+            .send_to_partition(raw, partition, TICK_KEY, &tick_payload(time), time)
+            .await
+        {
+            Ok(offset) => {
+                tracing::debug!(partition, offset, idle = ?idle_for, "idle: sent a watermark tick")
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "idle: cannot send a watermark tick; trying again later")
+            }
         }
     }
 }
@@ -374,20 +411,35 @@ async fn send_ticks(parts: &mut HashMap<u32, Part>, producer: &KafkaProducer, ra
 /// the topic no longer has (deleted by retention) are a gap to report and accept.
 /// Returns whether to process the message.
 fn recover_gap(consumer: &KafkaConsumer, part: &mut Part, partition: u32, got: i64) -> bool {
-    if part.seek.is_some_and(|s| s.at.elapsed() < Duration::from_millis(200)) {
+    if part
+        .seek
+        .is_some_and(|s| s.at.elapsed() < Duration::from_millis(200))
+    {
         // Possibly fetched before the last seek; if nothing better comes, the stall
         // check seeks again.
         return false;
     }
     let want = part.next;
     let topic = part.processor.topic().to_owned();
-    let earliest = tokio::task::block_in_place(|| consumer.earliest_offset(&topic, partition)).unwrap_or(0);
+    let earliest =
+        tokio::task::block_in_place(|| consumer.earliest_offset(&topic, partition)).unwrap_or(0);
     if earliest > want {
-        tracing::warn!(partition, expected = want, earliest, "offsets before {earliest} are gone from the topic (deleted by retention?); continuing from there");
+        tracing::warn!(
+            partition,
+            expected = want,
+            earliest,
+            "offsets before {earliest} are gone from the topic (deleted by retention?); continuing from there"
+        );
         part.next = got;
         return true;
     }
-    seek_back(consumer, part, partition, earliest, &format!("got offset {got}"));
+    seek_back(
+        consumer,
+        part,
+        partition,
+        earliest,
+        &format!("got offset {got}"),
+    );
     false
 }
 
@@ -407,7 +459,12 @@ fn seek_back(consumer: &KafkaConsumer, part: &mut Part, partition: u32, earliest
         Some(s) => (s.before * 8).clamp(64, MAX_SEEK_BACK),
     };
     let to = (want - before).max(earliest);
-    tracing::info!(partition, want, seek_to = to, "reading is not at the offset needed next ({why}); seeking back");
+    tracing::info!(
+        partition,
+        want,
+        seek_to = to,
+        "reading is not at the offset needed next ({why}); seeking back"
+    );
     if let Err(e) = tokio::task::block_in_place(|| consumer.seek(&topic, partition, to)) {
         tracing::warn!(error = %e, "seeking back");
     }
@@ -448,11 +505,19 @@ fn unstall(consumer: &KafkaConsumer, parts: &mut HashMap<u32, Part>) {
             continue;
         }
         let topic = part.processor.topic().to_owned();
-        let Ok((low, high)) = tokio::task::block_in_place(|| consumer.offset_range(&topic, *partition)) else {
+        let Ok((low, high)) =
+            tokio::task::block_in_place(|| consumer.offset_range(&topic, *partition))
+        else {
             continue;
         };
         if high > part.next {
-            seek_back(consumer, part, *partition, low, &format!("nothing arrived for 2 s, the topic holds up to {high}"));
+            seek_back(
+                consumer,
+                part,
+                *partition,
+                low,
+                &format!("nothing arrived for 2 s, the topic holds up to {high}"),
+            );
         }
     }
 }
@@ -502,7 +567,10 @@ fn start_commit(writer: &mut LakeWriter, publisher: &Arc<KafkaPublisher>) -> InF
     let publisher = Arc::clone(publisher);
     tokio::spawn(async move {
         let result = async {
-            publisher.delivered_before(mark).await.context("publishing outputs to Kafka")?;
+            publisher
+                .delivered_before(mark)
+                .await
+                .context("publishing outputs to Kafka")?;
             let started = Instant::now();
             let s = round.commit().await?;
             Ok((s, started.elapsed()))
@@ -535,7 +603,10 @@ async fn commit(
     stats: &Stats,
     topics: &Topics,
 ) -> anyhow::Result<()> {
-    publisher.delivered().await.context("publishing outputs to Kafka")?;
+    publisher
+        .delivered()
+        .await
+        .context("publishing outputs to Kafka")?;
     let started = Instant::now();
     let s = writer.commit().await?;
     committed(writer, consumer, stats, topics, &s, started.elapsed());
@@ -544,9 +615,21 @@ async fn commit(
 
 /// After a commit: its figures, and the lake's offsets as the group's committed offsets
 /// (for lag monitoring).
-fn committed(writer: &LakeWriter, consumer: &KafkaConsumer, stats: &Stats, topics: &Topics, s: &CommitStats, took: Duration) {
+fn committed(
+    writer: &LakeWriter,
+    consumer: &KafkaConsumer,
+    stats: &Stats,
+    topics: &Topics,
+    s: &CommitStats,
+    took: Duration,
+) {
     record_commit(stats, s, took);
-    tracing::debug!(rows = s.total_rows(), files = s.files, ms = took.as_millis() as u64, "committed");
+    tracing::debug!(
+        rows = s.total_rows(),
+        files = s.files,
+        ms = took.as_millis() as u64,
+        "committed"
+    );
     let offsets: Vec<(String, u32, i64)> = writer
         .partitions()
         .filter_map(|key| {
@@ -570,7 +653,11 @@ struct EndOffsets {
 type Watched = (Vec<u32>, HashMap<u32, i64>);
 
 impl EndOffsets {
-    fn watch(config: &pitwall_bus::kafka::KafkaConfig, topic: &str, cancel: &CancellationToken) -> anyhow::Result<Self> {
+    fn watch(
+        config: &pitwall_bus::kafka::KafkaConfig,
+        topic: &str,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Self> {
         let ends = EndOffsets::default();
         let watcher = KafkaConsumer::watcher(config)?;
         let (shared, topic, cancel) = (ends.clone(), topic.to_owned(), cancel.clone());
@@ -589,7 +676,9 @@ impl EndOffsets {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Watched> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

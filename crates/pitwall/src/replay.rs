@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use pitwall_bus::Topics;
-use bytes::Bytes;
 use pitwall_bus::kafka::ensure_topics;
 use pitwall_core::{Point, Precision, fastf1, json, line_protocol};
 use tokio_util::sync::CancellationToken;
@@ -75,7 +75,11 @@ fn format_of(path: &Path, format: InputFormat) -> anyhow::Result<InputFormat> {
     if format != InputFormat::Auto {
         return Ok(format);
     }
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     Ok(match ext.as_str() {
         "csv" => InputFormat::Fastf1,
         "jsonl" | "json" | "ndjson" => InputFormat::Jsonl,
@@ -124,10 +128,12 @@ fn parse_file(path: &Path, text: &str, opts: &ReplayOptions) -> anyhow::Result<V
                         let line = i as u64 + 1;
                         // A JSON error's position is within the line: report the file's line.
                         let reason = match e {
-                            pitwall_core::Error::Json { location, message } => match location.strip_prefix("line 1, ") {
-                                Some(column) => format!("line {line}, {column}: {message}"),
-                                None => format!("line {line}: {message} (at {location})"),
-                            },
+                            pitwall_core::Error::Json { location, message } => {
+                                match location.strip_prefix("line 1, ") {
+                                    Some(column) => format!("line {line}, {column}: {message}"),
+                                    None => format!("line {line}: {message} (at {location})"),
+                                }
+                            }
                             other => format!("line {line}: {other}"),
                         };
                         (line, reason)
@@ -147,7 +153,11 @@ fn parse_file(path: &Path, text: &str, opts: &ReplayOptions) -> anyhow::Result<V
 }
 
 /// Replays `opts.path` to the raw topic until done (or, when following, until `cancel`).
-pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationToken) -> anyhow::Result<ReplaySummary> {
+pub async fn replay(
+    config: &Config,
+    opts: &ReplayOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<ReplaySummary> {
     let started = Instant::now();
     let topics = Topics::with_prefix(&config.bus.topic_prefix);
     ensure_topics(&config.kafka, &[&topics.raw, &topics.dlq])
@@ -163,17 +173,36 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading directory {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|p| {
+                p.is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         v.sort();
         Ok(v)
     };
-    let initial = if is_dir { list(&opts.path)? } else { vec![opts.path.clone()] };
-    let total: u64 = initial.iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum();
-    let bar = if opts.follow { ProgressBar::new_spinner() } else { ProgressBar::new(total) };
+    let initial = if is_dir {
+        list(&opts.path)?
+    } else {
+        vec![opts.path.clone()]
+    };
+    let total: u64 = initial
+        .iter()
+        .filter_map(|p| p.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = if opts.follow {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::new(total)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut summary = ReplaySummary::default();
     let mut done: BTreeSet<PathBuf> = BTreeSet::new();
@@ -186,7 +215,8 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
             if cancel.is_cancelled() {
                 break;
             }
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             summary.bytes += text.len() as u64;
             summary.files += 1;
             // Lines by number, built on the first rejection only.
@@ -196,7 +226,9 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                     Ok((point, original)) => {
                         if opts.speed > 0.0 {
                             let (t0, w0) = *clock.get_or_insert((point.time, Instant::now()));
-                            let due = Duration::from_nanos(((point.time - t0).max(0) as f64 / opts.speed) as u64);
+                            let due = Duration::from_nanos(
+                                ((point.time - t0).max(0) as f64 / opts.speed) as u64,
+                            );
                             let elapsed = w0.elapsed();
                             if due > elapsed {
                                 tokio::select! {
@@ -222,13 +254,18 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                         let entry = summary.rejected.entry(kind).or_insert((0, at.clone()));
                         entry.0 += 1;
                         let lines = lines.get_or_insert_with(|| text.lines().collect());
-                        let text_line = lines.get(line.saturating_sub(1) as usize).copied().unwrap_or("");
+                        let text_line = lines
+                            .get(line.saturating_sub(1) as usize)
+                            .copied()
+                            .unwrap_or("");
                         let record = serde_json::json!({"file": path.display().to_string(), "line": line, "reason": reason, "payload": text_line});
-                        dlq.send(None, Bytes::from(record.to_string()), crate::now_ns()).await?;
+                        dlq.send(None, Bytes::from(record.to_string()), crate::now_ns())
+                            .await?;
                     }
                 }
                 if summary.sent % 4096 == 0 {
-                    metrics::counter!("pitwall_events_in_total", "stage" => "ingest").absolute(summary.sent);
+                    metrics::counter!("pitwall_events_in_total", "stage" => "ingest")
+                        .absolute(summary.sent);
                     let rate = summary.sent as f64 / started.elapsed().as_secs_f64().max(1e-3);
                     bar.set_message(format!("{} events, {rate:.0} events/s", summary.sent));
                 }
@@ -253,7 +290,12 @@ pub async fn replay(config: &Config, opts: &ReplayOptions, cancel: CancellationT
                 pending.push_back(p);
             }
         }
-        bar.set_message(format!("{} events from {} files, following {}", summary.sent, summary.files, opts.path.display()));
+        bar.set_message(format!(
+            "{} events from {} files, following {}",
+            summary.sent,
+            summary.files,
+            opts.path.display()
+        ));
     }
     raw.finish().await?;
     dlq.finish().await?;
@@ -269,7 +311,9 @@ fn without_line(reason: &str) -> &str {
     };
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     let rest = &rest[digits..];
-    rest.strip_prefix(", ").or_else(|| rest.strip_prefix(": ")).unwrap_or(reason)
+    rest.strip_prefix(", ")
+        .or_else(|| rest.strip_prefix(": "))
+        .unwrap_or(reason)
 }
 
 /// The end-of-run summary, for people.

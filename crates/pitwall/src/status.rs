@@ -57,7 +57,10 @@ fn line(stats: &Stats, elapsed: Duration, rate: f64, rate_of: Rate) -> String {
     let trouble = match stats.health.problem() {
         Some((reason, since, failures)) => {
             let reason: String = reason.chars().take(160).collect();
-            format!(" | LAKE COMMITS FAILING for {}s ({failures} in a row, rows kept): {reason}", since.as_secs())
+            format!(
+                " | LAKE COMMITS FAILING for {}s ({failures} in a row, rows kept): {reason}",
+                since.as_secs()
+            )
         }
         None => String::new(),
     };

@@ -31,18 +31,38 @@ fn the_dashboard_works_in_chromium() {
         .arg(web.join("tests/dashboard.mjs"))
         .arg(format!("{}/", up.url))
         .arg(&shots)
-        .args(["live", "anomaly", "compare", "sql", "sessions", "health", "pipeline"])
+        .args([
+            "live", "anomaly", "compare", "sql", "sessions", "health", "pipeline",
+        ])
         .env("PITWALL_CHROMIUM", &chromium)
         .output()
         .expect("node runs (Debian's nodejs)");
     let (status, log) = up.stop();
     let report = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{report}{}\nscreenshots in {}", String::from_utf8_lossy(&out.stderr), shots.display());
-    assert!(out.status.success(), "browser checks failed:\n{report}\npitwall said:\n{log}");
-    for check in ["live", "anomaly", "compare", "sql", "sessions", "health", "pipeline"] {
-        assert!(report.contains(&format!("ok {check}:")), "{check} did not pass:\n{report}");
+    eprintln!(
+        "{report}{}\nscreenshots in {}",
+        String::from_utf8_lossy(&out.stderr),
+        shots.display()
+    );
+    assert!(
+        out.status.success(),
+        "browser checks failed:\n{report}\npitwall said:\n{log}"
+    );
+    for check in [
+        "live", "anomaly", "compare", "sql", "sessions", "health", "pipeline",
+    ] {
+        assert!(
+            report.contains(&format!("ok {check}:")),
+            "{check} did not pass:\n{report}"
+        );
         let png = std::fs::read(shots.join(format!("{check}.png"))).unwrap();
-        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{check}.png is not a real screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{check}.png is not a real screenshot"
+        );
     }
-    assert!(status.success(), "pitwall up failed after the browser checks:\n{log}");
+    assert!(
+        status.success(),
+        "pitwall up failed after the browser checks:\n{log}"
+    );
 }

@@ -62,12 +62,19 @@ impl Probe<'_> {
     }
 
     async fn post(&self, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> String {
-        let mut req = self.client.post(format!("{}{path}", self.url)).header("Authorization", format!("Token {TOKEN}"));
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", format!("Token {TOKEN}"));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         match req.body(body).send().await {
-            Ok(r) => format!("{} {}", r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Ok(r) => format!(
+                "{} {}",
+                r.status().as_u16(),
+                r.text().await.unwrap_or_default()
+            ),
             Err(e) => format!("error: {e}"),
         }
     }
@@ -76,7 +83,10 @@ impl Probe<'_> {
 /// `n` good points at `first`, one source each of seven, on their own times.
 /// Now, in nanoseconds since the epoch.
 fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }
 
 /// `n` good points stamped as a device with a right clock would: just before they are
@@ -85,7 +95,12 @@ fn good(first: i64, n: i64) -> Vec<u8> {
     let mut lp = String::new();
     let base = now_ns() - 100_000_000;
     for i in first..first + n {
-        lp.push_str(&format!("press,host=p{} temp={}.5 {}\n", i % 7, i % 90, base + (i - first) * 1_000));
+        lp.push_str(&format!(
+            "press,host=p{} temp={}.5 {}\n",
+            i % 7,
+            i % 90,
+            base + (i - first) * 1_000
+        ));
     }
     lp.into_bytes()
 }
@@ -104,14 +119,24 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
     let data = dir.path().join("lake");
     let up = Up::start(&["--config", config.to_str().unwrap()], &data);
     let pid = up.child.id();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let url = up.url.clone();
     let addr = url.trim_start_matches("http://").to_owned();
-    let p = Probe { pid, client: &client, url: &url };
+    let p = Probe {
+        pid,
+        client: &client,
+        url: &url,
+    };
     let mut written = 0i64;
     let mut write_good = async |n: i64| {
         let answer = p.post("/api/v2/write", good(written, n), &[]).await;
-        assert!(answer.starts_with("204"), "a good write was refused: {answer}");
+        assert!(
+            answer.starts_with("204"),
+            "a good write was refused: {answer}"
+        );
         written += n;
     };
 
@@ -119,26 +144,57 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
 
     // SQL.
     let deep = format!("SELECT {}", vec!["1"; 3000].join("+"));
-    let a = p.run("deep SQL (3,000 terms)", p.post("/api/v1/query", deep.into_bytes(), &[])).await;
-    assert!(a.starts_with("400") && a.contains("server.query-max-depth"), "{a}");
+    let a = p
+        .run(
+            "deep SQL (3,000 terms)",
+            p.post("/api/v1/query", deep.into_bytes(), &[]),
+        )
+        .await;
+    assert!(
+        a.starts_with("400") && a.contains("server.query-max-depth"),
+        "{a}"
+    );
     let a = p
         .run(
             "count(DISTINCT) over 1e9",
-            p.post("/api/v1/query", b"SELECT count(DISTINCT value) FROM range(1000000000)".to_vec(), &[]),
+            p.post(
+                "/api/v1/query",
+                b"SELECT count(DISTINCT value) FROM range(1000000000)".to_vec(),
+                &[],
+            ),
         )
         .await;
     assert!(a.starts_with("408") || a.starts_with("507"), "{a}");
     let a = p
-        .run("array_agg over 1e8", p.post("/api/v1/query", b"SELECT array_agg(value) FROM range(100000000)".to_vec(), &[]))
+        .run(
+            "array_agg over 1e8",
+            p.post(
+                "/api/v1/query",
+                b"SELECT array_agg(value) FROM range(100000000)".to_vec(),
+                &[],
+            ),
+        )
         .await;
     // Over the pool (507) or, in a debug build, past the time limit first (408).
-    assert!((a.starts_with("507") && a.contains("server.query-memory")) || a.starts_with("408"), "{a}");
+    assert!(
+        (a.starts_with("507") && a.contains("server.query-memory")) || a.starts_with("408"),
+        "{a}"
+    );
     write_good(500).await;
 
     // Write bodies.
     let flood = "x\n".repeat(4 * 1024 * 1024).into_bytes();
-    let a = p.run("bad-line flood (8 MiB)", p.post("/api/v2/write", flood, &[])).await;
-    assert!(a.starts_with("400") && a.len() < 20_000 && a.contains("more not listed"), "{}", &a[..a.len().min(300)]);
+    let a = p
+        .run(
+            "bad-line flood (8 MiB)",
+            p.post("/api/v2/write", flood, &[]),
+        )
+        .await;
+    assert!(
+        a.starts_with("400") && a.len() < 20_000 && a.contains("more not listed"),
+        "{}",
+        &a[..a.len().min(300)]
+    );
     let bomb = {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         let zeros = vec![b'0'; 1 << 20];
@@ -147,42 +203,81 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
         }
         e.finish().unwrap()
     };
-    let a = p.run("gzip bomb (256 MiB inside)", p.post("/api/v2/write", bomb, &[("Content-Encoding", "gzip")])).await;
+    let a = p
+        .run(
+            "gzip bomb (256 MiB inside)",
+            p.post("/api/v2/write", bomb, &[("Content-Encoding", "gzip")]),
+        )
+        .await;
     assert!(a.starts_with("413"), "{a}");
-    let future = format!("press,host=p1 temp=1 {}\n", T0 + 5 * 365 * 86_400 * 1_000_000_000).into_bytes();
-    let a = p.run("point 5 years ahead", p.post("/api/v2/write", future, &[])).await;
-    assert!(a.starts_with("400") && a.contains("processor.max-future"), "{a}");
+    let future = format!(
+        "press,host=p1 temp=1 {}\n",
+        T0 + 5 * 365 * 86_400 * 1_000_000_000
+    )
+    .into_bytes();
+    let a = p
+        .run("point 5 years ahead", p.post("/api/v2/write", future, &[]))
+        .await;
+    assert!(
+        a.starts_with("400") && a.contains("processor.max-future"),
+        "{a}"
+    );
     // Devices whose clocks run 10 minutes ahead, on every partition: accepted, judged
     // by their own clocks, and the good points written after them are not late.
-    let ahead: String = (0..16).map(|h| format!("press,host=skew{h} temp=1 {}\n", now_ns() + 600 * 1_000_000_000)).collect();
-    let a = p.run("16 sources 10 minutes ahead", p.post("/api/v2/write", ahead.into_bytes(), &[])).await;
+    let ahead: String = (0..16)
+        .map(|h| {
+            format!(
+                "press,host=skew{h} temp=1 {}\n",
+                now_ns() + 600 * 1_000_000_000
+            )
+        })
+        .collect();
+    let a = p
+        .run(
+            "16 sources 10 minutes ahead",
+            p.post("/api/v2/write", ahead.into_bytes(), &[]),
+        )
+        .await;
     assert!(a.starts_with("204"), "{a}");
     write_good(500).await;
     let names = format!("{},host=a v=1\npress,host=p1,temp=hot v=1\npress,host=p1 host=1\npress,host=p1 time_day=1\n", "m".repeat(300)).into_bytes();
-    let a = p.run("over-long, colliding names", p.post("/api/v2/write", names, &[])).await;
-    assert!(a.starts_with("400") && a.contains("\"accepted\":0"), "{a}");
     let a = p
         .run(
-            "cross-origin, no token",
-            async {
-                match client
-                    .post(format!("{url}/api/v2/write"))
-                    .header("Origin", "http://evil.example")
-                    .body("press,host=p1 temp=1\n")
-                    .send()
-                    .await
-                {
-                    Ok(r) => r.status().as_u16().to_string(),
-                    Err(e) => e.to_string(),
-                }
-            },
+            "over-long, colliding names",
+            p.post("/api/v2/write", names, &[]),
         )
+        .await;
+    assert!(a.starts_with("400") && a.contains("\"accepted\":0"), "{a}");
+    let a = p
+        .run("cross-origin, no token", async {
+            match client
+                .post(format!("{url}/api/v2/write"))
+                .header("Origin", "http://evil.example")
+                .body("press,host=p1 temp=1\n")
+                .send()
+                .await
+            {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) => e.to_string(),
+            }
+        })
         .await;
     assert!(a == "401" || a == "403", "{a}");
     write_good(500).await;
 
     // Random bytes on every route, as bodies and as whole requests.
-    let routes = ["/api/v2/write", "/write", "/api/v1/telegraf", "/api/v1/query", "/api/v1/live", "/api/v1/sources", "/health", "/metrics", "/", "/nope"];
+    let routes = [
+        "/api/v2/write",
+        "/write",
+        "/api/v1/telegraf",
+        "/api/v1/query",
+        "/api/v1/live",
+        "/api/v1/sources",
+        "/health",
+        "/metrics",
+        "/",
+        "/nope",
+    ];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut random = |n: usize| {
         (0..n)
@@ -199,13 +294,23 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
             let mut statuses = Vec::new();
             for route in routes {
                 for size in [1, 100, 10_000] {
-                    let answer = p.post(route, random(size), &[("Content-Encoding", if size == 100 { "gzip" } else { "identity" })]).await;
+                    let answer = p
+                        .post(
+                            route,
+                            random(size),
+                            &[(
+                                "Content-Encoding",
+                                if size == 100 { "gzip" } else { "identity" },
+                            )],
+                        )
+                        .await;
                     statuses.push(answer.split(' ').next().unwrap_or("").to_owned());
                 }
                 let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
                 let _ = tcp.write_all(&random(4096)).await;
                 let mut buf = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
             }
             statuses.sort();
             statuses.dedup();
@@ -225,25 +330,37 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
             let mut slow = Vec::new();
             for _ in 0..20 {
                 let mut t = tokio::net::TcpStream::connect(&addr).await.unwrap();
-                t.write_all(b"POST /api/v2/write HTTP/1.1\r\nHo").await.unwrap();
+                t.write_all(b"POST /api/v2/write HTTP/1.1\r\nHo")
+                    .await
+                    .unwrap();
                 slow.push(t);
             }
             let ping = Instant::now();
-            let r = client.get(format!("{url}/ping")).send().await.map(|r| r.status().as_u16());
+            let r = client
+                .get(format!("{url}/ping"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
             let ping_ms = ping.elapsed().as_millis();
             // The header timeout (2 s here) closes them all.
             tokio::time::sleep(Duration::from_secs(4)).await;
             let mut closed = 0;
             for t in idle.iter_mut().chain(slow.iter_mut()) {
                 let mut b = [0u8; 1];
-                if matches!(tokio::time::timeout(Duration::from_millis(50), t.read(&mut b)).await, Ok(Ok(0) | Err(_))) {
+                if matches!(
+                    tokio::time::timeout(Duration::from_millis(50), t.read(&mut b)).await,
+                    Ok(Ok(0) | Err(_))
+                ) {
                     closed += 1;
                 }
             }
             format!("ping {r:?} in {ping_ms} ms while held; {closed} of 500 closed by the server")
         })
         .await;
-    assert!(a.contains("Ok(204)") && a.contains("500 of 500 closed"), "{a}");
+    assert!(
+        a.contains("Ok(204)") && a.contains("500 of 500 closed"),
+        "{a}"
+    );
     let a = p
         .run("1,100 connections at once", async {
             let mut held = Vec::new();
@@ -274,7 +391,10 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
         })
         .await;
     let refused: usize = a.split(' ').next().unwrap().parse().unwrap_or(0);
-    assert!(refused >= 400 && a.ends_with(", 0 closed without an answer"), "{a}");
+    assert!(
+        refused >= 400 && a.ends_with(", 0 closed without an answer"),
+        "{a}"
+    );
     // The cap's connections go; writes and commits go on.
     tokio::time::sleep(Duration::from_secs(3)).await;
     write_good(500).await;
@@ -296,13 +416,28 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
     assert!(!log.contains("panicked"), "{log}");
     let lake = Lake::open(LakeConfig::test_config(&data)).await.unwrap();
     let q = Query::new(&lake).await.unwrap();
-    let counts = rows(&q, "SELECT count(*) AS n, count(DISTINCT time) AS times FROM clean.press WHERE host LIKE 'p%'").await;
-    let skewed = rows(&q, "SELECT count(*) AS n FROM clean.press WHERE host LIKE 'skew%'").await;
-    assert_eq!(skewed[0]["n"], 16, "the sources ahead are data too: {skewed:?}");
+    let counts = rows(
+        &q,
+        "SELECT count(*) AS n, count(DISTINCT time) AS times FROM clean.press WHERE host LIKE 'p%'",
+    )
+    .await;
+    let skewed = rows(
+        &q,
+        "SELECT count(*) AS n FROM clean.press WHERE host LIKE 'skew%'",
+    )
+    .await;
+    assert_eq!(
+        skewed[0]["n"], 16,
+        "the sources ahead are data too: {skewed:?}"
+    );
     let late = rows(&q, "SELECT count(*) AS n FROM quarantine.late").await;
     assert_eq!(late[0]["n"], 0, "nothing late: {late:?}");
     assert_eq!(counts[0]["n"], written, "every good point: {counts:?}");
     assert_eq!(counts[0]["times"], written, "each once: {counts:?}");
-    let tables = rows(&q, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'clean'").await;
+    let tables = rows(
+        &q,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'clean'",
+    )
+    .await;
     assert_eq!(tables.len(), 1, "no table made by the probes: {tables:?}");
 }

@@ -36,10 +36,20 @@ async fn drain(config: &KafkaConfig, topic: &str, n: usize) -> Vec<pitwall_bus::
     let c = KafkaConsumer::subscribe(&config, &[topic]).unwrap();
     let mut out = Vec::new();
     while out.len() < n {
-        out.push(tokio::time::timeout(Duration::from_secs(20), c.recv()).await.expect("message").unwrap());
+        out.push(
+            tokio::time::timeout(Duration::from_secs(20), c.recv())
+                .await
+                .expect("message")
+                .unwrap(),
+        );
     }
     // Nothing more arrives.
-    assert!(tokio::time::timeout(Duration::from_millis(500), c.recv()).await.is_err(), "more than {n} messages on {topic}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), c.recv())
+            .await
+            .is_err(),
+        "more than {n} messages on {topic}"
+    );
     out
 }
 
@@ -67,7 +77,10 @@ async fn replay_sends_good_lines_and_dead_letters_bad_ones() {
         stderr.contains("replayed 3 files: 5 events sent, 3 lines rejected"),
         "{stderr}"
     );
-    assert!(stderr.contains("column nGear: expected a number, found \"x\""), "{stderr}");
+    assert!(
+        stderr.contains("column nGear: expected a number, found \"x\""),
+        "{stderr}"
+    );
 
     let config = KafkaConfig {
         brokers: cluster.bootstrap_servers(),
@@ -82,14 +95,38 @@ async fn replay_sends_good_lines_and_dead_letters_bad_ones() {
         let p = pitwall_core::json::decode(&m.payload, 0, pitwall_core::Precision::S).unwrap();
         assert!(p.time >= 1_678_028_632_466_000_000);
     }
-    assert_eq!(keys, BTreeMap::from([("VER".into(), 2), ("press-7".into(), 1), ("press-8".into(), 1), ("s-1".into(), 1)]));
+    assert_eq!(
+        keys,
+        BTreeMap::from([
+            ("VER".into(), 2),
+            ("press-7".into(), 1),
+            ("press-8".into(), 1),
+            ("s-1".into(), 1)
+        ])
+    );
 
     let dlq = drain(&config, "telemetry.dlq", 3).await;
-    let reasons: Vec<serde_json::Value> = dlq.iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect();
-    let find = |file: &str| reasons.iter().find(|r| r["file"].as_str().unwrap().ends_with(file)).unwrap();
+    let reasons: Vec<serde_json::Value> = dlq
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let find = |file: &str| {
+        reasons
+            .iter()
+            .find(|r| r["file"].as_str().unwrap().ends_with(file))
+            .unwrap()
+    };
     assert_eq!(find("factory.lp")["line"], 2);
-    assert!(find("factory.lp")["reason"].as_str().unwrap().starts_with("line 2, column 27: field \"temp\""));
-    assert_eq!(find("factory.lp")["payload"], "machine,host=press-7 temp=oops 1767225601000000000");
+    assert!(
+        find("factory.lp")["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 2, column 27: field \"temp\"")
+    );
+    assert_eq!(
+        find("factory.lp")["payload"],
+        "machine,host=press-7 temp=oops 1767225601000000000"
+    );
     assert_eq!(find("VER_car_data.csv")["line"], 4);
     assert_eq!(find("sensors.jsonl")["line"], 2);
 }
@@ -99,11 +136,21 @@ async fn replay_sends_good_lines_and_dead_letters_bad_ones() {
 async fn ingest_sends_every_simulated_event_keyed_by_source() {
     let cluster = MockCluster::new(1).unwrap();
     for t in ["raw", "clean", "metrics", "anomalies", "dlq", "late"] {
-        cluster.create_topic(&format!("telemetry.{t}"), 3, 1).unwrap();
+        cluster
+            .create_topic(&format!("telemetry.{t}"), 3, 1)
+            .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["ingest", "--speed", "0", "--sim-duration", "10s", "--brokers", &cluster.bootstrap_servers()])
+        .args([
+            "ingest",
+            "--speed",
+            "0",
+            "--sim-duration",
+            "10s",
+            "--brokers",
+            &cluster.bootstrap_servers(),
+        ])
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -119,7 +166,11 @@ async fn ingest_sends_every_simulated_event_keyed_by_source() {
     let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
     for m in &raw {
         let key = String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap();
-        assert_eq!(m.partition, pitwall_bus::partition_for(key.as_bytes(), 3), "{key}");
+        assert_eq!(
+            m.partition,
+            pitwall_bus::partition_for(key.as_bytes(), 3),
+            "{key}"
+        );
         *per_key.entry(key).or_default() += 1;
     }
     assert_eq!(per_key.len(), 40, "20 drivers and 20 sensors");
@@ -135,7 +186,13 @@ async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
     let dir = tempfile::tempdir().unwrap();
     let broker = common::Broker::start(dir.path());
     let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--brokers", &broker.addr])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--brokers",
+            &broker.addr,
+        ])
         .current_dir(dir.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -149,7 +206,11 @@ async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    assert_eq!((v["line"].as_u64(), v["accepted"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert_eq!(
+        (v["line"].as_u64(), v["accepted"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
     let config = KafkaConfig {
         brokers: broker.addr.clone(),
         ..KafkaConfig::default()
@@ -163,26 +224,48 @@ async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
         .unwrap();
     assert_eq!(live.status(), 200);
     let anomaly = r#"{"id":"hot:press-7:1","rule":"hot","measurement":"machine","source_id":"press-7","phase":"start","time":1}"#;
-    let producer = pitwall_bus::kafka::KafkaProducer::new(&KafkaConfig { brokers: broker.addr.clone(), ..KafkaConfig::default() }, "telemetry.anomalies").unwrap();
+    let producer = pitwall_bus::kafka::KafkaProducer::new(
+        &KafkaConfig {
+            brokers: broker.addr.clone(),
+            ..KafkaConfig::default()
+        },
+        "telemetry.anomalies",
+    )
+    .unwrap();
     let mut got = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     // The live consumers join their groups from the topic's end: send until one arrives.
     while !got.contains("hot:press-7:1") {
-        producer.send(Some(b"press-7"), anomaly.as_bytes(), 1).await.unwrap();
-        while let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_millis(500), live.chunk()).await {
+        producer
+            .send(Some(b"press-7"), anomaly.as_bytes(), 1)
+            .await
+            .unwrap();
+        while let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_millis(500), live.chunk()).await
+        {
             got.push_str(&String::from_utf8_lossy(&chunk));
         }
-        assert!(tokio::time::Instant::now() < deadline, "no anomaly on the live feed after 60 s: {got}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no anomaly on the live feed after 60 s: {got}"
+        );
     }
     assert!(got.contains("event: anomalies"), "{got}");
 
     let raw = drain(&config, "telemetry.raw", 2).await;
-    let mut keys: Vec<String> = raw.iter().map(|m| String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap()).collect();
+    let mut keys: Vec<String> = raw
+        .iter()
+        .map(|m| String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap())
+        .collect();
     keys.sort();
     assert_eq!(keys, ["press-7", "press-9"]);
     for m in &raw {
         let key = m.key.as_deref().unwrap();
-        assert_eq!(m.partition, pitwall_bus::partition_for(key, 3), "placed by the Java client's murmur2");
+        assert_eq!(
+            m.partition,
+            pitwall_bus::partition_for(key, 3),
+            "placed by the Java client's murmur2"
+        );
         let p = pitwall_core::json::decode(&m.payload, 0, pitwall_core::Precision::Ns).unwrap();
         assert_eq!(p.measurement, "machine");
     }

@@ -33,7 +33,12 @@ fn config_file(dir: &Path, commit_interval: &str) -> PathBuf {
     config_with_session(dir, commit_interval, "6000", "4000")
 }
 
-fn config_with_session(dir: &Path, commit_interval: &str, session_ms: &str, socket_ms: &str) -> PathBuf {
+fn config_with_session(
+    dir: &Path,
+    commit_interval: &str,
+    session_ms: &str,
+    socket_ms: &str,
+) -> PathBuf {
     let path = dir.join(format!("pitwall-{commit_interval}-{session_ms}.toml"));
     std::fs::write(
         &path,
@@ -55,7 +60,15 @@ fn config_with_session(dir: &Path, commit_interval: &str, session_ms: &str, sock
 /// it; returns how many events were sent.
 fn ingest(broker: &Broker, config: &Path, sim_seconds: u64) -> u64 {
     let out = pitwall()
-        .args(["ingest", "--brokers", &broker.addr, "--speed", "0", "--status-interval", "30s"])
+        .args([
+            "ingest",
+            "--brokers",
+            &broker.addr,
+            "--speed",
+            "0",
+            "--status-interval",
+            "30s",
+        ])
         .arg("--config")
         .arg(config)
         .args(["--sim-duration", &format!("{sim_seconds}s")])
@@ -74,22 +87,51 @@ fn ingest(broker: &Broker, config: &Path, sim_seconds: u64) -> u64 {
 }
 
 /// Starts `pitwall process` in `group` on the lake in `data_dir`, logging to `log`.
-fn process(broker: &Broker, config: &Path, group: &str, data_dir: &Path, log: &Path, idle_exit: Option<&str>) -> Child {
+fn process(
+    broker: &Broker,
+    config: &Path,
+    group: &str,
+    data_dir: &Path,
+    log: &Path,
+    idle_exit: Option<&str>,
+) -> Child {
     process_with(broker, config, group, data_dir, log, idle_exit, &[])
 }
 
 /// [`process`] with more arguments.
-fn process_with(broker: &Broker, config: &Path, group: &str, data_dir: &Path, log: &Path, idle_exit: Option<&str>, more: &[&str]) -> Child {
+fn process_with(
+    broker: &Broker,
+    config: &Path,
+    group: &str,
+    data_dir: &Path,
+    log: &Path,
+    idle_exit: Option<&str>,
+    more: &[&str],
+) -> Child {
     let mut c = pitwall();
-    c.args(["process", "--brokers", &broker.addr, "--group", group, "--status-interval", "5s"])
-        .args(more)
-        .arg("--config")
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap());
+    c.args([
+        "process",
+        "--brokers",
+        &broker.addr,
+        "--group",
+        group,
+        "--status-interval",
+        "5s",
+    ])
+    .args(more)
+    .arg("--config")
+    .arg(config)
+    .arg("--data-dir")
+    .arg(data_dir)
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap(),
+    );
     if let Some(idle) = idle_exit {
         c.args(["--exit-when-idle", idle]);
     }
@@ -101,12 +143,19 @@ fn wait(mut child: Child, limit: Duration, log: &Path) {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            assert!(status.success(), "pitwall process failed ({status}):\n{}", tail(&text));
+            assert!(
+                status.success(),
+                "pitwall process failed ({status}):\n{}",
+                tail(&text)
+            );
             return;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("pitwall process did not finish in {limit:?}:\n{}", tail(&std::fs::read_to_string(log).unwrap_or_default()));
+            panic!(
+                "pitwall process did not finish in {limit:?}:\n{}",
+                tail(&std::fs::read_to_string(log).unwrap_or_default())
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -118,7 +167,13 @@ fn notable(logs: &[&Path]) -> String {
     for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         out.push_str(&format!("== {}\n", log.display()));
-        for l in text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("rebalance") || l.contains("taking up") || l.contains("seeking")) {
+        for l in text.lines().filter(|l| {
+            l.contains("WARN")
+                || l.contains("ERROR")
+                || l.contains("rebalance")
+                || l.contains("taking up")
+                || l.contains("seeking")
+        }) {
             out.push_str(l);
             out.push('\n');
         }
@@ -149,16 +204,31 @@ async fn fingerprints(q: &Query) -> Vec<(String, usize, u64)> {
     let mut out = Vec::new();
     for t in tables {
         let table = t["t"].as_str().unwrap().to_owned();
-        let df = q.context().sql(&format!("SELECT * FROM {table}")).await.unwrap();
-        let mut names: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let df = q
+            .context()
+            .sql(&format!("SELECT * FROM {table}"))
+            .await
+            .unwrap();
+        let mut names: Vec<String> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         names.sort();
         let cols: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-        let batches = q.sql(&format!("SELECT {} FROM {table}", cols.join(", "))).await.unwrap();
+        let batches = q
+            .sql(&format!("SELECT {} FROM {table}", cols.join(", ")))
+            .await
+            .unwrap();
         let (mut n, mut sum) = (0usize, 0u64);
         let options = FormatOptions::default().with_null("<null>");
         for b in &batches {
-            let cells: Vec<ArrayFormatter<'_>> =
-                b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
+            let cells: Vec<ArrayFormatter<'_>> = b
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+                .collect();
             for row in 0..b.num_rows() {
                 let mut h = std::hash::DefaultHasher::new();
                 for c in &cells {
@@ -179,7 +249,10 @@ async fn assert_no_duplicates(q: &Query) {
         ("raw.events", "\"partition\", \"offset\""),
         ("quarantine.rejects", "\"partition\", \"offset\""),
         ("quarantine.late", "\"partition\", \"offset\""),
-        ("metrics.windows", "source_id, \"window\", window_start, field"),
+        (
+            "metrics.windows",
+            "source_id, \"window\", window_start, field",
+        ),
         ("anomalies.events", "id, phase"),
     ] {
         let dup = rows(q, &format!("SELECT count(*) AS n FROM (SELECT {key} FROM {table} GROUP BY {key} HAVING count(*) > 1)")).await;
@@ -204,40 +277,85 @@ fn a_processor_killed_again_and_again_writes_exactly_what_an_uninterrupted_one_w
     let (reference, crashed) = (dir.path().join("reference"), dir.path().join("crashed"));
     let ref_log = dir.path().join("reference.log");
     let crash_log = dir.path().join("crashed.log");
-    let uninterrupted = process(&broker, &config, "reference", &reference, &ref_log, Some("5s"));
+    let uninterrupted = process(
+        &broker,
+        &config,
+        "reference",
+        &reference,
+        &ref_log,
+        Some("5s"),
+    );
 
     let mut kills = 0;
     for run_seconds in [14, 17, 12, 23, 15] {
         let mut p = process(&broker, &config, "crashed", &crashed, &crash_log, None);
         std::thread::sleep(Duration::from_secs(run_seconds));
         if p.try_wait().unwrap().is_some() {
-            panic!("the processor exited early:\n{}", tail(&std::fs::read_to_string(&crash_log).unwrap()));
+            panic!(
+                "the processor exited early:\n{}",
+                tail(&std::fs::read_to_string(&crash_log).unwrap())
+            );
         }
         p.kill().unwrap(); // SIGKILL: no shutdown, no final commit
         p.wait().unwrap();
         kills += 1;
     }
-    let last = process(&broker, &config, "crashed", &crashed, &crash_log, Some("5s"));
+    let last = process(
+        &broker,
+        &config,
+        "crashed",
+        &crashed,
+        &crash_log,
+        Some("5s"),
+    );
     wait(last, Duration::from_secs(1800), &crash_log);
     wait(uninterrupted, Duration::from_secs(1800), &ref_log);
     assert!(kills >= 3);
     let crash_text = std::fs::read_to_string(&crash_log).unwrap();
     // A run may be killed before the group assigns it anything (it waits for the killed
     // member's session to end); at least three of the killed runs must have been working.
-    let taken = crash_text.matches("taking up the partition from the lake").count();
-    assert!(taken >= 3 * 4, "only {taken} partition take-ups over six runs:\n{}", notable(&[&crash_log]));
+    let taken = crash_text
+        .matches("taking up the partition from the lake")
+        .count();
+    assert!(
+        taken >= 3 * 4,
+        "only {taken} partition take-ups over six runs:\n{}",
+        notable(&[&crash_log])
+    );
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (a, b) = (query(&reference).await, query(&crashed).await);
-        assert_eq!(count(&a, "raw.events").await as u64, sent, "the reference has every event");
-        assert!(count(&a, "anomalies.events").await > 0, "the run should raise anomalies");
-        assert!(count(&a, "quarantine.rejects").await > 0, "the run should reject something");
+        assert_eq!(
+            count(&a, "raw.events").await as u64,
+            sent,
+            "the reference has every event"
+        );
+        assert!(
+            count(&a, "anomalies.events").await > 0,
+            "the run should raise anomalies"
+        );
+        assert!(
+            count(&a, "quarantine.rejects").await > 0,
+            "the run should reject something"
+        );
         assert_no_duplicates(&b).await;
-        assert_eq!(count(&b, "raw.events").await as u64, sent, "logs:\n{}", notable(&[&crash_log]));
+        assert_eq!(
+            count(&b, "raw.events").await as u64,
+            sent,
+            "logs:\n{}",
+            notable(&[&crash_log])
+        );
         let (fa, fb) = (fingerprints(&a).await, fingerprints(&b).await);
         assert!(fa.len() >= 7, "{fa:?}");
-        assert_eq!(fa, fb, "the crashed processor's lake differs from the uninterrupted one");
+        assert_eq!(
+            fa, fb,
+            "the crashed processor's lake differs from the uninterrupted one"
+        );
     });
 }
 
@@ -253,34 +371,66 @@ fn processors_joining_and_dying_in_a_busy_group_write_each_row_once() {
     let sent = ingest(&broker, &config, 900);
 
     let (reference, shared) = (dir.path().join("reference"), dir.path().join("shared"));
-    let (ref_log, a_log, b_log) = (dir.path().join("ref.log"), dir.path().join("a.log"), dir.path().join("b.log"));
+    let (ref_log, a_log, b_log) = (
+        dir.path().join("ref.log"),
+        dir.path().join("a.log"),
+        dir.path().join("b.log"),
+    );
     let single = process(&broker, &config, "single", &reference, &ref_log, Some("5s"));
     // Idle long enough to outlast the group's session timeout (6 s here) after the kill.
     let a = process(&broker, &config, "pair", &shared, &a_log, Some("15s"));
     std::thread::sleep(Duration::from_secs(8));
     let mut b = process(&broker, &config, "pair", &shared, &b_log, None);
     std::thread::sleep(Duration::from_secs(12));
-    assert!(b.try_wait().unwrap().is_none(), "the second processor exited early:\n{}", notable(&[&b_log]));
+    assert!(
+        b.try_wait().unwrap().is_none(),
+        "the second processor exited early:\n{}",
+        notable(&[&b_log])
+    );
     b.kill().unwrap();
     b.wait().unwrap();
     wait(a, Duration::from_secs(900), &a_log);
     wait(single, Duration::from_secs(900), &ref_log);
 
-    let (a_text, b_text) = (std::fs::read_to_string(&a_log).unwrap(), std::fs::read_to_string(&b_log).unwrap());
-    assert!(a_text.contains("Revoked"), "the first processor gave partitions up when the second joined:\n{}", notable(&[&a_log]));
-    assert!(b_text.contains("taking up the partition"), "the second processor took partitions:\n{}", notable(&[&b_log]));
+    let (a_text, b_text) = (
+        std::fs::read_to_string(&a_log).unwrap(),
+        std::fs::read_to_string(&b_log).unwrap(),
+    );
+    assert!(
+        a_text.contains("Revoked"),
+        "the first processor gave partitions up when the second joined:\n{}",
+        notable(&[&a_log])
+    );
+    assert!(
+        b_text.contains("taking up the partition"),
+        "the second processor took partitions:\n{}",
+        notable(&[&b_log])
+    );
     assert!(
         a_text.matches("taking up the partition").count() > 3,
         "the first processor took the dead one's partitions over:\n{}",
         notable(&[&a_log])
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (r, s) = (query(&reference).await, query(&shared).await);
-        assert_eq!(count(&s, "raw.events").await as u64, sent, "logs:\n{}", notable(&[&a_log, &b_log]));
+        assert_eq!(
+            count(&s, "raw.events").await as u64,
+            sent,
+            "logs:\n{}",
+            notable(&[&a_log, &b_log])
+        );
         assert_no_duplicates(&s).await;
-        assert_eq!(fingerprints(&r).await, fingerprints(&s).await, "two processors wrote something else than one");
+        assert_eq!(
+            fingerprints(&r).await,
+            fingerprints(&s).await,
+            "two processors wrote something else than one"
+        );
     });
 }
 
@@ -313,7 +463,17 @@ fn outputs_are_readable_by_kafka_python_and_a_frozen_broker_is_waited_for() {
     // stops to wait once 50,000 messages are unacknowledged).
     let ingest_log = dir.path().join("ingest.log");
     let ingesting = pitwall()
-        .args(["ingest", "--brokers", &broker.addr, "--speed", "60", "--status-interval", "1s", "--sim-duration", "600s"])
+        .args([
+            "ingest",
+            "--brokers",
+            &broker.addr,
+            "--speed",
+            "60",
+            "--status-interval",
+            "1s",
+            "--sim-duration",
+            "600s",
+        ])
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -335,7 +495,11 @@ fn outputs_are_readable_by_kafka_python_and_a_frozen_broker_is_waited_for() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no count in:\n{ingest_text}"));
-    assert_eq!(sent, 600 * 220, "ingest waited for the broker and sent everything:\n{ingest_text}");
+    assert_eq!(
+        sent,
+        600 * 220,
+        "ingest waited for the broker and sent everything:\n{ingest_text}"
+    );
     wait(p, Duration::from_secs(600), &log);
     // Ingest sends all through the freeze, so it waits for acknowledgements (the
     // processor may have had nothing unacknowledged when the broker stopped).
@@ -345,10 +509,18 @@ fn outputs_are_readable_by_kafka_python_and_a_frozen_broker_is_waited_for() {
         notable(&[&ingest_log, &log])
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (clean, rejects, windows, anomalies) = rt.block_on(async {
         let q = query(&data).await;
-        assert_eq!(count(&q, "raw.events").await as u64, sent, "nothing lost while the broker was away");
+        assert_eq!(
+            count(&q, "raw.events").await as u64,
+            sent,
+            "nothing lost while the broker was away"
+        );
         assert_no_duplicates(&q).await;
         (
             count(&q, "clean.car").await + count(&q, "clean.sensor").await,
@@ -369,7 +541,11 @@ fn outputs_are_readable_by_kafka_python_and_a_frozen_broker_is_waited_for() {
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}; scripts/test.sh installs kafka-python and sets PITWALL_PYTHON"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kafka-python disagrees:\n{stdout}\n{stderr}\nlogs:\n{}", notable(&[&log, &ingest_log]));
+    assert!(
+        out.status.success(),
+        "kafka-python disagrees:\n{stdout}\n{stderr}\nlogs:\n{}",
+        notable(&[&log, &ingest_log])
+    );
     assert!(stdout.contains("kafka-python agrees"), "{stdout}\n{stderr}");
 }
 
@@ -390,20 +566,38 @@ fn idle_partitions_are_ticked_so_their_windows_close() {
     let sent = ingest(&broker, &config, 30);
     let (data, log) = (dir.path().join("data"), dir.path().join("process.log"));
     // Ticks every 2 s of idleness; 12 s of it moves event time past every window's end.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
-    let p = process_with(&broker, &config, "idle", &data, &log, Some("16s"), &["--metrics-listen", &listen]);
+    let p = process_with(
+        &broker,
+        &config,
+        "idle",
+        &data,
+        &log,
+        Some("16s"),
+        &["--metrics-listen", &listen],
+    );
     // Its /metrics, while it runs: everything processed, each partition's lag, commits.
     let scrape = || {
         let mut s = std::net::TcpStream::connect(&listen).ok()?;
         use std::io::{Read, Write};
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
         Some(text)
     };
     let value = |text: &str, series: &str| -> Option<f64> {
-        text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     };
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut last = None;
@@ -414,18 +608,36 @@ fn idle_partitions_are_ticked_so_their_windows_close() {
         }
         // (Watermark ticks are raw messages too, so at least what was sent.)
         if let Some(text) = text
-            && value(&text, r#"pitwall_events_in_total{stage="process"}"#).is_some_and(|n| n >= sent as f64)
+            && value(&text, r#"pitwall_events_in_total{stage="process"}"#)
+                .is_some_and(|n| n >= sent as f64)
             && value(&text, "pitwall_lake_commit_seconds_count").is_some_and(|c| c > 0.0)
-            && (0..3).all(|p| value(&text, &format!(r#"pitwall_consumer_lag_messages{{topic="telemetry.raw",partition="{p}"}}"#)) == Some(0.0))
+            && (0..3).all(|p| {
+                value(
+                    &text,
+                    &format!(
+                        r#"pitwall_consumer_lag_messages{{topic="telemetry.raw",partition="{p}"}}"#
+                    ),
+                ) == Some(0.0)
+            })
         {
             break text;
         }
-        assert!(Instant::now() < deadline, "/metrics never showed all {sent} events processed and no lag; last scrape:\n{last:?}");
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed all {sent} events processed and no lag; last scrape:\n{last:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert!(text.contains("pitwall_watermark_lag_seconds{partition="), "{text}");
+    assert!(
+        text.contains("pitwall_watermark_lag_seconds{partition="),
+        "{text}"
+    );
     wait(p, Duration::from_secs(600), &log);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let q = query(&data).await;
         assert_eq!(count(&q, "raw.events").await as u64, sent, "ticks are not raw events");
@@ -452,7 +664,11 @@ fn idle_partitions_are_ticked_so_their_windows_close() {
 #[test]
 fn an_unreachable_broker_is_a_clear_error_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let started = Instant::now();
     let out = pitwall()
         .args(["process", "--brokers", &format!("127.0.0.1:{port}")])
@@ -462,6 +678,13 @@ fn an_unreachable_broker_is_a_clear_error_at_start() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("kafka.brokers"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("kafka.brokers"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
 }

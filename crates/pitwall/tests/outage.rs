@@ -30,8 +30,19 @@ async fn an_s3_outage_loses_nothing_and_commits_resume_by_themselves() {
         ),
     )
     .unwrap();
-    let up = Up::start(&["--status-interval", "2s", "--config", config.to_str().unwrap()], &dir.path().join("lake"));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let up = Up::start(
+        &[
+            "--status-interval",
+            "2s",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &dir.path().join("lake"),
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let url = up.url.clone();
     const T0: i64 = 1_767_225_600_000_000_000;
 
@@ -42,11 +53,25 @@ async fn an_s3_outage_loses_nothing_and_commits_resume_by_themselves() {
         for _ in 0..n {
             let mut lp = String::new();
             for _ in 0..10 {
-                lp.push_str(&format!("press,host=p{} temp={}.5 {}\n", sent % 7, sent % 90, T0 + sent * 1_000_000));
+                lp.push_str(&format!(
+                    "press,host=p{} temp={}.5 {}\n",
+                    sent % 7,
+                    sent % 90,
+                    T0 + sent * 1_000_000
+                ));
                 sent += 1;
             }
-            let r = client.post(format!("{url}/api/v2/write")).body(lp).send().await.unwrap();
-            assert!(matches!(r.status().as_u16(), 204 | 503), "{}", r.text().await.unwrap());
+            let r = client
+                .post(format!("{url}/api/v2/write"))
+                .body(lp)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                matches!(r.status().as_u16(), 204 | 503),
+                "{}",
+                r.text().await.unwrap()
+            );
             if r.status() == 204 {
                 accepted += 10;
             }
@@ -73,7 +98,10 @@ async fn an_s3_outage_loses_nothing_and_commits_resume_by_themselves() {
     let failing = saw_failing.expect("/health said nothing while S3 was down");
     assert!(failing.contains("lake commits have failed"), "{failing}");
     let (status, text) = health(&client).await;
-    assert_eq!(status, 503, "still failing at the end of the outage: {text}");
+    assert_eq!(
+        status, 503,
+        "still failing at the end of the outage: {text}"
+    );
 
     s3.restart();
     let back = Instant::now();
@@ -82,12 +110,18 @@ async fn an_s3_outage_loses_nothing_and_commits_resume_by_themselves() {
         if health(&client).await.0 == 200 {
             break;
         }
-        assert!(back.elapsed() < Duration::from_secs(90), "commits did not resume after S3 came back");
+        assert!(
+            back.elapsed() < Duration::from_secs(90),
+            "commits did not resume after S3 came back"
+        );
     }
     write(20).await;
     let (status, log) = up.stop();
     assert!(status.success(), "pitwall up failed:\n{log}");
-    assert!(log.contains("LAKE COMMITS FAILING"), "the status line said nothing:\n{log}");
+    assert!(
+        log.contains("LAKE COMMITS FAILING"),
+        "the status line said nothing:\n{log}"
+    );
 
     let lake = Lake::open(LakeConfig {
         catalog,
@@ -98,9 +132,16 @@ async fn an_s3_outage_loses_nothing_and_commits_resume_by_themselves() {
     .await
     .unwrap();
     let q = Query::new(&lake).await.unwrap();
-    let counts = rows(&q, "SELECT count(*) AS n, count(DISTINCT time) AS times FROM clean.press").await;
+    let counts = rows(
+        &q,
+        "SELECT count(*) AS n, count(DISTINCT time) AS times FROM clean.press",
+    )
+    .await;
     eprintln!("accepted {accepted} of {sent} points; the lake holds {counts:?}");
-    assert!(accepted > 1000, "most writes were accepted: {accepted} of {sent}");
+    assert!(
+        accepted > 1000,
+        "most writes were accepted: {accepted} of {sent}"
+    );
     assert_eq!(counts[0]["n"], accepted, "every accepted point, once");
     assert_eq!(counts[0]["times"], accepted, "no point twice");
 }

@@ -38,8 +38,16 @@ macro_rules! on_both_buses {
     };
 }
 
-on_both_buses!(every_injected_fault_is_caught_and_nothing_else, over_kafka_every_injected_fault_is_caught_and_nothing_else, faults_are_caught);
-on_both_buses!(a_fault_free_race_fills_every_table_and_raises_nothing, over_kafka_a_fault_free_race_fills_every_table_and_raises_nothing, fault_free_race);
+on_both_buses!(
+    every_injected_fault_is_caught_and_nothing_else,
+    over_kafka_every_injected_fault_is_caught_and_nothing_else,
+    faults_are_caught
+);
+on_both_buses!(
+    a_fault_free_race_fills_every_table_and_raises_nothing,
+    over_kafka_a_fault_free_race_fills_every_table_and_raises_nothing,
+    fault_free_race
+);
 on_both_buses!(
     malformed_payloads_land_in_rejects_with_their_reason_and_lose_nothing_else,
     over_kafka_malformed_payloads_land_in_rejects_with_their_reason_and_lose_nothing_else,
@@ -77,15 +85,31 @@ async fn faults_are_caught(t: &Transport<'_>, dir: &Path) {
     const SECOND: i64 = 1_000_000_000;
     for f in faults {
         let caught: Vec<&Value> = anomalies.iter().filter(|a| matches(a, f)).collect();
-        assert_eq!(caught.len(), 1, "fault {f:?} should be one anomaly episode, found {caught:?}");
+        assert_eq!(
+            caught.len(),
+            1,
+            "fault {f:?} should be one anomaly episode, found {caught:?}"
+        );
         // The episode ends once, when the fault is over (an RPM drop stops being a drop
         // once the fall is older than the rule's span, so it ends early).
         let id = &caught[0]["id"];
-        let end: Vec<i64> = ends.iter().filter(|e| &e["id"] == id).map(|e| e["end_us"].as_i64().unwrap() * 1000).collect();
+        let end: Vec<i64> = ends
+            .iter()
+            .filter(|e| &e["id"] == id)
+            .map(|e| e["end_us"].as_i64().unwrap() * 1000)
+            .collect();
         match f.end {
             Some(fault_end) => {
-                assert_eq!(end.len(), 1, "fault {f:?} should have one end row, found {end:?}");
-                let from = if f.kind == FaultKind::RpmDrop { f.start } else { fault_end - 2 * SECOND };
+                assert_eq!(
+                    end.len(),
+                    1,
+                    "fault {f:?} should have one end row, found {end:?}"
+                );
+                let from = if f.kind == FaultKind::RpmDrop {
+                    f.start
+                } else {
+                    fault_end - 2 * SECOND
+                };
                 assert!(
                     end[0] > from && end[0] <= fault_end + SECOND,
                     "fault {f:?} ended at {fault_end}, its episode at {}",
@@ -103,7 +127,11 @@ async fn faults_are_caught(t: &Transport<'_>, dir: &Path) {
     }
     assert_eq!(anomalies.len(), faults.len());
     assert!(ends.len() <= anomalies.len(), "an end row without a start");
-    assert_eq!(summary.anomalies as usize, anomalies.len(), "the status counts episodes");
+    assert_eq!(
+        summary.anomalies as usize,
+        anomalies.len(),
+        "the status counts episodes"
+    );
 }
 
 async fn fault_free_race(t: &Transport<'_>, dir: &Path) {
@@ -117,7 +145,10 @@ async fn fault_free_race(t: &Transport<'_>, dir: &Path) {
     assert_eq!(count(&q, "raw.events").await, 20 * 10 * 600 + 20 * 600);
     assert_eq!(summary.produced, 20 * 10 * 600 + 20 * 600);
     let raised = rows(&q, "SELECT rule, source_id, phase, CAST(time AS BIGINT) AS t, message FROM anomalies.events ORDER BY t").await;
-    assert!(raised.is_empty(), "a fault-free race must raise no anomaly: {raised:#?}");
+    assert!(
+        raised.is_empty(),
+        "a fault-free race must raise no anomaly: {raised:#?}"
+    );
     assert_eq!(count(&q, "quarantine.rejects").await, 0);
     assert_eq!(count(&q, "quarantine.late").await, 0);
 
@@ -128,9 +159,33 @@ async fn fault_free_race(t: &Transport<'_>, dir: &Path) {
     // end well before the last event (past the watermark) are compared.
     let until = START / 1000 + 590 * 1_000_000;
     for (window, measurement, source, field, value, size_ms, slide_ms) in [
-        ("car_5s", "car", "driver", "speed_kph", "speed_kph", 5000, 1000),
-        ("car_1s", "car", "driver", "brake", "CASE WHEN brake THEN 1.0 ELSE 0.0 END", 1000, 500),
-        ("sensor_10s", "sensor", "sensor_id", "temperature_c", "temperature_c", 10_000, 10_000),
+        (
+            "car_5s",
+            "car",
+            "driver",
+            "speed_kph",
+            "speed_kph",
+            5000,
+            1000,
+        ),
+        (
+            "car_1s",
+            "car",
+            "driver",
+            "brake",
+            "CASE WHEN brake THEN 1.0 ELSE 0.0 END",
+            1000,
+            500,
+        ),
+        (
+            "sensor_10s",
+            "sensor",
+            "sensor_id",
+            "temperature_c",
+            "temperature_c",
+            10_000,
+            10_000,
+        ),
     ] {
         let windowed = format!(
             "SELECT source_id AS s, window_start AS ws, count AS n, min AS lo, max AS hi, round(mean, 6) AS avg
@@ -152,43 +207,99 @@ async fn fault_free_race(t: &Transport<'_>, dir: &Path) {
                GROUP BY 1, 2)
              WHERE ws + INTERVAL '{size_ms} milliseconds' <= to_timestamp_micros({until})"
         );
-        let n_windows = rows(&q, &format!("SELECT count(*) AS n FROM ({windowed})")).await[0]["n"].as_i64().unwrap();
+        let n_windows = rows(&q, &format!("SELECT count(*) AS n FROM ({windowed})")).await[0]["n"]
+            .as_i64()
+            .unwrap();
         // Every window ending in (START, START + 590 s] holds data: one per slide per source.
-        assert_eq!(n_windows, 20 * 590 * 1000 / slide_ms, "{window}: one window per source per slide");
+        assert_eq!(
+            n_windows,
+            20 * 590 * 1000 / slide_ms,
+            "{window}: one window per source per slide"
+        );
         for (a, b) in [(&windowed, &batch), (&batch, &windowed)] {
-            let diff = rows(&q, &format!("SELECT count(*) AS n FROM (({a}) EXCEPT ({b}))")).await;
-            assert_eq!(diff[0]["n"], 0, "{window}: windows and GROUP BY differ:\n{a}\nEXCEPT\n{b}");
+            let diff = rows(
+                &q,
+                &format!("SELECT count(*) AS n FROM (({a}) EXCEPT ({b}))"),
+            )
+            .await;
+            assert_eq!(
+                diff[0]["n"], 0,
+                "{window}: windows and GROUP BY differ:\n{a}\nEXCEPT\n{b}"
+            );
         }
     }
     // Only the configured fields are windowed, with percentiles.
-    let fields = rows(&q, "SELECT DISTINCT field FROM metrics.windows WHERE measurement = 'car' ORDER BY field").await;
-    let fields: Vec<&str> = fields.iter().map(|r| r["field"].as_str().unwrap()).collect();
+    let fields = rows(
+        &q,
+        "SELECT DISTINCT field FROM metrics.windows WHERE measurement = 'car' ORDER BY field",
+    )
+    .await;
+    let fields: Vec<&str> = fields
+        .iter()
+        .map(|r| r["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["brake", "rpm", "speed_kph", "throttle_pct"]);
-    let no_p95 = count(&q, "metrics.windows WHERE p95 IS NULL OR p50 > p99 OR first < min OR last > max").await;
-    assert_eq!(no_p95, 0, "every window has ordered percentiles and first/last inside [min, max]");
+    let no_p95 = count(
+        &q,
+        "metrics.windows WHERE p95 IS NULL OR p50 > p99 OR first < min OR last > max",
+    )
+    .await;
+    assert_eq!(
+        no_p95, 0,
+        "every window has ordered percentiles and first/last inside [min, max]"
+    );
 }
 
 async fn malformed_payloads(t: &Transport<'_>, dir: &Path) {
     let summary = common::run(t, config(dir, 0.0, 30.0), 2).await;
-    assert!(summary.corrupted >= 20, "expected a few dozen corrupted payloads, got {}", summary.corrupted);
+    assert!(
+        summary.corrupted >= 20,
+        "expected a few dozen corrupted payloads, got {}",
+        summary.corrupted
+    );
     let lake = Lake::open(config(dir, 0.0, 0.0).lake).await.unwrap();
     let q = Query::new(&lake).await.unwrap();
-    assert_eq!(count(&q, "quarantine.rejects").await, summary.corrupted as i64);
+    assert_eq!(
+        count(&q, "quarantine.rejects").await,
+        summary.corrupted as i64
+    );
     assert_eq!(summary.rejects, summary.corrupted);
     let total = summary.produced as i64;
-    assert_eq!(count(&q, "raw.events").await, total, "raw keeps every payload, good or bad");
+    assert_eq!(
+        count(&q, "raw.events").await,
+        total,
+        "raw keeps every payload, good or bad"
+    );
     assert_eq!(
         count(&q, "clean.car").await + count(&q, "clean.sensor").await,
         total - summary.corrupted as i64,
         "every good payload is clean"
     );
-    let reasons = rows(&q, "SELECT reason, topic, \"partition\", \"offset\" FROM quarantine.rejects").await;
-    let has = |needle: &str| reasons.iter().any(|r| r["reason"].as_str().unwrap().contains(needle));
+    let reasons = rows(
+        &q,
+        "SELECT reason, topic, \"partition\", \"offset\" FROM quarantine.rejects",
+    )
+    .await;
+    let has = |needle: &str| {
+        reasons
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap().contains(needle))
+    };
     assert!(has("EOF while parsing"), "truncated JSON: {reasons:?}");
-    assert!(has("tag, which identifies its source"), "missing source tag: {reasons:?}");
-    assert!(has("before the year 2000"), "seconds for nanoseconds: {reasons:?}");
+    assert!(
+        has("tag, which identifies its source"),
+        "missing source tag: {reasons:?}"
+    );
+    assert!(
+        has("before the year 2000"),
+        "seconds for nanoseconds: {reasons:?}"
+    );
     assert!(has("expected value"), "not JSON: {reasons:?}");
-    assert!(reasons.iter().all(|r| r["topic"] == "telemetry.raw" && r["offset"].as_i64().unwrap() >= 0));
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r["topic"] == "telemetry.raw" && r["offset"].as_i64().unwrap() >= 0)
+    );
     // The rejected payload is kept as it was: its raw.events row holds the same bytes.
     let same = rows(
         &q,
@@ -219,7 +330,11 @@ async fn pyiceberg_reads_what_pitwall_wrote() {
 /// independent check runs the same SQL in DuckDB over the same files.
 fn schema_queries(data_dir: &Path) -> Value {
     let queries = pitwall::bench::schema_queries();
-    assert_eq!(queries.len(), 6, "schema.sql holds the seeds' six typical queries");
+    assert_eq!(
+        queries.len(),
+        6,
+        "schema.sql holds the seeds' six typical queries"
+    );
     let mut out = Vec::new();
     for sql in &queries {
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_pitwall"))
@@ -230,8 +345,16 @@ fn schema_queries(data_dir: &Path) -> Value {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&run.stdout);
-        assert!(run.status.success(), "pitwall query failed on\n{sql}\n{}", String::from_utf8_lossy(&run.stderr));
-        let rows: Vec<Value> = stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(
+            run.status.success(),
+            "pitwall query failed on\n{sql}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let rows: Vec<Value> = stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert!(!rows.is_empty(), "no rows from\n{sql}");
         out.push(serde_json::json!({"sql": sql, "rows": rows}));
     }
@@ -250,7 +373,10 @@ async fn pyiceberg_and_duckdb_read_the_lake_on_postgresql_and_s3() {
     cfg.lake.warehouse = format!("s3://{}/warehouse", s3.bucket);
     cfg.lake.s3 = s3_config(&s3);
     let summary = run(cfg.clone(), 3).await;
-    assert!(!dir.path().join("warehouse").exists() && !dir.path().join("catalog.db").exists(), "nothing local");
+    assert!(
+        !dir.path().join("warehouse").exists() && !dir.path().join("catalog.db").exists(),
+        "nothing local"
+    );
     let lake = Lake::open(cfg.lake).await.unwrap();
     assert!(lake.warehouse().starts_with("s3://pitwall/warehouse"));
     maintain_everything(&lake).await;
@@ -275,10 +401,17 @@ async fn pyiceberg_and_duckdb_read_the_lake_through_a_rest_catalog() {
     cfg.lake.rest.token = server.token.clone();
     cfg.lake.s3 = s3_config(&s3);
     let summary = run(cfg.clone(), 3).await;
-    assert!(!dir.path().join("warehouse").exists() && !dir.path().join("catalog.db").exists(), "nothing local");
+    assert!(
+        !dir.path().join("warehouse").exists() && !dir.path().join("catalog.db").exists(),
+        "nothing local"
+    );
     let lake = Lake::open(cfg.lake).await.unwrap();
     let raw = lake.table(&pitwall_lake::Fixed::Raw.ident()).await.unwrap();
-    assert!(raw.metadata().location().starts_with(&server.warehouse), "{}", raw.metadata().location());
+    assert!(
+        raw.metadata().location().starts_with(&server.warehouse),
+        "{}",
+        raw.metadata().location()
+    );
     maintain_everything(&lake).await;
     let mut catalog = serde_json::json!({
         "type": "rest",
@@ -312,7 +445,10 @@ async fn maintain_everything(lake: &Lake) {
         ..Default::default()
     };
     let done = lake.maintain(&maintenance).await.unwrap();
-    assert!(done.iter().any(|l| l.starts_with("raw.events: compacted")), "{done:?}");
+    assert!(
+        done.iter().any(|l| l.starts_with("raw.events: compacted")),
+        "{done:?}"
+    );
     assert!(done.iter().any(|l| l.contains("expired")), "{done:?}");
 }
 
@@ -331,8 +467,14 @@ async fn independent_readers_agree(lake: &Lake, produced: u64, dir: &Path, catal
     ] {
         counts.insert(t.into(), count(&q, t).await.into());
     }
-    assert!(counts["anomalies.events"].as_i64().unwrap() > 0, "the run should raise anomalies");
-    assert!(counts["quarantine.rejects"].as_i64().unwrap() > 0, "the run should reject something");
+    assert!(
+        counts["anomalies.events"].as_i64().unwrap() > 0,
+        "the run should raise anomalies"
+    );
+    assert!(
+        counts["quarantine.rejects"].as_i64().unwrap() > 0,
+        "the run should reject something"
+    );
     let expected = serde_json::json!({
         "catalog": catalog,
         "counts": counts,
@@ -349,7 +491,11 @@ async fn independent_readers_agree(lake: &Lake, produced: u64, dir: &Path, catal
         "produced": produced,
     });
     let expected_path = dir.join("expected.json");
-    std::fs::write(&expected_path, serde_json::to_vec_pretty(&expected).unwrap()).unwrap();
+    std::fs::write(
+        &expected_path,
+        serde_json::to_vec_pretty(&expected).unwrap(),
+    )
+    .unwrap();
     let python = std::env::var("PITWALL_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/pyiceberg_check.py");
     let out = std::process::Command::new(&python)
@@ -359,10 +505,22 @@ async fn independent_readers_agree(lake: &Lake, produced: u64, dir: &Path, catal
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}; the test command (scripts/test.sh) installs PyIceberg and sets PITWALL_PYTHON"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "PyIceberg or DuckDB disagrees:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("pyiceberg agrees") && stdout.contains("duckdb agrees"), "{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "PyIceberg or DuckDB disagrees:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("pyiceberg agrees") && stdout.contains("duckdb agrees"),
+        "{stdout}\n{stderr}"
+    );
     if let Some(q) = expected["catalog"]["schema_queries"].as_array() {
-        assert!(stdout.contains(&format!("duckdb agrees on the {} queries of schema.sql", q.len())), "{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "duckdb agrees on the {} queries of schema.sql",
+                q.len()
+            )),
+            "{stdout}"
+        );
     }
 }
 
@@ -378,12 +536,18 @@ async fn outputs_go_back_onto_the_bus_for_live_readers() {
     let bus = InProcessBus::new(bus_config(&config));
     let topics = bus.config().topics.clone();
     let mut readers = Vec::new();
-    for topic in [&topics.clean, &topics.metrics, &topics.anomalies, &topics.dlq] {
+    for topic in [
+        &topics.clean,
+        &topics.metrics,
+        &topics.anomalies,
+        &topics.dlq,
+    ] {
         for mut part in bus.subscribe(topic).unwrap() {
             readers.push(tokio::spawn(async move {
                 let mut got = Vec::new();
                 while let Some(m) = part.recv().await {
-                    let v: Value = serde_json::from_slice(&m.payload).expect("output payloads are JSON");
+                    let v: Value =
+                        serde_json::from_slice(&m.payload).expect("output payloads are JSON");
                     got.push((part.topic.clone(), m.key, v));
                 }
                 got
@@ -404,29 +568,48 @@ async fn outputs_go_back_onto_the_bus_for_live_readers() {
     )
     .await
     .unwrap();
-    let mut seen: std::collections::BTreeMap<String, Vec<(Option<bytes::Bytes>, Value)>> = Default::default();
+    let mut seen: std::collections::BTreeMap<String, Vec<(Option<bytes::Bytes>, Value)>> =
+        Default::default();
     for r in readers {
         for (topic, key, v) in r.await.unwrap() {
             seen.entry(topic).or_default().push((key, v));
         }
     }
-    let lake = Lake::open(LakeConfig::test_config(dir.path())).await.unwrap();
+    let lake = Lake::open(LakeConfig::test_config(dir.path()))
+        .await
+        .unwrap();
     let q = Query::new(&lake).await.unwrap();
     let n = |t: &str| seen.get(t).map_or(0, Vec::len) as i64;
-    assert_eq!(n("telemetry.clean"), count(&q, "clean.car").await + count(&q, "clean.sensor").await);
+    assert_eq!(
+        n("telemetry.clean"),
+        count(&q, "clean.car").await + count(&q, "clean.sensor").await
+    );
     assert_eq!(n("telemetry.metrics"), count(&q, "metrics.windows").await);
-    assert_eq!(n("telemetry.anomalies"), count(&q, "anomalies.events").await);
+    assert_eq!(
+        n("telemetry.anomalies"),
+        count(&q, "anomalies.events").await
+    );
     assert_eq!(n("telemetry.dlq"), summary.corrupted as i64);
     assert!(n("telemetry.anomalies") > 0 && n("telemetry.dlq") > 0);
     for (key, v) in &seen["telemetry.anomalies"] {
-        assert_eq!(key.as_deref(), Some(v["source_id"].as_str().unwrap().as_bytes()), "keyed by source id");
+        assert_eq!(
+            key.as_deref(),
+            Some(v["source_id"].as_str().unwrap().as_bytes()),
+            "keyed by source id"
+        );
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     for (_, v) in &seen["telemetry.dlq"] {
         assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
     }
-    let (key, car) = seen["telemetry.clean"].iter().find(|(_, v)| v["measurement"] == "car").unwrap();
-    assert_eq!(key.as_deref(), Some(car["tags"]["driver"].as_str().unwrap().as_bytes()));
+    let (key, car) = seen["telemetry.clean"]
+        .iter()
+        .find(|(_, v)| v["measurement"] == "car")
+        .unwrap();
+    assert_eq!(
+        key.as_deref(),
+        Some(car["tags"]["driver"].as_str().unwrap().as_bytes())
+    );
 }
 
 /// A second `pitwall up` on the same lake continues the first run's offsets, so its
@@ -440,10 +623,25 @@ async fn a_second_run_on_the_same_lake_continues_its_offsets() {
     let q = Query::new(&lake).await.unwrap();
     let total = (first.produced + second.produced) as i64;
     assert_eq!(count(&q, "raw.events").await, total);
-    let offsets = pitwall_lake::committed_offsets(&lake.table(&pitwall_lake::Fixed::Raw.ident()).await.unwrap()).unwrap();
-    assert_eq!(offsets.values().sum::<i64>(), total, "offsets continue across runs: {offsets:?}");
-    let distinct = rows(&q, "SELECT count(*) AS n FROM (SELECT DISTINCT \"partition\", \"offset\" FROM raw.events)").await;
-    assert_eq!(distinct[0]["n"].as_i64().unwrap(), total, "no offset is reused");
+    let offsets = pitwall_lake::committed_offsets(
+        &lake.table(&pitwall_lake::Fixed::Raw.ident()).await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        offsets.values().sum::<i64>(),
+        total,
+        "offsets continue across runs: {offsets:?}"
+    );
+    let distinct = rows(
+        &q,
+        "SELECT count(*) AS n FROM (SELECT DISTINCT \"partition\", \"offset\" FROM raw.events)",
+    )
+    .await;
+    assert_eq!(
+        distinct[0]["n"].as_i64().unwrap(),
+        total,
+        "no offset is reused"
+    );
 }
 
 /// Backfill with a changed rule (the seeds' batch ETL): the anomalies of the backfilled
@@ -454,8 +652,20 @@ async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
     use pitwall::pipeline::run_embedded;
     const DAY: i64 = 86_400_000_000_000;
     async fn run_at(config: pitwall::config::Config, start: i64) {
-        let run = SimRun { start_time: start, sim_duration: Some(Duration::from_secs(180)), serve: None, hold_open: false };
-        run_embedded(config, run, CancellationToken::new(), Arc::new(Stats::default())).await.expect("pipeline run");
+        let run = SimRun {
+            start_time: start,
+            sim_duration: Some(Duration::from_secs(180)),
+            serve: None,
+            hold_open: false,
+        };
+        run_embedded(
+            config,
+            run,
+            CancellationToken::new(),
+            Arc::new(Stats::default()),
+        )
+        .await
+        .expect("pipeline run");
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("lake");
@@ -465,7 +675,9 @@ async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
     run_at(cfg.clone(), START + 2 * DAY).await; // 2026-01-03
 
     // The same rules with engine_overheat from 120 °C down to 104 °C.
-    let defaults = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pitwall.toml")).unwrap();
+    let defaults =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pitwall.toml"))
+            .unwrap();
     let at = defaults.find("name = \"engine_overheat\"").unwrap();
     let mut changed_text = defaults.clone();
     let above = at + defaults[at..].find("above = 120.0").unwrap();
@@ -505,18 +717,35 @@ async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
     let day1_before = anomalies(data.clone(), 0).await;
     let day3_before = anomalies(data.clone(), 2).await;
     let tables_before = summary(data.clone()).await;
-    assert!(!day1_before.is_empty() && !day3_before.is_empty(), "faults should raise anomalies on both days");
+    assert!(
+        !day1_before.is_empty() && !day3_before.is_empty(),
+        "faults should raise anomalies on both days"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args(["backfill", "--from", "2026-01-03", "--to", "2026-01-04", "--config"])
+        .args([
+            "backfill",
+            "--from",
+            "2026-01-03",
+            "--to",
+            "2026-01-04",
+            "--config",
+        ])
         .arg(&changed_file)
         .arg("--data-dir")
         .arg(&data)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with("backfilled 2026-01-03 from "), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("backfilled 2026-01-03 from "),
+        "{stdout}"
+    );
     assert!(stdout.contains("anomalies.events:"), "{stdout}");
 
     // What a run with the new rule from the start finds in the same day's data.
@@ -530,10 +759,31 @@ async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
     let expected_day3 = anomalies(fresh.clone(), 2).await;
 
     let day3_after = anomalies(data.clone(), 2).await;
-    assert_eq!(day3_after, expected_day3, "the backfilled day holds what the new rule finds");
-    assert_ne!(day3_after, day3_before, "the lower threshold must find more");
-    let overheat = |rows: &[Value]| rows.iter().filter(|r| r["rule"] == "engine_overheat").count();
-    assert!(overheat(&day3_after) > overheat(&day3_before), "more engine_overheat episodes after the change");
-    assert_eq!(anomalies(data.clone(), 0).await, day1_before, "the other day is untouched");
-    assert_eq!(summary(data.clone()).await, tables_before, "raw, clean and window rows are the same data recomputed");
+    assert_eq!(
+        day3_after, expected_day3,
+        "the backfilled day holds what the new rule finds"
+    );
+    assert_ne!(
+        day3_after, day3_before,
+        "the lower threshold must find more"
+    );
+    let overheat = |rows: &[Value]| {
+        rows.iter()
+            .filter(|r| r["rule"] == "engine_overheat")
+            .count()
+    };
+    assert!(
+        overheat(&day3_after) > overheat(&day3_before),
+        "more engine_overheat episodes after the change"
+    );
+    assert_eq!(
+        anomalies(data.clone(), 0).await,
+        day1_before,
+        "the other day is untouched"
+    );
+    assert_eq!(
+        summary(data.clone()).await,
+        tables_before,
+        "raw, clean and window rows are the same data recomputed"
+    );
 }

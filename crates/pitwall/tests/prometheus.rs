@@ -9,7 +9,11 @@ mod common;
 use common::{Up, program};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,8 +29,14 @@ async fn prometheus_scrapes_pitwall_up() {
     .unwrap();
     let port = free_port();
     let mut prom = Command::new(&prometheus)
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -34,10 +44,15 @@ async fn prometheus_scrapes_pitwall_up() {
         .unwrap();
     let client = reqwest::Client::new();
     let query = |q: &str| {
-        let req = client.get(format!("http://127.0.0.1:{port}/api/v1/query")).query(&[("query", q)]);
+        let req = client
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query(&[("query", q)]);
         async move {
             let v: serde_json::Value = req.send().await.ok()?.json().await.ok()?;
-            let value = v["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok()?;
+            let value = v["data"]["result"][0]["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()?;
             Some(value)
         }
     };
@@ -62,10 +77,15 @@ async fn prometheus_scrapes_pitwall_up() {
                 break;
             }
             if Instant::now() > deadline {
-                Command::new("kill").arg(prom.id().to_string()).status().ok();
+                Command::new("kill")
+                    .arg(prom.id().to_string())
+                    .status()
+                    .ok();
                 let mut err = String::new();
                 std::io::Read::read_to_string(prom.stderr.as_mut().unwrap(), &mut err).ok();
-                panic!("Prometheus has no {q} > 0 after 90 s; found so far: {found:#?}\nPrometheus said:\n{err}");
+                panic!(
+                    "Prometheus has no {q} > 0 after 90 s; found so far: {found:#?}\nPrometheus said:\n{err}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -77,8 +97,14 @@ async fn prometheus_scrapes_pitwall_up() {
 
     // Every query of the shipped Grafana dashboard is valid PromQL and, but for rejects
     // (none in a clean run), has data.
-    let grafana: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/grafana/pitwall.json")).unwrap()).unwrap();
+    let grafana: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/grafana/pitwall.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
     let mut checked = 0;
     for panel in grafana["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
@@ -100,14 +126,21 @@ async fn prometheus_scrapes_pitwall_up() {
                 if !empty || expr.contains("rejects") {
                     break;
                 }
-                assert!(Instant::now() < deadline, "{}: {expr} has no data", panel["title"]);
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: {expr} has no data",
+                    panel["title"]
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             checked += 1;
         }
     }
     assert!(checked >= 10);
-    Command::new("kill").arg(prom.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg(prom.id().to_string())
+        .status()
+        .unwrap();
     prom.wait().unwrap();
     let (status, log) = pitwall.stop();
     assert!(status.success(), "pitwall up failed:\n{log}");

@@ -16,7 +16,11 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Wire> {
     // One UTF-8 check for the whole payload (outside strings only ASCII is valid JSON
     // anyway); strings are then cut from it at their quotes, which are char boundaries.
     let text = std::str::from_utf8(bytes).ok()?;
-    let mut c = Cursor { s: text, b: bytes, i: 0 };
+    let mut c = Cursor {
+        s: text,
+        b: bytes,
+        i: 0,
+    };
     c.eat(b'{')?;
     let mut wire = Wire::default();
     let mut seen = 0u8;
@@ -43,8 +47,14 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Wire> {
             match bit {
                 1 => wire.measurement = Some(c.string()?.to_owned()),
                 2 => wire.name = Some(c.string()?.to_owned()),
-                4 => wire.tags = TAGS.with_borrow_mut(|scratch| c.map(scratch, |c| c.string().map(Name::from)))?,
-                8 => wire.fields = Some(FIELDS.with_borrow_mut(|scratch| c.map(scratch, Cursor::value))?),
+                4 => {
+                    wire.tags = TAGS
+                        .with_borrow_mut(|scratch| c.map(scratch, |c| c.string().map(Name::from)))?
+                }
+                8 => {
+                    wire.fields =
+                        Some(FIELDS.with_borrow_mut(|scratch| c.map(scratch, Cursor::value))?)
+                }
                 16 => wire.time = Some(c.integer()?),
                 32 => wire.timestamp = Some(c.integer()?),
                 _ => wire.unsigned = c.strings()?,
@@ -108,7 +118,9 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        let len = self.b[start..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        let len = self.b[start..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
         if self.b[start + len] != b'"' {
             return None;
         }
@@ -134,7 +146,11 @@ impl<'a> Cursor<'a> {
 
     /// An object whose values `value` reads; a repeated key keeps its last value.
     /// `entries` is scratch space, empty before and after.
-    fn map<V>(&mut self, entries: &mut Vec<(Name, V)>, value: impl Fn(&mut Self) -> Option<V>) -> Option<SortedMap<Name, V>> {
+    fn map<V>(
+        &mut self,
+        entries: &mut Vec<(Name, V)>,
+        value: impl Fn(&mut Self) -> Option<V>,
+    ) -> Option<SortedMap<Name, V>> {
         entries.clear();
         self.eat(b'{')?;
         if self.peek()? == b'}' {
@@ -169,7 +185,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
-        self.b[self.i..].starts_with(word).then(|| self.i += word.len())
+        self.b[self.i..]
+            .starts_with(word)
+            .then(|| self.i += word.len())
     }
 
     fn digits(&mut self) -> usize {
@@ -233,9 +251,9 @@ impl<'a> Cursor<'a> {
         if digits.len() > 20 {
             return None;
         }
-        let magnitude = digits
-            .iter()
-            .try_fold(0u64, |m, &d| m.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
+        let magnitude = digits.iter().try_fold(0u64, |m, &d| {
+            m.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
         if negative {
             if magnitude == 0 || magnitude > i64::MIN.unsigned_abs() {
                 return None;
@@ -263,7 +281,9 @@ impl<'a> Cursor<'a> {
 /// path), giving the value the full parser gives.
 #[inline]
 fn short_decimal(text: &[u8], decimals: usize) -> Option<f64> {
-    const POW10: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
     if text.len() > 16 {
         return None;
     }
@@ -310,7 +330,10 @@ pub(super) fn encode(point: &Point, out: &mut Vec<u8>) {
     integer(point.time, out);
     if unsigned {
         out.extend_from_slice(b",\"unsigned\":[");
-        let names = point.fields.iter().filter(|(_, v)| matches!(v, FieldValue::U64(_)));
+        let names = point
+            .fields
+            .iter()
+            .filter(|(_, v)| matches!(v, FieldValue::U64(_)));
         for (i, (k, _)) in names.enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -389,11 +412,35 @@ mod tests {
 
     #[test]
     fn one_decimal_values_are_written_as_the_general_path_writes_them() {
-        for v in [0.1, -0.1, 0.5, 1.0, -1.0, 9.9, 10.0, 287.3, -40.7, 99.95 * 10.0, 123_456_789.9, 999_999_999.9] {
+        for v in [
+            0.1,
+            -0.1,
+            0.5,
+            1.0,
+            -1.0,
+            9.9,
+            10.0,
+            287.3,
+            -40.7,
+            99.95 * 10.0,
+            123_456_789.9,
+            999_999_999.9,
+        ] {
             assert_eq!(fast(v).as_deref(), Some(general(v).as_str()), "{v}");
         }
         // Not one decimal, or outside the range: the general path writes them.
-        for v in [0.0, -0.0, 0.05, 0.123, 1.0 / 3.0, 1e9 + 0.5, 1e10, 1e300, 5e-324, 287.31] {
+        for v in [
+            0.0,
+            -0.0,
+            0.05,
+            0.123,
+            1.0 / 3.0,
+            1e9 + 0.5,
+            1e10,
+            1e300,
+            5e-324,
+            287.31,
+        ] {
             assert_eq!(fast(v), None, "{v}");
         }
     }
@@ -409,7 +456,19 @@ mod tests {
 
     #[test]
     fn short_decimals_read_as_the_full_parser_reads_them() {
-        for text in ["0.0", "-0.0", "0.1", "-287.3", "99.95", "123456789.012345", "9007199254740.99", "1.000000000000001", "0.30000000000000004", "1234567890123456.7", "1.5e3"] {
+        for text in [
+            "0.0",
+            "-0.0",
+            "0.1",
+            "-287.3",
+            "99.95",
+            "123456789.012345",
+            "9007199254740.99",
+            "1.000000000000001",
+            "0.30000000000000004",
+            "1234567890123456.7",
+            "1.5e3",
+        ] {
             let want: f64 = text.parse().unwrap();
             let got = read(text).unwrap();
             assert_eq!(got.to_bits(), want.to_bits(), "{text}");

@@ -27,7 +27,9 @@ pub fn raw_at(partition: i32, offsets: std::ops::Range<i64>, base: i64) -> Outpu
                 // Three sources a partition, interleaved as a bus interleaves them.
                 key: Some(format!("k{partition}-{}", offset % 3)),
                 ingest_time: base + offset,
-                payload: format!("{{\"p\":{partition},\"o\":{offset}}}").into_bytes().into(),
+                payload: format!("{{\"p\":{partition},\"o\":{offset}}}")
+                    .into_bytes()
+                    .into(),
             })
             .collect(),
         ..Outputs::default()
@@ -45,7 +47,11 @@ pub fn feed_at(w: &mut LakeWriter, partition: i32, offsets: std::ops::Range<i64>
     w.append(
         &format!("telemetry.raw/{partition}"),
         raw_at(partition, offsets, base),
-        Checkpoint { next, replay_from: next, max_time: base + next },
+        Checkpoint {
+            next,
+            replay_from: next,
+            max_time: base + next,
+        },
     );
 }
 
@@ -66,7 +72,12 @@ pub struct Place {
 /// The embedded lake: SQLite catalog, local warehouse.
 pub fn local() -> Place {
     let dir = tempfile::tempdir().unwrap();
-    Place { config: LakeConfig::test_config(dir.path()), dir, services: None, rest: None }
+    Place {
+        config: LakeConfig::test_config(dir.path()),
+        dir,
+        services: None,
+        rest: None,
+    }
 }
 
 /// The shared lake: the SQL catalog on PostgreSQL, the warehouse on garage over S3.
@@ -80,7 +91,12 @@ pub fn shared() -> Place {
         s3: s3_config(&s3),
         ..LakeConfig::test_config(dir.path())
     };
-    Place { config, dir, services: Some((pg, s3)), rest: None }
+    Place {
+        config,
+        dir,
+        services: Some((pg, s3)),
+        rest: None,
+    }
 }
 
 fn s3_config(s3: &pitwall_testkit::Garage) -> pitwall_lake::S3Config {
@@ -105,14 +121,21 @@ pub fn rest(on_s3: bool) -> Place {
     };
     let config = LakeConfig {
         catalog: server.uri.clone(),
-        rest: pitwall_lake::RestConfig { token: server.token.clone(), ..Default::default() },
+        rest: pitwall_lake::RestConfig {
+            token: server.token.clone(),
+            ..Default::default()
+        },
         s3: s3.as_ref().map(s3_config).unwrap_or_default(),
         ..LakeConfig::test_config(dir.path())
     };
-    Place { config, dir, services: None, rest: Some((server, s3)) }
+    Place {
+        config,
+        dir,
+        services: None,
+        rest: Some((server, s3)),
+    }
 }
 
 pub async fn raw_offsets(lake: &Lake) -> BTreeMap<String, i64> {
     committed_offsets(&lake.table(&Fixed::Raw.ident()).await.unwrap()).unwrap_or_default()
 }
-

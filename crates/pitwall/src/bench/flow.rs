@@ -32,7 +32,9 @@ pub enum Transport {
 impl Transport {
     fn describe(&self, config: &Config) -> String {
         match self {
-            Transport::InProcess => format!("in-process bus ({} partitions)", config.bus.partitions),
+            Transport::InProcess => {
+                format!("in-process bus ({} partitions)", config.bus.partitions)
+            }
             Transport::Kafka(b) => format!(
                 "Kafka at {b} ({} partitions, acks=all, idempotent, {} compression, linger {:?})",
                 config.kafka.partitions, config.kafka.compression, config.kafka.linger
@@ -47,8 +49,16 @@ fn fresh_topics(config: &mut Config, transport: &Transport, run: usize) {
     if let Transport::Kafka(brokers) = transport {
         let stamp = crate::now_ns() / 1_000_000;
         config.kafka.brokers.clone_from(brokers);
-        config.bus.topic_prefix = format!("{}bench-{}-{stamp}-{run}.", config.bus.topic_prefix, std::process::id());
-        config.kafka.group_id = format!("{}-bench-{}-{stamp}-{run}", config.kafka.group_id, std::process::id());
+        config.bus.topic_prefix = format!(
+            "{}bench-{}-{stamp}-{run}.",
+            config.bus.topic_prefix,
+            std::process::id()
+        );
+        config.kafka.group_id = format!(
+            "{}-bench-{}-{stamp}-{run}",
+            config.kafka.group_id,
+            std::process::id()
+        );
     }
 }
 
@@ -80,8 +90,15 @@ impl Drop for ScratchLake {
 
 /// Events a second the configured simulators make.
 fn sim_rate(config: &Config) -> f64 {
-    (if config.sim.race_enabled { config.sim.race.cars as f64 * config.sim.race.hz } else { 0.0 })
-        + if config.sim.iot_enabled { config.sim.iot.sensors as f64 * config.sim.iot.hz } else { 0.0 }
+    (if config.sim.race_enabled {
+        config.sim.race.cars as f64 * config.sim.race.hz
+    } else {
+        0.0
+    }) + if config.sim.iot_enabled {
+        config.sim.iot.sensors as f64 * config.sim.iot.hz
+    } else {
+        0.0
+    }
 }
 
 /// One run's throughput figures.
@@ -133,7 +150,10 @@ fn print_runs(what: &str, runs: &[Throughput]) {
 
 /// Sends `sim_duration` of simulated telemetry to the raw topic on Kafka as fast as the
 /// producer goes, as `pitwall ingest --speed 0` does, and waits for every acknowledgement.
-async fn fill_kafka(config: &Config, sim_duration: Duration) -> anyhow::Result<(Throughput, String)> {
+async fn fill_kafka(
+    config: &Config,
+    sim_duration: Duration,
+) -> anyhow::Result<(Throughput, String)> {
     let topics = pipeline::ensure_topics(config).await?;
     let mut sink = pipeline::KafkaSink::new(&config.kafka, &topics.raw)?;
     let run = SimRun {
@@ -147,7 +167,15 @@ async fn fill_kafka(config: &Config, sim_duration: Duration) -> anyhow::Result<(
     let mut sim = pipeline::simulators(&config, run.start_time);
     let stats = Stats::default();
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    pipeline::produce(&config, &run, &mut sim, &mut sink, &CancellationToken::new(), &stats).await?;
+    pipeline::produce(
+        &config,
+        &run,
+        &mut sim,
+        &mut sink,
+        &CancellationToken::new(),
+        &stats,
+    )
+    .await?;
     sink.finish().await?;
     let t = Throughput {
         events: stats.produced.load(Relaxed),
@@ -159,7 +187,12 @@ async fn fill_kafka(config: &Config, sim_duration: Duration) -> anyhow::Result<(
 
 /// `pitwall bench ingest-kafka`: the simulators into the raw topic, `runs` times, each
 /// to a topic of its own.
-pub async fn ingest_kafka(config: &Config, brokers: &str, sim_duration: Duration, runs: usize) -> anyhow::Result<()> {
+pub async fn ingest_kafka(
+    config: &Config,
+    brokers: &str,
+    sim_duration: Duration,
+    runs: usize,
+) -> anyhow::Result<()> {
     let transport = Transport::Kafka(brokers.to_owned());
     println!(
         "ingest-kafka: {} of simulated telemetry ({:.0} events, JSON) at full speed into {}, the producer of `pitwall ingest`",
@@ -204,7 +237,11 @@ pub async fn process(config: &Config, opts: &ProcessBench) -> anyhow::Result<()>
         "process: {} of simulated telemetry ({events:.0} events) from the {} to {}; {} windows, {} rules; a lake commit every {:?} or {} rows",
         humantime::format_duration(opts.sim_duration),
         opts.transport.describe(config),
-        if opts.lake_given { config.lake.describe() } else { "a scratch embedded lake per run".to_owned() },
+        if opts.lake_given {
+            config.lake.describe()
+        } else {
+            "a scratch embedded lake per run".to_owned()
+        },
         config.processor.windows.len(),
         config.processor.rules.len(),
         config.lake.commit_interval,
@@ -221,15 +258,32 @@ pub async fn process(config: &Config, opts: &ProcessBench) -> anyhow::Result<()>
             Transport::Kafka(_) => {
                 fresh_topics(&mut cfg, &opts.transport, run);
                 let (fill, topic) = fill_kafka(&cfg, opts.sim_duration).await?;
-                println!("  run {}: {} events sent to {topic} first ({:.0} events/s)", run + 1, fill.events, fill.rate());
+                println!(
+                    "  run {}: {} events sent to {topic} first ({:.0} events/s)",
+                    run + 1,
+                    fill.events,
+                    fill.rate()
+                );
                 let idle = Duration::from_secs(2);
                 let stats = Arc::new(Stats::default());
                 let process_cfg = cfg.clone();
                 let (cpu0, t0) = (cpu_seconds(), Instant::now());
-                let options = crate::process::ProcessOptions { exit_when_idle: Some(idle) };
-                crate::process::run(process_cfg, options, CancellationToken::new(), Arc::clone(&stats)).await?;
+                let options = crate::process::ProcessOptions {
+                    exit_when_idle: Some(idle),
+                };
+                crate::process::run(
+                    process_cfg,
+                    options,
+                    CancellationToken::new(),
+                    Arc::clone(&stats),
+                )
+                .await?;
                 let processed = stats.processed.load(Relaxed);
-                anyhow::ensure!(processed >= fill.events, "processed {processed} of {} events", fill.events);
+                anyhow::ensure!(
+                    processed >= fill.events,
+                    "processed {processed} of {} events",
+                    fill.events
+                );
                 let t = Throughput {
                     events: processed,
                     // Less the idle wait that ends the run.
@@ -246,11 +300,17 @@ pub async fn process(config: &Config, opts: &ProcessBench) -> anyhow::Result<()>
     if opts.kafka_floor {
         // Peak memory from here on is the floor's own (it holds the output messages).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        println!("each run's Kafka work alone (the same client and settings; no decoding, processing or lake):");
+        println!(
+            "each run's Kafka work alone (the same client and settings; no decoding, processing or lake):"
+        );
         let mut floors = Vec::new();
         for (run, (cfg, events)) in floor_runs.iter().enumerate() {
             let (floor, outputs) = kafka_floor(cfg, *events).await?;
-            println!("  run {}: {} events read while {outputs} output messages were written again", run + 1, floor.events);
+            println!(
+                "  run {}: {} events read while {outputs} output messages were written again",
+                run + 1,
+                floor.events
+            );
             floors.push(floor);
         }
         print_runs("kafka floor", &floors);
@@ -267,7 +327,11 @@ pub async fn process(config: &Config, opts: &ProcessBench) -> anyhow::Result<()>
 async fn kafka_floor(cfg: &Config, raw_events: u64) -> anyhow::Result<(Throughput, usize)> {
     use pitwall_bus::kafka::{KafkaConsumer, KafkaPublisher};
     let topics = Topics::with_prefix(&cfg.bus.topic_prefix);
-    let outputs: Vec<&str> = topics.all().into_iter().filter(|t| *t != topics.raw).collect();
+    let outputs: Vec<&str> = topics
+        .all()
+        .into_iter()
+        .filter(|t| *t != topics.raw)
+        .collect();
     let targets: Vec<String> = outputs.iter().map(|t| format!("{t}.floor")).collect();
     let mut sends: Vec<(&str, Message)> = Vec::new();
     for (topic, target) in outputs.iter().zip(&targets) {
@@ -275,7 +339,11 @@ async fn kafka_floor(cfg: &Config, raw_events: u64) -> anyhow::Result<(Throughpu
         sends.extend(messages.into_iter().map(|m| (target.as_str(), m)));
     }
     let mut kafka = cfg.kafka.clone();
-    pitwall_bus::kafka::ensure_topics(&kafka, &targets.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    pitwall_bus::kafka::ensure_topics(
+        &kafka,
+        &targets.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await?;
     kafka.group_id = format!("{}-floor", cfg.kafka.group_id);
     let publisher = KafkaPublisher::new(&kafka)?;
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
@@ -286,9 +354,13 @@ async fn kafka_floor(cfg: &Config, raw_events: u64) -> anyhow::Result<(Throughpu
         batch.clear();
         consumer.recv_batch(512, &mut batch).await?;
         read += batch.len() as u64;
-        let upto = usize::try_from(sends.len() as u128 * u128::from(read.min(raw_events)) / u128::from(raw_events))?;
+        let upto = usize::try_from(
+            sends.len() as u128 * u128::from(read.min(raw_events)) / u128::from(raw_events),
+        )?;
         for (topic, m) in &sends[sent..upto] {
-            publisher.publish(topic, m.key.as_deref(), &m.payload, m.timestamp).await?;
+            publisher
+                .publish(topic, m.key.as_deref(), &m.payload, m.timestamp)
+                .await?;
         }
         sent = upto;
     }
@@ -319,11 +391,18 @@ async fn read_topic(cfg: &Config, topic: &str) -> anyhow::Result<Vec<Message>> {
         return Ok(messages);
     }
     loop {
-        let patience = if (messages.len() as i64) < expected { Duration::from_secs(30) } else { Duration::from_secs(1) };
+        let patience = if (messages.len() as i64) < expected {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(1)
+        };
         match tokio::time::timeout(patience, consumer.recv_batch(512, &mut messages)).await {
             Ok(r) => r?,
             Err(_) if (messages.len() as i64) < expected => {
-                anyhow::bail!("{topic}: read {} of the {expected} messages its end offsets promise", messages.len())
+                anyhow::bail!(
+                    "{topic}: read {} of the {expected} messages its end offsets promise",
+                    messages.len()
+                )
             }
             Err(_) => break,
         }
@@ -361,7 +440,8 @@ async fn process_in_process(cfg: &Config, sim_duration: Duration) -> anyhow::Res
     };
     let stats = Arc::new(Stats::default());
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let summary = pipeline::run_embedded(cfg, run, CancellationToken::new(), Arc::clone(&stats)).await?;
+    let summary =
+        pipeline::run_embedded(cfg, run, CancellationToken::new(), Arc::clone(&stats)).await?;
     let cpu = cpu_seconds() - cpu0;
     println!(
         "  {} events, {} rows committed; the simulators and their JSON took {sim_cpu:.2} CPU-s of the run's {cpu:.2} (measured alone), left out below",
@@ -383,12 +463,18 @@ struct Probes {
 impl Probes {
     /// How long ago probe `n` was sent, if it is being measured.
     fn age_of(&self, n: u64, now: Instant) -> Option<Duration> {
-        let sent = self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sent = self
+            .sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         sent.get(&n).map(|t| now.duration_since(*t))
     }
 
     fn len(&self) -> usize {
-        self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -411,7 +497,13 @@ struct Load {
 impl Load {
     /// Sends until warm-up plus duration are over (or `cancel`); probes sent after the
     /// warm-up are recorded in `probes`. Returns the events sent after the warm-up.
-    async fn run<S: RawSink>(self, config: Config, mut sink: S, probes: Arc<Probes>, cancel: CancellationToken) -> anyhow::Result<(u64, S)> {
+    async fn run<S: RawSink>(
+        self,
+        config: Config,
+        mut sink: S,
+        probes: Arc<Probes>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<(u64, S)> {
         let mut sim = pipeline::simulators(&config, crate::now_ns());
         let mut pool = Vec::new();
         while pool.len() < 20_000 {
@@ -421,7 +513,9 @@ impl Load {
             .iter()
             .find(|p| p.measurement == "car")
             .cloned()
-            .context("the probes are car points: turn the race simulator on (sim.race-enabled = true)")?;
+            .context(
+                "the probes are car points: turn the race simulator on (sim.race-enabled = true)",
+            )?;
         let mut payload = Vec::with_capacity(512);
         let start = Instant::now();
         let (mut sent, mut probes_sent, mut measured_from) = (0u64, 0u64, None);
@@ -448,8 +542,10 @@ impl Load {
                 let probe = if is_probe {
                     let mut q = template.clone();
                     let source = self.cycle.map_or(probes_sent, |k| probes_sent % k);
-                    q.tags.insert("driver".into(), format!("{}{source}", self.prefix).into());
-                    q.fields.insert("engine_temp_c".into(), FieldValue::F64(150.0));
+                    q.tags
+                        .insert("driver".into(), format!("{}{source}", self.prefix).into());
+                    q.fields
+                        .insert("engine_temp_c".into(), FieldValue::F64(150.0));
                     q.time = now;
                     Some(q)
                 } else {
@@ -461,19 +557,30 @@ impl Load {
                 json::encode_into(p, &mut payload)?;
                 let key = pipeline::source_key(&config.processor, p);
                 if is_probe && measured_from.is_some() {
-                    let id = if self.cycle.is_some() { now as u64 } else { probes_sent };
-                    probes.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, Instant::now());
+                    let id = if self.cycle.is_some() {
+                        now as u64
+                    } else {
+                        probes_sent
+                    };
+                    probes
+                        .sent
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id, Instant::now());
                 }
-                sink.send(key.clone(), Bytes::copy_from_slice(&payload), now).await?;
+                sink.send(key.clone(), Bytes::copy_from_slice(&payload), now)
+                    .await?;
                 if let Some(mut q) = probe {
                     probes_sent += 1;
                     if self.cycle.is_some() {
                         // Cool again: the episode ends, ready for the source's next probe.
-                        q.fields.insert("engine_temp_c".into(), FieldValue::F64(90.0));
+                        q.fields
+                            .insert("engine_temp_c".into(), FieldValue::F64(90.0));
                         q.time = now + 1;
                         payload.clear();
                         json::encode_into(&q, &mut payload)?;
-                        sink.send(key, Bytes::copy_from_slice(&payload), now + 1).await?;
+                        sink.send(key, Bytes::copy_from_slice(&payload), now + 1)
+                            .await?;
                         sent += 1;
                     }
                 }
@@ -497,7 +604,13 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start(cfg: &Config, transport: &Transport, load: Load, probes: &Arc<Probes>, on_anomaly: Option<OnAnomaly>) -> anyhow::Result<Self> {
+    async fn start(
+        cfg: &Config,
+        transport: &Transport,
+        load: Load,
+        probes: &Arc<Probes>,
+        on_anomaly: Option<OnAnomaly>,
+    ) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
         let stats = Arc::new(Stats::default());
         // The pipeline's own simulators send nothing; the load does.
@@ -527,7 +640,11 @@ impl Harness {
                 let sink = bus.producer(&topics.raw)?;
                 let pipeline = tokio::spawn({
                     let (cfg, cancel, stats) = (cfg.clone(), cancel.clone(), Arc::clone(&stats));
-                    async move { pipeline::run_on_bus(bus, cfg, run, cancel, stats).await.map(|_| ()) }
+                    async move {
+                        pipeline::run_on_bus(bus, cfg, run, cancel, stats)
+                            .await
+                            .map(|_| ())
+                    }
                 });
                 let load = tokio::spawn({
                     let (cfg, probes, cancel) = (cfg.clone(), Arc::clone(probes), cancel.clone());
@@ -540,8 +657,13 @@ impl Harness {
                 if let Some(on_anomaly) = on_anomaly {
                     let mut kafka = cfg.kafka.clone();
                     kafka.group_id.push_str("-anomalies");
-                    kafka.properties.insert("auto.offset.reset".into(), "earliest".into());
-                    let consumer = pitwall_bus::kafka::KafkaConsumer::subscribe(&kafka, &[topics.anomalies.as_str()])?;
+                    kafka
+                        .properties
+                        .insert("auto.offset.reset".into(), "earliest".into());
+                    let consumer = pitwall_bus::kafka::KafkaConsumer::subscribe(
+                        &kafka,
+                        &[topics.anomalies.as_str()],
+                    )?;
                     let cancel = cancel.clone();
                     tokio::spawn(async move {
                         loop {
@@ -560,7 +682,12 @@ impl Harness {
                     });
                 }
                 let sink = pipeline::KafkaSink::new(&cfg.kafka, &topics.raw)?;
-                let pipeline = tokio::spawn(pipeline::run_on_kafka(cfg.clone(), run, cancel.clone(), Arc::clone(&stats)));
+                let pipeline = tokio::spawn(pipeline::run_on_kafka(
+                    cfg.clone(),
+                    run,
+                    cancel.clone(),
+                    Arc::clone(&stats),
+                ));
                 let load = tokio::spawn({
                     let (cfg, probes, cancel) = (cfg.clone(), Arc::clone(probes), cancel.clone());
                     async move {
@@ -572,12 +699,19 @@ impl Harness {
                 (pipeline, load)
             }
         };
-        Ok(Harness { cancel, pipeline, load, stats })
+        Ok(Harness {
+            cancel,
+            pipeline,
+            load,
+            stats,
+        })
     }
 
     /// Waits for the load to finish; returns the events it sent after the warm-up.
     async fn wait_load(&mut self) -> anyhow::Result<u64> {
-        (&mut self.load).await.context("the load generator panicked")?
+        (&mut self.load)
+            .await
+            .context("the load generator panicked")?
     }
 
     /// Stops the pipeline (it commits what it has) and reports its error, if any.
@@ -595,13 +729,26 @@ struct Seen {
 
 impl Seen {
     fn note(&self, n: u64, secs: f64) {
-        self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(n).or_insert(secs);
+        self.first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(n)
+            .or_insert(secs);
     }
     fn len(&self) -> usize {
-        self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
     fn sorted(&self) -> Vec<f64> {
-        let mut v: Vec<f64> = self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().copied().collect();
+        let mut v: Vec<f64> = self
+            .first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .copied()
+            .collect();
         v.sort_by(f64::total_cmp);
         v
     }
@@ -634,7 +781,8 @@ fn probe_of(prefix: &str, json: &[u8]) -> Option<u64> {
         time: i64,
     }
     let h: Head<'_> = serde_json::from_slice(json).ok()?;
-    (h.phase == "start" && h.rule == "engine_overheat" && h.source_id.starts_with(prefix)).then_some(h.time as u64)
+    (h.phase == "start" && h.rule == "engine_overheat" && h.source_id.starts_with(prefix))
+        .then_some(h.time as u64)
 }
 
 /// Sources the latency probes cycle through (a new source per probe would measure the
@@ -680,7 +828,11 @@ impl FixedRate {
             self.probe_every,
             cfg.processor.windows.len(),
             cfg.processor.rules.len(),
-            if self.lake_given { cfg.lake.describe() } else { "a scratch embedded lake".to_owned() },
+            if self.lake_given {
+                cfg.lake.describe()
+            } else {
+                "a scratch embedded lake".to_owned()
+            },
             cfg.lake.commit_interval
         )
     }
@@ -719,15 +871,24 @@ pub async fn latency(config: &Config, opts: &FixedRate) -> anyhow::Result<()> {
     let probes = Arc::new(Probes::default());
     let (topic_seen, sse_seen) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
     let live = pitwall_server::LiveHub::default();
-    let server = super::LocalServer::start(&cfg, Arc::new(super::Discard::default()), live.clone()).await?;
+    let server =
+        super::LocalServer::start(&cfg, Arc::new(super::Discard::default()), live.clone()).await?;
     // The browser's side, connecting while the pipeline starts (the server sends the
     // stream's head with its first event).
     let sse = {
         let url = format!("http://{}/api/v1/live?stream=anomalies", server.addr);
         let (probes, seen) = (Arc::clone(&probes), Arc::clone(&sse_seen));
         tokio::spawn(async move {
-            let response = reqwest::Client::new().get(&url).send().await.with_context(|| format!("connecting to {url}"))?;
-            anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
+            let response = reqwest::Client::new()
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url} answered {}",
+                response.status()
+            );
             read_sse(response, move |data| {
                 if let Some(n) = probe_of(PREFIX, data)
                     && let Some(age) = probes.age_of(n, Instant::now())
@@ -741,7 +902,10 @@ pub async fn latency(config: &Config, opts: &FixedRate) -> anyhow::Result<()> {
     };
     // Wait for the live feed's subscription, so no probe goes out before it.
     wait_until(Duration::from_secs(5), || live.has_listeners()).await;
-    anyhow::ensure!(live.has_listeners(), "the live feed's client did not connect");
+    anyhow::ensure!(
+        live.has_listeners(),
+        "the live feed's client did not connect"
+    );
     let on_anomaly: OnAnomaly = {
         let (probes, seen, live) = (Arc::clone(&probes), Arc::clone(&topic_seen), live.clone());
         Arc::new(move |key, payload| {
@@ -754,10 +918,20 @@ pub async fn latency(config: &Config, opts: &FixedRate) -> anyhow::Result<()> {
         })
     };
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let mut harness = Harness::start(&cfg, &opts.transport, opts.load(PREFIX, Some(PROBE_SOURCES)), &probes, Some(on_anomaly)).await?;
+    let mut harness = Harness::start(
+        &cfg,
+        &opts.transport,
+        opts.load(PREFIX, Some(PROBE_SOURCES)),
+        &probes,
+        Some(on_anomaly),
+    )
+    .await?;
     let sent = harness.wait_load().await?;
     let expected = probes.len();
-    wait_until(Duration::from_secs(10), || topic_seen.len() >= expected && sse_seen.len() >= expected).await;
+    wait_until(Duration::from_secs(10), || {
+        topic_seen.len() >= expected && sse_seen.len() >= expected
+    })
+    .await;
     let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
     let processed = harness.stats.processed.load(Relaxed);
     harness.stop().await?;
@@ -765,7 +939,10 @@ pub async fn latency(config: &Config, opts: &FixedRate) -> anyhow::Result<()> {
     server.stop().await;
     print_load(opts, sent, cpu, wall);
     println!("processed {processed} events in all (warm-up included)");
-    println!("event -> anomalies topic   {}", topic_seen.summary(expected));
+    println!(
+        "event -> anomalies topic   {}",
+        topic_seen.summary(expected)
+    );
     println!("event -> live feed (SSE)   {}", sse_seen.summary(expected));
     Ok(())
 }
@@ -779,7 +956,10 @@ pub async fn freshness(config: &Config, opts: &FixedRate, poll: Duration) -> any
     let mut cfg = config.clone();
     let _scratch = ScratchLake::apply(&mut cfg, opts.lake_given, 0);
     fresh_topics(&mut cfg, &opts.transport, 0);
-    println!("{}; polled every {poll:?}", opts.describe("freshness", &cfg));
+    println!(
+        "{}; polled every {poll:?}",
+        opts.describe("freshness", &cfg)
+    );
     // Opening the lake first creates its tables, so the queries have them from the start.
     let (lake, _) = pipeline::open_lake(&cfg).await?;
     let probes = Arc::new(Probes::default());
@@ -789,7 +969,14 @@ pub async fn freshness(config: &Config, opts: &FixedRate, poll: Duration) -> any
         prefix.len() + 1
     );
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let mut harness = Harness::start(&cfg, &opts.transport, opts.load(&prefix, None), &probes, None).await?;
+    let mut harness = Harness::start(
+        &cfg,
+        &opts.transport,
+        opts.load(&prefix, None),
+        &probes,
+        None,
+    )
+    .await?;
     let mut queries = Vec::new();
     let mut load_done = None;
     let car = pitwall_lake::tables::clean_ident("car");
@@ -807,7 +994,11 @@ pub async fn freshness(config: &Config, opts: &FixedRate, poll: Duration) -> any
             Vec::new()
         };
         for b in &batches {
-            let col = b.column(0).as_any().downcast_ref::<arrow_array::Int64Array>().context("the probe numbers are not BIGINT")?;
+            let col = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .context("the probe numbers are not BIGINT")?;
             for n in col.iter().flatten() {
                 if let Some(age) = probes.age_of(n as u64, started) {
                     seen.note(n as u64, age.as_secs_f64());
@@ -815,10 +1006,16 @@ pub async fn freshness(config: &Config, opts: &FixedRate, poll: Duration) -> any
             }
         }
         if load_done.is_none() && harness.load.is_finished() {
-            load_done = Some((harness.wait_load().await?, cpu_seconds() - cpu0, t0.elapsed().as_secs_f64(), Instant::now()));
+            load_done = Some((
+                harness.wait_load().await?,
+                cpu_seconds() - cpu0,
+                t0.elapsed().as_secs_f64(),
+                Instant::now(),
+            ));
         }
         if let Some((.., at)) = load_done
-            && (seen.len() >= probes.len() || at.elapsed() > cfg.lake.commit_interval * 3 + Duration::from_secs(10))
+            && (seen.len() >= probes.len()
+                || at.elapsed() > cfg.lake.commit_interval * 3 + Duration::from_secs(10))
         {
             break;
         }
@@ -834,7 +1031,10 @@ pub async fn freshness(config: &Config, opts: &FixedRate, poll: Duration) -> any
         percentile(&queries, 0.5) * 1e3,
         percentile(&queries, 0.99) * 1e3
     );
-    println!("event -> visible in a query   {}", seen.summary(probes.len()));
+    println!(
+        "event -> visible in a query   {}",
+        seen.summary(probes.len())
+    );
     Ok(())
 }
 

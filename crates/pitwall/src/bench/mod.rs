@@ -110,20 +110,36 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
         BenchSink::Discard => Arc::clone(&discard) as Arc<dyn pitwall_server::Sink>,
         BenchSink::Kafka => {
             let topics = crate::pipeline::ensure_topics(config).await?;
-            Arc::new(crate::pipeline::KafkaWriteSink::new(&config.kafka, &topics.raw)?)
+            Arc::new(crate::pipeline::KafkaWriteSink::new(
+                &config.kafka,
+                &topics.raw,
+            )?)
         }
     };
     let server = LocalServer::start(config, sink, pitwall_server::LiveHub::default()).await?;
     let url = format!("http://{}/api/v2/write?precision=ns", server.addr);
-    announce(opts, mean_line, &format!("to pitwall, sink {:?}", opts.sink));
+    announce(
+        opts,
+        mean_line,
+        &format!("to pitwall, sink {:?}", opts.sink),
+    );
     let load = send_load(opts, Arc::new(bodies), &url).await;
     server.stop().await;
     let load = load?;
     if opts.sink == BenchSink::Discard {
         let points = load.latencies.len() * opts.batch;
-        anyhow::ensure!(discard.0.load(Relaxed) as usize == points, "the sink got {} points, not {points}", discard.0.load(Relaxed));
+        anyhow::ensure!(
+            discard.0.load(Relaxed) as usize == points,
+            "the sink got {} points, not {points}",
+            discard.0.load(Relaxed)
+        );
     }
-    print_load(opts, &load, mean_line, Some(("pitwall's (load generator included)", load.cpu)))
+    print_load(
+        opts,
+        &load,
+        mean_line,
+        Some(("pitwall's (load generator included)", load.cpu)),
+    )
 }
 
 /// pitwall's HTTP server on a free loopback port, with no lake behind its SQL API.
@@ -134,7 +150,11 @@ struct LocalServer {
 }
 
 impl LocalServer {
-    async fn start(config: &Config, sink: Arc<dyn pitwall_server::Sink>, live: pitwall_server::LiveHub) -> anyhow::Result<Self> {
+    async fn start(
+        config: &Config,
+        sink: Arc<dyn pitwall_server::Sink>,
+        live: pitwall_server::LiveHub,
+    ) -> anyhow::Result<Self> {
         let server_config = pitwall_server::ServerConfig {
             listen: "127.0.0.1:0".into(),
             ..config.server.clone()
@@ -148,9 +168,12 @@ impl LocalServer {
             live,
             health: pitwall_server::Health::default(),
         };
-        let bound = pitwall_server::Bound::bind(&server_config, pitwall_server::router(&server_config, services).map_err(|e| anyhow::anyhow!("{e}"))?)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let bound = pitwall_server::Bound::bind(
+            &server_config,
+            pitwall_server::router(&server_config, services).map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         let addr = bound.local_addr();
         let stop = tokio_util::sync::CancellationToken::new();
         let task = {
@@ -173,7 +196,10 @@ pub(crate) fn peak_memory() -> String {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or_else(|| "unknown".to_owned(), |kb| format!("{:.0} MB", kb * 1024.0 / 1e6))
+        .map_or_else(
+            || "unknown".to_owned(),
+            |kb| format!("{:.0} MB", kb * 1024.0 / 1e6),
+        )
 }
 
 /// Says what a load run sends, and where.
@@ -197,14 +223,25 @@ struct Load {
 }
 
 /// Posts `bodies` to `url` over `opts.connections` connections for `opts.duration`.
-async fn send_load(opts: &HttpWrite, bodies: Arc<Vec<bytes::Bytes>>, url: &str) -> anyhow::Result<Load> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(opts.connections).build()?;
+async fn send_load(
+    opts: &HttpWrite,
+    bodies: Arc<Vec<bytes::Bytes>>,
+    url: &str,
+) -> anyhow::Result<Load> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.connections)
+        .build()?;
     let cpu0 = cpu_seconds();
     let started = Instant::now();
     let deadline = started + opts.duration;
     let mut tasks = Vec::new();
     for c in 0..opts.connections {
-        let (client, bodies, url, gzip) = (client.clone(), Arc::clone(&bodies), url.to_owned(), opts.gzip);
+        let (client, bodies, url, gzip) = (
+            client.clone(),
+            Arc::clone(&bodies),
+            url.to_owned(),
+            opts.gzip,
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut i = c;
@@ -214,8 +251,16 @@ async fn send_load(opts: &HttpWrite, bodies: Arc<Vec<bytes::Bytes>>, url: &str) 
                     req = req.header("Content-Encoding", "gzip");
                 }
                 let t = Instant::now();
-                let r = req.send().await.with_context(|| format!("sending to {url}"))?;
-                anyhow::ensure!(r.status() == 204, "{url} answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+                let r = req
+                    .send()
+                    .await
+                    .with_context(|| format!("sending to {url}"))?;
+                anyhow::ensure!(
+                    r.status() == 204,
+                    "{url} answered {}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                );
                 latencies.push(t.elapsed());
                 i += stride(c);
             }
@@ -236,21 +281,40 @@ async fn send_load(opts: &HttpWrite, bodies: Arc<Vec<bytes::Bytes>>, url: &str) 
 }
 
 /// Prints a load run's figures; `server_cpu` is the CPU the receiving side used.
-fn print_load(opts: &HttpWrite, load: &Load, mean_line: f64, server_cpu: Option<(&str, f64)>) -> anyhow::Result<()> {
-    let pct = |p: f64| load.latencies.get(((load.latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or_default();
+fn print_load(
+    opts: &HttpWrite,
+    load: &Load,
+    mean_line: f64,
+    server_cpu: Option<(&str, f64)>,
+) -> anyhow::Result<()> {
+    let pct = |p: f64| {
+        load.latencies
+            .get(((load.latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     let points = (load.latencies.len() * opts.batch) as f64;
     let secs = load.elapsed.as_secs_f64();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     println!("requests            {}", load.latencies.len());
     println!("points/s            {:.0}", points / secs);
     println!("MB/s (uncompressed) {:.1}", points * mean_line / secs / 1e6);
-    println!("request latency     p50 {:.1} ms, p99 {:.1} ms", pct(0.5).as_secs_f64() * 1e3, pct(0.99).as_secs_f64() * 1e3);
+    println!(
+        "request latency     p50 {:.1} ms, p99 {:.1} ms",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
     match server_cpu {
         Some((whose, cpu)) => {
-            println!("CPU                 {cpu:.1} s {whose} over {secs:.1} s wall on {cores} cores");
+            println!(
+                "CPU                 {cpu:.1} s {whose} over {secs:.1} s wall on {cores} cores"
+            );
             println!("points per CPU-s    {:.0}", points / cpu.max(1e-9));
         }
-        None => println!("CPU                 {:.1} s of the load generator over {secs:.1} s wall on {cores} cores", load.cpu),
+        None => println!(
+            "CPU                 {:.1} s of the load generator over {secs:.1} s wall on {cores} cores",
+            load.cpu
+        ),
     }
     Ok(())
 }
@@ -289,20 +353,29 @@ async fn median_query(lake: &pitwall_lake::Lake, sql: &str, runs: usize) -> anyh
         let t = Instant::now();
         let batches = q.sql(sql).await?;
         times.push(t.elapsed().as_secs_f64());
-        anyhow::ensure!(pitwall_query::row_count(&batches) > 0, "{sql} returned nothing");
+        anyhow::ensure!(
+            pitwall_query::row_count(&batches) > 0,
+            "{sql} returned nothing"
+        );
     }
     times.sort_by(f64::total_cmp);
     Ok(percentile(&times, 0.5))
 }
 
-async fn table_files_and_bytes(lake: &pitwall_lake::Lake) -> anyhow::Result<Vec<(String, u64, u64, u64)>> {
+async fn table_files_and_bytes(
+    lake: &pitwall_lake::Lake,
+) -> anyhow::Result<Vec<(String, u64, u64, u64)>> {
     let mut out = Vec::new();
     for ident in lake.table_idents().await? {
         let table = lake.table(&ident).await?;
         let (files, bytes, rows) = table.metadata().current_snapshot().map_or((0, 0, 0), |s| {
             let p = &s.summary().additional_properties;
             let n = |k: &str| p.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
-            (n("total-data-files"), n("total-files-size"), n("total-records"))
+            (
+                n("total-data-files"),
+                n("total-files-size"),
+                n("total-records"),
+            )
         });
         out.push((ident.to_string(), files, bytes, rows));
     }
@@ -315,14 +388,29 @@ async fn table_files_and_bytes(lake: &pitwall_lake::Lake) -> anyhow::Result<Vec<
 /// is compacted, and lake bytes against the raw JSON bytes.
 pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
     let mut cfg = config.clone();
-    let per_second = if cfg.sim.race_enabled { cfg.sim.race.cars as f64 * cfg.sim.race.hz } else { 0.0 }
-        + if cfg.sim.iot_enabled { cfg.sim.iot.sensors as f64 * cfg.sim.iot.hz } else { 0.0 };
+    let per_second = if cfg.sim.race_enabled {
+        cfg.sim.race.cars as f64 * cfg.sim.race.hz
+    } else {
+        0.0
+    } + if cfg.sim.iot_enabled {
+        cfg.sim.iot.sensors as f64 * cfg.sim.iot.hz
+    } else {
+        0.0
+    };
     let events = per_second * opts.sim_duration.as_secs_f64();
-    let commits = (opts.sim_duration.as_secs_f64() / opts.commit_every.as_secs_f64()).ceil().max(1.0);
+    let commits = (opts.sim_duration.as_secs_f64() / opts.commit_every.as_secs_f64())
+        .ceil()
+        .max(1.0);
     cfg.sim.speed = opts.speed;
     cfg.processor.idle_timeout = Duration::ZERO;
     // Simulated time to wall time.
-    let wall = |d: Duration| if opts.speed > 0.0 { d.div_f64(opts.speed) } else { d };
+    let wall = |d: Duration| {
+        if opts.speed > 0.0 {
+            d.div_f64(opts.speed)
+        } else {
+            d
+        }
+    };
     if opts.speed > 0.0 {
         cfg.lake.commit_interval = wall(opts.commit_every);
         cfg.lake.commit_rows = usize::MAX;
@@ -339,7 +427,11 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
         cfg.lake.describe(),
         humantime::format_duration(opts.sim_duration),
         events,
-        if opts.speed > 0.0 { format!("{}x real time", opts.speed) } else { "full speed".to_owned() },
+        if opts.speed > 0.0 {
+            format!("{}x real time", opts.speed)
+        } else {
+            "full speed".to_owned()
+        },
         humantime::format_duration(opts.commit_every),
         commits,
         opts.maintenance.map_or("off".to_owned(), |d| format!(
@@ -356,10 +448,19 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
         hold_open: false,
     };
     let started = Instant::now();
-    let summary = crate::pipeline::run_embedded(cfg.clone(), run, tokio_util::sync::CancellationToken::new(), Arc::clone(&stats))
-        .await
-        .context("streaming into the lake")?;
-    let mut commit_times = stats.commit_seconds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let summary = crate::pipeline::run_embedded(
+        cfg.clone(),
+        run,
+        tokio_util::sync::CancellationToken::new(),
+        Arc::clone(&stats),
+    )
+    .await
+    .context("streaming into the lake")?;
+    let mut commit_times = stats
+        .commit_seconds
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     commit_times.sort_by(f64::total_cmp);
     println!(
         "streamed {} events in {:.1}s: {} commits; commit latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
@@ -373,8 +474,14 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
 
     let lake = pitwall_lake::Lake::open(cfg.lake.clone()).await?;
     let queries = [
-        ("clean.car", "SELECT driver, count(*) AS n, avg(speed_kph) AS speed, max(rpm) AS rpm FROM clean.car GROUP BY driver"),
-        ("metrics.windows", "SELECT \"window\", field, count(*) AS n, avg(mean) AS mean FROM metrics.windows GROUP BY 1, 2"),
+        (
+            "clean.car",
+            "SELECT driver, count(*) AS n, avg(speed_kph) AS speed, max(rpm) AS rpm FROM clean.car GROUP BY driver",
+        ),
+        (
+            "metrics.windows",
+            "SELECT \"window\", field, count(*) AS n, avg(mean) AS mean FROM metrics.windows GROUP BY 1, 2",
+        ),
     ];
     let before = table_files_and_bytes(&lake).await?;
     let mut streamed = Vec::new();
@@ -384,13 +491,15 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
     let mut idents = lake.table_idents().await?;
     idents.sort_by_key(|i| i.to_string());
     for ident in &idents {
-        lake.compact(ident, cfg.lake.maintenance.target_file_size).await?;
+        lake.compact(ident, cfg.lake.maintenance.target_file_size)
+            .await?;
         lake.expire_snapshots(ident, Duration::ZERO).await?;
     }
     let after = table_files_and_bytes(&lake).await?;
     for (i, (table, sql)) in queries.iter().enumerate() {
         let compacted = median_query(&lake, sql, opts.runs).await?;
-        let files = |v: &[(String, u64, u64, u64)]| v.iter().find(|t| t.0 == *table).map_or(0, |t| t.1);
+        let files =
+            |v: &[(String, u64, u64, u64)]| v.iter().find(|t| t.0 == *table).map_or(0, |t| t.1);
         println!(
             "full-scan aggregate on {table}: {:.1} ms as streamed ({} files), {:.1} ms compacted ({} files): {:.2}x",
             streamed[i] * 1e3,
@@ -401,13 +510,24 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
         );
     }
     let q = pitwall_query::Query::new(&lake).await?;
-    let raw = q.sql("SELECT sum(octet_length(CAST(payload AS VARCHAR))) AS b FROM raw.events").await?;
+    let raw = q
+        .sql("SELECT sum(octet_length(CAST(payload AS VARCHAR))) AS b FROM raw.events")
+        .await?;
     let raw_bytes = raw
         .first()
-        .and_then(|b| b.column(0).as_any().downcast_ref::<arrow_array::Int64Array>().map(|a| a.value(0)))
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .map(|a| a.value(0))
+        })
         .unwrap_or(0) as f64;
     let total: u64 = after.iter().map(|t| t.2).sum();
-    let no_raw: u64 = after.iter().filter(|t| t.0 != "raw.events").map(|t| t.2).sum();
+    let no_raw: u64 = after
+        .iter()
+        .filter(|t| t.0 != "raw.events")
+        .map(|t| t.2)
+        .sum();
     println!(
         "storage: raw JSON {:.1} MB; lake {:.1} MB in all = 1/{:.1} of it ({:.1} MB without raw.events = 1/{:.1})",
         raw_bytes / 1e6,
@@ -417,7 +537,11 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
         raw_bytes / no_raw as f64
     );
     for (table, files, bytes, rows) in &after {
-        println!("  {table}: {rows} rows, {files} files, {:.2} MB, {:.1} bytes a row", *bytes as f64 / 1e6, *bytes as f64 / (*rows).max(1) as f64);
+        println!(
+            "  {table}: {rows} rows, {files} files, {:.2} MB, {:.1} bytes a row",
+            *bytes as f64 / 1e6,
+            *bytes as f64 / (*rows).max(1) as f64
+        );
     }
     Ok(())
 }
@@ -434,7 +558,10 @@ pub fn codec(config: &Config, points: usize, runs: usize) -> anyhow::Result<()> 
     }
     batch.truncate(points);
     let text = line_protocol::encode_all(&batch)?;
-    let payloads = batch.iter().map(json::encode).collect::<Result<Vec<_>, _>>()?;
+    let payloads = batch
+        .iter()
+        .map(json::encode)
+        .collect::<Result<Vec<_>, _>>()?;
     let json_bytes: usize = payloads.iter().map(Vec::len).sum();
     println!(
         "codec: {points} simulated points ({:.0} bytes a line-protocol line, {:.0} bytes a JSON payload), one core, median of {runs} runs",
@@ -496,7 +623,11 @@ pub fn codec(config: &Config, points: usize, runs: usize) -> anyhow::Result<()> 
         })?,
     ));
     for (name, secs) in rows {
-        println!("{name:<22} {:>10.0} lines/s on one core ({:.1} ms for {points})", points as f64 / secs, secs * 1e3);
+        println!(
+            "{name:<22} {:>10.0} lines/s on one core ({:.1} ms for {points})",
+            points as f64 / secs,
+            secs * 1e3
+        );
     }
     Ok(())
 }
@@ -506,8 +637,16 @@ const SCHEMA_SQL: &str = include_str!("../../../../deploy/trino/schema.sql");
 
 /// The queries of schema.sql, comments left out.
 pub fn schema_queries() -> Vec<String> {
-    let text: String = SCHEMA_SQL.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
-    text.split(';').map(str::trim).filter(|q| !q.is_empty()).map(str::to_owned).collect()
+    let text: String = SCHEMA_SQL
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.split(';')
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `pitwall bench query`: the seeds' typical dashboard queries (schema.sql) on the lake
@@ -523,7 +662,10 @@ pub async fn query(config: &Config, runs: usize) -> anyhow::Result<()> {
         rows("metrics.windows"),
         rows("anomalies.events")
     );
-    anyhow::ensure!(rows("clean.car") > 0, "the lake has no clean.car rows: fill it first (pitwall bench lake --sim-duration 14h --speed 0 streams about 10 million)");
+    anyhow::ensure!(
+        rows("clean.car") > 0,
+        "the lake has no clean.car rows: fill it first (pitwall bench lake --sim-duration 14h --speed 0 streams about 10 million)"
+    );
     for (i, sql) in schema_queries().iter().enumerate() {
         let first = sql.lines().next().unwrap_or_default();
         let secs = median_query(&lake, sql, runs).await?;

@@ -46,10 +46,12 @@ pub struct Broker {
 
 /// The tansu binary: `PITWALL_TANSU`, else where `scripts/test.sh` builds it.
 pub fn tansu_binary() -> PathBuf {
-    let path = std::env::var_os("PITWALL_TANSU").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").expect("HOME is set");
-        PathBuf::from(home).join(".cache/pitwall/tansu/bin/tansu")
-    });
+    let path = std::env::var_os("PITWALL_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            PathBuf::from(home).join(".cache/pitwall/tansu/bin/tansu")
+        });
     assert!(
         path.exists(),
         "the Kafka-API broker tansu is not at {}; run ./scripts/test.sh, which builds it once and caches it",
@@ -60,11 +62,21 @@ pub fn tansu_binary() -> PathBuf {
 
 impl Broker {
     pub fn start(dir: &Path) -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("tansu-{port}.log"));
         let child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &format!("tcp://{addr}"), "--advertised-listener-url", &format!("tcp://{addr}")])
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{addr}"),
+                "--advertised-listener-url",
+                &format!("tcp://{addr}"),
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -79,7 +91,12 @@ impl Broker {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&self.addr).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {} (log: {})", self.addr, self.log.display());
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {} (log: {})",
+                self.addr,
+                self.log.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -96,7 +113,12 @@ impl Broker {
 }
 
 pub fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill -{sig} {pid}");
 }
 
@@ -126,23 +148,46 @@ pub async fn run(transport: &Transport<'_>, mut config: Config, minutes: u64) ->
         hold_open: false,
     };
     match transport {
-        Transport::InProcess => run_embedded(config, run, CancellationToken::new(), Arc::new(Stats::default()))
-            .await
-            .expect("pipeline run"),
+        Transport::InProcess => run_embedded(
+            config,
+            run,
+            CancellationToken::new(),
+            Arc::new(Stats::default()),
+        )
+        .await
+        .expect("pipeline run"),
         Transport::Kafka(broker) => {
             let started = Instant::now();
             config.kafka.brokers = broker.addr.clone();
             let topics = pitwall_bus::Topics::with_prefix(&config.bus.topic_prefix);
-            pitwall_bus::kafka::ensure_topics(&config.kafka, &topics.all()).await.unwrap();
+            pitwall_bus::kafka::ensure_topics(&config.kafka, &topics.all())
+                .await
+                .unwrap();
             let stats = Arc::new(Stats::default());
             let mut sink = KafkaSink::new(&config.kafka, &topics.raw).unwrap();
             let mut sim = simulators(&config, run.start_time);
-            produce(&config, &run, &mut sim, &mut sink, &CancellationToken::new(), &stats).await.unwrap();
+            produce(
+                &config,
+                &run,
+                &mut sim,
+                &mut sink,
+                &CancellationToken::new(),
+                &stats,
+            )
+            .await
+            .unwrap();
             sink.finish().await.unwrap();
             let options = ProcessOptions {
                 exit_when_idle: Some(Duration::from_secs(3)),
             };
-            run_process(config, options, CancellationToken::new(), Arc::clone(&stats)).await.expect("pitwall process");
+            run_process(
+                config,
+                options,
+                CancellationToken::new(),
+                Arc::clone(&stats),
+            )
+            .await
+            .expect("pitwall process");
             let g = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             Summary {
                 produced: g(&stats.produced),
@@ -167,7 +212,9 @@ pub async fn rows(q: &Query, sql: &str) -> Vec<Value> {
 }
 
 pub async fn count(q: &Query, table: &str) -> i64 {
-    rows(q, &format!("SELECT count(*) AS n FROM {table}")).await[0]["n"].as_i64().unwrap()
+    rows(q, &format!("SELECT count(*) AS n FROM {table}")).await[0]["n"]
+        .as_i64()
+        .unwrap()
 }
 
 pub fn rule_for(kind: FaultKind) -> &'static str {
@@ -185,16 +232,30 @@ pub fn rule_for(kind: FaultKind) -> &'static str {
 
 /// Reads `child`'s stderr up to the line where it says where the write API listens;
 /// returns the URL, the reader (to read the rest) and what it read so far.
-pub fn write_api_url(child: &mut Child) -> (String, std::io::BufReader<std::process::ChildStderr>, String) {
+pub fn write_api_url(
+    child: &mut Child,
+) -> (
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+    String,
+) {
     use std::io::BufRead;
     let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
     let mut seen = String::new();
     loop {
         let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "pitwall ended before serving:\n{seen}");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "pitwall ended before serving:\n{seen}"
+        );
         seen.push_str(&line);
         if let Some(rest) = line.strip_prefix("write API on ") {
-            let url = rest.split_whitespace().next().unwrap().trim_end_matches(':').to_owned();
+            let url = rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches(':')
+                .to_owned();
             return (url, stderr, seen);
         }
     }
@@ -227,14 +288,22 @@ impl Up {
             std::io::Read::read_to_string(&mut stderr, &mut rest).ok();
             seen + &rest
         });
-        Up { child, url, log: Some(log) }
+        Up {
+            child,
+            url,
+            log: Some(log),
+        }
     }
 
     /// Ctrl-C, then waits: whether it exited cleanly, and all it wrote to stderr.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         signal(self.child.id(), "INT");
         let status = self.child.wait().unwrap();
-        let log = self.log.take().map(|l| l.join().unwrap()).unwrap_or_default();
+        let log = self
+            .log
+            .take()
+            .map(|l| l.join().unwrap())
+            .unwrap_or_default();
         (status, log)
     }
 }
