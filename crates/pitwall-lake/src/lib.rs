@@ -37,7 +37,8 @@ pub use rest::RestConfig;
 pub use storage::S3Config;
 pub use tables::Fixed;
 pub use writer::{
-    CommitStats, LakeWriter, OFFSETS_PROPERTY, Round, committed_offsets, committed_progress,
+    CommitStats, LakeWriter, OFFSETS_PROPERTY, QUARANTINE_AFTER, Round, committed_offsets,
+    committed_progress,
 };
 
 /// Lake errors; each says what failed and what to do. Causes are part of the message

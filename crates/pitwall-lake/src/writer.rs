@@ -10,6 +10,7 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, SchemaRef, TimeUnit};
+use bytes::Bytes;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
@@ -380,7 +381,20 @@ pub struct CommitStats {
     pub files: usize,
     /// Data files and their bytes per table (`namespace.table`).
     pub files_per_table: BTreeMap<String, (usize, u64)>,
+    /// Clean tables given up on in this commit (see [`QUARANTINE_AFTER`]): the rows
+    /// moved to `quarantine.rejects` per table, and the error that would not go.
+    pub quarantined: BTreeMap<String, (usize, String)>,
 }
+
+/// A clean table whose commit fails this many times in a row while other tables
+/// commit (so the storage and the catalog work) fails for a reason of its own that
+/// retrying does not fix (its location unusable, its schema changed under pitwall): its
+/// rows go to `quarantine.rejects` with the error, so the other tables, and the memory
+/// the held rows take, are not stopped by it. Rows that cannot be written at all (a
+/// column of a type pitwall cannot write) go at the first failure. When every table
+/// fails (storage or catalog down), nothing is given up: the rows wait and the commit
+/// is retried.
+pub const QUARANTINE_AFTER: u32 = 5;
 
 impl CommitStats {
     /// Rows over all tables.
@@ -563,6 +577,8 @@ pub struct LakeWriter {
     last_commit: Instant,
     props: WriterProperties,
     next_id: u64,
+    /// Clean tables whose last commits failed while others committed: how many in a row.
+    failing: BTreeMap<String, u32>,
 }
 
 /// A commit's rows, taken out of a [`LakeWriter`] by [`LakeWriter::take_round`] so
@@ -604,6 +620,7 @@ impl LakeWriter {
             last_commit: Instant::now(),
             props: parquet_properties(),
             next_id: 0,
+            failing: BTreeMap::new(),
         }
     }
 
@@ -748,6 +765,7 @@ impl LakeWriter {
             last_commit: Instant::now(),
             props: self.props.clone(),
             next_id: self.next_id,
+            failing: self.failing.clone(),
         };
         self.buffered = 0;
         self.last_commit = Instant::now();
@@ -761,6 +779,7 @@ impl LakeWriter {
     /// offsets for them are stale (and a fenced partition is the caller's to take up).
     pub fn finish_round(&mut self, round: Round) {
         let round = round.0;
+        self.failing = round.failing;
         for (p, old) in round.parts {
             let Some(b) = self.parts.get_mut(&p).filter(|b| b.id == old.id) else {
                 continue;
@@ -799,20 +818,7 @@ impl LakeWriter {
             "pitwall.writer".to_owned(),
             format!("pitwall {}", env!("CARGO_PKG_VERSION")),
         )]);
-        let progress: BTreeMap<String, Progress> = self
-            .parts
-            .iter()
-            .filter(|(_, b)| b.len() > 0)
-            .map(|(p, b)| {
-                (
-                    p.clone(),
-                    Progress {
-                        checkpoint: b.checkpoint,
-                        round: b.round(),
-                    },
-                )
-            })
-            .collect();
+        let progress = self.progress();
         let mut first_error = None;
         let mut tables: Vec<String> = [names::RAW].iter().map(|s| (*s).to_owned()).collect();
         let measurements: BTreeSet<String> = self
@@ -830,6 +836,7 @@ impl LakeWriter {
             ]
             .map(str::to_owned),
         );
+        let mut failed: Vec<(String, Error)> = Vec::new();
         for table in tables {
             let r = self.commit_table(&table, &progress, &summary).await;
             match r {
@@ -844,6 +851,55 @@ impl LakeWriter {
                         // Another writer moved this partition: nothing of ours for it may land.
                         self.revoke(partition);
                     }
+                    failed.push((table, e));
+                }
+            }
+        }
+        // Clean tables that fail on their own: after enough tries, their rows go to the
+        // rejects table, which is then committed again.
+        let others_committed = !stats.rows.is_empty();
+        let mut gave_up = false;
+        for (table, e) in failed {
+            let given_up = match (&e, table.strip_prefix("clean.")) {
+                (Error::Fenced { .. }, _) | (_, None) => false,
+                (Error::Incompatible { .. } | Error::Arrow(_), Some(_)) => true,
+                (_, Some(_)) if others_committed => {
+                    let n = self.failing.get(&table).copied().unwrap_or(0) + 1;
+                    self.failing.insert(table.clone(), n);
+                    n >= QUARANTINE_AFTER
+                }
+                _ => false,
+            };
+            if given_up && let Some(measurement) = table.strip_prefix("clean.") {
+                let reason = format!(
+                    "{table} could not take this row ({e}); the other tables committed, so retrying would not help: kept here as JSON"
+                );
+                let n = self.quarantine(measurement, &reason);
+                tracing::error!(table, rows = n, error = %e, "a clean table keeps failing while the others commit; its buffered rows go to quarantine.rejects");
+                stats.quarantined.insert(table.clone(), (n, e.to_string()));
+                self.failing.remove(&table);
+                gave_up = true;
+            } else {
+                first_error.get_or_insert(e);
+            }
+        }
+        for table in stats.rows.keys() {
+            self.failing.remove(table);
+        }
+        if gave_up {
+            let progress = self.progress();
+            match self.commit_table(names::REJECTS, &progress, &summary).await {
+                Ok(Some((rows, files, bytes))) => {
+                    stats.files += files;
+                    let f = stats
+                        .files_per_table
+                        .entry(names::REJECTS.to_owned())
+                        .or_default();
+                    (f.0, f.1) = (f.0 + files, f.1 + bytes);
+                    *stats.rows.entry(names::REJECTS.to_owned()).or_default() += rows;
+                }
+                Ok(None) => {}
+                Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
@@ -853,6 +909,68 @@ impl LakeWriter {
             Some(e) => Err(e),
             None => Ok(stats),
         }
+    }
+
+    /// Each partition with rows waiting: its checkpoint and its round.
+    fn progress(&self) -> BTreeMap<String, Progress> {
+        self.parts
+            .iter()
+            .filter(|(_, b)| b.len() > 0)
+            .map(|(p, b)| {
+                (
+                    p.clone(),
+                    Progress {
+                        checkpoint: b.checkpoint,
+                        round: b.round(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Moves the rows of `clean.<measurement>` waiting in every partition to the rejects
+    /// (each point as JSON, with `reason`); returns how many. A replay after a crash
+    /// before the rejects commit rebuilds them, so they are kept at least once.
+    fn quarantine(&mut self, measurement: &str, reason: &str) -> usize {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let mut moved = 0;
+        for (p, b) in &mut self.parts {
+            let Some(pending) = b.clean.remove(measurement) else {
+                continue;
+            };
+            let (topic, partition) = p.rsplit_once('/').unwrap_or((p.as_str(), "0"));
+            let origin = Origin {
+                topic: topic.into(),
+                partition: partition.parse().unwrap_or(0),
+                // Not a message's offset: the rows of a clean table do not keep theirs.
+                offset: -1,
+            };
+            let rows: Vec<RejectRecord> = pending
+                .rows
+                .iter()
+                .map(|point| RejectRecord {
+                    origin: origin.clone(),
+                    ingest_time: now,
+                    payload: pitwall_core::json::encode(point)
+                        .map(Bytes::from)
+                        .unwrap_or_default(),
+                    reason: reason.to_owned(),
+                })
+                .collect();
+            moved += rows.len();
+            match &mut b.rejects {
+                Some(r) => {
+                    r.rows.extend(rows);
+                    if pending.since.replay_from < r.since.replay_from {
+                        r.since = pending.since;
+                    }
+                }
+                None => push(&mut b.rejects, rows, pending.since),
+            }
+        }
+        moved
     }
 
     /// Commits one table's rows from every partition; on success they leave the buffers.

@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::{Place, feed, local, open, raw_offsets, rest, shared};
-use pitwall_lake::{Error, Fixed, LakeWriter};
+use common::{Place, T0, feed, local, open, raw, raw_offsets, rest, shared};
+use pitwall_lake::{Error, Fixed, LakeWriter, QUARANTINE_AFTER};
+use pitwall_stream::Checkpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_racing_on_disjoint_partitions_all_land() {
@@ -390,4 +391,128 @@ async fn rounds_commit_while_the_writer_buffers_on() {
         .chain((0..4).map(|o| (1, o)))
         .collect();
     assert_eq!(seen, want, "every row once, none twice");
+}
+
+/// A clean table that fails on its own (its data location broken) while the others
+/// commit: after `QUARANTINE_AFTER` commits its rows go to `quarantine.rejects` with the
+/// error, the other tables never wait on it, and the writer holds nothing afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_table_failing_alone_is_given_up_to_the_rejects() {
+    use pitwall_core::{FieldValue, Point};
+    let place = local();
+    let cfg = &place.config;
+    let lake = open(cfg).await;
+    let mut w = LakeWriter::open(open(cfg).await).await.unwrap();
+    let round = |w: &mut LakeWriter, r: i64| {
+        let mut out = raw(0, r * 10..r * 10 + 10);
+        for i in 0..10 {
+            let t = T0 + (r * 10 + i) * 1_000_000;
+            out.clean.push(
+                Point::new("press", t)
+                    .tag("host", "a")
+                    .field("v", FieldValue::F64(i as f64)),
+            );
+            out.clean.push(
+                Point::new("temp", t)
+                    .tag("host", "a")
+                    .field("v", FieldValue::F64(i as f64)),
+            );
+        }
+        let next = r * 10 + 10;
+        w.append(
+            "telemetry.raw/0",
+            out,
+            Checkpoint {
+                next,
+                replay_from: next,
+                max_time: T0 + next,
+            },
+        );
+    };
+    round(&mut w, 0);
+    w.commit().await.unwrap();
+    // Break clean.press where it keeps its data: a file where its directory was.
+    let data = walk(place.dir.path())
+        .into_iter()
+        .find(|p| p.ends_with("press/data"))
+        .expect("clean.press has a data directory");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    for r in 1..QUARANTINE_AFTER as i64 {
+        round(&mut w, r);
+        let e = w.commit().await.unwrap_err();
+        assert!(!e.to_string().is_empty());
+        assert_eq!(w.buffered(), 10 * r as usize, "only clean.press waits");
+    }
+    round(&mut w, QUARANTINE_AFTER as i64);
+    let stats = w.commit().await.unwrap();
+    let n = 10 * QUARANTINE_AFTER as usize;
+    assert_eq!(stats.quarantined["clean.press"].0, n, "{stats:?}");
+    assert_eq!(w.buffered(), 0);
+    let count = |table: &'static str, column: &'static str| {
+        let lake = lake.clone();
+        async move {
+            use futures::TryStreamExt;
+            let t = lake
+                .table(&iceberg::TableIdent::from_strs(table.split('.')).unwrap())
+                .await
+                .unwrap();
+            let batches: Vec<arrow_array::RecordBatch> = t
+                .scan()
+                .select([column])
+                .build()
+                .unwrap()
+                .to_arrow()
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let c = b
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<arrow_array::StringArray>()
+                        .map(|a| {
+                            a.iter()
+                                .map(|s| s.unwrap_or_default().to_owned())
+                                .collect::<Vec<_>>()
+                        });
+                    c.unwrap_or_else(|| vec![String::new(); b.num_rows()])
+                })
+                .collect::<Vec<String>>()
+        }
+    };
+    let reasons = count("quarantine.rejects", "reason").await;
+    assert_eq!(reasons.len(), n);
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.starts_with("clean.press could not take this row")),
+        "{:?}",
+        reasons[0]
+    );
+    assert_eq!(
+        count("clean.temp", "host").await.len(),
+        10 * (QUARANTINE_AFTER as usize + 1),
+        "clean.temp committed every round"
+    );
+    assert_eq!(
+        raw_offsets(&lake).await["telemetry.raw/0"],
+        10 * (QUARANTINE_AFTER as i64 + 1)
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.push(p.clone());
+            out.extend(walk(&p));
+        }
+    }
+    out
 }

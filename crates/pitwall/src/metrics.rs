@@ -83,4 +83,8 @@ pub(crate) fn commit(s: &pitwall_lake::CommitStats, took: Duration) {
         counter!("pitwall_lake_files_total", "table" => table.clone()).increment(*files as u64);
         counter!("pitwall_lake_bytes_total", "table" => table.clone()).increment(*bytes);
     }
+    for (table, (rows, _)) in &s.quarantined {
+        counter!("pitwall_lake_quarantined_rows_total", "table" => table.clone())
+            .increment(*rows as u64);
+    }
 }
