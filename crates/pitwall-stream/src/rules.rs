@@ -29,7 +29,8 @@ fn nanos(d: Duration) -> i64 {
 /// An episode that is on: where it started.
 #[derive(Debug, Clone, Copy)]
 struct Episode {
-    /// The message that started it (its state is replayed from there).
+    /// The earliest message the verdict that started it depended on (its state is
+    /// replayed from there).
     mark: Mark,
     /// Event time it started.
     time: i64,
@@ -55,8 +56,10 @@ struct State {
     seen: Option<(i64, Mark)>,
     /// Baseline: samples of the last span (time, value, message), in arrival order.
     samples: Vec<(i64, f64, Mark)>,
-    /// Baseline: the refresh block the baseline was computed for, and (center, spread).
-    block: Option<i64>,
+    /// Baseline: the refresh block the baseline was computed for, the earliest of the
+    /// message that began it and the samples it was computed from (a replay must
+    /// compute it at that same message from the same samples), and (center, spread).
+    block: Option<(i64, Mark)>,
     base: Option<(f64, f64)>,
 }
 
@@ -319,8 +322,20 @@ impl RuleEngine {
                         v.expected,
                         v.message(),
                     ));
+                    // A replay must start early enough to reach this same verdict:
+                    // at the earliest message of the state it was judged on.
+                    let since = [
+                        Some(mark),
+                        state.recent.front().map(|r| r.3),
+                        state.run.map(|r| r.mark),
+                        state.block.map(|b| b.1),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(mark);
                     state.active = Some(Episode {
-                        mark,
+                        mark: since,
                         time: point.time,
                     });
                 }
@@ -429,6 +444,7 @@ impl RuleEngine {
                     .chain(s.run.map(|r| r.mark))
                     .chain(s.seen.map(|(_, m)| m))
                     .chain(s.samples.first().map(|r| r.2))
+                    .chain(s.block.map(|(_, m)| m))
             })
             .min()
     }
@@ -634,11 +650,14 @@ fn check<'r>(
         } => {
             let v = num(point, field, &mut hints[0])?;
             let block = point.time.div_euclid(nanos(*refresh));
-            if state.block.is_none_or(|b| block > b) {
+            if state.block.is_none_or(|(b, _)| block > b) {
                 let start = block * nanos(*refresh);
                 let from = start.saturating_sub(nanos(*span));
                 state.samples.retain(|s| s.0 >= from);
-                state.block = Some(block);
+                // The baseline is computed from the samples that had arrived by now: a
+                // replay recomputes it here from the same ones.
+                let since = state.samples.first().map_or(mark, |s| s.2.min(mark));
+                state.block = Some((block, since));
                 state.base = baseline(&state.samples, start, nanos(*warm_up), *method, *min_spread);
             }
             state.samples.push((point.time, v, mark));

@@ -249,16 +249,10 @@ fn a_processor_without_open_state_checkpoints_at_its_offset() {
 
 /// Retried points: a processor rebuilt from a checkpoint decides every duplicate as the
 /// uninterrupted one did (the replay starts early enough to hold each duplicate's
-/// original), so windows, episodes, late events and the duplicate counts agree. The
-/// baseline rule is left out here: with points arriving out of order it is not yet
-/// rebuilt exactly from a checkpoint (its current baseline was computed at a block
-/// boundary from samples the checkpoint does not cover; noted for the next change).
+/// original), so windows, episodes, late events and the duplicate counts agree.
 #[test]
 fn duplicates_are_decided_the_same_after_a_replay() {
-    let mut config = config();
-    config
-        .rules
-        .retain(|r| !matches!(r, pitwall_stream::RuleConfig::Baseline { .. }));
+    let config = config();
     let processor = || {
         Processor::new(
             Arc::new(config.clone()),
@@ -273,7 +267,9 @@ fn duplicates_are_decided_the_same_after_a_replay() {
         let reference = run(&mut whole, &msgs);
         let duplicates: u64 = reference.iter().map(|(_, o)| o.duplicates).sum();
         assert!(duplicates > 300, "seed {seed}: {duplicates} duplicates");
-        for cut in [777, 5_555, 9_001, 15_432] {
+        // 4,621: seed 2 failed there while a baseline episode's start was judged on a
+        // baseline computed before the replay start.
+        for cut in [777, 4_621, 5_555, 9_001, 15_432] {
             replay_agrees(&processor, &msgs, &reference, &whole, cut, seed);
         }
     }
@@ -285,10 +281,7 @@ fn duplicates_are_decided_the_same_after_a_replay() {
 /// where nothing but its clock holds a sensor's state.
 #[test]
 fn skewed_source_clocks_are_rebuilt_exactly_by_a_replay() {
-    let mut config = config();
-    config
-        .rules
-        .retain(|r| !matches!(r, pitwall_stream::RuleConfig::Baseline { .. }));
+    let config = config();
     let mut cars_only = config.clone();
     cars_only.rules.retain(|r| r.measurement() == "car");
     for w in &mut cars_only.windows {
