@@ -37,6 +37,10 @@ pub enum FaultKind {
     /// A sensor's pressure jumps by several hPa for 20 seconds: inside any plausible
     /// range, far outside its own recent behaviour.
     PressureSpike,
+    /// A car's engine and oil temperature creep up about 2.5 °C a minute until the
+    /// engine passes its limit (a failing cooling system); only when
+    /// `creeps-per-car-hour` is set, so not in [`FaultKind::ALL`].
+    TempCreep,
 }
 
 impl FaultKind {

@@ -52,6 +52,11 @@ pub struct RaceConfig {
     pub hz: f64,
     /// Expected faults per car per simulated minute; 0 for a fault-free race.
     pub faults_per_car_minute: f64,
+    /// Expected slow creeps per car per simulated hour: the engine (and so the oil)
+    /// temperature climbing about 2.5 °C a minute until it passes the engine limit,
+    /// as a failing cooling system does; the `trend` rules catch it before the
+    /// threshold does. None starts in the first 7 minutes (the rules' warm-up).
+    pub creeps_per_car_hour: f64,
     /// Session tag on every point.
     pub session: String,
 }
@@ -62,6 +67,7 @@ impl Default for RaceConfig {
             cars: 20,
             hz: 10.0,
             faults_per_car_minute: 0.05,
+            creeps_per_car_hour: 0.0,
             session: "sim-race".into(),
         }
     }
@@ -92,6 +98,8 @@ struct Car {
     fault: Option<ActiveFault>,
     full_throttle_since: Option<i64>,
     cooldown_until: i64,
+    /// A creep under way: when it began and its entry in the fault log.
+    creep: Option<(i64, usize)>,
 }
 
 /// Limits the default rules use; the simulator keeps normal driving inside them.
@@ -114,6 +122,9 @@ pub struct Race {
     track: Track,
     cars: Vec<Car>,
     rng: ChaCha8Rng,
+    /// Draws for creeps only, so turning them on changes nothing else of a race.
+    creep_rng: ChaCha8Rng,
+    start: i64,
     time: i64,
     interval: i64,
     faults: Vec<InjectedFault>,
@@ -148,6 +159,7 @@ impl Race {
                     fault: None,
                     full_throttle_since: None,
                     cooldown_until: start_time + 20 * SECOND,
+                    creep: None,
                 }
             })
             .collect();
@@ -157,6 +169,8 @@ impl Race {
             track,
             cars,
             rng,
+            creep_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6372_6565_7000),
+            start: start_time,
             time: start_time,
             interval,
             faults: Vec::new(),
@@ -220,8 +234,26 @@ impl Simulator for Race {
             let mut reported_gear = gear as i64 + 1;
             let load = throttle / 100.0;
 
+            // A creep: the cooling fails slowly, the engine's target climbs 2.5 °C a
+            // minute until the engine passes its limit.
+            let creep_chance = self.config.creeps_per_car_hour * dt / 3600.0;
+            if creep_chance > 0.0
+                && car.creep.is_none()
+                && now - self.start >= 7 * 60 * SECOND
+                && self.creep_rng.random::<f64>() < creep_chance
+            {
+                self.faults.push(InjectedFault {
+                    kind: FaultKind::TempCreep,
+                    measurement: "car".into(),
+                    source_id: car.driver.to_owned(),
+                    start: now,
+                    end: None,
+                });
+                car.creep = Some((now, self.faults.len() - 1));
+            }
+            let creep = car.creep.map_or(0.0, |(since, _)| 2.5 * (now - since) as f64 / 60e9);
             // Normal thermal behaviour: first-order lags toward load-dependent targets.
-            let engine_target = 96.0 + 12.0 * load;
+            let engine_target = 96.0 + 12.0 * load + creep;
             car.engine_temp += (engine_target - car.engine_temp) * (dt / 20.0);
             let oil_target = car.engine_temp + 4.0;
             car.oil_temp += (oil_target - car.oil_temp) * (dt / 40.0);
@@ -341,6 +373,17 @@ impl Simulator for Race {
                     car.fault = None;
                     car.cooldown_until = now + 20 * SECOND;
                 }
+            }
+
+            if let Some((_, index)) = car.creep
+                && car.engine_temp > limits::ENGINE_TEMP_C + 1.0
+            {
+                // Past the limit: the team would stop the car; the simulation lets it
+                // cool and carries on (the threshold episode ends as it does).
+                self.faults[index].end = Some(now);
+                car.creep = None;
+                car.engine_temp = 100.0;
+                car.oil_temp = 104.0;
             }
 
             let drs =

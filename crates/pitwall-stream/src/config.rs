@@ -295,6 +295,37 @@ pub enum RuleConfig {
         #[serde(default)]
         min_spread: f64,
     },
+    /// A slow creep: the field's level rising (or falling) faster than `rise` units per
+    /// minute over `span` (oil temperature climbing 2-3 °C a minute towards its limit),
+    /// flagged before any threshold. The level is the median of each third of the span,
+    /// so laps, corners and short spikes do not count as a trend; recomputed every
+    /// `refresh` (event time), judged once the source has `warm-up` of history.
+    Trend {
+        /// Unique name, stored with every anomaly.
+        name: String,
+        /// Measurement it watches.
+        measurement: String,
+        /// How bad it is when it fires.
+        #[serde(default)]
+        severity: Severity,
+        /// Field watched.
+        field: String,
+        /// Units per minute: a rise at least this fast fires (a negative value: a fall
+        /// at least this fast). The episode ends below half of it.
+        rise_per_minute: f64,
+        /// Only while the level is at or above this (near the limit); none: any level.
+        #[serde(default)]
+        above: Option<f64>,
+        /// How much history the trend is measured over (longer than a lap).
+        #[serde(default = "six_minutes", with = "humantime_serde")]
+        span: Duration,
+        /// How often the trend is recomputed (at multiples of this in event time).
+        #[serde(default = "ten_seconds", with = "humantime_serde")]
+        refresh: Duration,
+        /// How much history must be held before the trend is judged (at most the span).
+        #[serde(default = "six_minutes", with = "humantime_serde")]
+        warm_up: Duration,
+    },
 }
 
 /// How a [`RuleConfig::Baseline`] measures distance from normal.
@@ -317,6 +348,9 @@ fn minute() -> Duration {
 fn ten_seconds() -> Duration {
     Duration::from_secs(10)
 }
+fn six_minutes() -> Duration {
+    Duration::from_secs(360)
+}
 
 impl RuleConfig {
     /// The rule's name.
@@ -327,7 +361,8 @@ impl RuleConfig {
             | RuleConfig::GearConsistency { name, .. }
             | RuleConfig::Stuck { name, .. }
             | RuleConfig::Deadman { name, .. }
-            | RuleConfig::Baseline { name, .. } => name,
+            | RuleConfig::Baseline { name, .. }
+            | RuleConfig::Trend { name, .. } => name,
         }
     }
 
@@ -339,7 +374,8 @@ impl RuleConfig {
             | RuleConfig::GearConsistency { measurement, .. }
             | RuleConfig::Stuck { measurement, .. }
             | RuleConfig::Deadman { measurement, .. }
-            | RuleConfig::Baseline { measurement, .. } => measurement,
+            | RuleConfig::Baseline { measurement, .. }
+            | RuleConfig::Trend { measurement, .. } => measurement,
         }
     }
 
@@ -351,7 +387,8 @@ impl RuleConfig {
             | RuleConfig::GearConsistency { severity, .. }
             | RuleConfig::Stuck { severity, .. }
             | RuleConfig::Deadman { severity, .. }
-            | RuleConfig::Baseline { severity, .. } => *severity,
+            | RuleConfig::Baseline { severity, .. }
+            | RuleConfig::Trend { severity, .. } => *severity,
         }
     }
 
@@ -362,7 +399,8 @@ impl RuleConfig {
             RuleConfig::Threshold { field, .. }
             | RuleConfig::RateOfChange { field, .. }
             | RuleConfig::Stuck { field, .. }
-            | RuleConfig::Baseline { field, .. } => Some(field),
+            | RuleConfig::Baseline { field, .. }
+            | RuleConfig::Trend { field, .. } => Some(field),
             RuleConfig::GearConsistency { gear_field, .. } => Some(gear_field),
             RuleConfig::Deadman { field, .. } => field.as_deref(),
         }
@@ -377,6 +415,7 @@ impl RuleConfig {
             RuleConfig::Stuck { .. } => "stuck",
             RuleConfig::Deadman { .. } => "deadman",
             RuleConfig::Baseline { .. } => "baseline",
+            RuleConfig::Trend { .. } => "trend",
         }
     }
 }
@@ -442,6 +481,28 @@ impl Default for ProcessorConfig {
                     above: Some(130.0),
                     below: None,
                     hysteresis: 2.0,
+                },
+                RuleConfig::Trend {
+                    name: "engine_temp_creep".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Warning,
+                    field: "engine_temp_c".into(),
+                    rise_per_minute: 1.5,
+                    above: Some(104.0),
+                    span: six_minutes(),
+                    refresh: ten_seconds(),
+                    warm_up: six_minutes(),
+                },
+                RuleConfig::Trend {
+                    name: "oil_temp_creep".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Warning,
+                    field: "oil_temp_c".into(),
+                    rise_per_minute: 1.5,
+                    above: Some(108.0),
+                    span: six_minutes(),
+                    refresh: ten_seconds(),
+                    warm_up: six_minutes(),
                 },
                 tyre("fl"),
                 tyre("fr"),
@@ -818,6 +879,52 @@ impl ProcessorConfig {
                             format!("{key}.min-spread"),
                             format!("is {min_spread}; it must be zero or more"),
                         );
+                    }
+                }
+                RuleConfig::Trend {
+                    rise_per_minute,
+                    span,
+                    refresh,
+                    warm_up,
+                    above,
+                    ..
+                } => {
+                    if !rise_per_minute.is_finite() || *rise_per_minute == 0.0 {
+                        return bad(
+                            format!("{key}.rise-per-minute"),
+                            format!(
+                                "is {rise_per_minute}; give the rise per minute that is a trend, e.g. 1.5 (negative for a fall)"
+                            ),
+                        );
+                    }
+                    if span.as_secs() < 30 {
+                        return bad(
+                            format!("{key}.span"),
+                            format!("is {span:?}; a trend needs at least \"30s\" (longer than a lap or a cycle)"),
+                        );
+                    }
+                    if refresh.is_zero() || refresh > span {
+                        return bad(
+                            format!("{key}.refresh"),
+                            format!("is {refresh:?}; it must be more than zero and at most the span ({span:?})"),
+                        );
+                    }
+                    if span.as_nanos() / refresh.as_nanos() > MAX_PANES_PER_WINDOW {
+                        return bad(
+                            format!("{key}.refresh"),
+                            format!(
+                                "is {refresh:?}: the span would be recomputed more than {MAX_PANES_PER_WINDOW} times over; use a longer refresh"
+                            ),
+                        );
+                    }
+                    if warm_up > span {
+                        return bad(
+                            format!("{key}.warm-up"),
+                            format!("is {warm_up:?}, longer than the span ({span:?}) the trend holds; it could never be reached"),
+                        );
+                    }
+                    if above.is_some_and(f64::is_nan) {
+                        return bad(format!("{key}.above"), "is NaN; give a level or leave it out".into());
                     }
                 }
             }

@@ -130,6 +130,11 @@ enum Detail<'r> {
     Stuck {
         value: f64,
     },
+    /// Trend: over how long, and the level now.
+    Trend {
+        span: Duration,
+        level: f64,
+    },
     /// Baseline: distance in spreads, and the spread.
     Deviates {
         z: f64,
@@ -179,6 +184,13 @@ impl Verdict<'_> {
             ),
             Detail::Deviates { z, .. } => {
                 format!("{field} is back to {v}, {z:.1} spreads from its baseline of {limit:.3}")
+            }
+            Detail::Trend { span, level } if self.on => format!(
+                "{field} is moving {v:+.2} a minute over the last {} (limit {limit:+}), now at {level:.1}: a creep towards its limit",
+                humantime::format_duration(*span)
+            ),
+            Detail::Trend { level, .. } => {
+                format!("{field} has levelled off ({v:+.2} a minute), at {level:.1}")
             }
         }
     }
@@ -671,8 +683,77 @@ fn check<'r>(
                 detail: Detail::Deviates { z, spread },
             })
         }
+        RuleConfig::Trend {
+            field,
+            rise_per_minute,
+            above,
+            span,
+            refresh,
+            warm_up,
+            ..
+        } => {
+            let v = num(point, field, &mut hints[0])?;
+            let block = point.time.div_euclid(nanos(*refresh));
+            if state.block.is_none_or(|(b, _)| block > b) {
+                let start = block * nanos(*refresh);
+                let from = start.saturating_sub(nanos(*span));
+                state.samples.retain(|s| s.0 >= from);
+                // Computed from the samples that had arrived by now: a replay
+                // recomputes it here from the same ones.
+                let since = state.samples.first().map_or(mark, |s| s.2.min(mark));
+                state.block = Some((block, since));
+                state.base = trend(&state.samples, from, start, nanos(*warm_up));
+            }
+            state.samples.push((point.time, v, mark));
+            let (slope, level) = state.base?;
+            // Rising (or, for a negative rise, falling) at least this fast; an episode
+            // ends once the trend is below half of it.
+            let limit = if state.active.is_some() {
+                rise_per_minute / 2.0
+            } else {
+                *rise_per_minute
+            };
+            let steep = if *rise_per_minute > 0.0 {
+                slope >= limit
+            } else {
+                slope <= limit
+            };
+            Some(Verdict {
+                on: steep && above.is_none_or(|a| level >= a),
+                field,
+                observed: slope,
+                expected: *rise_per_minute,
+                detail: Detail::Trend { span: *span, level },
+            })
+        }
         RuleConfig::Deadman { .. } => None,
     }
+}
+
+/// (units per minute, level) of the samples in [`from`, `start`): the median of its last
+/// third less the median of its first third, over the time between their middles; the
+/// level is the last third's median. None until the samples cover `warm_up` or while a
+/// third holds fewer than three values.
+fn trend(samples: &[(i64, f64, Mark)], from: i64, start: i64, warm_up: i64) -> Option<(f64, f64)> {
+    let oldest = samples.iter().filter(|s| s.0 < start).map(|s| s.0).min()?;
+    if start.saturating_sub(oldest) < warm_up {
+        return None;
+    }
+    let third = (start - from) / 3;
+    let (mut first, mut last) = (Vec::new(), Vec::new());
+    for &(t, v, _) in samples {
+        if t >= from && t < from + third {
+            first.push(v);
+        } else if t >= start - third && t < start {
+            last.push(v);
+        }
+    }
+    if first.len() < 3 || last.len() < 3 {
+        return None;
+    }
+    let minutes = (start - from - third) as f64 / 60e9;
+    let level = median(&mut last);
+    Some(((level - median(&mut first)) / minutes, level))
 }
 
 /// (center, spread) of the samples before `start`, or none while they cover less than

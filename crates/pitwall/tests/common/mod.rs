@@ -227,6 +227,8 @@ pub fn rule_for(kind: FaultKind) -> &'static str {
         FaultKind::SensorStuck => "sensor_stuck",
         FaultKind::SensorDropout => "sensor_silent",
         FaultKind::PressureSpike => "pressure_outlier",
+        // Caught first by the trend rule (then by engine_overheat): tests/trend.rs.
+        FaultKind::TempCreep => "engine_temp_creep",
     }
 }
 

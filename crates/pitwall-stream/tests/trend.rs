@@ -1,0 +1,104 @@
+//! The `trend` rules on the simulated race: a slow creep of engine and oil temperature
+//! (a failing cooling system) is flagged before the engine passes its limit, and
+//! ordinary racing (laps, corners, warm-up, short overheats and the other faults)
+//! raises no trend.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pitwall_bus::Message;
+use pitwall_core::json;
+use pitwall_core::record::{AnomalyRecord, Phase};
+use pitwall_sim::{FaultKind, InjectedFault, Race, RaceConfig, Simulator};
+use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry};
+
+const T0: i64 = 1_767_225_600_000_000_000;
+const MINUTE: i64 = 60_000_000_000;
+
+/// Runs `minutes` of a race with the default rules; the episodes' starts and the faults.
+fn race(config: RaceConfig, seed: u64, minutes: i64) -> (Vec<AnomalyRecord>, Vec<InjectedFault>) {
+    let mut sim = Race::new(config, seed, T0);
+    let mut p = Processor::new(Arc::new(ProcessorConfig::default()), SchemaRegistry::default(), "telemetry.raw", 0);
+    let mut out = Outputs::default();
+    let mut points = Vec::new();
+    let mut offset = 0;
+    while sim.next_time() < T0 + minutes * MINUTE {
+        points.clear();
+        sim.step(&mut points);
+        for pt in &points {
+            let m = Message {
+                partition: 0,
+                offset,
+                key: None,
+                payload: Bytes::from(json::encode(pt).unwrap()),
+                timestamp: pt.time,
+            };
+            offset += 1;
+            p.process(&m, &mut out);
+            out.raw.clear();
+            out.clean.clear();
+            out.windows.clear();
+        }
+    }
+    let starts = out.anomalies.into_iter().filter(|a| a.phase == Phase::Start).collect();
+    (starts, sim.faults())
+}
+
+fn is_trend(a: &AnomalyRecord) -> bool {
+    a.kind == "trend"
+}
+
+#[test]
+fn a_temperature_creep_is_caught_before_the_limit() {
+    let config = RaceConfig {
+        cars: 3,
+        faults_per_car_minute: 0.0,
+        creeps_per_car_hour: 8.0,
+        ..RaceConfig::default()
+    };
+    let (episodes, faults) = race(config, 7, 30);
+    let creeps: Vec<&InjectedFault> = faults.iter().filter(|f| f.kind == FaultKind::TempCreep && f.end.is_some()).collect();
+    assert!(creeps.len() >= 2, "too few creeps for a meaningful test: {faults:?}");
+    for f in &creeps {
+        let within = |a: &AnomalyRecord, rule: &str| {
+            a.rule == rule && a.source_id == f.source_id && a.time >= f.start && a.time <= f.end.unwrap()
+        };
+        let trend: Vec<_> = episodes.iter().filter(|a| within(a, "engine_temp_creep")).collect();
+        let limit: Vec<_> = episodes.iter().filter(|a| within(a, "engine_overheat")).collect();
+        assert_eq!(trend.len(), 1, "creep {f:?}: trend episodes {trend:?}");
+        assert_eq!(limit.len(), 1, "creep {f:?}: the limit is passed too: {limit:?}");
+        let ahead = (limit[0].time - trend[0].time) as f64 / 60e9;
+        assert!(ahead > 0.5, "creep {f:?}: the trend came only {ahead:.2} min before the limit");
+        assert!(
+            episodes.iter().any(|a| within(a, "oil_temp_creep")),
+            "creep {f:?}: the oil follows the engine up"
+        );
+        eprintln!("{} creep from minute {:.1}: trend {ahead:.1} min before the limit", f.source_id, (f.start - T0) as f64 / 60e9);
+    }
+    // Every trend episode is a creep's.
+    for a in episodes.iter().filter(|a| is_trend(a)) {
+        assert!(
+            creeps.iter().chain(faults.iter().filter(|f| f.end.is_none()).collect::<Vec<_>>().iter()).any(|f| {
+                f.source_id == a.source_id && a.time >= f.start && a.time <= f.end.unwrap_or(i64::MAX)
+            }),
+            "a trend outside any creep: {a:?}"
+        );
+    }
+}
+
+#[test]
+fn ordinary_racing_and_other_faults_raise_no_trend() {
+    for (faults_per_car_minute, seed) in [(0.0, 1), (0.4, 2)] {
+        let config = RaceConfig {
+            cars: 4,
+            faults_per_car_minute,
+            ..RaceConfig::default()
+        };
+        let (episodes, faults) = race(config, seed, 25);
+        let trends: Vec<_> = episodes.iter().filter(|a| is_trend(a)).collect();
+        assert!(trends.is_empty(), "{} faults, seed {seed}: {trends:#?}", faults.len());
+        if faults_per_car_minute > 0.0 {
+            assert!(faults.iter().filter(|f| f.kind == FaultKind::Overheating).count() >= 3, "{faults:?}");
+        }
+    }
+}
