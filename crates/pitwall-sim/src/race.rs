@@ -251,7 +251,9 @@ impl Simulator for Race {
                 });
                 car.creep = Some((now, self.faults.len() - 1));
             }
-            let creep = car.creep.map_or(0.0, |(since, _)| 2.5 * (now - since) as f64 / 60e9);
+            let creep = car
+                .creep
+                .map_or(0.0, |(since, _)| 2.5 * (now - since) as f64 / 60e9);
             // Normal thermal behaviour: first-order lags toward load-dependent targets.
             let engine_target = 96.0 + 12.0 * load + creep;
             car.engine_temp += (engine_target - car.engine_temp) * (dt / 20.0);

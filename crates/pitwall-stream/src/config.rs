@@ -339,6 +339,39 @@ pub enum BaselineMethod {
     Zscore,
 }
 
+/// The history settings of a rule that keeps `span` of samples, recomputed every
+/// `refresh`, judged once it holds `warm_up`: the key under the rule and the message
+/// when one is wrong.
+fn check_history(
+    span: Duration,
+    refresh: Duration,
+    warm_up: Duration,
+) -> std::result::Result<(), (&'static str, String)> {
+    if refresh.is_zero() || refresh > span {
+        return Err((
+            "refresh",
+            format!("is {refresh:?}; it must be more than zero and at most the span ({span:?})"),
+        ));
+    }
+    if span.as_nanos() / refresh.as_nanos() > MAX_PANES_PER_WINDOW {
+        return Err((
+            "refresh",
+            format!(
+                "is {refresh:?}: the span would be recomputed more than {MAX_PANES_PER_WINDOW} times over; use a longer refresh"
+            ),
+        ));
+    }
+    if warm_up > span {
+        return Err((
+            "warm-up",
+            format!(
+                "is {warm_up:?}, longer than the span ({span:?}) the rule holds; it could never be reached"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn six() -> f64 {
     6.0
 }
@@ -850,29 +883,8 @@ impl ProcessorConfig {
                             ),
                         );
                     }
-                    if refresh.is_zero() || refresh > span {
-                        return bad(
-                            format!("{key}.refresh"),
-                            format!(
-                                "is {refresh:?}; it must be more than zero and at most the span ({span:?})"
-                            ),
-                        );
-                    }
-                    if span.as_nanos() / refresh.as_nanos() > MAX_PANES_PER_WINDOW {
-                        return bad(
-                            format!("{key}.refresh"),
-                            format!(
-                                "is {refresh:?}: the span would be recomputed more than {MAX_PANES_PER_WINDOW} times over; use a longer refresh"
-                            ),
-                        );
-                    }
-                    if warm_up > span {
-                        return bad(
-                            format!("{key}.warm-up"),
-                            format!(
-                                "is {warm_up:?}, longer than the span ({span:?}) the baseline holds; it could never be reached"
-                            ),
-                        );
+                    if let Err((field, message)) = check_history(*span, *refresh, *warm_up) {
+                        return bad(format!("{key}.{field}"), message);
                     }
                     if min_spread.is_nan() || *min_spread < 0.0 {
                         return bad(
@@ -900,31 +912,19 @@ impl ProcessorConfig {
                     if span.as_secs() < 30 {
                         return bad(
                             format!("{key}.span"),
-                            format!("is {span:?}; a trend needs at least \"30s\" (longer than a lap or a cycle)"),
-                        );
-                    }
-                    if refresh.is_zero() || refresh > span {
-                        return bad(
-                            format!("{key}.refresh"),
-                            format!("is {refresh:?}; it must be more than zero and at most the span ({span:?})"),
-                        );
-                    }
-                    if span.as_nanos() / refresh.as_nanos() > MAX_PANES_PER_WINDOW {
-                        return bad(
-                            format!("{key}.refresh"),
                             format!(
-                                "is {refresh:?}: the span would be recomputed more than {MAX_PANES_PER_WINDOW} times over; use a longer refresh"
+                                "is {span:?}; a trend needs at least \"30s\" (longer than a lap or a cycle)"
                             ),
                         );
                     }
-                    if warm_up > span {
-                        return bad(
-                            format!("{key}.warm-up"),
-                            format!("is {warm_up:?}, longer than the span ({span:?}) the trend holds; it could never be reached"),
-                        );
+                    if let Err((field, message)) = check_history(*span, *refresh, *warm_up) {
+                        return bad(format!("{key}.{field}"), message);
                     }
                     if above.is_some_and(f64::is_nan) {
-                        return bad(format!("{key}.above"), "is NaN; give a level or leave it out".into());
+                        return bad(
+                            format!("{key}.above"),
+                            "is NaN; give a level or leave it out".into(),
+                        );
                     }
                 }
             }

@@ -661,15 +661,7 @@ fn check<'r>(
             ..
         } => {
             let v = num(point, field, &mut hints[0])?;
-            let block = point.time.div_euclid(nanos(*refresh));
-            if state.block.is_none_or(|(b, _)| block > b) {
-                let start = block * nanos(*refresh);
-                let from = start.saturating_sub(nanos(*span));
-                state.samples.retain(|s| s.0 >= from);
-                // The baseline is computed from the samples that had arrived by now: a
-                // replay recomputes it here from the same ones.
-                let since = state.samples.first().map_or(mark, |s| s.2.min(mark));
-                state.block = Some((block, since));
+            if let Some((_, start)) = next_block(state, point.time, *refresh, *span, mark) {
                 state.base = baseline(&state.samples, start, nanos(*warm_up), *method, *min_spread);
             }
             state.samples.push((point.time, v, mark));
@@ -693,15 +685,7 @@ fn check<'r>(
             ..
         } => {
             let v = num(point, field, &mut hints[0])?;
-            let block = point.time.div_euclid(nanos(*refresh));
-            if state.block.is_none_or(|(b, _)| block > b) {
-                let start = block * nanos(*refresh);
-                let from = start.saturating_sub(nanos(*span));
-                state.samples.retain(|s| s.0 >= from);
-                // Computed from the samples that had arrived by now: a replay
-                // recomputes it here from the same ones.
-                let since = state.samples.first().map_or(mark, |s| s.2.min(mark));
-                state.block = Some((block, since));
+            if let Some((from, start)) = next_block(state, point.time, *refresh, *span, mark) {
                 state.base = trend(&state.samples, from, start, nanos(*warm_up));
             }
             state.samples.push((point.time, v, mark));
@@ -728,6 +712,30 @@ fn check<'r>(
         }
         RuleConfig::Deadman { .. } => None,
     }
+}
+
+/// Moves a rule that keeps `span` of samples, recomputed every `refresh`, on to the
+/// block of `time` if that is newer: drops the samples older than `span` before the
+/// block's start and notes where a replay must start to recompute the block's result
+/// here from the same samples (the message of `mark` or the oldest kept sample). Returns
+/// (the span's start, the block's start) when the block is new: recompute then.
+fn next_block(
+    state: &mut State,
+    time: i64,
+    refresh: Duration,
+    span: Duration,
+    mark: Mark,
+) -> Option<(i64, i64)> {
+    let block = time.div_euclid(nanos(refresh));
+    if state.block.is_some_and(|(b, _)| block <= b) {
+        return None;
+    }
+    let start = block * nanos(refresh);
+    let from = start.saturating_sub(nanos(span));
+    state.samples.retain(|s| s.0 >= from);
+    let since = state.samples.first().map_or(mark, |s| s.2.min(mark));
+    state.block = Some((block, since));
+    Some((from, start))
 }
 
 /// (units per minute, level) of the samples in [`from`, `start`): the median of its last

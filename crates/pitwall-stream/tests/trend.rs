@@ -18,7 +18,12 @@ const MINUTE: i64 = 60_000_000_000;
 /// Runs `minutes` of a race with the default rules; the episodes' starts and the faults.
 fn race(config: RaceConfig, seed: u64, minutes: i64) -> (Vec<AnomalyRecord>, Vec<InjectedFault>) {
     let mut sim = Race::new(config, seed, T0);
-    let mut p = Processor::new(Arc::new(ProcessorConfig::default()), SchemaRegistry::default(), "telemetry.raw", 0);
+    let mut p = Processor::new(
+        Arc::new(ProcessorConfig::default()),
+        SchemaRegistry::default(),
+        "telemetry.raw",
+        0,
+    );
     let mut out = Outputs::default();
     let mut points = Vec::new();
     let mut offset = 0;
@@ -40,7 +45,11 @@ fn race(config: RaceConfig, seed: u64, minutes: i64) -> (Vec<AnomalyRecord>, Vec
             out.windows.clear();
         }
     }
-    let starts = out.anomalies.into_iter().filter(|a| a.phase == Phase::Start).collect();
+    let starts = out
+        .anomalies
+        .into_iter()
+        .filter(|a| a.phase == Phase::Start)
+        .collect();
     (starts, sim.faults())
 }
 
@@ -57,30 +66,67 @@ fn a_temperature_creep_is_caught_before_the_limit() {
         ..RaceConfig::default()
     };
     let (episodes, faults) = race(config, 7, 30);
-    let creeps: Vec<&InjectedFault> = faults.iter().filter(|f| f.kind == FaultKind::TempCreep && f.end.is_some()).collect();
-    assert!(creeps.len() >= 2, "too few creeps for a meaningful test: {faults:?}");
+    let creeps: Vec<&InjectedFault> = faults
+        .iter()
+        .filter(|f| f.kind == FaultKind::TempCreep && f.end.is_some())
+        .collect();
+    assert!(
+        creeps.len() >= 2,
+        "too few creeps for a meaningful test: {faults:?}"
+    );
     for f in &creeps {
         let within = |a: &AnomalyRecord, rule: &str| {
-            a.rule == rule && a.source_id == f.source_id && a.time >= f.start && a.time <= f.end.unwrap()
+            a.rule == rule
+                && a.source_id == f.source_id
+                && a.time >= f.start
+                && a.time <= f.end.unwrap()
         };
-        let trend: Vec<_> = episodes.iter().filter(|a| within(a, "engine_temp_creep")).collect();
-        let limit: Vec<_> = episodes.iter().filter(|a| within(a, "engine_overheat")).collect();
+        let trend: Vec<_> = episodes
+            .iter()
+            .filter(|a| within(a, "engine_temp_creep"))
+            .collect();
+        let limit: Vec<_> = episodes
+            .iter()
+            .filter(|a| within(a, "engine_overheat"))
+            .collect();
         assert_eq!(trend.len(), 1, "creep {f:?}: trend episodes {trend:?}");
-        assert_eq!(limit.len(), 1, "creep {f:?}: the limit is passed too: {limit:?}");
+        assert_eq!(
+            limit.len(),
+            1,
+            "creep {f:?}: the limit is passed too: {limit:?}"
+        );
         let ahead = (limit[0].time - trend[0].time) as f64 / 60e9;
-        assert!(ahead > 0.5, "creep {f:?}: the trend came only {ahead:.2} min before the limit");
+        assert!(
+            ahead > 0.5,
+            "creep {f:?}: the trend came only {ahead:.2} min before the limit"
+        );
         assert!(
             episodes.iter().any(|a| within(a, "oil_temp_creep")),
             "creep {f:?}: the oil follows the engine up"
         );
-        eprintln!("{} creep from minute {:.1}: trend {ahead:.1} min before the limit", f.source_id, (f.start - T0) as f64 / 60e9);
+        eprintln!(
+            "{} creep from minute {:.1}: trend {ahead:.1} min before the limit",
+            f.source_id,
+            (f.start - T0) as f64 / 60e9
+        );
     }
     // Every trend episode is a creep's.
     for a in episodes.iter().filter(|a| is_trend(a)) {
         assert!(
-            creeps.iter().chain(faults.iter().filter(|f| f.end.is_none()).collect::<Vec<_>>().iter()).any(|f| {
-                f.source_id == a.source_id && a.time >= f.start && a.time <= f.end.unwrap_or(i64::MAX)
-            }),
+            creeps
+                .iter()
+                .chain(
+                    faults
+                        .iter()
+                        .filter(|f| f.end.is_none())
+                        .collect::<Vec<_>>()
+                        .iter()
+                )
+                .any(|f| {
+                    f.source_id == a.source_id
+                        && a.time >= f.start
+                        && a.time <= f.end.unwrap_or(i64::MAX)
+                }),
             "a trend outside any creep: {a:?}"
         );
     }
@@ -96,9 +142,20 @@ fn ordinary_racing_and_other_faults_raise_no_trend() {
         };
         let (episodes, faults) = race(config, seed, 25);
         let trends: Vec<_> = episodes.iter().filter(|a| is_trend(a)).collect();
-        assert!(trends.is_empty(), "{} faults, seed {seed}: {trends:#?}", faults.len());
+        assert!(
+            trends.is_empty(),
+            "{} faults, seed {seed}: {trends:#?}",
+            faults.len()
+        );
         if faults_per_car_minute > 0.0 {
-            assert!(faults.iter().filter(|f| f.kind == FaultKind::Overheating).count() >= 3, "{faults:?}");
+            assert!(
+                faults
+                    .iter()
+                    .filter(|f| f.kind == FaultKind::Overheating)
+                    .count()
+                    >= 3,
+                "{faults:?}"
+            );
         }
     }
 }
