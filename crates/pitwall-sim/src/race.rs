@@ -300,7 +300,10 @@ impl Simulator for Race {
                             && rpm >= 10_500.0
                             && pos.speed >= TOP_SPEED * 0.7
                     }
-                    FaultKind::GearMismatch => speed_kph >= 150.0,
+                    // After the first laps, once the rule has learned each gear's ratio.
+                    FaultKind::GearMismatch => {
+                        speed_kph >= 150.0 && now - self.start >= 120 * SECOND
+                    }
                     _ => false,
                 };
                 if ready {

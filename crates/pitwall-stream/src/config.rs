@@ -218,12 +218,21 @@ pub enum RuleConfig {
         speed_field: String,
         /// Engine speed field.
         rpm_field: String,
-        /// RPM per km/h in each gear, first gear first.
+        /// RPM per km/h in each gear, first gear first. Empty (the default): each car's
+        /// ratios are learned from its own data (the median RPM/speed of each reported
+        /// gear over `span`, once a gear has 20 samples), so any car's gearbox works.
+        #[serde(default)]
         ratios: Vec<f64>,
         /// Relative tolerance when matching RPM/speed to a ratio (0.05 = 5 %).
         tolerance: f64,
         /// Below this speed (clutch slip, pit lane) the check is skipped.
         min_speed: f64,
+        /// How much history the learned ratios hold.
+        #[serde(default = "two_minutes", with = "humantime_serde")]
+        span: Duration,
+        /// How often the learned ratios are recomputed (event time).
+        #[serde(default = "ten_seconds", with = "humantime_serde")]
+        refresh: Duration,
     },
     /// A field that stops changing: the same value (within `tolerance`) for longer than
     /// `for` (a frozen sensor or a dead channel repeating its last reading).
@@ -381,6 +390,9 @@ fn minute() -> Duration {
 fn ten_seconds() -> Duration {
     Duration::from_secs(10)
 }
+fn two_minutes() -> Duration {
+    Duration::from_secs(120)
+}
 fn six_minutes() -> Duration {
     Duration::from_secs(360)
 }
@@ -521,18 +533,7 @@ impl Default for ProcessorConfig {
                     severity: Severity::Warning,
                     field: "engine_temp_c".into(),
                     rise_per_minute: 1.5,
-                    above: Some(104.0),
-                    span: six_minutes(),
-                    refresh: ten_seconds(),
-                    warm_up: six_minutes(),
-                },
-                RuleConfig::Trend {
-                    name: "oil_temp_creep".into(),
-                    measurement: "car".into(),
-                    severity: Severity::Warning,
-                    field: "oil_temp_c".into(),
-                    rise_per_minute: 1.5,
-                    above: Some(108.0),
+                    above: Some(106.0),
                     span: six_minutes(),
                     refresh: ten_seconds(),
                     warm_up: six_minutes(),
@@ -558,11 +559,11 @@ impl Default for ProcessorConfig {
                     gear_field: "gear".into(),
                     speed_field: "speed_kph".into(),
                     rpm_field: "rpm".into(),
-                    ratios: [100.0, 140.0, 175.0, 210.0, 245.0, 280.0, 310.0, 345.0]
-                        .map(|top| 12_500.0 / top)
-                        .to_vec(),
+                    ratios: Vec::new(),
                     tolerance: 0.05,
                     min_speed: 60.0,
+                    span: two_minutes(),
+                    refresh: ten_seconds(),
                 },
                 RuleConfig::Stuck {
                     name: "rpm_stuck".into(),
@@ -808,14 +809,21 @@ impl ProcessorConfig {
                     }
                 }
                 RuleConfig::GearConsistency {
-                    ratios, tolerance, ..
+                    ratios,
+                    tolerance,
+                    span,
+                    refresh,
+                    ..
                 } => {
-                    if ratios.is_empty() || ratios.iter().any(|r| r.is_nan() || *r <= 0.0) {
+                    if ratios.iter().any(|r| r.is_nan() || *r <= 0.0) {
                         return bad(
                             format!("{key}.ratios"),
-                            "needs one positive RPM-per-km/h ratio per gear, first gear first"
+                            "needs one positive RPM-per-km/h ratio per gear, first gear first (or none, to learn each car's)"
                                 .into(),
                         );
+                    }
+                    if let Err((field, message)) = check_history(*span, *refresh, Duration::ZERO) {
+                        return bad(format!("{key}.{field}"), message);
                     }
                     if !(*tolerance > 0.0 && *tolerance < 0.5) {
                         return bad(

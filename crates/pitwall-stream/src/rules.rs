@@ -61,6 +61,9 @@ struct State {
     /// compute it at that same message from the same samples), and (center, spread).
     block: Option<(i64, Mark)>,
     base: Option<(f64, f64)>,
+    /// Gear consistency without fixed ratios: each gear's learned RPM per km/h (NaN
+    /// while it has too few samples), from `recent` (time, ratio, gear, message).
+    learned: Vec<f64>,
 }
 
 /// A source as the engine knows it.
@@ -598,6 +601,8 @@ fn check<'r>(
             ratios,
             tolerance,
             min_speed,
+            span,
+            refresh,
             ..
         } => {
             let gear = num(point, gear_field, &mut hints[0])?;
@@ -607,7 +612,15 @@ fn check<'r>(
                 return None;
             }
             let ratio = rpm / speed;
-            // The gear speed and RPM imply; none if the ratio fits no gear (clutch, RPM cut).
+            let ratios = if ratios.is_empty() {
+                learn_ratios(state, point.time, *refresh, *span, mark);
+                state.recent.push_back((point.time, ratio, gear, mark));
+                &state.learned
+            } else {
+                ratios
+            };
+            // The gear speed and RPM imply; none if the ratio fits no gear (clutch, RPM
+            // cut) or no gear is known yet.
             let implied = ratios
                 .iter()
                 .position(|r| (ratio - r).abs() <= r * tolerance)
@@ -736,6 +749,43 @@ fn next_block(
     let since = state.samples.first().map_or(mark, |s| s.2.min(mark));
     state.block = Some((block, since));
     Some((from, start))
+}
+
+/// Samples a gear needs in the span before its ratio counts as learned.
+const LEARN_SAMPLES: usize = 20;
+
+/// Gear consistency without fixed ratios: at each new refresh block of `time`, keeps the
+/// (time, ratio, gear) samples of the last `span` and learns each gear's ratio as their
+/// median, noting (as [`next_block`] does) where a replay must start to learn the same.
+fn learn_ratios(state: &mut State, time: i64, refresh: Duration, span: Duration, mark: Mark) {
+    let block = time.div_euclid(nanos(refresh));
+    if state.block.is_some_and(|(b, _)| block <= b) {
+        return;
+    }
+    let from = (block * nanos(refresh)).saturating_sub(nanos(span));
+    state.recent.retain(|s| s.0 >= from);
+    let since = state.recent.front().map_or(mark, |s| s.3.min(mark));
+    state.block = Some((block, since));
+    let mut by_gear: Vec<Vec<f64>> = Vec::new();
+    for &(_, ratio, gear, _) in &state.recent {
+        let g = gear as usize;
+        if (1..=32).contains(&g) {
+            if by_gear.len() < g {
+                by_gear.resize(g, Vec::new());
+            }
+            by_gear[g - 1].push(ratio);
+        }
+    }
+    state.learned = by_gear
+        .iter_mut()
+        .map(|r| {
+            if r.len() >= LEARN_SAMPLES {
+                median(r)
+            } else {
+                f64::NAN
+            }
+        })
+        .collect();
 }
 
 /// (units per minute, level) of the samples in [`from`, `start`): the median of its last
