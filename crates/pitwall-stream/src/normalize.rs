@@ -356,14 +356,13 @@ pub fn normalize_name(name: &str) -> String {
 
 /// Normalizes the names of a point in place; returns an error if two names collide.
 pub fn normalize_names(point: &mut Point) -> Result<(), String> {
-    let is_clean = is_normal_name;
-    if !is_clean(&point.measurement) {
+    if !is_normal_name(&point.measurement) {
         point.measurement = normalize_name(&point.measurement);
         if point.measurement.is_empty() || point.measurement.bytes().all(|b| b == b'_') {
             return Err("the measurement name has no letters or digits".into());
         }
     }
-    if !point.tags.keys().all(|k| is_clean(k)) {
+    if !point.tags.keys().all(|k| is_normal_name(k)) {
         let n = point.tags.len();
         point.tags = std::mem::take(&mut point.tags)
             .into_iter()
@@ -373,7 +372,7 @@ pub fn normalize_names(point: &mut Point) -> Result<(), String> {
             return Err("two tag keys are the same once lower-cased".into());
         }
     }
-    if !point.fields.keys().all(|k| is_clean(k)) {
+    if !point.fields.keys().all(|k| is_normal_name(k)) {
         let n = point.fields.len();
         point.fields = std::mem::take(&mut point.fields)
             .into_iter()

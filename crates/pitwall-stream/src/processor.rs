@@ -203,6 +203,7 @@ impl Clocks {
         partition.saturating_sub(self.idle)
     }
 
+    /// True while `c` is ahead of the floor and not yet let go.
     fn matters(&self, c: &SourceClock, partition: i64) -> bool {
         c.time > self.floor(partition) && c.received.saturating_add(self.forget) >= partition
     }
@@ -217,18 +218,17 @@ impl Clocks {
     }
 
     /// A point of `source` at `time`, received at `received` (at most `time`), in the
-    /// message of `mark`, was taken. True if it moved the source's clock ahead of the
-    /// partition's floor.
+    /// message of `mark`, was taken while the source's clock was at `current` (what
+    /// [`Self::of`] said). True if it moved the source's clock ahead of the partition's
+    /// floor.
     fn advance(
         &mut self,
         measurement: &str,
         source: &str,
-        time: i64,
-        received: i64,
+        current: i64,
+        (time, received): (i64, i64),
         mark: Mark,
-        partition: i64,
     ) -> bool {
-        let current = self.of(measurement, source, partition);
         if time <= current {
             return false;
         }
@@ -288,17 +288,20 @@ impl Clocks {
         gone
     }
 
-    /// Drops the clocks that no longer matter, once per `idle` of partition time.
+    /// Drops the clocks that no longer matter, once per `idle` of partition time. One
+    /// with an entry in `due` stays until [`Self::let_go`] takes the entry, so each
+    /// source has at most one.
     fn sweep(&mut self, partition: i64) {
         if partition < self.next_sweep {
             return;
         }
         self.next_sweep = partition.saturating_add(self.idle.max(1));
-        let (floor, forget) = (self.floor(partition), self.forget);
-        for sources in self.by_source.values_mut() {
-            sources.retain(|_, c| c.time > floor && c.received.saturating_add(forget) >= partition);
+        let mut by_source = std::mem::take(&mut self.by_source);
+        for sources in by_source.values_mut() {
+            sources.retain(|_, c| c.queued || self.matters(c, partition));
         }
-        self.by_source.retain(|_, s| !s.is_empty());
+        by_source.retain(|_, s| !s.is_empty());
+        self.by_source = by_source;
     }
 
     /// The earliest mark a clock that matters was set in.
@@ -589,14 +592,10 @@ impl Processor {
         }
         self.rules
             .evaluate(&source_id, &point, heard, horizon, mark, &mut out.anomalies);
-        if self.clocks.advance(
-            &measurement,
-            &source_id,
-            point.time,
-            heard,
-            mark,
-            self.max_time,
-        ) {
+        if self
+            .clocks
+            .advance(&measurement, &source_id, clock, (point.time, heard), mark)
+        {
             let watermark = point.time.saturating_sub(self.out_of_orderness);
             for w in &mut self.windows {
                 w.fire_source(&measurement, &source_id, watermark, &mut out.windows);

@@ -248,12 +248,15 @@ struct Pane {
 }
 
 /// Panes of one source, by pane start, and how far its own clock has fired them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Series {
     panes: BTreeMap<i64, Pane>,
     /// The horizon this source's windows last fired at by its own clock (see
     /// [`WindowOperator::fire_source`]); the operator's `fired_until` covers the rest.
     fired_until: i64,
+    /// Smallest end of a window with data that has not fired: until its clock passes
+    /// it, a source's own clock has nothing to fire (checked on every point).
+    next_end: i64,
 }
 
 /// A window that fired, before it becomes rows.
@@ -325,6 +328,8 @@ impl WindowOperator {
         }
         let t = point.time;
         let pane_start = t - t.rem_euclid(self.pane);
+        // The first window holding `t`: the soonest this point's data can fire.
+        let end = self.end_of(self.first_window(t));
         let sources = match self.open.get_mut(point.measurement.as_str()) {
             Some(s) => s,
             None => self
@@ -339,8 +344,10 @@ impl WindowOperator {
                 .or_insert_with(|| Series {
                     panes: BTreeMap::new(),
                     fired_until: i64::MIN,
+                    next_end: i64::MAX,
                 }),
         };
+        series.next_end = series.next_end.min(end);
         let aggs = &mut series
             .panes
             .entry(pane_start)
@@ -383,7 +390,7 @@ impl WindowOperator {
                 }
             }
         }
-        self.next_end = self.next_end.min(self.end_of(self.first_window(t)));
+        self.next_end = self.next_end.min(end);
     }
 
     /// Emits, in a deterministic order, every window whose end plus the allowed
@@ -411,13 +418,13 @@ impl WindowOperator {
         let Some(sources) = self.open.get_mut(measurement) else {
             return;
         };
+        // Most points move their source's clock without closing a window.
+        if sources.get(source_id).is_none_or(|s| horizon < s.next_end) {
+            return;
+        }
         let Some(mut series) = sources.remove(source_id) else {
             return;
         };
-        if horizon <= series.fired_until.max(after) {
-            sources.insert(Name::from(source_id), series);
-            return;
-        }
         let mut fired: Vec<Fired> = Vec::new();
         let (measurement, source) = (Name::from(measurement), Name::from(source_id));
         self.fire_series(&mut series, after, horizon, &mut |start, aggs| {
@@ -504,17 +511,19 @@ impl WindowOperator {
         }
         let horizon = horizon.max(after);
         series.fired_until = horizon;
+        series.next_end = i64::MAX;
         while let Some(entry) = series.panes.first_entry() {
             let last_end = self.end_of(entry.key().div_euclid(self.slide));
             if last_end > horizon {
                 let first = self
                     .first_window(*entry.key())
                     .max(self.first_window(horizon));
-                return self.end_of(first);
+                series.next_end = self.end_of(first);
+                break;
             }
             entry.remove();
         }
-        i64::MAX
+        series.next_end
     }
 
     /// Calls `emit` for each window with data in `panes` whose end is in (`after`,
