@@ -674,7 +674,10 @@ fn check<'r>(
             ..
         } => {
             let v = num(point, field, &mut hints[0])?;
-            if let Some((_, start)) = next_block(state, point.time, *refresh, *span, mark) {
+            let keep = |from| keep_samples(&mut state.samples, from);
+            if let Some((_, start)) =
+                next_block(&mut state.block, point.time, *refresh, *span, mark, keep)
+            {
                 state.base = baseline(&state.samples, start, nanos(*warm_up), *method, *min_spread);
             }
             state.samples.push((point.time, v, mark));
@@ -698,7 +701,10 @@ fn check<'r>(
             ..
         } => {
             let v = num(point, field, &mut hints[0])?;
-            if let Some((from, start)) = next_block(state, point.time, *refresh, *span, mark) {
+            let keep = |from| keep_samples(&mut state.samples, from);
+            if let Some((from, start)) =
+                next_block(&mut state.block, point.time, *refresh, *span, mark, keep)
+            {
                 state.base = trend(&state.samples, from, start, nanos(*warm_up));
             }
             state.samples.push((point.time, v, mark));
@@ -728,27 +734,34 @@ fn check<'r>(
 }
 
 /// Moves a rule that keeps `span` of samples, recomputed every `refresh`, on to the
-/// block of `time` if that is newer: drops the samples older than `span` before the
-/// block's start and notes where a replay must start to recompute the block's result
-/// here from the same samples (the message of `mark` or the oldest kept sample). Returns
-/// (the span's start, the block's start) when the block is new: recompute then.
+/// block of `time` if that is newer than `block`: `keep_from(from)` drops the samples
+/// older than the span before the block's start and says which message the oldest one
+/// kept came in. Notes where a replay must start to recompute the block's result here
+/// from the same samples (that message or `mark`). Returns (the span's start, the
+/// block's start) when the block is new: recompute then.
 fn next_block(
-    state: &mut State,
+    block: &mut Option<(i64, Mark)>,
     time: i64,
     refresh: Duration,
     span: Duration,
     mark: Mark,
+    keep_from: impl FnOnce(i64) -> Option<Mark>,
 ) -> Option<(i64, i64)> {
-    let block = time.div_euclid(nanos(refresh));
-    if state.block.is_some_and(|(b, _)| block <= b) {
+    let b = time.div_euclid(nanos(refresh));
+    if block.is_some_and(|(current, _)| b <= current) {
         return None;
     }
-    let start = block * nanos(refresh);
+    let start = b * nanos(refresh);
     let from = start.saturating_sub(nanos(span));
-    state.samples.retain(|s| s.0 >= from);
-    let since = state.samples.first().map_or(mark, |s| s.2.min(mark));
-    state.block = Some((block, since));
+    let since = keep_from(from).map_or(mark, |m| m.min(mark));
+    *block = Some((b, since));
     Some((from, start))
+}
+
+/// Keeps the samples from `from` on; the message of the oldest kept.
+fn keep_samples(samples: &mut Vec<(i64, f64, Mark)>, from: i64) -> Option<Mark> {
+    samples.retain(|s| s.0 >= from);
+    samples.first().map(|s| s.2)
 }
 
 /// Samples a gear needs in the span before its ratio counts as learned.
@@ -756,16 +769,15 @@ const LEARN_SAMPLES: usize = 20;
 
 /// Gear consistency without fixed ratios: at each new refresh block of `time`, keeps the
 /// (time, ratio, gear) samples of the last `span` and learns each gear's ratio as their
-/// median, noting (as [`next_block`] does) where a replay must start to learn the same.
+/// median ([`next_block`] notes where a replay must start to learn the same).
 fn learn_ratios(state: &mut State, time: i64, refresh: Duration, span: Duration, mark: Mark) {
-    let block = time.div_euclid(nanos(refresh));
-    if state.block.is_some_and(|(b, _)| block <= b) {
+    let keep = |from| {
+        state.recent.retain(|s| s.0 >= from);
+        state.recent.front().map(|s| s.3)
+    };
+    if next_block(&mut state.block, time, refresh, span, mark, keep).is_none() {
         return;
     }
-    let from = (block * nanos(refresh)).saturating_sub(nanos(span));
-    state.recent.retain(|s| s.0 >= from);
-    let since = state.recent.front().map_or(mark, |s| s.3.min(mark));
-    state.block = Some((block, since));
     let mut by_gear: Vec<Vec<f64>> = Vec::new();
     for &(_, ratio, gear, _) in &state.recent {
         let g = gear as usize;
