@@ -401,6 +401,14 @@ impl CommitStats {
     pub fn total_rows(&self) -> usize {
         self.rows.values().sum()
     }
+
+    /// Counts a commit of `table` (added to one made earlier in the same round).
+    fn add(&mut self, table: &str, rows: usize, files: usize, bytes: u64) {
+        self.files += files;
+        let f = self.files_per_table.entry(table.to_owned()).or_default();
+        (f.0, f.1) = (f.0 + files, f.1 + bytes);
+        *self.rows.entry(table.to_owned()).or_default() += rows;
+    }
 }
 
 /// Rows of one table from one partition waiting for a commit, and the checkpoint of the
@@ -840,11 +848,7 @@ impl LakeWriter {
         for table in tables {
             let r = self.commit_table(&table, &progress, &summary).await;
             match r {
-                Ok(Some((rows, files, bytes))) => {
-                    stats.files += files;
-                    stats.files_per_table.insert(table.clone(), (files, bytes));
-                    stats.rows.insert(table, rows);
-                }
+                Ok(Some((rows, files, bytes))) => stats.add(&table, rows, files, bytes),
                 Ok(None) => {}
                 Err(e) => {
                     if let Error::Fenced { partition, .. } = &e {
@@ -889,15 +893,7 @@ impl LakeWriter {
         if gave_up {
             let progress = self.progress();
             match self.commit_table(names::REJECTS, &progress, &summary).await {
-                Ok(Some((rows, files, bytes))) => {
-                    stats.files += files;
-                    let f = stats
-                        .files_per_table
-                        .entry(names::REJECTS.to_owned())
-                        .or_default();
-                    (f.0, f.1) = (f.0 + files, f.1 + bytes);
-                    *stats.rows.entry(names::REJECTS.to_owned()).or_default() += rows;
-                }
+                Ok(Some((rows, files, bytes))) => stats.add(names::REJECTS, rows, files, bytes),
                 Ok(None) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
