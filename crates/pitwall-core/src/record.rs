@@ -135,6 +135,9 @@ pub struct AnomalyRecord {
     pub end_time: Option<i64>,
     /// The value seen (when it started; when it cleared on `end` rows).
     pub observed: f64,
+    /// The most extreme value while it lasted, on the side of the limit it crossed
+    /// (`observed` on `start` rows; for silence, the longest gap).
+    pub peak: f64,
     /// The limit or expected value it was compared with.
     pub expected: f64,
     /// One sentence a race engineer can act on.

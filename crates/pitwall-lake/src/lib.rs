@@ -398,9 +398,44 @@ impl Lake {
                 let schema = t.schema();
                 let spec = tables::day_partition(&schema, t.time_column())?;
                 lake.create_table(&ident, schema, spec).await?;
+            } else {
+                lake.add_missing_columns(&ident, &t.schema()).await?;
             }
         }
         Ok(lake)
+    }
+
+    /// A lake made by an earlier pitwall gets the optional columns added since
+    /// (`anomalies.events.peak`); readers see them as null in older rows.
+    async fn add_missing_columns(
+        &self,
+        ident: &TableIdent,
+        wanted: &iceberg::spec::Schema,
+    ) -> Result<()> {
+        let table = self.catalog.load_table(ident).await?;
+        let schema = Arc::clone(table.metadata().current_schema());
+        let missing: Vec<_> = wanted
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| !f.required && schema.field_by_name(&f.name).is_none())
+            .map(|f| AddColumn::optional(&f.name, (*f.field_type).clone()))
+            .collect();
+        self.add_columns(table, missing).await?;
+        Ok(())
+    }
+
+    /// Adds `missing` columns to `table` in one schema update (none: the table as is).
+    async fn add_columns(&self, table: Table, missing: Vec<AddColumn>) -> Result<Table> {
+        if missing.is_empty() {
+            return Ok(table);
+        }
+        let tx = Transaction::new(&table);
+        let mut action = tx.update_schema();
+        for col in missing {
+            action = action.add_column(col);
+        }
+        Ok(action.apply(tx)?.commit(self.catalog.as_ref()).await?)
     }
 
     async fn create_table(
@@ -602,15 +637,6 @@ impl Lake {
                 Some(_) => {}
             }
         }
-        if missing.is_empty() {
-            return Ok(table);
-        }
-        let tx = Transaction::new(&table);
-        let mut action = tx.update_schema();
-        for col in missing {
-            action = action.add_column(col);
-        }
-        let tx = action.apply(tx)?;
-        Ok(tx.commit(self.catalog.as_ref()).await?)
+        self.add_columns(table, missing).await
     }
 }

@@ -91,6 +91,7 @@ impl Fixed {
                 ("observed", Double, true),
                 ("expected", Double, true),
                 ("message", String, true),
+                ("peak", Double, false),
             ],
             Fixed::Rejects => &[
                 ("ingest_time", Timestamptz, true),

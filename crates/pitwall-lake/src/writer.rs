@@ -203,6 +203,7 @@ impl Row for AnomalyRecord {
             "observed" => Cell::Double(self.observed),
             "expected" => Cell::Double(self.expected),
             "message" => Cell::Str(&self.message),
+            "peak" => Cell::Double(self.peak),
             _ => Cell::Null,
         }
     }

@@ -222,7 +222,11 @@ pub fn guard(sql: &str, limits: &Limits) -> Result<()> {
     std::thread::Builder::new()
         .stack_size(QUERY_THREAD_STACK)
         .spawn(move || {
-            let state = datafusion::prelude::SessionContext::new().state();
+            // The parser reads only the configuration: a state without the default
+            // functions and planners parses exactly as a query's does, many times faster.
+            let state = datafusion::execution::SessionStateBuilder::new()
+                .with_config(crate::session_config())
+                .build();
             let dialect = state.config().options().sql_parser.dialect;
             let statement = state.sql_to_statement(&sql, &dialect)?;
             check_depth(&statement, depth)

@@ -245,7 +245,7 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
     }
 }
 
-fn session_config() -> SessionConfig {
+pub(crate) fn session_config() -> SessionConfig {
     SessionConfig::new()
         .with_default_catalog_and_schema(pitwall_lake::CATALOG_NAME, "clean")
         .with_information_schema(true)

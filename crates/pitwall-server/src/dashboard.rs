@@ -1,8 +1,8 @@
 //! The dashboard at `/`: one page with live charts, the anomaly feed, session summaries,
 //! driver comparison, component health, pipeline health and a SQL console. Its files
 //! (`web/` in this crate, and uPlot from npm) are built into the binary, so it works
-//! with no internet. It reads the live feed, the SQL API, `/api/v1/sources` and
-//! `/metrics`.
+//! with no internet. It reads the live feed, the SQL API, `/api/v1/sources`,
+//! `/api/v1/rules` and `/metrics`.
 
 use std::sync::Arc;
 
@@ -54,6 +54,17 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
         )
         .route("/api/v1/sources", get(sources))
+        .route("/api/v1/rules", get(rules))
+}
+
+/// The anomaly rules the processor runs, as configured (`[[processor.rules]]`, kebab-case
+/// keys, `kind` naming each): the dashboard's fleet and health views read limits and
+/// fields from them.
+async fn rules(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = crate::authorize(&state, &headers, None) {
+        return r.into_response();
+    }
+    axum::Json(&state.processor.rules).into_response()
 }
 
 /// Query of `GET /api/v1/sources`.

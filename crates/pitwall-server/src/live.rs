@@ -23,7 +23,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::AppState;
 
@@ -90,6 +90,8 @@ struct HubInner {
     history: usize,
     /// Source id → measurement, of every source seen on the clean stream.
     sources: Mutex<std::collections::BTreeMap<String, String>>,
+    /// Set when the server stops: every connection is told and ended at once.
+    closing: watch::Sender<bool>,
 }
 
 #[derive(Deserialize)]
@@ -122,8 +124,16 @@ impl LiveHub {
                 recent: Mutex::new(VecDeque::with_capacity(history)),
                 history,
                 sources: Mutex::default(),
+                closing: watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Ends every live connection now, and any opened later, with a `shutdown` event
+    /// (the dashboard then says "stopped" instead of reconnecting): the server is
+    /// stopping, and a browser tab left open must not hold it up.
+    pub fn close(&self) {
+        self.inner.closing.send_replace(true);
     }
 
     /// Does anyone listen? Clean points are only worth feeding then.
@@ -381,8 +391,9 @@ pub(crate) async fn live(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let (rx, missed) = state.live.subscribe(after);
+    let closing = state.live.inner.closing.subscribe();
     let (out_tx, out_rx) = mpsc::channel::<Event>(256);
-    tokio::spawn(pump(rx, missed, filter, interval, out_tx));
+    tokio::spawn(pump(rx, missed, filter, interval, closing, out_tx));
     let stream = futures::stream::unfold(out_rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -397,8 +408,18 @@ async fn pump(
     missed: Vec<Arc<LiveEvent>>,
     filter: Filter,
     interval: Duration,
+    mut closing: watch::Receiver<bool>,
     out: mpsc::Sender<Event>,
 ) {
+    let bye = || {
+        Event::default()
+            .event("shutdown")
+            .data(r#"{"message":"pitwall is stopping"}"#)
+    };
+    if *closing.borrow_and_update() {
+        let _ = out.send(bye()).await;
+        return;
+    }
     let mut down = Downsampler {
         interval,
         series: HashMap::new(),
@@ -452,6 +473,10 @@ async fn pump(
                 }
             }
             () = out.closed() => return,
+            _ = closing.changed() => {
+                let _ = out.send(bye()).await;
+                return;
+            }
         }
     }
 }

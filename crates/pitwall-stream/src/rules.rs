@@ -34,6 +34,8 @@ struct Episode {
     mark: Mark,
     /// Event time it started.
     time: i64,
+    /// The most extreme value seen while it lasted, on the side of the limit it crossed.
+    peak: f64,
 }
 
 /// A run of one unchanged value (stuck rules).
@@ -302,6 +304,7 @@ impl RuleEngine {
                         ep.time,
                         Some(heard),
                         secs(gap),
+                        secs(gap),
                         secs(nanos(*silence)),
                         format!(
                             "{} reported again after {:.1} s of silence",
@@ -334,6 +337,7 @@ impl RuleEngine {
                         point.time,
                         None,
                         v.observed,
+                        v.observed,
                         v.expected,
                         v.message(),
                     ));
@@ -352,7 +356,18 @@ impl RuleEngine {
                     state.active = Some(Episode {
                         mark: since,
                         time: point.time,
+                        peak: v.observed,
                     });
+                }
+                (true, Some(ep)) => {
+                    // Further from the limit on the side the episode began on.
+                    let above = ep.peak >= v.expected;
+                    if (above && v.observed > ep.peak) || (!above && v.observed < ep.peak) {
+                        state.active = Some(Episode {
+                            peak: v.observed,
+                            ..ep
+                        });
+                    }
                 }
                 (false, Some(ep)) => {
                     out.push(record(
@@ -362,12 +377,13 @@ impl RuleEngine {
                         ep.time,
                         Some(point.time),
                         v.observed,
+                        ep.peak,
                         v.expected,
                         v.message(),
                     ));
                     state.active = None;
                 }
-                _ => {}
+                (false, None) => {}
             }
         }
     }
@@ -431,11 +447,13 @@ impl RuleEngine {
                     None,
                     secs(limit),
                     secs(limit),
+                    secs(limit),
                     format!("{what} has sent nothing for {silence:?}, its limit"),
                 ));
                 state.active = Some(Episode {
                     mark: seen_mark,
                     time: at,
+                    peak: secs(limit),
                 });
             }
         }
@@ -475,6 +493,7 @@ fn record(
     time: i64,
     end_time: Option<i64>,
     observed: f64,
+    peak: f64,
     expected: f64,
     message: String,
 ) -> AnomalyRecord {
@@ -490,6 +509,7 @@ fn record(
         time,
         end_time,
         observed,
+        peak,
         expected,
         message,
     }

@@ -152,6 +152,7 @@ pub(crate) async fn start_server(
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let (lake, schemas) = lake.unzip();
+    let live_hub = live.clone();
     let services = pitwall_server::Services {
         sink,
         processor: Arc::new(config.processor.clone()),
@@ -178,9 +179,11 @@ pub(crate) async fn start_server(
         "write API on http://{addr}: InfluxDB v2 /api/v2/write, v1 /write, Telegraf JSON /api/v1/telegraf"
     );
     tracing::info!(%addr, "write API listening");
-    Ok(tokio::spawn(
-        bound.run(async move { stop.cancelled().await }),
-    ))
+    Ok(tokio::spawn(bound.run(async move {
+        stop.cancelled().await;
+        // Open dashboard tabs are told at once, so they do not hold up the stop.
+        live_hub.close();
+    })))
 }
 
 /// The output topics the live feed follows, with their streams.

@@ -1,16 +1,33 @@
 //! The dashboard in real headless Chromium (Debian's `chromium`, driven by playwright-core
 //! from npm; scripts/test.sh installs both): `pitwall up` serves it, and
-//! crates/pitwall-server/web/tests/dashboard.mjs checks that the live chart receives
-//! points, a fault written through the write API shows in the anomaly feed within 10 s,
-//! the comparison view draws two traces, the SQL console returns rows, and the session,
-//! health and pipeline views fill. Each check saves a screenshot under the test's
-//! target directory (the path is printed).
+//! crates/pitwall-server/web/tests/dashboard.mjs checks each page as a user would (live
+//! charts that read like an instrument, anomaly episodes with filters and a shaded
+//! trace, lap comparison, sessions, Health against the lake's open episodes, the fleet,
+//! pipeline health, the SQL console, the view in the URL, layouts at 1280 and 400 px).
+//! Then, with a tab open, Ctrl-C: the page says "stopped" and pitwall exits within 5 s.
+//! Each check saves a screenshot under the test's target directory (the path is printed).
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 mod common;
 use common::{Up, program};
+
+const CHECKS: [&str; 10] = [
+    "live", "anomaly", "compare", "sql", "sessions", "health", "fleet", "pipeline", "url", "layout",
+];
+
+fn node(web: &Path, url: &str, shots: &Path, checks: &[&str], chromium: &str) -> Command {
+    let mut c = Command::new("node");
+    c.arg(web.join("tests/dashboard.mjs"))
+        .arg(format!("{url}/"))
+        .arg(shots)
+        .args(checks)
+        .env("PITWALL_CHROMIUM", chromium);
+    c
+}
 
 #[test]
 fn the_dashboard_works_in_chromium() {
@@ -22,35 +39,53 @@ fn the_dashboard_works_in_chromium() {
     );
     let chromium = program("PITWALL_CHROMIUM", "/usr/bin/chromium", "chromium");
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(&[], &dir.path().join("lake"));
+    // The simulators inject no faults here, so every episode is one the checks write.
+    let config = dir.path().join("pitwall.toml");
+    std::fs::write(
+        &config,
+        "[sim.race]\nfaults-per-car-minute = 0.0\n\n[sim.iot]\nfaults-per-sensor-minute = 0.0\n\n[lake]\ncommit-interval = \"1s\"\n",
+    )
+    .unwrap();
+    let up = Up::start(
+        &["--config", config.to_str().unwrap()],
+        &dir.path().join("lake"),
+    );
     // Some seconds of race in the lake, so the session and comparison views have laps.
-    std::thread::sleep(std::time::Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(15));
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let out = Command::new("node")
-        .arg(web.join("tests/dashboard.mjs"))
-        .arg(format!("{}/", up.url))
-        .arg(&shots)
-        .args([
-            "live", "anomaly", "compare", "sql", "sessions", "health", "pipeline",
-        ])
-        .env("PITWALL_CHROMIUM", &chromium)
+    let out = node(&web, &up.url, &shots, &CHECKS, &chromium)
         .output()
         .expect("node runs (Debian's nodejs)");
-    let (status, log) = up.stop();
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!(
         "{report}{}\nscreenshots in {}",
         String::from_utf8_lossy(&out.stderr),
         shots.display()
     );
+
+    // A tab stays open while pitwall is stopped.
+    let mut tab = node(&web, &up.url, &shots, &["shutdown"], &chromium)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(tab.stdout.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l == "ready" || l.starts_with("FAIL"));
+    let asked = Instant::now();
+    let (status, log) = up.stop();
+    let took = asked.elapsed();
+    let tab_said: Vec<String> = lines.map_while(Result::ok).collect();
+    let tab_status = tab.wait().unwrap();
+    eprintln!("Ctrl-C with a tab open: exited in {took:?}; the tab: {tab_said:?}");
+
     assert!(
         out.status.success(),
         "browser checks failed:\n{report}\npitwall said:\n{log}"
     );
-    for check in [
-        "live", "anomaly", "compare", "sql", "sessions", "health", "pipeline",
-    ] {
+    for check in CHECKS {
         assert!(
             report.contains(&format!("ok {check}:")),
             "{check} did not pass:\n{report}"
@@ -61,8 +96,22 @@ fn the_dashboard_works_in_chromium() {
             "{check}.png is not a real screenshot"
         );
     }
+    assert_eq!(
+        ready.as_deref(),
+        Some("ready"),
+        "the open tab never connected: {tab_said:?}"
+    );
+    assert!(
+        tab_status.success() && tab_said.iter().any(|l| l.starts_with("ok shutdown:")),
+        "the open tab did not say stopped: {tab_said:?}"
+    );
     assert!(
         status.success(),
         "pitwall up failed after the browser checks:\n{log}"
+    );
+    // Before, an open tab held `pitwall up` until the browser closed (46 s).
+    assert!(
+        took < Duration::from_secs(5),
+        "Ctrl-C with a tab open took {took:?}:\n{log}"
     );
 }
