@@ -516,3 +516,107 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A lake made before `anomalies.events` had its `peak` column: opening it adds the
+/// column (older rows read null), and new episodes fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_lake_gains_the_peak_column_on_open() {
+    use pitwall_core::record::{AnomalyRecord, Phase};
+    let place = local();
+    let cfg = &place.config;
+    let lake = open(cfg).await;
+    // Make anomalies.events as an earlier pitwall did: the same columns but `peak`.
+    let ident = Fixed::Anomalies.ident();
+    let catalog = lake.catalog();
+    catalog.drop_table(&ident).await.unwrap();
+    let full = Fixed::Anomalies.schema();
+    let older = iceberg::spec::Schema::builder()
+        .with_fields(
+            full.as_struct()
+                .fields()
+                .iter()
+                .filter(|f| f.name != "peak")
+                .cloned(),
+        )
+        .build()
+        .unwrap();
+    let time = older.field_by_name("time").unwrap().id;
+    let spec = iceberg::spec::UnboundPartitionSpec::builder()
+        .add_partition_field(time, "time_day", iceberg::spec::Transform::Day)
+        .unwrap()
+        .build();
+    let creation = iceberg::TableCreation::builder()
+        .name(ident.name().to_owned())
+        .schema(older)
+        .partition_spec(spec)
+        .build();
+    catalog
+        .create_table(ident.namespace(), creation)
+        .await
+        .unwrap();
+    let has_peak = |lake: pitwall_lake::Lake| async move {
+        let t = lake.table(&Fixed::Anomalies.ident()).await.unwrap();
+        t.metadata()
+            .current_schema()
+            .field_by_name("peak")
+            .is_some()
+    };
+    assert!(!has_peak(lake.clone()).await, "the older table has no peak");
+    let reopened = open(cfg).await;
+    assert!(has_peak(reopened.clone()).await, "opening added peak");
+    // The writer fills it.
+    let mut w = LakeWriter::open(reopened.clone()).await.unwrap();
+    let mut out = raw(0, 0..1);
+    out.anomalies.push(AnomalyRecord {
+        id: "engine_overheat:VER:1".into(),
+        rule: "engine_overheat".into(),
+        kind: "threshold".into(),
+        severity: "critical".into(),
+        measurement: "car".into(),
+        source_id: "VER".into(),
+        field: "engine_temp_c".into(),
+        phase: Phase::End,
+        time: T0,
+        end_time: Some(T0 + 1_000_000_000),
+        observed: 118.0,
+        peak: 133.7,
+        expected: 120.0,
+        message: "engine_temp_c back under 120".into(),
+    });
+    w.append(
+        "telemetry.raw/0",
+        out,
+        Checkpoint {
+            next: 1,
+            replay_from: 1,
+            max_time: T0,
+        },
+    );
+    w.commit().await.unwrap();
+    use futures::TryStreamExt;
+    let t = reopened.table(&Fixed::Anomalies.ident()).await.unwrap();
+    let batches: Vec<arrow_array::RecordBatch> = t
+        .scan()
+        .select(["peak"])
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let peaks: Vec<f64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::Float64Array>()
+                .unwrap()
+                .iter()
+                .flatten()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(peaks, vec![133.7]);
+}

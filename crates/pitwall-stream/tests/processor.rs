@@ -134,6 +134,10 @@ fn a_threshold_episode_is_one_row_until_it_clears_past_the_hysteresis() {
         (Phase::End, a.id.as_str(), 47.9)
     );
     assert_eq!(end.message, "temperature_c is back to 47.9");
+    // The peak: the start row's is what it started at, the end row's the highest value
+    // while it lasted (60, not the 55 it started at nor the 47.9 it ended at).
+    assert_eq!((a.peak, end.peak), (55.0, 60.0));
+    assert_eq!(out.anomalies[2].peak, 52.0);
 }
 
 /// The episodes of `rule` as (start, end) in seconds after T0: one start row each, and
