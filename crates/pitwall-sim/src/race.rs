@@ -32,6 +32,37 @@ pub const GRID: [(&str, &str); 20] = [
     ("MAG", "Haas"),
 ];
 
+/// What a team's car can do, relative to the best: straight-line speed (power and
+/// drag) and cornering speed (downforce and grip); and how hard it is on its tyres.
+#[derive(Debug, Clone, Copy)]
+struct CarPerformance {
+    power: f64,
+    grip: f64,
+    tyre_wear: f64,
+}
+
+/// The teams' cars, ordered roughly as in 2024: a Williams is quick on the straights
+/// and slow in the corners, a Ferrari the other way round.
+fn performance(team: &str) -> CarPerformance {
+    let (power, grip, tyre_wear) = match team {
+        "Red Bull" => (1.000, 1.000, 1.00),
+        "McLaren" => (0.996, 1.000, 0.95),
+        "Ferrari" => (0.998, 0.992, 1.05),
+        "Mercedes" => (0.994, 0.990, 1.00),
+        "Aston Martin" => (0.990, 0.982, 1.10),
+        "RB" => (0.992, 0.975, 1.05),
+        "Haas" => (0.988, 0.972, 1.20),
+        "Alpine" => (0.985, 0.970, 1.05),
+        "Williams" => (0.997, 0.962, 1.10),
+        _ => (0.982, 0.960, 1.00),
+    };
+    CarPerformance {
+        power,
+        grip,
+        tyre_wear,
+    }
+}
+
 /// Top speed of each gear at the shift point, km/h (gears 1 to 8).
 pub const GEAR_TOP_KPH: [f64; 8] = [100.0, 140.0, 175.0, 210.0, 245.0, 280.0, 310.0, 345.0];
 /// Engine speed at the shift point.
@@ -86,7 +117,14 @@ struct ActiveFault {
 struct Car {
     driver: &'static str,
     team: &'static str,
-    pace: f64,
+    car: CarPerformance,
+    /// The driver's cornering speed, relative to what the car can do.
+    cornering: f64,
+    /// How early the driver brakes for a corner, metres before the car must.
+    brakes_early_m: f64,
+    /// Tyre wear of the current stint, %, and the wear at which the team pits.
+    tyre_wear: f64,
+    pit_at_wear: f64,
     lap: i64,
     distance: f64,
     speed: f64,
@@ -139,14 +177,21 @@ impl Race {
     /// A race on `track`.
     pub fn on_track(config: RaceConfig, track: Track, seed: u64, start_time: i64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // Drivers' styles from a stream of their own, so the race's other draws stay.
+        let mut style = ChaCha8Rng::seed_from_u64(seed ^ 0x7374_796c_6500);
         let n = config.cars.clamp(1, GRID.len());
         let cars = (0..n)
             .map(|i| {
                 let (driver, team) = GRID[i];
+                let pace: f64 = rng.random_range(0.965..1.0);
                 Car {
                     driver,
                     team,
-                    pace: rng.random_range(0.965..1.0),
+                    car: performance(team),
+                    cornering: 0.985 + (pace - 0.965) / 0.035 * 0.015,
+                    brakes_early_m: style.random_range(0.0..30.0),
+                    tyre_wear: style.random_range(0.0..10.0),
+                    pit_at_wear: style.random_range(55.0..70.0),
                     lap: 0,
                     // A grid: each car 8 m behind the one ahead, before the line.
                     distance: track.length_m() - 8.0 * (i as f64 + 1.0),
@@ -194,8 +239,26 @@ impl Simulator for Race {
         let fault_chance = self.config.faults_per_car_minute * dt / 60.0;
         for car in &mut self.cars {
             let here = self.track.at(car.distance);
-            // Cars follow the profile scaled by their pace; a little noise, never above it.
-            let target = here.speed * car.pace * (1.0 - self.rng.random_range(0.0..0.004));
+            // Cars follow the profile: on the straights as fast as their power allows,
+            // in corners (and braking for them) as their grip, the driver and the
+            // tyres' wear allow; each driver brakes a little earlier than the car must.
+            let corner = car.car.grip * car.cornering * (1.0 - 0.0008 * car.tyre_wear);
+            let scaled = |speed: f64| {
+                if speed >= TOP_SPEED * 0.999 {
+                    speed * car.car.power
+                } else {
+                    (speed * corner).min(TOP_SPEED * car.car.power)
+                }
+            };
+            let ahead = self
+                .track
+                .at((car.distance + car.brakes_early_m) % self.track.length_m());
+            let profile = if ahead.braking {
+                scaled(here.speed).min(scaled(ahead.speed))
+            } else {
+                scaled(here.speed)
+            };
+            let target = profile * (1.0 - self.rng.random_range(0.0..0.004));
             let max_gain = 14.0 * (1.0 - car.speed / TOP_SPEED).max(0.02) * dt;
             car.speed = if target > car.speed {
                 (car.speed + max_gain).min(target)
@@ -264,9 +327,18 @@ impl Simulator for Race {
             } else {
                 1.0
             };
+            // Tyres wear with distance, more in corners; worn tyres run hotter. The team
+            // pits for new ones at a wear it chose for the stint.
+            car.tyre_wear += dt * (0.03 + 0.05 * cornering) * car.car.tyre_wear;
+            if car.tyre_wear >= car.pit_at_wear {
+                car.tyre_wear = 0.0;
+            }
             for (i, t) in car.tyre_temp.iter_mut().enumerate() {
                 let side = if i % 2 == 0 { 1.0 } else { 0.9 };
-                let target = 88.0 + 14.0 * cornering * side + if braking { 6.0 } else { 0.0 };
+                let target = 88.0
+                    + 14.0 * cornering * side
+                    + if braking { 6.0 } else { 0.0 }
+                    + 0.08 * car.tyre_wear;
                 *t += (target - *t) * (dt / 6.0);
             }
             car.ers = if braking {
@@ -418,6 +490,7 @@ impl Simulator for Race {
                 ("tyre_temp_fr_c", f(fr)),
                 ("tyre_temp_rl_c", f(rl)),
                 ("tyre_temp_rr_c", f(rr)),
+                ("tyre_wear_pct", f(car.tyre_wear)),
                 ("x", f(pos.x)),
                 ("y", f(pos.y)),
             ];

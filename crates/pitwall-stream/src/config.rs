@@ -393,6 +393,9 @@ fn ten_seconds() -> Duration {
 fn two_minutes() -> Duration {
     Duration::from_secs(120)
 }
+fn three_minutes() -> Duration {
+    Duration::from_secs(180)
+}
 fn six_minutes() -> Duration {
     Duration::from_secs(360)
 }
@@ -542,6 +545,30 @@ impl Default for ProcessorConfig {
                 tyre("fr"),
                 tyre("rl"),
                 tyre("rr"),
+                // Tyres wearing much faster than a stint's (a few % a minute): a
+                // puncture coming, a brake binding, the wrong compound; seen long
+                // before they are worn out.
+                RuleConfig::Trend {
+                    name: "tyre_wear_rate".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Warning,
+                    field: "tyre_wear_pct".into(),
+                    rise_per_minute: 8.0,
+                    above: Some(20.0),
+                    span: three_minutes(),
+                    refresh: ten_seconds(),
+                    warm_up: three_minutes(),
+                },
+                // Worn past a stint's life: pit now.
+                RuleConfig::Threshold {
+                    name: "tyre_worn".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Critical,
+                    field: "tyre_wear_pct".into(),
+                    above: Some(80.0),
+                    below: None,
+                    hysteresis: 2.0,
+                },
                 RuleConfig::RateOfChange {
                     name: "rpm_drop".into(),
                     measurement: "car".into(),

@@ -234,3 +234,47 @@ fn gear_ratios_are_learned_per_car() {
         "no mismatch without a fault: {caught:?}"
     );
 }
+
+/// Tyres: ordinary stints (wear climbing a few % a minute, new tyres at 55-70 %) raise
+/// nothing; one car's tyres wearing 12 % a minute are flagged by `tyre_wear_rate` well
+/// before `tyre_worn` says they are finished.
+#[test]
+fn fast_tyre_wear_is_flagged_before_the_tyres_are_worn_out() {
+    let config = RaceConfig {
+        cars: 6,
+        faults_per_car_minute: 0.0,
+        ..RaceConfig::default()
+    };
+    let (episodes, _) = race_with(config, 5, 12, ProcessorConfig::default(), |p| {
+        // VER's tyres degrade from minute 4 on, 12 % a minute.
+        let ver = p.tags.get("driver").is_some_and(|d| &**d == "VER");
+        let since = p.time - (T0 + 4 * MINUTE);
+        if ver && since > 0 {
+            let wear = (since as f64 / MINUTE as f64 * 12.0).min(100.0);
+            p.fields.insert(
+                pitwall_core::Name::from("tyre_wear_pct"),
+                pitwall_core::FieldValue::F64(wear),
+            );
+        }
+    });
+    let tyres: Vec<_> = episodes
+        .iter()
+        .filter(|a| a.field == "tyre_wear_pct")
+        .map(|a| (a.rule.as_str(), a.source_id.as_str(), a.time))
+        .collect();
+    assert!(
+        tyres.iter().all(|(_, source, _)| *source == "VER"),
+        "ordinary stints raised {tyres:?}"
+    );
+    let rate = tyres.iter().find(|(rule, ..)| *rule == "tyre_wear_rate");
+    let worn = tyres.iter().find(|(rule, ..)| *rule == "tyre_worn");
+    let (Some(rate), Some(worn)) = (rate, worn) else {
+        panic!("expected both rules on VER: {tyres:?}")
+    };
+    // Worn at 80 % is 6.7 min after the degradation began; the trend comes minutes before.
+    assert!(
+        worn.2 - rate.2 >= 2 * MINUTE,
+        "the trend came {:.1} min before the tyres were worn",
+        (worn.2 - rate.2) as f64 / MINUTE as f64
+    );
+}
