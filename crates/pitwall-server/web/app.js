@@ -764,8 +764,10 @@ async function runCompare() {
   setView({ a, b, lap: String(lap) });
   $('#cmp-info').textContent = 'loading…';
   try {
-    const r = await sql(`SELECT driver, time, distance_m, speed_kph, throttle_pct, CASE WHEN brake THEN 1 ELSE 0 END AS brake, gear, rpm,
-      CASE WHEN drs THEN 1 ELSE 0 END AS drs, x, y FROM clean.car WHERE lap = ${lap} AND driver IN (${quote(a)}, ${quote(b)}) AND distance_m IS NOT NULL${rangeWhere()} ORDER BY driver, time`);
+    const q = (extra) => sql(`SELECT driver, time, distance_m, speed_kph, throttle_pct, CASE WHEN brake THEN 1 ELSE 0 END AS brake, gear, rpm,
+      CASE WHEN drs THEN 1 ELSE 0 END AS drs, x, y${extra} FROM clean.car WHERE lap = ${lap} AND driver IN (${quote(a)}, ${quote(b)}) AND distance_m IS NOT NULL${rangeWhere()} ORDER BY driver, time`);
+    // The track's sectors when the lap rule gives them (`sector`), else thirds of the lap.
+    const r = await q(', sector').catch(() => q(''));
     const per = (d) => r.rows.filter((x) => x.driver === d);
     const ra = per(a), rb = per(b);
     stats.compareSeries = [ra.length, rb.length];
@@ -800,8 +802,18 @@ async function runCompare() {
     $('#cmp-info').textContent = `lap ${lap}: ${a} ${lapTime(A).toFixed(3)} s, ${b} ${lapTime(B).toFixed(3)} s (${a} ${lapTime(A) <= lapTime(B) ? 'faster' : 'slower'} by ${Math.abs(lapTime(A) - lapTime(B)).toFixed(3)} s)`;
   } catch (e) { $('#cmp-info').textContent = explain(e); }
 }
-// Three equal sectors by distance: each driver's time through each.
+// Each driver's time through each sector: by the `sector` column (the track's sectors)
+// when both have it, else by thirds of the lap's distance.
 function sectorTimes(A, B) {
+  const bySector = (P) => {
+    if (!P.rows.every((x) => Number.isInteger(x.sector))) return null;
+    const starts = [0];
+    for (let i = 1; i < P.rows.length; i++) if (P.rows[i].sector > P.rows[i - 1].sector) starts.push(P.t[i]);
+    starts.push(P.t[P.t.length - 1]);
+    return starts.slice(1).map((t, i) => t - starts[i]);
+  };
+  const sa = bySector(A), sb = bySector(B);
+  if (sa && sb && sa.length === sb.length && sa.length > 1) return sa.map((t, i) => [t, sb[i]]);
   const len = Math.min(A.d[A.d.length - 1], B.d[B.d.length - 1]);
   const at = (P, d) => interp(P.d, P.t, Math.min(d, P.d[P.d.length - 1]));
   return [0, 1, 2].map((i) => [A, B].map((P) => (i === 2 ? P.t[P.t.length - 1] : at(P, (len * (i + 1)) / 3)) - at(P, (len * i) / 3)));

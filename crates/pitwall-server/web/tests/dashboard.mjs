@@ -177,7 +177,8 @@ const CHECKS = {
     const xs = await page.$$eval('#cmp-charts .chart', (cs) => cs.filter((c) => c.uplot).map((c) => c.uplot.axes[0].label));
     if (xs.some((x) => !/distance/.test(x))) throw new Error(`x axes ${xs}`);
     const times = await page.$$eval('#cmp-laps td.numeric', (tds) => tds.map((t) => t.textContent));
-    if (times.length !== 8 || times.some((t) => !/^\d+\.\d{3} s$/.test(t))) throw new Error(`lap and sector times ${times}`);
+    const sectors = await page.$$eval('#cmp-laps th', (ths) => ths.filter((t) => /^sector \d$/.test(t.textContent)).length);
+    if (sectors < 2 || times.length !== 2 * (1 + sectors) || times.some((t) => !/^\d+\.\d{3} s$/.test(t))) throw new Error(`lap and ${sectors} sector times ${times}`);
     if (!/a=/.test(page.url()) || !new RegExp(`lap=${lap}`).test(page.url())) throw new Error(`the comparison is not in the URL: ${page.url()}`);
     return `${drivers[0]} (${series[0]} points) vs ${drivers[1]} (${series[1]} points), lap ${lap}: ${titles.length} charts, times ${times.join(' ')}`;
   },
