@@ -91,9 +91,10 @@ function tickLabels(splits) {
   const scale = big >= 1e9 ? 1e9 : big >= 1e6 ? 1e6 : big >= 1e4 ? 1e3 : 1;
   const d = Math.max(0, Math.min(6, Math.ceil(-Math.log10(step / scale) - 1e-9)));
   if (scale === 1) return splits.map((v) => fmtNum(v, d));
+  // Zero is 0 whatever the prefix of its neighbours.
   // One prefix for the whole axis: 9.5k next to 10k, never 9,500.0.
   const prefix = { 1e3: 'k', 1e6: 'M', 1e9: 'G' }[scale];
-  return splits.map((v) => (v / scale).toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d }) + prefix);
+  return splits.map((v) => (v === 0 ? '0' : (v / scale).toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d }) + prefix));
 }
 const num = (v, d) => (v == null || Number.isNaN(v) ? '' : typeof v === 'number' ? fmtNum(v, d) : v);
 
@@ -415,7 +416,12 @@ function startLive(value) {
 setInterval(() => {
   if (!dirty || !liveData) return;
   dirty = false;
-  for (const c of liveCharts) c.u.setData([liveData.t.slice(), ...c.fields.map((f) => (liveData.cols.get(f) || []).slice())]);
+  const span = liveData.span;
+  for (const c of liveCharts) {
+    // A trace or a range from the lake keeps its span; live data scales to what it holds.
+    c.u.setData([liveData.t.slice(), ...c.fields.map((f) => (liveData.cols.get(f) || []).slice())]);
+    if (span) c.u.setScale('x', { min: span[0], max: span[1] });
+  }
 }, 100);
 
 const tagOf = (m, source) => {
@@ -436,8 +442,8 @@ async function loadFromLake(m, source, from, to, what) {
     buildCharts(m, numeric);
     liveData.t = r.rows.map((row) => ms(row.t) / 1000);
     for (const c of liveCharts) for (const f of c.fields) liveData.cols.set(f, r.rows.map((row) => row[f]));
+    liveData.span = [from / 1000, to / 1000];
     dirty = true;
-    for (const c of liveCharts) c.u.setScale('x', { min: from / 1000, max: to / 1000 });
     $('#live-info').textContent = `${r.row_count} points from the lake ${what}` + (bucketMs > 100 ? ` (averaged per ${fmtDuration(bucketMs)})` : '');
   } catch (e) {
     buildCharts(m, []);
@@ -449,6 +455,7 @@ async function showTrace(ep) {
   showTab('live');
   if (liveES) { liveES.close(); liveES = null; }
   liveKey = ep.measurement + '/' + ep.source_id;
+  if (![...$('#live-source').options].some((o) => o.value === liveKey)) $('#live-source').append(el('option', { value: liveKey }, `${ep.source_id} (${ep.measurement})`));
   $('#live-source').value = liveKey;
   const end = ep.end ?? Math.max(ep.start, Date.now());
   $('#trace-banner').hidden = false;
@@ -841,10 +848,13 @@ function drawTrackMap(A, B, a, b) {
     ctx.strokeStyle = !(tb > 0) || ta <= tb ? '#e10600' : '#2f8fff';
     if (ta <= tb) faster++;
     ctx.lineWidth = 5;
+    ctx.lineCap = 'round';
     ctx.beginPath();
+    // From the last point before the stretch, so the stretches join.
     let first = true;
     A.rows.forEach((p, i) => {
-      if (A.d[i] < d0 || A.d[i] > d1 || p.x == null) return;
+      const next = A.d[i + 1] ?? Infinity;
+      if (next < d0 || A.d[i] > d1 || p.x == null) return;
       const [X, Y] = px(p);
       if (first) { ctx.moveTo(X, Y); first = false; } else ctx.lineTo(X, Y);
     });

@@ -152,7 +152,9 @@ const CHECKS = {
     await until(page, () => !document.querySelector('#trace-banner').hidden && /points from the lake/.test(document.querySelector('#live-info').textContent), null, 20000, 'no trace from the lake');
     const shaded = await page.$$eval('#live-charts .chart', (cs) => cs.map((c) => c.uplot.episodes.length));
     if (!shaded.length || shaded.some((n) => n < 1)) throw new Error(`episodes shaded per chart: ${shaded}`);
-    return `engine_overheat on TST shown ${shownMs} ms after the write, as one row: ${rows[0].slice(0, 8).join(' | ')}; filters and the shaded trace work`;
+    // ±30 s around it, not only the points it has.
+    const spanS = await until(page, () => { const u = document.querySelector('#live-charts .chart').uplot; const s = u.scales.x.max - u.scales.x.min; return s >= 55 && s; }, null, 5000, 'the trace does not show ±30 s');
+    return `engine_overheat on TST shown ${shownMs} ms after the write, as one row: ${rows[0].slice(0, 8).join(' | ')}; filters work; the trace spans ${Math.round(spanS)} s with the episode shaded`;
   },
 
   // Two drivers' lap: lap and sector times, delta, speed, throttle, brake, gear, RPM and
