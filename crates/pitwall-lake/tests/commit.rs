@@ -172,17 +172,7 @@ async fn racing_writers_all_land(place: &Place) {
         .additional_properties;
     assert_eq!(summary["total-records"], (ROUNDS * 17).to_string());
     // Every row is readable once: scan the table.
-    use futures::TryStreamExt;
-    let batches: Vec<_> = table
-        .scan()
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<_> = common::scan(&table, &[]).await;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows as i64, ROUNDS * 17);
 }
@@ -227,17 +217,7 @@ async fn superseded_metadata_files_are_deleted_and_the_log_stays_whole() {
         );
     }
     assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], COMMITS);
-    use futures::TryStreamExt;
-    let batches: Vec<_> = table
-        .scan()
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<_> = common::scan(&table, &[]).await;
     assert_eq!(
         batches.iter().map(|b| b.num_rows()).sum::<usize>() as i64,
         COMMITS
@@ -358,19 +338,8 @@ async fn rounds_commit_while_the_writer_buffers_on() {
     w.finish_round(round);
     assert_eq!(w.buffered(), 0);
 
-    use futures::TryStreamExt;
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
-    let batches: Vec<_> = table
-        .scan()
-        .select(["partition", "offset"])
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<_> = common::scan(&table, &["partition", "offset"]).await;
     let mut seen: Vec<(i32, i64)> = Vec::new();
     for b in &batches {
         let p = b
@@ -452,22 +421,11 @@ async fn a_clean_table_failing_alone_is_given_up_to_the_rejects() {
     let count = |table: &'static str, column: &'static str| {
         let lake = lake.clone();
         async move {
-            use futures::TryStreamExt;
             let t = lake
                 .table(&iceberg::TableIdent::from_strs(table.split('.')).unwrap())
                 .await
                 .unwrap();
-            let batches: Vec<arrow_array::RecordBatch> = t
-                .scan()
-                .select([column])
-                .build()
-                .unwrap()
-                .to_arrow()
-                .await
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
+            let batches: Vec<arrow_array::RecordBatch> = common::scan(&t, &[column]).await;
             batches
                 .iter()
                 .flat_map(|b| {
@@ -593,19 +551,8 @@ async fn an_older_lake_gains_the_peak_column_on_open() {
         },
     );
     w.commit().await.unwrap();
-    use futures::TryStreamExt;
     let t = reopened.table(&Fixed::Anomalies.ident()).await.unwrap();
-    let batches: Vec<arrow_array::RecordBatch> = t
-        .scan()
-        .select(["peak"])
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<arrow_array::RecordBatch> = common::scan(&t, &["peak"]).await;
     let peaks: Vec<f64> = batches
         .iter()
         .flat_map(|b| {

@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use pitwall_lake::{Fixed, Lake, LakeWriter};
 
 use common::{Place, T0, feed, feed_at, local, open, raw_offsets, rest, shared};
@@ -17,16 +16,7 @@ async fn raw_rows(lake: &Lake) -> Vec<(i32, i64, String)> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int32Type, Int64Type};
     let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
-    let batches: Vec<_> = table
-        .scan()
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<_> = common::scan(&table, &[]).await;
     let mut rows = Vec::new();
     for b in batches {
         let p = b
@@ -109,16 +99,7 @@ async fn compaction_keeps_every_row(place: &Place) {
         use arrow_array::cast::AsArray;
         use arrow_array::types::{Int32Type, Int64Type};
         let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
-        let batches: Vec<_> = table
-            .scan()
-            .build()
-            .unwrap()
-            .to_arrow()
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let batches: Vec<_> = common::scan(&table, &[]).await;
         for b in batches {
             let p = b
                 .column_by_name("partition")

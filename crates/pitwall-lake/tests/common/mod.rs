@@ -139,3 +139,26 @@ pub fn rest(on_s3: bool) -> Place {
 pub async fn raw_offsets(lake: &Lake) -> BTreeMap<String, i64> {
     committed_offsets(&lake.table(&Fixed::Raw.ident()).await.unwrap()).unwrap_or_default()
 }
+
+/// Every row of `table` as Arrow batches, only `columns` (all when empty): what a reader
+/// of the lake sees.
+pub async fn scan(
+    table: &iceberg::table::Table,
+    columns: &[&str],
+) -> Vec<arrow_array::RecordBatch> {
+    use futures::TryStreamExt;
+    let scan = table.scan();
+    let scan = if columns.is_empty() {
+        scan
+    } else {
+        scan.select(columns.iter().copied())
+    };
+    scan.build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
