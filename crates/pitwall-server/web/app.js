@@ -806,9 +806,43 @@ async function runCompare() {
       el('thead', {}, el('tr', {}, el('th', {}, 'driver'), el('th', {}, `lap ${lap}`), ...sectors.map((s, i) => el('th', {}, `sector ${i + 1}`)))),
       el('tbody', {}, ...[[a, lapTime(A), 0], [b, lapTime(B), 1]].map(([d, t, k]) => el('tr', {}, el('td', {}, d), el('td', { class: 'numeric' }, t.toFixed(3) + ' s'),
         ...sectors.map((s) => el('td', { class: 'numeric' + (s[k] <= s[1 - k] ? ' best' : '') }, s[k].toFixed(3) + ' s')))))));
+    lapTable(a, b, lap);
     $('#cmp-info').textContent = `lap ${lap}: ${a} ${lapTime(A).toFixed(3)} s, ${b} ${lapTime(B).toFixed(3)} s (${a} ${lapTime(A) <= lapTime(B) ? 'faster' : 'slower'} by ${Math.abs(lapTime(A) - lapTime(B)).toFixed(3)} s)`;
   } catch (e) { $('#cmp-info').textContent = explain(e); }
 }
+// Every complete lap of both drivers with its sector times (from the sector each point
+// is in): where the time was won or lost over the session, the fastest of each in purple.
+async function lapTable(a, b, current) {
+  const box = $('#cmp-all-laps');
+  try {
+    const r = await sql(`SELECT driver, lap, sector, min(time) AS t0 FROM clean.car WHERE driver IN (${quote(a)}, ${quote(b)}) AND lap > 0${rangeWhere()} GROUP BY driver, lap, sector ORDER BY driver, lap, sector`);
+    // Sector k's time: from its first point to the next sector's (or lap's) first point.
+    const starts = new Map();
+    for (const x of r.rows) starts.set(`${x.driver}/${x.lap}/${x.sector}`, ms(x.t0));
+    const nSectors = Math.max(1, ...r.rows.map((x) => x.sector ?? 1));
+    const laps = [...new Set(r.rows.map((x) => x.lap))].sort((x, y) => x - y);
+    const timesOf = (d, l) => {
+      const next = starts.get(`${d}/${l + 1}/1`);
+      const ss = [...Array(nSectors).keys()].map((k) => starts.get(`${d}/${l}/${k + 1}`));
+      if (next == null || ss.some((v) => v == null)) return null;
+      const bounds = [...ss, next];
+      return { lap: (next - ss[0]) / 1000, sectors: ss.map((t, k) => (bounds[k + 1] - t) / 1000) };
+    };
+    const rows = laps.map((l) => ({ l, A: timesOf(a, l), B: timesOf(b, l) })).filter((x) => x.A && x.B);
+    if (!rows.length) { box.replaceChildren(el('p', { class: 'muted' }, 'no lap both have completed yet')); return; }
+    const best = (f) => Math.min(...rows.flatMap((x) => [f(x.A), f(x.B)]));
+    const bestLap = best((t) => t.lap);
+    const bestSector = [...Array(nSectors).keys()].map((k) => best((t) => t.sectors[k]));
+    const cell = (v, b) => el('td', { class: 'numeric' + (Math.abs(v - b) < 1e-9 ? ' best' : '') }, v.toFixed(3));
+    box.replaceChildren(el('h2', {}, `Laps of ${a} and ${b} (s)`), el('table', { class: 'grid', id: 'cmp-lap-table' },
+      el('thead', {}, el('tr', {}, el('th', {}, 'lap'), el('th', {}, a), ...bestSector.map((_, k) => el('th', {}, `S${k + 1}`)), el('th', {}, b), ...bestSector.map((_, k) => el('th', {}, `S${k + 1}`)), el('th', {}, `${b} − ${a}`))),
+      el('tbody', {}, ...rows.map((x) => el('tr', { class: x.l === current ? 'current' : null, onclick: () => { $('#cmp-lap').value = String(x.l); runCompare(); } },
+        el('td', {}, String(x.l)), cell(x.A.lap, bestLap), ...x.A.sectors.map((v, k) => cell(v, bestSector[k])),
+        cell(x.B.lap, bestLap), ...x.B.sectors.map((v, k) => cell(v, bestSector[k])),
+        el('td', { class: 'numeric' }, (x.B.lap - x.A.lap >= 0 ? '+' : '') + (x.B.lap - x.A.lap).toFixed(3)))))));
+  } catch (e) { box.replaceChildren(el('p', { class: 'muted' }, explain(e))); }
+}
+
 // Each driver's time through each sector: by the `sector` column (the track's sectors)
 // when both have it, else by thirds of the lap's distance.
 function sectorTimes(A, B) {

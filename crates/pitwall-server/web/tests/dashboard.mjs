@@ -182,7 +182,26 @@ const CHECKS = {
     const sectors = await page.$$eval('#cmp-laps th', (ths) => ths.filter((t) => /^sector \d$/.test(t.textContent)).length);
     if (sectors < 2 || times.length !== 2 * (1 + sectors) || times.some((t) => !/^\d+\.\d{3} s$/.test(t))) throw new Error(`lap and ${sectors} sector times ${times}`);
     if (!/a=/.test(page.url()) || !new RegExp(`lap=${lap}`).test(page.url())) throw new Error(`the comparison is not in the URL: ${page.url()}`);
-    return `${drivers[0]} (${series[0]} points) vs ${drivers[1]} (${series[1]} points), lap ${lap}: ${titles.length} charts, times ${times.join(' ')}`;
+    // Once both have completed a lap: the table of laps with sector times, and the
+    // default lap is the last complete one.
+    const deadline = Date.now() + 120000;
+    let laps = 0;
+    // A link with the drivers and no lap: the page picks the lap and compares by itself.
+    const link = new URL(page.url());
+    link.search = new URLSearchParams({ tab: 'compare', a: drivers[0], b: drivers[1] }).toString();
+    while (Date.now() < deadline && !laps) {
+      await page.waitForTimeout(5000);
+      await page.goto(link.toString());
+      laps = await until(page, () => document.querySelector('#cmp-all-laps h2, #cmp-all-laps p') && document.querySelectorAll('#cmp-lap-table tbody tr').length + 1, null, 20000, 'no table of laps') - 1;
+    }
+    if (!laps) throw new Error('no lap both drivers completed within 2 minutes');
+    const row = await page.$$eval('#cmp-lap-table tbody tr:first-child td', (tds) => tds.map((t) => t.textContent));
+    const complete = await page.$eval('#cmp-lap', (s) => [s.value, s.selectedOptions[0]?.dataset.complete]);
+    if (complete[1] !== '1') throw new Error(`the default lap ${complete[0]} is not complete`);
+    const sum = (xs) => xs.reduce((t, x) => t + Number(x), 0);
+    const nS = (row.length - 4) / 2;
+    if (nS < 2 || Math.abs(sum(row.slice(2, 2 + nS)) - Number(row[1])) > 0.01) throw new Error(`sector times do not add up to the lap: ${row}`);
+    return `${drivers[0]} (${series[0]} points) vs ${drivers[1]} (${series[1]} points), lap ${lap}: ${titles.length} charts, times ${times.join(' ')}; then ${laps} complete laps in the table (first: ${row.join(' ')}), default lap ${complete[0]}`;
   },
 
   // Session summaries from the lake: a row per driver with laps and speeds.
