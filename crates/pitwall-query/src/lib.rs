@@ -20,6 +20,7 @@ use futures::StreamExt;
 use pitwall_lake::Lake;
 
 mod engine;
+mod parse;
 mod scan;
 
 pub use engine::{Engine, Limits, guard};
@@ -62,6 +63,14 @@ pub enum Error {
         size: usize,
         /// The limit.
         limit: usize,
+    },
+    /// The parser gave up: the SQL is of a shape whose parse takes exponential time.
+    #[error(
+        "the SQL is too complex to parse (it used up the parser's budget of {fuel} steps, far beyond what a query of its length needs); look for an unclosed bracket or a dangling `.`"
+    )]
+    TooComplex {
+        /// The steps it was allowed.
+        fuel: u64,
     },
     /// Expressions, subqueries or set operations nest deeper than allowed.
     #[error(

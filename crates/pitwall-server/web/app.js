@@ -464,6 +464,10 @@ async function showTrace(ep) {
 }
 $('#trace-back').addEventListener('click', () => { $('#trace-banner').hidden = true; restartLive(); });
 
+// The unit of an episode's values: seconds for silence, else its field's.
+const episodeUnit = (e) => (e.kind === 'deadman' ? 's' : unitOf(e.field));
+const plural = (n, one, many = one + 's') => `${n} ${n === 1 ? one : many}`;
+
 // ---------- anomaly episodes (the feed, Health and the charts read the same) ----------
 // id -> {id, rule, kind, severity, measurement, source_id, field, start, end (ms or null), observed, expected, peak, message}
 const episodes = new Map();
@@ -545,13 +549,13 @@ function renderAnomalies() {
     el('td', {}, el('span', { class: 'pill sev-' + e.severity }, e.severity)), el('td', {}, e.rule), el('td', {}, e.source_id), el('td', {}, e.field),
     el('td', {}, fmtTime(e.start)), el('td', {}, e.end == null ? el('b', { class: 'ongoing' }, 'ongoing') : fmtTime(e.end)),
     el('td', {}, fmtDuration((e.end ?? Date.now()) - e.start)),
-    el('td', { class: 'numeric' }, `${withUnit(num(e.peak), unitOf(e.field))} vs ${withUnit(num(e.expected), unitOf(e.field))}`),
+    el('td', { class: 'numeric' }, `${withUnit(num(e.peak), episodeUnit(e))} vs ${withUnit(num(e.expected), episodeUnit(e))}`),
     el('td', { class: 'message' }, e.endMessage ? `${e.message} → ${e.endMessage}` : e.message))));
   stats.anomaliesShown = shown.length;
   const open = list.filter((e) => e.end == null).length;
   $('#anomaly-info').textContent = episodes.size === 0
     ? (episodesLoaded && episodesLoaded !== 'lake' ? episodesLoaded : 'no anomaly episodes yet: they appear here as the detectors find them')
-    : `${list.length} episodes${list.length > shown.length ? ` (newest ${shown.length} shown)` : ''}, ${open} ongoing · times in ${zoneName()} · click one for its trace`;
+    : `${plural(list.length, 'episode')}${list.length > shown.length ? ` (newest ${shown.length} shown)` : ''}, ${open} ongoing · times in ${zoneName()} · click one for its trace`;
 }
 $('#flt-sev').addEventListener('change', (e) => { setView({ sev: e.target.value }); renderAnomalies(); });
 $('#flt-rule').addEventListener('change', (e) => { setView({ rule: e.target.value }); renderAnomalies(); });
@@ -611,7 +615,7 @@ function renderHealth() {
         for (const h of shown) {
           td.append(el('div', { class: 'cell-ep', title: h.message, onclick: () => showTrace(h) },
             el('b', {}, h.rule), ` since ${fmtTime(h.start, { date: false })}, ${fmtDuration((h.end ?? Date.now()) - h.start)}` + (h.end == null ? '' : ' (ended)'),
-            el('br'), `peak ${withUnit(num(h.peak), unitOf(h.field))} vs ${withUnit(num(h.expected), unitOf(h.field))}`));
+            el('br'), `peak ${withUnit(num(h.peak), episodeUnit(h))} vs ${withUnit(num(h.expected), episodeUnit(h))}`));
         }
         return td;
       }));
@@ -622,7 +626,7 @@ function renderHealth() {
   }
   const open = [...episodes.values()].filter((e) => e.end == null).length;
   $('#health-info').textContent = tables.length
-    ? `${open} episodes open now (red); amber: ended in the last ${recentMinutes()} min · times in ${zoneName()}`
+    ? `${plural(open, 'episode')} open now (red); amber: ended in the last ${recentMinutes()} min · times in ${zoneName()}`
     : 'no data yet: sources appear here as their first points arrive';
   box.replaceChildren(...tables);
 }
