@@ -128,7 +128,7 @@ async fn run(
             E::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             E::Sql(_) => (StatusCode::BAD_REQUEST, "invalid"),
             E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
-            E::TooDeep { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            E::TooDeep { .. } | E::TooComplex { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             // Not the client's fault in its SQL, and another try will not help as it is.
             E::Memory { .. } => (StatusCode::INSUFFICIENT_STORAGE, "query memory"),
             E::Busy { .. } => {

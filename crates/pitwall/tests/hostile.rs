@@ -154,6 +154,23 @@ async fn a_hostile_client_cannot_stop_or_poison_pitwall_up() {
         a.starts_with("400") && a.contains("server.query-max-depth"),
         "{a}"
     );
+    // 211 bytes the parser would take minutes over (found by the sql_guard fuzz target),
+    // ten at once: each is refused at once and ingestion never notices.
+    let cursed = "SELECT Ev. Ea[riv. Eac.e.nSELECT [riv. Ea[r[riv. EELECT [riv. Ea[riv. ri[apZlapn.iv. ri[apZlapac.e.nSELECT [riv. Ea[riv. ri[apZlapn.iv. ri[i[apZlapn.iv]. ri[apZlapn.iv. ri[apZlapac.e.nSELECT [riv. Ea[r. Ea[.e.n.";
+    let a = p
+        .run("ten queries of exponential parse time", async {
+            let answers = futures::future::join_all(
+                (0..10).map(|_| p.post("/api/v1/query", cursed.as_bytes().to_vec(), &[])),
+            )
+            .await;
+            answers.join(" | ")
+        })
+        .await;
+    assert!(
+        a.split(" | ")
+            .all(|x| x.starts_with("400") && x.contains("too complex to parse")),
+        "{a}"
+    );
     let a = p
         .run(
             "count(DISTINCT) over 1e9",
