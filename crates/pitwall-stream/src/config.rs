@@ -541,6 +541,20 @@ impl Default for ProcessorConfig {
                     refresh: ten_seconds(),
                     warm_up: six_minutes(),
                 },
+                // The oil follows a creeping engine. Its level is the median of the span's
+                // last third: above 118 °C it is neither a cold start (about 112 at most)
+                // nor a short overheat (gone within a minute).
+                RuleConfig::Trend {
+                    name: "oil_temp_creep".into(),
+                    measurement: "car".into(),
+                    severity: Severity::Warning,
+                    field: "oil_temp_c".into(),
+                    rise_per_minute: 1.5,
+                    above: Some(118.0),
+                    span: six_minutes(),
+                    refresh: ten_seconds(),
+                    warm_up: six_minutes(),
+                },
                 tyre("fl"),
                 tyre("fr"),
                 tyre("rl"),

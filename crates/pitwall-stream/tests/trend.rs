@@ -97,6 +97,11 @@ fn a_temperature_creep_is_caught_before_the_limit() {
             .iter()
             .filter(|a| within(a, "engine_temp_creep"))
             .collect();
+        let oil: Vec<_> = episodes
+            .iter()
+            .filter(|a| within(a, "oil_temp_creep"))
+            .collect();
+        assert_eq!(oil.len(), 1, "creep {f:?}: oil trend episodes {oil:?}");
         let limit: Vec<_> = episodes
             .iter()
             .filter(|a| within(a, "engine_overheat"))
@@ -112,8 +117,14 @@ fn a_temperature_creep_is_caught_before_the_limit() {
             ahead > 0.5,
             "creep {f:?}: the trend came only {ahead:.2} min before the limit"
         );
+        let oil_ahead = (limit[0].time - oil[0].time) as f64 / 60e9;
+        assert!(
+            oil_ahead > 0.0,
+            "creep {f:?}: the oil trend came {:.1} min after the engine limit",
+            -oil_ahead
+        );
         eprintln!(
-            "{} creep from minute {:.1}: trend {ahead:.1} min before the limit",
+            "{} creep from minute {:.1}: engine trend {ahead:.1} min, oil trend {oil_ahead:.1} min before the engine limit",
             f.source_id,
             (f.start - T0) as f64 / 60e9
         );

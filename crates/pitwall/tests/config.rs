@@ -109,7 +109,7 @@ fn rules_check_lists_windows_and_rules_or_names_the_bad_key() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("ok (3 windows, 17 rules)"), "{stdout}");
+    assert!(stdout.contains("ok (3 windows, 18 rules)"), "{stdout}");
     assert!(stdout.contains("window car_5s         sliding 5s every 1s over speed_kph, rpm, throttle_pct, brake of car, with p50/p95/p99"), "{stdout}");
     assert!(
         stdout.contains("window sensor_10s     tumbling 10s over temperature_c of sensor"),
