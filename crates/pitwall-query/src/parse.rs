@@ -154,9 +154,10 @@ impl Dialect for Fuelled {
 /// Parses one statement as DataFusion's `sql_to_statement` does (the generic dialect,
 /// `recursion_limit`), within the fuel `sql`'s length buys.
 pub(crate) fn statement(sql: &str, recursion_limit: usize) -> Result<Statement> {
+    let fuel = FUEL_BASE + FUEL_PER_BYTE * sql.len() as u64;
     let dialect = Fuelled {
         inner: GenericDialect {},
-        left: Cell::new(FUEL_BASE + FUEL_PER_BYTE * sql.len() as u64),
+        left: Cell::new(fuel),
     };
     let parsed = DFParserBuilder::new(sql)
         .with_dialect(&dialect)
@@ -164,11 +165,9 @@ pub(crate) fn statement(sql: &str, recursion_limit: usize) -> Result<Statement> 
         .build()
         .and_then(|mut p| p.parse_statements());
     if dialect.left.get() == 0 {
-        return Err(Error::TooComplex {
-            fuel: FUEL_BASE + FUEL_PER_BYTE * sql.len() as u64,
-        });
+        return Err(Error::TooComplex { fuel });
     }
-    let mut statements = parsed.map_err(|e| Error::Sql(e.into()))?;
+    let mut statements = parsed.map_err(Error::Sql)?;
     if statements.len() > 1 {
         return Err(Error::Sql(
             datafusion::error::DataFusionError::NotImplemented(
