@@ -24,14 +24,15 @@ fi
 command -v cc >/dev/null || need_apt build-essential
 need_apt libssl-dev zlib1g-dev pkg-config
 
-# The dashboard's front-end packages (uPlot, built into the binary; playwright-core for
-# the browser tests) come from npm into crates/pitwall-server/web/node_modules.
+# The browser tests' npm package (playwright-core) comes from npm into
+# crates/pitwall-server/web/node_modules. The binary needs none: uPlot, which it embeds,
+# is kept built in crates/pitwall-server/web/vendor/uplot.
 web_packages() {
   command -v npm >/dev/null || need_apt nodejs npm
   local web=crates/pitwall-server/web
   # The stamp is the lock file the packages were installed from.
   if ! cmp -s "$web/package-lock.json" "$web/node_modules/.pitwall-installed" 2>/dev/null; then
-    echo "installing the dashboard's npm packages into $web/node_modules" >&2
+    echo "installing the browser tests' npm packages into $web/node_modules" >&2
     npm ci --prefix "$web" --no-audit --no-fund --loglevel=error
     cp "$web/package-lock.json" "$web/node_modules/.pitwall-installed"
   fi

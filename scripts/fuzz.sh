@@ -22,7 +22,6 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
   exit 1
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-web_packages
 export CARGO_TARGET_DIR="$CACHE/fuzz/target"
 cd fuzz
 if [ "$target" = list ]; then

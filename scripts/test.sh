@@ -6,7 +6,7 @@
 # of our tables), DuckDB (reads our Parquet files) and kafka-python (the independent
 # reader of our topics); Debian's chromium, prometheus and postgresql (the browser
 # tests, the scrape test and the catalog tests start their own, on loopback); and the
-# dashboard's npm packages (uPlot, playwright-core). Build output is cached in ~/.cache/pitwall so
+# browser tests' npm package (playwright-core). Build output is cached in ~/.cache/pitwall so
 # repeat runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +64,9 @@ fi
 export PITWALL_PYTHON="$VENV/bin/python"
 
 need_apt chromium prometheus postgresql
+# The binary builds with Rust alone: in a fresh clone this runs before any npm package is
+# installed, so a build that needed node_modules fails here.
+cargo build -p pitwall --locked
 web_packages
 
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -5,6 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
-web_packages
 cargo build --release -p pitwall
 exec "$CARGO_TARGET_DIR/release/pitwall" up "$@"

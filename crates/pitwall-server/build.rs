@@ -1,32 +1,27 @@
-//! Finds the dashboard's front-end packages (installed from npm by `npm ci` in
-//! `crates/pitwall-server/web`, which the README's scripts run) so they are built into
-//! the binary.
+//! Points the dashboard at its charting library, uPlot, whose built files are kept in
+//! `web/vendor/uplot` (with its licence and version) so a fresh clone's `cargo build`
+//! needs no npm; npm is only for the browser tests.
 
 use std::path::PathBuf;
 
 fn main() {
-    let web =
+    let vendor =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-            .join("web");
-    let dist = web.join("node_modules/uplot/dist");
+            .join("web/vendor/uplot");
     for (file, var) in [
         ("uPlot.iife.min.js", "PITWALL_UPLOT_JS"),
         ("uPlot.min.css", "PITWALL_UPLOT_CSS"),
     ] {
-        let path = dist.join(file);
+        let path = vendor.join(file);
         if !path.is_file() {
             panic!(
-                "the dashboard's charting library is missing ({}): run `npm ci --prefix {}` \
-                 (scripts/up.sh and scripts/test.sh do it), then build again",
+                "the dashboard's charting library is missing ({}): it is part of the \
+                 repository; restore it with `git checkout -- {}`",
                 path.display(),
-                web.display()
+                vendor.display()
             );
         }
         println!("cargo:rustc-env={var}={}", path.display());
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        web.join("package-lock.json").display()
-    );
 }
