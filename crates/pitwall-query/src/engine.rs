@@ -23,18 +23,69 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ParamValues;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::{Expr as LogicalExpr, LogicalPlan};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    Expr, Query as SqlQuery, SetExpr, TableFactor, Visit, Visitor,
+    Expr, Query as SqlQuery, SetExpr, Statement as SqlStatement, TableFactor, Visit, Visitor,
 };
 use pitwall_lake::Lake;
+use std::future::Future;
 use tokio::sync::Semaphore;
 
-use crate::{Answer, Error, Query, Result};
+use crate::{Answer, Error, Flavor, Query, Result};
+
+/// What a statement answers with, planned but not run ([`Engine::describe_postgres`]).
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// The result's columns.
+    pub schema: arrow::datatypes::SchemaRef,
+    /// The parameters' types, `$1` first; `None` where the query does not say.
+    pub params: Vec<Option<DataType>>,
+}
+
+/// The parameters' types of `plan`, `$1` first: DataFusion's inference, then a cast
+/// around the placeholder (`$1::int`) where it has none.
+fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    let mut types: Vec<(usize, Option<DataType>)> = plan
+        .get_parameter_types()?
+        .into_iter()
+        .filter_map(|(id, t)| id.strip_prefix('$')?.parse().ok().map(|n: usize| (n, t)))
+        .collect();
+    types.sort_by_key(|(n, _)| *n);
+    let mut casts = std::collections::HashMap::new();
+    plan.apply(|node| {
+        for e in node.expressions() {
+            e.apply(|e| {
+                if let LogicalExpr::Cast(c) = e
+                    && let LogicalExpr::Placeholder(p) = c.expr.as_ref()
+                {
+                    casts
+                        .entry(p.id.clone())
+                        .or_insert_with(|| c.data_type.clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let count = types.last().map_or(0, |(n, _)| *n);
+    let mut out = vec![None; count];
+    for (n, t) in types {
+        out[n - 1] = t.or_else(|| casts.get(&format!("${n}")).cloned());
+    }
+    Ok(out)
+}
+
+fn plan_has_params(plan: &LogicalPlan) -> bool {
+    plan.get_parameter_types().is_ok_and(|t| !t.is_empty())
+}
 
 /// Stack of each query thread. Only the pages a query touches are ever committed, so
 /// a deep stack costs address space, not memory; 256 MiB is many times what the
@@ -147,6 +198,85 @@ impl Engine {
     /// limit are left out and the answer says so.
     pub async fn read_only(&self, lake: &Lake, sql: &str) -> Result<Answer> {
         check_size(sql, self.limits.max_sql_bytes)?;
+        let sql = sql.to_owned();
+        self.within_limits(lake, Flavor::Plain, move |q, limits| async move {
+            let state = q.ctx.state();
+            let limit = state.config().options().sql_parser.recursion_limit;
+            let statement = crate::parse::statement(&sql, limit)?;
+            check_depth(&statement, limits.max_depth)?;
+            let plan = state.statement_to_plan(statement).await?;
+            q.run_plan_read_only(plan, limits.max_rows).await
+        })
+        .await
+    }
+
+    /// Parses SQL sent over the PostgreSQL wire protocol (PostgreSQL's dialect, the
+    /// rewrites BI tools' catalog queries need) within the size, parse-budget and depth
+    /// limits, on a query thread.
+    pub async fn parse_postgres(&self, sql: &str) -> Result<Vec<SqlStatement>> {
+        check_size(sql, self.limits.max_sql_bytes)?;
+        let (sql, depth) = (sql.to_owned(), self.limits.max_depth);
+        let parsed = runtime().spawn(async move {
+            let limit = crate::session_config().options().sql_parser.recursion_limit;
+            let statements = crate::parse::postgres_statements(&sql, limit)?;
+            for s in &statements {
+                check_depth(&DfStatement::Statement(Box::new(s.clone())), depth)?;
+            }
+            Ok(statements)
+        });
+        match tokio::time::timeout(self.limits.timeout, parsed).await {
+            Ok(Ok(statements)) => statements,
+            Ok(Err(joined)) => Err(Error::Setup(format!("the query's thread failed: {joined}"))),
+            Err(_) => Err(Error::Timeout(self.limits.timeout)),
+        }
+    }
+
+    /// Plans a statement from [`Engine::parse_postgres`] without running it: the
+    /// columns it answers with and the types of its parameters (`$1`, `$2`, … in order;
+    /// `None` where nothing in the query says).
+    pub async fn describe_postgres(
+        &self,
+        lake: &Lake,
+        statement: SqlStatement,
+    ) -> Result<Described> {
+        self.within_limits(lake, Flavor::Postgres, move |q, _| async move {
+            let plan = q.plan_read_only(statement).await?;
+            Ok(Described {
+                schema: Arc::new(plan.schema().as_arrow().clone()),
+                params: parameter_types(&plan)?,
+            })
+        })
+        .await
+    }
+
+    /// Runs a statement from [`Engine::parse_postgres`] with its parameters, planned
+    /// against the lake as it is now (a prepared statement sees new commits).
+    pub async fn run_postgres(
+        &self,
+        lake: &Lake,
+        statement: SqlStatement,
+        params: ParamValues,
+    ) -> Result<Answer> {
+        self.within_limits(lake, Flavor::Postgres, move |q, limits| async move {
+            let plan = q.plan_read_only(statement).await?;
+            let plan = if plan_has_params(&plan) {
+                plan.replace_params_with_values(&params)?
+            } else {
+                plan
+            };
+            q.run_plan_read_only(plan, limits.max_rows).await
+        })
+        .await
+    }
+
+    /// Runs `work` on a query thread with a session over `lake`, once a place is free,
+    /// within the time limit; memory errors are said in terms of the setting.
+    async fn within_limits<T, F, Fut>(&self, lake: &Lake, flavor: Flavor, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Query, Arc<Limits>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
         let permit = tokio::time::timeout(
             self.limits.queue_timeout,
             Arc::clone(&self.permits).acquire_owned(),
@@ -157,21 +287,15 @@ impl Engine {
             waited: self.limits.queue_timeout,
         })?
         .map_err(|_| Error::Setup("the query engine is closed".into()))?;
-        let (lake, sql, limits, env) = (
+        let (lake, limits, env) = (
             lake.clone(),
-            sql.to_owned(),
             Arc::clone(&self.limits),
             Arc::clone(&self.env),
         );
         let mut task = runtime().spawn(async move {
             let _permit = permit;
-            let q = Query::with_env(&lake, env).await?;
-            let state = q.ctx.state();
-            let limit = state.config().options().sql_parser.recursion_limit;
-            let statement = crate::parse::statement(&sql, limit)?;
-            check_depth(&statement, limits.max_depth)?;
-            let plan = state.statement_to_plan(statement).await?;
-            q.run_plan_read_only(plan, limits.max_rows).await
+            let q = Query::with_env(&lake, env, flavor).await?;
+            work(q, limits).await
         });
         match tokio::time::timeout(self.limits.timeout, &mut task).await {
             Ok(Ok(answer)) => answer.map_err(|e| self.name_limits(e)),

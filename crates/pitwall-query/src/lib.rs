@@ -21,9 +21,12 @@ use pitwall_lake::Lake;
 
 mod engine;
 mod parse;
+pub mod postgres;
 mod scan;
 
-pub use engine::{Engine, Limits, guard};
+pub use datafusion::common::ParamValues;
+pub use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+pub use engine::{Described, Engine, Limits, guard};
 
 /// Query errors.
 #[derive(Debug, thiserror::Error)]
@@ -154,12 +157,35 @@ impl Query {
         Ok(df.collect().await?)
     }
 
-    /// A session like [`Query::new`] whose memory pool and spill files are `env`'s.
-    pub(crate) async fn with_env(lake: &Lake, env: Arc<RuntimeEnv>) -> Result<Self> {
+    /// A session like [`Query::new`] whose memory pool and spill files are `env`'s;
+    /// for PostgreSQL's clients it also has `pg_catalog` and PostgreSQL's functions.
+    pub(crate) async fn with_env(
+        lake: &Lake,
+        env: Arc<RuntimeEnv>,
+        flavor: Flavor,
+    ) -> Result<Self> {
         let provider = scan::LakeCatalog::try_new(lake.catalog()).await?;
         let ctx = SessionContext::new_with_config_rt(session_config(), env);
         ctx.register_catalog(pitwall_lake::CATALOG_NAME, Arc::new(provider));
+        if flavor == Flavor::Postgres {
+            postgres::setup(&ctx)?;
+        }
         Ok(Query { ctx })
+    }
+
+    /// Plans a parsed statement, refusing one that would change anything.
+    pub(crate) async fn plan_read_only(&self, statement: SqlStatement) -> Result<LogicalPlan> {
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                statement,
+            )))
+            .await?;
+        read_only_options()
+            .verify_plan(&plan)
+            .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
+        Ok(plan)
     }
 
     /// Runs a planned statement if it only reads, collecting at most `max_rows` rows.
@@ -168,11 +194,7 @@ impl Query {
         plan: LogicalPlan,
         max_rows: usize,
     ) -> Result<Answer> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        options
+        read_only_options()
             .verify_plan(&plan)
             .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
         let df = self.ctx.execute_logical_plan(plan).await?;
@@ -184,6 +206,22 @@ impl Query {
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
+}
+
+fn read_only_options() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Which session a query gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// The lake's tables and `information_schema`.
+    Plain,
+    /// Also `pg_catalog` and PostgreSQL's functions, for the wire protocol's clients.
+    Postgres,
 }
 
 /// The answer to a read-only query.

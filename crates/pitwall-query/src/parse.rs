@@ -19,7 +19,8 @@ use std::cell::Cell;
 
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::ast::Expr;
-use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect, PostgreSqlDialect, Precedence};
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
 use crate::{Error, Result};
@@ -29,14 +30,26 @@ pub const FUEL_BASE: u64 = 10_000;
 /// Fuel per byte of SQL.
 pub const FUEL_PER_BYTE: u64 = 4;
 
-/// DataFusion's default dialect with a budget of parse attempts.
+/// A dialect (DataFusion's default, or PostgreSQL's for the wire protocol) with a
+/// budget of parse attempts.
 #[derive(Debug)]
-struct Fuelled {
-    inner: GenericDialect,
+struct Fuelled<D> {
+    inner: D,
     left: Cell<u64>,
 }
 
-impl Fuelled {
+impl<D> Fuelled<D> {
+    fn new(inner: D, sql: &str) -> Self {
+        Fuelled {
+            inner,
+            left: Cell::new(fuel_for(sql)),
+        }
+    }
+
+    fn spent(&self) -> bool {
+        self.left.get() == 0
+    }
+
     fn burn(&self) -> Option<std::result::Result<Expr, ParserError>> {
         match self.left.get() {
             0 => Some(Err(ParserError::ParserError(OUT_OF_FUEL.into()))),
@@ -50,7 +63,11 @@ impl Fuelled {
 
 const OUT_OF_FUEL: &str = "the parser ran out of fuel";
 
-macro_rules! same_as_generic {
+fn fuel_for(sql: &str) -> u64 {
+    FUEL_BASE + FUEL_PER_BYTE * sql.len() as u64
+}
+
+macro_rules! same_as_inner {
     ($($name:ident),* $(,)?) => {
         $(fn $name(&self) -> bool {
             self.inner.$name()
@@ -58,7 +75,7 @@ macro_rules! same_as_generic {
     };
 }
 
-impl Dialect for Fuelled {
+impl<D: Dialect> Dialect for Fuelled<D> {
     fn dialect(&self) -> std::any::TypeId {
         self.inner.dialect()
     }
@@ -85,8 +102,31 @@ impl Dialect for Fuelled {
     ) -> Option<std::result::Result<Expr, ParserError>> {
         self.burn()
     }
-    // Every question sqlparser 0.61's generic dialect answers itself.
-    same_as_generic!(
+    fn identifier_quote_style(&self, identifier: &str) -> Option<char> {
+        self.inner.identifier_quote_style(identifier)
+    }
+    fn is_custom_operator_part(&self, ch: char) -> bool {
+        self.inner.is_custom_operator_part(ch)
+    }
+    fn get_next_precedence(
+        &self,
+        parser: &Parser<'_>,
+    ) -> Option<std::result::Result<u8, ParserError>> {
+        self.inner.get_next_precedence(parser)
+    }
+    fn prec_value(&self, prec: Precedence) -> u8 {
+        self.inner.prec_value(prec)
+    }
+    // Every question sqlparser 0.61's generic and PostgreSQL dialects answer themselves.
+    same_as_inner!(
+        supports_listen_notify,
+        supports_factorial_operator,
+        supports_named_fn_args_with_colon_operator,
+        supports_named_fn_args_with_expr_name,
+        supports_numeric_literal_underscores,
+        supports_geometric_types,
+        supports_alter_column_type_using,
+        supports_notnull_operator,
         supports_unicode_string_literal,
         supports_group_by_expr,
         supports_group_by_with_modifier,
@@ -154,18 +194,16 @@ impl Dialect for Fuelled {
 /// Parses one statement as DataFusion's `sql_to_statement` does (the generic dialect,
 /// `recursion_limit`), within the fuel `sql`'s length buys.
 pub(crate) fn statement(sql: &str, recursion_limit: usize) -> Result<Statement> {
-    let fuel = FUEL_BASE + FUEL_PER_BYTE * sql.len() as u64;
-    let dialect = Fuelled {
-        inner: GenericDialect {},
-        left: Cell::new(fuel),
-    };
+    let dialect = Fuelled::new(GenericDialect {}, sql);
     let parsed = DFParserBuilder::new(sql)
         .with_dialect(&dialect)
         .with_recursion_limit(recursion_limit)
         .build()
         .and_then(|mut p| p.parse_statements());
-    if dialect.left.get() == 0 {
-        return Err(Error::TooComplex { fuel });
+    if dialect.spent() {
+        return Err(Error::TooComplex {
+            fuel: fuel_for(sql),
+        });
     }
     let mut statements = parsed.map_err(Error::Sql)?;
     if statements.len() > 1 {
@@ -180,6 +218,174 @@ pub(crate) fn statement(sql: &str, recursion_limit: usize) -> Result<Statement> 
             "no SQL statement was given".into(),
         ))
     })
+}
+
+/// Parses statements in PostgreSQL's dialect, as the PostgreSQL wire protocol's
+/// clients send them, then rewrites what DataFusion cannot plan as PostgreSQL writes it
+/// (`::regclass`, `ANY(array)`, the catalog queries of psql and BI tools;
+/// `datafusion-pg-catalog`'s rules). The fuelled parse comes first, so SQL whose parse
+/// would take exponential time is refused before the rewriter's own parse sees it.
+pub(crate) fn postgres_statements(sql: &str, recursion_limit: usize) -> Result<Vec<SqlStatement>> {
+    let dialect = Fuelled::new(PostgreSqlDialect {}, sql);
+    let checked = Parser::new(&dialect)
+        .with_recursion_limit(recursion_limit)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements());
+    if dialect.spent() {
+        return Err(Error::TooComplex {
+            fuel: fuel_for(sql),
+        });
+    }
+    checked.map_err(|e| Error::Sql(e.into()))?;
+    static REWRITER: std::sync::OnceLock<datafusion_pg_catalog::sql::PostgresCompatibilityParser> =
+        std::sync::OnceLock::new();
+    let mut statements = REWRITER
+        .get_or_init(datafusion_pg_catalog::sql::PostgresCompatibilityParser::new)
+        .parse(sql)
+        .map_err(|e| Error::Sql(e.into()))?;
+    for s in &mut statements {
+        let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(s, |e| {
+            backslash_escapes(e);
+            regclass_of_oid(e);
+            aggregate_scalar_subquery(e);
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    }
+    Ok(statements)
+}
+
+/// `LIKE pattern ESCAPE 'c'` with a constant pattern, rewritten to the backslash
+/// escapes DataFusion supports (SQLAlchemy's inspector sends `NOT LIKE 'pg/_' || '%'
+/// ESCAPE '/'`).
+fn backslash_escapes(e: &mut Expr) {
+    use datafusion::sql::sqlparser::ast::Value;
+    let (Expr::Like {
+        pattern,
+        escape_char,
+        ..
+    }
+    | Expr::ILike {
+        pattern,
+        escape_char,
+        ..
+    }) = e
+    else {
+        return;
+    };
+    let Some(Value::SingleQuotedString(escape)) = escape_char.as_ref().map(|v| v.clone()) else {
+        return;
+    };
+    let mut chars = escape.chars();
+    let (Some(esc), None) = (chars.next(), chars.next()) else {
+        return;
+    };
+    if esc == '\\' {
+        return;
+    }
+    let Some(text) = constant_text(pattern) else {
+        return;
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut it = text.chars();
+    while let Some(c) = it.next() {
+        if c == esc {
+            if let Some(next) = it.next() {
+                out.push('\\');
+                out.push(next);
+            }
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
+    }
+    **pattern = Expr::value(Value::SingleQuotedString(out));
+    *escape_char = None;
+}
+
+/// `CAST(oid_column AS REGCLASS)` is the OID itself here (SQLAlchemy's inspector casts
+/// `attrelid`; a quoted name cast to REGCLASS is looked up by the crate's rules).
+fn regclass_of_oid(e: &mut Expr) {
+    use datafusion::sql::sqlparser::ast::DataType;
+    if let Expr::Cast {
+        data_type: DataType::Regclass,
+        expr,
+        ..
+    } = e
+        && constant_text(expr).is_none()
+    {
+        let inner = std::mem::replace(
+            expr.as_mut(),
+            Expr::value(datafusion::sql::sqlparser::ast::Value::Null),
+        );
+        *e = inner;
+    }
+}
+
+/// A scalar subquery whose one column is not an aggregate, `(SELECT x FROM t WHERE
+/// t.a = outer.b)`, becomes `(SELECT max(x) ...)`: DataFusion plans correlated
+/// scalar subqueries only when aggregated, and the catalog lookups drivers send
+/// (SQLAlchemy's column defaults, identity and collation) find one row or none, where
+/// both mean the same. Only for the PostgreSQL door, where PostgreSQL would refuse a
+/// second row instead.
+fn aggregate_scalar_subquery(e: &mut Expr) {
+    use datafusion::sql::sqlparser::ast::{GroupByExpr, SelectItem, SetExpr};
+    let Expr::Subquery(query) = e else { return };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(g, _) if g.is_empty());
+    if grouped || select.projection.len() != 1 || query.limit_clause.is_some() {
+        return;
+    }
+    let (SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }) =
+        &mut select.projection[0]
+    else {
+        return;
+    };
+    if let Expr::Function(f) = item {
+        const AGGREGATES: [&str; 10] = [
+            "count",
+            "sum",
+            "min",
+            "max",
+            "avg",
+            "array_agg",
+            "string_agg",
+            "bool_and",
+            "bool_or",
+            "first_value",
+        ];
+        let name = f.name.to_string().to_ascii_lowercase();
+        if AGGREGATES.iter().any(|a| name.ends_with(a)) {
+            return;
+        }
+    }
+    let wrapped = format!("max({item})");
+    if let Ok(expr) = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&wrapped)
+        .and_then(|mut p| p.parse_expr())
+    {
+        *item = expr;
+    }
+}
+
+/// A string literal, or literals joined with `||`.
+fn constant_text(e: &Expr) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, Value};
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        Expr::Nested(inner) => constant_text(inner),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::StringConcat,
+            right,
+        } => Some(constant_text(left)? + &constant_text(right)?),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +438,19 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    #[test]
+    fn like_escapes_become_backslashes() {
+        let s = postgres_statements(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg/_' || '%' ESCAPE '/' AND x LIKE 'a\\b' ESCAPE '#'",
+            50,
+        )
+        .unwrap();
+        let sql = s[0].to_string();
+        assert!(sql.contains("NOT LIKE 'pg\\_%'"), "{sql}");
+        assert!(sql.contains("LIKE 'a\\\\b'"), "{sql}");
+        assert!(!sql.contains("ESCAPE"), "{sql}");
     }
 
     fn refuse_exponential_shapes() {

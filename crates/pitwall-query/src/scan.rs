@@ -46,10 +46,12 @@ fn df_error(e: iceberg::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
-/// The lake's catalog: one schema per namespace (`raw`, `clean`, `metrics`, …).
+/// The lake's catalog: one schema per namespace (`raw`, `clean`, `metrics`, …), and
+/// the schemas a session adds (`pg_catalog` for PostgreSQL's clients).
 #[derive(Debug)]
 pub(crate) struct LakeCatalog {
     schemas: HashMap<String, Arc<LakeSchema>>,
+    added: std::sync::RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
 }
 
 impl LakeCatalog {
@@ -78,7 +80,18 @@ impl LakeCatalog {
                 }),
             );
         }
-        Ok(LakeCatalog { schemas })
+        Ok(LakeCatalog {
+            schemas,
+            added: Default::default(),
+        })
+    }
+}
+
+impl LakeCatalog {
+    fn added(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<dyn SchemaProvider>>> {
+        self.added
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -89,6 +102,7 @@ impl CatalogProvider for LakeCatalog {
 
     fn schema_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.schemas.keys().cloned().collect();
+        names.extend(self.added().keys().cloned());
         names.sort();
         names
     }
@@ -97,6 +111,26 @@ impl CatalogProvider for LakeCatalog {
         self.schemas
             .get(name)
             .map(|s| Arc::clone(s) as Arc<dyn SchemaProvider>)
+            .or_else(|| self.added().get(name).cloned())
+    }
+
+    /// Adds a schema that is not the lake's (the lake's own namespaces cannot be
+    /// replaced).
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DFResult<Option<Arc<dyn SchemaProvider>>> {
+        if self.schemas.contains_key(name) {
+            return Err(DataFusionError::Plan(format!(
+                "{name} is one of the lake's namespaces"
+            )));
+        }
+        Ok(self
+            .added
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), schema))
     }
 }
 

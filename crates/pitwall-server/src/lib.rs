@@ -23,6 +23,7 @@ pub mod dashboard;
 mod guard;
 pub mod live;
 pub mod metrics;
+pub mod pg;
 pub mod query;
 
 pub use live::{LiveHub, LiveStream};
@@ -53,6 +54,11 @@ pub struct ServerConfig {
     pub listen: String,
     /// Tokens accepted for writes; empty (and no `PITWALL_TOKEN`) means no authentication.
     pub tokens: Vec<String>,
+    /// Address of the PostgreSQL wire protocol (read-only SQL for psql, Grafana,
+    /// Superset and every PostgreSQL driver); empty turns it off.
+    pub pg_listen: String,
+    /// PostgreSQL sessions open at once; past it a client is refused (SQLSTATE 53300).
+    pub pg_max_connections: usize,
     /// Largest request body, before and after gzip.
     pub max_body_bytes: usize,
     /// How long a write may wait for the pipeline to take its points before 503.
@@ -96,6 +102,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:8086".into(),
             tokens: Vec::new(),
+            pg_listen: "127.0.0.1:5433".into(),
+            pg_max_connections: 64,
             max_body_bytes: 32 * 1024 * 1024,
             publish_timeout: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
@@ -143,6 +151,7 @@ impl ServerConfig {
         )?;
         at_least("query-max-depth", self.query_max_depth, 8, "")?;
         at_least("max-connections", self.max_connections, 1, "")?;
+        at_least("pg-max-connections", self.pg_max_connections, 1, "")?;
         at_least(
             "body-memory",
             self.body_memory,
@@ -340,12 +349,19 @@ pub(crate) struct AppState {
 /// The router with every route, for [`Bound`] or a test. Fails when the query engine
 /// cannot be set up (its spill directory, `tmp/` in the lake's data directory).
 pub fn router(config: &ServerConfig, services: Services) -> Result<Router, String> {
+    app(config, services).map(|(router, _)| router)
+}
+
+/// The router and the PostgreSQL door ([`pg::PgBound`]), sharing one query engine (one
+/// memory pool, one set of places) and the tokens.
+pub fn app(config: &ServerConfig, services: Services) -> Result<(Router, pg::PgService), String> {
     let spill_dir = services
         .lake
         .as_ref()
         .map(|l| l.config().data_dir.join("tmp"));
     let engine =
         pitwall_query::Engine::new(config.query_limits(spill_dir)).map_err(|e| e.to_string())?;
+    let pg = pg::PgService::new(engine.clone(), services.lake.clone(), config.all_tokens());
     let state = Arc::new(AppState {
         sink: services.sink,
         tokens: config.all_tokens(),
@@ -364,7 +380,7 @@ pub fn router(config: &ServerConfig, services: Services) -> Result<Router, Strin
             config.body_memory / guard::BODY_UNIT,
         )),
     });
-    Ok(Router::new()
+    let router = Router::new()
         .route("/api/v2/write", post(write_v2))
         .route("/write", post(write_v1))
         .route("/api/v1/telegraf", post(write_telegraf))
@@ -377,7 +393,8 @@ pub fn router(config: &ServerConfig, services: Services) -> Result<Router, Strin
         .merge(metrics::routes())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(state, guard::guard)))
+        .layer(axum::middleware::from_fn_with_state(state, guard::guard));
+    Ok((router, pg))
 }
 
 /// A server bound to its address, ready to run.

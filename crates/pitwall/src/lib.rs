@@ -263,6 +263,11 @@ struct UpArgs {
     /// server.listen (default 127.0.0.1:8086). Port 0 picks a free one.
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// Where the PostgreSQL wire protocol listens (psql, Grafana, Superset, any
+    /// PostgreSQL driver; database pitwall, read-only); overrides server.pg-listen
+    /// (default 127.0.0.1:5433); "" turns it off.
+    #[arg(long, value_name = "HOST:PORT")]
+    pg_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -552,6 +557,10 @@ struct ServeArgs {
     /// Where to listen (overrides server.listen, default 127.0.0.1:8086).
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// Where the PostgreSQL wire protocol listens (overrides server.pg-listen, default
+    /// 127.0.0.1:5433); "" turns it off.
+    #[arg(long, value_name = "HOST:PORT")]
+    pg_listen: Option<String>,
     /// The lake the SQL API and dashboard read (the one `pitwall process` writes).
     #[command(flatten)]
     lake: LakeArgs,
@@ -830,6 +839,9 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let data_dir = config.lake.data_dir.clone();
     if let Some(listen) = args.listen {
         config.server.listen = listen;
+    }
+    if let Some(pg) = args.pg_listen {
+        config.server.pg_listen = pg;
     }
     let run = pipeline::SimRun {
         start_time: now_ns(),
@@ -1241,6 +1253,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(l) = args.listen {
         config.server.listen = l;
+    }
+    if let Some(pg) = args.pg_listen {
+        config.server.pg_listen = pg;
     }
     config.validate()?;
     let topics = pipeline::ensure_topics(&config).await?;

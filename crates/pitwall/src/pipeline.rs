@@ -162,10 +162,15 @@ pub(crate) async fn start_server(
         live,
         health,
     };
-    let router = pitwall_server::router(server, services).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (router, pg) = pitwall_server::app(server, services).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bound = pitwall_server::Bound::bind(server, router)
         .await
         .map_err(|e| anyhow::anyhow!("{e}; pass --listen HOST:PORT (or set server.listen)"))?;
+    let pg = pitwall_server::pg::PgBound::bind(server, pg)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("{e}; pass --pg-listen HOST:PORT, or --pg-listen \"\" to turn it off")
+        })?;
     let addr = bound.local_addr();
     let auth = if server.all_tokens().is_empty() {
         "no token needed"
@@ -175,15 +180,45 @@ pub(crate) async fn start_server(
     eprintln!(
         "dashboard on http://{addr}/ ({auth}); SQL /api/v1/query, live feed /api/v1/live, metrics /metrics"
     );
+    if let Some(pg) = &pg {
+        let pg_addr = pg.local_addr();
+        eprintln!(
+            "PostgreSQL on {pg_addr}: database {}, any user, {} (psql -h {} -p {} -d {})",
+            pitwall_server::pg::DATABASE,
+            if server.all_tokens().is_empty() {
+                "no password"
+            } else {
+                "a token as the password"
+            },
+            pg_addr.ip(),
+            pg_addr.port(),
+            pitwall_server::pg::DATABASE
+        );
+    }
     eprintln!(
         "write API on http://{addr}: InfluxDB v2 /api/v2/write, v1 /write, Telegraf JSON /api/v1/telegraf"
     );
     tracing::info!(%addr, "write API listening");
-    Ok(tokio::spawn(bound.run(async move {
-        stop.cancelled().await;
-        // Open dashboard tabs are told at once, so they do not hold up the stop.
-        live_hub.close();
-    })))
+    let pg = pg.map(|pg| tokio::spawn(pg.run(stop.clone().cancelled_owned())));
+    Ok(tokio::spawn(async move {
+        let served = bound
+            .run(async move {
+                stop.cancelled().await;
+                // Open dashboard tabs are told at once, so they do not hold up the stop.
+                live_hub.close();
+            })
+            .await;
+        if let Some(pg) = pg {
+            match pg.await {
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the PostgreSQL listener stopped with an error")
+                }
+                Err(e) => tracing::warn!(error = %e, "the PostgreSQL listener panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        served
+    }))
 }
 
 /// The output topics the live feed follows, with their streams.

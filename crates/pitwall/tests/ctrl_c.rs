@@ -20,6 +20,8 @@ async fn ctrl_c_commits_everything_produced() {
             "1s",
             "--listen",
             "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(&data)
@@ -112,6 +114,8 @@ async fn lake_maintenance_on_a_schedule_and_by_hand_keeps_every_row() {
             "--duration",
             "20s",
             "--listen",
+            "127.0.0.1:0",
+            "--pg-listen",
             "127.0.0.1:0",
             "--config",
         ])

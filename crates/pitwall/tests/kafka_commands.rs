@@ -190,6 +190,8 @@ async fn serve_puts_written_points_on_the_raw_topic_before_answering() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
             "--brokers",
             &broker.addr,
         ])

@@ -268,6 +268,8 @@ pub struct Up {
     pub child: Child,
     /// The server's base URL, `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The PostgreSQL wire protocol's address, `127.0.0.1:PORT`.
+    pub pg: String,
     log: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -276,7 +278,13 @@ impl Up {
     /// serves.
     pub fn start(args: &[&str], data: &Path) -> Up {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-            .args(["up", "--listen", "127.0.0.1:0"])
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--pg-listen",
+                "127.0.0.1:0",
+            ])
             .args(args)
             .arg("--data-dir")
             .arg(data)
@@ -285,6 +293,11 @@ impl Up {
             .spawn()
             .unwrap();
         let (url, mut stderr, seen) = write_api_url(&mut child);
+        let pg = seen
+            .lines()
+            .find_map(|l| l.strip_prefix("PostgreSQL on "))
+            .and_then(|rest| rest.split(':').take(2).collect::<Vec<_>>().join(":").into())
+            .unwrap_or_default();
         let log = std::thread::spawn(move || {
             let mut rest = String::new();
             std::io::Read::read_to_string(&mut stderr, &mut rest).ok();
@@ -293,6 +306,7 @@ impl Up {
         Up {
             child,
             url,
+            pg,
             log: Some(log),
         }
     }

@@ -1,0 +1,385 @@
+//! What a session needs so PostgreSQL's clients find what they look for: the
+//! `pg_catalog` tables over the lake's tables (psql's `\d`, SQLAlchemy's inspector,
+//! Grafana's and Superset's table pickers), PostgreSQL's catalog functions, and a
+//! `version()` that names a PostgreSQL version, which drivers parse.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{RecordBatch, new_empty_array};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{CatalogProviderList, MemTable, SchemaProvider, TableProvider};
+use datafusion::error::Result as DFResult;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+
+use crate::{Error, Result};
+
+/// The PostgreSQL version pitwall answers as: what its catalog tables follow.
+pub const SERVER_VERSION: &str = "16.6";
+
+/// `version()`'s text: drivers (SQLAlchemy, JDBC) read the PostgreSQL version from it.
+pub fn version_string() -> String {
+    format!(
+        "PostgreSQL {SERVER_VERSION} (pitwall {}, Apache DataFusion {})",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION
+    )
+}
+
+pub(crate) fn setup(ctx: &SessionContext) -> Result<()> {
+    datafusion_pg_catalog::setup_pg_catalog(ctx, pitwall_lake::CATALOG_NAME, EmptyContextProvider)
+        .map_err(|e| Error::Setup(format!("the PostgreSQL catalog tables: {e}")))?;
+    let catalog = ctx
+        .catalog(pitwall_lake::CATALOG_NAME)
+        .ok_or_else(|| Error::Setup("the lake's catalog is not registered".into()))?;
+    let inner = catalog
+        .schema("pg_catalog")
+        .ok_or_else(|| Error::Setup("pg_catalog was not registered".into()))?;
+    catalog.register_schema(
+        "pg_catalog",
+        Arc::new(PgCatalog {
+            inner,
+            catalogs: Arc::clone(ctx.state().catalog_list()),
+        }),
+    )?;
+    ctx.register_udf(version_udf());
+    for udf in catalog_functions() {
+        ctx.register_udf(udf);
+    }
+    Ok(())
+}
+
+/// Catalog functions drivers call that `datafusion-pg-catalog` lacks, answered as
+/// PostgreSQL answers them for pitwall's tables (no sequences, one collation).
+fn catalog_functions() -> Vec<ScalarUDF> {
+    let constant = |name: &str, args: Vec<DataType>, value: ScalarValue| {
+        let ret = value.data_type();
+        create_udf(
+            name,
+            args,
+            ret,
+            Volatility::Stable,
+            Arc::new(move |_| Ok(ColumnarValue::Scalar(value.clone()))),
+        )
+    };
+    vec![
+        constant(
+            "pg_get_serial_sequence",
+            vec![DataType::Utf8, DataType::Utf8],
+            ScalarValue::Utf8(None),
+        ),
+        constant(
+            "pg_collation_is_visible",
+            vec![DataType::Int32],
+            ScalarValue::Boolean(Some(true)),
+        ),
+        json_build_object(),
+    ]
+}
+
+/// `json_build_object(k1, v1, k2, v2, ...)`: a JSON object of text values, per row.
+fn json_build_object() -> ScalarUDF {
+    use datafusion::logical_expr::{ScalarFunctionArgs, ScalarUDFImpl, Signature};
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct JsonBuildObject(Signature);
+    impl ScalarUDFImpl for JsonBuildObject {
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+        fn name(&self) -> &str {
+            "json_build_object"
+        }
+        fn signature(&self) -> &Signature {
+            &self.0
+        }
+        fn return_type(&self, _: &[DataType]) -> DFResult<DataType> {
+            Ok(DataType::Utf8)
+        }
+        fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+            let rows = args.number_rows;
+            let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+            let mut out = arrow::array::StringBuilder::new();
+            for row in 0..rows {
+                let mut object = serde_json::Map::new();
+                for pair in arrays.chunks(2) {
+                    let key = arrow::util::display::array_value_to_string(&pair[0], row)?;
+                    let value = match pair.get(1) {
+                        Some(a) if !a.is_null(row) => serde_json::Value::String(
+                            arrow::util::display::array_value_to_string(a, row)?,
+                        ),
+                        _ => serde_json::Value::Null,
+                    };
+                    object.insert(key, value);
+                }
+                out.append_value(serde_json::Value::Object(object).to_string());
+            }
+            Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        }
+    }
+    ScalarUDF::new_from_impl(JsonBuildObject(Signature::variadic_any(Volatility::Stable)))
+}
+
+fn version_udf() -> ScalarUDF {
+    let text = version_string();
+    create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
+    )
+}
+
+/// `pg_catalog` with its three tables of names computed here: `pg_namespace`,
+/// `pg_class` and `pg_attribute`. `datafusion-pg-catalog` numbers objects from a
+/// counter each of these tables restarts in its own order, so one session's
+/// `pg_class.relnamespace` named another's `pg_namespace.oid` and psql's `\d` showed
+/// the wrong table's columns. Here an object's OID is a hash of its name: the same in
+/// every table and every session (psql looks a table's OID up in one query and uses
+/// it in the next). Every other table is the crate's.
+#[derive(Debug)]
+struct PgCatalog {
+    inner: Arc<dyn SchemaProvider>,
+    catalogs: Arc<dyn CatalogProviderList>,
+}
+
+const OWNED: [&str; 3] = ["pg_namespace", "pg_class", "pg_attribute"];
+
+#[async_trait::async_trait]
+impl SchemaProvider for PgCatalog {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        let Some(inner) = self.inner.table(name).await? else {
+            return Ok(None);
+        };
+        if !OWNED.contains(&name) {
+            return Ok(Some(inner));
+        }
+        let schema = inner.schema();
+        let objects = self.objects().await?;
+        let rows: Vec<HashMap<&'static str, ScalarValue>> = match name {
+            "pg_namespace" => objects.namespaces(),
+            "pg_class" => objects.classes(),
+            _ => objects.attributes(),
+        };
+        let batch = rows_to_batch(&schema, &rows)?;
+        Ok(Some(Arc::new(MemTable::try_new(
+            schema,
+            vec![vec![batch]],
+        )?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+/// A catalog's schema: (catalog, schema, [(table, columns)]).
+type SchemaObjects = (String, String, Vec<(String, SchemaRef)>);
+
+/// Every schema and table the session sees, with their columns, sorted.
+struct Objects {
+    schemas: Vec<SchemaObjects>,
+}
+
+impl PgCatalog {
+    async fn objects(&self) -> DFResult<Objects> {
+        let mut schemas = Vec::new();
+        let mut catalog_names = self.catalogs.catalog_names();
+        catalog_names.sort();
+        for c in catalog_names {
+            let Some(catalog) = self.catalogs.catalog(&c) else {
+                continue;
+            };
+            let mut names = catalog.schema_names();
+            names.sort();
+            for s in names {
+                let Some(schema) = catalog.schema(&s) else {
+                    continue;
+                };
+                let mut tables = Vec::new();
+                let mut table_names = schema.table_names();
+                table_names.sort();
+                for t in table_names {
+                    // This schema's own tables are described by the crate's providers.
+                    let columns = if s == "pg_catalog" {
+                        match self.inner.table(&t).await? {
+                            Some(p) => p.schema(),
+                            None => continue,
+                        }
+                    } else {
+                        match schema.table(&t).await? {
+                            Some(p) => p.schema(),
+                            None => continue,
+                        }
+                    };
+                    tables.push((t, columns));
+                }
+                schemas.push((c.clone(), s, tables));
+            }
+        }
+        Ok(Objects { schemas })
+    }
+}
+
+/// A stable OID for a name: FNV-1a, above PostgreSQL's reserved range.
+fn oid(parts: &[&str]) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    (16384 + h % (i32::MAX as u32 - 16384)) as i32
+}
+
+fn is_system(schema: &str) -> bool {
+    schema == "pg_catalog" || schema == "information_schema"
+}
+
+impl Objects {
+    fn namespaces(&self) -> Vec<HashMap<&'static str, ScalarValue>> {
+        self.schemas
+            .iter()
+            .map(|(c, s, _)| {
+                HashMap::from([
+                    ("oid", int32(oid(&[c, s]))),
+                    ("nspname", text(s)),
+                    ("nspowner", int32(10)),
+                ])
+            })
+            .collect()
+    }
+
+    fn classes(&self) -> Vec<HashMap<&'static str, ScalarValue>> {
+        let mut rows = Vec::new();
+        for (c, s, tables) in &self.schemas {
+            for (t, columns) in tables {
+                let id = oid(&[c, s, t]);
+                rows.push(HashMap::from([
+                    ("oid", int32(id)),
+                    ("relname", text(t)),
+                    ("relnamespace", int32(oid(&[c, s]))),
+                    ("relowner", int32(10)),
+                    ("relfilenode", int32(id)),
+                    ("reltuples", ScalarValue::Float64(Some(-1.0))),
+                    ("relpersistence", text("p")),
+                    ("relkind", text(if is_system(s) { "v" } else { "r" })),
+                    (
+                        "relnatts",
+                        ScalarValue::Int16(Some(
+                            i16::try_from(columns.fields().len()).unwrap_or(i16::MAX),
+                        )),
+                    ),
+                    ("relispopulated", ScalarValue::Boolean(Some(true))),
+                    ("relreplident", text("d")),
+                ]));
+            }
+        }
+        rows
+    }
+
+    fn attributes(&self) -> Vec<HashMap<&'static str, ScalarValue>> {
+        let mut rows = Vec::new();
+        for (c, s, tables) in &self.schemas {
+            for (t, columns) in tables {
+                let id = oid(&[c, s, t]);
+                for (i, f) in columns.fields().iter().enumerate() {
+                    let (typ, len, byval, align, storage) = pg_type(f.data_type());
+                    rows.push(HashMap::from([
+                        ("attrelid", int32(id)),
+                        ("attname", text(f.name())),
+                        ("atttypid", int32(typ)),
+                        ("attstattarget", int32(-1)),
+                        ("attlen", ScalarValue::Int16(Some(len))),
+                        (
+                            "attnum",
+                            ScalarValue::Int16(Some(i16::try_from(i + 1).unwrap_or(i16::MAX))),
+                        ),
+                        ("attcacheoff", int32(-1)),
+                        ("atttypmod", int32(-1)),
+                        ("attbyval", ScalarValue::Boolean(Some(byval))),
+                        ("attalign", text(align)),
+                        ("attstorage", text(storage)),
+                        ("attnotnull", ScalarValue::Boolean(Some(!f.is_nullable()))),
+                        ("attislocal", ScalarValue::Boolean(Some(true))),
+                    ]));
+                }
+            }
+        }
+        rows
+    }
+}
+
+/// PostgreSQL's type for an Arrow type: OID, length, by value, alignment, storage.
+fn pg_type(t: &DataType) -> (i32, i16, bool, &'static str, &'static str) {
+    match t {
+        DataType::Boolean => (16, 1, true, "c", "p"),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => (21, 2, true, "s", "p"),
+        DataType::Int32 | DataType::UInt16 => (23, 4, true, "i", "p"),
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => (20, 8, true, "d", "p"),
+        DataType::Float16 | DataType::Float32 => (700, 4, true, "i", "p"),
+        DataType::Float64 => (701, 8, true, "d", "p"),
+        DataType::Timestamp(_, Some(_)) => (1184, 8, true, "d", "p"),
+        DataType::Timestamp(_, None) => (1114, 8, true, "d", "p"),
+        DataType::Date32 | DataType::Date64 => (1082, 4, true, "i", "p"),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            (17, -1, false, "i", "x")
+        }
+        DataType::Decimal128(..) | DataType::Decimal256(..) => (1700, -1, false, "i", "m"),
+        _ => (25, -1, false, "i", "x"),
+    }
+}
+
+fn int32(v: i32) -> ScalarValue {
+    ScalarValue::Int32(Some(v))
+}
+
+fn text(v: &str) -> ScalarValue {
+    ScalarValue::Utf8(Some(v.to_owned()))
+}
+
+/// One batch in `schema` from rows of named values; a column a row does not name is
+/// null, or zero / false / empty where the column cannot be null.
+fn rows_to_batch(
+    schema: &SchemaRef,
+    rows: &[HashMap<&'static str, ScalarValue>],
+) -> DFResult<RecordBatch> {
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let blank = ScalarValue::try_from(f.data_type())?;
+        let filler = if f.is_nullable() {
+            blank
+        } else {
+            match f.data_type() {
+                DataType::Utf8 => text(""),
+                DataType::Boolean => ScalarValue::Boolean(Some(false)),
+                other => ScalarValue::new_zero(other)?,
+            }
+        };
+        let values = rows.iter().map(|r| {
+            r.get(f.name().as_str())
+                .cloned()
+                .unwrap_or_else(|| filler.clone())
+        });
+        let array = if rows.is_empty() {
+            new_empty_array(f.data_type())
+        } else {
+            ScalarValue::iter_to_array(values)?
+        };
+        columns.push(array);
+    }
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}

@@ -1,0 +1,142 @@
+//! The PostgreSQL wire protocol in the real binary: `pitwall up` with a token, 600
+//! points written over HTTP, then psql, psycopg2 with parameters, SQLAlchemy's
+//! inspector (what Superset and Metabase call), pg8000 over the extended protocol with
+//! the shape of Grafana's time-series query, refused writes with SQLSTATEs, and the
+//! connection cap (tests/postgres_clients.py holds the clients' checks).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::Up;
+
+const TOKEN: &str = "t0ken";
+const T0: i64 = 1_767_225_600_000_000_000;
+const CAP: usize = 4;
+
+fn psql(pg: &str, password: &str, command: &str) -> std::process::Output {
+    let (host, port) = pg.split_once(':').unwrap();
+    Command::new("psql")
+        .args([
+            "-h", host, "-p", port, "-U", "engineer", "-d", "pitwall", "-X", "-c", command,
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql runs (scripts/test.sh installs postgresql)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_clients_read_the_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lake");
+    let config = dir.path().join("pitwall.toml");
+    std::fs::write(
+        &config,
+        format!("[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"{TOKEN}\"]\npg-max-connections = {CAP}\n\n[lake]\ncommit-interval = \"500ms\"\n"),
+    )
+    .unwrap();
+    let up = Up::start(&["--config", config.to_str().unwrap()], &data);
+    assert!(!up.pg.is_empty(), "pitwall up names its PostgreSQL address");
+
+    // 10 sensors at 1 Hz for 60 s, then one more point from s-99 at another site.
+    let mut lp = String::new();
+    for i in 0..60i64 {
+        for s in 0..10 {
+            lp.push_str(&format!(
+                "sensor,sensor_id=s-{s},site=plant-a temperature_c={},pressure_hpa=1010 {}\n",
+                20.0 + s as f64 + (i % 3) as f64,
+                T0 + i * 1_000_000_000
+            ));
+        }
+    }
+    lp.push_str(&format!(
+        "sensor,sensor_id=s-99,site=plant-b temperature_c=1.5 {}\n",
+        T0 + 59_000_000_000
+    ));
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/api/v2/write", up.url))
+        .header("Authorization", format!("Token {TOKEN}"))
+        .body(lp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    // Until the lake has committed every point (psql itself asks).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = psql(&up.pg, TOKEN, "SELECT count(*) AS n FROM clean.sensor");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(" 601\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "601 rows never showed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // psql: its catalog queries behind \dn, \dt and \d, and a wrong password.
+    let out = psql(&up.pg, TOKEN, "\\dt clean.*");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" clean  | sensor | table"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql(&up.pg, TOKEN, "\\d clean.sensor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        " time          | timestamp with time zone |           | not null |",
+        " temperature_c | double precision         |           |          |",
+        " sensor_id     | text                     |           |          |",
+    ] {
+        assert!(
+            text.contains(line),
+            "\\d clean.sensor lacks {line:?}:\n{text}"
+        );
+    }
+    let out = psql(&up.pg, TOKEN, "\\dn");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" anomalies ") && text.contains(" quarantine "),
+        "{text}"
+    );
+    let out = psql(&up.pg, "not-the-token", "SELECT 1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("password authentication failed"),
+        "{err}"
+    );
+
+    // The drivers' checks.
+    let python = common::program("PITWALL_PYTHON", "python3", "the venv of scripts/test.sh");
+    let (host, port) = up.pg.split_once(':').unwrap();
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/postgres_clients.py"
+        ))
+        .env("PG_HOST", host)
+        .env("PG_PORT", port)
+        .env("PG_TOKEN", TOKEN)
+        .env("PG_CAP", CAP.to_string())
+        .env("T0", T0.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("ok: ").count(), 6, "{stdout}");
+
+    let (status, log) = up.stop();
+    assert!(status.success(), "pitwall up failed:\n{log}");
+}
