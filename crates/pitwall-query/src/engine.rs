@@ -204,8 +204,8 @@ impl Engine {
             let limit = state.config().options().sql_parser.recursion_limit;
             let statement = crate::parse::statement(&sql, limit)?;
             check_depth(&statement, limits.max_depth)?;
-            let plan = state.statement_to_plan(statement).await?;
-            q.run_plan_read_only(plan, limits.max_rows).await
+            let plan = q.plan_read_only(statement).await?;
+            q.run_plan(plan, limits.max_rows).await
         })
         .await
     }
@@ -220,15 +220,11 @@ impl Engine {
             let limit = crate::session_config().options().sql_parser.recursion_limit;
             let statements = crate::parse::postgres_statements(&sql, limit)?;
             for s in &statements {
-                check_depth(&DfStatement::Statement(Box::new(s.clone())), depth)?;
+                check_statement_depth(s, depth)?;
             }
             Ok(statements)
         });
-        match tokio::time::timeout(self.limits.timeout, parsed).await {
-            Ok(Ok(statements)) => statements,
-            Ok(Err(joined)) => Err(Error::Setup(format!("the query's thread failed: {joined}"))),
-            Err(_) => Err(Error::Timeout(self.limits.timeout)),
-        }
+        within_time(parsed, self.limits.timeout).await
     }
 
     /// Plans a statement from [`Engine::parse_postgres`] without running it: the
@@ -240,7 +236,9 @@ impl Engine {
         statement: SqlStatement,
     ) -> Result<Described> {
         self.within_limits(lake, Flavor::Postgres, move |q, _| async move {
-            let plan = q.plan_read_only(statement).await?;
+            let plan = q
+                .plan_read_only(DfStatement::Statement(Box::new(statement)))
+                .await?;
             Ok(Described {
                 schema: Arc::new(plan.schema().as_arrow().clone()),
                 params: parameter_types(&plan)?,
@@ -258,13 +256,15 @@ impl Engine {
         params: ParamValues,
     ) -> Result<Answer> {
         self.within_limits(lake, Flavor::Postgres, move |q, limits| async move {
-            let plan = q.plan_read_only(statement).await?;
+            let plan = q
+                .plan_read_only(DfStatement::Statement(Box::new(statement)))
+                .await?;
             let plan = if plan_has_params(&plan) {
                 plan.replace_params_with_values(&params)?
             } else {
                 plan
             };
-            q.run_plan_read_only(plan, limits.max_rows).await
+            q.run_plan(plan, limits.max_rows).await
         })
         .await
     }
@@ -292,19 +292,14 @@ impl Engine {
             Arc::clone(&self.limits),
             Arc::clone(&self.env),
         );
-        let mut task = runtime().spawn(async move {
+        let task = runtime().spawn(async move {
             let _permit = permit;
             let q = Query::with_env(&lake, env, flavor).await?;
             work(q, limits).await
         });
-        match tokio::time::timeout(self.limits.timeout, &mut task).await {
-            Ok(Ok(answer)) => answer.map_err(|e| self.name_limits(e)),
-            Ok(Err(joined)) => Err(Error::Setup(format!("the query's thread failed: {joined}"))),
-            Err(_) => {
-                task.abort();
-                Err(Error::Timeout(self.limits.timeout))
-            }
-        }
+        within_time(task, self.limits.timeout)
+            .await
+            .map_err(|e| self.name_limits(e))
     }
 
     /// A DataFusion "resources exhausted" error, said in terms of the setting.
@@ -318,6 +313,22 @@ impl Engine {
                 _ => Error::Sql(df),
             },
             other => other,
+        }
+    }
+}
+
+/// The answer of a task on the query threads, or a timeout after `limit` (the task is
+/// then abandoned: aborted at its next await).
+async fn within_time<T>(
+    mut task: tokio::task::JoinHandle<Result<T>>,
+    limit: Duration,
+) -> Result<T> {
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(joined)) => Err(Error::Setup(format!("the query's thread failed: {joined}"))),
+        Err(_) => {
+            task.abort();
+            Err(Error::Timeout(limit))
         }
     }
 }
@@ -369,20 +380,24 @@ fn check_size(sql: &str, limit: usize) -> Result<()> {
 /// Fails when expressions, subqueries, joins' table factors or set operations
 /// (`UNION` chains) nest deeper than `limit`.
 fn check_depth(statement: &DfStatement, limit: usize) -> Result<()> {
+    match statement {
+        DfStatement::Statement(s) => check_statement_depth(s, limit),
+        DfStatement::Explain(e) => match e.statement.as_ref() {
+            DfStatement::Statement(s) => check_statement_depth(s, limit),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// [`check_depth`] for a statement of sqlparser's (the PostgreSQL dialect's).
+fn check_statement_depth(statement: &SqlStatement, limit: usize) -> Result<()> {
     let mut v = Depth {
         depth: 0,
         max: 0,
         limit,
     };
-    let flow = match statement {
-        DfStatement::Statement(s) => s.visit(&mut v),
-        DfStatement::Explain(e) => match e.statement.as_ref() {
-            DfStatement::Statement(s) => s.visit(&mut v),
-            _ => ControlFlow::Continue(()),
-        },
-        _ => ControlFlow::Continue(()),
-    };
-    match flow {
+    match statement.visit(&mut v) {
         ControlFlow::Break(()) => Err(Error::TooDeep { limit }),
         ControlFlow::Continue(()) => Ok(()),
     }

@@ -174,29 +174,22 @@ impl Query {
     }
 
     /// Plans a parsed statement, refusing one that would change anything.
-    pub(crate) async fn plan_read_only(&self, statement: SqlStatement) -> Result<LogicalPlan> {
-        let plan = self
-            .ctx
-            .state()
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
-                statement,
-            )))
-            .await?;
-        read_only_options()
+    pub(crate) async fn plan_read_only(
+        &self,
+        statement: datafusion::sql::parser::Statement,
+    ) -> Result<LogicalPlan> {
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
         Ok(plan)
     }
 
-    /// Runs a planned statement if it only reads, collecting at most `max_rows` rows.
-    pub(crate) async fn run_plan_read_only(
-        &self,
-        plan: LogicalPlan,
-        max_rows: usize,
-    ) -> Result<Answer> {
-        read_only_options()
-            .verify_plan(&plan)
-            .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
+    /// Runs a plan from [`Query::plan_read_only`], collecting at most `max_rows` rows.
+    pub(crate) async fn run_plan(&self, plan: LogicalPlan, max_rows: usize) -> Result<Answer> {
         let df = self.ctx.execute_logical_plan(plan).await?;
         let stream = df.execute_stream().await?;
         collect_limited(stream, max_rows).await
@@ -206,13 +199,6 @@ impl Query {
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
-}
-
-fn read_only_options() -> SQLOptions {
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
 }
 
 /// Which session a query gets.

@@ -246,8 +246,6 @@ pub(crate) fn postgres_statements(sql: &str, recursion_limit: usize) -> Result<V
     for s in &mut statements {
         let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(s, |e| {
             backslash_escapes(e);
-            regclass_of_oid(e);
-            aggregate_scalar_subquery(e);
             std::ops::ControlFlow::<()>::Continue(())
         });
     }
@@ -272,7 +270,7 @@ fn backslash_escapes(e: &mut Expr) {
     else {
         return;
     };
-    let Some(Value::SingleQuotedString(escape)) = escape_char.as_ref().map(|v| v.clone()) else {
+    let Some(Value::SingleQuotedString(escape)) = escape_char.as_ref() else {
         return;
     };
     let mut chars = escape.chars();
@@ -301,73 +299,6 @@ fn backslash_escapes(e: &mut Expr) {
     }
     **pattern = Expr::value(Value::SingleQuotedString(out));
     *escape_char = None;
-}
-
-/// `CAST(oid_column AS REGCLASS)` is the OID itself here (SQLAlchemy's inspector casts
-/// `attrelid`; a quoted name cast to REGCLASS is looked up by the crate's rules).
-fn regclass_of_oid(e: &mut Expr) {
-    use datafusion::sql::sqlparser::ast::DataType;
-    if let Expr::Cast {
-        data_type: DataType::Regclass,
-        expr,
-        ..
-    } = e
-        && constant_text(expr).is_none()
-    {
-        let inner = std::mem::replace(
-            expr.as_mut(),
-            Expr::value(datafusion::sql::sqlparser::ast::Value::Null),
-        );
-        *e = inner;
-    }
-}
-
-/// A scalar subquery whose one column is not an aggregate, `(SELECT x FROM t WHERE
-/// t.a = outer.b)`, becomes `(SELECT max(x) ...)`: DataFusion plans correlated
-/// scalar subqueries only when aggregated, and the catalog lookups drivers send
-/// (SQLAlchemy's column defaults, identity and collation) find one row or none, where
-/// both mean the same. Only for the PostgreSQL door, where PostgreSQL would refuse a
-/// second row instead.
-fn aggregate_scalar_subquery(e: &mut Expr) {
-    use datafusion::sql::sqlparser::ast::{GroupByExpr, SelectItem, SetExpr};
-    let Expr::Subquery(query) = e else { return };
-    let SetExpr::Select(select) = query.body.as_mut() else {
-        return;
-    };
-    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(g, _) if g.is_empty());
-    if grouped || select.projection.len() != 1 || query.limit_clause.is_some() {
-        return;
-    }
-    let (SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }) =
-        &mut select.projection[0]
-    else {
-        return;
-    };
-    if let Expr::Function(f) = item {
-        const AGGREGATES: [&str; 10] = [
-            "count",
-            "sum",
-            "min",
-            "max",
-            "avg",
-            "array_agg",
-            "string_agg",
-            "bool_and",
-            "bool_or",
-            "first_value",
-        ];
-        let name = f.name.to_string().to_ascii_lowercase();
-        if AGGREGATES.iter().any(|a| name.ends_with(a)) {
-            return;
-        }
-    }
-    let wrapped = format!("max({item})");
-    if let Ok(expr) = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&wrapped)
-        .and_then(|mut p| p.parse_expr())
-    {
-        *item = expr;
-    }
 }
 
 /// A string literal, or literals joined with `||`.

@@ -22,7 +22,7 @@ use crate::{Error, Result};
 pub const SERVER_VERSION: &str = "16.6";
 
 /// `version()`'s text: drivers (SQLAlchemy, JDBC) read the PostgreSQL version from it.
-pub fn version_string() -> String {
+fn version_string() -> String {
     format!(
         "PostgreSQL {SERVER_VERSION} (pitwall {}, Apache DataFusion {})",
         env!("CARGO_PKG_VERSION"),
@@ -47,80 +47,7 @@ pub(crate) fn setup(ctx: &SessionContext) -> Result<()> {
         }),
     )?;
     ctx.register_udf(version_udf());
-    for udf in catalog_functions() {
-        ctx.register_udf(udf);
-    }
     Ok(())
-}
-
-/// Catalog functions drivers call that `datafusion-pg-catalog` lacks, answered as
-/// PostgreSQL answers them for pitwall's tables (no sequences, one collation).
-fn catalog_functions() -> Vec<ScalarUDF> {
-    let constant = |name: &str, args: Vec<DataType>, value: ScalarValue| {
-        let ret = value.data_type();
-        create_udf(
-            name,
-            args,
-            ret,
-            Volatility::Stable,
-            Arc::new(move |_| Ok(ColumnarValue::Scalar(value.clone()))),
-        )
-    };
-    vec![
-        constant(
-            "pg_get_serial_sequence",
-            vec![DataType::Utf8, DataType::Utf8],
-            ScalarValue::Utf8(None),
-        ),
-        constant(
-            "pg_collation_is_visible",
-            vec![DataType::Int32],
-            ScalarValue::Boolean(Some(true)),
-        ),
-        json_build_object(),
-    ]
-}
-
-/// `json_build_object(k1, v1, k2, v2, ...)`: a JSON object of text values, per row.
-fn json_build_object() -> ScalarUDF {
-    use datafusion::logical_expr::{ScalarFunctionArgs, ScalarUDFImpl, Signature};
-    #[derive(Debug, PartialEq, Eq, Hash)]
-    struct JsonBuildObject(Signature);
-    impl ScalarUDFImpl for JsonBuildObject {
-        fn as_any(&self) -> &dyn Any {
-            self
-        }
-        fn name(&self) -> &str {
-            "json_build_object"
-        }
-        fn signature(&self) -> &Signature {
-            &self.0
-        }
-        fn return_type(&self, _: &[DataType]) -> DFResult<DataType> {
-            Ok(DataType::Utf8)
-        }
-        fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
-            let rows = args.number_rows;
-            let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-            let mut out = arrow::array::StringBuilder::new();
-            for row in 0..rows {
-                let mut object = serde_json::Map::new();
-                for pair in arrays.chunks(2) {
-                    let key = arrow::util::display::array_value_to_string(&pair[0], row)?;
-                    let value = match pair.get(1) {
-                        Some(a) if !a.is_null(row) => serde_json::Value::String(
-                            arrow::util::display::array_value_to_string(a, row)?,
-                        ),
-                        _ => serde_json::Value::Null,
-                    };
-                    object.insert(key, value);
-                }
-                out.append_value(serde_json::Value::Object(object).to_string());
-            }
-            Ok(ColumnarValue::Array(Arc::new(out.finish())))
-        }
-    }
-    ScalarUDF::new_from_impl(JsonBuildObject(Signature::variadic_any(Volatility::Stable)))
 }
 
 fn version_udf() -> ScalarUDF {
@@ -167,7 +94,8 @@ impl SchemaProvider for PgCatalog {
             return Ok(Some(inner));
         }
         let schema = inner.schema();
-        let objects = self.objects().await?;
+        // pg_namespace needs no table: the lake's are not loaded for it.
+        let objects = self.objects(name != "pg_namespace").await?;
         let rows: Vec<HashMap<&'static str, ScalarValue>> = match name {
             "pg_namespace" => objects.namespaces(),
             "pg_class" => objects.classes(),
@@ -194,7 +122,8 @@ struct Objects {
 }
 
 impl PgCatalog {
-    async fn objects(&self) -> DFResult<Objects> {
+    /// The session's schemas, with their tables and columns if `with_tables`.
+    async fn objects(&self, with_tables: bool) -> DFResult<Objects> {
         let mut schemas = Vec::new();
         let mut catalog_names = self.catalogs.catalog_names();
         catalog_names.sort();
@@ -208,23 +137,23 @@ impl PgCatalog {
                 let Some(schema) = catalog.schema(&s) else {
                     continue;
                 };
-                let mut tables = Vec::new();
-                let mut table_names = schema.table_names();
+                // This schema's own tables are described by the crate's providers.
+                let source = if s == "pg_catalog" {
+                    &self.inner
+                } else {
+                    &schema
+                };
+                let mut table_names = if with_tables {
+                    source.table_names()
+                } else {
+                    Vec::new()
+                };
                 table_names.sort();
+                let mut tables = Vec::new();
                 for t in table_names {
-                    // This schema's own tables are described by the crate's providers.
-                    let columns = if s == "pg_catalog" {
-                        match self.inner.table(&t).await? {
-                            Some(p) => p.schema(),
-                            None => continue,
-                        }
-                    } else {
-                        match schema.table(&t).await? {
-                            Some(p) => p.schema(),
-                            None => continue,
-                        }
-                    };
-                    tables.push((t, columns));
+                    if let Some(p) = source.table(&t).await? {
+                        tables.push((t, p.schema()));
+                    }
                 }
                 schemas.push((c.clone(), s, tables));
             }

@@ -509,6 +509,17 @@ pub(crate) fn error(status: StatusCode, code: &'static str, message: impl Into<S
     }
 }
 
+/// Whether `given` is one of `tokens`: every token is compared, in constant time,
+/// whatever matches (the HTTP API's header and the PostgreSQL password alike).
+pub(crate) fn token_matches(tokens: &[String], given: &str) -> bool {
+    tokens
+        .iter()
+        .fold(subtle::Choice::from(0), |acc, t| {
+            acc | t.as_bytes().ct_eq(given.as_bytes())
+        })
+        .into()
+}
+
 /// Checks the token, if any is configured.
 /// `in_query` is a token passed in the URL, for clients that cannot set headers.
 pub(crate) fn authorize(
@@ -548,11 +559,7 @@ pub(crate) fn authorize(
             "a token is required: send `Authorization: Token <token>` (or Bearer)",
         ));
     };
-    // Every token is compared, in constant time, whatever matches.
-    let ok = state.tokens.iter().fold(subtle::Choice::from(0), |acc, t| {
-        acc | t.as_bytes().ct_eq(given.as_bytes())
-    });
-    if bool::from(ok) {
+    if token_matches(&state.tokens, &given) {
         Ok(())
     } else {
         Err(error(

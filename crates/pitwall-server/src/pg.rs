@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::datatypes::DataType;
 use futures::{Sink, SinkExt, stream};
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
@@ -36,7 +36,7 @@ use pgwire::api::auth::{
 };
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -51,7 +51,6 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use pitwall_lake::Lake;
 use pitwall_query::{Described, Engine, ParamValues, SqlStatement};
-use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
@@ -220,27 +219,19 @@ async fn decline_encryption(socket: &mut tokio::net::TcpStream) -> std::io::Resu
 /// An ErrorResponse (FATAL, 53300) in place of the start-up answer, which every
 /// PostgreSQL client reads as a refused connection.
 fn too_many_connections(max: usize) -> Vec<u8> {
-    let mut fields = Vec::new();
-    for (code, value) in [
-        (b'S', "FATAL".to_owned()),
-        (b'V', "FATAL".to_owned()),
-        (b'C', "53300".to_owned()),
-        (
-            b'M',
-            format!(
-                "too many connections: {max} are open (server.pg-max-connections); close one or retry shortly"
-            ),
+    use pgwire::messages::Message;
+    let info = ErrorInfo::new(
+        "FATAL".into(),
+        "53300".into(),
+        format!(
+            "too many connections: {max} are open (server.pg-max-connections); close one or retry shortly"
         ),
-    ] {
-        fields.push(code);
-        fields.extend_from_slice(value.as_bytes());
-        fields.push(0);
-    }
-    fields.push(0);
-    let mut out = vec![b'E'];
-    out.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(&fields);
-    out
+    );
+    let mut out = bytes::BytesMut::new();
+    pgwire::messages::response::ErrorResponse::from(info)
+        .encode(&mut out)
+        .expect("an ErrorResponse always encodes");
+    out.to_vec()
 }
 
 fn server_parameters() -> DefaultServerParameterProvider {
@@ -292,15 +283,6 @@ impl Debug for Startup {
 }
 
 impl Startup {
-    fn token_ok(&self, password: &str) -> bool {
-        self.tokens
-            .iter()
-            .fold(subtle::Choice::from(0), |acc, t| {
-                acc | t.as_bytes().ct_eq(password.as_bytes())
-            })
-            .into()
-    }
-
     async fn finish<C>(&self, client: &mut C) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
@@ -362,7 +344,7 @@ impl StartupHandler for Startup {
             }
             PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
                 let pwd = pwd.into_password()?;
-                if self.token_ok(&pwd.password) {
+                if crate::token_matches(&self.tokens, &pwd.password) {
                     self.finish(client).await?;
                 } else {
                     ::metrics::counter!("pitwall_pg_auth_failures_total").increment(1);
@@ -400,6 +382,14 @@ enum Prepared {
     Command(Command),
 }
 
+/// What a parsed statement is.
+enum Kind {
+    /// A read, run by the engine.
+    Read(Box<SqlStatement>),
+    /// Answered by the session itself.
+    Command(Command),
+}
+
 #[derive(Debug, Clone)]
 enum Command {
     Set { name: String, value: String },
@@ -410,24 +400,18 @@ enum Command {
 }
 
 /// Sorts a parsed statement into a read, a command the session answers, or a refusal.
-fn classify(statement: SqlStatement) -> PgWireResult<Prepared> {
+fn classify(statement: SqlStatement) -> PgWireResult<Kind> {
     use datafusion::sql::sqlparser::ast::{Set, Statement as S};
     Ok(match statement {
         S::Query(_)
         | S::Explain { .. }
         | S::ExplainTable { .. }
         | S::ShowTables { .. }
-        | S::ShowColumns { .. } => Prepared::Read {
-            statement: Box::new(statement),
-            described: Described {
-                schema: Arc::new(Schema::empty()),
-                params: Vec::new(),
-            },
-        },
+        | S::ShowColumns { .. } => Kind::Read(Box::new(statement)),
         S::Set(set) => match set {
             Set::SingleAssignment {
                 variable, values, ..
-            } => Prepared::Command(Command::Set {
+            } => Kind::Command(Command::Set {
                 name: variable.to_string().to_ascii_lowercase(),
                 value: values
                     .iter()
@@ -435,29 +419,29 @@ fn classify(statement: SqlStatement) -> PgWireResult<Prepared> {
                     .collect::<Vec<_>>()
                     .join(", "),
             }),
-            Set::SetTimeZone { value, .. } => Prepared::Command(Command::Set {
+            Set::SetTimeZone { value, .. } => Kind::Command(Command::Set {
                 name: "timezone".into(),
                 value: setting_text(&value),
             }),
-            _ => Prepared::Command(Command::Ack("SET")),
+            _ => Kind::Command(Command::Ack("SET")),
         },
-        S::ShowVariable { variable } => Prepared::Command(Command::Show(
+        S::ShowVariable { variable } => Kind::Command(Command::Show(
             variable
                 .iter()
                 .map(|i| i.value.to_ascii_lowercase())
                 .collect::<Vec<_>>()
                 .join(" "),
         )),
-        S::StartTransaction { .. } => Prepared::Command(Command::Begin),
-        S::Commit { .. } => Prepared::Command(Command::End("COMMIT")),
-        S::Rollback { .. } => Prepared::Command(Command::End("ROLLBACK")),
-        S::Discard { .. } => Prepared::Command(Command::Ack("DISCARD ALL")),
-        S::Deallocate { .. } => Prepared::Command(Command::Ack("DEALLOCATE")),
-        S::Close { .. } => Prepared::Command(Command::Ack("CLOSE CURSOR")),
+        S::StartTransaction { .. } => Kind::Command(Command::Begin),
+        S::Commit { .. } => Kind::Command(Command::End("COMMIT")),
+        S::Rollback { .. } => Kind::Command(Command::End("ROLLBACK")),
+        S::Discard { .. } => Kind::Command(Command::Ack("DISCARD ALL")),
+        S::Deallocate { .. } => Kind::Command(Command::Ack("DEALLOCATE")),
+        S::Close { .. } => Kind::Command(Command::Ack("CLOSE CURSOR")),
         S::Copy { .. } => {
             return Err(user_error(
                 "0A000",
-                "COPY is not supported: pitwall's PostgreSQL door only reads; use SELECT (psql's \\copy (SELECT ...) TO 'file' works), or write through the write API",
+                "COPY is not supported: pitwall's PostgreSQL door only reads; use SELECT (psql --csv -c 'SELECT ...' > file writes a file), or write through the write API",
             ));
         }
         other => {
@@ -478,7 +462,7 @@ fn classify(statement: SqlStatement) -> PgWireResult<Prepared> {
     })
 }
 
-/// A SET value as text: `'ISO, MDY'` → `ISO, MDY`, `DEFAULT` → `default`.
+/// A SET value as text: `'ISO, MDY'` → `ISO, MDY`, an identifier (`DEFAULT`) as written.
 fn setting_text(e: &datafusion::sql::sqlparser::ast::Expr) -> String {
     use datafusion::sql::sqlparser::ast::{Expr, Value};
     match e {
@@ -582,6 +566,11 @@ fn show_value(metadata: &HashMap<String, String>, name: &str) -> PgWireResult<St
     })
 }
 
+/// The one text column `SHOW name` answers with, named like PostgreSQL's.
+fn show_field(name: &str, format: FieldFormat) -> FieldInfo {
+    FieldInfo::new(name.replace(' ', "_"), None, None, Type::TEXT, format)
+}
+
 /// Settings PostgreSQL reports back (ParameterStatus) when they change, by their
 /// reported spelling.
 fn reported_name(name: &str) -> Option<&'static str> {
@@ -589,7 +578,7 @@ fn reported_name(name: &str) -> Option<&'static str> {
         "application_name" => "application_name",
         "datestyle" => "DateStyle",
         "intervalstyle" => "IntervalStyle",
-        "timezone" | "time zone" => "TimeZone",
+        "timezone" => "TimeZone",
         "client_encoding" => "client_encoding",
         "search_path" => "search_path",
         "extra_float_digits" => "extra_float_digits",
@@ -618,11 +607,7 @@ impl Queries {
     {
         Ok(match command {
             Command::Set { name, value } => {
-                let name = if name == "time zone" {
-                    "timezone"
-                } else {
-                    name.as_str()
-                };
+                let name = name.as_str();
                 let value = if value.eq_ignore_ascii_case("default")
                     || value.eq_ignore_ascii_case("local")
                 {
@@ -643,14 +628,7 @@ impl Queries {
             }
             Command::Show(name) => {
                 let value = show_value(client.metadata(), name)?;
-                let column = name.replace(' ', "_");
-                let fields = Arc::new(vec![FieldInfo::new(
-                    column,
-                    None,
-                    None,
-                    Type::TEXT,
-                    pgwire::api::results::FieldFormat::Text,
-                )]);
+                let fields = Arc::new(vec![show_field(name, FieldFormat::Text)]);
                 let mut row = DataRowEncoder::new(Arc::clone(&fields));
                 row.encode_field(&Some(value))?;
                 let row = row.take_row();
@@ -736,7 +714,7 @@ impl SimpleQueryHandler for Queries {
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
             let done = match classify(statement) {
-                Ok(Prepared::Read { statement, .. }) => {
+                Ok(Kind::Read(statement)) => {
                     self.read(
                         client,
                         *statement,
@@ -745,8 +723,7 @@ impl SimpleQueryHandler for Queries {
                     )
                     .await
                 }
-                Ok(Prepared::Command(c)) => self.command(client, &c).await,
-                Ok(Prepared::Empty) => Ok(Response::EmptyQuery),
+                Ok(Kind::Command(c)) => self.command(client, &c).await,
                 Err(e) => Err(e),
             };
             match done {
@@ -803,7 +780,7 @@ impl QueryParser for Parser {
             return Ok(Prepared::Empty);
         };
         match classify(statement)? {
-            Prepared::Read { statement, .. } => {
+            Kind::Read(statement) => {
                 let lake = self.service.lake()?;
                 let described = self
                     .service
@@ -816,7 +793,7 @@ impl QueryParser for Parser {
                     described,
                 })
             }
-            other => Ok(other),
+            Kind::Command(c) => Ok(Prepared::Command(c)),
         }
     }
 
@@ -845,12 +822,9 @@ impl QueryParser for Parser {
                 format.unwrap_or(&Format::UnifiedText),
                 None,
             ),
-            Prepared::Command(Command::Show(name)) => Ok(vec![FieldInfo::new(
-                name.replace(' ', "_"),
-                None,
-                None,
-                Type::TEXT,
-                format.map_or(pgwire::api::results::FieldFormat::Text, |f| f.format_for(0)),
+            Prepared::Command(Command::Show(name)) => Ok(vec![show_field(
+                name,
+                format.map_or(FieldFormat::Text, |f| f.format_for(0)),
             )]),
             _ => Ok(Vec::new()),
         }

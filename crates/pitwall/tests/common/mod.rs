@@ -296,7 +296,8 @@ impl Up {
         let pg = seen
             .lines()
             .find_map(|l| l.strip_prefix("PostgreSQL on "))
-            .and_then(|rest| rest.split(':').take(2).collect::<Vec<_>>().join(":").into())
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|addr| addr.trim_end_matches(':').to_owned())
             .unwrap_or_default();
         let log = std::thread::spawn(move || {
             let mut rest = String::new();
