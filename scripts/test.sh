@@ -4,8 +4,8 @@
 # then cached; the tests start their own brokers on 127.0.0.1); the S3 server garage
 # (likewise, ~20 CPU-minutes); the Iceberg REST catalog rustberg (likewise, ~23 CPU-minutes); in a cached virtualenv, PyIceberg (the independent reader
 # of our tables), DuckDB (reads our Parquet files), kafka-python (the independent
-# reader of our topics) and pg8000 (a PostgreSQL driver speaking the extended protocol); Debian's chromium, prometheus and postgresql (the browser
-# tests, the scrape test and the catalog tests start their own, on loopback); and the
+# reader of our topics) and pg8000 (a PostgreSQL driver speaking the extended protocol); Debian's chromium, prometheus, prometheus-alertmanager and postgresql (the browser
+# tests, the scrape, alert and catalog tests start their own, on loopback); and the
 # browser tests' npm package (playwright-core). Build output is cached in ~/.cache/pitwall so
 # repeat runs are fast.
 set -euo pipefail
@@ -63,7 +63,7 @@ if ! "$VENV/bin/python" -c "import pyiceberg, pyarrow, sqlalchemy, psycopg2, pg8
 fi
 export PITWALL_PYTHON="$VENV/bin/python"
 
-need_apt chromium prometheus postgresql
+need_apt chromium prometheus postgresql prometheus-alertmanager
 # The binary builds with Rust alone: in a fresh clone this runs before any npm package is
 # installed, so a build that needed node_modules fails here.
 cargo build -p pitwall --locked

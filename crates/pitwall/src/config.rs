@@ -29,6 +29,8 @@ pub struct Config {
     pub processor: ProcessorConfig,
     /// The HTTP server of `pitwall up` and `pitwall serve`.
     pub server: pitwall_server::ServerConfig,
+    /// Where anomaly episodes are sent (`[[alerts.routes]]`).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// Which simulators run, and how fast.
@@ -149,6 +151,7 @@ impl Config {
     /// Checks values serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.processor.validate()?;
+        self.alerts.validate()?;
         self.kafka.validate()?;
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             bail!(

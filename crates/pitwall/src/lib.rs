@@ -5,6 +5,7 @@
 //! prints simulated telemetry; `pitwall rules check` validates a config file. The entry
 //! point is [`startup`].
 
+pub mod alerts;
 pub mod backfill;
 pub mod bench;
 pub mod config;

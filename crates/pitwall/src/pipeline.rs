@@ -473,6 +473,9 @@ pub fn bus_config(config: &Config) -> BusConfig {
     }
 }
 
+/// How long alert routes may go on sending once the pipeline has stopped.
+pub(crate) const ALERTS_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the whole pipeline in this process until the simulators finish or `cancel`
 /// fires, then drains the bus, closes every window and commits everything.
 pub async fn run_embedded(
@@ -501,6 +504,7 @@ pub async fn run_on_bus(
     let topics = bus.config().topics.clone();
     let consumers = bus.subscribe(&topics.raw)?;
     let processor_config = Arc::new(config.processor.clone());
+    let (alerts, alert_routes) = crate::alerts::start(&config)?;
 
     // Processors hand their outputs to the one lake writer, bounded by rows in flight.
     let (out_tx, out_rx) = Handoff::new();
@@ -536,7 +540,8 @@ pub async fn run_on_bus(
             consumer.partition,
         );
         let span = tracing::info_span!("processor", partition = consumer.partition);
-        let publisher = Publisher::new(&bus, &topics, Arc::clone(&processor_config))?;
+        let publisher =
+            Publisher::new(&bus, &topics, Arc::clone(&processor_config), alerts.clone())?;
         processors.push(tokio::spawn(
             process_partition(
                 p,
@@ -611,6 +616,9 @@ pub async fn run_on_bus(
     if let Err(e) = produced {
         errors.push(e);
     }
+    // Episodes of the last commit go out before the end (what cannot go in time waits
+    // in the outbox for the next start).
+    alert_routes.finish(ALERTS_GRACE).await;
     for t in topics.all() {
         if t != topics.raw {
             bus.close(t).await?;
@@ -1014,6 +1022,7 @@ struct Publisher {
     dlq: Producer,
     late: Producer,
     config: Arc<pitwall_stream::ProcessorConfig>,
+    alerts: crate::alerts::Alerts,
 }
 
 impl Publisher {
@@ -1021,6 +1030,7 @@ impl Publisher {
         bus: &InProcessBus,
         topics: &Topics,
         config: Arc<pitwall_stream::ProcessorConfig>,
+        alerts: crate::alerts::Alerts,
     ) -> anyhow::Result<Self> {
         Ok(Publisher {
             clean: bus.producer(&topics.clean)?,
@@ -1029,6 +1039,7 @@ impl Publisher {
             dlq: bus.producer(&topics.dlq)?,
             late: bus.producer(&topics.late)?,
             config,
+            alerts,
         })
     }
 
@@ -1042,7 +1053,9 @@ impl Publisher {
         }
     }
 
+    /// Episodes go to the alert outbox first (synced), then every output to its topic.
     async fn publish(&self, o: &Outputs) -> anyhow::Result<()> {
+        self.alerts.record(&o.anomalies);
         let mut encoded = Encoded::default();
         encode_outputs(
             o,

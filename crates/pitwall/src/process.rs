@@ -131,6 +131,7 @@ pub async fn run(
     let end_offsets = EndOffsets::watch(&config.kafka, &topics.raw, &cancel)?;
     let producer = KafkaProducer::new(&config.kafka, &topics.clean)?;
     let processor_config = Arc::new(config.processor.clone());
+    let (alerts, alert_routes) = crate::alerts::start(&config)?;
     let mut parts: HashMap<u32, Part> = HashMap::new();
     let publisher = Arc::new(KafkaPublisher::new(&config.kafka)?);
     // The lake commit runs on another task while processing goes on; one at a time.
@@ -235,7 +236,7 @@ pub async fn run(
             }
             // Outputs go out in batches, but never held long: anomalies are awaited.
             if unflushed >= 2048 || (unflushed > 0 && (idle_tick || last_hand_over.elapsed() >= HAND_OVER_AFTER)) {
-                hand_over(&mut parts, &mut writer, &publisher, &topics, &processor_config, &stats, &mut encoded).await?;
+                hand_over(&mut parts, &mut writer, &publisher, &alerts, &topics, &processor_config, &stats, &mut encoded).await?;
                 unflushed = 0;
                 last_hand_over = Instant::now();
             }
@@ -292,6 +293,7 @@ pub async fn run(
             &mut parts,
             &mut writer,
             &publisher,
+            &alerts,
             &topics,
             &processor_config,
             &stats,
@@ -318,6 +320,7 @@ pub async fn run(
         }
     }
     consumer.close();
+    alert_routes.finish(crate::pipeline::ALERTS_GRACE).await;
     result
 }
 
@@ -522,12 +525,14 @@ fn unstall(consumer: &KafkaConsumer, parts: &mut HashMap<u32, Part>) {
     }
 }
 
-/// Hands every partition's outputs to the lake writer (with the processor's checkpoint)
-/// and queues them on their Kafka topics.
+/// Hands every partition's outputs to the lake writer (with the processor's checkpoint),
+/// its episodes to the alert outbox before that, and queues them on their Kafka topics.
+#[allow(clippy::too_many_arguments)]
 async fn hand_over(
     parts: &mut HashMap<u32, Part>,
     writer: &mut LakeWriter,
     publisher: &KafkaPublisher,
+    alerts: &crate::alerts::Alerts,
     topics: &Topics,
     config: &ProcessorConfig,
     stats: &Stats,
@@ -536,6 +541,7 @@ async fn hand_over(
     for part in parts.values_mut() {
         let outputs = std::mem::take(&mut part.outputs);
         crate::pipeline::count(stats, &outputs);
+        alerts.record(&outputs.anomalies);
         encoded.clear();
         encode_outputs(&outputs, config, |_| true, encoded)?;
         for (stream, key, payload, time) in encoded.iter() {

@@ -334,6 +334,15 @@ impl Drop for Up {
     }
 }
 
+/// A loopback port free a moment ago, for a server the test starts.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The path of an external program the tests need (`env` overrides `default`); fails,
 /// saying what to install, when it is not there.
 pub fn program(env: &str, default: &str, package: &str) -> String {
