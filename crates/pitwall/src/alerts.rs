@@ -590,8 +590,7 @@ pub fn start(config: &crate::config::Config) -> anyhow::Result<(Alerts, Routes)>
             state,
             drain: drain.clone(),
             stop: stop.clone(),
-            tokens: route.max_per_minute.min(10) as f64,
-            refilled: Instant::now(),
+            limit: Bucket::new(route.max_per_minute, Instant::now()),
         };
         tasks.push(tokio::spawn(task.run()));
         tracing::info!(route = %route.name, kind = ?route.kind, url = %route.url, "alert route ready");
@@ -670,10 +669,44 @@ struct RouteTask {
     state: RouteState,
     drain: CancellationToken,
     stop: CancellationToken,
-    /// Calls the rate limit allows now (a bucket of up to 10, refilled at
-    /// max-per-minute).
+    limit: Bucket,
+}
+
+/// The calls a route may make: up to 10 s worth of `max-per-minute` (at least 1, at
+/// most 10) at once, refilled at that rate.
+#[derive(Debug)]
+struct Bucket {
     tokens: f64,
+    per_second: f64,
+    burst: f64,
     refilled: Instant,
+}
+
+impl Bucket {
+    fn new(per_minute: u32, now: Instant) -> Bucket {
+        let burst = (f64::from(per_minute) / 6.0).clamp(1.0, 10.0);
+        Bucket {
+            tokens: burst,
+            per_second: f64::from(per_minute) / 60.0,
+            burst,
+            refilled: now,
+        }
+    }
+
+    /// Takes a call if one is allowed at `now`; else how long until one is.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.per_second,
+            ))
+        }
+    }
 }
 
 impl RouteTask {
@@ -731,14 +764,13 @@ impl RouteTask {
             }
             if !episodes.is_empty() {
                 // Over the rate: wait, then send what gathered meanwhile in one call.
-                if let Some(wait) = self.throttle() {
+                if let Err(wait) = self.limit.take(Instant::now()) {
                     ::metrics::counter!("pitwall_alerts_throttled_total", "route" => self.config.name.clone()).increment(1);
                     tokio::select! {
                         () = tokio::time::sleep(wait) => continue,
                         () = self.stop.cancelled() => return,
                     }
                 }
-                self.tokens -= 1.0;
                 match self.deliver(&episodes).await {
                     Outcome::Delivered => {
                         ::metrics::counter!("pitwall_alerts_sent_total", "route" => self.config.name.clone())
@@ -765,17 +797,6 @@ impl RouteTask {
             }
             self.outbox.release(self.index, end.segment);
         }
-    }
-
-    /// `None` if a call may go now; else how long until one may.
-    fn throttle(&mut self) -> Option<Duration> {
-        let rate = f64::from(self.config.max_per_minute) / 60.0;
-        let burst = f64::from(self.config.max_per_minute.min(10));
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(burst);
-        self.refilled = now;
-        (self.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - self.tokens) / rate))
     }
 
     /// Sends `episodes` in one call, retrying with backoff until `give-up-after`.
@@ -1070,6 +1091,28 @@ mod tests {
         outbox.release(0, 1);
         assert!(!segment_path(dir.path(), 0).exists());
         assert!(segment_path(dir.path(), 1).exists());
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        // 60 a minute: 10 at once, then one a second.
+        let mut b = Bucket::new(60, t0);
+        assert!((0..10).all(|_| b.take(t0).is_ok()));
+        let wait = b.take(t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 1.0).abs() < 1e-9, "{wait:?}");
+        assert!(b.take(at(0.5)).is_err());
+        assert!(b.take(at(1.0)).is_ok());
+        assert!(b.take(at(1.0)).is_err());
+        // 2 a minute: one at once, the next 30 s later.
+        let mut b = Bucket::new(2, t0);
+        assert!(b.take(t0).is_ok());
+        assert!((b.take(at(10.0)).unwrap_err().as_secs_f64() - 20.0).abs() < 1e-6);
+        assert!(b.take(at(30.0)).is_ok());
+        // A long quiet spell refills no more than the burst.
+        let mut b = Bucket::new(600, t0);
+        assert_eq!((0..20).filter(|_| b.take(at(3600.0)).is_ok()).count(), 10);
     }
 
     #[test]
