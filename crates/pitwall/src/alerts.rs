@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::replay::rfc3339;
+
 /// `[alerts]`: where episodes are sent.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -922,10 +924,6 @@ impl RouteTask {
             tracing::error!(path = %path.display(), error = %e, "cannot write the dead-letter log");
         }
     }
-}
-
-fn rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// An episode as a webhook receives it: every field, with its times also in RFC 3339.

@@ -269,6 +269,20 @@ struct UpArgs {
     /// (default 127.0.0.1:5433); "" turns it off.
     #[arg(long, value_name = "HOST:PORT")]
     pg_listen: Option<String>,
+    /// Replay files through the pipeline into the lake: a FastF1 car data CSV, JSON
+    /// lines or line protocol file, or a directory of them (with --follow, new files as
+    /// they arrive). The simulators are off unless --sim; the dashboard shows the
+    /// replayed session (the link is printed when the replay ends).
+    #[arg(long, value_name = "PATH")]
+    replay: Option<PathBuf>,
+    #[command(flatten)]
+    replay_input: ReplayInput,
+    /// Event-time seconds per second for --replay: 1 is real time, 0 as fast as possible.
+    #[arg(long, default_value = "0", value_name = "FACTOR")]
+    replay_speed: f64,
+    /// Run the simulators beside --replay too.
+    #[arg(long)]
+    sim: bool,
 }
 
 #[derive(Debug, Args)]
@@ -573,25 +587,54 @@ struct ServeArgs {
     config: Option<PathBuf>,
 }
 
+/// How replayed files are read (`pitwall replay` and `pitwall up --replay`).
 #[derive(Debug, Args)]
-struct ReplayArgs {
-    /// A file or a directory of files.
-    path: PathBuf,
+struct ReplayInput {
     /// Input format; auto goes by extension (.csv FastF1, .jsonl JSON lines, .lp line protocol).
     #[arg(long, value_enum, default_value = "auto")]
     format: replay::InputFormat,
     /// Driver code for FastF1 files (default: taken from the file name, e.g. VER.csv).
     #[arg(long)]
     driver: Option<String>,
-    /// Event-time seconds per second: 1 is real time, 10 ten times faster, 0 as fast as possible.
-    #[arg(long, default_value = "0")]
-    speed: f64,
     /// Keep watching the directory and send new files as they arrive (Ctrl-C to stop).
     #[arg(long)]
     follow: bool,
     /// Timestamp unit of line protocol and Telegraf JSON input: s, ms, us or ns.
     #[arg(long, default_value = "ns")]
     precision: pitwall_core::Precision,
+}
+
+impl ReplayInput {
+    /// The options to replay `path` at `speed`.
+    fn options(self, path: PathBuf, speed: f64) -> anyhow::Result<replay::ReplayOptions> {
+        if !(speed >= 0.0 && speed.is_finite()) {
+            anyhow::bail!(
+                "the replay speed is {speed}; use 0 (as fast as possible) or a positive factor"
+            );
+        }
+        if !path.exists() {
+            anyhow::bail!("{}: no such file or directory to replay", path.display());
+        }
+        Ok(replay::ReplayOptions {
+            path,
+            format: self.format,
+            driver: self.driver,
+            speed,
+            follow: self.follow,
+            precision: self.precision,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// A file or a directory of files.
+    path: PathBuf,
+    #[command(flatten)]
+    input: ReplayInput,
+    /// Event-time seconds per second: 1 is real time, 10 ten times faster, 0 as fast as possible.
+    #[arg(long, default_value = "0")]
+    speed: f64,
     /// Kafka bootstrap brokers (overrides kafka.brokers).
     #[arg(long)]
     brokers: Option<String>,
@@ -790,6 +833,21 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         config.sim.speed = speed;
         config.validate()?;
     }
+    let replay = match args.replay {
+        Some(path) => {
+            if !args.sim {
+                config.sim.race_enabled = false;
+                config.sim.iot_enabled = false;
+            }
+            Some(args.replay_input.options(path, args.replay_speed)?)
+        }
+        None => {
+            if args.replay_input.follow || args.sim {
+                anyhow::bail!("--follow and --sim go with --replay PATH");
+            }
+            None
+        }
+    };
     let cancel = CancellationToken::new();
     let stats = Arc::new(pipeline::Stats::default());
     metrics::export(&stats);
@@ -837,6 +895,22 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         config.sim.speed,
         config.lake.describe()
     );
+    if let Some(r) = &replay {
+        eprintln!(
+            "replaying {}{} at {}",
+            r.path.display(),
+            if r.follow {
+                " (following new files)"
+            } else {
+                ""
+            },
+            if r.speed > 0.0 {
+                format!("{}x real time", r.speed)
+            } else {
+                "full speed".into()
+            }
+        );
+    }
     let data_dir = config.lake.data_dir.clone();
     if let Some(listen) = args.listen {
         config.server.listen = listen;
@@ -849,6 +923,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         sim_duration: None,
         serve: Some(config.server.clone()),
         hold_open: false,
+        replay,
     };
     if let Some(brokers) = args.brokers {
         config.kafka.brokers = brokers;
@@ -1354,6 +1429,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         sim_duration: args.sim_duration,
         serve: None,
         hold_open: false,
+        replay: None,
     };
     let mut sim = pipeline::simulators(&config, run.start_time);
     pipeline::produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
@@ -1375,20 +1451,7 @@ async fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = args.brokers {
         config.kafka.brokers = b;
     }
-    if !(args.speed >= 0.0 && args.speed.is_finite()) {
-        anyhow::bail!(
-            "--speed is {}; use 0 (as fast as possible) or a positive factor",
-            args.speed
-        );
-    }
-    let opts = replay::ReplayOptions {
-        path: args.path,
-        format: args.format,
-        driver: args.driver,
-        speed: args.speed,
-        follow: args.follow,
-        precision: args.precision,
-    };
+    let opts = args.input.options(args.path, args.speed)?;
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(
         &cancel,

@@ -73,6 +73,9 @@ pub struct SimRun {
     /// Keep the raw topic open until cancelled after the simulators finish: another
     /// producer (a benchmark's load generator) sends to it.
     pub hold_open: bool,
+    /// Files to send to the raw topic besides (or instead of) the simulators
+    /// (`pitwall up --replay`).
+    pub replay: Option<crate::replay::ReplayOptions>,
 }
 
 /// The write API's way onto the in-process bus: the raw topic's producer, which waits
@@ -582,7 +585,36 @@ pub async fn run_on_bus(
     };
     let mut producer = bus.producer(&topics.raw)?;
     let mut sim = simulators(&config, run.start_time);
-    let produced = produce(&config, &run, &mut sim, &mut producer, &cancel, &stats).await;
+    let produced = match &run.replay {
+        None => produce(&config, &run, &mut sim, &mut producer, &cancel, &stats).await,
+        Some(opts) => {
+            let simulated = async {
+                if config.sim.race_enabled || config.sim.iot_enabled {
+                    produce(&config, &run, &mut sim, &mut producer, &cancel, &stats).await
+                } else {
+                    Ok(())
+                }
+            };
+            let replayed = async {
+                let mut raw = bus.producer(&topics.raw)?;
+                let mut rejects = crate::replay::RejectFile::new(
+                    config.lake.data_dir.join("replay-rejects.jsonl"),
+                );
+                let summary =
+                    replayed(&config, opts, &mut raw, &mut rejects, &cancel, &stats).await?;
+                rejects.finish()?;
+                if summary.rejected_total() > 0 {
+                    eprintln!(
+                        "  the bad lines, with their reasons: {}",
+                        rejects.path().display()
+                    );
+                }
+                anyhow::Ok(())
+            };
+            let (simulated, replayed) = tokio::join!(simulated, replayed);
+            simulated.and(replayed)
+        }
+    };
     if run.hold_open || server.is_some() {
         // Serving or fed from outside: the run lasts until cancelled, then writes in
         // flight finish before the topic ends.
@@ -673,10 +705,27 @@ pub async fn run_on_kafka(
     let producer = {
         let (config, cancel, stats) = (config.clone(), cancel.clone(), Arc::clone(&stats));
         tokio::spawn(async move {
-            let mut sink = KafkaSink::new(&config.kafka, &topics.raw)?;
-            let mut sim = simulators(&config, run.start_time);
-            produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
-            sink.finish().await
+            let simulated = async {
+                if run.replay.is_some() && !config.sim.race_enabled && !config.sim.iot_enabled {
+                    return Ok(());
+                }
+                let mut sink = KafkaSink::new(&config.kafka, &topics.raw)?;
+                let mut sim = simulators(&config, run.start_time);
+                produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
+                sink.finish().await
+            };
+            let replayed = async {
+                if let Some(opts) = &run.replay {
+                    let mut raw = KafkaSink::new(&config.kafka, &topics.raw)?;
+                    let mut dlq = KafkaSink::new(&config.kafka, &topics.dlq)?;
+                    replayed(&config, opts, &mut raw, &mut dlq, &cancel, &stats).await?;
+                    raw.finish().await?;
+                    dlq.finish().await?;
+                }
+                anyhow::Ok(())
+            };
+            let (simulated, replayed) = tokio::join!(simulated, replayed);
+            simulated.and(replayed)
         })
     };
     let processed = crate::process::run(
@@ -692,6 +741,36 @@ pub async fn run_on_kafka(
         server.await.context("the write API task panicked")??;
     }
     processed
+}
+
+/// `pitwall up --replay`: the files into `raw` (bad lines into `rejects`), counted as
+/// produced; then the summary and where the dashboard shows the replayed events.
+async fn replayed<R: RawSink, D: RawSink>(
+    config: &Config,
+    opts: &crate::replay::ReplayOptions,
+    raw: &mut R,
+    rejects: &mut D,
+    cancel: &CancellationToken,
+    stats: &Stats,
+) -> anyhow::Result<crate::replay::ReplaySummary> {
+    let counted = AtomicU64::new(0);
+    let summary = crate::replay::replay_into(config, opts, raw, rejects, cancel, |sent| {
+        let before = counted.swap(sent, Ordering::Relaxed);
+        stats.produced.fetch_add(sent - before, Ordering::Relaxed);
+    })
+    .await?;
+    eprintln!("{}", crate::replay::describe(&summary));
+    if let Some((first, last)) = summary.span {
+        let ms = |ns: i64| ns.div_euclid(1_000_000);
+        eprintln!(
+            "the replayed events run from {} to {}: on the dashboard, /?range=lake&from={}&to={}",
+            crate::replay::rfc3339(first),
+            crate::replay::rfc3339(last),
+            ms(first),
+            ms(last) + 1
+        );
+    }
+    Ok(summary)
 }
 
 /// Where simulated payloads go: the in-process bus or Kafka.

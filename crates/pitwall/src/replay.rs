@@ -62,6 +62,8 @@ pub struct ReplaySummary {
     pub bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Event time of the earliest and the latest event sent, ns since the epoch.
+    pub span: Option<(i64, i64)>,
 }
 
 impl ReplaySummary {
@@ -152,19 +154,91 @@ fn parse_file(path: &Path, text: &str, opts: &ReplayOptions) -> anyhow::Result<V
     })
 }
 
-/// Replays `opts.path` to the raw topic until done (or, when following, until `cancel`).
+/// Replays `opts.path` to Kafka's raw topic (bad lines to the DLQ topic) until done
+/// (or, when following, until `cancel`).
 pub async fn replay(
     config: &Config,
     opts: &ReplayOptions,
     cancel: CancellationToken,
 ) -> anyhow::Result<ReplaySummary> {
-    let started = Instant::now();
     let topics = Topics::with_prefix(&config.bus.topic_prefix);
     ensure_topics(&config.kafka, &[&topics.raw, &topics.dlq])
         .await
         .context("making sure the raw and DLQ topics exist")?;
     let mut raw = KafkaSink::new(&config.kafka, &topics.raw)?;
     let mut dlq = KafkaSink::new(&config.kafka, &topics.dlq)?;
+    let summary = replay_into(config, opts, &mut raw, &mut dlq, &cancel, |_| {}).await?;
+    raw.finish().await?;
+    dlq.finish().await?;
+    Ok(summary)
+}
+
+/// Bad lines of an embedded replay, one JSON object a line (`file`, `line`, `reason`,
+/// `payload`): the in-process bus keeps nothing, so they are kept in a file instead.
+#[derive(Debug)]
+pub struct RejectFile {
+    path: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl RejectFile {
+    /// Writes to `path` (created at the first bad line).
+    pub fn new(path: PathBuf) -> Self {
+        RejectFile { path, file: None }
+    }
+
+    /// Where the bad lines are.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes what is written.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        use std::io::Write;
+        if let Some(f) = &mut self.file {
+            f.flush()
+                .with_context(|| format!("writing {}", self.path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl RawSink for RejectFile {
+    async fn send(
+        &mut self,
+        _key: Option<Bytes>,
+        payload: Bytes,
+        _time: i64,
+    ) -> anyhow::Result<()> {
+        use std::io::Write;
+        if self.file.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .with_context(|| format!("opening {}", self.path.display()))?;
+            self.file = Some(std::io::BufWriter::new(f));
+        }
+        if let Some(f) = &mut self.file {
+            f.write_all(&payload)
+                .and_then(|()| f.write_all(b"\n"))
+                .with_context(|| format!("writing {}", self.path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Replays `opts.path` into `raw`, bad lines (as JSON with their file, line and reason)
+/// into `dlq`, calling `on_sent` with the events sent so far now and then.
+pub async fn replay_into<R: RawSink, D: RawSink>(
+    config: &Config,
+    opts: &ReplayOptions,
+    raw: &mut R,
+    dlq: &mut D,
+    cancel: &CancellationToken,
+    on_sent: impl Fn(u64),
+) -> anyhow::Result<ReplaySummary> {
+    let started = Instant::now();
     let is_dir = opts.path.is_dir();
     if !is_dir && !opts.path.is_file() {
         bail!("{} is neither a file nor a directory", opts.path.display());
@@ -246,6 +320,10 @@ pub async fn replay(
                         // clock against it (processor.max-future).
                         raw.send(key, Bytes::from(payload), crate::now_ns()).await?;
                         summary.sent += 1;
+                        summary.span = Some(match summary.span {
+                            Some((first, last)) => (first.min(point.time), last.max(point.time)),
+                            None => (point.time, point.time),
+                        });
                     }
                     Err((line, reason)) => {
                         let at = format!("{}:{line}", path.display());
@@ -264,6 +342,7 @@ pub async fn replay(
                     }
                 }
                 if summary.sent % 4096 == 0 {
+                    on_sent(summary.sent);
                     metrics::counter!("pitwall_events_in_total", "stage" => "ingest")
                         .absolute(summary.sent);
                     let rate = summary.sent as f64 / started.elapsed().as_secs_f64().max(1e-3);
@@ -297,11 +376,15 @@ pub async fn replay(
             opts.path.display()
         ));
     }
-    raw.finish().await?;
-    dlq.finish().await?;
+    on_sent(summary.sent);
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// `ns` since the epoch as RFC 3339 (UTC, milliseconds).
+pub(crate) fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// A reason without its leading `line N, ` / `line N: `, to group reasons by kind.

@@ -562,6 +562,7 @@ async fn outputs_go_back_onto_the_bus_for_live_readers() {
             sim_duration: Some(Duration::from_secs(120)),
             serve: None,
             hold_open: false,
+            replay: None,
         },
         CancellationToken::new(),
         Arc::new(Stats::default()),
@@ -657,6 +658,7 @@ async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
             sim_duration: Some(Duration::from_secs(180)),
             serve: None,
             hold_open: false,
+            replay: None,
         };
         run_embedded(
             config,

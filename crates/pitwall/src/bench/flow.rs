@@ -161,6 +161,7 @@ async fn fill_kafka(
         sim_duration: Some(sim_duration),
         serve: None,
         hold_open: false,
+        replay: None,
     };
     let mut config = config.clone();
     config.sim.speed = 0.0;
@@ -437,6 +438,7 @@ async fn process_in_process(cfg: &Config, sim_duration: Duration) -> anyhow::Res
         sim_duration: Some(sim_duration),
         serve: None,
         hold_open: false,
+        replay: None,
     };
     let stats = Arc::new(Stats::default());
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
@@ -619,6 +621,7 @@ impl Harness {
             sim_duration: Some(Duration::ZERO),
             serve: None,
             hold_open: true,
+            replay: None,
         };
         let (pipeline, load) = match transport {
             Transport::InProcess => {

@@ -446,6 +446,7 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
         sim_duration: Some(opts.sim_duration),
         serve: None,
         hold_open: false,
+        replay: None,
     };
     let started = Instant::now();
     let summary = crate::pipeline::run_embedded(

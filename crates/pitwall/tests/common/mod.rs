@@ -146,6 +146,7 @@ pub async fn run(transport: &Transport<'_>, mut config: Config, minutes: u64) ->
         sim_duration: Some(Duration::from_secs(minutes * 60)),
         serve: None,
         hold_open: false,
+        replay: None,
     };
     match transport {
         Transport::InProcess => run_embedded(
