@@ -4,7 +4,8 @@
 # then cached; the tests start their own brokers on 127.0.0.1); the S3 server garage
 # (likewise, ~20 CPU-minutes); the Iceberg REST catalog rustberg (likewise, ~23 CPU-minutes); in a cached virtualenv, PyIceberg (the independent reader
 # of our tables), DuckDB (reads our Parquet files), kafka-python (the independent
-# reader of our topics) and pg8000 (a PostgreSQL driver speaking the extended protocol); Debian's chromium, prometheus, prometheus-alertmanager and postgresql (the browser
+# reader of our topics), pg8000 (a PostgreSQL driver speaking the extended protocol) and
+# ADBC's Flight SQL driver; Debian's chromium, prometheus, prometheus-alertmanager and postgresql (the browser
 # tests, the scrape, alert and catalog tests start their own, on loopback); and the
 # browser tests' npm package (playwright-core). Build output is cached in ~/.cache/pitwall so
 # repeat runs are fast.
@@ -54,12 +55,12 @@ PYICEBERG_VERSION=0.12.0
 KAFKA_PYTHON_VERSION=2.2.15
 DUCKDB_VERSION=1.4.2
 VENV="$CACHE/venv"
-if ! "$VENV/bin/python" -c "import pyiceberg, pyarrow, sqlalchemy, psycopg2, pg8000, duckdb, pytz, kafka, lz4.frame, sys; sys.exit(pyiceberg.__version__ != '$PYICEBERG_VERSION' or kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import pyiceberg, pyarrow, sqlalchemy, psycopg2, pg8000, adbc_driver_flightsql, duckdb, pytz, kafka, lz4.frame, sys; sys.exit(pyiceberg.__version__ != '$PYICEBERG_VERSION' or kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null; then
   echo "installing PyIceberg $PYICEBERG_VERSION, DuckDB $DUCKDB_VERSION and kafka-python $KAFKA_PYTHON_VERSION into $VENV" >&2
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" 2>/dev/null || { need_apt python3-venv; python3 -m venv "$VENV"; }
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     "pyiceberg[sql-sqlite,sql-postgres,pyarrow]==$PYICEBERG_VERSION" "duckdb==$DUCKDB_VERSION" \
-    "kafka-python==$KAFKA_PYTHON_VERSION" lz4 pytz "pg8000==1.31.6"
+    "kafka-python==$KAFKA_PYTHON_VERSION" lz4 pytz "pg8000==1.31.6" "adbc-driver-flightsql==1.13.0"
 fi
 export PITWALL_PYTHON="$VENV/bin/python"
 

@@ -83,6 +83,14 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     Ok(out)
 }
 
+/// `sql` parsed in the plain dialect within the parse budget and the depth limit.
+fn plain(q: &Query, sql: &str, limits: &Limits) -> Result<DfStatement> {
+    let limit = q.ctx.state().config().options().sql_parser.recursion_limit;
+    let statement = crate::parse::statement(sql, limit)?;
+    check_depth(&statement, limits.max_depth)?;
+    Ok(statement)
+}
+
 fn plan_has_params(plan: &LogicalPlan) -> bool {
     plan.get_parameter_types().is_ok_and(|t| !t.is_empty())
 }
@@ -200,11 +208,40 @@ impl Engine {
         check_size(sql, self.limits.max_sql_bytes)?;
         let sql = sql.to_owned();
         self.within_limits(lake, Flavor::Plain, move |q, limits| async move {
-            let state = q.ctx.state();
-            let limit = state.config().options().sql_parser.recursion_limit;
-            let statement = crate::parse::statement(&sql, limit)?;
-            check_depth(&statement, limits.max_depth)?;
-            let plan = q.plan_read_only(statement).await?;
+            let plan = q.plan_read_only(plain(&q, &sql, &limits)?).await?;
+            q.run_plan(plan, limits.max_rows).await
+        })
+        .await
+    }
+
+    /// Plans `sql` (the HTTP API's dialect) without running it: the columns it answers
+    /// with and its parameters' types (`$1`, `$2`, … in order; `None` where nothing in
+    /// the query says). For Arrow Flight SQL's statements and prepared statements.
+    pub async fn describe(&self, lake: &Lake, sql: &str) -> Result<Described> {
+        check_size(sql, self.limits.max_sql_bytes)?;
+        let sql = sql.to_owned();
+        self.within_limits(lake, Flavor::Plain, move |q, limits| async move {
+            let plan = q.plan_read_only(plain(&q, &sql, &limits)?).await?;
+            Ok(Described {
+                schema: Arc::new(plan.schema().as_arrow().clone()),
+                params: parameter_types(&plan)?,
+            })
+        })
+        .await
+    }
+
+    /// Runs `sql` (the HTTP API's dialect) with `params` for its `$1`, `$2`, …, planned
+    /// against the lake as it is now.
+    pub async fn run(&self, lake: &Lake, sql: &str, params: ParamValues) -> Result<Answer> {
+        check_size(sql, self.limits.max_sql_bytes)?;
+        let sql = sql.to_owned();
+        self.within_limits(lake, Flavor::Plain, move |q, limits| async move {
+            let plan = q.plan_read_only(plain(&q, &sql, &limits)?).await?;
+            let plan = if plan_has_params(&plan) {
+                plan.replace_params_with_values(&params)?
+            } else {
+                plan
+            };
             q.run_plan(plan, limits.max_rows).await
         })
         .await

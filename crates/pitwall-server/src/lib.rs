@@ -20,6 +20,7 @@
 
 mod conn;
 pub mod dashboard;
+pub mod flight;
 mod guard;
 pub mod live;
 pub mod metrics;
@@ -59,6 +60,11 @@ pub struct ServerConfig {
     pub pg_listen: String,
     /// PostgreSQL sessions open at once; past it a client is refused (SQLSTATE 53300).
     pub pg_max_connections: usize,
+    /// Address of Arrow Flight SQL (gRPC: ADBC, Grafana's Flight SQL source, InfluxDB 3
+    /// clients); empty (the default) turns it off.
+    pub flight_listen: String,
+    /// Flight SQL connections open at once; past it a new one is closed at once.
+    pub flight_max_connections: usize,
     /// Largest request body, before and after gzip.
     pub max_body_bytes: usize,
     /// How long a write may wait for the pipeline to take its points before 503.
@@ -104,6 +110,8 @@ impl Default for ServerConfig {
             tokens: Vec::new(),
             pg_listen: "127.0.0.1:5433".into(),
             pg_max_connections: 64,
+            flight_listen: String::new(),
+            flight_max_connections: 64,
             max_body_bytes: 32 * 1024 * 1024,
             publish_timeout: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
@@ -152,6 +160,7 @@ impl ServerConfig {
         at_least("query-max-depth", self.query_max_depth, 8, "")?;
         at_least("max-connections", self.max_connections, 1, "")?;
         at_least("pg-max-connections", self.pg_max_connections, 1, "")?;
+        at_least("flight-max-connections", self.flight_max_connections, 1, "")?;
         at_least(
             "body-memory",
             self.body_memory,
@@ -354,14 +363,18 @@ pub fn router(config: &ServerConfig, services: Services) -> Result<Router, Strin
 
 /// The router and the PostgreSQL door ([`pg::PgBound`]), sharing one query engine (one
 /// memory pool, one set of places) and the tokens.
-pub fn app(config: &ServerConfig, services: Services) -> Result<(Router, pg::PgService), String> {
+pub fn app(config: &ServerConfig, services: Services) -> Result<(Router, SqlDoors), String> {
     let spill_dir = services
         .lake
         .as_ref()
         .map(|l| l.config().data_dir.join("tmp"));
     let engine =
         pitwall_query::Engine::new(config.query_limits(spill_dir)).map_err(|e| e.to_string())?;
-    let pg = pg::PgService::new(engine.clone(), services.lake.clone(), config.all_tokens());
+    let doors = SqlDoors {
+        engine: engine.clone(),
+        lake: services.lake.clone(),
+        tokens: Arc::new(config.all_tokens()),
+    };
     let state = Arc::new(AppState {
         sink: services.sink,
         tokens: config.all_tokens(),
@@ -394,7 +407,25 @@ pub fn app(config: &ServerConfig, services: Services) -> Result<(Router, pg::PgS
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state, guard::guard));
-    Ok((router, pg))
+    Ok((router, doors))
+}
+
+/// What the SQL doors besides HTTP (the PostgreSQL wire protocol, Arrow Flight SQL)
+/// share with the HTTP API: its engine (limits, memory pool, query places), the lake
+/// and the tokens.
+#[derive(Clone)]
+pub struct SqlDoors {
+    pub(crate) engine: pitwall_query::Engine,
+    pub(crate) lake: Option<pitwall_lake::Lake>,
+    pub(crate) tokens: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for SqlDoors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlDoors")
+            .field("lake", &self.lake.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A server bound to its address, ready to run.

@@ -50,39 +50,18 @@ use pgwire::messages::startup::{Authentication, ParameterStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use pitwall_lake::Lake;
-use pitwall_query::{Described, Engine, ParamValues, SqlStatement};
+use pitwall_query::{Described, ParamValues, SqlStatement};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 /// The one database a client may name.
 pub const DATABASE: &str = "pitwall";
 
-/// What the PostgreSQL door needs: the shared engine, the lake and the tokens.
-#[derive(Clone)]
-pub struct PgService {
-    engine: Engine,
-    lake: Option<Lake>,
-    tokens: Arc<Vec<String>>,
-}
-
-impl Debug for PgService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgService")
-            .field("lake", &self.lake.is_some())
-            .finish_non_exhaustive()
-    }
-}
+/// The PostgreSQL door's view of the shared engine, lake and tokens.
+type PgService = crate::SqlDoors;
 
 impl PgService {
-    pub(crate) fn new(engine: Engine, lake: Option<Lake>, tokens: Vec<String>) -> Self {
-        PgService {
-            engine,
-            lake,
-            tokens: Arc::new(tokens),
-        }
-    }
-
-    fn lake(&self) -> PgWireResult<&Lake> {
+    fn pg_lake(&self) -> PgWireResult<&Lake> {
         self.lake.as_ref().ok_or_else(|| {
             user_error(
                 "57P03",
@@ -654,7 +633,7 @@ impl Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let lake = self.service.lake()?;
+        let lake = self.service.pg_lake()?;
         let answer = self
             .service
             .engine
@@ -781,7 +760,7 @@ impl QueryParser for Parser {
         };
         match classify(statement)? {
             Kind::Read(statement) => {
-                let lake = self.service.lake()?;
+                let lake = self.service.pg_lake()?;
                 let described = self
                     .service
                     .engine

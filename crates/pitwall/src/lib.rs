@@ -269,6 +269,10 @@ struct UpArgs {
     /// (default 127.0.0.1:5433); "" turns it off.
     #[arg(long, value_name = "HOST:PORT")]
     pg_listen: Option<String>,
+    /// Where Arrow Flight SQL listens (ADBC, Grafana's Flight SQL source, InfluxDB 3
+    /// clients; read-only); overrides server.flight-listen (default: off).
+    #[arg(long, value_name = "HOST:PORT")]
+    flight_listen: Option<String>,
     /// Replay files through the pipeline into the lake: a FastF1 car data CSV, JSON
     /// lines or line protocol file, or a directory of them (with --follow, new files as
     /// they arrive). The simulators are off unless --sim; the dashboard shows the
@@ -576,6 +580,9 @@ struct ServeArgs {
     /// 127.0.0.1:5433); "" turns it off.
     #[arg(long, value_name = "HOST:PORT")]
     pg_listen: Option<String>,
+    /// Where Arrow Flight SQL listens (overrides server.flight-listen, default off).
+    #[arg(long, value_name = "HOST:PORT")]
+    flight_listen: Option<String>,
     /// The lake the SQL API and dashboard read (the one `pitwall process` writes).
     #[command(flatten)]
     lake: LakeArgs,
@@ -917,6 +924,9 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(pg) = args.pg_listen {
         config.server.pg_listen = pg;
+    }
+    if let Some(flight) = args.flight_listen {
+        config.server.flight_listen = flight;
     }
     let run = pipeline::SimRun {
         start_time: now_ns(),
@@ -1332,6 +1342,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(pg) = args.pg_listen {
         config.server.pg_listen = pg;
+    }
+    if let Some(flight) = args.flight_listen {
+        config.server.flight_listen = flight;
     }
     config.validate()?;
     let topics = pipeline::ensure_topics(&config).await?;

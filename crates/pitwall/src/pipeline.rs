@@ -165,14 +165,22 @@ pub(crate) async fn start_server(
         live,
         health,
     };
-    let (router, pg) = pitwall_server::app(server, services).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (router, doors) =
+        pitwall_server::app(server, services).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bound = pitwall_server::Bound::bind(server, router)
         .await
         .map_err(|e| anyhow::anyhow!("{e}; pass --listen HOST:PORT (or set server.listen)"))?;
-    let pg = pitwall_server::pg::PgBound::bind(server, pg)
+    let pg = pitwall_server::pg::PgBound::bind(server, doors.clone())
         .await
         .map_err(|e| {
             anyhow::anyhow!("{e}; pass --pg-listen HOST:PORT, or --pg-listen \"\" to turn it off")
+        })?;
+    let flight = pitwall_server::flight::FlightBound::bind(server, doors)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; pass --flight-listen HOST:PORT, or --flight-listen \"\" to turn it off"
+            )
         })?;
     let addr = bound.local_addr();
     let auth = if server.all_tokens().is_empty() {
@@ -198,11 +206,24 @@ pub(crate) async fn start_server(
             pitwall_server::pg::DATABASE
         );
     }
+    if let Some(flight) = &flight {
+        eprintln!(
+            "Flight SQL on {}: grpc://{} ({}), catalog pitwall",
+            flight.local_addr(),
+            flight.local_addr(),
+            if server.all_tokens().is_empty() {
+                "no token"
+            } else {
+                "a token as the bearer or the password"
+            }
+        );
+    }
     eprintln!(
         "write API on http://{addr}: InfluxDB v2 /api/v2/write, v1 /write, Telegraf JSON /api/v1/telegraf"
     );
     tracing::info!(%addr, "write API listening");
     let pg = pg.map(|pg| tokio::spawn(pg.run(stop.clone().cancelled_owned())));
+    let flight = flight.map(|f| tokio::spawn(f.run(stop.clone().cancelled_owned())));
     Ok(tokio::spawn(async move {
         let served = bound
             .run(async move {
@@ -211,6 +232,15 @@ pub(crate) async fn start_server(
                 live_hub.close();
             })
             .await;
+        if let Some(flight) = flight {
+            match flight.await {
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the Flight SQL listener stopped with an error")
+                }
+                Err(e) => tracing::warn!(error = %e, "the Flight SQL listener panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
         if let Some(pg) = pg {
             match pg.await {
                 Ok(Err(e)) => {

@@ -271,6 +271,8 @@ pub struct Up {
     pub url: String,
     /// The PostgreSQL wire protocol's address, `127.0.0.1:PORT`.
     pub pg: String,
+    /// Flight SQL's address, `127.0.0.1:PORT`, when it was turned on.
+    pub flight: String,
     log: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -294,12 +296,14 @@ impl Up {
             .spawn()
             .unwrap();
         let (url, mut stderr, seen) = write_api_url(&mut child);
-        let pg = seen
-            .lines()
-            .find_map(|l| l.strip_prefix("PostgreSQL on "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(|addr| addr.trim_end_matches(':').to_owned())
-            .unwrap_or_default();
+        let address = |prefix: &str| {
+            seen.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|addr| addr.trim_end_matches(':').to_owned())
+                .unwrap_or_default()
+        };
+        let (pg, flight) = (address("PostgreSQL on "), address("Flight SQL on "));
         let log = std::thread::spawn(move || {
             let mut rest = String::new();
             std::io::Read::read_to_string(&mut stderr, &mut rest).ok();
@@ -309,6 +313,7 @@ impl Up {
             child,
             url,
             pg,
+            flight,
             log: Some(log),
         }
     }

@@ -1,0 +1,115 @@
+//! Arrow Flight SQL in the real binary: `pitwall up --flight-listen` with a token, 601
+//! points written over HTTP, then ADBC's Flight SQL driver (tests/flight_clients.py):
+//! wrong tokens refused, statements, prepared statements with parameters, a
+//! time-bucketed series, catalog/schema/table metadata, writes refused.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::Up;
+
+const TOKEN: &str = "t0ken";
+const T0: i64 = 1_767_225_600_000_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adbc_reads_the_lake_over_flight_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lake");
+    let config = dir.path().join("pitwall.toml");
+    std::fs::write(
+        &config,
+        format!("[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"{TOKEN}\"]\n\n[lake]\ncommit-interval = \"500ms\"\n"),
+    )
+    .unwrap();
+    let up = Up::start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--flight-listen",
+            "127.0.0.1:0",
+        ],
+        &data,
+    );
+    assert!(
+        !up.flight.is_empty(),
+        "pitwall up names its Flight SQL address"
+    );
+
+    let mut lp = String::new();
+    for i in 0..60i64 {
+        for s in 0..10 {
+            lp.push_str(&format!(
+                "sensor,sensor_id=s-{s},site=plant-a temperature_c={},pressure_hpa=1010 {}\n",
+                20.0 + s as f64 + (i % 3) as f64,
+                T0 + i * 1_000_000_000
+            ));
+        }
+    }
+    lp.push_str(&format!(
+        "sensor,sensor_id=s-99,site=plant-b temperature_c=1.5 {}\n",
+        T0 + 59_000_000_000
+    ));
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/api/v2/write", up.url))
+        .header("Authorization", format!("Token {TOKEN}"))
+        .body(lp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = client
+            .post(format!("{}/api/v1/query?format=csv", up.url))
+            .header("Authorization", format!("Token {TOKEN}"))
+            .body("SELECT count(*) AS n FROM clean.sensor")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text == "n\n601\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "601 rows never showed: {text}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let python = common::program("PITWALL_PYTHON", "python3", "the venv of scripts/test.sh");
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/flight_clients.py"
+        ))
+        .env("FLIGHT_URI", format!("grpc://{}", up.flight))
+        .env("FLIGHT_TOKEN", TOKEN)
+        .env("T0", T0.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("ok: ").count(), 6, "{stdout}");
+
+    let metrics = client
+        .get(format!("{}/metrics", up.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pitwall_flight_auth_failures_total"),
+        "{metrics}"
+    );
+    let (status, log) = up.stop();
+    assert!(status.success(), "pitwall up failed:\n{log}");
+}
