@@ -165,7 +165,10 @@ impl Query {
         flavor: Flavor,
     ) -> Result<Self> {
         let provider = scan::LakeCatalog::try_new(lake.catalog()).await?;
-        let ctx = SessionContext::new_with_config_rt(session_config(), env);
+        let ctx = match flavor {
+            Flavor::Plain => SessionContext::new_with_config_rt(session_config(), env),
+            Flavor::Postgres => SessionContext::new_with_state(postgres::session_state(env)),
+        };
         ctx.register_catalog(pitwall_lake::CATALOG_NAME, Arc::new(provider));
         if flavor == Flavor::Postgres {
             postgres::setup(&ctx)?;

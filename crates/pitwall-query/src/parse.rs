@@ -246,10 +246,219 @@ pub(crate) fn postgres_statements(sql: &str, recursion_limit: usize) -> Result<V
     for s in &mut statements {
         let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(s, |e| {
             backslash_escapes(e);
+            untaken_catalog_branches(e);
+            int2vectors_as_arrays(e);
             std::ops::ControlFlow::<()>::Continue(())
         });
     }
     Ok(statements)
+}
+
+/// `CASE` branches that guard a subquery with a condition pitwall's `pg_attribute` makes
+/// false in every row, removed. SQLAlchemy 2's column query (its inspector's
+/// `get_columns`, what Superset and Metabase call) reads defaults, identities and
+/// collations through correlated subqueries over `pg_attrdef`, `pg_sequence` and
+/// `pg_collation`, which DataFusion cannot plan, each behind `atthasdef`,
+/// `attidentity != ''` or `attcollation != 0`. pitwall's lake columns have no default,
+/// identity, generation or collation (`postgres.rs` sets those columns so in every row),
+/// so those branches never run and the `CASE` is its `ELSE`.
+fn untaken_catalog_branches(e: &mut Expr) {
+    use datafusion::sql::sqlparser::ast::Value;
+    let Expr::Case {
+        operand: None,
+        conditions,
+        else_result,
+        ..
+    } = e
+    else {
+        return;
+    };
+    let before = conditions.len();
+    conditions.retain(|w| {
+        !((has_subquery(&w.condition) || has_subquery(&w.result)) && never_in_catalog(&w.condition))
+    });
+    if before > 0 && conditions.is_empty() {
+        *e = match else_result.take() {
+            Some(other) => *other,
+            None => Expr::Value(Value::Null.into()),
+        };
+    }
+}
+
+/// `pg_index`'s `int2vector` columns (`indkey`, …) used as arrays. The catalog keeps
+/// them as PostgreSQL prints them (`"1 2"`), which is what `indkey::varchar` expects,
+/// but SQLAlchemy's primary-key and index queries (Superset's dataset check) also take
+/// them apart: `unnest(ix.indkey)`, `generate_subscripts(ix.indkey, 1)`,
+/// `a.attnum = ANY(ix.indkey)` (by then `array_contains(ix.indkey, a.attnum)`). There each becomes `CAST(string_to_array(ix.indkey, ' ')
+/// AS SMALLINT[])`, and `generate_subscripts(v, 1)` (not in DataFusion)
+/// `unnest(generate_series(1, array_length(v, 1)))`, zipped with the `unnest` beside it
+/// as PostgreSQL zips set-returning functions.
+fn int2vectors_as_arrays(e: &mut Expr) {
+    use datafusion::sql::sqlparser::ast::{FunctionArguments, Value};
+    match e {
+        Expr::AnyOp { right, .. } | Expr::AllOp { right, .. } if is_int2vector(right) => {
+            let column = std::mem::replace(&mut **right, Expr::Value(Value::Null.into()));
+            **right = int2vector_array(column);
+        }
+        Expr::Function(f) => {
+            let name = f.name.to_string().to_ascii_lowercase();
+            let name = name.rsplit('.').next().unwrap_or_default().to_owned();
+            let FunctionArguments::List(list) = &mut f.args else {
+                return;
+            };
+            let Some(first) = list.args.first_mut().and_then(function_arg) else {
+                return;
+            };
+            if !is_int2vector(first) {
+                return;
+            }
+            let column = std::mem::replace(first, Expr::Value(Value::Null.into()));
+            match name.as_str() {
+                "unnest" | "array_length" | "cardinality" | "array_contains" | "array_has" => {
+                    *first = int2vector_array(column)
+                }
+                "generate_subscripts" => {
+                    let length = call(
+                        "array_length",
+                        vec![
+                            int2vector_array(column),
+                            Expr::Value(Value::Number("1".into(), false).into()),
+                        ],
+                    );
+                    let series = call(
+                        "generate_series",
+                        vec![Expr::Value(Value::Number("1".into(), false).into()), length],
+                    );
+                    *e = call("unnest", vec![series]);
+                }
+                _ => *first = column,
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The expression of a plain function argument.
+fn function_arg(arg: &mut datafusion::sql::sqlparser::ast::FunctionArg) -> Option<&mut Expr> {
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr};
+    match arg {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// Whether `e` names one of the catalog's array columns kept as text: `pg_index`'s
+/// `int2vector`s and `oidvector`s, `pg_constraint`'s `conkey` and `confkey`.
+fn is_int2vector(e: &Expr) -> bool {
+    let name = match e {
+        Expr::Identifier(i) => &i.value,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(i) => &i.value,
+            None => return false,
+        },
+        _ => return false,
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "indkey" | "indoption" | "indclass" | "indcollation" | "conkey" | "confkey"
+    )
+}
+
+/// The numbers of a catalog column kept as text (`"1 2"` for `int2vector`s, `"[2, 20]"`
+/// for `pg_constraint.conkey`) as an array: `CAST(string_to_array(btrim(
+/// regexp_replace(column, '[^0-9-]+', ' ', 'g')), ' ') AS SMALLINT[])`.
+fn int2vector_array(column: Expr) -> Expr {
+    use datafusion::sql::sqlparser::ast::{ArrayElemTypeDef, CastKind, DataType, Value};
+    let text = |s: &str| Expr::Value(Value::SingleQuotedString(s.into()).into());
+    let spaced = call(
+        "regexp_replace",
+        vec![column, text("[^0-9-]+"), text(" "), text("g")],
+    );
+    Expr::Cast {
+        kind: CastKind::Cast,
+        expr: Box::new(call(
+            "string_to_array",
+            vec![call("btrim", vec![spaced]), text(" ")],
+        )),
+        data_type: DataType::Array(ArrayElemTypeDef::SquareBracket(
+            Box::new(DataType::SmallInt(None)),
+            None,
+        )),
+        array: false,
+        format: None,
+    }
+}
+
+/// `name(args…)`.
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    use datafusion::sql::sqlparser::ast::{
+        Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident,
+        ObjectName,
+    };
+    Expr::Function(Function {
+        name: ObjectName::from(vec![Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+                .collect(),
+            clauses: Vec::new(),
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: Vec::new(),
+    })
+}
+
+/// Whether `e` holds a subquery.
+fn has_subquery(e: &Expr) -> bool {
+    datafusion::sql::sqlparser::ast::visit_expressions(e, |e| match e {
+        Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+            std::ops::ControlFlow::Break(())
+        }
+        _ => std::ops::ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+/// Whether `e` is false in every row of pitwall's `pg_attribute`: `atthasdef`,
+/// `attidentity != ''`, `attgenerated != ''`, `attcollation != 0`, or a conjunction
+/// holding one of them.
+fn never_in_catalog(e: &Expr) -> bool {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, Value};
+    let column = |e: &Expr| -> Option<String> {
+        match e {
+            Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+            Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_ascii_lowercase()),
+            _ => None,
+        }
+    };
+    match e {
+        Expr::Nested(inner) => never_in_catalog(inner),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => never_in_catalog(left) || never_in_catalog(right),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::NotEq,
+            right,
+        } => match (column(left).as_deref(), &**right) {
+            (Some("attidentity" | "attgenerated"), Expr::Value(v)) => {
+                matches!(&v.value, Value::SingleQuotedString(s) if s.is_empty())
+            }
+            (Some("attcollation"), Expr::Value(v)) => {
+                matches!(&v.value, Value::Number(n, _) if n == "0")
+            }
+            _ => false,
+        },
+        other => column(other).as_deref() == Some("atthasdef"),
+    }
 }
 
 /// `LIKE pattern ESCAPE 'c'` with a constant pattern, rewritten to the backslash
@@ -369,6 +578,62 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    #[test]
+    fn catalog_branches_that_never_run_are_removed() {
+        let sql = "SELECT a.attname, \
+            CASE WHEN a.atthasdef THEN (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid) ELSE NULL END AS dflt, \
+            CASE WHEN (a.attidentity != '') THEN (SELECT json_build_object('x', s.seqstart) FROM pg_catalog.pg_sequence s WHERE s.seqrelid = CAST(a.attrelid AS REGCLASS)) ELSE NULL END AS ident, \
+            CASE WHEN (a.attcollation != 0 AND (SELECT t.typcollation FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid) != a.attcollation) THEN 'c' ELSE NULL END AS coll, \
+            CASE WHEN a.attnotnull THEN (SELECT 1) ELSE 2 END AS kept, \
+            CASE WHEN a.attidentity != 'a' THEN (SELECT 1) END AS kept_too \
+            FROM pg_catalog.pg_attribute a";
+        let out = postgres_statements(sql, 50).unwrap()[0].to_string();
+        assert!(
+            !out.contains("pg_attrdef")
+                && !out.contains("pg_sequence")
+                && !out.contains("typcollation"),
+            "{out}"
+        );
+        assert!(
+            out.contains("NULL AS dflt")
+                && out.contains("NULL AS ident")
+                && out.contains("NULL AS coll"),
+            "{out}"
+        );
+        assert!(
+            out.contains("CASE WHEN a.attnotnull THEN (SELECT 1) ELSE 2 END AS kept"),
+            "{out}"
+        );
+        assert!(
+            out.contains("CASE WHEN a.attidentity <> 'a' THEN (SELECT 1) END AS kept_too"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn int2vectors_are_taken_apart_as_arrays() {
+        let sql = "SELECT unnest(ix.indkey) attnum, generate_subscripts(ix.indkey, 1) ord, ix.indkey::varchar \
+            FROM pg_index ix JOIN pg_attribute a ON a.attnum = ANY(ix.indkey)";
+        let out = postgres_statements(sql, 50).unwrap()[0].to_string();
+        let array = "CAST(string_to_array(btrim(regexp_replace(ix.indkey, '[^0-9-]+', ' ', 'g')), ' ') AS SMALLINT[])";
+        assert!(out.contains(&format!("unnest({array}) AS attnum")), "{out}");
+        assert!(
+            out.contains(&format!(
+                "unnest(generate_series(1, array_length({array}, 1))) AS ord"
+            )),
+            "{out}"
+        );
+        // datafusion-pg-catalog makes `= ANY(v)` array_contains(v, …) first.
+        assert!(
+            out.contains(&format!("array_contains({array}, a.attnum)")),
+            "{out}"
+        );
+        assert!(
+            out.contains("CAST(ix.indkey AS VARCHAR)") || out.contains("ix.indkey::VARCHAR"),
+            "{out}"
+        );
     }
 
     #[test]

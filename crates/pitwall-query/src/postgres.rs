@@ -30,6 +30,93 @@ fn version_string() -> String {
     )
 }
 
+/// A session state for PostgreSQL's clients: DataFusion's, with [`UnknownLiterals`]
+/// analysed before anything else.
+pub(crate) fn session_state(
+    env: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> datafusion::execution::SessionState {
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::optimizer::AnalyzerRule;
+    let state = SessionStateBuilder::new()
+        .with_config(crate::session_config())
+        .with_runtime_env(env)
+        .with_default_features()
+        .build();
+    let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(UnknownLiterals)];
+    rules.extend(state.analyzer().rules.iter().cloned());
+    SessionStateBuilder::new_from_existing(state)
+        .with_analyzer_rules(rules)
+        .build()
+}
+
+/// PostgreSQL gives a quoted literal no type until it meets another: `indisprimary =
+/// 'f'` compares booleans (SQLAlchemy's index query says so). DataFusion reads `'f'` as
+/// text and finds no common type with a boolean; here a text literal compared with a
+/// boolean becomes the boolean PostgreSQL would read it as (`t`/`f`, `true`/`false`,
+/// `yes`/`no`, `on`/`off`, `1`/`0`); any other text is left for the usual error.
+#[derive(Debug)]
+struct UnknownLiterals;
+
+impl datafusion::optimizer::AnalyzerRule for UnknownLiterals {
+    fn name(&self) -> &str {
+        "pitwall_postgres_unknown_literals"
+    }
+
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> DFResult<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator};
+        plan.transform_up_with_subqueries(|node| {
+            let schema = datafusion::logical_expr::utils::merge_schema(&node.inputs());
+            node.map_expressions(|e| {
+                e.transform_up(|e| {
+                    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &e else {
+                        return Ok(Transformed::no(e));
+                    };
+                    if !matches!(
+                        op,
+                        Operator::Eq
+                            | Operator::NotEq
+                            | Operator::IsDistinctFrom
+                            | Operator::IsNotDistinctFrom
+                    ) {
+                        return Ok(Transformed::no(e));
+                    }
+                    let is_bool =
+                        |x: &Expr| x.get_type(&schema).is_ok_and(|t| t == DataType::Boolean);
+                    let (new_left, new_right) = match (pg_bool(right), pg_bool(left)) {
+                        (Some(b), _) if is_bool(left) => ((**left).clone(), b),
+                        (_, Some(b)) if is_bool(right) => (b, (**right).clone()),
+                        _ => return Ok(Transformed::no(e)),
+                    };
+                    Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+                        Box::new(new_left),
+                        *op,
+                        Box::new(new_right),
+                    ))))
+                })
+            })
+        })
+        .map(|t| t.data)
+    }
+}
+
+/// A text literal PostgreSQL reads as a boolean, as a boolean literal.
+fn pg_bool(e: &datafusion::logical_expr::Expr) -> Option<datafusion::logical_expr::Expr> {
+    use datafusion::logical_expr::{Expr, lit};
+    let Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) = e else {
+        return None;
+    };
+    match s.trim().to_ascii_lowercase().as_str() {
+        "t" | "true" | "y" | "yes" | "on" | "1" => Some(lit(true)),
+        "f" | "false" | "n" | "no" | "off" | "0" => Some(lit(false)),
+        _ => None,
+    }
+}
+
 pub(crate) fn setup(ctx: &SessionContext) -> Result<()> {
     datafusion_pg_catalog::setup_pg_catalog(ctx, pitwall_lake::CATALOG_NAME, EmptyContextProvider)
         .map_err(|e| Error::Setup(format!("the PostgreSQL catalog tables: {e}")))?;
@@ -47,7 +134,58 @@ pub(crate) fn setup(ctx: &SessionContext) -> Result<()> {
         }),
     )?;
     ctx.register_udf(version_udf());
+    ctx.register_udf(type_is_visible_udf());
+    ctx.register_udf(ScalarUDF::new_from_impl(NoDefinition {
+        name: "pg_get_indexdef",
+        signature: datafusion::logical_expr::Signature::any(3, Volatility::Stable),
+    }));
     Ok(())
+}
+
+/// A PostgreSQL function that prints a definition pitwall never has, answering null:
+/// `pg_get_indexdef(index, column, pretty)` (the lake's tables have no indexes;
+/// SQLAlchemy 2's `get_indexes` calls it for each index column it finds).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NoDefinition {
+    name: &'static str,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for NoDefinition {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> DFResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    }
+}
+
+/// `pg_type_is_visible(oid)`: true. Every type pitwall lists is in `pg_catalog`, which
+/// is on every search path (SQLAlchemy 1.4's inspector lists domains and enums with it).
+fn type_is_visible_udf() -> ScalarUDF {
+    create_udf(
+        "pg_type_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
+    )
 }
 
 fn version_udf() -> ScalarUDF {
@@ -93,7 +231,7 @@ impl SchemaProvider for PgCatalog {
         if !OWNED.contains(&name) {
             return Ok(Some(inner));
         }
-        let schema = inner.schema();
+        let schema = with_missing_columns(name, inner.schema());
         // pg_namespace needs no table: the lake's are not loaded for it.
         let objects = self.objects(name != "pg_namespace").await?;
         let rows: Vec<HashMap<&'static str, ScalarValue>> = match name {
@@ -111,6 +249,29 @@ impl SchemaProvider for PgCatalog {
     fn table_exist(&self, name: &str) -> bool {
         self.inner.table_exist(name)
     }
+}
+
+/// Columns PostgreSQL has that the crate's table lacks, added (null in every row):
+/// `pg_class.reloptions`, which SQLAlchemy's index query reads.
+fn with_missing_columns(name: &str, schema: SchemaRef) -> SchemaRef {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let missing: &[(&str, DataType)] = match name {
+        "pg_class" => &[(
+            "reloptions",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        )],
+        _ => &[],
+    };
+    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    for (column, t) in missing {
+        if schema.field_with_name(column).is_err() {
+            fields.push(Arc::new(Field::new(*column, t.clone(), true)));
+        }
+    }
+    if fields.len() == schema.fields().len() {
+        return schema;
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// A catalog's schema: (catalog, schema, [(table, columns)]).
@@ -244,6 +405,13 @@ impl Objects {
                         ("attstorage", text(storage)),
                         ("attnotnull", ScalarValue::Boolean(Some(!f.is_nullable()))),
                         ("attislocal", ScalarValue::Boolean(Some(true))),
+                        // No defaults, identities, generated columns or collations
+                        // (parse.rs relies on it: untaken_catalog_branches).
+                        ("atthasdef", ScalarValue::Boolean(Some(false))),
+                        ("attidentity", text("")),
+                        ("attgenerated", text("")),
+                        ("attcollation", int32(0)),
+                        ("attisdropped", ScalarValue::Boolean(Some(false))),
                     ]));
                 }
             }

@@ -13,6 +13,7 @@ import time
 import pg8000.dbapi
 import psycopg2
 import sqlalchemy
+import sqlalchemy.dialects.postgresql
 
 HOST, PORT, TOKEN = os.environ["PG_HOST"], int(os.environ["PG_PORT"]), os.environ["PG_TOKEN"]
 T0 = int(os.environ["T0"])
@@ -58,7 +59,22 @@ assert [d.name for d in cur.description] == ["sensor_id", "n", "lo"], cur.descri
 cur.execute("SELECT max(time) FROM clean.sensor")
 latest = cur.fetchone()[0]
 assert latest == start + dt.timedelta(seconds=59), (latest, start)
-ok("psycopg2 with parameters, timestamps as timestamptz")
+# A quoted literal meets a boolean as PostgreSQL reads it ('t', 'f', 'yes', ...);
+# SQLAlchemy 1.4's index query (Superset's) compares indisprimary = 'f'.
+counts = []
+for literal in ["t", "f", "true", "no"]:
+    cur.execute(f"SELECT count(*) FROM pg_catalog.pg_index WHERE indisprimary = '{literal}'")
+    counts.append(cur.fetchone()[0])
+cur.execute("SELECT count(*) FROM pg_catalog.pg_index")
+total = cur.fetchone()[0]
+assert counts[0] + counts[1] == total and counts[0] == counts[2] and counts[1] == counts[3], (counts, total)
+# int2vector columns taken apart as PostgreSQL does (SQLAlchemy's primary-key query).
+cur.execute(
+    "SELECT unnest(ix.indkey) AS attnum, generate_subscripts(ix.indkey, 1) AS ord "
+    "FROM pg_catalog.pg_index ix WHERE ix.indisprimary AND ix.indkey = '1 2' LIMIT 2"
+)
+assert cur.fetchall() == [(1, 1), (2, 2)]
+ok("psycopg2 with parameters, timestamps as timestamptz, PostgreSQL's literal and array rules")
 
 # Session settings: SET, SHOW, transactions; the session goes on after errors.
 cur.execute("SET application_name = 'superset'")
@@ -98,20 +114,36 @@ for s in ["anomalies", "clean", "metrics", "quarantine", "raw"]:
     assert s in schemas, schemas
 tables = insp.get_table_names(schema="clean")
 assert "sensor" in tables, tables
-# get_columns of SQLAlchemy 2 sends correlated subqueries DataFusion 53 cannot plan
-# yet (issue 29's note); the columns are read from information_schema meanwhile.
+# get_columns: SQLAlchemy 2's query over pg_attribute, pg_attrdef, pg_sequence and
+# pg_collation (correlated subqueries behind CASE), as Superset's dataset editor uses it.
+columns = {c["name"]: c for c in insp.get_columns("sensor", schema="clean")}
+assert list(columns)[:3] == ["time", "sensor_id", "site"], columns
+assert isinstance(columns["time"]["type"], sqlalchemy.dialects.postgresql.TIMESTAMP), columns["time"]
+assert columns["time"]["type"].timezone and not columns["time"]["nullable"], columns["time"]
+assert isinstance(columns["temperature_c"]["type"], sqlalchemy.dialects.postgresql.DOUBLE_PRECISION), columns
+assert isinstance(columns["sensor_id"]["type"], sqlalchemy.dialects.postgresql.TEXT), columns
+assert all(c["default"] is None and c.get("identity") is None for c in columns.values()), columns
+# The rest of what Superset's dataset check and table browser ask: no keys, indexes,
+# constraints or comments on a lake table, each answered rather than an error.
+assert insp.get_pk_constraint("sensor", schema="clean") == {"name": None, "constrained_columns": []}
+assert insp.get_foreign_keys("sensor", schema="clean") == []
+assert insp.get_indexes("sensor", schema="clean") == []
+assert insp.get_unique_constraints("sensor", schema="clean") == []
+assert insp.get_check_constraints("sensor", schema="clean") == []
+assert insp.get_table_comment("sensor", schema="clean") == {"text": None}
+# What information_schema says agrees.
 with engine.connect() as c:
-    columns = dict(
-        c.execute(
+    listed = [
+        r[0]
+        for r in c.execute(
             sqlalchemy.text(
-                "SELECT column_name, data_type FROM information_schema.columns "
+                "SELECT column_name FROM information_schema.columns "
                 "WHERE table_schema = :s AND table_name = :t ORDER BY ordinal_position"
             ),
             {"s": "clean", "t": "sensor"},
-        ).fetchall()
-    )
-assert list(columns)[:3] == ["time", "sensor_id", "site"], columns
-assert columns["temperature_c"] == "Float64", columns
+        )
+    ]
+assert listed == list(columns), (listed, list(columns))
 with engine.connect() as c:
     n = c.execute(sqlalchemy.text("SELECT count(*) FROM clean.sensor WHERE site = :site"), {"site": "plant-a"}).scalar()
     assert n == 600, n
