@@ -29,7 +29,7 @@ use iceberg::spec::{
     SnapshotSummaryCollector, Summary, TableMetadataBuilder,
 };
 use iceberg::table::Table;
-use iceberg::{Catalog, MetadataLocation, TableIdent};
+use iceberg::{Catalog, MetadataLocation, NamespaceIdent, TableIdent};
 use sqlx::AnyPool;
 
 use crate::progress::{PROGRESS_PROPERTY, Progress};
@@ -143,6 +143,37 @@ pub(crate) struct SqlPointer {
 }
 
 impl SqlPointer {
+    /// Every table of the catalog with its metadata location.
+    pub(crate) async fn locations(&self) -> Result<HashMap<TableIdent, String>> {
+        use sqlx::Row;
+        let sql = format!(
+            "SELECT table_namespace, table_name, metadata_location FROM iceberg_tables
+             WHERE catalog_name = {} AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)",
+            if self.dollar_placeholders { "$1" } else { "?" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&self.catalog_name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::Catalog(format!("listing the tables: {e}")))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let (namespace, name, location): (String, String, Option<String>) = (
+                row.try_get(0)
+                    .map_err(|e| Error::Catalog(format!("listing the tables: {e}")))?,
+                row.try_get(1)
+                    .map_err(|e| Error::Catalog(format!("listing the tables: {e}")))?,
+                row.try_get(2)
+                    .map_err(|e| Error::Catalog(format!("listing the tables: {e}")))?,
+            );
+            let Some(location) = location else { continue };
+            let namespace = NamespaceIdent::from_strs(namespace.split('.'))
+                .map_err(|e| Error::Catalog(format!("listing the tables: {e}")))?;
+            out.insert(TableIdent::new(namespace, name), location);
+        }
+        Ok(out)
+    }
+
     /// Moves `ident`'s metadata pointer from `old` to `new` if it still is `old`.
     async fn compare_and_set(&self, ident: &TableIdent, old: &str, new: &str) -> Result<bool> {
         let p = |i: usize| {

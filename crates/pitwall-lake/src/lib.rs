@@ -277,7 +277,13 @@ pub struct Lake {
     warehouse: String,
     catalog_uri: String,
     pointer: commit::CatalogPointer,
+    /// Tables as last loaded for readers, by identifier: a query whose table is still
+    /// at the same metadata location reuses it (and the manifests it has decoded).
+    readers: Arc<std::sync::Mutex<HashMap<TableIdent, Table>>>,
 }
+
+/// Manifests and manifest lists a table kept for readers holds decoded, at most.
+const READER_CACHE_BYTES: u64 = 4 << 20;
 
 impl Lake {
     /// Opens the lake in `config.data_dir`, creating the catalog, the namespaces and
@@ -383,6 +389,7 @@ impl Lake {
             },
             warehouse,
             catalog_uri,
+            readers: Arc::default(),
         };
         for ns in tables::NAMESPACES {
             let ident = NamespaceIdent::new(ns.to_owned());
@@ -548,6 +555,67 @@ impl Lake {
     /// Loads a table.
     pub async fn table(&self, ident: &TableIdent) -> Result<Table> {
         Ok(self.catalog.load_table(ident).await?)
+    }
+
+    /// Every table and its current metadata location, in one read of the catalog; `None`
+    /// where the catalog has no such read (a REST catalog: each load asks it). Tables
+    /// kept for readers that are no longer listed are let go.
+    pub async fn table_locations(&self) -> Result<Option<HashMap<TableIdent, String>>> {
+        let commit::CatalogPointer::Sql(sql) = &self.pointer else {
+            return Ok(None);
+        };
+        let locations = sql.locations().await?;
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|ident, _| locations.contains_key(ident));
+        Ok(Some(locations))
+    }
+
+    /// `ident` for reading, at `location` (from [`Lake::table_locations`]): the table
+    /// kept from an earlier read if it is still there, else loaded from the catalog and
+    /// kept. Without a location it is loaded, and kept, as the catalog has it now.
+    pub async fn table_for_reading(
+        &self,
+        ident: &TableIdent,
+        location: Option<&str>,
+    ) -> Result<Table> {
+        if let Some(location) = location {
+            let kept = self
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(ident)
+                .filter(|t| t.metadata_location() == Some(location))
+                .cloned();
+            if let Some(table) = kept {
+                return Ok(table);
+            }
+        }
+        let loaded = self.catalog.load_table(ident).await?;
+        // Rebuilt to bound the manifests it keeps decoded (iceberg's default is 32 MiB a
+        // table), on the runtime of the reader that loads it (the query threads).
+        let table = match iceberg::Runtime::try_current() {
+            Ok(runtime) => {
+                let mut builder = Table::builder()
+                    .identifier(loaded.identifier().clone())
+                    .metadata(loaded.metadata_ref())
+                    .file_io(loaded.file_io().clone())
+                    .readonly(true)
+                    .cache_size_bytes(READER_CACHE_BYTES)
+                    .runtime(runtime);
+                if let Some(l) = loaded.metadata_location() {
+                    builder = builder.metadata_location(l);
+                }
+                builder.build()?
+            }
+            Err(_) => loaded,
+        };
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(ident.clone(), table.clone());
+        Ok(table)
     }
 
     /// The field types of every clean table, to seed the processor's schema registry

@@ -567,3 +567,53 @@ async fn an_older_lake_gains_the_peak_column_on_open() {
         .collect();
     assert_eq!(peaks, vec![133.7]);
 }
+
+/// Readers keep a table while its metadata location stays, and load it again once a
+/// commit moves it; the catalog lists every location in one read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_reuse_a_table_until_a_commit_moves_it() {
+    let place = local();
+    let lake = open(&place.config).await;
+    let mut w = LakeWriter::open(lake.clone()).await.unwrap();
+    feed(&mut w, 0, 0..10);
+    w.commit().await.unwrap();
+    let ident = Fixed::Raw.ident();
+    let first = lake
+        .table_locations()
+        .await
+        .unwrap()
+        .expect("a SQL catalog lists locations");
+    let at = first[&ident].clone();
+    let a = lake.table_for_reading(&ident, Some(&at)).await.unwrap();
+    let b = lake.table_for_reading(&ident, Some(&at)).await.unwrap();
+    assert_eq!(a.metadata_location(), Some(at.as_str()));
+    assert!(
+        std::sync::Arc::ptr_eq(&a.metadata_ref(), &b.metadata_ref()),
+        "the second read reuses the first's table"
+    );
+    // Another process's handle on the same lake commits: the location moves, and the
+    // next read loads the new metadata.
+    let mut other = LakeWriter::open(open(&place.config).await).await.unwrap();
+    feed(&mut other, 1, 0..5);
+    other.commit().await.unwrap();
+    let moved = lake.table_locations().await.unwrap().unwrap()[&ident].clone();
+    assert_ne!(moved, at);
+    let c = lake.table_for_reading(&ident, Some(&moved)).await.unwrap();
+    assert_eq!(c.metadata_location(), Some(moved.as_str()));
+    assert!(!std::sync::Arc::ptr_eq(
+        &a.metadata_ref(),
+        &c.metadata_ref()
+    ));
+    let rows: u64 = c
+        .metadata()
+        .current_snapshot()
+        .and_then(|s| {
+            s.summary()
+                .additional_properties
+                .get("total-records")
+                .cloned()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert_eq!(rows, 15, "the reloaded table has both commits' rows");
+}

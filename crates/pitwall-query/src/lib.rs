@@ -145,7 +145,7 @@ impl std::fmt::Debug for Query {
 impl Query {
     /// A session whose default catalog is the lake (loaded as it is now).
     pub async fn new(lake: &Lake) -> Result<Self> {
-        let provider = scan::LakeCatalog::try_new(lake.catalog()).await?;
+        let provider = scan::LakeCatalog::try_new(lake).await?;
         let ctx = SessionContext::new_with_config(session_config());
         ctx.register_catalog(pitwall_lake::CATALOG_NAME, Arc::new(provider));
         Ok(Query { ctx })
@@ -164,7 +164,7 @@ impl Query {
         env: Arc<RuntimeEnv>,
         flavor: Flavor,
     ) -> Result<Self> {
-        let provider = scan::LakeCatalog::try_new(lake.catalog()).await?;
+        let provider = scan::LakeCatalog::try_new(lake).await?;
         let ctx = match flavor {
             Flavor::Plain => SessionContext::new_with_config_rt(session_config(), env),
             Flavor::Postgres => SessionContext::new_with_state(postgres::session_state(env)),

@@ -35,8 +35,9 @@ use iceberg::arrow::{ArrowReaderBuilder, schema_to_arrow_schema};
 use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
-use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
+use pitwall_lake::Lake;
 
 /// Files each partition opens at once: overlaps one file's footer read with another's
 /// decoding (and, on object stores, their round trips).
@@ -55,8 +56,15 @@ pub(crate) struct LakeCatalog {
 }
 
 impl LakeCatalog {
-    /// Lists the namespaces and their tables (tables are loaded when a query names them).
-    pub(crate) async fn try_new(catalog: Arc<dyn Catalog>) -> iceberg::Result<Self> {
+    /// Lists the namespaces and their tables with their metadata locations (tables are
+    /// loaded when a query names them, or taken from the lake's readers' cache when still
+    /// at the listed location).
+    pub(crate) async fn try_new(lake: &Lake) -> iceberg::Result<Self> {
+        let catalog = lake.catalog();
+        let locations = lake
+            .table_locations()
+            .await
+            .map_err(|e| iceberg::Error::new(iceberg::ErrorKind::Unexpected, e.to_string()))?;
         let mut schemas = HashMap::new();
         for name in catalog
             .list_namespaces(None)
@@ -65,16 +73,23 @@ impl LakeCatalog {
             .flat_map(|ns| ns.as_ref().clone())
         {
             let namespace = NamespaceIdent::new(name.clone());
-            let tables = catalog
-                .list_tables(&namespace)
-                .await?
-                .into_iter()
-                .map(|t| t.name().to_owned())
-                .collect();
+            let tables = match &locations {
+                Some(all) => all
+                    .iter()
+                    .filter(|(ident, _)| *ident.namespace() == namespace)
+                    .map(|(ident, location)| (ident.name().to_owned(), Some(location.clone())))
+                    .collect(),
+                None => catalog
+                    .list_tables(&namespace)
+                    .await?
+                    .into_iter()
+                    .map(|t| (t.name().to_owned(), None))
+                    .collect(),
+            };
             schemas.insert(
                 name,
                 Arc::new(LakeSchema {
-                    catalog: Arc::clone(&catalog),
+                    lake: lake.clone(),
                     namespace,
                     tables,
                 }),
@@ -134,12 +149,12 @@ impl CatalogProvider for LakeCatalog {
     }
 }
 
-/// One namespace's tables.
+/// One namespace's tables, with their metadata locations when the catalog lists them.
 #[derive(Debug)]
 struct LakeSchema {
-    catalog: Arc<dyn Catalog>,
+    lake: Lake,
     namespace: NamespaceIdent,
-    tables: Vec<String>,
+    tables: HashMap<String, Option<String>>,
 }
 
 #[async_trait]
@@ -149,20 +164,26 @@ impl SchemaProvider for LakeSchema {
     }
 
     fn table_names(&self) -> Vec<String> {
-        self.tables.clone()
+        let mut names: Vec<String> = self.tables.keys().cloned().collect();
+        names.sort();
+        names
     }
 
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
-        if !self.table_exist(name) {
+        let Some(location) = self.tables.get(name) else {
             return Ok(None);
-        }
+        };
         let ident = TableIdent::new(self.namespace.clone(), name.to_owned());
-        let table = self.catalog.load_table(&ident).await.map_err(df_error)?;
+        let table = self
+            .lake
+            .table_for_reading(&ident, location.as_deref())
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(Some(Arc::new(LakeTable::new(table).map_err(df_error)?)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.tables.iter().any(|t| t == name)
+        self.tables.contains_key(name)
     }
 }
 
