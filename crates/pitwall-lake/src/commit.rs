@@ -564,14 +564,21 @@ pub(crate) async fn fenced_rewrite(
         let parent = metadata.current_snapshot_id();
         let commit_id = uuid::Uuid::new_v4();
         let meta_dir = format!("{}/metadata", metadata.location());
-        let manifest_path = format!("{meta_dir}/{commit_id}-m0.{}", DataFileFormat::Avro);
-        let mut manifest = ManifestWriterBuilder::new(
-            file_io.new_output(&manifest_path)?,
-            Some(snapshot_id),
-            Arc::clone(&schema),
-            spec.as_ref().clone(),
-        )
-        .build_v2_data();
+        // The live files in one manifest, the removed ones (DELETED entries, which the
+        // snapshot must record) in another: the next append carries only manifests with
+        // live files forward, so later scans do not read past the removed files.
+        let writer = |n: usize| -> Result<_> {
+            let path = format!("{meta_dir}/{commit_id}-m{n}.{}", DataFileFormat::Avro);
+            Ok(ManifestWriterBuilder::new(
+                file_io.new_output(&path)?,
+                Some(snapshot_id),
+                Arc::clone(&schema),
+                spec.as_ref().clone(),
+            )
+            .build_v2_data())
+        };
+        let mut manifest = writer(0)?;
+        let mut deletions = writer(1)?;
         let mut summary = SnapshotSummaryCollector::default();
         let mut done = Rewritten::default();
         let (mut total_files, mut total_records, mut total_size) = (0u64, 0u64, 0u64);
@@ -579,7 +586,7 @@ pub(crate) async fn fenced_rewrite(
             let seq = e.sequence_number.unwrap_or(0);
             if removed.contains(e.file_path()) {
                 summary.remove_file(&e.data_file, Arc::clone(&schema), Arc::clone(&spec));
-                manifest.add_delete_file(
+                deletions.add_delete_file(
                     e.data_file.clone(),
                     seq,
                     e.file_sequence_number.or(Some(seq)),
@@ -610,7 +617,10 @@ pub(crate) async fn fenced_rewrite(
             manifest.add_file(f, sequence_number)?;
         }
         done.files_after = total_files as usize;
-        let new_manifest = manifest.write_manifest_file().await?;
+        let mut new_manifests = vec![manifest.write_manifest_file().await?];
+        if done.removed_files > 0 {
+            new_manifests.push(deletions.write_manifest_file().await?);
+        }
         let list_path = format!(
             "{meta_dir}/snap-{snapshot_id}-0-{commit_id}.{}",
             DataFileFormat::Avro
@@ -621,7 +631,7 @@ pub(crate) async fn fenced_rewrite(
             parent,
             sequence_number,
         );
-        list.add_manifests(std::iter::once(new_manifest))?;
+        list.add_manifests(new_manifests.into_iter())?;
         list.close().await?;
 
         let mut props: HashMap<String, String> = metadata

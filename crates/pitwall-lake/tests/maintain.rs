@@ -56,6 +56,20 @@ async fn files_under(lake: &Lake, suffix: &str) -> Vec<String> {
     files
 }
 
+/// The current snapshot's manifest list.
+async fn manifests(table: &iceberg::table::Table) -> iceberg::spec::ManifestList {
+    let snapshot = table.metadata().current_snapshot().unwrap();
+    let bytes = table
+        .file_io()
+        .new_input(snapshot.manifest_list())
+        .unwrap()
+        .read()
+        .await
+        .unwrap();
+    iceberg::spec::ManifestList::parse_with_version(&bytes, table.metadata().format_version())
+        .unwrap()
+}
+
 /// 20 small commits on two bus partitions, spread over two days.
 async fn many_small_commits(cfg: &pitwall_lake::LakeConfig) {
     let mut w = LakeWriter::open(open(cfg).await).await.unwrap();
@@ -133,6 +147,23 @@ async fn compaction_keeps_every_row(place: &Place) {
         snapshot.summary().additional_properties["total-data-files"],
         "2"
     );
+    // The removed files are recorded in a manifest of their own, apart from the live ones.
+    let list = manifests(&table).await;
+    let shapes: Vec<(bool, u32)> = list
+        .entries()
+        .iter()
+        .map(|m| {
+            (
+                m.has_added_files() || m.has_existing_files(),
+                m.deleted_files_count.unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        [(true, 0), (false, c.files_before as u32)],
+        "live manifest, then the removed files' manifest"
+    );
     // Compacting again finds nothing to do.
     assert!(
         !lake
@@ -148,6 +179,21 @@ async fn compaction_keeps_every_row(place: &Place) {
     feed(&mut w, 0, 500..510);
     w.commit().await.unwrap();
     assert_eq!(raw_rows(&lake).await.len(), 810);
+    // The next snapshot carries only manifests with live files: scans no longer read
+    // past the files compaction removed.
+    let table = lake.table(&Fixed::Raw.ident()).await.unwrap();
+    let list = manifests(&table).await;
+    assert_eq!(
+        list.entries().len(),
+        2,
+        "the compacted manifest and the append's"
+    );
+    assert!(
+        list.entries()
+            .iter()
+            .all(|m| m.has_added_files() || m.has_existing_files()),
+        "no manifest of removed files is carried forward"
+    );
 
     // Expiry drops the old snapshots and deletes the files only they referenced.
     let x = lake
