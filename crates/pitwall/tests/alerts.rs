@@ -116,16 +116,6 @@ fn engines(from: i64, to: i64, temp: impl Fn(&str, i64) -> f64) -> String {
     lp
 }
 
-async fn write(client: &reqwest::Client, url: &str, lp: String) {
-    let r = client
-        .post(format!("{url}/api/v2/write"))
-        .body(lp)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
-}
-
 /// Alertmanager's alerts named `engine_overheat` on `source`, as (state, endsAt).
 async fn am_alerts(client: &reqwest::Client, am: &str, source: &str) -> Vec<serde_json::Value> {
     let url = format!("{am}/api/v2/alerts");
@@ -248,7 +238,7 @@ sources = ["VER"]
             100.0
         }
     };
-    write(&client, &up.url, engines(0, 40, hot)).await;
+    common::write_lines(&client, &up.url, None, engines(0, 40, hot)).await;
 
     // Firing in Alertmanager, with the episode's labels and message.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -285,7 +275,7 @@ sources = ["VER"]
     assert_eq!(alerts.len(), 1, "still firing after 10 s: {alerts:?}");
 
     // Cooling: the episodes end and Alertmanager's alert is resolved.
-    write(&client, &up.url, engines(40, 50, |_, _| 100.0)).await;
+    common::write_lines(&client, &up.url, None, engines(40, 50, |_, _| 100.0)).await;
     until("VER's alert to resolve", 60, || {
         let (client, am_url) = (&client, &am_url);
         async move { am_alerts(client, am_url, "VER").await.is_empty() }
@@ -337,50 +327,16 @@ sources = ["VER"]
 
     // The hung webhook was called and holds nothing up: every point is in the lake.
     assert!(hooks.hung_calls.load(Ordering::SeqCst) >= 1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let answer = client
-            .post(format!("{}/api/v1/query?format=csv", up.url))
-            .body("SELECT count(*) AS n FROM clean.car")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        // 3 drivers for 50 s.
-        if answer.trim_end().ends_with("\n150") {
-            break;
-        }
-        if Instant::now() > deadline {
-            let mut why = String::new();
-            for sql in [
-                "SELECT driver, count(*) AS n, min(time) AS first, max(time) AS last FROM clean.car GROUP BY driver",
-                "SELECT * FROM quarantine.late",
-                "SELECT * FROM quarantine.rejects",
-            ] {
-                why += &client
-                    .post(format!("{}/api/v1/query?format=csv", up.url))
-                    .body(sql)
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-            }
-            panic!("not every point is in the lake: {answer}\n{why}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let metrics = client
-        .get(format!("{}/metrics", up.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // 3 drivers for 50 s.
+    common::until_csv(
+        &client,
+        &up.url,
+        None,
+        "SELECT count(*) AS n FROM clean.car",
+        "n\n150\n",
+    )
+    .await;
+    let metrics = common::metrics_text(&client, &up.url).await;
     assert!(
         metrics.contains("pitwall_alerts_dead_lettered_total{route=\"down\"} 2"),
         "{metrics}"

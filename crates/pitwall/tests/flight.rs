@@ -4,7 +4,6 @@
 //! time-bucketed series, catalog/schema/table metadata, writes refused.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 mod common;
 use common::Up;
@@ -36,47 +35,16 @@ async fn adbc_reads_the_lake_over_flight_sql() {
         "pitwall up names its Flight SQL address"
     );
 
-    let mut lp = String::new();
-    for i in 0..60i64 {
-        for s in 0..10 {
-            lp.push_str(&format!(
-                "sensor,sensor_id=s-{s},site=plant-a temperature_c={},pressure_hpa=1010 {}\n",
-                20.0 + s as f64 + (i % 3) as f64,
-                T0 + i * 1_000_000_000
-            ));
-        }
-    }
-    lp.push_str(&format!(
-        "sensor,sensor_id=s-99,site=plant-b temperature_c=1.5 {}\n",
-        T0 + 59_000_000_000
-    ));
     let client = reqwest::Client::new();
-    let r = client
-        .post(format!("{}/api/v2/write", up.url))
-        .header("Authorization", format!("Token {TOKEN}"))
-        .body(lp)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = client
-            .post(format!("{}/api/v1/query?format=csv", up.url))
-            .header("Authorization", format!("Token {TOKEN}"))
-            .body("SELECT count(*) AS n FROM clean.sensor")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text == "n\n601\n" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "601 rows never showed: {text}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    common::write_lines(&client, &up.url, Some(TOKEN), common::sensor_lines(T0)).await;
+    common::until_csv(
+        &client,
+        &up.url,
+        Some(TOKEN),
+        "SELECT count(*) AS n FROM clean.sensor",
+        "n\n601\n",
+    )
+    .await;
 
     let python = common::program("PITWALL_PYTHON", "python3", "the venv of scripts/test.sh");
     let out = Command::new(python)
@@ -98,14 +66,7 @@ async fn adbc_reads_the_lake_over_flight_sql() {
     );
     assert_eq!(stdout.matches("ok: ").count(), 6, "{stdout}");
 
-    let metrics = client
-        .get(format!("{}/metrics", up.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&client, &up.url).await;
     assert!(
         metrics.contains("pitwall_flight_auth_failures_total"),
         "{metrics}"

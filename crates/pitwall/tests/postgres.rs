@@ -40,29 +40,8 @@ async fn postgres_clients_read_the_lake() {
     assert!(!up.pg.is_empty(), "pitwall up names its PostgreSQL address");
 
     // 10 sensors at 1 Hz for 60 s, then one more point from s-99 at another site.
-    let mut lp = String::new();
-    for i in 0..60i64 {
-        for s in 0..10 {
-            lp.push_str(&format!(
-                "sensor,sensor_id=s-{s},site=plant-a temperature_c={},pressure_hpa=1010 {}\n",
-                20.0 + s as f64 + (i % 3) as f64,
-                T0 + i * 1_000_000_000
-            ));
-        }
-    }
-    lp.push_str(&format!(
-        "sensor,sensor_id=s-99,site=plant-b temperature_c=1.5 {}\n",
-        T0 + 59_000_000_000
-    ));
     let client = reqwest::Client::new();
-    let r = client
-        .post(format!("{}/api/v2/write", up.url))
-        .header("Authorization", format!("Token {TOKEN}"))
-        .body(lp)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    common::write_lines(&client, &up.url, Some(TOKEN), common::sensor_lines(T0)).await;
 
     // Until the lake has committed every point (psql itself asks).
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -340,6 +340,111 @@ impl Drop for Up {
     }
 }
 
+/// Line protocol of 10 sensors (`s-0`…`s-9`, site `plant-a`) at 1 Hz for 60 s from `t0`,
+/// then one point from `s-99` at `plant-b`: 601 points, for the SQL doors' tests.
+pub fn sensor_lines(t0: i64) -> String {
+    let mut lp = String::new();
+    for i in 0..60i64 {
+        for s in 0..10 {
+            lp.push_str(&format!(
+                "sensor,sensor_id=s-{s},site=plant-a temperature_c={},pressure_hpa=1010 {}\n",
+                20.0 + s as f64 + (i % 3) as f64,
+                t0 + i * 1_000_000_000
+            ));
+        }
+    }
+    lp.push_str(&format!(
+        "sensor,sensor_id=s-99,site=plant-b temperature_c=1.5 {}\n",
+        t0 + 59_000_000_000
+    ));
+    lp
+}
+
+/// A request to `url` + `path`, with the token when there is one.
+fn authorized(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let request = client.request(method, url);
+    match token {
+        Some(t) => request.header("Authorization", format!("Token {t}")),
+        None => request,
+    }
+}
+
+/// Writes line protocol through `base`'s write API; it must be taken (204).
+pub async fn write_lines(client: &reqwest::Client, base: &str, token: Option<&str>, lp: String) {
+    let r = authorized(
+        client,
+        reqwest::Method::POST,
+        &format!("{base}/api/v2/write"),
+        token,
+    )
+    .body(lp)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
+}
+
+/// The HTTP SQL API's answer to `sql` as CSV (the error's text when it fails).
+pub async fn sql_csv(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    sql: &str,
+) -> String {
+    authorized(
+        client,
+        reqwest::Method::POST,
+        &format!("{base}/api/v1/query?format=csv"),
+        token,
+    )
+    .body(sql.to_owned())
+    .send()
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap()
+}
+
+/// Waits (60 s at most) until `sql` answers `want` as CSV.
+pub async fn until_csv(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    sql: &str,
+    want: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = sql_csv(client, base, token, sql).await;
+        if text == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql} never answered {want:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `base`'s Prometheus metrics, as text.
+pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A loopback port free a moment ago, for a server the test starts.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
