@@ -3,8 +3,6 @@
 //! wrong tokens refused, statements, prepared statements with parameters, a
 //! time-bucketed series, catalog/schema/table metadata, writes refused.
 
-use std::process::Command;
-
 mod common;
 use common::Up;
 
@@ -46,25 +44,15 @@ async fn adbc_reads_the_lake_over_flight_sql() {
     )
     .await;
 
-    let python = common::program("PITWALL_PYTHON", "python3", "the venv of scripts/test.sh");
-    let out = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/flight_clients.py"
-        ))
-        .env("FLIGHT_URI", format!("grpc://{}", up.flight))
-        .env("FLIGHT_TOKEN", TOKEN)
-        .env("T0", T0.to_string())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::python_checks(
+        "flight_clients.py",
+        &[
+            ("FLIGHT_URI", format!("grpc://{}", up.flight)),
+            ("FLIGHT_TOKEN", TOKEN.to_owned()),
+            ("T0", T0.to_string()),
+        ],
+        6,
     );
-    assert_eq!(stdout.matches("ok: ").count(), 6, "{stdout}");
 
     let metrics = common::metrics_text(&client, &up.url).await;
     assert!(

@@ -93,28 +93,18 @@ async fn postgres_clients_read_the_lake() {
     );
 
     // The drivers' checks.
-    let python = common::program("PITWALL_PYTHON", "python3", "the venv of scripts/test.sh");
     let (host, port) = up.pg.split_once(':').unwrap();
-    let out = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/postgres_clients.py"
-        ))
-        .env("PG_HOST", host)
-        .env("PG_PORT", port)
-        .env("PG_TOKEN", TOKEN)
-        .env("PG_CAP", CAP.to_string())
-        .env("T0", T0.to_string())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::python_checks(
+        "postgres_clients.py",
+        &[
+            ("PG_HOST", host.to_owned()),
+            ("PG_PORT", port.to_owned()),
+            ("PG_TOKEN", TOKEN.to_owned()),
+            ("PG_CAP", CAP.to_string()),
+            ("T0", T0.to_string()),
+        ],
+        6,
     );
-    assert_eq!(stdout.matches("ok: ").count(), 6, "{stdout}");
 
     let (status, log) = up.stop();
     assert!(status.success(), "pitwall up failed:\n{log}");

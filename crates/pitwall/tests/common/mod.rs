@@ -445,6 +445,29 @@ pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
         .unwrap()
 }
 
+/// Runs `tests/SCRIPT` with the test venv's Python and `env`; it must pass and print
+/// `checks` lines starting `ok: ` (one per check).
+pub fn python_checks(script: &str, env: &[(&str, String)], checks: usize) {
+    let python = program("PITWALL_PYTHON", "python3", "the venv of scripts/test.sh");
+    let out = Command::new(python)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{script}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("ok: ").count(), checks, "{script}: {stdout}");
+}
+
 /// A loopback port free a moment ago, for a server the test starts.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
