@@ -118,14 +118,63 @@ fn pg_bool(e: &datafusion::logical_expr::Expr) -> Option<datafusion::logical_exp
 }
 
 pub(crate) fn setup(ctx: &SessionContext) -> Result<()> {
-    datafusion_pg_catalog::setup_pg_catalog(ctx, pitwall_lake::CATALOG_NAME, EmptyContextProvider)
+    // What datafusion_pg_catalog::setup_pg_catalog does, with its static tables (some
+    // thirty decoded from embedded Arrow files) decoded once per process, not per statement.
+    use datafusion_pg_catalog::pg_catalog as pg;
+    static STATIC_TABLES: std::sync::OnceLock<
+        std::result::Result<Arc<pg::PgCatalogStaticTables>, String>,
+    > = std::sync::OnceLock::new();
+    let static_tables = STATIC_TABLES
+        .get_or_init(|| {
+            pg::PgCatalogStaticTables::try_new()
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
         .map_err(|e| Error::Setup(format!("the PostgreSQL catalog tables: {e}")))?;
+    let inner: Arc<dyn SchemaProvider> = Arc::new(
+        pg::PgCatalogSchemaProvider::try_new(
+            Arc::clone(ctx.state().catalog_list()),
+            Arc::clone(&static_tables),
+            EmptyContextProvider,
+        )
+        .map_err(|e| Error::Setup(format!("the PostgreSQL catalog tables: {e}")))?,
+    );
+    for udf in [
+        pg::create_current_database_udf(),
+        pg::create_current_schema_udf(),
+        pg::create_current_schemas_udf(),
+        pg::create_pg_get_userbyid_udf(),
+        pg::has_privilege_udf::create_has_privilege_udf("has_table_privilege"),
+        pg::has_privilege_udf::create_has_privilege_udf("has_schema_privilege"),
+        pg::has_privilege_udf::create_has_privilege_udf("has_database_privilege"),
+        pg::has_privilege_udf::create_has_privilege_udf("has_any_column_privilege"),
+        pg::create_pg_table_is_visible(),
+        pg::format_type::create_format_type_udf(),
+        pg::create_session_user_udf(),
+        pg::pg_get_expr_udf::create_pg_get_expr_udf(),
+        pg::create_pg_get_partkeydef_udf(),
+        pg::create_pg_relation_is_publishable_udf(),
+        pg::create_pg_get_statisticsobjdef_columns_udf(),
+        pg::create_pg_encoding_to_char_udf(),
+        pg::create_pg_backend_pid_udf(),
+        pg::create_pg_relation_size_udf(),
+        pg::create_pg_total_relation_size_udf(),
+        pg::create_pg_stat_get_numscans(),
+        pg::create_pg_get_constraintdef(),
+        pg::create_pg_get_partition_ancestors_udf(),
+        pg::quote_ident_udf::create_quote_ident_udf(),
+        pg::quote_ident_udf::create_parse_ident_udf(),
+    ] {
+        ctx.register_udf(udf);
+    }
+    ctx.register_udtf(
+        "pg_get_keywords",
+        Arc::<pg::ArrowTable>::clone(&static_tables.pg_get_keywords),
+    );
     let catalog = ctx
         .catalog(pitwall_lake::CATALOG_NAME)
         .ok_or_else(|| Error::Setup("the lake's catalog is not registered".into()))?;
-    let inner = catalog
-        .schema("pg_catalog")
-        .ok_or_else(|| Error::Setup("pg_catalog was not registered".into()))?;
     catalog.register_schema(
         "pg_catalog",
         Arc::new(PgCatalog {
