@@ -91,8 +91,24 @@ fn plain(q: &Query, sql: &str, limits: &Limits) -> Result<DfStatement> {
     Ok(statement)
 }
 
-fn plan_has_params(plan: &LogicalPlan) -> bool {
-    plan.get_parameter_types().is_ok_and(|t| !t.is_empty())
+impl Described {
+    /// What `plan` answers with and the types of its parameters.
+    fn of(plan: &LogicalPlan) -> Result<Described> {
+        Ok(Described {
+            schema: Arc::new(plan.schema().as_arrow().clone()),
+            params: parameter_types(plan)?,
+        })
+    }
+}
+
+/// `plan` with `params` in place of its `$1`, `$2`, … (as it is when it has none).
+fn with_params(plan: LogicalPlan, params: &ParamValues) -> Result<LogicalPlan> {
+    let has_params = plan.get_parameter_types().is_ok_and(|t| !t.is_empty());
+    Ok(if has_params {
+        plan.replace_params_with_values(params)?
+    } else {
+        plan
+    })
 }
 
 /// Stack of each query thread. Only the pages a query touches are ever committed, so
@@ -222,10 +238,7 @@ impl Engine {
         let sql = sql.to_owned();
         self.within_limits(lake, Flavor::Plain, move |q, limits| async move {
             let plan = q.plan_read_only(plain(&q, &sql, &limits)?).await?;
-            Ok(Described {
-                schema: Arc::new(plan.schema().as_arrow().clone()),
-                params: parameter_types(&plan)?,
-            })
+            Described::of(&plan)
         })
         .await
     }
@@ -237,12 +250,8 @@ impl Engine {
         let sql = sql.to_owned();
         self.within_limits(lake, Flavor::Plain, move |q, limits| async move {
             let plan = q.plan_read_only(plain(&q, &sql, &limits)?).await?;
-            let plan = if plan_has_params(&plan) {
-                plan.replace_params_with_values(&params)?
-            } else {
-                plan
-            };
-            q.run_plan(plan, limits.max_rows).await
+            q.run_plan(with_params(plan, &params)?, limits.max_rows)
+                .await
         })
         .await
     }
@@ -276,10 +285,7 @@ impl Engine {
             let plan = q
                 .plan_read_only(DfStatement::Statement(Box::new(statement)))
                 .await?;
-            Ok(Described {
-                schema: Arc::new(plan.schema().as_arrow().clone()),
-                params: parameter_types(&plan)?,
-            })
+            Described::of(&plan)
         })
         .await
     }
@@ -296,12 +302,8 @@ impl Engine {
             let plan = q
                 .plan_read_only(DfStatement::Statement(Box::new(statement)))
                 .await?;
-            let plan = if plan_has_params(&plan) {
-                plan.replace_params_with_values(&params)?
-            } else {
-                plan
-            };
-            q.run_plan(plan, limits.max_rows).await
+            q.run_plan(with_params(plan, &params)?, limits.max_rows)
+                .await
         })
         .await
     }

@@ -794,17 +794,11 @@ impl FlightBound {
         config: &crate::ServerConfig,
         doors: SqlDoors,
     ) -> Result<Option<Self>, String> {
-        if config.flight_listen.is_empty() {
+        let Some(listener) =
+            crate::bind_door(&config.flight_listen, "server.flight-listen").await?
+        else {
             return Ok(None);
-        }
-        let listener = TcpListener::bind(&config.flight_listen)
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot listen on {} (server.flight-listen): {e}",
-                    config.flight_listen
-                )
-            })?;
+        };
         Ok(Some(FlightBound {
             listener,
             service: FlightSql::new(doors)?,

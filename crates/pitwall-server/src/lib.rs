@@ -410,6 +410,20 @@ pub fn app(config: &ServerConfig, services: Services) -> Result<(Router, SqlDoor
     Ok((router, doors))
 }
 
+/// Binds a SQL door's address (`key` in the config); `None` when it is empty (off).
+pub(crate) async fn bind_door(
+    address: &str,
+    key: &str,
+) -> Result<Option<tokio::net::TcpListener>, String> {
+    if address.is_empty() {
+        return Ok(None);
+    }
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map(Some)
+        .map_err(|e| format!("cannot listen on {address} ({key}): {e}"))
+}
+
 /// What the SQL doors besides HTTP (the PostgreSQL wire protocol, Arrow Flight SQL)
 /// share with the HTTP API: its engine (limits, memory pool, query places), the lake
 /// and the tokens.

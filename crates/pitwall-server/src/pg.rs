@@ -86,17 +86,9 @@ impl PgBound {
         config: &crate::ServerConfig,
         service: PgService,
     ) -> Result<Option<Self>, String> {
-        if config.pg_listen.is_empty() {
+        let Some(listener) = crate::bind_door(&config.pg_listen, "server.pg-listen").await? else {
             return Ok(None);
-        }
-        let listener = tokio::net::TcpListener::bind(&config.pg_listen)
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot listen on {} (server.pg-listen): {e}",
-                    config.pg_listen
-                )
-            })?;
+        };
         let handlers = Arc::new(Handlers {
             query: Arc::new(Queries {
                 parser: Arc::new(Parser {

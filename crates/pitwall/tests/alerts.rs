@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Up, free_port, program};
+use common::{Up, program};
+use pitwall_testkit::free_port;
 
 const T0: i64 = 1_767_225_600_000_000_000;
 

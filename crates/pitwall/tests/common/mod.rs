@@ -2,7 +2,6 @@
 //! in-process bus and Kafka on a real broker), a tansu broker per test, and SQL helpers.
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -62,11 +61,7 @@ pub fn tansu_binary() -> PathBuf {
 
 impl Broker {
     pub fn start(dir: &Path) -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = pitwall_testkit::free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("tansu-{port}.log"));
         let child = Command::new(tansu_binary())
@@ -466,15 +461,6 @@ pub fn python_checks(script: &str, env: &[(&str, String)], checks: usize) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout.matches("ok: ").count(), checks, "{script}: {stdout}");
-}
-
-/// A loopback port free a moment ago, for a server the test starts.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The path of an external program the tests need (`env` overrides `default`); fails,
