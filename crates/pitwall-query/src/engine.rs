@@ -41,6 +41,9 @@ use tokio::sync::Semaphore;
 
 use crate::{Answer, Error, Flavor, Query, Result};
 
+/// A table of the lake: its schema (namespace), its name and, when asked, its columns.
+pub type LakeTableInfo = (String, String, Option<arrow::datatypes::SchemaRef>);
+
 /// What a statement answers with, planned but not run ([`Engine::describe_postgres`]).
 #[derive(Debug, Clone)]
 pub struct Described {
@@ -252,6 +255,36 @@ impl Engine {
             let plan = q.plan_read_only(plain(&q, &sql, &limits)?).await?;
             q.run_plan(with_params(plan, &params)?, limits.max_rows)
                 .await
+        })
+        .await
+    }
+
+    /// The lake's tables as `(schema, table, columns)`, in order, in one session; the
+    /// columns only `with_columns` (they load each table). For catalog listings.
+    pub async fn tables(&self, lake: &Lake, with_columns: bool) -> Result<Vec<LakeTableInfo>> {
+        self.within_limits(lake, Flavor::Plain, move |q, _| async move {
+            let catalog = q
+                .ctx
+                .catalog(pitwall_lake::CATALOG_NAME)
+                .ok_or_else(|| Error::Setup("the lake's catalog is not registered".into()))?;
+            let mut schemas = catalog.schema_names();
+            schemas.sort();
+            let mut out = Vec::new();
+            for name in schemas.into_iter().filter(|s| s != "information_schema") {
+                let Some(schema) = catalog.schema(&name) else {
+                    continue;
+                };
+                let mut tables = schema.table_names();
+                tables.sort();
+                for table in tables {
+                    let columns = match with_columns {
+                        true => schema.table(&table).await?.map(|t| t.schema()),
+                        false => None,
+                    };
+                    out.push((name.clone(), table, columns));
+                }
+            }
+            Ok(out)
         })
         .await
     }

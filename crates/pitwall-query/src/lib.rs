@@ -26,7 +26,7 @@ mod scan;
 
 pub use datafusion::common::ParamValues;
 pub use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-pub use engine::{Described, Engine, Limits, guard};
+pub use engine::{Described, Engine, LakeTableInfo, Limits, guard};
 
 /// Query errors.
 #[derive(Debug, thiserror::Error)]

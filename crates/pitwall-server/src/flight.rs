@@ -176,46 +176,16 @@ impl FlightSql {
         Ok(stream(answer.schema, answer.batches))
     }
 
-    /// The lake's tables as (schema, table), in order.
-    async fn tables(&self) -> Result<Vec<(String, String)>, Status> {
-        let answer = self
-            .doors
+    /// The lake's tables as (schema, table, columns if asked), in order.
+    async fn tables(
+        &self,
+        with_columns: bool,
+    ) -> Result<Vec<pitwall_query::LakeTableInfo>, Status> {
+        self.doors
             .engine
-            .run(
-                self.lake()?,
-                &format!(
-                    "SELECT table_schema, table_name FROM information_schema.tables \
-                     WHERE table_catalog = '{CATALOG}' AND table_schema <> 'information_schema' \
-                     ORDER BY table_schema, table_name"
-                ),
-                ParamValues::List(Vec::new()),
-            )
+            .tables(self.lake()?, with_columns)
             .await
-            .map_err(|e| status(&e))?;
-        let mut out = Vec::new();
-        for b in &answer.batches {
-            // As Utf8 whatever string type information_schema answers in.
-            let text = |i: usize| {
-                arrow::compute::cast(b.column(i), &DataType::Utf8)
-                    .map_err(|e| Status::internal(e.to_string()))
-            };
-            let (schemas, names) = (text(0)?, text(1)?);
-            let (Some(schemas), Some(names)) = (
-                schemas.as_any().downcast_ref::<StringArray>(),
-                names.as_any().downcast_ref::<StringArray>(),
-            ) else {
-                return Err(Status::internal(
-                    "information_schema.tables answered no strings",
-                ));
-            };
-            out.extend(
-                schemas
-                    .iter()
-                    .zip(names.iter())
-                    .filter_map(|(s, n)| Some((s?.to_owned(), n?.to_owned()))),
-            );
-        }
-        Ok(out)
+            .map_err(|e| status(&e))
     }
 }
 
@@ -553,10 +523,10 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         self.check(request.metadata())?;
-        let tables = self.tables().await?;
+        let tables = self.tables(false).await?;
         let mut builder = query.into_builder();
         let mut last = None;
-        for (schema, _) in &tables {
+        for (schema, _, _) in &tables {
             if last != Some(schema) {
                 builder.append(CATALOG, schema);
                 last = Some(schema);
@@ -584,16 +554,10 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         self.check(request.metadata())?;
-        let include_schema = query.include_schema;
-        let tables = self.tables().await?;
+        let tables = self.tables(query.include_schema).await?;
         let mut builder = query.into_builder();
-        for (schema, table) in &tables {
-            let columns = if include_schema {
-                let sql = format!("SELECT * FROM \"{schema}\".\"{table}\"");
-                self.describe(&sql).await?.0
-            } else {
-                Arc::new(Schema::empty())
-            };
+        for (schema, table, columns) in &tables {
+            let columns = columns.clone().unwrap_or_else(|| Arc::new(Schema::empty()));
             builder
                 .append(CATALOG, schema, table, "TABLE", &columns)
                 .map_err(|e| Status::internal(e.to_string()))?;
