@@ -461,25 +461,28 @@ impl Outbox {
         loop {
             // Checked before reading: once a later segment exists, this one is complete.
             let later = segments(&self.dir)?.into_iter().find(|&s| s > from.segment);
-            let mut text = Vec::new();
+            let mut out = Vec::new();
+            let mut at = from;
             match File::open(segment_path(&self.dir, from.segment)) {
                 Ok(mut f) => {
+                    // Only the lines asked for are read, not the rest of the segment.
                     f.seek(SeekFrom::Start(from.offset))?;
-                    f.take(2 * SEGMENT_BYTES).read_to_end(&mut text)?;
+                    let mut lines = std::io::BufReader::new(f.take(2 * SEGMENT_BYTES));
+                    let mut line = Vec::new();
+                    while out.len() < max {
+                        line.clear();
+                        std::io::BufRead::read_until(&mut lines, b'\n', &mut line)?;
+                        if !line.ends_with(b"\n") {
+                            break;
+                        }
+                        at.offset += line.len() as u64;
+                        let episode = serde_json::from_slice::<Episode>(&line)
+                            .map_err(|_| String::from_utf8_lossy(&line).trim_end().to_owned());
+                        out.push((episode, at));
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
-            }
-            let mut out = Vec::new();
-            let mut at = from;
-            for line in text.split_inclusive(|&b| b == b'\n') {
-                if out.len() == max || !line.ends_with(b"\n") {
-                    break;
-                }
-                at.offset += line.len() as u64;
-                let episode = serde_json::from_slice::<Episode>(line)
-                    .map_err(|_| String::from_utf8_lossy(line).trim_end().to_owned());
-                out.push((episode, at));
             }
             match later {
                 Some(next) if out.is_empty() => {
