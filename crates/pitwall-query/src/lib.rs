@@ -22,6 +22,7 @@ use pitwall_lake::Lake;
 mod engine;
 mod parse;
 pub mod postgres;
+mod predicate;
 mod scan;
 
 pub use datafusion::common::ParamValues;

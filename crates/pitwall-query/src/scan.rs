@@ -36,7 +36,6 @@ use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
-use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 use pitwall_lake::Lake;
 
 /// Files each partition opens at once: overlaps one file's footer read with another's
@@ -231,7 +230,9 @@ impl TableProvider for LakeTable {
             Some(_) => builder.select(schema.fields().iter().map(|f| f.name().clone())),
             None => builder.select_all(),
         };
-        if let Some(predicate) = convert_filters_to_predicate(filters) {
+        if let Some(predicate) =
+            crate::predicate::to_predicate(self.table.metadata().current_schema(), filters)
+        {
             builder = builder.with_filter(predicate);
         }
         let tasks: Vec<FileScanTask> = builder
