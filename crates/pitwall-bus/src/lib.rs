@@ -104,20 +104,7 @@ pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     (murmur2(key) & 0x7fff_ffff) as u32 % partitions.max(1)
 }
 
-/// One message on a topic.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// Partition it is in.
-    pub partition: u32,
-    /// Position in the partition, from 0.
-    pub offset: i64,
-    /// The key (a source id), if any.
-    pub key: Option<Bytes>,
-    /// The payload.
-    pub payload: Bytes,
-    /// When the bus accepted it, ns since the epoch.
-    pub timestamp: i64,
-}
+pub use pitwall_core::Message;
 
 /// Bus errors, each saying what to do.
 #[derive(Debug, thiserror::Error)]

@@ -10,11 +10,14 @@ pub mod fastf1;
 pub mod json;
 pub mod line_protocol;
 pub mod map;
+mod message;
 mod point;
 pub mod record;
 
 pub use map::{Name, SortedMap};
-pub use point::{FieldValue, Point, Precision};
+pub use message::{Message, now_ns};
+pub use point::{FieldType, FieldValue, Point, Precision};
+pub use record::{Checkpoint, Outputs, RejectKind};
 
 /// What went wrong while decoding input, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -216,3 +216,42 @@ impl std::str::FromStr for Precision {
         }
     }
 }
+
+/// The column type a field has in its clean table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// 64-bit float.
+    Float,
+    /// Signed 64-bit integer.
+    Int,
+    /// Unsigned integer (stored as a signed 64-bit column).
+    UInt,
+    /// Boolean.
+    Bool,
+    /// String.
+    Str,
+}
+
+impl FieldType {
+    /// The type of a value.
+    pub fn of(v: &FieldValue) -> Self {
+        match v {
+            FieldValue::F64(_) => FieldType::Float,
+            FieldValue::I64(_) => FieldType::Int,
+            FieldValue::U64(_) => FieldType::UInt,
+            FieldValue::Bool(_) => FieldType::Bool,
+            FieldValue::Str(_) => FieldType::Str,
+        }
+    }
+
+    /// The type in words, for errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::Float => "float",
+            FieldType::Int => "integer",
+            FieldType::UInt => "unsigned integer",
+            FieldType::Bool => "boolean",
+            FieldType::Str => "string",
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::Name;
+use crate::{Name, Point};
 use serde::Serialize;
 
 /// Where a message came from on the bus: enough to find it again and to resume after it.
@@ -46,8 +46,44 @@ pub struct RejectRecord {
     /// The payload bytes, unchanged.
     #[serde(serialize_with = "as_text")]
     pub payload: Bytes,
+    /// What kind of fault it was (a metric label; not stored).
+    #[serde(skip)]
+    pub kind: RejectKind,
     /// Why it was rejected, in words.
     pub reason: String,
+}
+
+/// The kind of fault that rejected a payload: a few fixed words for metrics, where the
+/// reason's text (which names fields and values) would make a label per client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RejectKind {
+    /// Not JSON or line protocol, or not the shape of a point.
+    Decode,
+    /// No tag names the source.
+    NoSource,
+    /// The time is out of range or too far ahead.
+    BadTime,
+    /// A unit conversion could not apply.
+    Unit,
+    /// A value of another type than its column, or a tag named like a field.
+    TypeConflict,
+    /// Anything else: names, limits, a table that would not commit.
+    #[default]
+    Invalid,
+}
+
+impl RejectKind {
+    /// The kind as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectKind::Decode => "decode",
+            RejectKind::NoSource => "no_source",
+            RejectKind::BadTime => "bad_time",
+            RejectKind::Unit => "unit",
+            RejectKind::TypeConflict => "type_conflict",
+            RejectKind::Invalid => "invalid",
+        }
+    }
 }
 
 /// One aggregate of one numeric field over one window of one source (`metrics.windows`).
@@ -295,5 +331,65 @@ mod tests {
             let reference = to_json(&w);
             prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&reference));
         }
+    }
+}
+
+/// How far a partition has been processed, and how to rebuild its state from there: a
+/// replay that starts at `replay_from` with the largest event time set to `max_time`
+/// reaches, at `next`, exactly the state this processor has now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The next offset to process.
+    pub next: i64,
+    /// The earliest offset the open state depends on (`next` when there is none).
+    pub replay_from: i64,
+    /// The partition's largest event time just before `replay_from`.
+    pub max_time: i64,
+}
+
+/// Everything the processor derived from a run of messages, one list per lake table.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outputs {
+    /// Every payload as received.
+    pub raw: Vec<RawRecord>,
+    /// Valid, normalized points.
+    pub clean: Vec<Point>,
+    /// Window aggregates that closed.
+    pub windows: Vec<WindowRecord>,
+    /// Anomaly episodes that started.
+    pub anomalies: Vec<AnomalyRecord>,
+    /// Payloads that were not valid points.
+    pub rejects: Vec<RejectRecord>,
+    /// Valid points that arrived too late for their window.
+    pub late: Vec<LateRecord>,
+    /// Points identical to one already taken (a client's retry): kept in `raw` only.
+    pub duplicates: u64,
+}
+
+impl Outputs {
+    /// Total records of every kind.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+            + self.clean.len()
+            + self.windows.len()
+            + self.anomalies.len()
+            + self.rejects.len()
+            + self.late.len()
+    }
+
+    /// True if nothing was derived.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves everything from `other` to the end of `self`.
+    pub fn append(&mut self, other: &mut Outputs) {
+        self.raw.append(&mut other.raw);
+        self.clean.append(&mut other.clean);
+        self.windows.append(&mut other.windows);
+        self.anomalies.append(&mut other.anomalies);
+        self.rejects.append(&mut other.rejects);
+        self.late.append(&mut other.late);
+        self.duplicates += std::mem::take(&mut other.duplicates);
     }
 }

@@ -27,7 +27,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
-use pitwall_stream::FieldType;
+use pitwall_core::FieldType;
 use serde::{Deserialize, Serialize};
 
 pub use commit::{Claim, Rewritten};

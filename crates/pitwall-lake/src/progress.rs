@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use pitwall_stream::{Checkpoint, Outputs};
+use pitwall_core::{Checkpoint, Outputs};
 use serde::{Deserialize, Serialize};
 
 /// Snapshot summary key holding each partition's [`Progress`] as JSON.

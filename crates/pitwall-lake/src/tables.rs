@@ -2,7 +2,7 @@
 
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
 use iceberg::{NamespaceIdent, TableIdent};
-use pitwall_stream::FieldType;
+use pitwall_core::FieldType;
 
 use crate::{Error, Result};
 

@@ -26,8 +26,8 @@ use parquet::file::properties::WriterProperties;
 use pitwall_core::record::{
     AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord,
 };
+use pitwall_core::{Checkpoint, FieldType, Outputs};
 use pitwall_core::{FieldValue, Name, Point};
-use pitwall_stream::{Checkpoint, FieldType, Outputs};
 
 use crate::progress::{PROGRESS_PROPERTY, Progress, ResumePlan, clean_table, names};
 use crate::tables::Fixed;
@@ -929,9 +929,7 @@ impl LakeWriter {
     /// (each point as JSON, with `reason`); returns how many. A replay after a crash
     /// before the rejects commit rebuilds them, so they are kept at least once.
     fn quarantine(&mut self, measurement: &str, reason: &str) -> usize {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let now = pitwall_core::now_ns();
         let mut moved = 0;
         for (p, b) in &mut self.parts {
             let Some(pending) = b.clean.remove(measurement) else {
@@ -953,6 +951,7 @@ impl LakeWriter {
                     payload: pitwall_core::json::encode(point)
                         .map(Bytes::from)
                         .unwrap_or_default(),
+                    kind: pitwall_core::RejectKind::Invalid,
                     reason: reason.to_owned(),
                 })
                 .collect();

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{Place, T0, feed, local, open, raw, raw_offsets, rest, shared};
+use pitwall_core::Checkpoint;
 use pitwall_lake::{Error, Fixed, LakeWriter, QUARANTINE_AFTER};
-use pitwall_stream::Checkpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_racing_on_disjoint_partitions_all_land() {

@@ -42,7 +42,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use pitwall_core::{Point, Precision, json, line_protocol};
+use pitwall_core::{Point, Precision, json, line_protocol, now_ns};
 use pitwall_stream::ProcessorConfig;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -665,12 +665,6 @@ fn precision(p: Option<&str>) -> Result<Precision, Reject> {
             format!("precision {other:?} is not one of ns, us, ms, s, m, h"),
         )),
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// A rejected line or metric: where and why.

@@ -167,9 +167,7 @@ impl LiveHub {
             measurement,
             source,
             data,
-            received_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            received_ms: pitwall_core::now_ns() / 1_000_000,
         });
         {
             let mut recent = self

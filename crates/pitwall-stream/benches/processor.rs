@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pitwall_bus::Message;
+use pitwall_core::Message;
 use pitwall_core::record::AnomalyRecord;
 use pitwall_core::{Point, Precision, json, line_protocol};
 use pitwall_sim::{Race, RaceConfig, Simulator};

@@ -19,8 +19,9 @@ pub use config::{BaselineMethod, ProcessorConfig, RuleConfig, Severity, WindowCo
 pub use enrich::{
     DimensionConfig, DistanceKind, Enricher, LapConfig, TrackConfig, Unit, UnitConfig,
 };
-pub use normalize::{FieldType, MAX_NAME_BYTES, SchemaLimits, SchemaRegistry, normalize_names};
-pub use processor::{Checkpoint, EARLIEST, Outputs, Processor, TICK_KEY, check_time, tick_payload};
+pub use normalize::{MAX_NAME_BYTES, SchemaLimits, SchemaRegistry, normalize_names};
+pub use pitwall_core::{Checkpoint, FieldType, Outputs};
+pub use processor::{EARLIEST, Processor, TICK_KEY, check_time, tick_payload};
 
 /// Processor errors.
 #[derive(Debug, thiserror::Error)]

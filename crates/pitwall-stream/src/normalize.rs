@@ -3,44 +3,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use pitwall_core::{FieldValue, Point};
+use pitwall_core::{FieldType, FieldValue, Point, RejectKind};
 
-/// The column type a field has in its clean table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldType {
-    /// 64-bit float.
-    Float,
-    /// Signed 64-bit integer.
-    Int,
-    /// Unsigned integer (stored as a signed 64-bit column).
-    UInt,
-    /// Boolean.
-    Bool,
-    /// String.
-    Str,
+/// Why a point does not fit its table: the kind and the reason in words.
+pub type Conflict = (RejectKind, String);
+
+fn invalid(reason: String) -> Conflict {
+    (RejectKind::Invalid, reason)
 }
 
-impl FieldType {
-    /// The type of a value.
-    pub fn of(v: &FieldValue) -> Self {
-        match v {
-            FieldValue::F64(_) => FieldType::Float,
-            FieldValue::I64(_) => FieldType::Int,
-            FieldValue::U64(_) => FieldType::UInt,
-            FieldValue::Bool(_) => FieldType::Bool,
-            FieldValue::Str(_) => FieldType::Str,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            FieldType::Float => "float",
-            FieldType::Int => "integer",
-            FieldType::UInt => "unsigned integer",
-            FieldType::Bool => "boolean",
-            FieldType::Str => "string",
-        }
-    }
+fn conflict(reason: String) -> Conflict {
+    (RejectKind::TypeConflict, reason)
 }
 
 /// Tables and columns writes may create (`lake.max-tables`, `lake.max-columns`): one
@@ -140,19 +113,19 @@ impl SchemaRegistry {
     /// Brings every field of `point` to its registered type, registering new fields.
     /// Integers become floats in float columns, integral floats become integers in
     /// integer columns; anything else is an error that says which field and why.
-    pub fn conform(&self, point: &mut Point) -> Result<(), String> {
-        check_unsigned(point)?;
+    pub fn conform(&self, point: &mut Point) -> Result<(), Conflict> {
+        check_unsigned(point).map_err(invalid)?;
         {
             let g = self
                 .inner
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(known) = g.get(&point.measurement) {
-                check_tags(point, |name| known.get(name).copied())?;
+                check_tags(point, |name| known.get(name).copied()).map_err(conflict)?;
                 let mut all_known = point.tags.keys().all(|k| known.contains_key(k.as_str()));
                 for (name, value) in &mut point.fields {
                     match known.get(name.as_str()) {
-                        Some(&t) => coerce(name, value, t)?,
+                        Some(&t) => coerce(name, value, t).map_err(conflict)?,
                         None => all_known = false,
                     }
                 }
@@ -166,16 +139,19 @@ impl SchemaRegistry {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !g.contains_key(&point.measurement) && g.len() >= self.limits.max_tables {
-            return Err(too_many_tables(&point.measurement, self.limits.max_tables));
+            return Err(invalid(too_many_tables(
+                &point.measurement,
+                self.limits.max_tables,
+            )));
         }
         let known = g.entry(point.measurement.clone()).or_default();
         // Checked again under the write lock: another partition may have registered
         // these names meanwhile.
-        check_tags(point, |name| known.get(name).copied())?;
+        check_tags(point, |name| known.get(name).copied()).map_err(conflict)?;
         let mut added = Vec::new();
         for (name, value) in &mut point.fields {
             match known.get(name.as_str()) {
-                Some(&t) => coerce(name, value, t)?,
+                Some(&t) => coerce(name, value, t).map_err(conflict)?,
                 None => added.push((name.to_string(), FieldType::of(value))),
             }
         }
@@ -189,10 +165,10 @@ impl SchemaRegistry {
             if empty {
                 g.remove(&point.measurement);
             }
-            return Err(too_many_columns(
+            return Err(invalid(too_many_columns(
                 &point.measurement,
                 self.limits.max_columns,
-            ));
+            )));
         }
         known.extend(added);
         Ok(())
@@ -264,8 +240,8 @@ impl LocalSchemas {
     }
 
     /// [`SchemaRegistry::conform`], answered from the copy when it knows every field.
-    pub fn conform(&mut self, point: &mut Point) -> Result<(), String> {
-        check_unsigned(point)?;
+    pub fn conform(&mut self, point: &mut Point) -> Result<(), Conflict> {
+        check_unsigned(point).map_err(invalid)?;
         if let Some(known) = self.known.get(point.measurement.as_str()) {
             let mut all_known = true;
             let mut k = known.iter().peekable();
@@ -287,7 +263,7 @@ impl LocalSchemas {
                 }
                 while k.next_if(|(n, _)| n < name).is_some() {}
                 match k.peek() {
-                    Some((n, t)) if n == name => coerce(name, value, *t)?,
+                    Some((n, t)) if n == name => coerce(name, value, *t).map_err(conflict)?,
                     _ => {
                         all_known = false;
                         break;
@@ -483,7 +459,7 @@ mod tests {
         assert_eq!(p.fields["rpm"], FieldValue::I64(7));
         let mut p = Point::new("m", 0).field("rpm", FieldValue::F64(7.5));
         assert_eq!(
-            reg.conform(&mut p).unwrap_err(),
+            reg.conform(&mut p).unwrap_err().1,
             "field \"rpm\" is a float (7.5), but the table stores it as integer"
         );
         let mut p = Point::new("m", 0).field("rpm", FieldValue::Str("x".into()));
@@ -492,6 +468,7 @@ mod tests {
         assert!(
             reg.conform(&mut p)
                 .unwrap_err()
+                .1
                 .contains("above the largest integer")
         );
     }
@@ -518,7 +495,7 @@ mod tests {
         );
         let mut p = Point::new("m", 0).field("rpm", FieldValue::F64(7.5));
         assert_eq!(
-            a.conform(&mut p).unwrap_err(),
+            a.conform(&mut p).unwrap_err().1,
             "field \"rpm\" is a float (7.5), but the table stores it as integer"
         );
         // A field another copy registered meanwhile: this copy learns its type.
@@ -530,12 +507,14 @@ mod tests {
         assert!(
             a.conform(&mut p)
                 .unwrap_err()
+                .1
                 .contains("stores it as boolean")
         );
         let mut p = Point::new("m", 0).field("rpm", FieldValue::U64(u64::MAX));
         assert!(
             a.conform(&mut p)
                 .unwrap_err()
+                .1
                 .contains("above the largest integer")
         );
         assert_eq!(reg.fields("m").len(), 3);
@@ -561,14 +540,15 @@ mod tests {
         let mut p = Point::new("car", 0)
             .tag("speed_kph", "fast")
             .field("rpm", FieldValue::F64(1.0));
-        let e = reg.conform(&mut p.clone()).unwrap_err();
+        let (kind, e) = reg.conform(&mut p.clone()).unwrap_err();
+        assert_eq!(kind, RejectKind::TypeConflict);
         assert_eq!(
             e,
             "tag \"speed_kph\": the table clean.car holds \"speed_kph\" as a float field; rename the tag"
         );
         assert_eq!(
             local.conform(&mut p).unwrap_err(),
-            e,
+            (kind, e.clone()),
             "the processor's copy says the same"
         );
         assert_eq!(
@@ -597,14 +577,16 @@ mod tests {
             local
                 .conform(&mut p)
                 .unwrap_err()
+                .1
                 .contains("holds \"team\" as a float field")
         );
         // Columns: car has speed_kph, driver, rpm, team = 4, the limit.
         let mut p = Point::new("car", 0)
             .tag("driver", "VER")
             .field("gear", FieldValue::I64(3));
-        let e = local.conform(&mut p).unwrap_err();
+        let (kind, e) = local.conform(&mut p).unwrap_err();
         assert!(e.contains("lake.max-columns"), "{e}");
+        assert_eq!(kind, RejectKind::Invalid);
         assert!(reg.check(&p).unwrap_err().contains("lake.max-columns"));
         // Tables: car and one more.
         let mut p = Point::new("sensor", 0)
@@ -615,7 +597,12 @@ mod tests {
             .tag("host", "h")
             .field("u", FieldValue::F64(1.0));
         assert!(reg.check(&p).unwrap_err().contains("lake.max-tables"));
-        assert!(reg.conform(&mut p).unwrap_err().contains("lake.max-tables"));
+        assert!(
+            reg.conform(&mut p)
+                .unwrap_err()
+                .1
+                .contains("lake.max-tables")
+        );
         assert_eq!(reg.inner.read().unwrap().len(), 2);
         // A table whose first point is over the column limit is not left behind.
         let reg = SchemaRegistry::with_limits(SchemaLimits {

@@ -3,77 +3,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use pitwall_bus::Message;
-use pitwall_core::record::{
-    AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord,
-};
-use pitwall_core::{Name, Point, Precision, json};
+use pitwall_core::record::{LateRecord, Origin, RawRecord, RejectRecord};
+use pitwall_core::{Checkpoint, Message, Name, Outputs, Point, Precision, RejectKind, json};
 
 use crate::config::ProcessorConfig;
 use crate::enrich::Enricher;
 use crate::normalize::{LocalSchemas, SchemaRegistry, normalize_names};
 use crate::rules::RuleEngine;
 use crate::window::{Mark, WindowOperator};
-
-/// How far a partition has been processed, and how to rebuild its state from there: a
-/// replay that starts at `replay_from` with the largest event time set to `max_time`
-/// reaches, at `next`, exactly the state this processor has now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Checkpoint {
-    /// The next offset to process.
-    pub next: i64,
-    /// The earliest offset the open state depends on (`next` when there is none).
-    pub replay_from: i64,
-    /// The partition's largest event time just before `replay_from`.
-    pub max_time: i64,
-}
-
-/// Everything the processor derived from a run of messages, one list per lake table.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Outputs {
-    /// Every payload as received.
-    pub raw: Vec<RawRecord>,
-    /// Valid, normalized points.
-    pub clean: Vec<Point>,
-    /// Window aggregates that closed.
-    pub windows: Vec<WindowRecord>,
-    /// Anomaly episodes that started.
-    pub anomalies: Vec<AnomalyRecord>,
-    /// Payloads that were not valid points.
-    pub rejects: Vec<RejectRecord>,
-    /// Valid points that arrived too late for their window.
-    pub late: Vec<LateRecord>,
-    /// Points identical to one already taken (a client's retry): kept in `raw` only.
-    pub duplicates: u64,
-}
-
-impl Outputs {
-    /// Total records of every kind.
-    pub fn len(&self) -> usize {
-        self.raw.len()
-            + self.clean.len()
-            + self.windows.len()
-            + self.anomalies.len()
-            + self.rejects.len()
-            + self.late.len()
-    }
-
-    /// True if nothing was derived.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Moves everything from `other` to the end of `self`.
-    pub fn append(&mut self, other: &mut Outputs) {
-        self.raw.append(&mut other.raw);
-        self.clean.append(&mut other.clean);
-        self.windows.append(&mut other.windows);
-        self.anomalies.append(&mut other.anomalies);
-        self.rejects.append(&mut other.rejects);
-        self.late.append(&mut other.late);
-        self.duplicates += std::mem::take(&mut other.duplicates);
-    }
-}
 
 fn nanos(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
@@ -547,11 +484,12 @@ impl Processor {
         });
         let (point, source_id) = match self.validate(msg) {
             Ok(v) => v,
-            Err(reason) => {
+            Err((kind, reason)) => {
                 out.rejects.push(RejectRecord {
                     origin,
                     ingest_time: msg.timestamp,
                     payload: msg.payload.clone(),
+                    kind,
                     reason,
                 });
                 return;
@@ -669,22 +607,29 @@ impl Processor {
     }
 
     /// Decodes, validates and normalizes a payload; the error is the reject reason.
-    fn validate(&mut self, msg: &Message) -> Result<(Point, Name), String> {
-        let mut point =
-            json::decode(&msg.payload, msg.timestamp, Precision::S).map_err(|e| e.to_string())?;
-        normalize_names(&mut point)?;
-        self.enricher.apply(&mut point)?;
+    fn validate(&mut self, msg: &Message) -> Result<(Point, Name), (RejectKind, String)> {
+        let kind = |k| move |e: String| (k, e);
+        let mut point = json::decode(&msg.payload, msg.timestamp, Precision::S)
+            .map_err(|e| (RejectKind::Decode, e.to_string()))?;
+        normalize_names(&mut point).map_err(kind(RejectKind::Invalid))?;
+        self.enricher
+            .apply(&mut point)
+            .map_err(kind(RejectKind::Unit))?;
         let source_id = match self.config.source_id(&point) {
             Some(s) => Name::from(s),
             None => {
-                return Err(format!(
-                    "measurement {:?} has no {:?} tag, which identifies its source",
-                    point.measurement,
-                    self.config.source_tag(&point.measurement)
+                return Err((
+                    RejectKind::NoSource,
+                    format!(
+                        "measurement {:?} has no {:?} tag, which identifies its source",
+                        point.measurement,
+                        self.config.source_tag(&point.measurement)
+                    ),
                 ));
             }
         };
-        check_time(point.time, msg.timestamp, self.config.max_future)?;
+        check_time(point.time, msg.timestamp, self.config.max_future)
+            .map_err(kind(RejectKind::BadTime))?;
         self.schemas.conform(&mut point)?;
         Ok((point, source_id))
     }

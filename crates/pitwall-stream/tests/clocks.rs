@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pitwall_bus::Message;
+use pitwall_core::Message;
 use pitwall_core::{FieldValue, Point, json};
 use pitwall_sim::{Fleet, IotConfig, Mixed, Race, RaceConfig, Simulator};
 use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry};

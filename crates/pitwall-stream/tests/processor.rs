@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pitwall_bus::Message;
+use pitwall_core::Message;
 use pitwall_core::record::Phase;
 use pitwall_core::{FieldValue, Point, json};
 use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry};
@@ -380,6 +380,27 @@ fn bad_payloads_are_rejects_with_their_reason() {
     // The fourth is valid on its own (a string field) and defines the field's type.
     assert_eq!(out.clean.len(), 1);
     assert_eq!(out.raw.len(), 4);
+    // A number for that string field, and a payload that is not JSON.
+    p.process(
+        &bad(
+            4,
+            "{\"measurement\":\"sensor\",\"tags\":{\"sensor_id\":\"x\"},\"fields\":{\"t\":1.5}}",
+        ),
+        &mut out,
+    );
+    p.process(&bad(5, "sensor,sensor_id=x t=1.5"), &mut out);
+    // Each reject carries its kind, the label metrics count it under.
+    let kinds: Vec<&str> = out.rejects.iter().map(|r| r.kind.label()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "no_source",
+            "bad_time",
+            "bad_time",
+            "type_conflict",
+            "decode"
+        ]
+    );
 }
 
 /// A point five years ahead of when it was received is a reject and moves nothing: the

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pitwall_bus::Message;
+use pitwall_core::Message;
 use pitwall_core::record::Phase;
 use pitwall_core::{Point, json};
 use pitwall_sim::{Fleet, IotConfig, Mixed, Race, RaceConfig, Simulator};

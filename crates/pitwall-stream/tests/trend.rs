@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pitwall_bus::Message;
+use pitwall_core::Message;
 use pitwall_core::json;
 use pitwall_core::record::{AnomalyRecord, Phase};
 use pitwall_sim::{FaultKind, InjectedFault, Race, RaceConfig, Simulator};

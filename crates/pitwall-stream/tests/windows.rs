@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pitwall_bus::Message;
+use pitwall_core::Message;
 use pitwall_core::record::WindowRecord;
 use pitwall_core::{FieldValue, Point, json};
 use pitwall_stream::config::{MeasurementConfig, WindowConfig};

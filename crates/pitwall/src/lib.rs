@@ -822,11 +822,7 @@ fn cancel_after(cancel: &CancellationToken, duration: Option<Duration>) {
     }
 }
 
-pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
+pub(crate) use pitwall_core::now_ns;
 
 async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut config = args

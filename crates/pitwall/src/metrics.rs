@@ -34,27 +34,10 @@ pub(crate) fn export(stats: &Arc<Stats>) {
     });
 }
 
-/// The kind of a reject reason, as a label: a few fixed words, never the text itself.
-pub(crate) fn reject_kind(reason: &str) -> &'static str {
-    if reason.starts_with("JSON") || reason.starts_with("line ") {
-        "decode"
-    } else if reason.contains("which identifies its source") {
-        "no_source"
-    } else if reason.starts_with("time ") {
-        "bad_time"
-    } else if reason.contains("unit conversion") {
-        "unit"
-    } else if reason.contains("type") {
-        "type_conflict"
-    } else {
-        "invalid"
-    }
-}
-
 /// Counts rejects by kind of reason.
-pub(crate) fn rejects(reasons: impl Iterator<Item = impl AsRef<str>>) {
-    for r in reasons {
-        counter!("pitwall_rejects_total", "stage" => "process", "reason" => reject_kind(r.as_ref())).increment(1);
+pub(crate) fn rejects(kinds: impl Iterator<Item = pitwall_core::RejectKind>) {
+    for k in kinds {
+        counter!("pitwall_rejects_total", "stage" => "process", "reason" => k.label()).increment(1);
     }
 }
 
@@ -65,9 +48,7 @@ pub(crate) fn partition(topic: &str, partition: u32, lag: Option<i64>, watermark
         gauge!("pitwall_consumer_lag_messages", "topic" => topic.to_owned(), "partition" => p.clone()).set(lag.max(0) as f64);
     }
     if watermark_ns > i64::MIN / 2 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
+        let now = pitwall_core::now_ns();
         gauge!("pitwall_watermark_lag_seconds", "partition" => p)
             .set((now - watermark_ns) as f64 / 1e9);
     }

@@ -1347,7 +1347,7 @@ pub(crate) fn count(stats: &Stats, o: &Outputs) {
     stats
         .clean
         .fetch_add(o.clean.len() as u64, Ordering::Relaxed);
-    crate::metrics::rejects(o.rejects.iter().map(|r| r.reason.as_str()));
+    crate::metrics::rejects(o.rejects.iter().map(|r| r.kind));
     stats.late.fetch_add(o.late.len() as u64, Ordering::Relaxed);
     stats
         .windows

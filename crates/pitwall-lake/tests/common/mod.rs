@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use pitwall_core::record::{Origin, RawRecord};
+use pitwall_core::{Checkpoint, Outputs};
 use pitwall_lake::{Fixed, Lake, LakeConfig, LakeWriter, committed_offsets};
-use pitwall_stream::{Checkpoint, Outputs};
 
 pub const T0: i64 = 1_767_225_600_000_000_000;
 
