@@ -32,8 +32,9 @@ use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, NamespaceIdent, TableIdent};
 use sqlx::AnyPool;
 
-use crate::progress::{PROGRESS_PROPERTY, Progress};
-use crate::writer::{OFFSETS_PROPERTY, committed_offsets, committed_progress};
+use crate::progress::{
+    OFFSETS_PROPERTY, PROGRESS_PROPERTY, Progress, committed_offsets, committed_progress,
+};
 use crate::{Error, Result};
 
 /// How many times a commit is retried after losing a compare-and-set race.

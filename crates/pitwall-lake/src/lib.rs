@@ -32,14 +32,12 @@ use serde::{Deserialize, Serialize};
 
 pub use commit::{Claim, Rewritten};
 pub use maintain::{Compacted, Expired, MaintenanceConfig};
+pub use progress::{OFFSETS_PROPERTY, committed_offsets, committed_progress};
 pub use progress::{Progress, ResumePlan, TableProgress};
 pub use rest::RestConfig;
 pub use storage::S3Config;
 pub use tables::Fixed;
-pub use writer::{
-    CommitStats, LakeWriter, OFFSETS_PROPERTY, QUARANTINE_AFTER, Round, committed_offsets,
-    committed_progress,
-};
+pub use writer::{CommitStats, LakeWriter, QUARANTINE_AFTER, Round};
 
 /// Lake errors; each says what failed and what to do. Causes are part of the message
 /// rather than a `source`, so an error chain does not print them twice.

@@ -17,11 +17,16 @@
 
 use std::collections::BTreeMap;
 
+use iceberg::table::Table;
 use pitwall_core::{Checkpoint, Outputs};
 use serde::{Deserialize, Serialize};
 
 /// Snapshot summary key holding each partition's [`Progress`] as JSON.
 pub const PROGRESS_PROPERTY: &str = "pitwall.progress";
+
+/// Snapshot summary key holding the bus offsets a commit covers, as JSON:
+/// `{"telemetry.raw/0": 1234, …}` where each value is the next offset to read.
+pub const OFFSETS_PROPERTY: &str = "pitwall.offsets";
 
 /// Name of the clean table of `measurement`.
 pub fn clean_table(measurement: &str) -> String {
@@ -180,6 +185,26 @@ pub struct TableProgress {
     pub offsets: BTreeMap<String, i64>,
     /// `topic/partition` -> checkpoint and round.
     pub progress: BTreeMap<String, Progress>,
+}
+
+/// The processor progress recorded by the newest snapshot of `table`, per partition.
+pub fn committed_progress(table: &Table) -> BTreeMap<String, Progress> {
+    table
+        .metadata()
+        .current_snapshot()
+        .and_then(|s| s.summary().additional_properties.get(PROGRESS_PROPERTY))
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
+}
+
+/// The bus offsets recorded by the newest snapshot of `table`, if any.
+pub fn committed_offsets(table: &Table) -> Option<BTreeMap<String, i64>> {
+    let snapshot = table.metadata().current_snapshot()?;
+    let json = snapshot
+        .summary()
+        .additional_properties
+        .get(OFFSETS_PROPERTY)?;
+    serde_json::from_str(json).ok()
 }
 
 #[cfg(test)]

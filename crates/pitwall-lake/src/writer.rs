@@ -29,13 +29,9 @@ use pitwall_core::record::{
 use pitwall_core::{Checkpoint, FieldType, Outputs};
 use pitwall_core::{FieldValue, Name, Point};
 
-use crate::progress::{PROGRESS_PROPERTY, Progress, ResumePlan, clean_table, names};
+use crate::progress::{Progress, ResumePlan, clean_table, names};
 use crate::tables::Fixed;
 use crate::{Claim, Error, Lake, Result};
-
-/// Snapshot summary key holding the bus offsets a commit covers, as JSON:
-/// `{"telemetry.raw/0": 1234, …}` where each value is the next offset to read.
-pub const OFFSETS_PROPERTY: &str = "pitwall.offsets";
 
 const DAY_NS: i64 = 86_400 * 1_000_000_000;
 
@@ -1289,26 +1285,6 @@ pub(crate) fn compaction_properties() -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(9).unwrap_or_default()))
         .set_data_page_size_limit(8 << 20)
         .build()
-}
-
-/// The processor progress recorded by the newest snapshot of `table`, per partition.
-pub fn committed_progress(table: &Table) -> BTreeMap<String, Progress> {
-    table
-        .metadata()
-        .current_snapshot()
-        .and_then(|s| s.summary().additional_properties.get(PROGRESS_PROPERTY))
-        .and_then(|json| serde_json::from_str(json).ok())
-        .unwrap_or_default()
-}
-
-/// The bus offsets recorded by the newest snapshot of `table`, if any.
-pub fn committed_offsets(table: &Table) -> Option<BTreeMap<String, i64>> {
-    let snapshot = table.metadata().current_snapshot()?;
-    let json = snapshot
-        .summary()
-        .additional_properties
-        .get(OFFSETS_PROPERTY)?;
-    serde_json::from_str(json).ok()
 }
 
 #[cfg(test)]

@@ -852,7 +852,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let cancel = CancellationToken::new();
-    let stats = Arc::new(pipeline::Stats::default());
+    let stats = Arc::new(metrics::Stats::default());
     metrics::export(&stats);
     // Ctrl-C: finish cleanly; a second one aborts.
     {
@@ -1174,7 +1174,7 @@ async fn process_command(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     );
     cancel_after(&cancel, args.duration);
     serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
-    let stats = Arc::new(pipeline::Stats::default());
+    let stats = Arc::new(metrics::Stats::default());
     metrics::export(&stats);
     let status_cancel = CancellationToken::new();
     let status = tokio::spawn(status::report(
@@ -1391,7 +1391,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     );
     cancel_after(&cancel, args.duration);
     serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
-    let stats = Arc::new(pipeline::Stats::default());
+    let stats = Arc::new(metrics::Stats::default());
     metrics::export(&stats);
     let status = {
         let (stats, cancel, every) = (Arc::clone(&stats), cancel.clone(), args.status_interval);

@@ -3,12 +3,12 @@
 //! gauges and per-commit series are set where they change.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-
-use crate::pipeline::Stats;
+use pitwall_core::Outputs;
 
 /// Reports `stats` on every scrape, as long as the run keeps it.
 pub(crate) fn export(stats: &Arc<Stats>) {
@@ -67,5 +67,58 @@ pub(crate) fn commit(s: &pitwall_lake::CommitStats, took: Duration) {
     for (table, (rows, _)) in &s.quarantined {
         counter!("pitwall_lake_quarantined_rows_total", "table" => table.clone())
             .increment(*rows as u64);
+    }
+}
+
+/// Counters shared by the pipeline's tasks and read by the status line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Events the simulators put on the raw topic.
+    pub produced: AtomicU64,
+    /// Of those, payloads corrupted on purpose (`sim.corrupt-per-minute`).
+    pub corrupted: AtomicU64,
+    /// Raw messages the processors finished.
+    pub processed: AtomicU64,
+    /// Rows committed to the lake, all tables.
+    pub rows_committed: AtomicU64,
+    /// Clean rows committed.
+    pub clean_committed: AtomicU64,
+    /// Lake commits.
+    pub commits: AtomicU64,
+    /// Anomaly episodes raised.
+    pub anomalies: AtomicU64,
+    /// Rejected payloads.
+    pub rejects: AtomicU64,
+    /// Clean points produced.
+    pub clean: AtomicU64,
+    /// Late events.
+    pub late: AtomicU64,
+    /// Window rows produced.
+    pub windows: AtomicU64,
+    /// Points identical to one already taken (a client's retry), not processed again.
+    pub duplicates: AtomicU64,
+    /// How long each lake commit took (seconds; the first 100,000), for `pitwall bench`.
+    pub commit_seconds: std::sync::Mutex<Vec<f64>>,
+    /// Whether lake commits succeed (`/health`, the status line).
+    pub health: pitwall_server::Health,
+}
+
+/// Adds what one batch of processing derived to the counters and the reject metrics.
+pub(crate) fn count(stats: &Stats, o: &Outputs) {
+    // Episodes started; their end rows are not more anomalies.
+    let started = o
+        .anomalies
+        .iter()
+        .filter(|a| a.phase == pitwall_core::record::Phase::Start)
+        .count();
+    stats.anomalies.fetch_add(started as u64, Relaxed);
+    stats.rejects.fetch_add(o.rejects.len() as u64, Relaxed);
+    stats.clean.fetch_add(o.clean.len() as u64, Relaxed);
+    rejects(o.rejects.iter().map(|r| r.kind));
+    stats.late.fetch_add(o.late.len() as u64, Relaxed);
+    stats.windows.fetch_add(o.windows.len() as u64, Relaxed);
+    if o.duplicates > 0 {
+        stats.duplicates.fetch_add(o.duplicates, Relaxed);
+        ::metrics::counter!("pitwall_duplicates_total").increment(o.duplicates);
     }
 }

@@ -540,7 +540,7 @@ async fn hand_over(
 ) -> anyhow::Result<()> {
     for part in parts.values_mut() {
         let outputs = std::mem::take(&mut part.outputs);
-        crate::pipeline::count(stats, &outputs);
+        crate::metrics::count(stats, &outputs);
         alerts.record(&outputs.anomalies);
         encoded.clear();
         encode_outputs(&outputs, config, |_| true, encoded)?;

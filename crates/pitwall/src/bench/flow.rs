@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{cpu_seconds, peak_memory, percentile};
 use crate::config::Config;
-use crate::pipeline::{self, RawSink, SimRun, Stats};
+use crate::metrics::Stats;
+use crate::pipeline::{self, RawSink, SimRun};
 
 /// Where a pipeline scenario runs: the in-process bus, or Kafka at these brokers.
 #[derive(Debug, Clone)]

@@ -440,7 +440,7 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
             humantime::format_duration(config.lake.maintenance.expire_after)
         ))
     );
-    let stats = Arc::new(crate::pipeline::Stats::default());
+    let stats = Arc::new(crate::metrics::Stats::default());
     let run = crate::pipeline::SimRun {
         start_time: crate::now_ns() - i64::try_from(opts.sim_duration.as_nanos()).unwrap_or(0),
         sim_duration: Some(opts.sim_duration),
