@@ -245,7 +245,9 @@ impl TableProvider for LakeTable {
             .await
             .map_err(df_error)?;
         let partitions = state.config().target_partitions();
-        let groups = spread(split(tasks, partitions), partitions, |t| t.length);
+        let groups = spread(split(tasks, partitions, MIN_PIECE), partitions, |t| {
+            t.length
+        });
         Ok(Arc::new(LakeScan::new(
             self.table.file_io().clone(),
             schema,
@@ -263,22 +265,30 @@ impl TableProvider for LakeTable {
     }
 }
 
-/// With fewer files than `partitions` (a compacted table is often one file), cuts each
-/// file into byte ranges so that every partition has a share: iceberg's reader reads
-/// the row groups whose midpoints lie in a task's range, so each row group is read by
-/// exactly one task (a range holding no midpoint reads nothing).
-fn split(tasks: Vec<FileScanTask>, partitions: usize) -> Vec<FileScanTask> {
-    if tasks.is_empty() || tasks.len() >= partitions {
+/// A piece of a file no smaller than this is worth its own footer read and task.
+const MIN_PIECE: u64 = 4 << 20;
+
+/// Cuts files into byte ranges so that [`spread`] can give every partition an equal
+/// share: each file longer than a quarter of a partition's share (and than
+/// `min_piece`) becomes ranges of about that size. One big file (a compacted table), or
+/// a big and a small one (a compaction per day), would otherwise keep one core busy while
+/// the other waits. iceberg's reader reads the row groups whose midpoints lie in a task's
+/// range, so each row group is read by exactly one task (a range holding no midpoint
+/// reads nothing). Small tables stay whole: a query over them pays no extra footer reads.
+fn split(tasks: Vec<FileScanTask>, partitions: usize, min_piece: u64) -> Vec<FileScanTask> {
+    if tasks.is_empty() || partitions <= 1 {
         return tasks;
     }
-    let pieces = partitions.div_ceil(tasks.len()) as u64;
-    let mut out = Vec::with_capacity(partitions);
+    let total: u64 = tasks.iter().map(|t| t.length).sum();
+    let target = (total / (partitions as u64 * 4)).max(min_piece).max(1);
+    let mut out = Vec::with_capacity(tasks.len());
     for task in tasks {
         // A zero length means the whole file to the reader; leave such a task whole.
-        if task.length == 0 {
+        if task.length <= target {
             out.push(task);
             continue;
         }
+        let pieces = task.length.div_ceil(target);
         let (start, length) = (task.start, task.length);
         for i in 0..pieces {
             let mut piece = task.clone();
@@ -467,17 +477,18 @@ mod tests {
     }
 
     #[test]
-    fn fewer_files_than_partitions_are_cut_into_ranges_that_cover_each_file_once() {
-        let pieces = split(vec![task("a", 1001), task("b", 10)], 5);
-        // 5 partitions over 2 files: 3 ranges each.
-        for (path, size) in [("a", 1001), ("b", 10)] {
+    fn big_files_are_cut_into_ranges_that_cover_each_file_once() {
+        let pieces = split(vec![task("a", 1001), task("b", 10)], 5, 1);
+        // 5 partitions, 1,011 bytes: pieces of at most 50 bytes, so "a" in 21 ranges and
+        // "b" whole.
+        for (path, size, count) in [("a", 1001, 21), ("b", 10, 1)] {
             let mut ranges: Vec<(u64, u64)> = pieces
                 .iter()
                 .filter(|t| t.data_file_path == path)
                 .map(|t| (t.start, t.length))
                 .collect();
             ranges.sort_unstable();
-            assert_eq!(ranges.len(), 3, "{path}: {ranges:?}");
+            assert_eq!(ranges.len(), count, "{path}: {ranges:?}");
             let mut next = 0;
             for (start, length) in &ranges {
                 assert_eq!(
@@ -492,11 +503,33 @@ mod tests {
             );
         }
         assert!(
-            pieces.iter().all(|t| t.record_count.is_none()),
+            pieces
+                .iter()
+                .filter(|t| t.data_file_path == "a")
+                .all(|t| t.record_count.is_none()),
             "a piece must not claim the file's row count"
         );
-        // As many files as partitions or more: left whole.
-        let whole = split(vec![task("a", 100), task("b", 100)], 2);
+    }
+
+    #[test]
+    fn an_uneven_pair_of_files_still_shares_the_work_evenly() {
+        // A compaction per day: 10 hours in one file, 4 in the other.
+        let groups = spread(
+            split(vec![task("a", 700_000), task("b", 300_000)], 2, 1),
+            2,
+            |t| t.length,
+        );
+        let sums: Vec<u64> = groups
+            .iter()
+            .map(|g| g.iter().map(|t| t.length).sum())
+            .collect();
+        let (lo, hi) = (sums[0].min(sums[1]), sums[0].max(sums[1]));
+        assert!(hi - lo <= 1_000_000 / 8, "{sums:?}");
+    }
+
+    #[test]
+    fn small_tables_are_left_whole() {
+        let whole = split(vec![task("a", 100), task("b", 100)], 2, 4 << 20);
         assert_eq!(
             whole
                 .iter()
@@ -504,6 +537,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(0, 100, Some(1000)); 2]
         );
+        let one = split(vec![task("a", 1 << 20)], 2, 4 << 20);
+        assert_eq!(one.len(), 1);
     }
 
     #[test]
