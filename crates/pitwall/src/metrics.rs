@@ -35,7 +35,7 @@ pub(crate) fn export(stats: &Arc<Stats>) {
 }
 
 /// Counts rejects by kind of reason.
-pub(crate) fn rejects(kinds: impl Iterator<Item = pitwall_core::RejectKind>) {
+fn rejects(kinds: impl Iterator<Item = pitwall_core::RejectKind>) {
     for k in kinds {
         counter!("pitwall_rejects_total", "stage" => "process", "reason" => k.label()).increment(1);
     }

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 pub use crate::metrics::Stats;
-pub(crate) use crate::metrics::count;
+use crate::metrics::count;
 
 impl Stats {
     fn get(c: &AtomicU64) -> u64 {
