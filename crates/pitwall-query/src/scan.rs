@@ -16,9 +16,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session};
+use datafusion::common::Statistics;
+use datafusion::common::stats::Precision;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -227,6 +230,13 @@ impl TableProvider for LakeTable {
         };
         let mut builder = self.table.scan();
         builder = match projection {
+            // No columns (`count(*)`, `SELECT 1 FROM t`): iceberg's reader reads every
+            // column for an empty selection, so ask for the narrowest one and drop it;
+            // files that need no reading at all are counted from their metadata.
+            Some(p) if p.is_empty() => match narrowest(&self.schema) {
+                Some(name) => builder.select([name]),
+                None => builder.select_empty(),
+            },
             Some(_) => builder.select(schema.fields().iter().map(|f| f.name().clone())),
             None => builder.select_all(),
         };
@@ -245,9 +255,12 @@ impl TableProvider for LakeTable {
             .await
             .map_err(df_error)?;
         let partitions = state.config().target_partitions();
-        let groups = spread(split(tasks, partitions, MIN_PIECE), partitions, |t| {
-            t.length
-        });
+        let tasks = if schema.fields().is_empty() && tasks.iter().all(countable) {
+            tasks
+        } else {
+            split(tasks, partitions, MIN_PIECE)
+        };
+        let groups = spread(tasks, partitions, |t| t.length);
         Ok(Arc::new(LakeScan::new(
             self.table.file_io().clone(),
             schema,
@@ -263,6 +276,33 @@ impl TableProvider for LakeTable {
         // Pushed down to prune files and row groups; DataFusion still filters the rows.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
+}
+
+/// The name of the column cheapest to read: the narrowest fixed-width one, else the
+/// first.
+fn narrowest(schema: &arrow::datatypes::Schema) -> Option<&String> {
+    schema
+        .fields()
+        .iter()
+        .min_by_key(|f| f.data_type().primitive_width().unwrap_or(usize::MAX))
+        .map(|f| f.name())
+}
+
+/// A task whose rows are all its file's rows, so that the file's record count is the
+/// number of rows it yields: the whole file, no filter, no deletes.
+fn countable(task: &FileScanTask) -> bool {
+    task.record_count.is_some() && task.predicate.is_none() && task.deletes.is_empty()
+}
+
+/// The rows `tasks` yield when every one is [`countable`].
+fn counted_rows(tasks: &[FileScanTask]) -> Option<usize> {
+    tasks.iter().try_fold(0usize, |sum, t| {
+        countable(t)
+            .then(|| t.record_count)
+            .flatten()
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(|n| sum.checked_add(n))
+    })
 }
 
 /// A piece of a file no smaller than this is worth its own footer read and task.
@@ -404,6 +444,24 @@ impl ExecutionPlan for LakeScan {
         Vec::new()
     }
 
+    /// Exact row counts from the manifests when every file is read whole, unfiltered
+    /// and without deletes (`count(*)` is then answered without a scan).
+    fn partition_statistics(&self, partition: Option<usize>) -> DFResult<Statistics> {
+        // The limit applies to each partition's stream.
+        let rows = |group: &[FileScanTask]| {
+            counted_rows(group).map(|n| self.limit.map_or(n, |l| n.min(l)))
+        };
+        let rows = match partition {
+            Some(p) => self.groups.get(p).map_or(Some(0), |g| rows(g)),
+            None => self
+                .groups
+                .iter()
+                .try_fold(0usize, |sum, g| rows(g).and_then(|n| sum.checked_add(n))),
+        };
+        Ok(Statistics::new_unknown(&self.schema)
+            .with_num_rows(rows.map_or(Precision::Absent, Precision::Exact)))
+    }
+
     fn with_new_children(
         self: Arc<Self>,
         _: Vec<Arc<dyn ExecutionPlan>>,
@@ -419,18 +477,58 @@ impl ExecutionPlan for LakeScan {
         let tasks = self.groups.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!("LakeScan has no partition {partition}"))
         })?;
+        let batch_size = context.session_config().batch_size();
+        if self.schema.fields().is_empty()
+            && let Some(rows) = counted_rows(&tasks)
+        {
+            // No column asked for and every row counted in the manifests: batches of
+            // no columns, read from nothing.
+            let rows = self.limit.map_or(rows, |l| rows.min(l));
+            let schema = Arc::clone(&self.schema);
+            let batches = (0..rows.div_ceil(batch_size)).map(move |i| {
+                let n = batch_size.min(rows - i * batch_size);
+                RecordBatch::try_new_with_options(
+                    Arc::clone(&schema),
+                    Vec::new(),
+                    &RecordBatchOptions::new().with_row_count(Some(n)),
+                )
+                .map_err(DataFusionError::from)
+            });
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                futures::stream::iter(batches),
+            )));
+        }
         let runtime = Runtime::try_current().map_err(df_error)?;
         // Batches as large as DataFusion's own (8,192 rows; the Parquet reader's default
         // is 1,024, and every operator above pays per batch).
         let reader = ArrowReaderBuilder::new(self.file_io.clone(), runtime)
             .with_data_file_concurrency_limit(FILES_AT_ONCE)
-            .with_batch_size(context.session_config().batch_size())
+            .with_batch_size(batch_size)
             .build();
         let batches = reader
             .read(futures::stream::iter(tasks.into_iter().map(Ok)).boxed())
             .map_err(df_error)?
             .stream()
             .map_err(df_error);
+        // An empty projection read one column to count rows by; drop it.
+        let batches = if self.schema.fields().is_empty() {
+            let schema = Arc::clone(&self.schema);
+            batches
+                .and_then(move |b| {
+                    futures::future::ready(
+                        RecordBatch::try_new_with_options(
+                            Arc::clone(&schema),
+                            Vec::new(),
+                            &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                        )
+                        .map_err(DataFusionError::from),
+                    )
+                })
+                .boxed()
+        } else {
+            batches.boxed()
+        };
         let stream = match self.limit {
             None => batches.boxed(),
             Some(limit) => {
