@@ -298,7 +298,7 @@ fn countable(task: &FileScanTask) -> bool {
 fn counted_rows(tasks: &[FileScanTask]) -> Option<usize> {
     tasks.iter().try_fold(0usize, |sum, t| {
         countable(t)
-            .then(|| t.record_count)
+            .then_some(t.record_count)
             .flatten()
             .and_then(|n| usize::try_from(n).ok())
             .and_then(|n| sum.checked_add(n))
