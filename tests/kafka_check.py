@@ -3,7 +3,9 @@ and checks them against what the lake holds: message counts per topic, JSON payl
 keys equal to the record's source id, and partitions where the Java client's murmur2
 places those keys.
 
-Usage: kafka_check.py BROKERS EXPECTED_JSON   ({"topic": message_count, ...})
+Usage: kafka_check.py BROKERS EXPECTED_JSON   ({"topic": message_count, ...}; for the
+metrics topic, [messages, field rows]: one message per window fire, holding the
+aggregates of each of its fields, which are the lake's metrics.windows rows)
 Prints "kafka-python agrees" and exits 0, or says what differs and exits 1.
 """
 
@@ -25,6 +27,8 @@ def main():
     brokers, expected = sys.argv[1], json.loads(sys.argv[2])
     problems = []
     for topic, want in expected.items():
+        want, want_fields = want if isinstance(want, list) else (want, None)
+        fields = 0
         consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False,
                                  consumer_timeout_ms=5000, api_version_auto_timeout_ms=10000)
         partitions = sorted(consumer.partitions_for_topic(topic) or [])
@@ -57,6 +61,11 @@ def main():
                         repeated[tp.partition] += 1
                     seen[tp.partition].add(r.offset)
                     value = json.loads(r.value)
+                    if want_fields is not None:
+                        fields += len(value["fields"])
+                        for name, agg in value["fields"].items():
+                            if agg["count"] < 1 or agg["min"] is None or agg["min"] > agg["max"]:
+                                problems.append(f"{topic}: {name} of {value['source_id']} has aggregates out of order: {agg}")
                     if not topic.endswith(".dlq"):
                         sid = source_id(topic, value)
                         if r.key is None or r.key.decode() != sid:
@@ -73,6 +82,8 @@ def main():
             problems.append(f"{topic}: {got} messages, the lake has {want} rows "
                             f"(read per partition {per_partition}, offsets [begin, end) {spans}, "
                             f"offsets read more than once {repeated})")
+        elif want_fields is not None and fields != want_fields:
+            problems.append(f"{topic}: {got} messages hold {fields} fields' aggregates, the lake has {want_fields} rows")
         else:
             print(f"{topic}: {got} messages, keys and partitions as murmur2 places them")
         consumer.close()

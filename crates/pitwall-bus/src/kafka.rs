@@ -81,6 +81,12 @@ pub struct KafkaConfig {
     /// consumer's partitions read side by side there instead of one after the other.
     /// At least `message.max.bytes` (1,000,000 unless set in `kafka.properties`).
     pub fetch_bytes: usize,
+    /// Which of the processor's output streams `pitwall process` puts back on Kafka, each
+    /// on its topic: any of `clean`, `metrics`, `anomalies`, `dlq`, `late` (default: all
+    /// five). The lake gets every stream whatever this says; a stream left out costs no
+    /// encoding and no broker traffic, but its topic's readers (the live feed of a
+    /// `pitwall serve` on Kafka among them) see nothing of it.
+    pub outputs: Vec<crate::OutputStream>,
     /// Any other librdkafka property, passed as is (e.g. `"socket.keepalive.enable" = "true"`).
     pub properties: BTreeMap<String, String>,
 }
@@ -105,6 +111,7 @@ impl Default for KafkaConfig {
             batch_bytes: 1_000_000,
             fetch_wait: Duration::from_millis(10),
             fetch_bytes: 2 << 20,
+            outputs: crate::OutputStream::ALL.to_vec(),
             properties: BTreeMap::new(),
         }
     }

@@ -67,6 +67,47 @@ impl Default for Topics {
     }
 }
 
+/// The processor's output streams that can go back onto the bus, each to its topic
+/// (`kafka.outputs` chooses which go to Kafka).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    /// Clean, normalized points (`telemetry.clean`), one message per point.
+    Clean,
+    /// Window aggregates (`telemetry.metrics`), one message per source and window fire.
+    #[serde(alias = "windows")]
+    Metrics,
+    /// Anomaly episodes (`telemetry.anomalies`), one message per start and end.
+    Anomalies,
+    /// Rejected payloads with their reason (`telemetry.dlq`).
+    #[serde(alias = "rejects")]
+    Dlq,
+    /// Events past the allowed lateness (`telemetry.late`).
+    Late,
+}
+
+impl OutputStream {
+    /// Every output stream.
+    pub const ALL: [OutputStream; 5] = [
+        OutputStream::Clean,
+        OutputStream::Metrics,
+        OutputStream::Anomalies,
+        OutputStream::Dlq,
+        OutputStream::Late,
+    ];
+
+    /// Its topic among `topics`.
+    pub fn topic(self, topics: &Topics) -> &str {
+        match self {
+            OutputStream::Clean => &topics.clean,
+            OutputStream::Metrics => &topics.metrics,
+            OutputStream::Anomalies => &topics.anomalies,
+            OutputStream::Dlq => &topics.dlq,
+            OutputStream::Late => &topics.late,
+        }
+    }
+}
+
 /// Kafka's murmur2 hash, bit for bit as the Java client computes it.
 pub fn murmur2(data: &[u8]) -> i32 {
     const M: u32 = 0x5bd1_e995;

@@ -211,34 +211,23 @@ fn shared_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Erro
 }
 
 impl WindowRecord {
-    /// The JSON form for the metrics topic, byte for byte what [`to_json`] writes, without
-    /// serde: the topic carries about one of these per event.
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut o = Vec::with_capacity(384);
-        self.write_json(&mut o);
-        o
+    /// Whether `other` closed in the same window fire: the same source, window and span.
+    fn same_fire(&self, other: &WindowRecord) -> bool {
+        self.window_start == other.window_start
+            && self.window_end == other.window_end
+            && self.source_id == other.source_id
+            && self.window == other.window
+            && self.measurement == other.measurement
     }
 
-    /// Appends [`Self::to_json`]'s bytes to `o`.
-    pub fn write_json(&self, o: &mut Vec<u8>) {
-        use crate::json::{write_float as float, write_integer as integer, write_string as string};
+    /// Appends `"count":…,"min":…,…,"p99":…` (the aggregates, without braces).
+    fn write_aggregates(&self, o: &mut Vec<u8>) {
+        use crate::json::{write_float as float, write_integer as integer};
         let opt = |v: Option<f64>, o: &mut Vec<u8>| match v {
             Some(v) => float(v, o),
             None => o.extend_from_slice(b"null"),
         };
-        o.extend_from_slice(b"{\"measurement\":");
-        string(&self.measurement, o);
-        o.extend_from_slice(b",\"source_id\":");
-        string(&self.source_id, o);
-        o.extend_from_slice(b",\"window\":");
-        string(&self.window, o);
-        o.extend_from_slice(b",\"window_start\":");
-        integer(self.window_start, o);
-        o.extend_from_slice(b",\"window_end\":");
-        integer(self.window_end, o);
-        o.extend_from_slice(b",\"field\":");
-        string(&self.field, o);
-        o.extend_from_slice(b",\"count\":");
+        o.extend_from_slice(b"\"count\":");
         integer(self.count, o);
         for (name, v) in [
             (&b",\"min\":"[..], self.min),
@@ -263,8 +252,46 @@ impl WindowRecord {
             o.extend_from_slice(name);
             opt(v, o);
         }
+    }
+}
+
+/// Splits window rows into fires: the runs of consecutive rows of one source's window
+/// that closed together (the processor emits a fire's fields one after another).
+pub fn window_fires(rows: &[WindowRecord]) -> impl Iterator<Item = &[WindowRecord]> {
+    rows.chunk_by(|a, b| a.same_fire(b))
+}
+
+/// Appends the metrics topic's JSON for one window fire (see [`window_fires`]): the
+/// source, window and span once, and every field's aggregates keyed by field name:
+/// `{"measurement":"car","source_id":"VER","window":"car_5s","window_start":…,
+/// "window_end":…,"fields":{"speed_kph":{"count":…,"min":…,…,"p99":…},…}}`. Times in ns;
+/// non-finite values and missing aggregates as `null`. Nothing is written for no rows.
+pub fn write_window_fire_json(fire: &[WindowRecord], o: &mut Vec<u8>) {
+    use crate::json::{write_integer as integer, write_string as string};
+    let Some(w) = fire.first() else {
+        return;
+    };
+    o.extend_from_slice(b"{\"measurement\":");
+    string(&w.measurement, o);
+    o.extend_from_slice(b",\"source_id\":");
+    string(&w.source_id, o);
+    o.extend_from_slice(b",\"window\":");
+    string(&w.window, o);
+    o.extend_from_slice(b",\"window_start\":");
+    integer(w.window_start, o);
+    o.extend_from_slice(b",\"window_end\":");
+    integer(w.window_end, o);
+    o.extend_from_slice(b",\"fields\":{");
+    for (i, f) in fire.iter().enumerate() {
+        if i > 0 {
+            o.push(b',');
+        }
+        string(&f.field, o);
+        o.extend_from_slice(b":{");
+        f.write_aggregates(o);
         o.push(b'}');
     }
+    o.extend_from_slice(b"}}");
 }
 
 /// The JSON form of a record for its bus topic.
@@ -299,38 +326,111 @@ mod tests {
         ]
     }
 
+    /// A window row's aggregates as serde writes them, for comparison.
+    #[derive(Serialize)]
+    struct Aggregates {
+        count: u64,
+        min: f64,
+        max: f64,
+        sum: f64,
+        mean: f64,
+        stddev: Option<f64>,
+        first: f64,
+        last: f64,
+        p50: Option<f64>,
+        p95: Option<f64>,
+        p99: Option<f64>,
+    }
+
+    fn row(
+        names: &[String],
+        field: &str,
+        times: (i64, i64, u64),
+        values: &[f64],
+        options: &[Option<f64>],
+    ) -> WindowRecord {
+        WindowRecord {
+            measurement: names[0].as_str().into(),
+            source_id: names[1].as_str().into(),
+            window: names[2].as_str().into(),
+            window_start: times.0,
+            window_end: times.1,
+            field: field.into(),
+            count: times.2,
+            min: values[0],
+            max: values[1],
+            sum: values[2],
+            mean: values[3],
+            stddev: options[0],
+            first: values[4],
+            last: values[5],
+            p50: options[1],
+            p95: options[2],
+            p99: options[3],
+        }
+    }
+
     proptest! {
-        /// The hand-written JSON of a window row is serde_json's, byte for byte.
+        /// The hand-written JSON of a window fire is what serde_json writes for the same
+        /// values, byte for byte, and every field's row is in it once.
         #[test]
-        fn window_json_is_serde_json(
-            names in proptest::collection::vec("[a-z_]{0,8}|[ -~é\\t\\n]{0,6}", 4),
+        fn window_fire_json_is_serde_json(
+            names in proptest::collection::vec("[a-z_]{0,8}|[ -~é\\t\\n]{0,6}", 3),
+            fields in proptest::collection::btree_set("[a-z_]{1,8}|[ -~é\\t\\n]{1,6}", 1..4),
             times in (any::<i64>(), any::<i64>(), any::<u64>()),
             values in proptest::collection::vec(float(), 6),
             options in proptest::collection::vec(proptest::option::of(float()), 4),
         ) {
-            let w = WindowRecord {
-                measurement: names[0].as_str().into(),
-                source_id: names[1].as_str().into(),
-                window: names[2].as_str().into(),
-                window_start: times.0,
-                window_end: times.1,
-                field: names[3].as_str().into(),
-                count: times.2,
-                min: values[0],
-                max: values[1],
-                sum: values[2],
-                mean: values[3],
-                stddev: options[0],
-                first: values[4],
-                last: values[5],
-                p50: options[1],
-                p95: options[2],
-                p99: options[3],
-            };
-            let ours = w.to_json();
-            let reference = to_json(&w);
-            prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&reference));
+            let rows: Vec<WindowRecord> =
+                fields.iter().map(|f| row(&names, f, times, &values, &options)).collect();
+            let mut ours = Vec::new();
+            write_window_fire_json(&rows, &mut ours);
+            let j = |s: &str| serde_json::to_string(s).unwrap();
+            let mut reference = format!(
+                "{{\"measurement\":{},\"source_id\":{},\"window\":{},\"window_start\":{},\"window_end\":{},\"fields\":{{",
+                j(&names[0]), j(&names[1]), j(&names[2]), times.0, times.1
+            );
+            for (i, w) in rows.iter().enumerate() {
+                let a = Aggregates {
+                    count: w.count, min: w.min, max: w.max, sum: w.sum, mean: w.mean,
+                    stddev: w.stddev, first: w.first, last: w.last,
+                    p50: w.p50, p95: w.p95, p99: w.p99,
+                };
+                if i > 0 {
+                    reference.push(',');
+                }
+                reference += &format!("{}:{}", j(&w.field), String::from_utf8(to_json(&a)).unwrap());
+            }
+            reference += "}}";
+            prop_assert_eq!(String::from_utf8_lossy(&ours), reference);
+            prop_assert_eq!(window_fires(&rows).count(), 1);
         }
+    }
+
+    #[test]
+    fn window_rows_split_into_fires_by_source_window_and_span() {
+        let names = |s: &str| vec!["car".to_owned(), s.to_owned(), "car_5s".to_owned()];
+        let v = [1.0; 6];
+        let o = [None; 4];
+        let rows = [
+            row(&names("VER"), "rpm", (0, 5, 1), &v, &o),
+            row(&names("VER"), "speed", (0, 5, 1), &v, &o),
+            row(&names("HAM"), "rpm", (0, 5, 1), &v, &o),
+            row(&names("HAM"), "rpm", (5, 10, 1), &v, &o),
+            row(&names("HAM"), "speed", (5, 10, 1), &v, &o),
+        ];
+        let fires: Vec<usize> = window_fires(&rows).map(<[WindowRecord]>::len).collect();
+        assert_eq!(fires, [2, 1, 2]);
+        let mut json = Vec::new();
+        write_window_fire_json(&rows[3..], &mut json);
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["source_id"], "HAM");
+        assert_eq!(v["window_start"], 5);
+        assert_eq!(v["fields"]["speed"]["count"], 1);
+        assert_eq!(v["fields"]["rpm"]["p99"], serde_json::Value::Null);
+        json.clear();
+        write_window_fire_json(&[], &mut json);
+        assert!(json.is_empty());
     }
 }
 

@@ -30,6 +30,7 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, NamespaceIdent, TableIdent};
+use pitwall_core::PartitionId;
 use sqlx::AnyPool;
 
 use crate::progress::{
@@ -215,14 +216,14 @@ impl SqlPointer {
 /// What a fenced append claims and moves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claim {
-    /// For each partition (`topic/partition`) this writer owns: the next offset the lake
+    /// For each partition this writer owns: the next offset the lake
     /// must record now, i.e. where this writer started or last committed. A partition
     /// the lake has never recorded counts as 0.
-    pub expected: BTreeMap<String, i64>,
+    pub expected: BTreeMap<PartitionId, i64>,
     /// The next offset of each claimed partition once this commit lands.
-    pub next: BTreeMap<String, i64>,
+    pub next: BTreeMap<PartitionId, i64>,
     /// The processor's progress for each claimed partition, recorded with the offsets.
-    pub progress: BTreeMap<String, Progress>,
+    pub progress: BTreeMap<PartitionId, Progress>,
 }
 
 /// Appends `files` to `ident` in one snapshot if, and only if, the lake still records
@@ -291,8 +292,8 @@ async fn stage(
     table: &Table,
     old_location: &str,
     files: Vec<DataFile>,
-    offsets: &BTreeMap<String, i64>,
-    progress: &BTreeMap<String, Progress>,
+    offsets: &BTreeMap<PartitionId, i64>,
+    progress: &BTreeMap<PartitionId, Progress>,
     properties: &HashMap<String, String>,
 ) -> Result<iceberg::spec::TableMetadata> {
     let metadata = table.metadata();

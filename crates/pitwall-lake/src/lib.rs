@@ -27,7 +27,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
-use pitwall_core::FieldType;
+use pitwall_core::{FieldType, PartitionId};
 use serde::{Deserialize, Serialize};
 
 pub use commit::{Claim, Rewritten};
@@ -82,8 +82,8 @@ pub enum Error {
     Fenced {
         /// Table name.
         table: String,
-        /// The partition (`topic/partition`).
-        partition: String,
+        /// The partition.
+        partition: PartitionId,
         /// What the lake records.
         committed: i64,
         /// What this writer expected.
@@ -510,7 +510,7 @@ impl Lake {
     }
 
     /// The bus offsets each table's newest snapshot records, by table name.
-    pub async fn committed_offsets(&self) -> Result<BTreeMap<String, BTreeMap<String, i64>>> {
+    pub async fn committed_offsets(&self) -> Result<BTreeMap<String, BTreeMap<PartitionId, i64>>> {
         Ok(self
             .committed_progress()
             .await?
@@ -542,8 +542,8 @@ impl Lake {
         Ok(out)
     }
 
-    /// How to take up `partition` (`topic/partition`): see [`ResumePlan`].
-    pub async fn resume_plan(&self, partition: &str) -> Result<ResumePlan> {
+    /// How to take up `partition`: see [`ResumePlan`].
+    pub async fn resume_plan(&self, partition: &PartitionId) -> Result<ResumePlan> {
         Ok(ResumePlan::from_lake(
             &self.committed_progress().await?,
             partition,

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use iceberg::table::Table;
-use pitwall_core::{Checkpoint, Outputs};
+use pitwall_core::{Checkpoint, Outputs, PartitionId};
 use serde::{Deserialize, Serialize};
 
 /// Snapshot summary key holding each partition's [`Progress`] as JSON.
@@ -75,9 +75,9 @@ pub struct ResumePlan {
 }
 
 impl ResumePlan {
-    /// The plan for `partition` (`topic/partition`) given every table's offsets and
+    /// The plan for `partition` given every table's offsets and
     /// progress, as [`crate::Lake::committed_progress`] reads them.
-    pub fn from_lake(tables: &BTreeMap<String, TableProgress>, partition: &str) -> Self {
+    pub fn from_lake(tables: &BTreeMap<String, TableProgress>, partition: &PartitionId) -> Self {
         let held: BTreeMap<String, i64> = tables
             .iter()
             .filter_map(|(t, p)| p.offsets.get(partition).map(|o| (t.clone(), *o)))
@@ -181,37 +181,65 @@ impl ResumePlan {
 /// What a table's newest snapshot records for every partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableProgress {
-    /// `topic/partition` -> next offset.
-    pub offsets: BTreeMap<String, i64>,
-    /// `topic/partition` -> checkpoint and round.
-    pub progress: BTreeMap<String, Progress>,
+    /// Partition -> next offset.
+    pub offsets: BTreeMap<PartitionId, i64>,
+    /// Partition -> checkpoint and round.
+    pub progress: BTreeMap<PartitionId, Progress>,
 }
 
 /// The processor progress recorded by the newest snapshot of `table`, per partition.
-pub fn committed_progress(table: &Table) -> BTreeMap<String, Progress> {
+pub fn committed_progress(table: &Table) -> BTreeMap<PartitionId, Progress> {
     table
         .metadata()
         .current_snapshot()
         .and_then(|s| s.summary().additional_properties.get(PROGRESS_PROPERTY))
-        .and_then(|json| serde_json::from_str(json).ok())
+        .and_then(|json| by_partition(table, PROGRESS_PROPERTY, json))
         .unwrap_or_default()
 }
 
 /// The bus offsets recorded by the newest snapshot of `table`, if any.
-pub fn committed_offsets(table: &Table) -> Option<BTreeMap<String, i64>> {
+pub fn committed_offsets(table: &Table) -> Option<BTreeMap<PartitionId, i64>> {
     let snapshot = table.metadata().current_snapshot()?;
     let json = snapshot
         .summary()
         .additional_properties
         .get(OFFSETS_PROPERTY)?;
-    serde_json::from_str(json).ok()
+    by_partition(table, OFFSETS_PROPERTY, json)
+}
+
+/// A snapshot property's JSON object keyed by `topic/partition`. A key that is not a
+/// partition (which pitwall never writes) is skipped with a warning rather than making
+/// the table's whole progress unreadable.
+fn by_partition<V: serde::de::DeserializeOwned>(
+    table: &Table,
+    property: &str,
+    json: &str,
+) -> Option<BTreeMap<PartitionId, V>> {
+    let map: BTreeMap<String, V> = serde_json::from_str(json)
+        .inspect_err(|e| {
+            tracing::warn!(table = %table.identifier(), property, "unreadable snapshot property: {e}");
+        })
+        .ok()?;
+    Some(
+        map.into_iter()
+            .filter_map(|(key, v)| match key.parse() {
+                Ok(p) => Some((p, v)),
+                Err(e) => {
+                    tracing::warn!(table = %table.identifier(), property, "skipped: {e}");
+                    None
+                }
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const P: &str = "t.raw/0";
+    fn p() -> PartitionId {
+        PartitionId::new("t.raw", 0)
+    }
 
     fn cp(next: i64, replay_from: i64) -> Checkpoint {
         Checkpoint {
@@ -223,9 +251,9 @@ mod tests {
 
     fn table(next: i64, checkpoint: Checkpoint, round: &[(&str, Checkpoint)]) -> TableProgress {
         TableProgress {
-            offsets: BTreeMap::from([(P.to_owned(), next)]),
+            offsets: BTreeMap::from([(p(), next)]),
             progress: BTreeMap::from([(
-                P.to_owned(),
+                p(),
                 Progress {
                     checkpoint,
                     round: round.iter().map(|(t, c)| ((*t).to_owned(), *c)).collect(),
@@ -236,7 +264,7 @@ mod tests {
 
     #[test]
     fn an_empty_lake_replays_from_the_start() {
-        let plan = ResumePlan::from_lake(&BTreeMap::new(), P);
+        let plan = ResumePlan::from_lake(&BTreeMap::new(), &p());
         assert_eq!(
             plan.base,
             Checkpoint {
@@ -257,7 +285,7 @@ mod tests {
             // Had no rows in the newest round: complete up to the frontier.
             (names::LATE.to_owned(), table(50, cp(50, 40), &[])),
         ]);
-        let plan = ResumePlan::from_lake(&tables, P);
+        let plan = ResumePlan::from_lake(&tables, &p());
         assert_eq!(plan.base, cp(200, 180));
         assert_eq!(plan.suppress_below(names::LATE), 200);
         assert_eq!(plan.suppress_below("clean.car"), 200);
@@ -276,7 +304,7 @@ mod tests {
             (names::RAW.to_owned(), table(300, cp(300, 280), &round)),
             (names::WINDOWS.to_owned(), table(150, cp(150, 120), &[])),
         ]);
-        let plan = ResumePlan::from_lake(&tables, P);
+        let plan = ResumePlan::from_lake(&tables, &p());
         assert_eq!(plan.base, cp(150, 120));
         assert_eq!(plan.suppress_below(names::WINDOWS), 150);
         assert_eq!(plan.suppress_below("clean.car"), 200);

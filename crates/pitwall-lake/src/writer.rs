@@ -26,7 +26,7 @@ use parquet::file::properties::WriterProperties;
 use pitwall_core::record::{
     AnomalyRecord, LateRecord, Origin, RawRecord, RejectRecord, WindowRecord,
 };
-use pitwall_core::{Checkpoint, FieldType, Outputs};
+use pitwall_core::{Checkpoint, FieldType, Outputs, PartitionId};
 use pitwall_core::{FieldValue, Name, Point};
 
 use crate::progress::{Progress, ResumePlan, clean_table, names};
@@ -574,10 +574,10 @@ impl PartitionBuffer {
 pub struct LakeWriter {
     lake: Lake,
     /// `topic/partition` -> what it has buffered.
-    parts: BTreeMap<String, PartitionBuffer>,
+    parts: BTreeMap<PartitionId, PartitionBuffer>,
     /// Table name -> the offset per partition its newest snapshot records, as this
     /// writer knows it: what each fenced commit expects to find.
-    committed: BTreeMap<String, BTreeMap<String, i64>>,
+    committed: BTreeMap<String, BTreeMap<PartitionId, i64>>,
     buffered: usize,
     last_commit: Instant,
     props: WriterProperties,
@@ -636,7 +636,7 @@ impl LakeWriter {
 
     /// The newest offset per partition over every table: where a bus must resume so
     /// that no offset is reused.
-    pub fn resume_offsets(&self) -> BTreeMap<String, i64> {
+    pub fn resume_offsets(&self) -> BTreeMap<PartitionId, i64> {
         let mut out = BTreeMap::new();
         for offsets in self.committed.values() {
             for (p, o) in offsets {
@@ -647,9 +647,9 @@ impl LakeWriter {
         out
     }
 
-    /// Takes up `partition` (`topic/partition`) as `plan` says: forgets anything buffered
+    /// Takes up `partition` as `plan` says: forgets anything buffered
     /// for it and expects the offsets the plan read from the lake.
-    pub fn assign(&mut self, partition: &str, plan: &ResumePlan) {
+    pub fn assign(&mut self, partition: &PartitionId, plan: &ResumePlan) {
         self.revoke(partition);
         for offsets in self.committed.values_mut() {
             offsets.remove(partition);
@@ -658,39 +658,39 @@ impl LakeWriter {
             self.committed
                 .entry(table.clone())
                 .or_default()
-                .insert(partition.to_owned(), *at);
+                .insert(partition.clone(), *at);
         }
         self.next_id += 1;
         self.parts.insert(
-            partition.to_owned(),
+            partition.clone(),
             PartitionBuffer::new(self.next_id, plan.base),
         );
     }
 
     /// Gives up `partition`: its buffered rows are dropped (whoever takes it over
     /// rebuilds them from the lake's offsets).
-    pub fn revoke(&mut self, partition: &str) {
+    pub fn revoke(&mut self, partition: &PartitionId) {
         if let Some(b) = self.parts.remove(partition) {
             self.buffered -= b.len();
         }
     }
 
     /// The offset `table`'s newest snapshot records for `partition`, as this writer knows it.
-    pub fn held(&self, table: &str, partition: &str) -> Option<i64> {
+    pub fn held(&self, table: &str, partition: &PartitionId) -> Option<i64> {
         self.committed.get(table)?.get(partition).copied()
     }
 
     /// Partitions this writer holds.
-    pub fn partitions(&self) -> impl Iterator<Item = &str> {
-        self.parts.keys().map(String::as_str)
+    pub fn partitions(&self) -> impl Iterator<Item = &PartitionId> {
+        self.parts.keys()
     }
 
     /// Buffers `outputs` of `partition` for the next commit; `checkpoint` is the
     /// partition's processor checkpoint after them.
-    pub fn append(&mut self, partition: &str, outputs: Outputs, checkpoint: Checkpoint) {
+    pub fn append(&mut self, partition: &PartitionId, outputs: Outputs, checkpoint: Checkpoint) {
         self.buffered += outputs.len();
         let id = &mut self.next_id;
-        let b = self.parts.entry(partition.to_owned()).or_insert_with(|| {
+        let b = self.parts.entry(partition.clone()).or_insert_with(|| {
             *id += 1;
             PartitionBuffer::new(
                 *id,
@@ -905,7 +905,7 @@ impl LakeWriter {
     }
 
     /// Each partition with rows waiting: its checkpoint and its round.
-    fn progress(&self) -> BTreeMap<String, Progress> {
+    fn progress(&self) -> BTreeMap<PartitionId, Progress> {
         self.parts
             .iter()
             .filter(|(_, b)| b.len() > 0)
@@ -931,10 +931,9 @@ impl LakeWriter {
             let Some(pending) = b.clean.remove(measurement) else {
                 continue;
             };
-            let (topic, partition) = p.rsplit_once('/').unwrap_or((p.as_str(), "0"));
             let origin = Origin {
-                topic: topic.into(),
-                partition: partition.parse().unwrap_or(0),
+                topic: p.topic().into(),
+                partition: i32::try_from(p.partition()).unwrap_or(i32::MAX),
                 // Not a message's offset: the rows of a clean table do not keep theirs.
                 offset: -1,
             };
@@ -969,7 +968,7 @@ impl LakeWriter {
     async fn commit_table(
         &mut self,
         table: &str,
-        progress: &BTreeMap<String, Progress>,
+        progress: &BTreeMap<PartitionId, Progress>,
         summary: &HashMap<String, String>,
     ) -> Result<Option<(usize, usize, u64)>> {
         let measurement = table.strip_prefix("clean.");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Place, T0, feed, local, open, raw, raw_offsets, rest, shared};
+use common::{Place, T0, feed, local, open, part, raw, raw_offsets, rest, shared};
 use pitwall_core::Checkpoint;
 use pitwall_lake::{Error, Fixed, LakeWriter, QUARANTINE_AFTER};
 
@@ -117,7 +117,7 @@ async fn a_rest_commit_on_a_stale_head_is_rebuilt_not_lost() {
         "10"
     );
     assert_eq!(table.metadata().snapshots().count(), 2);
-    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 10);
+    assert_eq!(raw_offsets(&lake).await[&part(0)], 10);
 }
 
 /// A REST catalog that refuses the credentials says so when the lake opens.
@@ -162,8 +162,8 @@ async fn racing_writers_all_land(place: &Place) {
         "no commit was lost"
     );
     let offsets = raw_offsets(&lake).await;
-    assert_eq!(offsets["telemetry.raw/0"], ROUNDS * 10);
-    assert_eq!(offsets["telemetry.raw/1"], ROUNDS * 7);
+    assert_eq!(offsets[&part(0)], ROUNDS * 10);
+    assert_eq!(offsets[&part(1)], ROUNDS * 7);
     let summary = &table
         .metadata()
         .current_snapshot()
@@ -216,7 +216,7 @@ async fn superseded_metadata_files_are_deleted_and_the_log_stays_whole() {
             "{name} is in the metadata log but was deleted"
         );
     }
-    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], COMMITS);
+    assert_eq!(raw_offsets(&lake).await[&part(0)], COMMITS);
     let batches: Vec<_> = common::scan(&table, &[]).await;
     assert_eq!(
         batches.iter().map(|b| b.num_rows()).sum::<usize>() as i64,
@@ -253,8 +253,8 @@ async fn zombie_is_fenced(place: &Place) {
             expected,
         } => {
             assert_eq!(
-                (table.as_str(), partition.as_str(), *committed, *expected),
-                ("raw.events", "telemetry.raw/0", 100, 0)
+                (table.as_str(), partition.clone(), *committed, *expected),
+                ("raw.events", part(0), 100, 0)
             );
         }
         other => panic!("expected a fenced commit, got {other}"),
@@ -278,10 +278,10 @@ async fn zombie_is_fenced(place: &Place) {
 
     // A writer that resumes from the lake carries on where the owner stopped.
     let mut resumed = LakeWriter::open(open(cfg).await).await.unwrap();
-    assert_eq!(resumed.resume_offsets()["telemetry.raw/0"], 100);
+    assert_eq!(resumed.resume_offsets()[&part(0)], 100);
     feed(&mut resumed, 0, 100..150);
     resumed.commit().await.unwrap();
-    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 150);
+    assert_eq!(raw_offsets(&lake).await[&part(0)], 150);
     // ... and the old owner, now stale itself, is fenced in turn.
     feed(&mut owner, 0, 100..120);
     assert!(matches!(
@@ -312,10 +312,10 @@ async fn rounds_commit_while_the_writer_buffers_on() {
     feed(&mut w, 0, 10..15);
     round.commit().await.unwrap();
     w.finish_round(round);
-    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 10);
+    assert_eq!(raw_offsets(&lake).await[&part(0)], 10);
     assert_eq!(w.buffered(), 5);
     assert_eq!(
-        w.held("raw.events", "telemetry.raw/0"),
+        w.held("raw.events", &part(0)),
         Some(10),
         "the next commit expects what the round committed"
     );
@@ -327,14 +327,14 @@ async fn rounds_commit_while_the_writer_buffers_on() {
     w.finish_round(round);
     assert_eq!(w.buffered(), 10);
     w.commit().await.unwrap();
-    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], 20);
-    assert_eq!(raw_offsets(&lake).await["telemetry.raw/1"], 4);
+    assert_eq!(raw_offsets(&lake).await[&part(0)], 20);
+    assert_eq!(raw_offsets(&lake).await[&part(1)], 4);
 
     // Partition 1 given up while a round of its rows ran: the round's rows and offsets
     // do not come back to the writer.
     feed(&mut w, 1, 4..8);
     let round = w.take_round();
-    w.revoke("telemetry.raw/1");
+    w.revoke(&part(1));
     w.finish_round(round);
     assert_eq!(w.buffered(), 0);
 
@@ -389,7 +389,7 @@ async fn a_clean_table_failing_alone_is_given_up_to_the_rejects() {
         }
         let next = r * 10 + 10;
         w.append(
-            "telemetry.raw/0",
+            &part(0),
             out,
             Checkpoint {
                 next,
@@ -458,7 +458,7 @@ async fn a_clean_table_failing_alone_is_given_up_to_the_rejects() {
         "clean.temp committed every round"
     );
     assert_eq!(
-        raw_offsets(&lake).await["telemetry.raw/0"],
+        raw_offsets(&lake).await[&part(0)],
         10 * (QUARANTINE_AFTER as i64 + 1)
     );
 }
@@ -542,7 +542,7 @@ async fn an_older_lake_gains_the_peak_column_on_open() {
         message: "engine_temp_c back under 120".into(),
     });
     w.append(
-        "telemetry.raw/0",
+        &part(0),
         out,
         Checkpoint {
             next: 1,

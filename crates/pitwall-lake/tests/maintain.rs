@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pitwall_lake::{Fixed, Lake, LakeWriter};
 
-use common::{Place, T0, feed, feed_at, local, open, raw_offsets, rest, shared};
+use common::{Place, T0, feed, feed_at, local, open, part, raw_offsets, rest, shared};
 
 /// Every raw row as (partition, offset, payload), sorted: what a query returns.
 async fn raw_rows(lake: &Lake) -> Vec<(i32, i64, String)> {
@@ -175,7 +175,7 @@ async fn compaction_keeps_every_row(place: &Place) {
 
     // The streaming writer carries on from the same offsets, and its commit lands on top.
     let mut w = LakeWriter::open(open(cfg).await).await.unwrap();
-    assert_eq!(w.resume_offsets()["telemetry.raw/0"], 500);
+    assert_eq!(w.resume_offsets()[&part(0)], 500);
     feed(&mut w, 0, 500..510);
     w.commit().await.unwrap();
     assert_eq!(raw_rows(&lake).await.len(), 810);
@@ -325,7 +325,7 @@ async fn compaction_racing_the_streaming_writer_loses_nothing() {
     let offsets: BTreeSet<i64> = rows.iter().map(|r| r.1).collect();
     assert_eq!(rows.len() as i64, rounds * 25, "every row once");
     assert_eq!(offsets.len() as i64, rounds * 25);
-    assert_eq!(raw_offsets(&lake).await["telemetry.raw/0"], rounds * 25);
+    assert_eq!(raw_offsets(&lake).await[&part(0)], rounds * 25);
 }
 
 /// Retention drops whole day partitions older than the age, and nothing else.

@@ -3,7 +3,7 @@
 //! reads, with filters, limits and several files per table.
 
 use pitwall_core::record::{Origin, RawRecord};
-use pitwall_core::{Checkpoint, Outputs};
+use pitwall_core::{Checkpoint, Outputs, PartitionId};
 use pitwall_lake::{Lake, LakeConfig, LakeWriter};
 use pitwall_query::{Engine, Limits};
 
@@ -28,7 +28,7 @@ async fn filled(dir: &std::path::Path, rounds: i64, per_round: i64) -> Lake {
             .collect();
         let next = offsets.end;
         w.append(
-            "telemetry.raw/0",
+            &PartitionId::new("telemetry.raw", 0),
             Outputs {
                 raw,
                 ..Outputs::default()

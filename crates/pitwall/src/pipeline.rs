@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
+use pitwall_bus::OutputStream;
 use pitwall_bus::{BusConfig, InProcessBus, Message, PartitionConsumer, Producer, Topics};
-use pitwall_core::json;
-use pitwall_core::record::write_json;
+use pitwall_core::record::{window_fires, write_json, write_window_fire_json};
+use pitwall_core::{PartitionId, json};
 use pitwall_lake::{Lake, LakeWriter};
 use pitwall_sim::{Fleet, InjectedFault, Mixed, Race, Simulator};
 use pitwall_stream::{Outputs, Processor, SchemaRegistry};
@@ -223,13 +224,17 @@ pub(crate) async fn start_server(
     }))
 }
 
-/// The output topics the live feed follows, with their streams.
-fn live_topics(topics: &Topics) -> [(&String, pitwall_server::LiveStream); 3] {
+/// The output streams the live feed follows, with their topics and live streams.
+fn live_topics(topics: &Topics) -> [(OutputStream, &String, pitwall_server::LiveStream); 3] {
     use pitwall_server::LiveStream;
     [
-        (&topics.clean, LiveStream::Clean),
-        (&topics.metrics, LiveStream::Metrics),
-        (&topics.anomalies, LiveStream::Anomalies),
+        (OutputStream::Clean, &topics.clean, LiveStream::Clean),
+        (OutputStream::Metrics, &topics.metrics, LiveStream::Metrics),
+        (
+            OutputStream::Anomalies,
+            &topics.anomalies,
+            LiveStream::Anomalies,
+        ),
     ]
 }
 
@@ -240,7 +245,7 @@ fn feed_live(
     topics: &Topics,
     live: &pitwall_server::LiveHub,
 ) -> anyhow::Result<()> {
-    for (topic, stream) in live_topics(topics) {
+    for (_, topic, stream) in live_topics(topics) {
         for mut consumer in bus.subscribe(topic)? {
             let live = live.clone();
             tokio::spawn(async move {
@@ -265,7 +270,14 @@ pub(crate) fn feed_live_from_kafka(
     live: &pitwall_server::LiveHub,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    for (topic, stream) in live_topics(topics) {
+    for (output, topic, stream) in live_topics(topics) {
+        if !config.kafka.outputs.contains(&output) {
+            tracing::warn!(
+                "kafka.outputs leaves out {}: the live feed's {} stream stays empty (add it to kafka.outputs to follow it live)",
+                stream.name(),
+                stream.name()
+            );
+        }
         let mut kafka = config.kafka.clone();
         kafka.group_id = format!(
             "{}-live-{}-{}",
@@ -518,7 +530,7 @@ pub async fn run_on_bus(
         .context("reading the lake's committed offsets")?;
     let mut lake_writer_state = LakeWriter::with_progress(lake.clone(), &progress);
     for consumer in &consumers {
-        let key = partition_key(&topics.raw, consumer.partition);
+        let key = PartitionId::new(topics.raw.as_str(), consumer.partition);
         let plan = pitwall_lake::ResumePlan::from_lake(&progress, &key);
         bus.resume(&topics.raw, consumer.partition, plan.frontier)
             .await?;
@@ -936,16 +948,6 @@ impl Corrupter {
     }
 }
 
-/// The output topics the processor publishes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OutputStream {
-    Clean,
-    Metrics,
-    Anomalies,
-    Dlq,
-    Late,
-}
-
 /// Outputs encoded for their topics: every message's key and payload written one after
 /// another into one buffer, so encoding allocates nothing per message and the in-process
 /// bus hands out slices of one shared buffer.
@@ -1037,7 +1039,8 @@ impl Encoded {
 }
 
 /// Encodes `o` for the output topics `want` selects, appending to `out`: JSON, keyed by
-/// source id (DLQ messages carry no key), timestamped with event time.
+/// source id (DLQ messages carry no key), timestamped with event time; the metrics topic
+/// gets one message per window fire.
 pub(crate) fn encode_outputs(
     o: &Outputs,
     config: &pitwall_stream::ProcessorConfig,
@@ -1052,13 +1055,15 @@ pub(crate) fn encode_outputs(
         }
     }
     if want(OutputStream::Metrics) {
-        for w in &o.windows {
+        // One message per source and window fire, every field's aggregates in it.
+        for fire in window_fires(&o.windows) {
+            let w = &fire[0];
             out.push(
                 OutputStream::Metrics,
                 Some(&w.source_id),
                 w.window_end,
                 |buf| {
-                    w.write_json(buf);
+                    write_window_fire_json(fire, buf);
                     Ok(())
                 },
             )?;
@@ -1148,21 +1153,10 @@ impl Publisher {
     }
 }
 
-/// `topic/partition`, as the lake records offsets.
-pub(crate) fn partition_key(topic: &str, partition: u32) -> String {
-    format!("{topic}/{partition}")
-}
-
-/// The topic and partition of a [`partition_key`].
-pub(crate) fn split_partition_key(key: &str) -> Option<(&str, u32)> {
-    let (topic, partition) = key.rsplit_once('/')?;
-    Some((topic, partition.parse().ok()?))
-}
-
 /// Outputs of one partition for the lake writer, with the processor's checkpoint after
 /// them and the share of the hand-off's row budget they hold until the writer takes them.
 type Batch = (
-    String,
+    PartitionId,
     Outputs,
     pitwall_stream::Checkpoint,
     tokio::sync::OwnedSemaphorePermit,
@@ -1198,7 +1192,7 @@ impl Handoff {
     /// Waits for room, then hands `outputs` over; false if the writer has stopped.
     async fn send(
         &self,
-        key: String,
+        key: PartitionId,
         outputs: Outputs,
         checkpoint: pitwall_stream::Checkpoint,
     ) -> bool {
@@ -1224,7 +1218,7 @@ async fn process_partition(
     idle_timeout: Duration,
 ) -> anyhow::Result<()> {
     let mut batch: Vec<Message> = Vec::with_capacity(1024);
-    let key = partition_key(processor.topic(), processor.partition());
+    let key = PartitionId::new(processor.topic(), processor.partition());
     let mut next = 0;
     let mut last_data = Instant::now();
     loop {
@@ -1283,7 +1277,7 @@ async fn hand_over(
     processor: &Processor,
     next: i64,
     outputs: Outputs,
-    key: &str,
+    key: &PartitionId,
     publisher: &Publisher,
     out: &Handoff,
     stats: &Stats,

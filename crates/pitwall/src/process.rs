@@ -17,16 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pitwall_bus::Topics;
 use pitwall_bus::kafka::{KafkaConsumer, KafkaProducer, KafkaPublisher, Rebalance, StartHook};
+use pitwall_core::PartitionId;
 use pitwall_lake::progress::names;
 use pitwall_lake::{CommitStats, Lake, LakeWriter, ResumePlan, Round};
 use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry, TICK_KEY, tick_payload};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::{
-    Encoded, OutputStream, Stats, encode_outputs, ensure_topics, open_lake, partition_key,
-    record_commit, split_partition_key,
-};
+use crate::pipeline::{Encoded, Stats, encode_outputs, ensure_topics, open_lake, record_commit};
 
 /// How long a member may hold no partition, alone in its group, before it rejoins.
 const STRANDED_AFTER: Duration = Duration::from_secs(15);
@@ -101,7 +99,7 @@ pub async fn run(
     let mut writer = LakeWriter::open(lake.clone())
         .await
         .context("reading the lake's committed offsets")?;
-    let plans: Arc<Mutex<HashMap<String, ResumePlan>>> = Arc::default();
+    let plans: Arc<Mutex<HashMap<PartitionId, ResumePlan>>> = Arc::default();
     let hook: StartHook = {
         let (lake, plans, handle) = (
             lake.clone(),
@@ -109,7 +107,7 @@ pub async fn run(
             tokio::runtime::Handle::current(),
         );
         Arc::new(move |topic: &str, partition: u32| {
-            let key = partition_key(topic, partition);
+            let key = PartitionId::new(topic, partition);
             let plan = tokio::task::block_in_place(|| handle.block_on(lake.resume_plan(&key)))
                 .map_err(|e| format!("reading the lake's progress: {e}"))?;
             let start = plan.base.replay_from;
@@ -169,7 +167,7 @@ pub async fn run(
                 match event {
                     Rebalance::Assigned(list) => {
                         for (topic, partition, _) in list {
-                            let key = partition_key(&topic, partition);
+                            let key = PartitionId::new(topic.as_str(), partition);
                             let plan = plans
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -182,8 +180,8 @@ pub async fn run(
                     Rebalance::Revoked(list) => {
                         for (topic, partition) in list {
                             parts.remove(&partition);
-                            writer.revoke(&partition_key(&topic, partition));
-                            tracing::info!(partition = %partition_key(&topic, partition), "partition revoked; its uncommitted rows are left to the next owner");
+                            writer.revoke(&PartitionId::new(topic.as_str(), partition));
+                            tracing::info!(partition = %PartitionId::new(topic.as_str(), partition), "partition revoked; its uncommitted rows are left to the next owner");
                         }
                     }
                     Rebalance::Failed(reason) => anyhow::bail!("{reason}"),
@@ -236,7 +234,7 @@ pub async fn run(
             }
             // Outputs go out in batches, but never held long: anomalies are awaited.
             if unflushed >= 2048 || (unflushed > 0 && (idle_tick || last_hand_over.elapsed() >= HAND_OVER_AFTER)) {
-                hand_over(&mut parts, &mut writer, &publisher, &alerts, &topics, &processor_config, &stats, &mut encoded).await?;
+                hand_over(&mut parts, &mut writer, &publisher, &alerts, &topics, &config.kafka.outputs, &processor_config, &stats, &mut encoded).await?;
                 unflushed = 0;
                 last_hand_over = Instant::now();
             }
@@ -295,6 +293,7 @@ pub async fn run(
             &publisher,
             &alerts,
             &topics,
+            &config.kafka.outputs,
             &processor_config,
             &stats,
             &mut encoded,
@@ -526,7 +525,8 @@ fn unstall(consumer: &KafkaConsumer, parts: &mut HashMap<u32, Part>) {
 }
 
 /// Hands every partition's outputs to the lake writer (with the processor's checkpoint),
-/// its episodes to the alert outbox before that, and queues them on their Kafka topics.
+/// its episodes to the alert outbox before that, and queues the `streams` chosen
+/// (`kafka.outputs`) on their Kafka topics.
 #[allow(clippy::too_many_arguments)]
 async fn hand_over(
     parts: &mut HashMap<u32, Part>,
@@ -534,6 +534,7 @@ async fn hand_over(
     publisher: &KafkaPublisher,
     alerts: &crate::alerts::Alerts,
     topics: &Topics,
+    streams: &[pitwall_bus::OutputStream],
     config: &ProcessorConfig,
     stats: &Stats,
     encoded: &mut Encoded,
@@ -543,18 +544,13 @@ async fn hand_over(
         crate::metrics::count(stats, &outputs);
         alerts.record(&outputs.anomalies);
         encoded.clear();
-        encode_outputs(&outputs, config, |_| true, encoded)?;
+        encode_outputs(&outputs, config, |s| streams.contains(&s), encoded)?;
         for (stream, key, payload, time) in encoded.iter() {
-            let topic = match stream {
-                OutputStream::Clean => &topics.clean,
-                OutputStream::Metrics => &topics.metrics,
-                OutputStream::Anomalies => &topics.anomalies,
-                OutputStream::Dlq => &topics.dlq,
-                OutputStream::Late => &topics.late,
-            };
-            publisher.publish(topic, key, payload, time).await?;
+            publisher
+                .publish(stream.topic(topics), key, payload, time)
+                .await?;
         }
-        let key = partition_key(part.processor.topic(), part.processor.partition());
+        let key = PartitionId::new(part.processor.topic(), part.processor.partition());
         writer.append(&key, outputs, part.processor.checkpoint(part.next));
     }
     Ok(())
@@ -638,9 +634,13 @@ fn committed(
     );
     let offsets: Vec<(String, u32, i64)> = writer
         .partitions()
+        .filter(|key| key.topic() == topics.raw)
         .filter_map(|key| {
-            let (topic, partition) = split_partition_key(key).filter(|(t, _)| *t == topics.raw)?;
-            Some((topic.to_owned(), partition, writer.held(names::RAW, key)?))
+            Some((
+                key.topic().to_owned(),
+                key.partition(),
+                writer.held(names::RAW, key)?,
+            ))
         })
         .collect();
     if let Err(e) = consumer.commit_offsets(&offsets) {
@@ -701,7 +701,7 @@ fn report_lag(ends: &EndOffsets, parts: &HashMap<u32, Part>, topic: &str) {
 
 /// Takes `key` up again from the lake after a fenced commit, if this member still owns it.
 async fn retake(
-    key: &str,
+    key: &PartitionId,
     lake: &Lake,
     writer: &mut LakeWriter,
     parts: &mut HashMap<u32, Part>,
@@ -709,9 +709,7 @@ async fn retake(
     config: &Arc<ProcessorConfig>,
     schemas: &SchemaRegistry,
 ) -> anyhow::Result<()> {
-    let Some((topic, partition)) = split_partition_key(key) else {
-        return Ok(());
-    };
+    let (topic, partition) = (key.topic(), key.partition());
     if !parts.contains_key(&partition) {
         return Ok(());
     }
@@ -733,7 +731,7 @@ fn take_up(
     config: &Arc<ProcessorConfig>,
     schemas: &SchemaRegistry,
 ) {
-    writer.assign(&partition_key(topic, partition), &plan);
+    writer.assign(&PartitionId::new(topic, partition), &plan);
     let mut processor = Processor::new(Arc::clone(config), schemas.clone(), topic, partition);
     processor.resume(&plan.base);
     parts.insert(partition, Part::new(processor, plan));

@@ -514,7 +514,7 @@ fn outputs_are_readable_by_kafka_python_and_a_frozen_broker_is_waited_for() {
         .enable_all()
         .build()
         .unwrap();
-    let (clean, rejects, windows, anomalies) = rt.block_on(async {
+    let (clean, rejects, (fires, windows), anomalies) = rt.block_on(async {
         let q = query(&data).await;
         assert_eq!(
             count(&q, "raw.events").await as u64,
@@ -525,28 +525,17 @@ fn outputs_are_readable_by_kafka_python_and_a_frozen_broker_is_waited_for() {
         (
             count(&q, "clean.car").await + count(&q, "clean.sensor").await,
             count(&q, "quarantine.rejects").await,
-            count(&q, "metrics.windows").await,
+            window_fires(&q).await,
             count(&q, "anomalies.events").await,
         )
     });
-    let python = std::env::var("PITWALL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/kafka_check.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(&broker.addr)
-        .arg(format!(
-            r#"{{"telemetry.clean": {clean}, "telemetry.dlq": {rejects}, "telemetry.metrics": {windows}, "telemetry.anomalies": {anomalies}}}"#
-        ))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; scripts/test.sh installs kafka-python and sets PITWALL_PYTHON"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "kafka-python disagrees:\n{stdout}\n{stderr}\nlogs:\n{}",
-        notable(&[&log, &ingest_log])
+    kafka_python_agrees(
+        &broker,
+        &format!(
+            r#"{{"telemetry.clean": {clean}, "telemetry.dlq": {rejects}, "telemetry.metrics": [{fires}, {windows}], "telemetry.anomalies": {anomalies}}}"#
+        ),
+        &[&log, &ingest_log],
     );
-    assert!(stdout.contains("kafka-python agrees"), "{stdout}\n{stderr}");
 }
 
 /// A partition that goes quiet gets watermark ticks through the raw topic: its last
@@ -560,7 +549,8 @@ fn idle_partitions_are_ticked_so_their_windows_close() {
     std::fs::write(
         &config,
         "[sim]\nseed = 5\n\n[sim.race]\nfaults-per-car-minute = 0.0\n\n[sim.iot]\nfaults-per-sensor-minute = 0.0\n\n\
-         [lake]\ncommit-interval = \"1s\"\n\n[processor]\nidle-timeout = \"2s\"\n",
+         [lake]\ncommit-interval = \"1s\"\n\n[processor]\nidle-timeout = \"2s\"\n\n\
+         [kafka]\noutputs = [\"metrics\"]\n",
     )
     .unwrap();
     let sent = ingest(&broker, &config, 30);
@@ -657,7 +647,52 @@ fn idle_partitions_are_ticked_so_their_windows_close() {
         }
         // The stream ended for every source at once: nobody is silent next to others.
         assert_eq!(count(&q, "anomalies.events").await, 0, "{}", notable(&[&log]));
+        // kafka.outputs = ["metrics"]: the lake has every stream, Kafka only the metrics
+        // (one message per window fire).
+        assert!(count(&q, "clean.car").await > 0);
+        let (fires, windows) = window_fires(&q).await;
+        kafka_python_agrees(
+            &broker,
+            &format!(
+                r#"{{"telemetry.clean": 0, "telemetry.dlq": 0, "telemetry.late": 0, "telemetry.anomalies": 0, "telemetry.metrics": [{fires}, {windows}]}}"#
+            ),
+            &[&log],
+        );
     });
+}
+
+/// The window fires in metrics.windows (one per source, window and span), and its rows.
+async fn window_fires(q: &Query) -> (i64, i64) {
+    let fires = rows(
+        q,
+        "SELECT count(*) AS n FROM (SELECT DISTINCT measurement, source_id, \"window\", window_start FROM metrics.windows)",
+    )
+    .await;
+    (
+        fires[0]["n"].as_i64().unwrap(),
+        count(q, "metrics.windows").await,
+    )
+}
+
+/// Runs tests/kafka_check.py (kafka-python) with `expected`; fails with its words and
+/// the logs if it disagrees.
+fn kafka_python_agrees(broker: &Broker, expected: &str, logs: &[&Path]) {
+    let python = std::env::var("PITWALL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/kafka_check.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&broker.addr)
+        .arg(expected)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; scripts/test.sh installs kafka-python and sets PITWALL_PYTHON"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "kafka-python disagrees:\n{stdout}\n{stderr}\nlogs:\n{}",
+        notable(logs)
+    );
+    assert!(stdout.contains("kafka-python agrees"), "{stdout}\n{stderr}");
 }
 
 /// An unreachable broker is an error at start that names the brokers and the setting.

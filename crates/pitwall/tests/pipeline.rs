@@ -585,7 +585,29 @@ async fn outputs_go_back_onto_the_bus_for_live_readers() {
         n("telemetry.clean"),
         count(&q, "clean.car").await + count(&q, "clean.sensor").await
     );
-    assert_eq!(n("telemetry.metrics"), count(&q, "metrics.windows").await);
+    // One metrics message per source and window fire, holding each field's row.
+    let fires = rows(
+        &q,
+        "SELECT count(*) AS n FROM (SELECT DISTINCT measurement, source_id, \"window\", window_start FROM metrics.windows)",
+    )
+    .await;
+    assert_eq!(n("telemetry.metrics"), fires[0]["n"].as_i64().unwrap());
+    let fields: usize = seen["telemetry.metrics"]
+        .iter()
+        .map(|(_, v)| v["fields"].as_object().map_or(0, serde_json::Map::len))
+        .sum();
+    assert_eq!(fields as i64, count(&q, "metrics.windows").await);
+    assert!(
+        fields > seen["telemetry.metrics"].len(),
+        "a car's fire holds several fields"
+    );
+    for (key, v) in &seen["telemetry.metrics"] {
+        assert_eq!(
+            key.as_deref(),
+            Some(v["source_id"].as_str().unwrap().as_bytes())
+        );
+        assert!(v["window_end"].as_i64() > v["window_start"].as_i64(), "{v}");
+    }
     assert_eq!(
         n("telemetry.anomalies"),
         count(&q, "anomalies.events").await

@@ -5,10 +5,15 @@
 use std::collections::BTreeMap;
 
 use pitwall_core::record::{Origin, RawRecord};
-use pitwall_core::{Checkpoint, Outputs};
+use pitwall_core::{Checkpoint, Outputs, PartitionId};
 use pitwall_lake::{Fixed, Lake, LakeConfig, LakeWriter, committed_offsets};
 
 pub const T0: i64 = 1_767_225_600_000_000_000;
+
+/// Partition `n` of the raw topic.
+pub fn part(n: u32) -> PartitionId {
+    PartitionId::new("telemetry.raw", n)
+}
 
 pub fn raw(partition: i32, offsets: std::ops::Range<i64>) -> Outputs {
     raw_at(partition, offsets, T0)
@@ -45,7 +50,7 @@ pub fn feed(w: &mut LakeWriter, partition: i32, offsets: std::ops::Range<i64>) {
 pub fn feed_at(w: &mut LakeWriter, partition: i32, offsets: std::ops::Range<i64>, base: i64) {
     let next = offsets.end;
     w.append(
-        &format!("telemetry.raw/{partition}"),
+        &part(partition as u32),
         raw_at(partition, offsets, base),
         Checkpoint {
             next,
@@ -136,7 +141,7 @@ pub fn rest(on_s3: bool) -> Place {
     }
 }
 
-pub async fn raw_offsets(lake: &Lake) -> BTreeMap<String, i64> {
+pub async fn raw_offsets(lake: &Lake) -> BTreeMap<PartitionId, i64> {
     committed_offsets(&lake.table(&Fixed::Raw.ident()).await.unwrap()).unwrap_or_default()
 }
 
