@@ -98,7 +98,7 @@ type Parsed = Result<(Point, Option<Vec<u8>>), (u64, String)>;
 
 /// Parses a whole file into points or (line, reason) errors.
 fn parse_file(path: &Path, text: &str, opts: &ReplayOptions) -> anyhow::Result<Vec<Parsed>> {
-    let now = crate::now_ns();
+    let now = pitwall_core::now_ns();
     Ok(match format_of(path, opts.format)? {
         InputFormat::Fastf1 => {
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
@@ -318,7 +318,8 @@ pub async fn replay_into<R: RawSink, D: RawSink>(
                         let key = crate::pipeline::source_key(&config.processor, &point);
                         // The message timestamp is when it was sent: the processor judges a point's
                         // clock against it (processor.max-future).
-                        raw.send(key, Bytes::from(payload), crate::now_ns()).await?;
+                        raw.send(key, Bytes::from(payload), pitwall_core::now_ns())
+                            .await?;
                         summary.sent += 1;
                         summary.span = Some(match summary.span {
                             Some((first, last)) => (first.min(point.time), last.max(point.time)),
@@ -337,8 +338,12 @@ pub async fn replay_into<R: RawSink, D: RawSink>(
                             .copied()
                             .unwrap_or("");
                         let record = serde_json::json!({"file": path.display().to_string(), "line": line, "reason": reason, "payload": text_line});
-                        dlq.send(None, Bytes::from(record.to_string()), crate::now_ns())
-                            .await?;
+                        dlq.send(
+                            None,
+                            Bytes::from(record.to_string()),
+                            pitwall_core::now_ns(),
+                        )
+                        .await?;
                     }
                 }
                 if summary.sent % 4096 == 0 {

@@ -48,7 +48,7 @@ impl Transport {
 /// other's messages or offsets.
 fn fresh_topics(config: &mut Config, transport: &Transport, run: usize) {
     if let Transport::Kafka(brokers) = transport {
-        let stamp = crate::now_ns() / 1_000_000;
+        let stamp = pitwall_core::now_ns() / 1_000_000;
         config.kafka.brokers.clone_from(brokers);
         config.bus.topic_prefix = format!(
             "{}bench-{}-{stamp}-{run}.",
@@ -158,7 +158,7 @@ async fn fill_kafka(
     let topics = pipeline::ensure_topics(config).await?;
     let mut sink = pipeline::KafkaSink::new(&config.kafka, &topics.raw)?;
     let run = SimRun {
-        start_time: crate::now_ns() - i64::try_from(sim_duration.as_nanos()).unwrap_or(0),
+        start_time: pitwall_core::now_ns() - i64::try_from(sim_duration.as_nanos()).unwrap_or(0),
         sim_duration: Some(sim_duration),
         serve: None,
         hold_open: false,
@@ -414,7 +414,7 @@ async fn read_topic(cfg: &Config, topic: &str) -> anyhow::Result<Vec<Message>> {
 }
 
 async fn process_in_process(cfg: &Config, sim_duration: Duration) -> anyhow::Result<Throughput> {
-    let start_time = crate::now_ns() - i64::try_from(sim_duration.as_nanos()).unwrap_or(0);
+    let start_time = pitwall_core::now_ns() - i64::try_from(sim_duration.as_nanos()).unwrap_or(0);
     // The simulators and their JSON alone, to take out of the pipeline's CPU time.
     let sim_cpu = {
         let end = start_time + i64::try_from(sim_duration.as_nanos()).unwrap_or(i64::MAX);
@@ -507,7 +507,7 @@ impl Load {
         probes: Arc<Probes>,
         cancel: CancellationToken,
     ) -> anyhow::Result<(u64, S)> {
-        let mut sim = pipeline::simulators(&config, crate::now_ns());
+        let mut sim = pipeline::simulators(&config, pitwall_core::now_ns());
         let mut pool = Vec::new();
         while pool.len() < 20_000 {
             pitwall_sim::Simulator::step(&mut sim, &mut pool);
@@ -539,7 +539,7 @@ impl Load {
             let due = (self.rate * elapsed.as_secs_f64()) as u64;
             let probes_due = (elapsed.as_secs_f64() / self.probe_every.as_secs_f64()) as u64;
             while sent < due {
-                let now = crate::now_ns();
+                let now = pitwall_core::now_ns();
                 let is_probe = probes_sent < probes_due;
                 let i = (sent as usize) % pool.len();
                 let probe = if is_probe {
@@ -618,7 +618,7 @@ impl Harness {
         let stats = Arc::new(Stats::default());
         // The pipeline's own simulators send nothing; the load does.
         let run = SimRun {
-            start_time: crate::now_ns(),
+            start_time: pitwall_core::now_ns(),
             sim_duration: Some(Duration::ZERO),
             serve: None,
             hold_open: true,
@@ -956,7 +956,7 @@ pub async fn latency(config: &Config, opts: &FixedRate) -> anyhow::Result<()> {
 /// start of the first query that returns it.
 pub async fn freshness(config: &Config, opts: &FixedRate, poll: Duration) -> anyhow::Result<()> {
     // Probes of this run only, should the lake hold earlier runs'.
-    let prefix = format!("FRESH{}x", crate::now_ns() / 1_000_000_000);
+    let prefix = format!("FRESH{}x", pitwall_core::now_ns() / 1_000_000_000);
     let mut cfg = config.clone();
     let _scratch = ScratchLake::apply(&mut cfg, opts.lake_given, 0);
     fresh_topics(&mut cfg, &opts.transport, 0);

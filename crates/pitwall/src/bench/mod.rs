@@ -72,7 +72,7 @@ fn cpu_seconds_of(pid: &str) -> f64 {
 /// Runs the scenario and prints its figures.
 pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()> {
     // Bodies: simulated cars and sensors as line protocol, `batch` lines each.
-    let mut sim = crate::pipeline::simulators(config, crate::now_ns());
+    let mut sim = crate::pipeline::simulators(config, pitwall_core::now_ns());
     let mut bodies = Vec::new();
     let mut points = Vec::new();
     let mut raw_bytes = 0usize;
@@ -442,7 +442,8 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
     );
     let stats = Arc::new(crate::metrics::Stats::default());
     let run = crate::pipeline::SimRun {
-        start_time: crate::now_ns() - i64::try_from(opts.sim_duration.as_nanos()).unwrap_or(0),
+        start_time: pitwall_core::now_ns()
+            - i64::try_from(opts.sim_duration.as_nanos()).unwrap_or(0),
         sim_duration: Some(opts.sim_duration),
         serve: None,
         hold_open: false,
@@ -551,7 +552,7 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
 /// `points` of the simulators' telemetry; prints the median of `runs` per operation.
 pub fn codec(config: &Config, points: usize, runs: usize) -> anyhow::Result<()> {
     use pitwall_core::{Precision, json, line_protocol};
-    let mut sim = crate::pipeline::simulators(config, crate::now_ns());
+    let mut sim = crate::pipeline::simulators(config, pitwall_core::now_ns());
     let mut batch = Vec::with_capacity(points);
     while batch.len() < points {
         use pitwall_sim::Simulator;

@@ -1,0 +1,78 @@
+//! `pitwall serve`: the HTTP, PostgreSQL and Flight SQL servers over a lake (and Kafka for writes and the live feed) without a processor.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::Config;
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Where to listen (overrides server.listen, default 127.0.0.1:8086).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Where the PostgreSQL wire protocol listens (overrides server.pg-listen, default
+    /// 127.0.0.1:5433); "" turns it off.
+    #[arg(long, value_name = "HOST:PORT")]
+    pg_listen: Option<String>,
+    /// Where Arrow Flight SQL listens (overrides server.flight-listen, default off).
+    #[arg(long, value_name = "HOST:PORT")]
+    flight_listen: Option<String>,
+    /// The lake the SQL API and dashboard read (the one `pitwall process` writes).
+    #[command(flatten)]
+    lake: LakeArgs,
+    /// Kafka bootstrap brokers (overrides kafka.brokers).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = args.lake.apply(Config::load(args.config.as_deref())?);
+    if let Some(b) = args.brokers {
+        config.kafka.brokers = b;
+    }
+    if let Some(l) = args.listen {
+        config.server.listen = l;
+    }
+    if let Some(pg) = args.pg_listen {
+        config.server.pg_listen = pg;
+    }
+    if let Some(flight) = args.flight_listen {
+        config.server.flight_listen = flight;
+    }
+    config.validate()?;
+    let topics = crate::pipeline::ensure_topics(&config).await?;
+    let sink = Arc::new(crate::pipeline::KafkaWriteSink::new(
+        &config.kafka,
+        &topics.raw,
+    )?);
+    let cancel = CancellationToken::new();
+    cancel_on_ctrl_c(&cancel, "stopping: finishing the writes in flight");
+    eprintln!(
+        "pitwall serve: writes go to {} at {}",
+        topics.raw, config.kafka.brokers
+    );
+    let lake = crate::pipeline::open_lake(&config).await?;
+    let live = pitwall_server::LiveHub::default();
+    crate::pipeline::feed_live_from_kafka(&config, &topics, &live, &cancel)?;
+    // serve commits nothing; its /health reports the server alone.
+    let server = crate::pipeline::start_server(
+        &config.server,
+        &config,
+        sink,
+        Some(lake),
+        live,
+        pitwall_server::Health::default(),
+        cancel.clone(),
+    )
+    .await?;
+    server.await??;
+    Ok(ExitCode::SUCCESS)
+}
