@@ -683,6 +683,48 @@ impl KafkaPublisher {
     }
 }
 
+/// One Kafka topic as a [`crate::Publish`]: sends are pipelined, up to 50,000
+/// unacknowledged at a time; [`crate::Publish::finish`] waits for the rest.
+#[derive(Debug)]
+pub struct KafkaTopic {
+    publisher: KafkaPublisher,
+    topic: String,
+}
+
+impl KafkaTopic {
+    /// Unacknowledged sends past which a send waits for the brokers to catch up.
+    const MAX_IN_FLIGHT: usize = 50_000;
+
+    /// A producer writing to `topic`.
+    pub fn new(config: &KafkaConfig, topic: &str) -> Result<Self> {
+        Ok(KafkaTopic {
+            publisher: KafkaPublisher::new(config)?,
+            topic: topic.to_owned(),
+        })
+    }
+}
+
+impl crate::Publish for KafkaTopic {
+    type Error = Error;
+
+    async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> Result<()> {
+        self.publisher
+            .publish(&self.topic, key.as_deref(), &payload, time)
+            .await?;
+        if self.publisher.in_flight() > Self::MAX_IN_FLIGHT {
+            self.publisher
+                .delivered_down_to(Self::MAX_IN_FLIGHT / 2)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the brokers acknowledged everything sent.
+    async fn finish(&mut self) -> Result<()> {
+        self.publisher.delivered().await
+    }
+}
+
 /// A change of this member's partitions, in the order the group made them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rebalance {

@@ -175,6 +175,40 @@ pub enum Error {
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// One topic to send to, in order: a topic of the in-process bus ([`Producer`]) or of
+/// Kafka ([`kafka::KafkaTopic`]), or anything else that takes messages one after another
+/// (the replay's file of refused lines). What the simulators, the replay and the
+/// benchmarks' load generators write through.
+#[allow(async_fn_in_trait)]
+pub trait Publish {
+    /// What a failed send says.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Sends one message, keyed for its partition, waiting while the topic is full.
+    async fn send(
+        &mut self,
+        key: Option<Bytes>,
+        payload: Bytes,
+        time: i64,
+    ) -> std::result::Result<(), Self::Error>;
+
+    /// Waits until everything sent is durable where it went.
+    async fn finish(&mut self) -> std::result::Result<(), Self::Error>;
+}
+
+impl Publish for Producer {
+    type Error = Error;
+
+    async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> Result<()> {
+        Producer::send(self, key, payload, time).await.map(|_| ())
+    }
+
+    /// A send to the in-process bus is final when it returns.
+    async fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Settings of the in-process bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusConfig {

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use pitwall_bus::OutputStream;
+use pitwall_bus::kafka::KafkaTopic;
 use pitwall_bus::{BusConfig, InProcessBus, Message, PartitionConsumer, Producer, Topics};
+use pitwall_bus::{OutputStream, Publish};
 use pitwall_core::record::{window_fires, write_json, write_window_fire_json};
 use pitwall_core::{PartitionId, json};
 use pitwall_lake::{Lake, LakeWriter};
@@ -613,7 +614,7 @@ pub async fn run_on_bus(
                 );
                 let summary =
                     replayed(&config, opts, &mut raw, &mut rejects, &cancel, &stats).await?;
-                rejects.finish()?;
+                rejects.finish().await?;
                 if summary.rejected_total() > 0 {
                     eprintln!(
                         "  the bad lines, with their reasons: {}",
@@ -720,15 +721,16 @@ pub async fn run_on_kafka(
                 if run.replay.is_some() && !config.sim.race_enabled && !config.sim.iot_enabled {
                     return Ok(());
                 }
-                let mut sink = KafkaSink::new(&config.kafka, &topics.raw)?;
+                let mut sink = KafkaTopic::new(&config.kafka, &topics.raw)?;
                 let mut sim = simulators(&config, run.start_time);
                 produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
-                sink.finish().await
+                sink.finish().await?;
+                anyhow::Ok(())
             };
             let replayed = async {
                 if let Some(opts) = &run.replay {
-                    let mut raw = KafkaSink::new(&config.kafka, &topics.raw)?;
-                    let mut dlq = KafkaSink::new(&config.kafka, &topics.dlq)?;
+                    let mut raw = KafkaTopic::new(&config.kafka, &topics.raw)?;
+                    let mut dlq = KafkaTopic::new(&config.kafka, &topics.dlq)?;
                     replayed(&config, opts, &mut raw, &mut dlq, &cancel, &stats).await?;
                     raw.finish().await?;
                     dlq.finish().await?;
@@ -756,7 +758,7 @@ pub async fn run_on_kafka(
 
 /// `pitwall up --replay`: the files into `raw` (bad lines into `rejects`), counted as
 /// produced; then the summary and where the dashboard shows the replayed events.
-async fn replayed<R: RawSink, D: RawSink>(
+async fn replayed<R: Publish, D: Publish>(
     config: &Config,
     opts: &crate::replay::ReplayOptions,
     raw: &mut R,
@@ -784,57 +786,8 @@ async fn replayed<R: RawSink, D: RawSink>(
     Ok(summary)
 }
 
-/// Where simulated payloads go: the in-process bus or Kafka.
-#[allow(async_fn_in_trait)]
-pub trait RawSink {
-    /// Sends one payload (waiting while the bus is full).
-    async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> anyhow::Result<()>;
-}
-
-impl RawSink for Producer {
-    async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> anyhow::Result<()> {
-        Producer::send(self, key, payload, time).await?;
-        Ok(())
-    }
-}
-
-/// Kafka as a [`RawSink`]: sends are pipelined, up to 50,000 unacknowledged at a time.
-#[derive(Debug)]
-pub struct KafkaSink {
-    publisher: pitwall_bus::kafka::KafkaPublisher,
-    topic: String,
-}
-
-impl KafkaSink {
-    /// A sink writing to `topic`.
-    pub fn new(config: &pitwall_bus::kafka::KafkaConfig, topic: &str) -> anyhow::Result<Self> {
-        Ok(KafkaSink {
-            publisher: pitwall_bus::kafka::KafkaPublisher::new(config)?,
-            topic: topic.to_owned(),
-        })
-    }
-
-    /// Waits until the brokers acknowledged everything sent.
-    pub async fn finish(&mut self) -> anyhow::Result<()> {
-        self.publisher.delivered().await?;
-        Ok(())
-    }
-}
-
-impl RawSink for KafkaSink {
-    async fn send(&mut self, key: Option<Bytes>, payload: Bytes, time: i64) -> anyhow::Result<()> {
-        self.publisher
-            .publish(&self.topic, key.as_deref(), &payload, time)
-            .await?;
-        if self.publisher.in_flight() > 50_000 {
-            self.publisher.delivered_down_to(25_000).await?;
-        }
-        Ok(())
-    }
-}
-
 /// Steps the simulators and sends their points until the simulated end, or `cancel`.
-pub async fn produce<S: RawSink>(
+pub async fn produce<S: Publish>(
     config: &Config,
     run: &SimRun,
     sim: &mut Mixed,

@@ -17,7 +17,8 @@ use pitwall_core::{Point, Precision, fastf1, json, line_protocol};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::{KafkaSink, RawSink};
+use pitwall_bus::Publish;
+use pitwall_bus::kafka::KafkaTopic;
 
 /// Input file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -165,8 +166,8 @@ pub async fn replay(
     ensure_topics(&config.kafka, &[&topics.raw, &topics.dlq])
         .await
         .context("making sure the raw and DLQ topics exist")?;
-    let mut raw = KafkaSink::new(&config.kafka, &topics.raw)?;
-    let mut dlq = KafkaSink::new(&config.kafka, &topics.dlq)?;
+    let mut raw = KafkaTopic::new(&config.kafka, &topics.raw)?;
+    let mut dlq = KafkaTopic::new(&config.kafka, &topics.dlq)?;
     let summary = replay_into(config, opts, &mut raw, &mut dlq, &cancel, |_| {}).await?;
     raw.finish().await?;
     dlq.finish().await?;
@@ -192,37 +193,43 @@ impl RejectFile {
         &self.path
     }
 
-    /// Flushes what is written.
-    pub fn finish(&mut self) -> anyhow::Result<()> {
-        use std::io::Write;
-        if let Some(f) = &mut self.file {
-            f.flush()
-                .with_context(|| format!("writing {}", self.path.display()))?;
-        }
-        Ok(())
+    /// `e` with the file's name in its message.
+    fn error(&self, doing: &str, e: &std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), format!("{doing} {}: {e}", self.path.display()))
     }
 }
 
-impl RawSink for RejectFile {
+impl Publish for RejectFile {
+    type Error = std::io::Error;
+
     async fn send(
         &mut self,
         _key: Option<Bytes>,
         payload: Bytes,
         _time: i64,
-    ) -> anyhow::Result<()> {
+    ) -> std::io::Result<()> {
         use std::io::Write;
         if self.file.is_none() {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&self.path)
-                .with_context(|| format!("opening {}", self.path.display()))?;
+                .map_err(|e| self.error("opening", &e))?;
             self.file = Some(std::io::BufWriter::new(f));
         }
         if let Some(f) = &mut self.file {
-            f.write_all(&payload)
-                .and_then(|()| f.write_all(b"\n"))
-                .with_context(|| format!("writing {}", self.path.display()))?;
+            let written = f.write_all(&payload).and_then(|()| f.write_all(b"\n"));
+            written.map_err(|e| self.error("writing", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes what is written.
+    async fn finish(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        if let Some(f) = &mut self.file {
+            let flushed = f.flush();
+            flushed.map_err(|e| self.error("writing", &e))?;
         }
         Ok(())
     }
@@ -230,7 +237,7 @@ impl RawSink for RejectFile {
 
 /// Replays `opts.path` into `raw`, bad lines (as JSON with their file, line and reason)
 /// into `dlq`, calling `on_sent` with the events sent so far now and then.
-pub async fn replay_into<R: RawSink, D: RawSink>(
+pub async fn replay_into<R: Publish, D: Publish>(
     config: &Config,
     opts: &ReplayOptions,
     raw: &mut R,

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::{cpu_seconds, peak_memory, percentile};
 use crate::config::Config;
 use crate::metrics::Stats;
-use crate::pipeline::{self, RawSink, SimRun};
+use crate::pipeline::{self, SimRun};
+use pitwall_bus::Publish;
 
 /// Where a pipeline scenario runs: the in-process bus, or Kafka at these brokers.
 #[derive(Debug, Clone)]
@@ -156,7 +157,7 @@ async fn fill_kafka(
     sim_duration: Duration,
 ) -> anyhow::Result<(Throughput, String)> {
     let topics = pipeline::ensure_topics(config).await?;
-    let mut sink = pipeline::KafkaSink::new(&config.kafka, &topics.raw)?;
+    let mut sink = pitwall_bus::kafka::KafkaTopic::new(&config.kafka, &topics.raw)?;
     let run = SimRun {
         start_time: pitwall_core::now_ns() - i64::try_from(sim_duration.as_nanos()).unwrap_or(0),
         sim_duration: Some(sim_duration),
@@ -500,7 +501,7 @@ struct Load {
 impl Load {
     /// Sends until warm-up plus duration are over (or `cancel`); probes sent after the
     /// warm-up are recorded in `probes`. Returns the events sent after the warm-up.
-    async fn run<S: RawSink>(
+    async fn run<S: Publish>(
         self,
         config: Config,
         mut sink: S,
@@ -685,7 +686,7 @@ impl Harness {
                         consumer.close();
                     });
                 }
-                let sink = pipeline::KafkaSink::new(&cfg.kafka, &topics.raw)?;
+                let sink = pitwall_bus::kafka::KafkaTopic::new(&cfg.kafka, &topics.raw)?;
                 let pipeline = tokio::spawn(pipeline::run_on_kafka(
                     cfg.clone(),
                     run,

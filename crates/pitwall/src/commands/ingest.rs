@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use pitwall_bus::Publish;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -54,7 +55,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     }
     config.validate()?;
     let topics = crate::pipeline::ensure_topics(&config).await?;
-    let mut sink = crate::pipeline::KafkaSink::new(&config.kafka, &topics.raw)?;
+    let mut sink = pitwall_bus::kafka::KafkaTopic::new(&config.kafka, &topics.raw)?;
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(
         &cancel,

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pitwall::config::Config;
-use pitwall::pipeline::{KafkaSink, SimRun, Stats, Summary, produce, run_embedded, simulators};
+use pitwall::pipeline::{SimRun, Stats, Summary, produce, run_embedded, simulators};
 use pitwall::process::{ProcessOptions, run as run_process};
+use pitwall_bus::Publish;
+use pitwall_bus::kafka::KafkaTopic;
 use pitwall_lake::LakeConfig;
 use pitwall_query::{Format, Query, render};
 use pitwall_sim::{FaultKind, Simulator};
@@ -160,7 +162,7 @@ pub async fn run(transport: &Transport<'_>, mut config: Config, minutes: u64) ->
                 .await
                 .unwrap();
             let stats = Arc::new(Stats::default());
-            let mut sink = KafkaSink::new(&config.kafka, &topics.raw).unwrap();
+            let mut sink = KafkaTopic::new(&config.kafka, &topics.raw).unwrap();
             let mut sim = simulators(&config, run.start_time);
             produce(
                 &config,
