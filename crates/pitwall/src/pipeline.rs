@@ -555,8 +555,11 @@ pub async fn run_on_bus(
             consumer.partition,
         );
         let span = tracing::info_span!("processor", partition = consumer.partition);
-        let publisher =
-            Publisher::new(&bus, &topics, Arc::clone(&processor_config), alerts.clone())?;
+        let publisher = Publisher::new(
+            BusOutputs::new(&bus, &topics)?,
+            Arc::clone(&processor_config),
+            alerts.clone(),
+        );
         processors.push(tokio::spawn(
             process_partition(
                 p,
@@ -994,7 +997,7 @@ impl Encoded {
 /// Encodes `o` for the output topics `want` selects, appending to `out`: JSON, keyed by
 /// source id (DLQ messages carry no key), timestamped with event time; the metrics topic
 /// gets one message per window fire.
-pub(crate) fn encode_outputs(
+fn encode_outputs(
     o: &Outputs,
     config: &pitwall_stream::ProcessorConfig,
     want: impl Fn(OutputStream) -> bool,
@@ -1049,33 +1052,69 @@ pub(crate) fn encode_outputs(
     Ok(())
 }
 
-/// Puts the processor's outputs on their bus topics for live readers, as JSON keyed by
-/// source id. Nothing is encoded for a topic without a consumer.
-struct Publisher {
+/// The output topics of a runtime, on the in-process bus or on Kafka: which streams are
+/// wanted, and sending a hand-over's encoded messages to them.
+#[allow(async_fn_in_trait)]
+pub(crate) trait OutputTopics {
+    /// Whether `stream`'s messages are wanted: on the in-process bus when its topic has a
+    /// reader, on Kafka when `kafka.outputs` names it. Nothing is encoded for the rest.
+    fn wants(&self, stream: OutputStream) -> bool;
+
+    /// Sends every message of `encoded` to its stream's topic, in order, and empties it.
+    async fn send(&self, encoded: &mut Encoded) -> anyhow::Result<()>;
+}
+
+/// Puts the processor's outputs out for live readers, as JSON keyed by source id:
+/// episodes to the alert outbox first (synced), then every wanted stream to its topic.
+pub(crate) struct Publisher<T> {
+    topics: T,
+    config: Arc<pitwall_stream::ProcessorConfig>,
+    alerts: crate::alerts::Alerts,
+    /// The messages of a hand-over, its memory kept from one to the next.
+    encoded: Encoded,
+}
+
+impl<T: OutputTopics> Publisher<T> {
+    pub(crate) fn new(
+        topics: T,
+        config: Arc<pitwall_stream::ProcessorConfig>,
+        alerts: crate::alerts::Alerts,
+    ) -> Self {
+        Publisher {
+            topics,
+            config,
+            alerts,
+            encoded: Encoded::default(),
+        }
+    }
+
+    /// Publishes `o` (before it goes to the lake writer: at least once on the topics).
+    pub(crate) async fn publish(&mut self, o: &Outputs) -> anyhow::Result<()> {
+        self.alerts.record(&o.anomalies);
+        self.encoded.clear();
+        let topics = &self.topics;
+        encode_outputs(o, &self.config, |s| topics.wants(s), &mut self.encoded)?;
+        self.topics.send(&mut self.encoded).await
+    }
+}
+
+/// The in-process bus's output topics.
+struct BusOutputs {
     clean: Producer,
     metrics: Producer,
     anomalies: Producer,
     dlq: Producer,
     late: Producer,
-    config: Arc<pitwall_stream::ProcessorConfig>,
-    alerts: crate::alerts::Alerts,
 }
 
-impl Publisher {
-    fn new(
-        bus: &InProcessBus,
-        topics: &Topics,
-        config: Arc<pitwall_stream::ProcessorConfig>,
-        alerts: crate::alerts::Alerts,
-    ) -> anyhow::Result<Self> {
-        Ok(Publisher {
+impl BusOutputs {
+    fn new(bus: &InProcessBus, topics: &Topics) -> anyhow::Result<Self> {
+        Ok(BusOutputs {
             clean: bus.producer(&topics.clean)?,
             metrics: bus.producer(&topics.metrics)?,
             anomalies: bus.producer(&topics.anomalies)?,
             dlq: bus.producer(&topics.dlq)?,
             late: bus.producer(&topics.late)?,
-            config,
-            alerts,
         })
     }
 
@@ -1088,18 +1127,16 @@ impl Publisher {
             OutputStream::Late => &self.late,
         }
     }
+}
 
-    /// Episodes go to the alert outbox first (synced), then every output to its topic.
-    async fn publish(&self, o: &Outputs) -> anyhow::Result<()> {
-        self.alerts.record(&o.anomalies);
-        let mut encoded = Encoded::default();
-        encode_outputs(
-            o,
-            &self.config,
-            |s| self.producer(s).has_consumer(),
-            &mut encoded,
-        )?;
-        for (s, key, payload, time) in encoded.into_shared() {
+impl OutputTopics for BusOutputs {
+    fn wants(&self, stream: OutputStream) -> bool {
+        self.producer(stream).has_consumer()
+    }
+
+    /// Readers get slices of one shared buffer (so its memory goes with them).
+    async fn send(&self, encoded: &mut Encoded) -> anyhow::Result<()> {
+        for (s, key, payload, time) in std::mem::take(encoded).into_shared() {
             self.producer(s).send(key, payload, time).await?;
         }
         Ok(())
@@ -1165,7 +1202,7 @@ impl Handoff {
 async fn process_partition(
     mut processor: Processor,
     mut consumer: PartitionConsumer,
-    publisher: Publisher,
+    mut publisher: Publisher<BusOutputs>,
     out: Handoff,
     stats: Arc<Stats>,
     idle_timeout: Duration,
@@ -1190,8 +1227,16 @@ async fn process_partition(
                         let mut outputs = Outputs::default();
                         processor.tick(time, &mut outputs);
                         if !outputs.is_empty() {
-                            hand_over(&processor, next, outputs, &key, &publisher, &out, &stats)
-                                .await?;
+                            hand_over(
+                                &processor,
+                                next,
+                                outputs,
+                                &key,
+                                &mut publisher,
+                                &out,
+                                &stats,
+                            )
+                            .await?;
                         }
                     }
                     continue;
@@ -1220,7 +1265,16 @@ async fn process_partition(
             Some(consumer.pending() as i64),
             processor.watermark(),
         );
-        hand_over(&processor, next, outputs, &key, &publisher, &out, &stats).await?;
+        hand_over(
+            &processor,
+            next,
+            outputs,
+            &key,
+            &mut publisher,
+            &out,
+            &stats,
+        )
+        .await?;
     }
 }
 
@@ -1231,7 +1285,7 @@ async fn hand_over(
     next: i64,
     outputs: Outputs,
     key: &PartitionId,
-    publisher: &Publisher,
+    publisher: &mut Publisher<BusOutputs>,
     out: &Handoff,
     stats: &Stats,
 ) -> anyhow::Result<()> {

@@ -24,7 +24,9 @@ use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry, TICK_K
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::{Encoded, Stats, encode_outputs, ensure_topics, open_lake, record_commit};
+use crate::pipeline::{
+    Encoded, OutputTopics, Publisher, Stats, ensure_topics, open_lake, record_commit,
+};
 
 /// How long a member may hold no partition, alone in its group, before it rejoins.
 const STRANDED_AFTER: Duration = Duration::from_secs(15);
@@ -132,11 +134,18 @@ pub async fn run(
     let (alerts, alert_routes) = crate::alerts::start(&config)?;
     let mut parts: HashMap<u32, Part> = HashMap::new();
     let publisher = Arc::new(KafkaPublisher::new(&config.kafka)?);
+    let mut outputs = Publisher::new(
+        KafkaOutputs {
+            publisher: Arc::clone(&publisher),
+            topics: topics.clone(),
+            streams: config.kafka.outputs.clone(),
+        },
+        Arc::clone(&processor_config),
+        alerts,
+    );
     // The lake commit runs on another task while processing goes on; one at a time.
     let mut in_flight: Option<InFlight> = None;
     let mut unflushed = 0usize;
-    // The output topics' messages of a hand-over, its memory kept from one to the next.
-    let mut encoded = Encoded::default();
     let mut last_message = Instant::now();
     let mut failures = 0u32;
     let max_buffered = config.lake.commit_rows.saturating_mul(4);
@@ -234,7 +243,7 @@ pub async fn run(
             }
             // Outputs go out in batches, but never held long: anomalies are awaited.
             if unflushed >= 2048 || (unflushed > 0 && (idle_tick || last_hand_over.elapsed() >= HAND_OVER_AFTER)) {
-                hand_over(&mut parts, &mut writer, &publisher, &alerts, &topics, &config.kafka.outputs, &processor_config, &stats, &mut encoded).await?;
+                hand_over(&mut parts, &mut writer, &mut outputs, &stats).await?;
                 unflushed = 0;
                 last_hand_over = Instant::now();
             }
@@ -287,18 +296,7 @@ pub async fn run(
     // Stopping: commit what was processed (open windows stay open; the next owner
     // rebuilds them from the lake's progress).
     if result.is_ok() {
-        hand_over(
-            &mut parts,
-            &mut writer,
-            &publisher,
-            &alerts,
-            &topics,
-            &config.kafka.outputs,
-            &processor_config,
-            &stats,
-            &mut encoded,
-        )
-        .await?;
+        hand_over(&mut parts, &mut writer, &mut outputs, &stats).await?;
         if let Some(done) = in_flight.take()
             && let Err(e) = land(done, &mut writer, &consumer, &stats, &topics).await?
         {
@@ -525,35 +523,46 @@ fn unstall(consumer: &KafkaConsumer, parts: &mut HashMap<u32, Part>) {
 }
 
 /// Hands every partition's outputs to the lake writer (with the processor's checkpoint),
-/// its episodes to the alert outbox before that, and queues the `streams` chosen
-/// (`kafka.outputs`) on their Kafka topics.
-#[allow(clippy::too_many_arguments)]
+/// after publishing them (episodes to the alert outbox, the streams `kafka.outputs`
+/// chooses queued on their Kafka topics).
 async fn hand_over(
     parts: &mut HashMap<u32, Part>,
     writer: &mut LakeWriter,
-    publisher: &KafkaPublisher,
-    alerts: &crate::alerts::Alerts,
-    topics: &Topics,
-    streams: &[pitwall_bus::OutputStream],
-    config: &ProcessorConfig,
+    publisher: &mut Publisher<KafkaOutputs>,
     stats: &Stats,
-    encoded: &mut Encoded,
 ) -> anyhow::Result<()> {
     for part in parts.values_mut() {
         let outputs = std::mem::take(&mut part.outputs);
         crate::metrics::count(stats, &outputs);
-        alerts.record(&outputs.anomalies);
-        encoded.clear();
-        encode_outputs(&outputs, config, |s| streams.contains(&s), encoded)?;
-        for (stream, key, payload, time) in encoded.iter() {
-            publisher
-                .publish(stream.topic(topics), key, payload, time)
-                .await?;
-        }
+        publisher.publish(&outputs).await?;
         let key = PartitionId::new(part.processor.topic(), part.processor.partition());
         writer.append(&key, outputs, part.processor.checkpoint(part.next));
     }
     Ok(())
+}
+
+/// Kafka's output topics: the streams `kafka.outputs` names, queued on the publisher
+/// (acknowledged before each lake commit).
+struct KafkaOutputs {
+    publisher: Arc<KafkaPublisher>,
+    topics: Topics,
+    streams: Vec<pitwall_bus::OutputStream>,
+}
+
+impl OutputTopics for KafkaOutputs {
+    fn wants(&self, stream: pitwall_bus::OutputStream) -> bool {
+        self.streams.contains(&stream)
+    }
+
+    async fn send(&self, encoded: &mut Encoded) -> anyhow::Result<()> {
+        for (stream, key, payload, time) in encoded.iter() {
+            self.publisher
+                .publish(stream.topic(&self.topics), key, payload, time)
+                .await?;
+        }
+        encoded.clear();
+        Ok(())
+    }
 }
 
 /// A lake commit running on a task of its own: the round and how it went (with the
