@@ -930,10 +930,10 @@ impl KafkaConsumer {
         })
     }
 
-    /// True if this member holds no partition although it is its group's only member, so
-    /// nobody reads the topics: seen with tansu 0.6 when a member died during a
-    /// rebalance, the survivor left with an empty assignment in a "stable" group. Blocks
-    /// on the brokers for up to 5 s.
+    /// True if this member holds no partition although no other member of its group is
+    /// listed, so nobody reads the topics: seen with tansu 0.6 when a member died during
+    /// a rebalance, the survivor left with an empty assignment in a "stable" group.
+    /// Blocks on the brokers for up to 5 s.
     pub fn stranded(&self) -> Result<bool> {
         if self.topics.is_empty() || self.inner.assignment().map_or(true, |a| a.count() > 0) {
             return Ok(false);
@@ -948,10 +948,16 @@ impl KafkaConsumer {
                     e,
                 )
             })?;
-        Ok(groups
+        // Alone in the group, or not listed in it at all (a join the coordinator lost):
+        // either way nobody else can be holding the partitions.
+        let others = groups
             .groups()
             .iter()
-            .any(|g| g.name() == self.group && g.members().len() == 1))
+            .filter(|g| g.name() == self.group)
+            .map(|g| g.members().len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        Ok(others == 0)
     }
 
     /// Leaves the group and joins it again, so its coordinator assigns the partitions anew.

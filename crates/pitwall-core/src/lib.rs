@@ -15,7 +15,7 @@ mod point;
 pub mod record;
 
 pub use map::{Name, SortedMap};
-pub use message::{BadPartitionId, Message, PartitionId, now_ns};
+pub use message::{BadPartitionId, Message, PartitionId, now_ns, rfc3339_ms};
 pub use point::{FieldType, FieldValue, Point, Precision};
 pub use record::{Checkpoint, Outputs, RejectKind};
 

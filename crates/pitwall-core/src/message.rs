@@ -97,6 +97,12 @@ pub fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// `ns` (since the epoch) as RFC 3339 in UTC to the millisecond, e.g.
+/// `2026-01-01T00:00:00.000Z`.
+pub fn rfc3339_ms(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -139,6 +145,15 @@ mod tests {
             map
         );
         assert!(serde_json::from_str::<BTreeMap<PartitionId, i64>>(r#"{"t":1}"#).is_err());
+    }
+
+    #[test]
+    fn times_print_as_rfc3339_to_the_millisecond() {
+        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339_ms(1_767_225_600_123_456_789),
+            "2026-01-01T00:00:00.123Z"
+        );
     }
 
     #[test]

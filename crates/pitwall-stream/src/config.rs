@@ -1004,6 +1004,13 @@ impl ProcessorConfig {
             .map(|v| v.as_str())
     }
 
+    /// The bus key of `point`: its source id, so one source's events stay in order in
+    /// one partition.
+    pub fn source_key(&self, point: &pitwall_core::Point) -> Option<bytes::Bytes> {
+        self.source_id(point)
+            .map(|s| bytes::Bytes::copy_from_slice(s.as_bytes()))
+    }
+
     /// The source tag of `measurement`: configured, else `host`.
     pub fn source_tag(&self, measurement: &str) -> &str {
         self.measurements

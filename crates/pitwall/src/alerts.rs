@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::replay::rfc3339;
+use pitwall_core::rfc3339_ms as rfc3339;
 
 /// `[alerts]`: where episodes are sent.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -564,15 +564,17 @@ impl Routes {
 }
 
 /// Opens the outbox and starts a task per route; nothing when no route is configured.
-pub fn start(config: &crate::config::Config) -> anyhow::Result<(Alerts, Routes)> {
-    let routes = &config.alerts.routes;
+/// The outbox and route cursors are in `config.dir`, or `data_dir/alerts` when it is
+/// empty.
+pub fn start(config: &AlertsConfig, data_dir: &Path) -> anyhow::Result<(Alerts, Routes)> {
+    let routes = &config.routes;
     if routes.is_empty() {
         return Ok((Alerts::default(), Routes::default()));
     }
-    let dir = if config.alerts.dir.is_empty() {
-        config.lake.data_dir.join("alerts")
+    let dir = if config.dir.is_empty() {
+        data_dir.join("alerts")
     } else {
-        PathBuf::from(&config.alerts.dir)
+        PathBuf::from(&config.dir)
     };
     let outbox = Arc::new(Outbox::open(&dir, routes.len())?);
     let (drain, stop) = (CancellationToken::new(), CancellationToken::new());

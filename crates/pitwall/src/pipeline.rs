@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use pitwall_bus::kafka::KafkaTopic;
 use pitwall_bus::{BusConfig, InProcessBus, Message, PartitionConsumer, Producer, Topics};
 use pitwall_bus::{OutputStream, Publish};
 use pitwall_core::record::{window_fires, write_json, write_window_fire_json};
@@ -356,16 +355,6 @@ pub fn simulators(config: &Config, start_time: i64) -> Mixed {
     Mixed::new(sims)
 }
 
-/// The source id of a simulated point (the bus key).
-pub(crate) fn source_key(
-    config: &pitwall_stream::ProcessorConfig,
-    p: &pitwall_core::Point,
-) -> Option<Bytes> {
-    config
-        .source_id(p)
-        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-}
-
 /// Runs the lake's maintenance (compaction, expiry, orphans, retention) every
 /// `lake.maintenance.interval` until `cancel`; nothing when the interval is zero. A run
 /// cut short by `cancel` leaves at most unreferenced files, which a later run removes.
@@ -519,7 +508,7 @@ pub async fn run_on_bus(
     let topics = bus.config().topics.clone();
     let consumers = bus.subscribe(&topics.raw)?;
     let processor_config = Arc::new(config.processor.clone());
-    let (alerts, alert_routes) = crate::alerts::start(&config)?;
+    let (alerts, alert_routes) = crate::alerts::start(&config.alerts, &config.lake.data_dir)?;
 
     // Processors hand their outputs to the one lake writer, bounded by rows in flight.
     let (out_tx, out_rx) = Handoff::new();
@@ -685,83 +674,9 @@ pub async fn run_on_bus(
     })
 }
 
-/// [`run_embedded`] over Kafka: the simulators send to the raw topic (as `pitwall
-/// ingest`) while the processor reads it in the consumer group (as `pitwall process`),
-/// until `cancel`. What was processed is committed; what was sent but not processed
-/// waits in Kafka for the next run.
-pub async fn run_on_kafka(
-    config: Config,
-    run: SimRun,
-    cancel: CancellationToken,
-    stats: Arc<Stats>,
-) -> anyhow::Result<()> {
-    let topics = ensure_topics(&config).await?;
-    let server = match &run.serve {
-        Some(s) => {
-            let sink = Arc::new(KafkaWriteSink::new(&config.kafka, &topics.raw)?);
-            let (lake, schemas) = open_lake(&config).await?;
-            let live = pitwall_server::LiveHub::default();
-            feed_live_from_kafka(&config, &topics, &live, &cancel)?;
-            Some(
-                start_server(
-                    s,
-                    &config,
-                    sink,
-                    Some((lake, schemas)),
-                    live,
-                    stats.health.clone(),
-                    cancel.clone(),
-                )
-                .await?,
-            )
-        }
-        None => None,
-    };
-    let producer = {
-        let (config, cancel, stats) = (config.clone(), cancel.clone(), Arc::clone(&stats));
-        tokio::spawn(async move {
-            let simulated = async {
-                if run.replay.is_some() && !config.sim.race_enabled && !config.sim.iot_enabled {
-                    return Ok(());
-                }
-                let mut sink = KafkaTopic::new(&config.kafka, &topics.raw)?;
-                let mut sim = simulators(&config, run.start_time);
-                produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
-                sink.finish().await?;
-                anyhow::Ok(())
-            };
-            let replayed = async {
-                if let Some(opts) = &run.replay {
-                    let mut raw = KafkaTopic::new(&config.kafka, &topics.raw)?;
-                    let mut dlq = KafkaTopic::new(&config.kafka, &topics.dlq)?;
-                    replayed(&config, opts, &mut raw, &mut dlq, &cancel, &stats).await?;
-                    raw.finish().await?;
-                    dlq.finish().await?;
-                }
-                anyhow::Ok(())
-            };
-            let (simulated, replayed) = tokio::join!(simulated, replayed);
-            simulated.and(replayed)
-        })
-    };
-    let processed = crate::process::run(
-        config,
-        crate::process::ProcessOptions::default(),
-        cancel.clone(),
-        stats,
-    )
-    .await;
-    cancel.cancel();
-    producer.await.context("the simulator task panicked")??;
-    if let Some(server) = server {
-        server.await.context("the write API task panicked")??;
-    }
-    processed
-}
-
 /// `pitwall up --replay`: the files into `raw` (bad lines into `rejects`), counted as
 /// produced; then the summary and where the dashboard shows the replayed events.
-async fn replayed<R: Publish, D: Publish>(
+pub(crate) async fn replayed<R: Publish, D: Publish>(
     config: &Config,
     opts: &crate::replay::ReplayOptions,
     raw: &mut R,
@@ -780,8 +695,8 @@ async fn replayed<R: Publish, D: Publish>(
         let ms = |ns: i64| ns.div_euclid(1_000_000);
         eprintln!(
             "the replayed events run from {} to {}: on the dashboard, /?range=lake&from={}&to={}",
-            crate::replay::rfc3339(first),
-            crate::replay::rfc3339(last),
+            pitwall_core::rfc3339_ms(first),
+            pitwall_core::rfc3339_ms(last),
             ms(first),
             ms(last) + 1
         );
@@ -837,7 +752,7 @@ pub async fn produce<S: Publish>(
             }
             // The simulator is the producer: the message timestamp is the event time.
             let send = producer.send(
-                source_key(&config.processor, p),
+                config.processor.source_key(p),
                 Bytes::copy_from_slice(&payload),
                 p.time,
             );

@@ -15,8 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use pitwall_bus::Publish;
 use pitwall_bus::Topics;
-use pitwall_bus::kafka::{KafkaConsumer, KafkaProducer, KafkaPublisher, Rebalance, StartHook};
+use pitwall_bus::kafka::{
+    KafkaConsumer, KafkaProducer, KafkaPublisher, KafkaTopic, Rebalance, StartHook,
+};
 use pitwall_core::PartitionId;
 use pitwall_lake::progress::names;
 use pitwall_lake::{CommitStats, Lake, LakeWriter, ResumePlan, Round};
@@ -25,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::pipeline::{
-    Encoded, OutputTopics, Publisher, Stats, ensure_topics, open_lake, record_commit,
+    Encoded, KafkaWriteSink, OutputTopics, Publisher, SimRun, Stats, ensure_topics,
+    feed_live_from_kafka, open_lake, produce, record_commit, replayed, simulators, start_server,
 };
 
 /// How long a member may hold no partition, alone in its group, before it rejoins.
@@ -43,6 +47,74 @@ pub struct ProcessOptions {
     /// Exit once no message has arrived for this long, every partition is read to the
     /// end of the topic and everything is committed.
     pub exit_when_idle: Option<Duration>,
+}
+
+/// [`crate::pipeline::run_embedded`] over Kafka: the simulators send to the raw topic (as `pitwall
+/// ingest`) while the processor reads it in the consumer group (as `pitwall process`),
+/// until `cancel`. What was processed is committed; what was sent but not processed
+/// waits in Kafka for the next run.
+pub async fn run_on_kafka(
+    config: Config,
+    run: SimRun,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+) -> anyhow::Result<()> {
+    let topics = ensure_topics(&config).await?;
+    let server = match &run.serve {
+        Some(s) => {
+            let sink = Arc::new(KafkaWriteSink::new(&config.kafka, &topics.raw)?);
+            let (lake, schemas) = open_lake(&config).await?;
+            let live = pitwall_server::LiveHub::default();
+            feed_live_from_kafka(&config, &topics, &live, &cancel)?;
+            Some(
+                start_server(
+                    s,
+                    &config,
+                    sink,
+                    Some((lake, schemas)),
+                    live,
+                    stats.health.clone(),
+                    cancel.clone(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    let producer = {
+        let (config, cancel, stats) = (config.clone(), cancel.clone(), Arc::clone(&stats));
+        tokio::spawn(async move {
+            let simulated = async {
+                if run.replay.is_some() && !config.sim.race_enabled && !config.sim.iot_enabled {
+                    return Ok(());
+                }
+                let mut sink = KafkaTopic::new(&config.kafka, &topics.raw)?;
+                let mut sim = simulators(&config, run.start_time);
+                produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
+                sink.finish().await?;
+                anyhow::Ok(())
+            };
+            let replayed = async {
+                if let Some(opts) = &run.replay {
+                    let mut raw = KafkaTopic::new(&config.kafka, &topics.raw)?;
+                    let mut dlq = KafkaTopic::new(&config.kafka, &topics.dlq)?;
+                    replayed(&config, opts, &mut raw, &mut dlq, &cancel, &stats).await?;
+                    raw.finish().await?;
+                    dlq.finish().await?;
+                }
+                anyhow::Ok(())
+            };
+            let (simulated, replayed) = tokio::join!(simulated, replayed);
+            simulated.and(replayed)
+        })
+    };
+    let processed = self::run(config, ProcessOptions::default(), cancel.clone(), stats).await;
+    cancel.cancel();
+    producer.await.context("the simulator task panicked")??;
+    if let Some(server) = server {
+        server.await.context("the write API task panicked")??;
+    }
+    processed
 }
 
 /// One partition this member owns.
@@ -131,7 +203,7 @@ pub async fn run(
     let end_offsets = EndOffsets::watch(&config.kafka, &topics.raw, &cancel)?;
     let producer = KafkaProducer::new(&config.kafka, &topics.clean)?;
     let processor_config = Arc::new(config.processor.clone());
-    let (alerts, alert_routes) = crate::alerts::start(&config)?;
+    let (alerts, alert_routes) = crate::alerts::start(&config.alerts, &config.lake.data_dir)?;
     let mut parts: HashMap<u32, Part> = HashMap::new();
     let publisher = Arc::new(KafkaPublisher::new(&config.kafka)?);
     let mut outputs = Publisher::new(

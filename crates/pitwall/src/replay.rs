@@ -322,7 +322,7 @@ pub async fn replay_into<R: Publish, D: Publish>(
                             Some(bytes) => bytes,
                             None => json::encode(&point)?,
                         };
-                        let key = crate::pipeline::source_key(&config.processor, &point);
+                        let key = config.processor.source_key(&point);
                         // The message timestamp is when it was sent: the processor judges a point's
                         // clock against it (processor.max-future).
                         raw.send(key, Bytes::from(payload), pitwall_core::now_ns())
@@ -392,11 +392,6 @@ pub async fn replay_into<R: Publish, D: Publish>(
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)
-}
-
-/// `ns` since the epoch as RFC 3339 (UTC, milliseconds).
-pub(crate) fn rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// A reason without its leading `line N, ` / `line N: `, to group reasons by kind.

@@ -559,7 +559,7 @@ impl Load {
                 let p: &Point = probe.as_ref().unwrap_or(&pool[i]);
                 payload.clear();
                 json::encode_into(p, &mut payload)?;
-                let key = pipeline::source_key(&config.processor, p);
+                let key = config.processor.source_key(p);
                 if is_probe && measured_from.is_some() {
                     let id = if self.cycle.is_some() {
                         now as u64
@@ -687,7 +687,7 @@ impl Harness {
                     });
                 }
                 let sink = pitwall_bus::kafka::KafkaTopic::new(&cfg.kafka, &topics.raw)?;
-                let pipeline = tokio::spawn(pipeline::run_on_kafka(
+                let pipeline = tokio::spawn(crate::process::run_on_kafka(
                     cfg.clone(),
                     run,
                     cancel.clone(),

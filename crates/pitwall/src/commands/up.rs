@@ -179,7 +179,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
         let started = std::time::Instant::now();
         let result =
-            crate::pipeline::run_on_kafka(config, run, cancel.clone(), Arc::clone(&stats)).await;
+            crate::process::run_on_kafka(config, run, cancel.clone(), Arc::clone(&stats)).await;
         cancel.cancel();
         status.await.ok();
         result?;
