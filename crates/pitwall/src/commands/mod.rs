@@ -100,3 +100,36 @@ pub(crate) async fn serve_metrics(
     tokio::spawn(bound.run(async move { cancel.cancelled().await }));
     Ok(())
 }
+
+/// Where the servers listen; each flag overrides its `[server]` key.
+#[derive(Debug, Args)]
+pub(crate) struct ListenArgs {
+    /// Where the HTTP server listens: the dashboard, the write API (InfluxDB v1/v2 line
+    /// protocol and Telegraf JSON), SQL, the live feed and /metrics; overrides
+    /// server.listen (default 127.0.0.1:8086). Port 0 picks a free one.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Where the PostgreSQL wire protocol listens (psql, Grafana, Superset, any
+    /// PostgreSQL driver; database pitwall, read-only); overrides server.pg-listen
+    /// (default 127.0.0.1:5433); "" turns it off.
+    #[arg(long, value_name = "HOST:PORT")]
+    pg_listen: Option<String>,
+    /// Where Arrow Flight SQL listens (ADBC, Grafana's Flight SQL source, InfluxDB 3
+    /// clients; read-only); overrides server.flight-listen (default: off).
+    #[arg(long, value_name = "HOST:PORT")]
+    flight_listen: Option<String>,
+}
+
+impl ListenArgs {
+    fn apply(self, server: &mut pitwall_server::ServerConfig) {
+        if let Some(l) = self.listen {
+            server.listen = l;
+        }
+        if let Some(pg) = self.pg_listen {
+            server.pg_listen = pg;
+        }
+        if let Some(flight) = self.flight_listen {
+            server.flight_listen = flight;
+        }
+    }
+}

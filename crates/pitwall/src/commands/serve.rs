@@ -12,16 +12,8 @@ use crate::config::Config;
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Where to listen (overrides server.listen, default 127.0.0.1:8086).
-    #[arg(long, value_name = "HOST:PORT")]
-    listen: Option<String>,
-    /// Where the PostgreSQL wire protocol listens (overrides server.pg-listen, default
-    /// 127.0.0.1:5433); "" turns it off.
-    #[arg(long, value_name = "HOST:PORT")]
-    pg_listen: Option<String>,
-    /// Where Arrow Flight SQL listens (overrides server.flight-listen, default off).
-    #[arg(long, value_name = "HOST:PORT")]
-    flight_listen: Option<String>,
+    #[command(flatten)]
+    listen: ListenArgs,
     /// The lake the SQL API and dashboard read (the one `pitwall process` writes).
     #[command(flatten)]
     lake: LakeArgs,
@@ -38,15 +30,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = args.brokers {
         config.kafka.brokers = b;
     }
-    if let Some(l) = args.listen {
-        config.server.listen = l;
-    }
-    if let Some(pg) = args.pg_listen {
-        config.server.pg_listen = pg;
-    }
-    if let Some(flight) = args.flight_listen {
-        config.server.flight_listen = flight;
-    }
+    args.listen.apply(&mut config.server);
     config.validate()?;
     let topics = crate::pipeline::ensure_topics(&config).await?;
     let sink = Arc::new(crate::pipeline::KafkaWriteSink::new(

@@ -33,20 +33,8 @@ pub(crate) struct UpArgs {
     /// as `pitwall ingest` and `pitwall process` would.
     #[arg(long, value_name = "HOST:PORT,...")]
     brokers: Option<String>,
-    /// Where the HTTP server listens: the dashboard, the write API (InfluxDB v1/v2 line
-    /// protocol and Telegraf JSON), SQL, the live feed and /metrics; overrides
-    /// server.listen (default 127.0.0.1:8086). Port 0 picks a free one.
-    #[arg(long, value_name = "HOST:PORT")]
-    listen: Option<String>,
-    /// Where the PostgreSQL wire protocol listens (psql, Grafana, Superset, any
-    /// PostgreSQL driver; database pitwall, read-only); overrides server.pg-listen
-    /// (default 127.0.0.1:5433); "" turns it off.
-    #[arg(long, value_name = "HOST:PORT")]
-    pg_listen: Option<String>,
-    /// Where Arrow Flight SQL listens (ADBC, Grafana's Flight SQL source, InfluxDB 3
-    /// clients; read-only); overrides server.flight-listen (default: off).
-    #[arg(long, value_name = "HOST:PORT")]
-    flight_listen: Option<String>,
+    #[command(flatten)]
+    listen: ListenArgs,
     /// Replay files through the pipeline into the lake: a FastF1 car data CSV, JSON
     /// lines or line protocol file, or a directory of them (with --follow, new files as
     /// they arrive). The simulators are off unless --sim; the dashboard shows the
@@ -154,15 +142,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let data_dir = config.lake.data_dir.clone();
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
-    }
-    if let Some(pg) = args.pg_listen {
-        config.server.pg_listen = pg;
-    }
-    if let Some(flight) = args.flight_listen {
-        config.server.flight_listen = flight;
-    }
+    args.listen.apply(&mut config.server);
     let run = crate::pipeline::SimRun {
         start_time: pitwall_core::now_ns(),
         sim_duration: None,
