@@ -16,6 +16,12 @@
 #                                   same rows loaded (those InfluxQL can ask); ratio per
 #                                   query and peer. NO_INFLUXDB=1 leaves InfluxDB out
 #                                   (loading 100 million rows takes it most of an hour)
+#   bench/peers.sh flink [SIM_S] [SINK] Apache Flink (PyFlink 2.3 from PyPI, local, parallelism
+#                                   1) computing pitwall's default windows over a JSON file
+#                                   of SIM_S simulated seconds (default 2000) and of three
+#                                   times as many, into SINK (blackhole, the default, or
+#                                   filesystem); then pitwall bench process on the same
+#                                   simulated seconds; events per CPU-second and the ratio
 #
 # Needs the release binary (cargo build --release -p pitwall; PITWALL_BIN=PATH runs another).
 set -euo pipefail
@@ -105,6 +111,47 @@ query() {
   ratios "$WORK/influxdb.txt" InfluxDB
 }
 
+FLINK_VENV="$CACHE/flink-venv"
+FLINK_VERSION=2.3.0
+
+install_flink() {
+  command -v javac >/dev/null || need_apt openjdk-17-jdk-headless
+  if ! "$FLINK_VENV/bin/python" -c "import pyflink" 2>/dev/null; then
+    echo "installing PyFlink $FLINK_VERSION into $FLINK_VENV (about 850 MB)" >&2
+    [ -x "$FLINK_VENV/bin/pip" ] || python3 -m venv "$FLINK_VENV"
+    "$FLINK_VENV/bin/pip" install --quiet --disable-pip-version-check "apache-flink==$FLINK_VERSION"
+  fi
+}
+
+# Flink over SIM and 3 x SIM simulated seconds of events: each whole job's events per
+# CPU-second (JVM start and warm-up included), and the steady rate from the difference
+# of the two (the extra events over the extra CPU time); then pitwall bench process
+# (median of 3) on SIM simulated seconds, and pitwall's figure over Flink's steady one.
+flink() {
+  local sim=${1:-2000} sink=${2:-blackhole}
+  [ -x "$PITWALL" ] || { echo "no release build at $PITWALL; run: cargo build --release -p pitwall" >&2; exit 1; }
+  WORK="$(mktemp -d)"
+  trap 'rm -rf "$WORK"' EXIT
+  "$PITWALL" sim --duration "${sim}s" --seed 1 >"$WORK/small.jsonl"
+  "$PITWALL" sim --duration "$((sim * 3))s" --seed 1 >"$WORK/large.jsonl"
+  echo "== Flink $FLINK_VERSION (PyFlink, local mini cluster, parallelism 1), sink $sink"
+  : >"$WORK/flink.txt"
+  for f in small large; do
+    "$FLINK_VENV/bin/python" bench/flink_peer.py "$WORK/$f.jsonl" "$sink" "$WORK/out-$f" 2>"$WORK/flink-$f.log" \
+      | tee -a "$WORK/flink.txt" \
+      || { tail -20 "$WORK/flink-$f.log" >&2; exit 1; }
+  done
+  awk '/^flink:/ { e[NR] = $2; c[NR] = $(NF - 1); printf "  whole job: %d events, %.0f events per CPU-second\n", $2, $2 / c[NR] }
+       END { printf "flink steady: %.0f events per CPU-second (%d more events in %.2f more CPU-s)\n", (e[2] - e[1]) / (c[2] - c[1]), e[2] - e[1], c[2] - c[1] }' \
+    "$WORK/flink.txt" | tee "$WORK/flink-rates.txt"
+  echo "== pitwall bench process (every field, the rules and the lake besides the same windows)"
+  "$PITWALL" bench process --sim-duration "${sim}s" --runs 3 | tee "$WORK/pitwall.txt"
+  local p f
+  p=$(grep -oE 'events/s, [0-9]+ events/s per core used' "$WORK/pitwall.txt" | awk '{print $2}')
+  f=$(awk '/^flink steady/ {print $3}' "$WORK/flink-rates.txt")
+  awk -v p="$p" -v f="$f" 'BEGIN { printf "process ratio pitwall/Flink (events per CPU-second): %.2fx (%d vs %d)\n", p / f, p, f }'
+}
+
 # Prints pitwall's time over the peer's for each query both answered.
 ratios() {
   local peer=$1 name=$2
@@ -116,5 +163,6 @@ case "${1:-install}" in
   install) install ;;
   http-write) install; shift; http_write "$@" ;;
   query) install; shift; [ $# -ge 1 ] || { echo "usage: bench/peers.sh query DATA_DIR [RUNS]" >&2; exit 2; }; query "$@" ;;
-  *) echo "usage: bench/peers.sh [install | http-write [SECONDS] | query DATA_DIR [RUNS]]" >&2; exit 2 ;;
+  flink) install_flink; shift; flink "$@" ;;
+  *) echo "usage: bench/peers.sh [install | http-write [SECONDS] | query DATA_DIR [RUNS] | flink [SIM_SECONDS] [blackhole|filesystem]]" >&2; exit 2 ;;
 esac
