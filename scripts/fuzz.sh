@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh list
 #
 # Targets: line_protocol, json_payload, telegraf_json, fastf1_csv, write_body_gzip,
-# sql_guard, config (fuzz/fuzz_targets/). The committed seeds (fuzz/seeds/TARGET) start
+# sql_guard, config, partition_progress (fuzz/fuzz_targets/). The committed seeds (fuzz/seeds/TARGET) start
 # the corpus; what the fuzzer learns is kept in ~/.cache/pitwall/fuzz/corpus/TARGET
 # between runs, and a crash is saved under fuzz/artifacts/TARGET with the command to
 # reproduce it. Not part of CI; the crashes it found are regression tests that CI runs.
