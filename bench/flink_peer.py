@@ -8,10 +8,11 @@ The windows are pitwall.toml's: car_1s (sliding 1 s every 500 ms) and car_5s (sl
 sensor_10s (tumbling 10 s) over temperature_c of each sensor; per source, window and
 field: count, min, max, sum, mean, sample standard deviation, first, last and the 50th,
 95th and 99th percentiles (Flink's built-in PERCENTILE, exact). First and last are the
-values with the earliest and latest event time, as in pitwall: bench/flink/First.java and
-Last.java (Flink's FIRST_VALUE and LAST_VALUE take arrival order and cannot be merged, which
-sliding windows need), compiled here with javac against PyFlink's own jars. What pitwall
-does besides (every other field of the points, 14 rules, the lake) Flink does not do here.
+values with the earliest and latest event time, as in pitwall: bench/flink/ (First and
+Last over ByTime), compiled here with javac against PyFlink's own jars, since Flink's
+FIRST_VALUE and LAST_VALUE take arrival order and cannot be merged, which sliding windows
+need. What pitwall does besides (every other field of the points, its rules, the lake)
+Flink does not do here.
 
 Usage: flink_peer.py EVENTS.jsonl blackhole|filesystem [OUT_DIR]
 Prints "flink: N events in W s wall, C CPU-s" for the whole run: from start to the job's

@@ -1,38 +1,9 @@
 package pitwall;
 
-import org.apache.flink.table.functions.AggregateFunction;
-
-/** The value with the earliest event time (pitwall's "first"), mergeable for sliding windows. */
-public class First extends AggregateFunction<Double, First.Acc> {
-    /** The earliest time seen and its value. */
-    public static class Acc {
-        public long time = Long.MAX_VALUE;
-        public Double value = null;
-    }
-
+/** The value with the earliest event time (pitwall's "first"). */
+public class First extends ByTime {
     @Override
-    public Acc createAccumulator() {
-        return new Acc();
-    }
-
-    @Override
-    public Double getValue(Acc acc) {
-        return acc.value;
-    }
-
-    public void accumulate(Acc acc, Double value, Long time) {
-        if (value != null && time != null && time < acc.time) {
-            acc.time = time;
-            acc.value = value;
-        }
-    }
-
-    public void merge(Acc acc, Iterable<Acc> others) {
-        for (Acc o : others) {
-            if (o.value != null && o.time < acc.time) {
-                acc.time = o.time;
-                acc.value = o.value;
-            }
-        }
+    protected boolean wins(long time, long held) {
+        return time < held;
     }
 }
