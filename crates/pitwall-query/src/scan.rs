@@ -305,6 +305,15 @@ fn counted_rows(tasks: &[FileScanTask]) -> Option<usize> {
     })
 }
 
+/// A batch of `rows` rows and no columns (`schema` has none).
+fn no_columns(schema: &SchemaRef, rows: usize) -> DFResult<RecordBatch> {
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        Vec::new(),
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
 /// A piece of a file no smaller than this is worth its own footer read and task.
 const MIN_PIECE: u64 = 4 << 20;
 
@@ -485,15 +494,8 @@ impl ExecutionPlan for LakeScan {
             // no columns, read from nothing.
             let rows = self.limit.map_or(rows, |l| rows.min(l));
             let schema = Arc::clone(&self.schema);
-            let batches = (0..rows.div_ceil(batch_size)).map(move |i| {
-                let n = batch_size.min(rows - i * batch_size);
-                RecordBatch::try_new_with_options(
-                    Arc::clone(&schema),
-                    Vec::new(),
-                    &RecordBatchOptions::new().with_row_count(Some(n)),
-                )
-                .map_err(DataFusionError::from)
-            });
+            let batches = (0..rows.div_ceil(batch_size))
+                .map(move |i| no_columns(&schema, batch_size.min(rows - i * batch_size)));
             return Ok(Box::pin(RecordBatchStreamAdapter::new(
                 Arc::clone(&self.schema),
                 futures::stream::iter(batches),
@@ -515,16 +517,7 @@ impl ExecutionPlan for LakeScan {
         let batches = if self.schema.fields().is_empty() {
             let schema = Arc::clone(&self.schema);
             batches
-                .and_then(move |b| {
-                    futures::future::ready(
-                        RecordBatch::try_new_with_options(
-                            Arc::clone(&schema),
-                            Vec::new(),
-                            &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
-                        )
-                        .map_err(DataFusionError::from),
-                    )
-                })
+                .and_then(move |b| futures::future::ready(no_columns(&schema, b.num_rows())))
                 .boxed()
         } else {
             batches.boxed()

@@ -224,19 +224,15 @@ pub(crate) async fn start_server(
     }))
 }
 
-/// The output streams the live feed follows, with their topics and live streams.
-fn live_topics(topics: &Topics) -> [(OutputStream, &String, pitwall_server::LiveStream); 3] {
-    use pitwall_server::LiveStream;
-    [
-        (OutputStream::Clean, &topics.clean, LiveStream::Clean),
-        (OutputStream::Metrics, &topics.metrics, LiveStream::Metrics),
-        (
-            OutputStream::Anomalies,
-            &topics.anomalies,
-            LiveStream::Anomalies,
-        ),
-    ]
-}
+/// The output streams the live feed follows, with their live streams.
+const LIVE: [(OutputStream, pitwall_server::LiveStream); 3] = [
+    (OutputStream::Clean, pitwall_server::LiveStream::Clean),
+    (OutputStream::Metrics, pitwall_server::LiveStream::Metrics),
+    (
+        OutputStream::Anomalies,
+        pitwall_server::LiveStream::Anomalies,
+    ),
+];
 
 /// Forwards the clean, metrics and anomalies topics of the in-process bus to the live
 /// feed, until the topics end.
@@ -245,8 +241,8 @@ fn feed_live(
     topics: &Topics,
     live: &pitwall_server::LiveHub,
 ) -> anyhow::Result<()> {
-    for (_, topic, stream) in live_topics(topics) {
-        for mut consumer in bus.subscribe(topic)? {
+    for (output, stream) in LIVE {
+        for mut consumer in bus.subscribe(output.topic(topics))? {
             let live = live.clone();
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(256);
@@ -270,7 +266,7 @@ pub(crate) fn feed_live_from_kafka(
     live: &pitwall_server::LiveHub,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    for (output, topic, stream) in live_topics(topics) {
+    for (output, stream) in LIVE {
         if !config.kafka.outputs.contains(&output) {
             tracing::warn!(
                 "kafka.outputs leaves out {}: the live feed's {} stream stays empty (add it to kafka.outputs to follow it live)",
@@ -288,7 +284,8 @@ pub(crate) fn feed_live_from_kafka(
         kafka
             .properties
             .insert("auto.offset.reset".into(), "latest".into());
-        let consumer = pitwall_bus::kafka::KafkaConsumer::subscribe(&kafka, &[topic.as_str()])?;
+        let consumer =
+            pitwall_bus::kafka::KafkaConsumer::subscribe(&kafka, &[output.topic(topics)])?;
         let (live, cancel) = (live.clone(), cancel.clone());
         tokio::spawn(async move {
             let mut failures = 0u32;
@@ -985,7 +982,9 @@ pub(crate) struct Publisher<T> {
     topics: T,
     config: Arc<pitwall_stream::ProcessorConfig>,
     alerts: crate::alerts::Alerts,
-    /// The messages of a hand-over, its memory kept from one to the next.
+    /// The messages of a hand-over; its memory is kept from one to the next where the
+    /// topics copy what they send (Kafka), and goes with the messages where they share it
+    /// (the in-process bus).
     encoded: Encoded,
 }
 

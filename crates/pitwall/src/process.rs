@@ -261,8 +261,9 @@ pub async fn run(
                     Rebalance::Revoked(list) => {
                         for (topic, partition) in list {
                             parts.remove(&partition);
-                            writer.revoke(&PartitionId::new(topic.as_str(), partition));
-                            tracing::info!(partition = %PartitionId::new(topic.as_str(), partition), "partition revoked; its uncommitted rows are left to the next owner");
+                            let key = PartitionId::new(topic.as_str(), partition);
+                            writer.revoke(&key);
+                            tracing::info!(partition = %key, "partition revoked; its uncommitted rows are left to the next owner");
                         }
                     }
                     Rebalance::Failed(reason) => anyhow::bail!("{reason}"),
