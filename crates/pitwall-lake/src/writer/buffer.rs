@@ -1,62 +1,21 @@
-//! What the writer holds per bus partition between commits: each table's pending rows
-//! with the checkpoint they started after.
+//! What the writer holds per bus partition between commits: each table's pending rows,
+//! already as Arrow columns, with the checkpoint they started after.
 
 use std::collections::BTreeMap;
 
 use pitwall_core::Checkpoint;
 use pitwall_core::Point;
-use pitwall_core::record::{AnomalyRecord, LateRecord, RawRecord, RejectRecord, WindowRecord};
 
+use super::rows::{Batches, FixedRows, Open, PointRows, Row};
 use crate::progress::{clean_table, names};
+use crate::tables::Fixed;
 
 /// Rows of one table from one partition waiting for a commit, and the checkpoint of the
 /// partition just before the first of them arrived.
 #[derive(Debug)]
-pub(super) struct Pending<T> {
-    /// The rows in arrival order, kept in the batches they came in: appending moves a
-    /// batch, never copies rows into an ever larger buffer.
-    pub(super) rows: Chunks<T>,
+pub(super) struct Pending<B> {
+    pub(super) rows: Batches<B>,
     pub(super) since: Checkpoint,
-}
-
-/// Rows as a list of batches.
-#[derive(Debug)]
-pub(super) struct Chunks<T> {
-    pub(super) chunks: Vec<Vec<T>>,
-    pub(super) len: usize,
-}
-
-impl<T> Chunks<T> {
-    pub(super) fn new(rows: Vec<T>) -> Self {
-        let mut c = Chunks {
-            chunks: Vec::new(),
-            len: 0,
-        };
-        c.extend(rows);
-        c
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Appends a batch.
-    pub(super) fn extend(&mut self, rows: Vec<T>) {
-        if !rows.is_empty() {
-            self.len += rows.len();
-            self.chunks.push(rows);
-        }
-    }
-
-    /// Appends every row of `other`.
-    pub(super) fn append(&mut self, other: Chunks<T>) {
-        self.len += other.len;
-        self.chunks.extend(other.chunks);
-    }
-
-    pub(super) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.chunks.iter().flatten()
-    }
 }
 
 /// What one partition has buffered, per table.
@@ -66,50 +25,56 @@ pub(super) struct PartitionBuffer {
     pub(super) id: u64,
     /// The partition's checkpoint after everything appended so far.
     pub(super) checkpoint: Checkpoint,
-    pub(super) raw: Option<Pending<RawRecord>>,
-    pub(super) clean: BTreeMap<String, Pending<Point>>,
-    pub(super) windows: Option<Pending<WindowRecord>>,
-    pub(super) anomalies: Option<Pending<AnomalyRecord>>,
-    pub(super) rejects: Option<Pending<RejectRecord>>,
-    pub(super) late: Option<Pending<LateRecord>>,
+    pub(super) raw: Option<Pending<FixedRows>>,
+    pub(super) clean: BTreeMap<String, Pending<PointRows>>,
+    pub(super) windows: Option<Pending<FixedRows>>,
+    pub(super) anomalies: Option<Pending<FixedRows>>,
+    pub(super) rejects: Option<Pending<FixedRows>>,
+    pub(super) late: Option<Pending<FixedRows>>,
 }
 
-pub(super) fn push<T>(slot: &mut Option<Pending<T>>, rows: Vec<T>, since: Checkpoint) {
+/// Builds `rows` of fixed table `table` into `slot`.
+pub(super) fn push<R: Row>(
+    slot: &mut Option<Pending<FixedRows>>,
+    table: Fixed,
+    rows: &[R],
+    since: Checkpoint,
+) {
     if rows.is_empty() {
         return;
     }
-    match slot {
-        Some(p) => p.rows.extend(rows),
-        None => {
-            *slot = Some(Pending {
-                rows: Chunks::new(rows),
-                since,
-            });
-        }
-    }
+    slot.get_or_insert_with(|| Pending {
+        rows: Batches::new(FixedRows::new(table)),
+        since,
+    })
+    .rows
+    .push(rows);
 }
 
-/// Points split by measurement, each in arrival order. A batch of one measurement, the
-/// usual case, is moved as it is.
-pub(super) fn by_measurement(points: Vec<Point>) -> Vec<(String, Vec<Point>)> {
-    let Some(first) = points.first().map(|p| p.measurement.clone()) else {
-        return Vec::new();
-    };
-    if points.iter().all(|p| p.measurement == first) {
-        return vec![(first, points)];
-    }
-    let mut out: Vec<(String, Vec<Point>)> = Vec::new();
-    for p in points {
-        match out.iter_mut().find(|(m, _)| *m == p.measurement) {
-            Some((_, rows)) => rows.push(p),
-            None => out.push((p.measurement.clone(), vec![p])),
+/// Builds `points` into their measurements' columns in `clean`.
+pub(super) fn push_points(
+    clean: &mut BTreeMap<String, Pending<PointRows>>,
+    points: &[Point],
+    since: Checkpoint,
+) {
+    // A run of points of one measurement, the usual case, looks its table up once.
+    for run in points.chunk_by(|a, b| a.measurement == b.measurement) {
+        let m = run[0].measurement.as_str();
+        let pending = match clean.get_mut(m) {
+            Some(p) => p,
+            None => clean.entry(m.to_owned()).or_insert(Pending {
+                rows: Batches::new(PointRows::default()),
+                since,
+            }),
+        };
+        for p in run {
+            pending.rows.push(p);
         }
     }
-    out
 }
 
 /// Puts rows a round could not commit back before the rows buffered since.
-pub(super) fn put_back<T>(slot: &mut Option<Pending<T>>, older: Option<Pending<T>>) {
+pub(super) fn put_back<B: Open>(slot: &mut Option<Pending<B>>, older: Option<Pending<B>>) {
     if let Some(mut older) = older {
         if let Some(newer) = slot.take() {
             older.rows.append(newer.rows);
@@ -133,7 +98,7 @@ impl PartitionBuffer {
     }
 
     pub(super) fn len(&self) -> usize {
-        fn n<T>(p: &Option<Pending<T>>) -> usize {
+        fn n(p: &Option<Pending<FixedRows>>) -> usize {
             p.as_ref().map_or(0, |p| p.rows.len())
         }
         n(&self.raw)
@@ -146,7 +111,7 @@ impl PartitionBuffer {
 
     /// The round: every table with rows waiting, and since which checkpoint.
     pub(super) fn round(&self) -> BTreeMap<String, Checkpoint> {
-        fn since<T>(p: &Option<Pending<T>>) -> Option<Checkpoint> {
+        fn since(p: &Option<Pending<FixedRows>>) -> Option<Checkpoint> {
             p.as_ref().map(|p| p.since)
         }
         let mut out = BTreeMap::new();

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow_schema::SchemaRef;
+use arrow_array::{ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use arrow_schema::{DataType, Field, SchemaRef, TimeUnit};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
@@ -17,11 +18,10 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use pitwall_core::Point;
-use pitwall_core::record::{AnomalyRecord, WindowRecord};
-use pitwall_core::{FieldType, Outputs};
+use pitwall_core::Outputs;
 
-use super::rows::{BATCH_ROWS, DAY_NS, Row, batch};
+use super::buffer::{Pending, push_points};
+use super::rows::{Batches, DAY_NS, FixedRows, PointRows, Row, clean_columns, mismatch};
 use crate::tables::Fixed;
 use crate::{Error, Lake, Result};
 
@@ -32,55 +32,36 @@ pub(super) struct Committer<'a> {
 }
 
 impl Committer<'_> {
-    /// The clean table for `points`, created or evolved to hold their tags and fields.
+    /// The clean table for the points in `batches`, created or evolved to hold their
+    /// tags and fields.
     pub(super) async fn clean_table(
         &mut self,
         measurement: &str,
-        points: &[&Point],
+        batches: &[RecordBatch],
     ) -> Result<Table> {
-        let mut tags = BTreeSet::new();
-        let mut fields = BTreeMap::new();
-        let mut last: Option<&Point> = None;
-        for &p in points {
-            // Most points of a measurement carry the same names as the one before.
-            if last.is_some_and(|l| {
-                l.tags.keys().eq(p.tags.keys()) && l.fields.keys().eq(p.fields.keys())
-            }) {
-                continue;
-            }
-            last = Some(p);
-            for k in p.tags.keys() {
-                if !tags.contains(k.as_str()) {
-                    tags.insert(k.to_string());
-                }
-            }
-            for (k, v) in &p.fields {
-                if !fields.contains_key(k.as_str()) {
-                    fields.insert(k.to_string(), FieldType::of(v));
-                }
-            }
-        }
+        let (tags, fields) = clean_columns(batches);
         self.lake
             .ensure_clean_table(measurement, &tags, &fields)
             .await
     }
 
-    /// Writes one Parquet file per day of data; nothing is visible until committed.
-    pub(super) async fn write<R: Row>(
+    /// Writes `batches` as one Parquet file per day of `time_column`; nothing is
+    /// visible until committed.
+    pub(super) async fn write(
         &mut self,
         table: &Table,
-        rows: &[&R],
+        batches: &[RecordBatch],
+        time_column: &str,
     ) -> Result<Vec<DataFile>> {
         let metadata = table.metadata();
         let schema = Arc::clone(metadata.current_schema());
         let arrow_schema: SchemaRef = Arc::new(schema_to_arrow_schema(&schema)?);
         let spec = metadata.default_partition_spec().as_ref().clone();
-        let mut by_day: BTreeMap<i64, Vec<&R>> = BTreeMap::new();
-        for r in rows {
-            by_day
-                .entry(r.partition_time().div_euclid(DAY_NS))
-                .or_default()
-                .push(r);
+        let mut by_day: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
+        for b in batches {
+            for (day, rows) in by_day_of(&align(b, &arrow_schema)?, time_column)? {
+                by_day.entry(day).or_default().push(rows);
+            }
         }
         let builder =
             DataFileWriterBuilder::new(RollingFileWriterBuilder::new_with_default_file_size(
@@ -97,7 +78,7 @@ impl Committer<'_> {
                 ),
             ));
         let mut files: Vec<DataFile> = Vec::new();
-        for (day, day_rows) in by_day {
+        for (day, day_batches) in by_day {
             let day = i32::try_from(day).map_err(|_| {
                 Error::Internal(format!("day {day} is out of range for a date partition"))
             })?;
@@ -107,16 +88,102 @@ impl Committer<'_> {
                 Struct::from_iter([Some(Literal::date(day))]),
             );
             let mut w = builder.build(Some(key)).await?;
-            // In slices: the Parquet writer keeps only encoded pages, and the Arrow
-            // columns of one slice are freed before the next is built, so a commit of a
-            // million rows does not hold (and fault in) all of them as Arrow at once.
-            for slice in day_rows.chunks(BATCH_ROWS) {
-                w.write(batch(&arrow_schema, slice)?).await?;
+            for b in day_batches {
+                w.write(b).await?;
             }
             files.extend(w.close().await?);
         }
         Ok(files)
     }
+}
+
+/// `batch` in the table's Arrow schema: its columns by name, a column it lacks as
+/// nulls, the table's own field metadata (Iceberg field ids) and time zone.
+fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let have = batch.schema_ref();
+    if have.fields().len() == schema.fields().len()
+        && have
+            .fields()
+            .iter()
+            .zip(schema.fields().iter())
+            .all(|(a, b)| a.name() == b.name() && same_type(a.data_type(), b.data_type()))
+    {
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields().iter())
+            .map(|(c, f)| retag(c, f))
+            .collect();
+        return Ok(RecordBatch::try_new(Arc::clone(schema), columns)?);
+    }
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let mut found = have
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter(|(h, _)| h.name() == f.name());
+        let column = match (found.next(), found.next()) {
+            (None, _) => arrow_array::new_null_array(f.data_type(), batch.num_rows()),
+            (Some((h, c)), None) if same_type(h.data_type(), f.data_type()) => retag(c, f),
+            _ => return Err(mismatch(f)),
+        };
+        columns.push(column);
+    }
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// The same Arrow type, a timestamp's time zone aside.
+fn same_type(a: &DataType, b: &DataType) -> bool {
+    match (a, b) {
+        (DataType::Timestamp(u, _), DataType::Timestamp(v, _)) => u == v,
+        _ => a == b,
+    }
+}
+
+/// `column` with the time zone of `field` if it is a timestamp.
+fn retag(column: &ArrayRef, field: &Field) -> ArrayRef {
+    match (column.data_type(), field.data_type()) {
+        (DataType::Timestamp(_, have), DataType::Timestamp(TimeUnit::Microsecond, want))
+            if have != want =>
+        {
+            match column.as_any().downcast_ref::<TimestampMicrosecondArray>() {
+                Some(a) => Arc::new(a.clone().with_timezone_opt(want.clone())),
+                None => Arc::clone(column),
+            }
+        }
+        _ => Arc::clone(column),
+    }
+}
+
+/// The rows of `batch` by the day of `time_column`, in their order within each day.
+fn by_day_of(batch: &RecordBatch, time_column: &str) -> Result<Vec<(i64, RecordBatch)>> {
+    const DAY_US: i64 = DAY_NS / 1000;
+    let times = batch
+        .column_by_name(time_column)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .ok_or_else(|| {
+            Error::Internal(format!("no timestamp column {time_column} to partition by"))
+        })?;
+    let day = |r: usize| times.value(r).div_euclid(DAY_US);
+    let n = batch.num_rows();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let first = day(0);
+    if (1..n).all(|r| day(r) == first) {
+        return Ok(vec![(first, batch.clone())]);
+    }
+    let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for r in 0..n {
+        rows.entry(day(r)).or_default().push(r as u32);
+    }
+    rows.into_iter()
+        .map(|(d, rows)| {
+            let take = arrow_array::UInt32Array::from(rows);
+            Ok((d, arrow_select::take::take_record_batch(batch, &take)?))
+        })
+        .collect()
 }
 
 impl Lake {
@@ -156,17 +223,18 @@ impl Lake {
             lake: self,
             props: &props,
         };
-        let mut by_measurement: BTreeMap<&str, Vec<&Point>> = BTreeMap::new();
-        for p in &outputs.clean {
-            by_measurement
-                .entry(p.measurement.as_str())
-                .or_default()
-                .push(p);
-        }
+        let mut by_measurement: BTreeMap<String, Pending<PointRows>> = BTreeMap::new();
+        let none = pitwall_core::Checkpoint {
+            next: 0,
+            replay_from: 0,
+            max_time: i64::MIN,
+        };
+        push_points(&mut by_measurement, &outputs.clean, none);
         let mut work: Vec<(iceberg::TableIdent, Vec<DataFile>)> = Vec::new();
-        for (m, rows) in &by_measurement {
-            let t = c.clean_table(m, rows).await?;
-            work.push((t.identifier().clone(), c.write(&t, rows).await?));
+        for (m, pending) in &mut by_measurement {
+            let batches = pending.rows.batches();
+            let t = c.clean_table(m, batches).await?;
+            work.push((t.identifier().clone(), c.write(&t, batches, "time").await?));
         }
         for table in planned.keys().filter(|t| t.starts_with("clean.")) {
             if !by_measurement.contains_key(&table["clean.".len()..]) {
@@ -176,12 +244,22 @@ impl Lake {
                 ));
             }
         }
-        let windows: Vec<&WindowRecord> = outputs.windows.iter().collect();
-        let t = self.table(&Fixed::Windows.ident()).await?;
-        work.push((Fixed::Windows.ident(), c.write(&t, &windows).await?));
-        let anomalies: Vec<&AnomalyRecord> = outputs.anomalies.iter().collect();
-        let t = self.table(&Fixed::Anomalies.ident()).await?;
-        work.push((Fixed::Anomalies.ident(), c.write(&t, &anomalies).await?));
+        for (fixed, rows) in [
+            (
+                Fixed::Windows,
+                fixed_batches(Fixed::Windows, &outputs.windows)?,
+            ),
+            (
+                Fixed::Anomalies,
+                fixed_batches(Fixed::Anomalies, &outputs.anomalies)?,
+            ),
+        ] {
+            let t = self.table(&fixed.ident()).await?;
+            work.push((
+                fixed.ident(),
+                c.write(&t, &rows, fixed.time_column()).await?,
+            ));
+        }
         let mut done = BTreeMap::new();
         let empty = BTreeSet::new();
         for (ident, files) in work {
@@ -201,6 +279,13 @@ impl Lake {
         }
         Ok(done)
     }
+}
+
+/// `rows` of fixed table `table` as record batches.
+fn fixed_batches<R: Row>(table: Fixed, rows: &[R]) -> Result<Vec<RecordBatch>> {
+    let mut b = Batches::new(FixedRows::new(table));
+    b.push(rows);
+    Ok(b.checked()?.to_vec())
 }
 
 /// How pitwall writes Parquet: zstd at its default level.

@@ -7,14 +7,14 @@ mod rows;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use arrow_array::RecordBatch;
 use bytes::Bytes;
 use iceberg::spec::DataFile;
 use parquet::file::properties::WriterProperties;
-use pitwall_core::Point;
 use pitwall_core::record::{Origin, RejectRecord};
 use pitwall_core::{Checkpoint, Outputs, PartitionId};
 
-use self::buffer::{Chunks, PartitionBuffer, Pending, by_measurement, push, put_back};
+use self::buffer::{PartitionBuffer, push, push_points, put_back};
 use self::files::{Committer, parquet_properties};
 pub(crate) use self::files::{compaction_properties, for_schema};
 use crate::progress::{Progress, ResumePlan, clean_table, names};
@@ -58,6 +58,11 @@ impl CommitStats {
         (f.0, f.1) = (f.0 + files, f.1 + bytes);
         *self.rows.entry(table.to_owned()).or_default() += rows;
     }
+}
+
+/// Rows in `batches`.
+fn rows_in(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
 }
 
 /// Buffers outputs per bus partition and commits them to the lake's tables in batches:
@@ -204,25 +209,12 @@ impl LakeWriter {
             late,
             duplicates: _,
         } = outputs;
-        push(&mut b.raw, raw, since);
-        for (measurement, rows) in by_measurement(clean) {
-            match b.clean.get_mut(measurement.as_str()) {
-                Some(pending) => pending.rows.extend(rows),
-                None => {
-                    b.clean.insert(
-                        measurement,
-                        Pending {
-                            rows: Chunks::new(rows),
-                            since,
-                        },
-                    );
-                }
-            }
-        }
-        push(&mut b.windows, windows, since);
-        push(&mut b.anomalies, anomalies, since);
-        push(&mut b.rejects, rejects, since);
-        push(&mut b.late, late, since);
+        push(&mut b.raw, Fixed::Raw, &raw, since);
+        push_points(&mut b.clean, &clean, since);
+        push(&mut b.windows, Fixed::Windows, &windows, since);
+        push(&mut b.anomalies, Fixed::Anomalies, &anomalies, since);
+        push(&mut b.rejects, Fixed::Rejects, &rejects, since);
+        push(&mut b.late, Fixed::Late, &late, since);
         b.checkpoint = checkpoint;
     }
 
@@ -421,7 +413,7 @@ impl LakeWriter {
         let now = pitwall_core::now_ns();
         let mut moved = 0;
         for (p, b) in &mut self.parts {
-            let Some(pending) = b.clean.remove(measurement) else {
+            let Some(mut pending) = b.clean.remove(measurement) else {
                 continue;
             };
             let origin = Origin {
@@ -432,11 +424,13 @@ impl LakeWriter {
             };
             let rows: Vec<RejectRecord> = pending
                 .rows
+                .batches()
                 .iter()
+                .flat_map(|batch| rows::points_of(measurement, batch))
                 .map(|point| RejectRecord {
                     origin: origin.clone(),
                     ingest_time: now,
-                    payload: pitwall_core::json::encode(point)
+                    payload: pitwall_core::json::encode(&point)
                         .map(Bytes::from)
                         .unwrap_or_default(),
                     kind: pitwall_core::RejectKind::Invalid,
@@ -444,15 +438,12 @@ impl LakeWriter {
                 })
                 .collect();
             moved += rows.len();
-            match &mut b.rejects {
-                Some(r) => {
-                    r.rows.extend(rows);
-                    if pending.since.replay_from < r.since.replay_from {
-                        r.since = pending.since;
-                    }
-                }
-                None => push(&mut b.rejects, rows, pending.since),
+            if let Some(r) = &mut b.rejects
+                && pending.since.replay_from < r.since.replay_from
+            {
+                r.since = pending.since;
             }
+            push(&mut b.rejects, Fixed::Rejects, &rows, pending.since);
         }
         moved
     }
@@ -473,18 +464,19 @@ impl LakeWriter {
             };
             macro_rules! gather {
                 ($field:ident, $fixed:expr) => {{
-                    let mut rows = Vec::new();
-                    for (p, b) in &self.parts {
-                        if let Some(pending) = &b.$field {
-                            rows.extend(pending.rows.iter());
+                    let mut batches: Vec<RecordBatch> = Vec::new();
+                    for (p, b) in &mut self.parts {
+                        if let Some(pending) = &mut b.$field {
+                            batches.extend_from_slice(pending.rows.checked()?);
                             claimed.push(p.clone());
                         }
                     }
-                    if rows.is_empty() {
+                    if batches.is_empty() {
                         return Ok(None);
                     }
                     let t = self.lake.table(&$fixed.ident()).await?;
-                    (c.write(&t, &rows).await?, rows.len(), t)
+                    let files = c.write(&t, &batches, $fixed.time_column()).await?;
+                    (files, rows_in(&batches), t)
                 }};
             }
             match table {
@@ -496,18 +488,19 @@ impl LakeWriter {
                 _ => {
                     let m = measurement
                         .ok_or_else(|| Error::Internal(format!("no such table {table}")))?;
-                    let mut rows: Vec<&Point> = Vec::new();
-                    for (p, b) in &self.parts {
-                        if let Some(pending) = b.clean.get(m) {
-                            rows.extend(pending.rows.iter());
+                    let mut batches: Vec<RecordBatch> = Vec::new();
+                    for (p, b) in &mut self.parts {
+                        if let Some(pending) = b.clean.get_mut(m) {
+                            batches.extend_from_slice(pending.rows.batches());
                             claimed.push(p.clone());
                         }
                     }
-                    if rows.is_empty() {
+                    if batches.is_empty() {
                         return Ok(None);
                     }
-                    let t = c.clean_table(m, &rows).await?;
-                    (c.write(&t, &rows).await?, rows.len(), t)
+                    let t = c.clean_table(m, &batches).await?;
+                    let files = c.write(&t, &batches, "time").await?;
+                    (files, rows_in(&batches), t)
                 }
             }
         };
