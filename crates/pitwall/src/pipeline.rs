@@ -11,7 +11,7 @@ use pitwall_bus::{BusConfig, InProcessBus, Message, PartitionConsumer, Producer,
 use pitwall_bus::{OutputStream, Publish};
 use pitwall_core::record::{window_fires, write_json, write_window_fire_json};
 use pitwall_core::{PartitionId, json};
-use pitwall_lake::{Lake, LakeWriter};
+use pitwall_lake::{Lake, LakeWriter, TableRows};
 use pitwall_sim::{Fleet, InjectedFault, Mixed, Race, Simulator};
 use pitwall_stream::{Outputs, Processor, SchemaRegistry};
 use rand::{Rng, SeedableRng};
@@ -1057,11 +1057,12 @@ impl OutputTopics for BusOutputs {
     }
 }
 
-/// Outputs of one partition for the lake writer, with the processor's checkpoint after
-/// them and the share of the hand-off's row budget they hold until the writer takes them.
+/// Outputs of one partition for the lake writer, built into the lake's columns by the
+/// partition's task, with the processor's checkpoint after them and the share of the
+/// hand-off's row budget they hold until the writer takes them.
 type Batch = (
     PartitionId,
-    Outputs,
+    TableRows,
     pitwall_stream::Checkpoint,
     tokio::sync::OwnedSemaphorePermit,
 );
@@ -1093,7 +1094,8 @@ impl Handoff {
         )
     }
 
-    /// Waits for room, then hands `outputs` over; false if the writer has stopped.
+    /// Waits for room, then builds `outputs` into the lake's columns and hands them
+    /// over; false if the writer has stopped.
     async fn send(
         &self,
         key: PartitionId,
@@ -1105,10 +1107,9 @@ impl Handoff {
         let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(rows).await else {
             return false;
         };
-        self.tx
-            .send((key, outputs, checkpoint, permit))
-            .await
-            .is_ok()
+        let rows = TableRows::of(&outputs);
+        drop(outputs);
+        self.tx.send((key, rows, checkpoint, permit)).await.is_ok()
     }
 }
 
@@ -1246,8 +1247,8 @@ async fn lake_writer(
         match next {
             // The rows leave the hand-off's budget once in the writer's buffer (which
             // its commit_rows bounds).
-            Some(Some((key, outputs, checkpoint, _permit))) => {
-                writer.append(&key, outputs, checkpoint)
+            Some(Some((key, rows, checkpoint, _permit))) => {
+                writer.append_rows(&key, rows, checkpoint)
             }
             Some(None) => {}
             None => break,

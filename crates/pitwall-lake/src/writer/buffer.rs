@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use pitwall_core::Checkpoint;
-use pitwall_core::Point;
+use pitwall_core::{Checkpoint, Outputs};
 
 use super::rows::{Batches, FixedRows, Open, PointRows, Row};
 use crate::progress::{clean_table, names};
@@ -33,43 +32,92 @@ pub(super) struct PartitionBuffer {
     pub(super) late: Option<Pending<FixedRows>>,
 }
 
-/// Builds `rows` of fixed table `table` into `slot`.
-pub(super) fn push<R: Row>(
-    slot: &mut Option<Pending<FixedRows>>,
-    table: Fixed,
-    rows: &[R],
-    since: Checkpoint,
-) {
-    if rows.is_empty() {
-        return;
-    }
-    slot.get_or_insert_with(|| Pending {
-        rows: Batches::new(FixedRows::new(table)),
-        since,
-    })
-    .rows
-    .push(rows);
+/// A partition's outputs as the lake's Arrow columns: built where they are made (a
+/// processor's task) and handed to the writer with [`LakeWriter::append_rows`], so no
+/// record waits as a struct for the commit and the building runs beside the other
+/// partitions' processing.
+///
+/// [`LakeWriter::append_rows`]: super::LakeWriter::append_rows
+#[derive(Debug, Default)]
+pub struct TableRows {
+    pub(super) raw: Option<Batches<FixedRows>>,
+    pub(super) clean: BTreeMap<String, Batches<PointRows>>,
+    pub(super) windows: Option<Batches<FixedRows>>,
+    pub(super) anomalies: Option<Batches<FixedRows>>,
+    pub(super) rejects: Option<Batches<FixedRows>>,
+    pub(super) late: Option<Batches<FixedRows>>,
+    len: usize,
 }
 
-/// Builds `points` into their measurements' columns in `clean`.
-pub(super) fn push_points(
-    clean: &mut BTreeMap<String, Pending<PointRows>>,
-    points: &[Point],
+impl TableRows {
+    /// No rows.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The rows of `outputs`, built.
+    pub fn of(outputs: &Outputs) -> Self {
+        let mut rows = Self::new();
+        rows.add(outputs);
+        rows
+    }
+
+    /// Builds the rows of every table `outputs` has (all but the duplicates count).
+    pub fn add(&mut self, outputs: &Outputs) {
+        fn push<R: Row>(slot: &mut Option<Batches<FixedRows>>, table: Fixed, rows: &[R]) {
+            if !rows.is_empty() {
+                slot.get_or_insert_with(|| Batches::new(FixedRows::new(table)))
+                    .push(rows);
+            }
+        }
+        push(&mut self.raw, Fixed::Raw, &outputs.raw);
+        // A run of points of one measurement, the usual case, looks its table up once.
+        for run in outputs
+            .clean
+            .chunk_by(|a, b| a.measurement == b.measurement)
+        {
+            let m = run[0].measurement.as_str();
+            let rows = match self.clean.get_mut(m) {
+                Some(r) => r,
+                None => self
+                    .clean
+                    .entry(m.to_owned())
+                    .or_insert_with(|| Batches::new(PointRows::default())),
+            };
+            for p in run {
+                rows.push(p);
+            }
+        }
+        push(&mut self.windows, Fixed::Windows, &outputs.windows);
+        push(&mut self.anomalies, Fixed::Anomalies, &outputs.anomalies);
+        push(&mut self.rejects, Fixed::Rejects, &outputs.rejects);
+        push(&mut self.late, Fixed::Late, &outputs.late);
+        self.len += outputs.len();
+    }
+
+    /// Rows built, over every table.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if no row was built.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Adds `rows` after what `slot` holds; `since` is the checkpoint before them.
+pub(super) fn merge<B: Open>(
+    slot: &mut Option<Pending<B>>,
+    rows: Option<Batches<B>>,
     since: Checkpoint,
 ) {
-    // A run of points of one measurement, the usual case, looks its table up once.
-    for run in points.chunk_by(|a, b| a.measurement == b.measurement) {
-        let m = run[0].measurement.as_str();
-        let pending = match clean.get_mut(m) {
-            Some(p) => p,
-            None => clean.entry(m.to_owned()).or_insert(Pending {
-                rows: Batches::new(PointRows::default()),
-                since,
-            }),
-        };
-        for p in run {
-            pending.rows.push(p);
-        }
+    let Some(rows) = rows.filter(|r| r.len() > 0) else {
+        return;
+    };
+    match slot {
+        Some(p) => p.rows.append(rows),
+        None => *slot = Some(Pending { rows, since }),
     }
 }
 
@@ -95,6 +143,31 @@ impl PartitionBuffer {
             rejects: None,
             late: None,
         }
+    }
+
+    /// Adds `rows` after what is buffered; `since` is the checkpoint before them.
+    pub(super) fn append(&mut self, rows: TableRows, since: Checkpoint) {
+        let TableRows {
+            raw,
+            clean,
+            windows,
+            anomalies,
+            rejects,
+            late,
+            len: _,
+        } = rows;
+        merge(&mut self.raw, raw, since);
+        for (m, rows) in clean {
+            let mut slot = self.clean.remove(&m);
+            merge(&mut slot, Some(rows), since);
+            if let Some(p) = slot {
+                self.clean.insert(m, p);
+            }
+        }
+        merge(&mut self.windows, windows, since);
+        merge(&mut self.anomalies, anomalies, since);
+        merge(&mut self.rejects, rejects, since);
+        merge(&mut self.late, late, since);
     }
 
     pub(super) fn len(&self) -> usize {

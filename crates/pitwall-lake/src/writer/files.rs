@@ -20,8 +20,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use pitwall_core::Outputs;
 
-use super::buffer::{Pending, push_points};
-use super::rows::{Batches, DAY_NS, FixedRows, PointRows, Row, clean_columns, mismatch};
+use super::buffer::TableRows;
+use super::rows::{DAY_NS, clean_columns, mismatch};
 use crate::tables::Fixed;
 use crate::{Error, Lake, Result};
 
@@ -223,21 +223,15 @@ impl Lake {
             lake: self,
             props: &props,
         };
-        let mut by_measurement: BTreeMap<String, Pending<PointRows>> = BTreeMap::new();
-        let none = pitwall_core::Checkpoint {
-            next: 0,
-            replay_from: 0,
-            max_time: i64::MIN,
-        };
-        push_points(&mut by_measurement, &outputs.clean, none);
+        let mut built = TableRows::of(outputs);
         let mut work: Vec<(iceberg::TableIdent, Vec<DataFile>)> = Vec::new();
-        for (m, pending) in &mut by_measurement {
-            let batches = pending.rows.batches();
+        for (m, rows) in &mut built.clean {
+            let batches = rows.batches();
             let t = c.clean_table(m, batches).await?;
             work.push((t.identifier().clone(), c.write(&t, batches, "time").await?));
         }
         for table in planned.keys().filter(|t| t.starts_with("clean.")) {
-            if !by_measurement.contains_key(&table["clean.".len()..]) {
+            if !built.clean.contains_key(&table["clean.".len()..]) {
                 work.push((
                     crate::tables::clean_ident(&table["clean.".len()..]),
                     Vec::new(),
@@ -245,19 +239,17 @@ impl Lake {
             }
         }
         for (fixed, rows) in [
-            (
-                Fixed::Windows,
-                fixed_batches(Fixed::Windows, &outputs.windows)?,
-            ),
-            (
-                Fixed::Anomalies,
-                fixed_batches(Fixed::Anomalies, &outputs.anomalies)?,
-            ),
+            (Fixed::Windows, built.windows),
+            (Fixed::Anomalies, built.anomalies),
         ] {
+            let batches = match rows {
+                Some(mut r) => r.checked()?.to_vec(),
+                None => Vec::new(),
+            };
             let t = self.table(&fixed.ident()).await?;
             work.push((
                 fixed.ident(),
-                c.write(&t, &rows, fixed.time_column()).await?,
+                c.write(&t, &batches, fixed.time_column()).await?,
             ));
         }
         let mut done = BTreeMap::new();
@@ -279,13 +271,6 @@ impl Lake {
         }
         Ok(done)
     }
-}
-
-/// `rows` of fixed table `table` as record batches.
-fn fixed_batches<R: Row>(table: Fixed, rows: &[R]) -> Result<Vec<RecordBatch>> {
-    let mut b = Batches::new(FixedRows::new(table));
-    b.push(rows);
-    Ok(b.checked()?.to_vec())
 }
 
 /// How pitwall writes Parquet: zstd at its default level.
@@ -335,4 +320,128 @@ pub(crate) fn compaction_properties() -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(9).unwrap_or_default()))
         .set_data_page_size_limit(8 << 20)
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Array, Int64Array, StringArray};
+    use arrow_schema::Schema;
+
+    fn ts(values: &[i64], tz: Option<&str>) -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(values.to_vec()).with_timezone_opt(tz))
+    }
+
+    /// Rows of three days, out of day order: each day gets its rows in their order.
+    #[test]
+    fn rows_split_by_day_keep_their_order() {
+        const D: i64 = DAY_NS / 1000;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![
+                ts(&[D + 1, 5, D + 2, -1, 7, 2 * D], None),
+                Arc::new(Int64Array::from(vec![0, 1, 2, 3, 4, 5])),
+            ],
+        )
+        .unwrap();
+        let days = by_day_of(&b, "time").unwrap();
+        let got: Vec<(i64, Vec<i64>)> = days
+            .iter()
+            .map(|(d, b)| {
+                let v = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                (*d, v.values().to_vec())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (-1, vec![3]),
+                (0, vec![1, 4]),
+                (1, vec![0, 2]),
+                (2, vec![5])
+            ]
+        );
+        // One day: the batch as it is.
+        let one = b.slice(1, 1);
+        assert_eq!(by_day_of(&one, "time").unwrap()[0].1.num_rows(), 1);
+        assert!(by_day_of(&b, "v").is_err(), "not a timestamp column");
+    }
+
+    /// Aligning to the table's schema: columns by name in the table's order, a missing
+    /// one as nulls, the table's time zone; a name with values of two types refused; a
+    /// required column without a value refused.
+    #[test]
+    fn batches_align_to_the_table_schema() {
+        let table = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                false,
+            ),
+            Field::new("host", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let have = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
+            Field::new("v", DataType::Int64, true),
+            Field::new("extra", DataType::Utf8, true),
+        ]));
+        let b = RecordBatch::try_new(
+            Arc::clone(&have),
+            vec![
+                ts(&[1, 2], None),
+                Arc::new(Int64Array::from(vec![Some(7), None])),
+                Arc::new(StringArray::from(vec!["a", "b"])),
+            ],
+        )
+        .unwrap();
+        let a = align(&b, &table).unwrap();
+        assert_eq!(a.schema(), table);
+        assert_eq!(a.column(1).null_count(), 2, "host is all nulls");
+        let v = a.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!((v.value(0), v.is_null(1)), (7, true));
+
+        let twice = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
+            Field::new("v", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let b = RecordBatch::try_new(
+            twice,
+            vec![
+                ts(&[1], None),
+                Arc::new(Int64Array::from(vec![1])),
+                Arc::new(StringArray::from(vec![None::<&str>])),
+            ],
+        )
+        .unwrap();
+        let e = align(&b, &table).unwrap_err().to_string();
+        assert!(
+            e.contains("column v (Int64) was given a value of another type"),
+            "{e}"
+        );
+
+        let no_time = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)])),
+            vec![Arc::new(Int64Array::from(vec![1]))],
+        )
+        .unwrap();
+        assert!(align(&no_time, &table).is_err(), "time is required");
+    }
 }

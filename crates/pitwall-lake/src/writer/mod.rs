@@ -14,7 +14,8 @@ use parquet::file::properties::WriterProperties;
 use pitwall_core::record::{Origin, RejectRecord};
 use pitwall_core::{Checkpoint, Outputs, PartitionId};
 
-use self::buffer::{PartitionBuffer, push, push_points, put_back};
+pub use self::buffer::TableRows;
+use self::buffer::{PartitionBuffer, merge, put_back};
 use self::files::{Committer, parquet_properties};
 pub(crate) use self::files::{compaction_properties, for_schema};
 use crate::progress::{Progress, ResumePlan, clean_table, names};
@@ -186,7 +187,18 @@ impl LakeWriter {
     /// Buffers `outputs` of `partition` for the next commit; `checkpoint` is the
     /// partition's processor checkpoint after them.
     pub fn append(&mut self, partition: &PartitionId, outputs: Outputs, checkpoint: Checkpoint) {
-        self.buffered += outputs.len();
+        self.append_rows(partition, TableRows::of(&outputs), checkpoint);
+    }
+
+    /// Buffers `rows` of `partition` (its outputs, built) for the next commit;
+    /// `checkpoint` is the partition's processor checkpoint after them.
+    pub fn append_rows(
+        &mut self,
+        partition: &PartitionId,
+        rows: TableRows,
+        checkpoint: Checkpoint,
+    ) {
+        self.buffered += rows.len();
         let id = &mut self.next_id;
         let b = self.parts.entry(partition.clone()).or_insert_with(|| {
             *id += 1;
@@ -200,21 +212,7 @@ impl LakeWriter {
             )
         });
         let since = b.checkpoint;
-        let Outputs {
-            raw,
-            clean,
-            windows,
-            anomalies,
-            rejects,
-            late,
-            duplicates: _,
-        } = outputs;
-        push(&mut b.raw, Fixed::Raw, &raw, since);
-        push_points(&mut b.clean, &clean, since);
-        push(&mut b.windows, Fixed::Windows, &windows, since);
-        push(&mut b.anomalies, Fixed::Anomalies, &anomalies, since);
-        push(&mut b.rejects, Fixed::Rejects, &rejects, since);
-        push(&mut b.late, Fixed::Late, &late, since);
+        b.append(rows, since);
         b.checkpoint = checkpoint;
     }
 
@@ -443,7 +441,9 @@ impl LakeWriter {
             {
                 r.since = pending.since;
             }
-            push(&mut b.rejects, Fixed::Rejects, &rows, pending.since);
+            let mut built = rows::Batches::new(rows::FixedRows::new(Fixed::Rejects));
+            built.push(&rows);
+            merge(&mut b.rejects, Some(built), pending.since);
         }
         moved
     }
