@@ -390,7 +390,7 @@ async fn a_clean_table_failing_alone_is_given_up_to_the_rejects() {
         let next = r * 10 + 10;
         w.append(
             &part(0),
-            out,
+            &out,
             Checkpoint {
                 next,
                 replay_from: next,
@@ -543,7 +543,7 @@ async fn an_older_lake_gains_the_peak_column_on_open() {
     });
     w.append(
         &part(0),
-        out,
+        &out,
         Checkpoint {
             next: 1,
             replay_from: 1,

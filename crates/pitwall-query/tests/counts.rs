@@ -29,7 +29,7 @@ async fn filled(dir: &std::path::Path, rounds: i64, per_round: i64) -> Lake {
         let next = offsets.end;
         w.append(
             &PartitionId::new("telemetry.raw", 0),
-            Outputs {
+            &Outputs {
                 raw,
                 ..Outputs::default()
             },

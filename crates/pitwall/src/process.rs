@@ -609,7 +609,7 @@ async fn hand_over(
         crate::metrics::count(stats, &outputs);
         publisher.publish(&outputs).await?;
         let key = PartitionId::new(part.processor.topic(), part.processor.partition());
-        writer.append(&key, outputs, part.processor.checkpoint(part.next));
+        writer.append(&key, &outputs, part.processor.checkpoint(part.next));
     }
     Ok(())
 }

@@ -186,8 +186,8 @@ impl LakeWriter {
 
     /// Buffers `outputs` of `partition` for the next commit; `checkpoint` is the
     /// partition's processor checkpoint after them.
-    pub fn append(&mut self, partition: &PartitionId, outputs: Outputs, checkpoint: Checkpoint) {
-        self.append_rows(partition, TableRows::of(&outputs), checkpoint);
+    pub fn append(&mut self, partition: &PartitionId, outputs: &Outputs, checkpoint: Checkpoint) {
+        self.append_rows(partition, TableRows::of(outputs), checkpoint);
     }
 
     /// Buffers `rows` of `partition` (its outputs, built) for the next commit;

@@ -51,7 +51,7 @@ pub fn feed_at(w: &mut LakeWriter, partition: i32, offsets: std::ops::Range<i64>
     let next = offsets.end;
     w.append(
         &part(partition as u32),
-        raw_at(partition, offsets, base),
+        &raw_at(partition, offsets, base),
         Checkpoint {
             next,
             replay_from: next,
