@@ -96,6 +96,33 @@ impl<K: Ord, V> SortedMap<K, V> {
         Some(&self.entries[i].1)
     }
 
+    /// The value of `key`, to change it, for a caller that looks up keys in ascending
+    /// order: the search starts at `*from` (just after the previous, smaller key) and
+    /// leaves `*from` just after `key`'s entry, or where `key` would go. Keys looked up
+    /// in the map's order cost one comparison each.
+    pub fn get_mut_ascending<Q: Ord + ?Sized>(
+        &mut self,
+        key: &Q,
+        from: &mut usize,
+    ) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
+        let mut i = *from;
+        while let Some((k, _)) = self.entries.get(i) {
+            match k.borrow().cmp(key) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Equal => {
+                    *from = i + 1;
+                    return Some(&mut self.entries[i].1);
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        *from = i;
+        None
+    }
+
     /// The value of `key`, to change it.
     pub fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
     where
@@ -305,6 +332,39 @@ mod tests {
             }
             let a: Vec<(String, u16)> = ours.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             let b: Vec<(String, u16)> = theirs.into_iter().collect();
+            prop_assert_eq!(a, b);
+        }
+
+        /// Ascending lookups, with inserts of the keys not found where they were not
+        /// found (as a window pane takes a point's fields), agree with a BTreeMap's and
+        /// leave the same map.
+        #[test]
+        fn ascending_lookups_agree(
+            start in proptest::collection::btree_set(0u8..30, 0..15),
+            probes in proptest::collection::btree_set(0u8..30, 0..15),
+        ) {
+            let mut ours: SortedMap<Name, u32> = start.iter().map(|k| (Name::from(format!("k{k:02}")), 0)).collect();
+            let mut theirs: BTreeMap<String, u32> = start.iter().map(|k| (format!("k{k:02}"), 0)).collect();
+            let mut at = 0;
+            for p in &probes {
+                let key = format!("k{p:02}");
+                match ours.get_mut_ascending(key.as_str(), &mut at) {
+                    Some(v) => {
+                        *v += 1;
+                        let t = theirs.get_mut(&key);
+                        prop_assert!(t.is_some(), "found {key} the BTreeMap lacks");
+                        if let Some(t) = t { *t += 1; }
+                    }
+                    None => {
+                        prop_assert!(!theirs.contains_key(&key), "missed {key}");
+                        ours.insert(Name::from(key.as_str()), 1);
+                        theirs.insert(key, 1);
+                        at += 1;
+                    }
+                }
+            }
+            let a: Vec<(String, u32)> = ours.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let b: Vec<(String, u32)> = theirs.into_iter().collect();
             prop_assert_eq!(a, b);
         }
 

@@ -357,10 +357,15 @@ impl WindowOperator {
             })
             .aggs;
         let percentiles = self.percentiles;
-        let mut update = |name: &Name, v: f64| match aggs.get_mut(name.as_str()) {
+        // The point's fields come in name order, as the pane keeps them: each is looked
+        // up from where the one before was found.
+        let mut at = 0;
+        let mut update = |name: &Name, v: f64| match aggs.get_mut_ascending(name.as_str(), &mut at)
+        {
             Some(a) => a.add(v, t, mark.offset),
             None => {
                 aggs.insert(name.clone(), Agg::new(v, t, mark.offset, percentiles));
+                at += 1;
             }
         };
         // Booleans count as 0 and 1: the mean of `brake` is the share of time braking.
