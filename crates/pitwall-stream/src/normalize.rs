@@ -227,7 +227,43 @@ fn check_unsigned(point: &Point) -> Result<(), String> {
 pub struct LocalSchemas {
     registry: SchemaRegistry,
     /// Per measurement, its known fields sorted by name.
-    known: HashMap<pitwall_core::Name, Vec<(pitwall_core::Name, FieldType)>>,
+    known: HashMap<pitwall_core::Name, Known>,
+}
+
+/// A measurement's known fields, and the names of the last point found all known.
+#[derive(Debug, Default)]
+struct Known {
+    fields: Vec<(pitwall_core::Name, FieldType)>,
+    /// The last point's tag names, then its field names: the points of one source
+    /// repeat them, so a point with the same names is checked by comparing each name
+    /// once against these instead of walking `fields`.
+    layout: Vec<pitwall_core::Name>,
+    /// The type of each field of `layout` (after its tags).
+    types: Vec<FieldType>,
+    tags: usize,
+}
+
+impl Known {
+    /// True if `point` has the names of the last point found all known, in order.
+    fn same_layout(&self, point: &Point) -> bool {
+        self.tags == point.tags.len()
+            && self.layout.len() == self.tags + point.fields.len()
+            && point
+                .tags
+                .keys()
+                .chain(point.fields.keys())
+                .zip(&self.layout)
+                .all(|(a, b)| a == b)
+    }
+
+    /// Remembers `point`'s names as the layout, its fields of `types`.
+    fn remember(&mut self, point: &Point, types: Vec<FieldType>) {
+        self.layout.clear();
+        self.layout
+            .extend(point.tags.keys().chain(point.fields.keys()).cloned());
+        self.tags = point.tags.len();
+        self.types = types;
+    }
 }
 
 impl LocalSchemas {
@@ -242,9 +278,15 @@ impl LocalSchemas {
     /// [`SchemaRegistry::conform`], answered from the copy when it knows every field.
     pub fn conform(&mut self, point: &mut Point) -> Result<(), Conflict> {
         check_unsigned(point).map_err(invalid)?;
-        if let Some(known) = self.known.get(point.measurement.as_str()) {
+        if let Some(known) = self.known.get_mut(point.measurement.as_str()) {
+            if known.same_layout(point) {
+                for ((name, value), t) in point.fields.iter_mut().zip(&known.types) {
+                    coerce(name, value, *t).map_err(conflict)?;
+                }
+                return Ok(());
+            }
             let mut all_known = true;
-            let mut k = known.iter().peekable();
+            let mut k = known.fields.iter().peekable();
             for name in point.tags.keys() {
                 while k.next_if(|(n, _)| n < name).is_some() {}
                 match k.peek() {
@@ -256,14 +298,18 @@ impl LocalSchemas {
                     }
                 }
             }
-            let mut k = known.iter().peekable();
+            let mut types = Vec::with_capacity(point.fields.len());
+            let mut k = known.fields.iter().peekable();
             for (name, value) in &mut point.fields {
                 if !all_known {
                     break;
                 }
                 while k.next_if(|(n, _)| n < name).is_some() {}
                 match k.peek() {
-                    Some((n, t)) if n == name => coerce(name, value, *t).map_err(conflict)?,
+                    Some((n, t)) if n == name => {
+                        coerce(name, value, *t).map_err(conflict)?;
+                        types.push(*t);
+                    }
                     _ => {
                         all_known = false;
                         break;
@@ -271,6 +317,7 @@ impl LocalSchemas {
                 }
             }
             if all_known {
+                known.remember(point, types);
                 return Ok(());
             }
         }
@@ -278,7 +325,10 @@ impl LocalSchemas {
         let fields = self.registry.fields(&point.measurement);
         self.known.insert(
             point.measurement.as_str().into(),
-            fields.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+            Known {
+                fields: fields.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+                ..Known::default()
+            },
         );
         Ok(())
     }
@@ -493,6 +543,28 @@ mod tests {
             (&p.fields["rpm"], &p.fields["speed"]),
             (&FieldValue::I64(7), &FieldValue::F64(2.0))
         );
+        // The same names again (answered from the remembered layout): coerced, or
+        // refused, as from the walk.
+        let mut p = Point::new("m", 0)
+            .field("rpm", FieldValue::F64(8.0))
+            .field("speed", FieldValue::I64(3));
+        a.conform(&mut p).unwrap();
+        assert_eq!(
+            (&p.fields["rpm"], &p.fields["speed"]),
+            (&FieldValue::I64(8), &FieldValue::F64(3.0))
+        );
+        let mut p = Point::new("m", 0)
+            .field("rpm", FieldValue::F64(7.5))
+            .field("speed", FieldValue::F64(1.0));
+        assert_eq!(
+            a.conform(&mut p).unwrap_err().1,
+            "field \"rpm\" is a float (7.5), but the table stores it as integer"
+        );
+        // The same names with one of them a tag: not the remembered layout.
+        let mut p = Point::new("m", 0)
+            .tag("rpm", "x")
+            .field("speed", FieldValue::F64(1.0));
+        assert!(a.conform(&mut p).unwrap_err().1.contains("rpm"));
         let mut p = Point::new("m", 0).field("rpm", FieldValue::F64(7.5));
         assert_eq!(
             a.conform(&mut p).unwrap_err().1,
