@@ -48,44 +48,59 @@ pub(super) enum Cell<'a> {
 
 /// A record of a fixed table.
 pub(super) trait Row {
-    /// The value for column `name`.
-    fn cell(&self, name: &str) -> Cell<'_>;
+    /// The columns the record fills, in the order [`Row::cell`] numbers them.
+    const COLUMNS: &'static [&'static str];
+    /// The value for column `COLUMNS[column]`.
+    fn cell(&self, column: usize) -> Cell<'_>;
 }
 
-/// The columns every table that keeps a bus message has: where it was read.
-pub(super) fn origin_cell<'a>(origin: &'a Origin, name: &str) -> Option<Cell<'a>> {
-    match name {
-        "topic" => Some(Cell::Str(&origin.topic)),
-        "partition" => Some(Cell::Int(origin.partition)),
-        "offset" => Some(Cell::Long(origin.offset)),
-        _ => None,
+/// Cell `column` of the columns every table that keeps a bus message has (where it was
+/// read), which its record numbers first: topic, partition, offset.
+fn origin_cell(origin: &Origin, column: usize) -> Cell<'_> {
+    match column {
+        0 => Cell::Str(&origin.topic),
+        1 => Cell::Int(origin.partition),
+        _ => Cell::Long(origin.offset),
     }
 }
 
 impl Row for RawRecord {
-    fn cell(&self, name: &str) -> Cell<'_> {
-        if let Some(c) = origin_cell(&self.origin, name) {
-            return c;
-        }
-        match name {
-            "ingest_time" => Cell::Ts(self.ingest_time),
-            "key" => self.key.as_deref().map_or(Cell::Null, Cell::Str),
-            "payload" => Cell::Bin(&self.payload),
+    const COLUMNS: &'static [&'static str] = &[
+        "topic",
+        "partition",
+        "offset",
+        "ingest_time",
+        "key",
+        "payload",
+    ];
+    fn cell(&self, column: usize) -> Cell<'_> {
+        match column {
+            0..3 => origin_cell(&self.origin, column),
+            3 => Cell::Ts(self.ingest_time),
+            4 => self.key.as_deref().map_or(Cell::Null, Cell::Str),
+            5 => Cell::Bin(&self.payload),
             _ => Cell::Null,
         }
     }
 }
 
 impl Row for RejectRecord {
-    fn cell(&self, name: &str) -> Cell<'_> {
-        if let Some(c) = origin_cell(&self.origin, name) {
-            return c;
-        }
-        match name {
-            "ingest_time" => Cell::Ts(self.ingest_time),
-            "reason" => Cell::Str(&self.reason),
-            "payload" => Cell::Bin(&self.payload),
-            "payload_text" => {
+    const COLUMNS: &'static [&'static str] = &[
+        "topic",
+        "partition",
+        "offset",
+        "ingest_time",
+        "reason",
+        "payload",
+        "payload_text",
+    ];
+    fn cell(&self, column: usize) -> Cell<'_> {
+        match column {
+            0..3 => origin_cell(&self.origin, column),
+            3 => Cell::Ts(self.ingest_time),
+            4 => Cell::Str(&self.reason),
+            5 => Cell::Bin(&self.payload),
+            6 => {
                 Cell::Str(std::str::from_utf8(&self.payload).unwrap_or("<not UTF-8; see payload>"))
             }
             _ => Cell::Null,
@@ -94,64 +109,108 @@ impl Row for RejectRecord {
 }
 
 impl Row for WindowRecord {
-    fn cell(&self, name: &str) -> Cell<'_> {
-        match name {
-            "measurement" => Cell::Str(&self.measurement),
-            "source_id" => Cell::Str(&self.source_id),
-            "window" => Cell::Str(&self.window),
-            "window_start" => Cell::Ts(self.window_start),
-            "window_end" => Cell::Ts(self.window_end),
-            "field" => Cell::Str(&self.field),
-            "count" => Cell::Long(self.count as i64),
-            "min" => Cell::Double(self.min),
-            "max" => Cell::Double(self.max),
-            "sum" => Cell::Double(self.sum),
-            "mean" => Cell::Double(self.mean),
-            "stddev" => self.stddev.map_or(Cell::Null, Cell::Double),
-            "first" => Cell::Double(self.first),
-            "last" => Cell::Double(self.last),
-            "p50" => self.p50.map_or(Cell::Null, Cell::Double),
-            "p95" => self.p95.map_or(Cell::Null, Cell::Double),
-            "p99" => self.p99.map_or(Cell::Null, Cell::Double),
+    const COLUMNS: &'static [&'static str] = &[
+        "measurement",
+        "source_id",
+        "window",
+        "window_start",
+        "window_end",
+        "field",
+        "count",
+        "min",
+        "max",
+        "sum",
+        "mean",
+        "stddev",
+        "first",
+        "last",
+        "p50",
+        "p95",
+        "p99",
+    ];
+    fn cell(&self, column: usize) -> Cell<'_> {
+        match column {
+            0 => Cell::Str(&self.measurement),
+            1 => Cell::Str(&self.source_id),
+            2 => Cell::Str(&self.window),
+            3 => Cell::Ts(self.window_start),
+            4 => Cell::Ts(self.window_end),
+            5 => Cell::Str(&self.field),
+            6 => Cell::Long(self.count as i64),
+            7 => Cell::Double(self.min),
+            8 => Cell::Double(self.max),
+            9 => Cell::Double(self.sum),
+            10 => Cell::Double(self.mean),
+            11 => self.stddev.map_or(Cell::Null, Cell::Double),
+            12 => Cell::Double(self.first),
+            13 => Cell::Double(self.last),
+            14 => self.p50.map_or(Cell::Null, Cell::Double),
+            15 => self.p95.map_or(Cell::Null, Cell::Double),
+            16 => self.p99.map_or(Cell::Null, Cell::Double),
             _ => Cell::Null,
         }
     }
 }
 
 impl Row for AnomalyRecord {
-    fn cell(&self, name: &str) -> Cell<'_> {
-        match name {
-            "id" => Cell::Str(&self.id),
-            "rule" => Cell::Str(&self.rule),
-            "kind" => Cell::Str(&self.kind),
-            "severity" => Cell::Str(&self.severity),
-            "measurement" => Cell::Str(&self.measurement),
-            "source_id" => Cell::Str(&self.source_id),
-            "field" => Cell::Str(&self.field),
-            "phase" => Cell::Str(self.phase.as_str()),
-            "time" => Cell::Ts(self.time),
-            "end_time" => self.end_time.map_or(Cell::Null, Cell::Ts),
-            "observed" => Cell::Double(self.observed),
-            "expected" => Cell::Double(self.expected),
-            "message" => Cell::Str(&self.message),
-            "peak" => Cell::Double(self.peak),
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "rule",
+        "kind",
+        "severity",
+        "measurement",
+        "source_id",
+        "field",
+        "phase",
+        "time",
+        "end_time",
+        "observed",
+        "expected",
+        "message",
+        "peak",
+    ];
+    fn cell(&self, column: usize) -> Cell<'_> {
+        match column {
+            0 => Cell::Str(&self.id),
+            1 => Cell::Str(&self.rule),
+            2 => Cell::Str(&self.kind),
+            3 => Cell::Str(&self.severity),
+            4 => Cell::Str(&self.measurement),
+            5 => Cell::Str(&self.source_id),
+            6 => Cell::Str(&self.field),
+            7 => Cell::Str(self.phase.as_str()),
+            8 => Cell::Ts(self.time),
+            9 => self.end_time.map_or(Cell::Null, Cell::Ts),
+            10 => Cell::Double(self.observed),
+            11 => Cell::Double(self.expected),
+            12 => Cell::Str(&self.message),
+            13 => Cell::Double(self.peak),
             _ => Cell::Null,
         }
     }
 }
 
 impl Row for LateRecord {
-    fn cell(&self, name: &str) -> Cell<'_> {
-        if let Some(c) = origin_cell(&self.origin, name) {
-            return c;
-        }
-        match name {
-            "time" => Cell::Ts(self.time),
-            "measurement" => Cell::Str(&self.measurement),
-            "source_id" => Cell::Str(&self.source_id),
-            "watermark" => Cell::Ts(self.watermark),
-            "lateness_ms" => Cell::Double(self.lateness_ns as f64 / 1e6),
-            "payload" => Cell::Bin(&self.payload),
+    const COLUMNS: &'static [&'static str] = &[
+        "topic",
+        "partition",
+        "offset",
+        "time",
+        "measurement",
+        "source_id",
+        "watermark",
+        "lateness_ms",
+        "payload",
+    ];
+    fn cell(&self, column: usize) -> Cell<'_> {
+        match column {
+            0..3 => origin_cell(&self.origin, column),
+            3 => Cell::Ts(self.time),
+            4 => Cell::Str(&self.measurement),
+            5 => Cell::Str(&self.source_id),
+            6 => Cell::Ts(self.watermark),
+            7 => Cell::Double(self.lateness_ns as f64 / 1e6),
+            8 => Cell::Bin(&self.payload),
             _ => Cell::Null,
         }
     }
@@ -406,9 +465,15 @@ impl Batches<FixedRows> {
     /// Builds `rows` into the columns.
     pub(super) fn push<R: Row>(&mut self, rows: &[R]) {
         let fields = self.open.schema.fields().clone();
+        // Each column's cell of the record, found by name once per call.
+        let cells: Vec<Option<usize>> = fields
+            .iter()
+            .map(|f| R::COLUMNS.iter().position(|c| c == f.name()))
+            .collect();
         for r in rows {
-            for (b, f) in self.open.builders.iter_mut().zip(fields.iter()) {
-                if !b.append(r.cell(f.name())) && self.open.wrong.is_none() {
+            for ((b, f), c) in self.open.builders.iter_mut().zip(fields.iter()).zip(&cells) {
+                let cell = c.map_or(Cell::Null, |c| r.cell(c));
+                if !b.append(cell) && self.open.wrong.is_none() {
                     self.open.wrong = Some(mismatch(f).to_string());
                 }
             }
@@ -867,6 +932,25 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .unwrap();
         assert_eq!(v.value(0), -1);
+    }
+
+    /// Every column of a fixed table is filled by its record, and every column a record
+    /// names is one of its table's.
+    #[test]
+    fn records_fill_every_column_of_their_table() {
+        fn check<R: Row>(table: Fixed) {
+            let schema = fixed_schema(table);
+            let mut want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let mut have = R::COLUMNS.to_vec();
+            want.sort_unstable();
+            have.sort_unstable();
+            assert_eq!(have, want, "{table:?}");
+        }
+        check::<RawRecord>(Fixed::Raw);
+        check::<WindowRecord>(Fixed::Windows);
+        check::<AnomalyRecord>(Fixed::Anomalies);
+        check::<RejectRecord>(Fixed::Rejects);
+        check::<LateRecord>(Fixed::Late);
     }
 
     #[test]
