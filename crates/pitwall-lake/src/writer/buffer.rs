@@ -46,7 +46,6 @@ pub struct TableRows {
     pub(super) anomalies: Option<Batches<FixedRows>>,
     pub(super) rejects: Option<Batches<FixedRows>>,
     pub(super) late: Option<Batches<FixedRows>>,
-    len: usize,
 }
 
 impl TableRows {
@@ -92,17 +91,24 @@ impl TableRows {
         push(&mut self.anomalies, Fixed::Anomalies, &outputs.anomalies);
         push(&mut self.rejects, Fixed::Rejects, &outputs.rejects);
         push(&mut self.late, Fixed::Late, &outputs.late);
-        self.len += outputs.len();
     }
 
     /// Rows built, over every table.
     pub fn len(&self) -> usize {
-        self.len
+        fn n(b: &Option<Batches<FixedRows>>) -> usize {
+            b.as_ref().map_or(0, Batches::len)
+        }
+        n(&self.raw)
+            + self.clean.values().map(Batches::len).sum::<usize>()
+            + n(&self.windows)
+            + n(&self.anomalies)
+            + n(&self.rejects)
+            + n(&self.late)
     }
 
     /// True if no row was built.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 }
 
@@ -154,14 +160,14 @@ impl PartitionBuffer {
             anomalies,
             rejects,
             late,
-            len: _,
         } = rows;
         merge(&mut self.raw, raw, since);
         for (m, rows) in clean {
-            let mut slot = self.clean.remove(&m);
-            merge(&mut slot, Some(rows), since);
-            if let Some(p) = slot {
-                self.clean.insert(m, p);
+            match self.clean.get_mut(&m) {
+                Some(p) => p.rows.append(rows),
+                None => {
+                    self.clean.insert(m, Pending { rows, since });
+                }
             }
         }
         merge(&mut self.windows, windows, since);

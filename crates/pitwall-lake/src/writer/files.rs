@@ -101,21 +101,6 @@ impl Committer<'_> {
 /// nulls, the table's own field metadata (Iceberg field ids) and time zone.
 fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let have = batch.schema_ref();
-    if have.fields().len() == schema.fields().len()
-        && have
-            .fields()
-            .iter()
-            .zip(schema.fields().iter())
-            .all(|(a, b)| a.name() == b.name() && same_type(a.data_type(), b.data_type()))
-    {
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(schema.fields().iter())
-            .map(|(c, f)| retag(c, f))
-            .collect();
-        return Ok(RecordBatch::try_new(Arc::clone(schema), columns)?);
-    }
     let mut columns = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {
         let mut found = have
