@@ -242,7 +242,7 @@ pub(crate) async fn fenced_append(
     let mut backoff = Duration::from_millis(5);
     for attempt in 1..=MAX_ATTEMPTS {
         if attempt > 1 {
-            table = catalog.load_table(ident).await?;
+            table = load_table(catalog, ident).await?;
         }
         let committed = committed_offsets(&table).unwrap_or_default();
         for (partition, expected) in &claim.expected {
@@ -531,7 +531,7 @@ pub(crate) async fn fenced_rewrite(
 ) -> Result<Rewritten> {
     let mut cache = LiveEntries::default();
     for attempt in 1..=MAX_REWRITE_ATTEMPTS {
-        let table = catalog.load_table(ident).await?;
+        let table = load_table(catalog, ident).await?;
         let metadata = table.metadata();
         let live = live_entries_cached(&table, &mut cache).await?;
         let live_paths: std::collections::HashSet<&str> =
@@ -698,6 +698,23 @@ pub(crate) async fn fenced_rewrite(
     Err(Error::Catalog(format!(
         "{ident}: {MAX_REWRITE_ATTEMPTS} maintenance commits in a row lost the race to other writers; try again later"
     )))
+}
+
+/// Loads `ident` from `catalog`, again if its metadata file was gone: a commit can
+/// replace the file the catalog pointed to, and delete it, between the load reading the
+/// pointer and reading the file; the pointer then names a newer one.
+pub(crate) async fn load_table(catalog: &dyn Catalog, ident: &TableIdent) -> Result<Table> {
+    let mut attempt = 0u64;
+    loop {
+        match catalog.load_table(ident).await {
+            Err(e) if attempt < 5 && crate::storage::is_missing(&e) => {
+                attempt += 1;
+                tracing::debug!(table = %ident, attempt, error = %e, "the metadata file went while loading; loading again");
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            loaded => return Ok(loaded?),
+        }
+    }
 }
 
 /// The day (days since 1970-01-01) a day-partitioned file holds.

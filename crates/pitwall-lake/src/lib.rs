@@ -417,7 +417,7 @@ impl Lake {
         ident: &TableIdent,
         wanted: &iceberg::spec::Schema,
     ) -> Result<()> {
-        let table = self.catalog.load_table(ident).await?;
+        let table = commit::load_table(self.catalog.as_ref(), ident).await?;
         let schema = Arc::clone(table.metadata().current_schema());
         let missing: Vec<_> = wanted
             .as_struct()
@@ -530,7 +530,7 @@ impl Lake {
         );
         let mut out = BTreeMap::new();
         for ident in idents {
-            let table = self.catalog.load_table(&ident).await?;
+            let table = commit::load_table(self.catalog.as_ref(), &ident).await?;
             out.insert(
                 ident.to_string(),
                 TableProgress {
@@ -552,7 +552,7 @@ impl Lake {
 
     /// Loads a table.
     pub async fn table(&self, ident: &TableIdent) -> Result<Table> {
-        Ok(self.catalog.load_table(ident).await?)
+        commit::load_table(self.catalog.as_ref(), ident).await
     }
 
     /// Every table and its current metadata location, in one read of the catalog; `None`
@@ -590,7 +590,7 @@ impl Lake {
                 return Ok(table);
             }
         }
-        let loaded = self.catalog.load_table(ident).await?;
+        let loaded = commit::load_table(self.catalog.as_ref(), ident).await?;
         // Rebuilt to bound the manifests it keeps decoded (iceberg's default is 32 MiB a
         // table), on the runtime of the reader that loads it (the query threads).
         let table = match iceberg::Runtime::try_current() {
@@ -622,7 +622,7 @@ impl Lake {
         let ns = NamespaceIdent::new("clean".to_owned());
         let mut out = Vec::new();
         for ident in self.catalog.list_tables(&ns).await? {
-            let table = self.catalog.load_table(&ident).await?;
+            let table = commit::load_table(self.catalog.as_ref(), &ident).await?;
             let schema = table.metadata().current_schema();
             let fields = schema
                 .as_struct()
@@ -659,7 +659,7 @@ impl Lake {
                 Err(e) => return Err(e),
             }
         }
-        let table = self.catalog.load_table(&ident).await?;
+        let table = commit::load_table(self.catalog.as_ref(), &ident).await?;
         let schema = Arc::clone(table.metadata().current_schema());
         let mut missing = Vec::new();
         for t in tags {

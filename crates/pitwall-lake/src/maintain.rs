@@ -174,7 +174,7 @@ impl Lake {
         target_size: u64,
         tiered: bool,
     ) -> Result<Compacted> {
-        let table = self.catalog.load_table(ident).await?;
+        let table = crate::commit::load_table(self.catalog.as_ref(), ident).await?;
         let live = live_entries(&table).await?;
         // Manifests with live files: a compaction's own manifest of removed files is
         // dropped by the next append, so it is no reason to compact again.
@@ -340,7 +340,7 @@ impl Lake {
         older_than: Duration,
     ) -> Result<Expired> {
         for _ in 0..20 {
-            let table = self.catalog.load_table(ident).await?;
+            let table = crate::commit::load_table(self.catalog.as_ref(), ident).await?;
             let metadata = table.metadata();
             let current = metadata.current_snapshot_id();
             let cutoff = now_ms() - older_than.as_millis() as i64;
@@ -409,7 +409,7 @@ impl Lake {
         ident: &TableIdent,
         older_than: Duration,
     ) -> Result<Vec<String>> {
-        let table = self.catalog.load_table(ident).await?;
+        let table = crate::commit::load_table(self.catalog.as_ref(), ident).await?;
         let metadata = table.metadata();
         let mut referenced: HashSet<String> = HashSet::new();
         let mut manifests = ManifestFiles::default();
@@ -446,7 +446,7 @@ impl Lake {
     pub async fn apply_retention(&self, ident: &TableIdent, keep: Duration) -> Result<Rewritten> {
         const DAY_MS: i64 = 86_400_000;
         let first_kept_day = (now_ms() - keep.as_millis() as i64).div_euclid(DAY_MS) as i32;
-        let table = self.catalog.load_table(ident).await?;
+        let table = crate::commit::load_table(self.catalog.as_ref(), ident).await?;
         let old: BTreeSet<String> = live_entries(&table)
             .await?
             .iter()

@@ -206,6 +206,40 @@ fn error(location: &str, e: impl fmt::Display) -> IcebergError {
     IcebergError::new(ErrorKind::Unexpected, format!("{location}: {e}"))
 }
 
+/// What a read of a file that is not there says, on a local disk or S3 alike.
+const NO_SUCH_FILE: &str = "no such file";
+
+/// The error for reading `location`, which is not there.
+fn missing(location: &str) -> IcebergError {
+    IcebergError::new(
+        ErrorKind::DataInvalid,
+        format!("{location}: {NO_SUCH_FILE}"),
+    )
+}
+
+/// Whether `e` says a file that was read is not there (deleted after it was found:
+/// a metadata file superseded and removed by a commit between reading the catalog's
+/// pointer and the file).
+pub(crate) fn is_missing(e: &IcebergError) -> bool {
+    e.kind() == ErrorKind::DataInvalid && e.message().ends_with(NO_SUCH_FILE)
+}
+
+/// A local read that failed: [`missing`] if the file is not there, else the error.
+async fn local_failure(path: &str, e: IcebergError) -> IcebergError {
+    match LocalFsStorage.exists(path).await {
+        Ok(false) => missing(path),
+        _ => e,
+    }
+}
+
+/// An object store read that failed, as an iceberg error.
+fn object_failure(path: &str, e: object_store::Error) -> IcebergError {
+    match e {
+        object_store::Error::NotFound { .. } => missing(path),
+        e => error(path, e),
+    }
+}
+
 #[async_trait]
 #[typetag::serde]
 impl Storage for LakeStorage {
@@ -232,9 +266,12 @@ impl Storage for LakeStorage {
 
     async fn read(&self, path: &str) -> iceberg::Result<Bytes> {
         match self.object(path)? {
-            None => LocalFsStorage.read(path).await,
+            None => match LocalFsStorage.read(path).await {
+                Ok(bytes) => Ok(bytes),
+                Err(e) => Err(local_failure(path, e).await),
+            },
             Some((store, key)) => {
-                let got = store.get(&key).await.map_err(|e| error(path, e))?;
+                let got = store.get(&key).await.map_err(|e| object_failure(path, e))?;
                 got.bytes().await.map_err(|e| error(path, e))
             }
         }
@@ -443,5 +480,23 @@ mod tests {
             ..S3Config::default()
         };
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// A file that is not there reads as missing (what a load retries on); any other
+    /// failure does not.
+    #[tokio::test]
+    async fn a_missing_local_file_reads_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LakeStorage::new(S3Config::default());
+        let gone = format!("file://{}/v7.metadata.json", dir.path().display());
+        let e = storage.read(&gone).await.unwrap_err();
+        assert!(is_missing(&e), "{e}");
+        assert!(e.to_string().contains("v7.metadata.json"), "{e}");
+        // A directory is there but cannot be read as a file.
+        let e = storage
+            .read(&format!("file://{}", dir.path().display()))
+            .await
+            .unwrap_err();
+        assert!(!is_missing(&e), "{e}");
     }
 }
