@@ -6,15 +6,8 @@
 //! command is a module of `commands/` with its arguments and `run`; the entry point is
 //! [`startup`].
 
-pub mod alerts;
-pub mod backfill;
 pub mod bench;
 mod commands;
-pub mod config;
-mod metrics;
-pub mod pipeline;
-pub mod process;
-pub mod replay;
 mod status;
 
 use std::path::PathBuf;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Stats;
+use pitwall_runtime::metrics::Stats;
 
 /// What the events/s figure counts.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pitwall::config::Config;
+use pitwall_runtime::config::Config;
 
 fn repo_file(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Broker, START, Transport, config, count, rows, rule_for, s3_config};
-use pitwall::pipeline::{SimRun, Stats};
 use pitwall_lake::{Lake, LakeConfig};
 use pitwall_query::Query;
+use pitwall_runtime::{SimRun, Stats};
 use pitwall_sim::FaultKind;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-async fn run(config: pitwall::config::Config, minutes: u64) -> pitwall::pipeline::Summary {
+async fn run(config: pitwall_runtime::config::Config, minutes: u64) -> pitwall_runtime::Summary {
     common::run(&Transport::InProcess, config, minutes).await
 }
 
@@ -528,8 +528,8 @@ async fn independent_readers_agree(lake: &Lake, produced: u64, dir: &Path, catal
 /// by source id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_go_back_onto_the_bus_for_live_readers() {
-    use pitwall::pipeline::{bus_config, run_on_bus};
     use pitwall_bus::InProcessBus;
+    use pitwall_runtime::{bus_config, run_on_bus};
 
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), 0.5, 10.0);
@@ -672,9 +672,9 @@ async fn a_second_run_on_the_same_lake_continues_its_offsets() {
 /// other day, the raw table and the clean rows stay as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
-    use pitwall::pipeline::run_embedded;
+    use pitwall_runtime::run_embedded;
     const DAY: i64 = 86_400_000_000_000;
-    async fn run_at(config: pitwall::config::Config, start: i64) {
+    async fn run_at(config: pitwall_runtime::config::Config, start: i64) {
         let run = SimRun {
             start_time: start,
             sim_duration: Some(Duration::from_secs(180)),
@@ -774,7 +774,7 @@ async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
 
     // What a run with the new rule from the start finds in the same day's data.
     let fresh = dir.path().join("fresh");
-    let mut fresh_cfg = pitwall::config::Config::load(Some(&changed_file)).unwrap();
+    let mut fresh_cfg = pitwall_runtime::config::Config::load(Some(&changed_file)).unwrap();
     fresh_cfg.lake = cfg.lake.clone();
     fresh_cfg.lake.data_dir = fresh.clone();
     fresh_cfg.sim = cfg.sim.clone();

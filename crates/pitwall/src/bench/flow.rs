@@ -17,10 +17,10 @@ use pitwall_core::{FieldValue, Point, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{cpu_seconds, peak_memory, percentile};
-use crate::config::Config;
-use crate::metrics::Stats;
-use crate::pipeline::{self, SimRun};
 use pitwall_bus::Publish;
+use pitwall_runtime::SimRun;
+use pitwall_runtime::config::Config;
+use pitwall_runtime::metrics::Stats;
 
 /// Where a pipeline scenario runs: the in-process bus, or Kafka at these brokers.
 #[derive(Debug, Clone)]
@@ -156,7 +156,7 @@ async fn fill_kafka(
     config: &Config,
     sim_duration: Duration,
 ) -> anyhow::Result<(Throughput, String)> {
-    let topics = pipeline::ensure_topics(config).await?;
+    let topics = pitwall_runtime::ensure_topics(config).await?;
     let mut sink = pitwall_bus::kafka::KafkaTopic::new(&config.kafka, &topics.raw)?;
     let run = SimRun {
         start_time: pitwall_core::now_ns() - i64::try_from(sim_duration.as_nanos()).unwrap_or(0),
@@ -167,10 +167,10 @@ async fn fill_kafka(
     };
     let mut config = config.clone();
     config.sim.speed = 0.0;
-    let mut sim = pipeline::simulators(&config, run.start_time);
+    let mut sim = pitwall_runtime::simulators(&config, run.start_time);
     let stats = Stats::default();
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    pipeline::produce(
+    pitwall_runtime::produce(
         &config,
         &run,
         &mut sim,
@@ -271,10 +271,10 @@ pub async fn process(config: &Config, opts: &ProcessBench) -> anyhow::Result<()>
                 let stats = Arc::new(Stats::default());
                 let process_cfg = cfg.clone();
                 let (cpu0, t0) = (cpu_seconds(), Instant::now());
-                let options = crate::process::ProcessOptions {
+                let options = pitwall_runtime::kafka::ProcessOptions {
                     exit_when_idle: Some(idle),
                 };
-                crate::process::run(
+                pitwall_runtime::kafka::run(
                     process_cfg,
                     options,
                     CancellationToken::new(),
@@ -419,7 +419,7 @@ async fn process_in_process(cfg: &Config, sim_duration: Duration) -> anyhow::Res
     // The simulators and their JSON alone, to take out of the pipeline's CPU time.
     let sim_cpu = {
         let end = start_time + i64::try_from(sim_duration.as_nanos()).unwrap_or(i64::MAX);
-        let mut sim = pipeline::simulators(cfg, start_time);
+        let mut sim = pitwall_runtime::simulators(cfg, start_time);
         let (mut points, mut payload) = (Vec::new(), Vec::with_capacity(512));
         let cpu0 = cpu_seconds();
         while pitwall_sim::Simulator::next_time(&sim) < end {
@@ -445,7 +445,8 @@ async fn process_in_process(cfg: &Config, sim_duration: Duration) -> anyhow::Res
     let stats = Arc::new(Stats::default());
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let summary =
-        pipeline::run_embedded(cfg, run, CancellationToken::new(), Arc::clone(&stats)).await?;
+        pitwall_runtime::run_embedded(cfg, run, CancellationToken::new(), Arc::clone(&stats))
+            .await?;
     let cpu = cpu_seconds() - cpu0;
     println!(
         "  {} events, {} rows committed; the simulators and their JSON took {sim_cpu:.2} CPU-s of the run's {cpu:.2} (measured alone), left out below",
@@ -508,7 +509,7 @@ impl Load {
         probes: Arc<Probes>,
         cancel: CancellationToken,
     ) -> anyhow::Result<(u64, S)> {
-        let mut sim = pipeline::simulators(&config, pitwall_core::now_ns());
+        let mut sim = pitwall_runtime::simulators(&config, pitwall_core::now_ns());
         let mut pool = Vec::new();
         while pool.len() < 20_000 {
             pitwall_sim::Simulator::step(&mut sim, &mut pool);
@@ -627,7 +628,7 @@ impl Harness {
         };
         let (pipeline, load) = match transport {
             Transport::InProcess => {
-                let bus = InProcessBus::new(pipeline::bus_config(cfg));
+                let bus = InProcessBus::new(pitwall_runtime::bus_config(cfg));
                 let topics: Topics = bus.config().topics.clone();
                 if let Some(on_anomaly) = on_anomaly {
                     for mut consumer in bus.subscribe(&topics.anomalies)? {
@@ -646,7 +647,7 @@ impl Harness {
                 let pipeline = tokio::spawn({
                     let (cfg, cancel, stats) = (cfg.clone(), cancel.clone(), Arc::clone(&stats));
                     async move {
-                        pipeline::run_on_bus(bus, cfg, run, cancel, stats)
+                        pitwall_runtime::run_on_bus(bus, cfg, run, cancel, stats)
                             .await
                             .map(|_| ())
                     }
@@ -658,7 +659,7 @@ impl Harness {
                 (pipeline, load)
             }
             Transport::Kafka(_) => {
-                let topics = pipeline::ensure_topics(cfg).await?;
+                let topics = pitwall_runtime::ensure_topics(cfg).await?;
                 if let Some(on_anomaly) = on_anomaly {
                     let mut kafka = cfg.kafka.clone();
                     kafka.group_id.push_str("-anomalies");
@@ -687,7 +688,7 @@ impl Harness {
                     });
                 }
                 let sink = pitwall_bus::kafka::KafkaTopic::new(&cfg.kafka, &topics.raw)?;
-                let pipeline = tokio::spawn(crate::process::run_on_kafka(
+                let pipeline = tokio::spawn(pitwall_runtime::kafka::run_on_kafka(
                     cfg.clone(),
                     run,
                     cancel.clone(),
@@ -966,7 +967,7 @@ pub async fn freshness(config: &Config, opts: &FixedRate, poll: Duration) -> any
         opts.describe("freshness", &cfg)
     );
     // Opening the lake first creates its tables, so the queries have them from the start.
-    let (lake, _) = pipeline::open_lake(&cfg).await?;
+    let (lake, _) = pitwall_runtime::open_lake(&cfg).await?;
     let probes = Arc::new(Probes::default());
     let seen = Seen::default();
     let sql = format!(

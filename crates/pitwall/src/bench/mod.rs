@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 mod flow;
 pub use flow::{FixedRate, ProcessBench, Transport, freshness, ingest_kafka, latency, process};
@@ -72,7 +72,7 @@ fn cpu_seconds_of(pid: &str) -> f64 {
 /// Runs the scenario and prints its figures.
 pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()> {
     // Bodies: simulated cars and sensors as line protocol, `batch` lines each.
-    let mut sim = crate::pipeline::simulators(config, pitwall_core::now_ns());
+    let mut sim = pitwall_runtime::simulators(config, pitwall_core::now_ns());
     let mut bodies = Vec::new();
     let mut points = Vec::new();
     let mut raw_bytes = 0usize;
@@ -109,8 +109,8 @@ pub async fn http_write(config: &Config, opts: &HttpWrite) -> anyhow::Result<()>
     let sink: Arc<dyn pitwall_server::Sink> = match opts.sink {
         BenchSink::Discard => Arc::clone(&discard) as Arc<dyn pitwall_server::Sink>,
         BenchSink::Kafka => {
-            let topics = crate::pipeline::ensure_topics(config).await?;
-            Arc::new(crate::pipeline::KafkaWriteSink::new(
+            let topics = pitwall_runtime::ensure_topics(config).await?;
+            Arc::new(pitwall_runtime::KafkaWriteSink::new(
                 &config.kafka,
                 &topics.raw,
             )?)
@@ -440,8 +440,8 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
             humantime::format_duration(config.lake.maintenance.expire_after)
         ))
     );
-    let stats = Arc::new(crate::metrics::Stats::default());
-    let run = crate::pipeline::SimRun {
+    let stats = Arc::new(pitwall_runtime::metrics::Stats::default());
+    let run = pitwall_runtime::SimRun {
         start_time: pitwall_core::now_ns()
             - i64::try_from(opts.sim_duration.as_nanos()).unwrap_or(0),
         sim_duration: Some(opts.sim_duration),
@@ -450,7 +450,7 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
         replay: None,
     };
     let started = Instant::now();
-    let summary = crate::pipeline::run_embedded(
+    let summary = pitwall_runtime::run_embedded(
         cfg.clone(),
         run,
         tokio_util::sync::CancellationToken::new(),
@@ -552,7 +552,7 @@ pub async fn lake(config: &Config, opts: &LakeBench) -> anyhow::Result<()> {
 /// `points` of the simulators' telemetry; prints the median of `runs` per operation.
 pub fn codec(config: &Config, points: usize, runs: usize) -> anyhow::Result<()> {
     use pitwall_core::{Precision, json, line_protocol};
-    let mut sim = crate::pipeline::simulators(config, pitwall_core::now_ns());
+    let mut sim = pitwall_runtime::simulators(config, pitwall_core::now_ns());
     let mut batch = Vec::with_capacity(points);
     while batch.len() < points {
         use pitwall_sim::Simulator;

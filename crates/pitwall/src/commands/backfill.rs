@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::*;
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 #[derive(Debug, Args)]
 pub(crate) struct BackfillArgs {
@@ -30,14 +30,14 @@ pub(crate) async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
         .lake
         .apply(Config::load(args.common.config.as_deref())?);
     config.validate()?;
-    let options = crate::backfill::BackfillOptions {
-        from: crate::backfill::parse_time(&args.from).context("--from")?,
-        to: crate::backfill::parse_time(&args.to).context("--to")?,
+    let options = pitwall_runtime::backfill::BackfillOptions {
+        from: pitwall_runtime::backfill::parse_time(&args.from).context("--from")?,
+        to: pitwall_runtime::backfill::parse_time(&args.to).context("--to")?,
         warm_up: args.warm_up,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let started = std::time::Instant::now();
-    let s = crate::backfill::run(config, &options).await?;
+    let s = pitwall_runtime::backfill::run(config, &options).await?;
     let day = |d: i32| {
         humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + Duration::from_secs(d as u64 * 86_400),

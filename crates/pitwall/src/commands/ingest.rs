@@ -10,7 +10,7 @@ use pitwall_bus::Publish;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 #[derive(Debug, Args)]
 pub(crate) struct IngestArgs {
@@ -54,7 +54,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         config.sim.seed = seed;
     }
     config.validate()?;
-    let topics = crate::pipeline::ensure_topics(&config).await?;
+    let topics = pitwall_runtime::ensure_topics(&config).await?;
     let mut sink = pitwall_bus::kafka::KafkaTopic::new(&config.kafka, &topics.raw)?;
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(
@@ -63,8 +63,8 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     );
     cancel_after(&cancel, args.duration);
     serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
-    let stats = Arc::new(crate::metrics::Stats::default());
-    crate::metrics::export(&stats);
+    let stats = Arc::new(pitwall_runtime::metrics::Stats::default());
+    pitwall_runtime::metrics::export(&stats);
     let status = {
         let (stats, cancel, every) = (Arc::clone(&stats), cancel.clone(), args.status_interval);
         let topic = topics.raw.clone();
@@ -105,15 +105,15 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         config.kafka.brokers
     );
     let started = std::time::Instant::now();
-    let run = crate::pipeline::SimRun {
+    let run = pitwall_runtime::SimRun {
         start_time: pitwall_core::now_ns(),
         sim_duration: args.sim_duration,
         serve: None,
         hold_open: false,
         replay: None,
     };
-    let mut sim = crate::pipeline::simulators(&config, run.start_time);
-    crate::pipeline::produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
+    let mut sim = pitwall_runtime::simulators(&config, run.start_time);
+    pitwall_runtime::produce(&config, &run, &mut sim, &mut sink, &cancel, &stats).await?;
     sink.finish().await?;
     cancel.cancel();
     status.await.ok();

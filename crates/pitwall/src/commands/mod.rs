@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 #[derive(Debug, Args)]
 pub(crate) struct Common {

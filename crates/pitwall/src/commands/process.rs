@@ -8,7 +8,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProcessArgs {
@@ -55,8 +55,8 @@ pub(crate) async fn run(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     );
     cancel_after(&cancel, args.duration);
     serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
-    let stats = Arc::new(crate::metrics::Stats::default());
-    crate::metrics::export(&stats);
+    let stats = Arc::new(pitwall_runtime::metrics::Stats::default());
+    pitwall_runtime::metrics::export(&stats);
     let status_cancel = CancellationToken::new();
     let status = tokio::spawn(crate::status::report(
         Arc::clone(&stats),
@@ -72,10 +72,10 @@ pub(crate) async fn run(args: ProcessArgs) -> anyhow::Result<ExitCode> {
         config.lake.describe()
     );
     let started = std::time::Instant::now();
-    let options = crate::process::ProcessOptions {
+    let options = pitwall_runtime::kafka::ProcessOptions {
         exit_when_idle: args.exit_when_idle,
     };
-    let result = crate::process::run(config, options, cancel, Arc::clone(&stats)).await;
+    let result = pitwall_runtime::kafka::run(config, options, cancel, Arc::clone(&stats)).await;
     status_cancel.cancel();
     status.await.ok();
     crate::status::print_line(&stats, started.elapsed(), crate::status::Rate::Processed);

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::*;
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 #[derive(Debug, Args)]
 pub(crate) struct QueryArgs {

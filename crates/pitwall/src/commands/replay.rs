@@ -7,14 +7,14 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 /// How replayed files are read (`pitwall replay` and `pitwall up --replay`).
 #[derive(Debug, Args)]
 pub(crate) struct ReplayInput {
     /// Input format; auto goes by extension (.csv FastF1, .jsonl JSON lines, .lp line protocol).
     #[arg(long, value_enum, default_value = "auto")]
-    format: crate::replay::InputFormat,
+    format: pitwall_runtime::replay::InputFormat,
     /// Driver code for FastF1 files (default: taken from the file name, e.g. VER.csv).
     #[arg(long)]
     driver: Option<String>,
@@ -32,7 +32,7 @@ impl ReplayInput {
         self,
         path: PathBuf,
         speed: f64,
-    ) -> anyhow::Result<crate::replay::ReplayOptions> {
+    ) -> anyhow::Result<pitwall_runtime::replay::ReplayOptions> {
         if !(speed >= 0.0 && speed.is_finite()) {
             anyhow::bail!(
                 "the replay speed is {speed}; use 0 (as fast as possible) or a positive factor"
@@ -41,7 +41,7 @@ impl ReplayInput {
         if !path.exists() {
             anyhow::bail!("{}: no such file or directory to replay", path.display());
         }
-        Ok(crate::replay::ReplayOptions {
+        Ok(pitwall_runtime::replay::ReplayOptions {
             path,
             format: self.format,
             driver: self.driver,
@@ -85,7 +85,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         "stopping: waiting for the brokers to acknowledge what was sent",
     );
     serve_metrics(args.metrics_listen.as_deref(), &cancel).await?;
-    let summary = crate::replay::replay(&config, &opts, cancel).await?;
-    eprintln!("{}", crate::replay::describe(&summary));
+    let summary = pitwall_runtime::replay::replay(&config, &opts, cancel).await?;
+    eprintln!("{}", pitwall_runtime::replay::describe(&summary));
     Ok(ExitCode::SUCCESS)
 }

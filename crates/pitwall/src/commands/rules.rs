@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 /// Validates `file` and prints what it configures.
 pub(crate) fn check(file: &Path) -> anyhow::Result<ExitCode> {
-    let c = crate::config::check_file(file)?;
+    let c = pitwall_runtime::config::check_file(file)?;
     println!(
         "{}: ok ({} windows, {} rules)",
         file.display(),

@@ -8,7 +8,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -32,8 +32,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     args.listen.apply(&mut config.server);
     config.validate()?;
-    let topics = crate::pipeline::ensure_topics(&config).await?;
-    let sink = Arc::new(crate::pipeline::KafkaWriteSink::new(
+    let topics = pitwall_runtime::ensure_topics(&config).await?;
+    let sink = Arc::new(pitwall_runtime::KafkaWriteSink::new(
         &config.kafka,
         &topics.raw,
     )?);
@@ -43,11 +43,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "pitwall serve: writes go to {} at {}",
         topics.raw, config.kafka.brokers
     );
-    let lake = crate::pipeline::open_lake(&config).await?;
+    let lake = pitwall_runtime::open_lake(&config).await?;
     let live = pitwall_server::LiveHub::default();
-    crate::pipeline::feed_live_from_kafka(&config, &topics, &live, &cancel)?;
+    pitwall_runtime::feed_live_from_kafka(&config, &topics, &live, &cancel)?;
     // serve commits nothing; its /health reports the server alone.
-    let server = crate::pipeline::start_server(
+    let server = pitwall_runtime::start_server(
         &config.server,
         &config,
         sink,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 #[derive(Debug, Args)]
 pub(crate) struct SimArgs {
@@ -34,7 +34,7 @@ pub(crate) fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     }
     let start = pitwall_core::now_ns();
     let end = start + i64::try_from(args.duration.as_nanos()).context("duration too long")?;
-    let mut sim = crate::pipeline::simulators(&config, start);
+    let mut sim = pitwall_runtime::simulators(&config, start);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut points = Vec::new();

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::replay::ReplayInput;
 use super::*;
-use crate::config::Config;
+use pitwall_runtime::config::Config;
 
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
@@ -79,8 +79,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let cancel = CancellationToken::new();
-    let stats = Arc::new(crate::metrics::Stats::default());
-    crate::metrics::export(&stats);
+    let stats = Arc::new(pitwall_runtime::metrics::Stats::default());
+    pitwall_runtime::metrics::export(&stats);
     // Ctrl-C: finish cleanly; a second one aborts.
     {
         let cancel = cancel.clone();
@@ -143,7 +143,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let data_dir = config.lake.data_dir.clone();
     args.listen.apply(&mut config.server);
-    let run = crate::pipeline::SimRun {
+    let run = pitwall_runtime::SimRun {
         start_time: pitwall_core::now_ns(),
         sim_duration: None,
         serve: Some(config.server.clone()),
@@ -159,7 +159,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
         let started = std::time::Instant::now();
         let result =
-            crate::process::run_on_kafka(config, run, cancel.clone(), Arc::clone(&stats)).await;
+            pitwall_runtime::kafka::run_on_kafka(config, run, cancel.clone(), Arc::clone(&stats))
+                .await;
         cancel.cancel();
         status.await.ok();
         result?;
@@ -167,7 +168,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let result =
-        crate::pipeline::run_embedded(config, run, cancel.clone(), Arc::clone(&stats)).await;
+        pitwall_runtime::run_embedded(config, run, cancel.clone(), Arc::clone(&stats)).await;
     cancel.cancel();
     status.await.ok();
     let summary = result?;

@@ -7,13 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pitwall::config::Config;
-use pitwall::pipeline::{SimRun, Stats, Summary, produce, run_embedded, simulators};
-use pitwall::process::{ProcessOptions, run as run_process};
 use pitwall_bus::Publish;
 use pitwall_bus::kafka::KafkaTopic;
 use pitwall_lake::LakeConfig;
 use pitwall_query::{Format, Query, render};
+use pitwall_runtime::config::Config;
+use pitwall_runtime::kafka::{ProcessOptions, run as run_process};
+use pitwall_runtime::{SimRun, Stats, Summary, produce, run_embedded, simulators};
 use pitwall_sim::{FaultKind, Simulator};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

@@ -26,11 +26,13 @@ use pitwall_lake::{CommitStats, Lake, LakeWriter, ResumePlan, Round};
 use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry, TICK_KEY, tick_payload};
 use tokio_util::sync::CancellationToken;
 
+use crate::commits::{backoff, record_commit};
 use crate::config::Config;
-use crate::pipeline::{
-    Encoded, KafkaWriteSink, OutputTopics, Publisher, SimRun, Stats, ensure_topics,
-    feed_live_from_kafka, open_lake, produce, record_commit, replayed, simulators, start_server,
-};
+use crate::metrics::Stats;
+use crate::open::{ensure_topics, open_lake, spawn_maintenance};
+use crate::produce::{SimRun, produce, replayed, simulators};
+use crate::publish::{Encoded, OutputTopics, Publisher};
+use crate::serve::{KafkaWriteSink, feed_live_from_kafka, start_server};
 
 /// How long a member may hold no partition, alone in its group, before it rejoins.
 const STRANDED_AFTER: Duration = Duration::from_secs(15);
@@ -49,7 +51,7 @@ pub struct ProcessOptions {
     pub exit_when_idle: Option<Duration>,
 }
 
-/// [`crate::pipeline::run_embedded`] over Kafka: the simulators send to the raw topic (as `pitwall
+/// [`crate::embedded::run_embedded`] over Kafka: the simulators send to the raw topic (as `pitwall
 /// ingest`) while the processor reads it in the consumer group (as `pitwall process`),
 /// until `cancel`. What was processed is committed; what was sent but not processed
 /// waits in Kafka for the next run.
@@ -169,7 +171,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topics = ensure_topics(&config).await?;
     let (lake, schemas) = open_lake(&config).await?;
-    let _maintenance = crate::pipeline::spawn_maintenance(&lake, &config, &cancel);
+    let _maintenance = spawn_maintenance(&lake, &config, &cancel);
     let mut writer = LakeWriter::open(lake.clone())
         .await
         .context("reading the lake's committed offsets")?;
@@ -337,7 +339,7 @@ pub async fn run(
                             let error = format!("{e:#}");
                             failures = stats.health.commit_failed(&error);
                             tracing::warn!(error = %error, failures, buffered = writer.buffered(), "lake commit failed; keeping the rows and retrying");
-                            tokio::time::sleep(crate::pipeline::backoff(failures).min(Duration::from_secs(5))).await;
+                            tokio::time::sleep(backoff(failures).min(Duration::from_secs(5))).await;
                         }
                     }
                 }
@@ -390,7 +392,7 @@ pub async fn run(
         }
     }
     consumer.close();
-    alert_routes.finish(crate::pipeline::ALERTS_GRACE).await;
+    alert_routes.finish(crate::embedded::ALERTS_GRACE).await;
     result
 }
 

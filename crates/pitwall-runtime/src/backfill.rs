@@ -25,7 +25,7 @@ use pitwall_lake::Fixed;
 use pitwall_stream::{Outputs, Processor};
 
 use crate::config::Config;
-use crate::pipeline::open_lake;
+use crate::open::open_lake;
 
 const DAY_NS: i64 = 86_400_000_000_000;
 

@@ -11,7 +11,7 @@ use metrics::{counter, gauge, histogram};
 use pitwall_core::Outputs;
 
 /// Reports `stats` on every scrape, as long as the run keeps it.
-pub(crate) fn export(stats: &Arc<Stats>) {
+pub fn export(stats: &Arc<Stats>) {
     pitwall_server::metrics::install();
     let weak = Arc::downgrade(stats);
     pitwall_server::metrics::on_scrape(move || {
@@ -120,5 +120,11 @@ pub(crate) fn count(stats: &Stats, o: &Outputs) {
     if o.duplicates > 0 {
         stats.duplicates.fetch_add(o.duplicates, Relaxed);
         ::metrics::counter!("pitwall_duplicates_total").increment(o.duplicates);
+    }
+}
+
+impl Stats {
+    pub(crate) fn get(c: &AtomicU64) -> u64 {
+        c.load(Relaxed)
     }
 }
