@@ -1,10 +1,263 @@
-//! Lake commits as both runtimes make them: backoff after failures and what a
-//! landed commit counts.
+//! Lake commits as both runtimes make them.
+//!
+//! [`Commits`] owns the lake writer: rows are appended as partitions hand them over; a
+//! commit starts when due (enough rows, or the interval passed) on a task of its own
+//! while appending goes on, one at a time; a failed one keeps its rows and is tried
+//! again with backoff for as long as it takes (storage or a catalog that is down for
+//! minutes loses nothing; `/health` and the status line say so meanwhile); once too
+//! many rows wait, the writer takes no more, so the input waits upstream (in Kafka, or
+//! the bus pushes back on its writers) instead of memory growing; at the end the rest
+//! is committed. A commit another writer fenced is the caller's to handle (over Kafka:
+//! take the partition up again from the lake).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use pitwall_core::PartitionId;
+use pitwall_lake::{CommitStats, LakeWriter, Round};
 
 use crate::metrics::Stats;
+
+/// Waits before each commit until what the commit must not pass is safe (over Kafka:
+/// the output messages queued so far, acknowledged). Called when the commit starts;
+/// the future it returns runs on the commit's task.
+pub(crate) type Gate = Box<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// A lake commit running on a task of its own: the round and how it went (with the
+/// commit's own duration).
+type InFlight = tokio::task::JoinHandle<(Round, anyhow::Result<(CommitStats, Duration)>)>;
+
+/// What [`Commits::step`] saw end.
+#[derive(Debug)]
+pub(crate) enum Landed {
+    /// No commit ended.
+    Nothing,
+    /// A commit landed (counted in the stats).
+    Committed,
+    /// A commit failed; its rows are back in the writer and it is tried again after a
+    /// backoff.
+    Failed,
+    /// Another writer committed `partition` since this one took it up: the writer has
+    /// dropped it, and the caller decides what next.
+    Fenced(PartitionId, anyhow::Error),
+}
+
+/// The lake writer of a runtime and its commits (see the module).
+pub(crate) struct Commits {
+    writer: LakeWriter,
+    in_flight: Option<InFlight>,
+    /// Commits failed in a row, and when to try again.
+    failures: u32,
+    retry_at: Instant,
+    /// Rows buffered at which the writer takes no more until a commit lands.
+    max_buffered: usize,
+    /// The longest wait between two tries of a failing commit.
+    max_backoff: Duration,
+    stats: Arc<Stats>,
+    gate: Option<Gate>,
+}
+
+impl std::fmt::Debug for Commits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commits")
+            .field("buffered", &self.writer.buffered())
+            .field("in_flight", &self.in_flight.is_some())
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Commits {
+    /// Commits for `writer`, taking no more rows once `max_buffered` wait, waiting at
+    /// most `max_backoff` between tries of a failing commit.
+    pub(crate) fn new(
+        writer: LakeWriter,
+        max_buffered: usize,
+        max_backoff: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Commits {
+            writer,
+            in_flight: None,
+            failures: 0,
+            retry_at: Instant::now(),
+            max_buffered,
+            max_backoff,
+            stats,
+            gate: None,
+        }
+    }
+
+    /// Every commit first waits for `gate`.
+    pub(crate) fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    pub(crate) fn writer(&self) -> &LakeWriter {
+        &self.writer
+    }
+
+    /// The writer, to append to, assign or revoke partitions.
+    pub(crate) fn writer_mut(&mut self) -> &mut LakeWriter {
+        &mut self.writer
+    }
+
+    /// Whether the writer takes no more rows for now: `max_buffered` wait beside the
+    /// commit in flight, or behind failing ones.
+    pub(crate) fn holding(&self) -> bool {
+        self.writer.buffered() >= self.max_buffered
+    }
+
+    /// Whether a commit is running.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// How long until [`Self::step`] has something to do: a running commit is looked
+    /// at every 10 ms; otherwise the retry of a failed one, or the commit interval.
+    pub(crate) fn wait(&self) -> Duration {
+        let until = if self.in_flight.is_some() {
+            Duration::ZERO
+        } else if self.failures > 0 {
+            self.retry_at.saturating_duration_since(Instant::now())
+        } else {
+            self.writer.time_to_due()
+        };
+        until.max(Duration::from_millis(10))
+    }
+
+    /// Takes back a commit that ended, then starts the next if one is due. `quiet`
+    /// (the input has gone quiet) commits whatever waits without waiting for the
+    /// interval. The error is a commit task that panicked.
+    pub(crate) async fn step(&mut self, quiet: bool) -> anyhow::Result<Landed> {
+        let landed = self.land().await?;
+        let due = if self.failures > 0 {
+            Instant::now() >= self.retry_at && self.writer.buffered() > 0
+        } else {
+            self.writer.due() || (quiet && self.writer.buffered() > 0)
+        };
+        if self.in_flight.is_none() && due {
+            self.start();
+        }
+        Ok(landed)
+    }
+
+    /// Takes back the commit in flight if it has ended.
+    async fn land(&mut self) -> anyhow::Result<Landed> {
+        let mut landed = Landed::Nothing;
+        if let Some(done) = self.in_flight.take_if(|h| h.is_finished()) {
+            let (round, result) = done.await.context("the lake commit task panicked")?;
+            self.writer.finish_round(round);
+            landed = match result {
+                Ok((s, took)) => {
+                    self.committed(&s, took);
+                    Landed::Committed
+                }
+                Err(e) => match fenced(&e) {
+                    Some(partition) => Landed::Fenced(partition, e),
+                    None => {
+                        self.failed(&e);
+                        Landed::Failed
+                    }
+                },
+            };
+        }
+        Ok(landed)
+    }
+
+    /// Counts a failed commit: `/health` says so, and the next try waits a backoff.
+    pub(crate) fn failed(&mut self, e: &anyhow::Error) {
+        let error = format!("{e:#}");
+        self.failures = self.stats.health.commit_failed(&error);
+        let wait = backoff(self.failures).min(self.max_backoff);
+        self.retry_at = Instant::now() + wait;
+        tracing::warn!(
+            error = %error,
+            failures = self.failures,
+            buffered = self.writer.buffered(),
+            retry_in = ?wait,
+            "lake commit failed; keeping the rows and retrying"
+        );
+    }
+
+    /// Takes what the writer has buffered and commits it on another task, once the
+    /// gate opens.
+    fn start(&mut self) {
+        let gate = self.gate.as_ref().map(|g| g());
+        let mut round = self.writer.take_round();
+        self.in_flight = Some(tokio::spawn(async move {
+            let result = async {
+                if let Some(gate) = gate {
+                    gate.await?;
+                }
+                let started = Instant::now();
+                let s = round.commit().await?;
+                Ok((s, started.elapsed()))
+            }
+            .await;
+            (round, result)
+        }));
+    }
+
+    fn committed(&mut self, s: &CommitStats, took: Duration) {
+        record_commit(&self.stats, s, took);
+        self.failures = 0;
+        self.stats.health.commit_ok();
+    }
+
+    /// Stopping: waits for the commit in flight, then commits what is left here and
+    /// now, trying a failing commit a few more times before giving up (a fenced one at
+    /// once).
+    pub(crate) async fn finish(&mut self) -> anyhow::Result<()> {
+        if let Some(done) = self.in_flight.take() {
+            let (round, result) = done.await.context("the lake commit task panicked")?;
+            self.writer.finish_round(round);
+            match result {
+                Ok((s, took)) => self.committed(&s, took),
+                // What it could not commit is back in the writer, tried again below.
+                Err(e) => tracing::warn!(error = %e, "lake commit failed; trying again"),
+            }
+        }
+        let mut attempt = 0;
+        while self.writer.buffered() > 0 {
+            let started = Instant::now();
+            let result = async {
+                if let Some(gate) = &self.gate {
+                    gate().await?;
+                }
+                anyhow::Ok(self.writer.commit().await?)
+            }
+            .await;
+            match result {
+                Ok(s) => self.committed(&s, started.elapsed()),
+                Err(e) if attempt < 5 && fenced(&e).is_none() => {
+                    attempt += 1;
+                    self.stats.health.commit_failed(&format!("{e:#}"));
+                    tracing::warn!(error = %e, attempt, "final lake commit failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(e.context(
+                        "the final lake commit failed; its rows were not saved (from Kafka, the next owner of their partitions processes them again)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The partition a fenced commit names.
+fn fenced(e: &anyhow::Error) -> Option<PartitionId> {
+    match e.downcast_ref::<pitwall_lake::Error>() {
+        Some(pitwall_lake::Error::Fenced { partition, .. }) => Some(partition.clone()),
+        _ => None,
+    }
+}
 
 /// The longest wait between two tries of a failing commit.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -17,7 +270,7 @@ pub(crate) fn backoff(failures: u32) -> Duration {
 }
 
 /// Counts a finished commit in `stats`.
-pub(crate) fn record_commit(stats: &Stats, s: &pitwall_lake::CommitStats, took: Duration) {
+pub(crate) fn record_commit(stats: &Stats, s: &CommitStats, took: Duration) {
     crate::metrics::commit(s, took);
     stats
         .rows_committed

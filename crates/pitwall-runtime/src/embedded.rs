@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::commits::{backoff, record_commit};
+use crate::commits::{Commits, Landed, MAX_BACKOFF};
 use crate::config::Config;
 use crate::metrics::Stats;
 use crate::metrics::count;
@@ -75,15 +75,16 @@ pub async fn run_on_bus(
             .await?;
         lake_writer_state.assign(&key, &plan);
     }
-    let writer = tokio::spawn(
-        lake_writer(
-            lake_writer_state,
-            out_rx,
-            Arc::clone(&stats),
-            config.lake.commit_rows.saturating_mul(4),
-        )
-        .instrument(tracing::info_span!("lake-writer")),
+    // Rows wait in the writer up to one more commit's worth beside the commit in
+    // flight.
+    let commits = Commits::new(
+        lake_writer_state,
+        config.lake.commit_rows,
+        MAX_BACKOFF,
+        Arc::clone(&stats),
     );
+    let writer =
+        tokio::spawn(lake_writer(commits, out_rx).instrument(tracing::info_span!("lake-writer")));
     let mut processors = Vec::new();
     for consumer in consumers {
         let p = Processor::new(
@@ -403,90 +404,29 @@ async fn hand_over(
     Ok(())
 }
 
-/// Buffers outputs and commits when due; at the end commits the rest. A failed commit
-/// keeps its rows and is retried with backoff (up to [`MAX_BACKOFF`]) for as long as it
-/// takes: storage or a catalog that is down for minutes loses nothing. Meanwhile
-/// `/health` and the status line say so, and once `max_buffered` rows wait the writer
-/// takes nothing more, so the hand-off fills, the processors wait and the bus pushes
-/// back on writers (503) instead of memory growing.
-async fn lake_writer(
-    mut writer: LakeWriter,
-    mut rx: mpsc::Receiver<Batch>,
-    stats: Arc<Stats>,
-    max_buffered: usize,
-) -> anyhow::Result<()> {
-    let mut failures = 0u32;
-    let mut retry_at = Instant::now();
+/// Takes the processors' outputs into the lake writer and commits them (see
+/// [`Commits`]); at the end of input commits the rest. While commits fail or run long
+/// and rows pile up, the writer takes nothing more, so the hand-off fills, the
+/// processors wait and the bus pushes back on writers (503) instead of memory growing.
+async fn lake_writer(mut commits: Commits, mut rx: mpsc::Receiver<Batch>) -> anyhow::Result<()> {
     loop {
-        let holding = failures > 0 && writer.buffered() >= max_buffered;
-        let wait = if failures > 0 {
-            retry_at.saturating_duration_since(Instant::now())
-        } else {
-            writer.time_to_due()
-        }
-        .max(Duration::from_millis(10));
         let next = tokio::select! {
-            o = rx.recv(), if !holding => o.map(Some),
-            () = tokio::time::sleep(wait) => Some(None),
+            o = rx.recv(), if !commits.holding() => o.map(Some),
+            () = tokio::time::sleep(commits.wait()) => Some(None),
         };
         match next {
-            // The rows leave the hand-off's budget once in the writer's buffer (which
-            // its commit_rows bounds).
+            // The rows leave the hand-off's budget once in the writer's buffer.
             Some(Some((key, rows, checkpoint, _permit))) => {
-                writer.append_rows(&key, rows, checkpoint)
+                commits.writer_mut().append_rows(&key, rows, checkpoint)
             }
             Some(None) => {}
             None => break,
         }
-        let due = if failures > 0 {
-            Instant::now() >= retry_at
-        } else {
-            writer.due()
-        };
-        if due {
-            match commit(&mut writer, &stats).await {
-                Ok(()) => {
-                    failures = 0;
-                    stats.health.commit_ok();
-                }
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    failures = stats.health.commit_failed(&error);
-                    let backoff = backoff(failures);
-                    retry_at = Instant::now() + backoff;
-                    tracing::warn!(
-                        error = %error,
-                        failures,
-                        buffered = writer.buffered(),
-                        retry_in = ?backoff,
-                        "lake commit failed; keeping the rows and retrying"
-                    );
-                }
-            }
+        // Fenced: another process committed to this lake's offsets (a second `pitwall
+        // up` on the same lake); the writer dropped the partition, so say so and go on.
+        if let Landed::Fenced(_, e) = commits.step(false).await? {
+            commits.failed(&e);
         }
     }
-    // End of input: commit what is left, retrying a few times before giving up.
-    let mut attempt = 0;
-    while writer.buffered() > 0 {
-        match commit(&mut writer, &stats).await {
-            Ok(()) => stats.health.commit_ok(),
-            Err(e) if attempt < 5 => {
-                attempt += 1;
-                stats.health.commit_failed(&format!("{e:#}"));
-                tracing::warn!(error = %e, attempt, "final lake commit failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            Err(e) => {
-                return Err(e.context("the final lake commit failed; the rows were not saved"));
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn commit(writer: &mut LakeWriter, stats: &Stats) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let s = writer.commit().await?;
-    record_commit(stats, &s, started.elapsed());
-    Ok(())
+    commits.finish().await
 }

@@ -22,17 +22,21 @@ use pitwall_bus::kafka::{
 };
 use pitwall_core::PartitionId;
 use pitwall_lake::progress::names;
-use pitwall_lake::{CommitStats, Lake, LakeWriter, ResumePlan, Round};
+use pitwall_lake::{Lake, LakeWriter, ResumePlan};
 use pitwall_stream::{Outputs, Processor, ProcessorConfig, SchemaRegistry, TICK_KEY, tick_payload};
 use tokio_util::sync::CancellationToken;
 
-use crate::commits::{backoff, record_commit};
+use crate::commits::{Commits, Gate, Landed};
 use crate::config::Config;
 use crate::metrics::Stats;
 use crate::open::{ensure_topics, open_lake, spawn_maintenance};
 use crate::produce::{SimRun, produce, replayed, simulators};
 use crate::publish::{Encoded, OutputTopics, Publisher};
 use crate::serve::{KafkaWriteSink, feed_live_from_kafka, start_server};
+
+/// The longest wait between two tries of a failing commit: short, since the rows wait
+/// in Kafka, not in memory.
+const MAX_KAFKA_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How long a member may hold no partition, alone in its group, before it rejoins.
 const STRANDED_AFTER: Duration = Duration::from_secs(15);
@@ -172,7 +176,7 @@ pub async fn run(
     let topics = ensure_topics(&config).await?;
     let (lake, schemas) = open_lake(&config).await?;
     let _maintenance = spawn_maintenance(&lake, &config, &cancel);
-    let mut writer = LakeWriter::open(lake.clone())
+    let writer = LakeWriter::open(lake.clone())
         .await
         .context("reading the lake's committed offsets")?;
     let plans: Arc<Mutex<HashMap<PartitionId, ResumePlan>>> = Arc::default();
@@ -217,12 +221,33 @@ pub async fn run(
         Arc::clone(&processor_config),
         alerts,
     );
-    // The lake commit runs on another task while processing goes on; one at a time.
-    let mut in_flight: Option<InFlight> = None;
+    // Commits run on another task while processing goes on, once the Kafka outputs
+    // queued before them (theirs among them) are acknowledged: the lake's offsets never
+    // pass outputs that could still be lost. While commits fail or run long, reading
+    // stops 4 x commit-rows ahead: the rows wait in Kafka, not in memory. (Past
+    // max.poll.interval.ms the member leaves its group and the next owner takes the
+    // partitions up from the lake.)
+    let gate: Gate = {
+        let publisher = Arc::clone(&publisher);
+        Box::new(move || {
+            let (publisher, mark) = (Arc::clone(&publisher), publisher.mark());
+            Box::pin(async move {
+                publisher
+                    .delivered_before(mark)
+                    .await
+                    .context("publishing outputs to Kafka")
+            })
+        })
+    };
+    let mut commits = Commits::new(
+        writer,
+        config.lake.commit_rows.saturating_mul(4),
+        MAX_KAFKA_BACKOFF,
+        Arc::clone(&stats),
+    )
+    .with_gate(gate);
     let mut unflushed = 0usize;
     let mut last_message = Instant::now();
-    let mut failures = 0u32;
-    let max_buffered = config.lake.commit_rows.saturating_mul(4);
     let mut recv_errors = 0u32;
     let mut last_stall_check = Instant::now();
     let mut last_end_check = Instant::now();
@@ -235,12 +260,9 @@ pub async fn run(
         // safe (nothing leaves librdkafka's queue until its batch is complete).
         let mut batch: Vec<pitwall_bus::Message> = Vec::with_capacity(RECV_BATCH);
         loop {
-            let wait = writer.time_to_due().clamp(Duration::from_millis(10), Duration::from_millis(200));
+            let wait = commits.wait().min(Duration::from_millis(200));
             batch.clear();
-            // While commits fail, read no further than 4 x commit-rows ahead: the rows
-            // wait in Kafka, not in memory. (Past max.poll.interval.ms the member leaves
-            // its group and the next owner takes the partitions up from the lake.)
-            let holding = failures > 0 && writer.buffered() >= max_buffered;
+            let holding = commits.holding();
             let received = tokio::select! {
                 () = cancel.cancelled() => break,
                 r = consumer.recv_batch(RECV_BATCH, &mut batch), if !holding => Some(r),
@@ -256,7 +278,7 @@ pub async fn run(
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .remove(&key)
                                 .with_context(|| format!("{key} was assigned without a plan"))?;
-                            take_up(&mut parts, &mut writer, &topic, partition, plan, &processor_config, &schemas);
+                            take_up(&mut parts, commits.writer_mut(), &topic, partition, plan, &processor_config, &schemas);
                         }
                         last_message = Instant::now();
                     }
@@ -264,7 +286,7 @@ pub async fn run(
                         for (topic, partition) in list {
                             parts.remove(&partition);
                             let key = PartitionId::new(topic.as_str(), partition);
-                            writer.revoke(&key);
+                            commits.writer_mut().revoke(&key);
                             tracing::info!(partition = %key, "partition revoked; its uncommitted rows are left to the next owner");
                         }
                     }
@@ -318,44 +340,27 @@ pub async fn run(
             }
             // Outputs go out in batches, but never held long: anomalies are awaited.
             if unflushed >= 2048 || (unflushed > 0 && (idle_tick || last_hand_over.elapsed() >= HAND_OVER_AFTER)) {
-                hand_over(&mut parts, &mut writer, &mut outputs, &stats).await?;
+                hand_over(&mut parts, commits.writer_mut(), &mut outputs, &stats).await?;
                 unflushed = 0;
                 last_hand_over = Instant::now();
-            }
-            if let Some(done) = in_flight.take_if(|h| h.is_finished()) {
-                match land(done, &mut writer, &consumer, &stats, &topics).await? {
-                    Ok(()) => {
-                        failures = 0;
-                        stats.health.commit_ok();
-                    }
-                    Err(e) => {
-                        if let Some(pitwall_lake::Error::Fenced { partition, .. }) = e.downcast_ref::<pitwall_lake::Error>() {
-                            let partition = partition.clone();
-                            tracing::warn!(error = %e, "fenced: taking the partition up again from the lake");
-                            retake(&partition, &lake, &mut writer, &mut parts, &consumer, &processor_config, &schemas).await?;
-                        } else {
-                            // Never given up: storage or a catalog down for minutes
-                            // loses nothing; /health and the status line say so.
-                            let error = format!("{e:#}");
-                            failures = stats.health.commit_failed(&error);
-                            tracing::warn!(error = %error, failures, buffered = writer.buffered(), "lake commit failed; keeping the rows and retrying");
-                            tokio::time::sleep(backoff(failures).min(Duration::from_secs(5))).await;
-                        }
-                    }
-                }
             }
             // Input gone quiet before an exit when idle: commit now rather than at the
             // next interval.
             let quiet = options.exit_when_idle.is_some_and(|idle| last_message.elapsed() >= idle) && unflushed == 0;
-            if in_flight.is_none() && (writer.due() || (quiet && writer.buffered() > 0)) {
-                in_flight = Some(start_commit(&mut writer, &publisher));
+            match commits.step(quiet).await? {
+                Landed::Committed => group_offsets(commits.writer(), &consumer, &topics),
+                Landed::Fenced(partition, e) => {
+                    tracing::warn!(error = %e, "fenced: taking the partition up again from the lake");
+                    retake(&partition, &lake, commits.writer_mut(), &mut parts, &consumer, &processor_config, &schemas).await?;
+                }
+                Landed::Failed | Landed::Nothing => {}
             }
             if let Some(idle) = options.exit_when_idle
                 && last_message.elapsed() >= idle
                 && !parts.is_empty()
                 && unflushed == 0
-                && in_flight.is_none()
-                && writer.buffered() == 0
+                && !commits.in_flight()
+                && commits.writer().buffered() == 0
                 && parts.values().all(|p| p.seek.is_none())
                 && std::mem::replace(&mut last_end_check, Instant::now()).elapsed() >= Duration::from_secs(1)
                 && caught_up(&consumer, &parts)
@@ -371,25 +376,9 @@ pub async fn run(
     // Stopping: commit what was processed (open windows stay open; the next owner
     // rebuilds them from the lake's progress).
     if result.is_ok() {
-        hand_over(&mut parts, &mut writer, &mut outputs, &stats).await?;
-        if let Some(done) = in_flight.take()
-            && let Err(e) = land(done, &mut writer, &consumer, &stats, &topics).await?
-        {
-            // What it could not commit is back in the writer, tried again below.
-            tracing::warn!(error = %e, "lake commit failed; trying again");
-        }
-        let mut attempt = 0;
-        while writer.buffered() > 0 {
-            match commit(&mut writer, &publisher, &consumer, &stats, &topics).await {
-                Ok(()) => {}
-                Err(e) if attempt < 5 && e.downcast_ref::<pitwall_lake::Error>().is_none_or(|l| !matches!(l, pitwall_lake::Error::Fenced { .. })) => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "final lake commit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                Err(e) => return Err(e.context("the final lake commit failed; the next owner of the partitions reprocesses them")),
-            }
-        }
+        hand_over(&mut parts, commits.writer_mut(), &mut outputs, &stats).await?;
+        commits.finish().await?;
+        group_offsets(commits.writer(), &consumer, &topics);
     }
     consumer.close();
     alert_routes.finish(crate::embedded::ALERTS_GRACE).await;
@@ -640,82 +629,9 @@ impl OutputTopics for KafkaOutputs {
     }
 }
 
-/// A lake commit running on a task of its own: the round and how it went (with the
-/// commit's own duration).
-type InFlight = tokio::task::JoinHandle<(Round, anyhow::Result<(CommitStats, Duration)>)>;
-
-/// Takes what the writer has buffered and commits it on another task, once the Kafka
-/// outputs queued so far (theirs among them) are acknowledged: the lake's offsets never
-/// pass outputs that could still be lost.
-fn start_commit(writer: &mut LakeWriter, publisher: &Arc<KafkaPublisher>) -> InFlight {
-    let mark = publisher.mark();
-    let mut round = writer.take_round();
-    let publisher = Arc::clone(publisher);
-    tokio::spawn(async move {
-        let result = async {
-            publisher
-                .delivered_before(mark)
-                .await
-                .context("publishing outputs to Kafka")?;
-            let started = Instant::now();
-            let s = round.commit().await?;
-            Ok((s, started.elapsed()))
-        }
-        .await;
-        (round, result)
-    })
-}
-
-/// Takes back a round whose task has ended: the writer gets back its offsets and any
-/// rows it could not commit, and a commit that landed is recorded. The outer error is
-/// the task's (a panic); the inner one the commit's.
-async fn land(
-    done: InFlight,
-    writer: &mut LakeWriter,
-    consumer: &KafkaConsumer,
-    stats: &Stats,
-    topics: &Topics,
-) -> anyhow::Result<anyhow::Result<()>> {
-    let (round, result) = done.await.context("the lake commit task panicked")?;
-    writer.finish_round(round);
-    Ok(result.map(|(s, took)| committed(writer, consumer, stats, topics, &s, took)))
-}
-
-/// Waits for the Kafka outputs, commits the lake here and now (stopping), and records it.
-async fn commit(
-    writer: &mut LakeWriter,
-    publisher: &KafkaPublisher,
-    consumer: &KafkaConsumer,
-    stats: &Stats,
-    topics: &Topics,
-) -> anyhow::Result<()> {
-    publisher
-        .delivered()
-        .await
-        .context("publishing outputs to Kafka")?;
-    let started = Instant::now();
-    let s = writer.commit().await?;
-    committed(writer, consumer, stats, topics, &s, started.elapsed());
-    Ok(())
-}
-
-/// After a commit: its figures, and the lake's offsets as the group's committed offsets
-/// (for lag monitoring).
-fn committed(
-    writer: &LakeWriter,
-    consumer: &KafkaConsumer,
-    stats: &Stats,
-    topics: &Topics,
-    s: &CommitStats,
-    took: Duration,
-) {
-    record_commit(stats, s, took);
-    tracing::debug!(
-        rows = s.total_rows(),
-        files = s.files,
-        ms = took.as_millis() as u64,
-        "committed"
-    );
+/// The lake's offsets of the raw topic as the group's committed offsets (for lag
+/// monitoring).
+fn group_offsets(writer: &LakeWriter, consumer: &KafkaConsumer, topics: &Topics) {
     let offsets: Vec<(String, u32, i64)> = writer
         .partitions()
         .filter(|key| key.topic() == topics.raw)

@@ -219,7 +219,10 @@ async fn lake_maintenance_on_a_schedule_and_by_hand_keeps_every_row() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--table raw.nope: no such table"));
 }
 
-/// `pitwall bench lake` runs end to end on a small lake and prints each figure.
+/// `pitwall bench lake` runs end to end on a small lake and prints each figure. A
+/// minute of telemetry at 10x, a commit per simulated second: commits run beside the
+/// stream, which keeps its pace, so their number is the stream's 6 s over a commit's
+/// latency (a few hundred ms in a debug build on a busy machine).
 #[test]
 fn the_lake_bench_prints_its_figures() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,7 +231,7 @@ fn the_lake_bench_prints_its_figures() {
             "bench",
             "lake",
             "--sim-duration",
-            "30s",
+            "60s",
             "--speed",
             "10",
             "--commit-every",
