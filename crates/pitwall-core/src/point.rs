@@ -244,6 +244,20 @@ impl FieldType {
         }
     }
 
+    /// Every type.
+    pub const ALL: [FieldType; 5] = [
+        FieldType::Float,
+        FieldType::Int,
+        FieldType::UInt,
+        FieldType::Bool,
+        FieldType::Str,
+    ];
+
+    /// The type whose [`Self::name`] is `name`.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// The type in words, for errors.
     pub fn name(self) -> &'static str {
         match self {
@@ -253,5 +267,24 @@ impl FieldType {
             FieldType::Bool => "boolean",
             FieldType::Str => "string",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A type's name (as the lake's column metadata keeps it) gives the type back;
+    /// anything else gives none.
+    #[test]
+    fn field_types_come_back_from_their_names() {
+        for t in FieldType::ALL {
+            assert_eq!(FieldType::named(t.name()), Some(t));
+        }
+        let names: std::collections::BTreeSet<_> =
+            FieldType::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names.len(), FieldType::ALL.len(), "names are distinct");
+        assert_eq!(FieldType::named("Float"), None);
+        assert_eq!(FieldType::named(""), None);
     }
 }

@@ -711,7 +711,7 @@ pub(super) fn clean_columns(
             if meta.contains_key(TAG) && !tags.contains(f.name()) {
                 tags.insert(f.name().clone());
             }
-            if let Some(t) = meta.get(FIELD).and_then(|t| field_type_named(t))
+            if let Some(t) = meta.get(FIELD).and_then(|t| FieldType::named(t))
                 && !fields.contains_key(f.name())
             {
                 fields.insert(f.name().clone(), t);
@@ -719,18 +719,6 @@ pub(super) fn clean_columns(
         }
     }
     (tags, fields)
-}
-
-fn field_type_named(name: &str) -> Option<FieldType> {
-    [
-        FieldType::Float,
-        FieldType::Int,
-        FieldType::UInt,
-        FieldType::Bool,
-        FieldType::Str,
-    ]
-    .into_iter()
-    .find(|t| t.name() == name)
 }
 
 /// The points of a clean batch, back as points of `measurement` (for the rows of a
