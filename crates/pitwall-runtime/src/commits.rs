@@ -296,3 +296,143 @@ pub(crate) fn record_commit(stats: &Stats, s: &CommitStats, took: Duration) {
     }
     tracing::debug!(rows = s.total_rows(), files = s.files, "committed");
 }
+
+#[cfg(test)]
+mod tests {
+    use pitwall_core::record::{Origin, RawRecord};
+    use pitwall_core::{Checkpoint, Outputs};
+    use pitwall_lake::{Lake, LakeConfig, progress::names};
+
+    use super::*;
+
+    const T0: i64 = 1_767_225_600_000_000_000;
+
+    fn partition() -> PartitionId {
+        PartitionId::new("telemetry.raw", 0)
+    }
+
+    /// Raw rows of `offsets` in partition 0, as a processor with no open state hands
+    /// them over.
+    fn feed(writer: &mut LakeWriter, offsets: std::ops::Range<i64>) {
+        let next = offsets.end;
+        let outputs = Outputs {
+            raw: offsets
+                .map(|offset| RawRecord {
+                    origin: Origin {
+                        topic: "telemetry.raw".into(),
+                        partition: 0,
+                        offset,
+                    },
+                    key: Some(format!("k{}", offset % 3)),
+                    ingest_time: T0 + offset,
+                    payload: format!("{{\"o\":{offset}}}").into_bytes().into(),
+                })
+                .collect(),
+            ..Outputs::default()
+        };
+        let checkpoint = Checkpoint {
+            next,
+            replay_from: next,
+            max_time: T0 + next,
+        };
+        writer.append(&partition(), &outputs, checkpoint);
+    }
+
+    /// Steps `commits` until a commit ends (as the runtimes do, every few ms).
+    async fn until_landed(commits: &mut Commits, quiet: bool) -> Landed {
+        for _ in 0..2_000 {
+            match commits.step(quiet).await.unwrap() {
+                Landed::Nothing => tokio::time::sleep(Duration::from_millis(5)).await,
+                landed => return landed,
+            }
+        }
+        panic!("no commit ended within 10 s: {commits:?}");
+    }
+
+    /// Storage that refuses writes: the commit fails and keeps its rows, `/health` says
+    /// so, input is held once `max_buffered` rows wait, the next try waits its
+    /// backoff; with storage back every row lands once, and health passes again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_commit_keeps_its_rows_holds_input_and_lands_once_storage_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(LakeConfig::test_config(dir.path()))
+            .await
+            .unwrap();
+        let stats = Arc::new(Stats::default());
+        let writer = LakeWriter::open(lake.clone()).await.unwrap();
+        let mut commits = Commits::new(writer, 100, Duration::from_secs(1), Arc::clone(&stats));
+        // The raw table's data directory is a file: no data file can be written.
+        let data = dir.path().join("warehouse/raw/events/data");
+        std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+        std::fs::write(&data, b"in the way").unwrap();
+
+        feed(commits.writer_mut(), 0..60);
+        assert!(!commits.holding());
+        assert!(matches!(
+            until_landed(&mut commits, true).await,
+            Landed::Failed
+        ));
+        let (reason, _, failures) = stats.health.problem().expect("health says nothing");
+        assert_eq!(failures, 1);
+        assert!(reason.contains("raw/events/data"), "{reason}");
+        assert_eq!(
+            commits.writer().buffered(),
+            60,
+            "the failed commit's rows are kept"
+        );
+        // Not tried again before its backoff (0.5 s after one failure).
+        assert!(
+            commits.wait() >= Duration::from_millis(300),
+            "{:?}",
+            commits.wait()
+        );
+        assert!(matches!(commits.step(true).await.unwrap(), Landed::Nothing));
+        assert!(!commits.in_flight());
+
+        feed(commits.writer_mut(), 60..110);
+        assert!(commits.holding(), "110 rows wait behind a failing commit");
+
+        std::fs::remove_file(&data).unwrap();
+        assert!(matches!(
+            until_landed(&mut commits, true).await,
+            Landed::Committed
+        ));
+        assert_eq!(commits.writer().buffered(), 0);
+        assert!(!commits.holding());
+        assert!(stats.health.problem().is_none(), "health still failing");
+        assert_eq!(Stats::get(&stats.rows_committed), 110, "every row once");
+        let progress = lake.committed_progress().await.unwrap();
+        assert_eq!(progress[names::RAW].offsets[&partition()], 110);
+    }
+
+    /// Another writer committed the partition meanwhile: the commit is fenced (not a
+    /// failure to retry), the partition is named, and nothing of ours lands for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fenced_commit_names_its_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(LakeConfig::test_config(dir.path()))
+            .await
+            .unwrap();
+        let stats = Arc::new(Stats::default());
+        let writer = LakeWriter::open(lake.clone()).await.unwrap();
+        let mut commits = Commits::new(writer, 1_000, Duration::from_secs(1), Arc::clone(&stats));
+        let mut other = LakeWriter::open(lake.clone()).await.unwrap();
+        feed(&mut other, 0..10);
+        other.commit().await.unwrap();
+
+        feed(commits.writer_mut(), 0..20);
+        match until_landed(&mut commits, true).await {
+            Landed::Fenced(p, e) => {
+                assert_eq!(p, partition());
+                assert!(format!("{e:#}").contains("telemetry.raw"), "{e:#}");
+            }
+            other => panic!("not fenced: {other:?}"),
+        }
+        assert!(
+            stats.health.problem().is_none(),
+            "fencing is not a storage failure"
+        );
+        let progress = lake.committed_progress().await.unwrap();
+        assert_eq!(progress[names::RAW].offsets[&partition()], 10);
+    }
+}
