@@ -254,11 +254,12 @@ type Batch = (
 );
 
 /// Rows handed from the processors to the lake writer that it has not yet taken into its
-/// buffer. Roomy, so processors go on (and anomalies go out) while the writer commits;
-/// bounded in rows, not batches, so a processor far ahead of the writer (a backfill at
-/// full speed) waits instead of holding the whole input in memory (batches of 1,024
-/// messages, ~3 rows each, at 4,096 batches in a row took 13 GB within 30 s).
-const HANDOFF_ROWS: usize = 262_144;
+/// buffer. The writer takes them while it commits (up to one more commit's worth), so
+/// this only smooths the hand-over; bounded in rows, not batches, so a processor far
+/// ahead of the writer (a backfill at full speed) waits instead of holding the whole
+/// input in memory (batches of 1,024 messages, ~3 rows each, at 4,096 batches in a row
+/// took 13 GB within 30 s).
+const HANDOFF_ROWS: usize = 65_536;
 
 /// The processors' side of the channel to the lake writer.
 #[derive(Clone)]
