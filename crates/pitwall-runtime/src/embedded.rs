@@ -19,7 +19,6 @@ use tracing::Instrument;
 use crate::commits::{Commits, Landed, MAX_BACKOFF};
 use crate::config::Config;
 use crate::metrics::Stats;
-use crate::metrics::count;
 use crate::open::{bus_config, open_lake, spawn_maintenance};
 use crate::produce::SimRun;
 use crate::produce::{produce, replayed, simulators};
@@ -98,6 +97,7 @@ pub async fn run_on_bus(
             BusOutputs::new(&bus, &topics)?,
             Arc::clone(&processor_config),
             alerts.clone(),
+            Arc::clone(&stats),
         );
         processors.push(tokio::spawn(
             process_partition(
@@ -329,16 +329,8 @@ async fn process_partition(
                         let mut outputs = Outputs::default();
                         processor.tick(time, &mut outputs);
                         if !outputs.is_empty() {
-                            hand_over(
-                                &processor,
-                                next,
-                                outputs,
-                                &key,
-                                &mut publisher,
-                                &out,
-                                &stats,
-                            )
-                            .await?;
+                            hand_over(&processor, next, outputs, &key, &mut publisher, &out)
+                                .await?;
                         }
                     }
                     continue;
@@ -349,7 +341,6 @@ async fn process_partition(
         let mut outputs = Outputs::default();
         if n == 0 {
             processor.finish(&mut outputs);
-            count(&stats, &outputs);
             publisher.publish(&outputs).await?;
             if !outputs.is_empty() {
                 out.send(key, outputs, processor.checkpoint(next)).await;
@@ -367,16 +358,7 @@ async fn process_partition(
             Some(consumer.pending() as i64),
             processor.watermark(),
         );
-        hand_over(
-            &processor,
-            next,
-            outputs,
-            &key,
-            &mut publisher,
-            &out,
-            &stats,
-        )
-        .await?;
+        hand_over(&processor, next, outputs, &key, &mut publisher, &out).await?;
     }
 }
 
@@ -389,9 +371,7 @@ async fn hand_over(
     key: &PartitionId,
     publisher: &mut Publisher<BusOutputs>,
     out: &Handoff,
-    stats: &Stats,
 ) -> anyhow::Result<()> {
-    count(stats, &outputs);
     publisher.publish(&outputs).await?;
     if !out
         .send(key.to_owned(), outputs, processor.checkpoint(next))

@@ -220,6 +220,7 @@ pub async fn run(
         },
         Arc::clone(&processor_config),
         alerts,
+        Arc::clone(&stats),
     );
     // Commits run on another task while processing goes on, once the Kafka outputs
     // queued before them (theirs among them) are acknowledged: the lake's offsets never
@@ -340,7 +341,7 @@ pub async fn run(
             }
             // Outputs go out in batches, but never held long: anomalies are awaited.
             if unflushed >= 2048 || (unflushed > 0 && (idle_tick || last_hand_over.elapsed() >= HAND_OVER_AFTER)) {
-                hand_over(&mut parts, commits.writer_mut(), &mut outputs, &stats).await?;
+                hand_over(&mut parts, commits.writer_mut(), &mut outputs).await?;
                 unflushed = 0;
                 last_hand_over = Instant::now();
             }
@@ -376,7 +377,7 @@ pub async fn run(
     // Stopping: commit what was processed (open windows stay open; the next owner
     // rebuilds them from the lake's progress).
     if result.is_ok() {
-        hand_over(&mut parts, commits.writer_mut(), &mut outputs, &stats).await?;
+        hand_over(&mut parts, commits.writer_mut(), &mut outputs).await?;
         commits.finish().await?;
         group_offsets(commits.writer(), &consumer, &topics);
     }
@@ -593,11 +594,9 @@ async fn hand_over(
     parts: &mut HashMap<u32, Part>,
     writer: &mut LakeWriter,
     publisher: &mut Publisher<KafkaOutputs>,
-    stats: &Stats,
 ) -> anyhow::Result<()> {
     for part in parts.values_mut() {
         let outputs = std::mem::take(&mut part.outputs);
-        crate::metrics::count(stats, &outputs);
         publisher.publish(&outputs).await?;
         let key = PartitionId::new(part.processor.topic(), part.processor.partition());
         writer.append(&key, &outputs, part.processor.checkpoint(part.next));

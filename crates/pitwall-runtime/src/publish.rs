@@ -10,6 +10,8 @@ use pitwall_core::json;
 use pitwall_core::record::{window_fires, write_json, write_window_fire_json};
 use pitwall_stream::Outputs;
 
+use crate::metrics::Stats;
+
 /// Outputs encoded for their topics: every message's key and payload written one after
 /// another into one buffer, so encoding allocates nothing per message and the in-process
 /// bus hands out slices of one shared buffer.
@@ -174,6 +176,8 @@ pub(crate) trait OutputTopics {
 /// episodes to the alert outbox first (synced), then every wanted stream to its topic.
 pub(crate) struct Publisher<T> {
     topics: T,
+    /// Where what is published is counted (the status line, `/metrics`).
+    stats: Arc<Stats>,
     config: Arc<pitwall_stream::ProcessorConfig>,
     alerts: crate::alerts::Alerts,
     /// The messages of a hand-over; its memory is kept from one to the next where the
@@ -187,17 +191,21 @@ impl<T: OutputTopics> Publisher<T> {
         topics: T,
         config: Arc<pitwall_stream::ProcessorConfig>,
         alerts: crate::alerts::Alerts,
+        stats: Arc<Stats>,
     ) -> Self {
         Publisher {
             topics,
+            stats,
             config,
             alerts,
             encoded: Encoded::default(),
         }
     }
 
-    /// Publishes `o` (before it goes to the lake writer: at least once on the topics).
+    /// Counts and publishes `o` (before it goes to the lake writer: at least once on
+    /// the topics).
     pub(crate) async fn publish(&mut self, o: &Outputs) -> anyhow::Result<()> {
+        crate::metrics::count(&self.stats, o);
         self.alerts.record(&o.anomalies);
         self.encoded.clear();
         let topics = &self.topics;
