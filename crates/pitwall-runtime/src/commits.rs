@@ -338,6 +338,20 @@ mod tests {
         writer.append(&partition(), &outputs, checkpoint);
     }
 
+    /// A local lake in `dir`, and commits of its writer holding at `max_buffered` rows.
+    async fn open(dir: &std::path::Path, max_buffered: usize) -> (Lake, Arc<Stats>, Commits) {
+        let lake = Lake::open(LakeConfig::test_config(dir)).await.unwrap();
+        let stats = Arc::new(Stats::default());
+        let writer = LakeWriter::open(lake.clone()).await.unwrap();
+        let commits = Commits::new(
+            writer,
+            max_buffered,
+            Duration::from_secs(1),
+            Arc::clone(&stats),
+        );
+        (lake, stats, commits)
+    }
+
     /// Steps `commits` until a commit ends (as the runtimes do, every few ms).
     async fn until_landed(commits: &mut Commits, quiet: bool) -> Landed {
         for _ in 0..2_000 {
@@ -355,12 +369,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_commit_keeps_its_rows_holds_input_and_lands_once_storage_is_back() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(LakeConfig::test_config(dir.path()))
-            .await
-            .unwrap();
-        let stats = Arc::new(Stats::default());
-        let writer = LakeWriter::open(lake.clone()).await.unwrap();
-        let mut commits = Commits::new(writer, 100, Duration::from_secs(1), Arc::clone(&stats));
+        let (lake, stats, mut commits) = open(dir.path(), 100).await;
         // The raw table's data directory is a file: no data file can be written.
         let data = dir.path().join("warehouse/raw/events/data");
         std::fs::create_dir_all(data.parent().unwrap()).unwrap();
@@ -410,12 +419,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fenced_commit_names_its_partition() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(LakeConfig::test_config(dir.path()))
-            .await
-            .unwrap();
-        let stats = Arc::new(Stats::default());
-        let writer = LakeWriter::open(lake.clone()).await.unwrap();
-        let mut commits = Commits::new(writer, 1_000, Duration::from_secs(1), Arc::clone(&stats));
+        let (lake, stats, mut commits) = open(dir.path(), 1_000).await;
         let mut other = LakeWriter::open(lake.clone()).await.unwrap();
         feed(&mut other, 0..10);
         other.commit().await.unwrap();
