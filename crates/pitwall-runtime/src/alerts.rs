@@ -538,6 +538,9 @@ impl Alerts {
     }
 }
 
+/// How long alert routes may go on sending once the pipeline has stopped.
+pub(crate) const ALERTS_GRACE: Duration = Duration::from_secs(5);
+
 /// The routes' tasks.
 #[derive(Debug, Default)]
 pub struct Routes {

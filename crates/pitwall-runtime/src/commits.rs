@@ -141,7 +141,7 @@ impl Commits {
             self.writer.due() || (quiet && self.writer.buffered() > 0)
         };
         if self.in_flight.is_none() && due {
-            self.start();
+            self.in_flight = Some(self.start());
         }
         Ok(landed)
     }
@@ -150,9 +150,7 @@ impl Commits {
     async fn land(&mut self) -> anyhow::Result<Landed> {
         let mut landed = Landed::Nothing;
         if let Some(done) = self.in_flight.take_if(|h| h.is_finished()) {
-            let (round, result) = done.await.context("the lake commit task panicked")?;
-            self.writer.finish_round(round);
-            landed = match result {
+            landed = match self.take_back(done).await? {
                 Ok((s, took)) => {
                     self.committed(&s, took);
                     Landed::Committed
@@ -186,10 +184,10 @@ impl Commits {
 
     /// Takes what the writer has buffered and commits it on another task, once the
     /// gate opens.
-    fn start(&mut self) {
+    fn start(&mut self) -> InFlight {
         let gate = self.gate.as_ref().map(|g| g());
         let mut round = self.writer.take_round();
-        self.in_flight = Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             let result = async {
                 if let Some(gate) = gate {
                     gate.await?;
@@ -200,7 +198,19 @@ impl Commits {
             }
             .await;
             (round, result)
-        }));
+        })
+    }
+
+    /// Waits for `done` and gives its round back to the writer (the offsets it
+    /// committed, or its rows if it failed); the commit's figures and own duration, or
+    /// its error. The outer error is a commit task that panicked.
+    async fn take_back(
+        &mut self,
+        done: InFlight,
+    ) -> anyhow::Result<anyhow::Result<(CommitStats, Duration)>> {
+        let (round, result) = done.await.context("the lake commit task panicked")?;
+        self.writer.finish_round(round);
+        Ok(result)
     }
 
     fn committed(&mut self, s: &CommitStats, took: Duration) {
@@ -214,9 +224,7 @@ impl Commits {
     /// once).
     pub(crate) async fn finish(&mut self) -> anyhow::Result<()> {
         if let Some(done) = self.in_flight.take() {
-            let (round, result) = done.await.context("the lake commit task panicked")?;
-            self.writer.finish_round(round);
-            match result {
+            match self.take_back(done).await? {
                 Ok((s, took)) => self.committed(&s, took),
                 // What it could not commit is back in the writer, tried again below.
                 Err(e) => tracing::warn!(error = %e, "lake commit failed; trying again"),
@@ -224,16 +232,9 @@ impl Commits {
         }
         let mut attempt = 0;
         while self.writer.buffered() > 0 {
-            let started = Instant::now();
-            let result = async {
-                if let Some(gate) = &self.gate {
-                    gate().await?;
-                }
-                anyhow::Ok(self.writer.commit().await?)
-            }
-            .await;
-            match result {
-                Ok(s) => self.committed(&s, started.elapsed()),
+            let done = self.start();
+            match self.take_back(done).await? {
+                Ok((s, took)) => self.committed(&s, took),
                 Err(e) if attempt < 5 && fenced(&e).is_none() => {
                     attempt += 1;
                     self.stats.health.commit_failed(&format!("{e:#}"));

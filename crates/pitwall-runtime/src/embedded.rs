@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use pitwall_bus::Publish;
-use pitwall_bus::{InProcessBus, Message, PartitionConsumer};
+use pitwall_bus::{InProcessBus, Message, PartitionConsumer, Publish};
 use pitwall_core::PartitionId;
 use pitwall_lake::{LakeWriter, TableRows};
 use pitwall_sim::{InjectedFault, Simulator};
@@ -20,13 +19,9 @@ use crate::commits::{Commits, Landed, MAX_BACKOFF};
 use crate::config::Config;
 use crate::metrics::Stats;
 use crate::open::{bus_config, open_lake, spawn_maintenance};
-use crate::produce::SimRun;
-use crate::produce::{produce, replayed, simulators};
+use crate::produce::{SimRun, produce, replayed, simulators};
 use crate::publish::{BusOutputs, Publisher};
 use crate::serve::{BusSink, feed_live, start_server};
-
-/// How long alert routes may go on sending once the pipeline has stopped.
-pub(crate) const ALERTS_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the whole pipeline in this process until the simulators finish or `cancel`
 /// fires, then drains the bus, closes every window and commits everything.
@@ -204,7 +199,7 @@ pub async fn run_on_bus(
     }
     // Episodes of the last commit go out before the end (what cannot go in time waits
     // in the outbox for the next start).
-    alert_routes.finish(ALERTS_GRACE).await;
+    alert_routes.finish(crate::alerts::ALERTS_GRACE).await;
     for t in topics.all() {
         if t != topics.raw {
             bus.close(t).await?;

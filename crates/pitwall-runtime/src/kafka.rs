@@ -382,7 +382,7 @@ pub async fn run(
         group_offsets(commits.writer(), &consumer, &topics);
     }
     consumer.close();
-    alert_routes.finish(crate::embedded::ALERTS_GRACE).await;
+    alert_routes.finish(crate::alerts::ALERTS_GRACE).await;
     result
 }
 

@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pitwall_bus::OutputStream;
-use pitwall_bus::{InProcessBus, Producer, Topics};
+use pitwall_bus::{InProcessBus, OutputStream, Producer, Topics};
 use pitwall_core::json;
 use pitwall_core::record::{window_fires, write_json, write_window_fire_json};
 use pitwall_stream::Outputs;

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pitwall_bus::OutputStream;
-use pitwall_bus::{InProcessBus, Producer, Topics};
+use pitwall_bus::{InProcessBus, OutputStream, Producer, Topics};
 use pitwall_lake::Lake;
 use pitwall_stream::SchemaRegistry;
 use tokio_util::sync::CancellationToken;
