@@ -19,6 +19,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use pitwall_lake::Lake;
 
+mod band_join;
 mod engine;
 mod parse;
 pub mod postgres;
@@ -147,7 +148,7 @@ impl Query {
     /// A session whose default catalog is the lake (loaded as it is now).
     pub async fn new(lake: &Lake) -> Result<Self> {
         let provider = scan::LakeCatalog::try_new(lake).await?;
-        let ctx = SessionContext::new_with_config(session_config());
+        let ctx = SessionContext::new_with_state(session_state(None));
         ctx.register_catalog(pitwall_lake::CATALOG_NAME, Arc::new(provider));
         Ok(Query { ctx })
     }
@@ -167,7 +168,7 @@ impl Query {
     ) -> Result<Self> {
         let provider = scan::LakeCatalog::try_new(lake).await?;
         let ctx = match flavor {
-            Flavor::Plain => SessionContext::new_with_config_rt(session_config(), env),
+            Flavor::Plain => SessionContext::new_with_state(session_state(Some(env))),
             Flavor::Postgres => SessionContext::new_with_state(postgres::session_state(env)),
         };
         ctx.register_catalog(pitwall_lake::CATALOG_NAME, Arc::new(provider));
@@ -280,6 +281,20 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
             Ok(String::from_utf8_lossy(&out).into_owned())
         }
     }
+}
+
+/// DataFusion's session state with pitwall's settings and its band join (see
+/// [`band_join`]); its memory pool and spill files are `env`'s when given.
+pub(crate) fn session_state(env: Option<Arc<RuntimeEnv>>) -> datafusion::execution::SessionState {
+    let builder = datafusion::execution::SessionStateBuilder::new()
+        .with_config(session_config())
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(band_join::BandJoinRule));
+    match env {
+        Some(env) => builder.with_runtime_env(env),
+        None => builder,
+    }
+    .build()
 }
 
 pub(crate) fn session_config() -> SessionConfig {

@@ -37,11 +37,7 @@ pub(crate) fn session_state(
 ) -> datafusion::execution::SessionState {
     use datafusion::execution::SessionStateBuilder;
     use datafusion::optimizer::AnalyzerRule;
-    let state = SessionStateBuilder::new()
-        .with_config(crate::session_config())
-        .with_runtime_env(env)
-        .with_default_features()
-        .build();
+    let state = crate::session_state(Some(env));
     let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(UnknownLiterals)];
     rules.extend(state.analyzer().rules.iter().cloned());
     SessionStateBuilder::new_from_existing(state)
