@@ -79,6 +79,15 @@ impl PhysicalOptimizerRule for BandJoinRule {
     }
 }
 
+/// A column of a join's input: its side and its index there.
+type SideColumn = (JoinSide, usize);
+
+/// A comparison read as "subject op other".
+type Reading = (SideColumn, Operator, SideColumn);
+
+/// Build rows of one key as `(value or lower bound, upper bound, row)`.
+type Entries = Vec<(i64, i64, u32)>;
+
 /// `point >= lo AND point <= hi` (either bound may be strict), the point a column of
 /// one side and the bounds columns of the other.
 #[derive(Debug, Clone)]
@@ -196,12 +205,12 @@ fn band_of(filter: &JoinFilter, left: &SchemaRef, right: &SchemaRef) -> Option<B
         return None;
     }
     // Each comparison as "subject op other", read both ways round.
-    let column = |e: &Arc<dyn PhysicalExpr>| -> Option<(JoinSide, usize)> {
+    let column = |e: &Arc<dyn PhysicalExpr>| -> Option<SideColumn> {
         let c = e.as_any().downcast_ref::<Column>()?;
         let i = filter.column_indices().get(c.index())?;
         matches!(i.side, JoinSide::Left | JoinSide::Right).then_some((i.side, i.index))
     };
-    let readings = |e: &Arc<dyn PhysicalExpr>| -> Option<[((JoinSide, usize), Operator, (JoinSide, usize)); 2]> {
+    let readings = |e: &Arc<dyn PhysicalExpr>| -> Option<[Reading; 2]> {
         let cmp = e.as_any().downcast_ref::<BinaryExpr>()?;
         let (a, b) = (column(cmp.left())?, column(cmp.right())?);
         let flipped = match cmp.op() {
@@ -226,7 +235,7 @@ fn band_of(filter: &JoinFilter, left: &SchemaRef, right: &SchemaRef) -> Option<B
             Some((x.0, (l.2, l.1), (h.2, h.1)))
         })?;
     let schema = |side: JoinSide| if side == JoinSide::Left { left } else { right };
-    let col = |(side, i): (JoinSide, usize)| -> Option<(PhysicalExprRef, DataType)> {
+    let col = |(side, i): SideColumn| -> Option<(PhysicalExprRef, DataType)> {
         let field = schema(side).fields().get(i)?;
         Some((
             Arc::new(Column::new(field.name(), i)) as PhysicalExprRef,
@@ -263,11 +272,11 @@ fn band_of(filter: &JoinFilter, left: &SchemaRef, right: &SchemaRef) -> Option<B
 fn values(e: &PhysicalExprRef, batch: &RecordBatch) -> Result<Int64Array> {
     let array = e.evaluate(batch)?.into_array(batch.num_rows())?;
     let array = cast(&array, &DataType::Int64)?;
-    Ok(array
+    array
         .as_any()
         .downcast_ref::<Int64Array>()
         .cloned()
-        .ok_or_else(|| DataFusionError::Internal("band join: values did not cast to i64".into()))?)
+        .ok_or_else(|| DataFusionError::Internal("band join: values did not cast to i64".into()))
 }
 
 /// Each row's key as bytes (one encoding for both sides), `None` where a key is null.
@@ -338,7 +347,7 @@ impl Build {
         let converter = RowConverter::new(fields)?;
         let keys = keys(&converter, key_exprs, &batch)?;
         let points = band.point_side == JoinSide::Left;
-        let mut by_key: HashMap<Box<[u8]>, Vec<(i64, i64, u32)>> = HashMap::new();
+        let mut by_key: HashMap<Box<[u8]>, Entries> = HashMap::new();
         if points {
             let v = values(&band.point, &batch)?;
             for (i, key) in keys.into_iter().enumerate() {
@@ -539,6 +548,7 @@ impl Probe {
         drop(timer);
         for o in &out {
             self.metrics.record_output(o.num_rows());
+            self.metrics.output_batches().add(1);
         }
         Ok(out)
     }
@@ -564,6 +574,7 @@ impl Probe {
             .collect::<Result<Vec<_>>>()?;
         for o in &out {
             self.metrics.record_output(o.num_rows());
+            self.metrics.output_batches().add(1);
         }
         Ok(out)
     }
@@ -738,6 +749,9 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
+    /// A lap as the tests make it: driver, lap, start, end.
+    type LapRow<'a> = (Option<&'a str>, i64, Option<i64>, Option<i64>);
+
     /// A small deterministic generator, so a failure can be replayed.
     struct Lcg(u64);
 
@@ -799,7 +813,7 @@ mod tests {
                 (id as i64, driver, time)
             })
             .collect();
-        let lap_batch = |rows: &[(Option<&str>, i64, Option<i64>, Option<i64>)]| {
+        let lap_batch = |rows: &[LapRow<'_>]| {
             RecordBatch::try_new(
                 Arc::clone(&lap_schema),
                 vec![
