@@ -60,6 +60,14 @@ pub struct ServerConfig {
     pub pg_listen: String,
     /// PostgreSQL sessions open at once; past it a client is refused (SQLSTATE 53300).
     pub pg_max_connections: usize,
+    /// PEM file of the certificate chain the PostgreSQL wire offers TLS with (with
+    /// `pg-tls-key`); empty (the default): no TLS.
+    pub pg_tls_cert: String,
+    /// PEM file of that certificate's private key.
+    pub pg_tls_key: String,
+    /// With TLS set up, refuse PostgreSQL clients that do not use it (SQLSTATE 28000), so
+    /// no token crosses the network in clear text; false lets them in as well.
+    pub pg_tls_required: bool,
     /// Address of Arrow Flight SQL (gRPC: ADBC, Grafana's Flight SQL source, InfluxDB 3
     /// clients); empty (the default) turns it off.
     pub flight_listen: String,
@@ -110,6 +118,9 @@ impl Default for ServerConfig {
             tokens: Vec::new(),
             pg_listen: "127.0.0.1:5433".into(),
             pg_max_connections: 64,
+            pg_tls_cert: String::new(),
+            pg_tls_key: String::new(),
+            pg_tls_required: true,
             flight_listen: String::new(),
             flight_max_connections: 64,
             max_body_bytes: 32 * 1024 * 1024,
@@ -160,6 +171,11 @@ impl ServerConfig {
         at_least("query-max-depth", self.query_max_depth, 8, "")?;
         at_least("max-connections", self.max_connections, 1, "")?;
         at_least("pg-max-connections", self.pg_max_connections, 1, "")?;
+        if self.pg_tls_cert.is_empty() != self.pg_tls_key.is_empty() {
+            return Err(
+                "server.pg-tls-cert and server.pg-tls-key: set both (PEM files of the certificate chain and its private key) or neither".into(),
+            );
+        }
         at_least("flight-max-connections", self.flight_max_connections, 1, "")?;
         at_least(
             "body-memory",

@@ -16,6 +16,11 @@
 //! anyway), `DISCARD`/`DEALLOCATE`/`CLOSE` are acknowledged. Writes, DDL and `COPY`
 //! get an error with its SQLSTATE and a sentence, and the session goes on.
 //!
+//! With `server.pg-tls-cert` and `server.pg-tls-key` (PEM files) a client may ask for
+//! TLS as PostgreSQL's do (`sslmode=require`, or `verify-full` with the certificate's
+//! authority); while `server.pg-tls-required` holds (the default once TLS is set up), a
+//! client that does not is refused with SQLSTATE 28000 before any password is sent.
+//!
 //! Connections are capped (`server.pg-max-connections`; past it a client gets SQLSTATE
 //! 53300 and is closed), a client has pgwire's 60 s to finish its start-up, and a
 //! prepared statement is planned again on every execution, so it reads the lake's
@@ -75,6 +80,8 @@ impl PgService {
 #[derive(Debug)]
 pub struct PgBound {
     listener: tokio::net::TcpListener,
+    /// Offered to clients that ask for TLS, when it is set up.
+    tls: Option<TlsDoor>,
     handlers: Arc<Handlers>,
     places: Arc<Semaphore>,
     max_connections: usize,
@@ -86,6 +93,15 @@ impl PgBound {
         config: &crate::ServerConfig,
         service: PgService,
     ) -> Result<Option<Self>, String> {
+        // Certificates first: a bad one fails the start before anything listens.
+        let tls = if config.pg_tls_cert.is_empty() {
+            None
+        } else {
+            Some(TlsDoor(tls_acceptor(
+                std::path::Path::new(&config.pg_tls_cert),
+                std::path::Path::new(&config.pg_tls_key),
+            )?))
+        };
         let Some(listener) = crate::bind_door(&config.pg_listen, "server.pg-listen").await? else {
             return Ok(None);
         };
@@ -100,10 +116,12 @@ impl PgBound {
                 tokens: Arc::clone(&service.tokens),
                 parameters: server_parameters(),
                 keys: RandomPidSecretKeyGenerator::default(),
+                tls_required: tls.is_some() && config.pg_tls_required,
             }),
         });
         Ok(Some(PgBound {
             listener,
+            tls,
             handlers,
             places: Arc::new(Semaphore::new(config.pg_max_connections)),
             max_connections: config.pg_max_connections,
@@ -152,9 +170,10 @@ impl PgBound {
                 continue;
             };
             let handlers = Arc::clone(&self.handlers);
+            let tls = self.tls.as_ref().map(|t| t.0.clone());
             sessions.spawn(async move {
                 let _place = place;
-                if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::debug!(%peer, error = %e, "PostgreSQL session ended with an error");
                 }
             });
@@ -162,6 +181,64 @@ impl PgBound {
         sessions.close();
         Ok(())
     }
+}
+
+/// The TLS set-up of the PostgreSQL door.
+#[derive(Clone)]
+struct TlsDoor(pgwire::tokio::TlsAcceptor);
+
+impl Debug for TlsDoor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsDoor")
+    }
+}
+
+/// A TLS acceptor from PEM files of a certificate chain and its private key; the error
+/// names the setting, the file and what is wrong with it.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<pgwire::tokio::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "server.pg-tls-cert: cannot read certificates from {}: {e} (a PEM file with -----BEGIN CERTIFICATE-----)",
+                cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "server.pg-tls-cert: {} holds no certificate (a PEM file with -----BEGIN CERTIFICATE-----)",
+            cert.display()
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "server.pg-tls-key: cannot read a private key from {}: {e} (a PEM file with -----BEGIN PRIVATE KEY-----)",
+            key.display()
+        )
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("server.pg-tls-cert: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, private)
+    .map_err(|e| {
+        format!(
+            "server.pg-tls-cert and server.pg-tls-key: {} and {} do not make a TLS set-up: {e} (is the key the certificate's?)",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    // PostgreSQL 17's direct TLS connections name the protocol.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Reads the client's first packets as PostgreSQL does before refusing: an SSL or
@@ -245,6 +322,8 @@ struct Startup {
     tokens: Arc<Vec<String>>,
     parameters: DefaultServerParameterProvider,
     keys: RandomPidSecretKeyGenerator,
+    /// Refuse clients that did not ask for TLS.
+    tls_required: bool,
 }
 
 impl Debug for Startup {
@@ -280,6 +359,14 @@ impl StartupHandler for Startup {
     {
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
+                if self.tls_required && !client.is_secure() {
+                    ::metrics::counter!("pitwall_pg_auth_failures_total").increment(1);
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".into(),
+                        "28000".into(),
+                        "this server takes PostgreSQL connections over TLS only (server.pg-tls-required): connect with sslmode=require, or verify-full with the server's certificate authority".into(),
+                    ))));
+                }
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 let user = client

@@ -475,10 +475,7 @@ impl Processor {
         };
         out.raw.push(RawRecord {
             origin: origin.clone(),
-            key: msg
-                .key
-                .as_ref()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: msg.key.as_ref().map(RawRecord::key_text),
             ingest_time: msg.timestamp,
             payload: msg.payload.clone(),
         });
@@ -495,8 +492,9 @@ impl Processor {
                 return;
             }
         };
-        let measurement = point.measurement.clone();
-        let clock = self.clocks.of(&measurement, &source_id, self.max_time);
+        let clock = self
+            .clocks
+            .of(&point.measurement, &source_id, self.max_time);
         let watermark = clock.saturating_sub(self.out_of_orderness);
         let horizon = watermark.saturating_sub(self.lateness);
         let mark = Mark {
@@ -530,13 +528,16 @@ impl Processor {
         }
         self.rules
             .evaluate(&source_id, &point, heard, horizon, mark, &mut out.anomalies);
-        if self
-            .clocks
-            .advance(&measurement, &source_id, clock, (point.time, heard), mark)
-        {
+        if self.clocks.advance(
+            &point.measurement,
+            &source_id,
+            clock,
+            (point.time, heard),
+            mark,
+        ) {
             let watermark = point.time.saturating_sub(self.out_of_orderness);
             for w in &mut self.windows {
-                w.fire_source(&measurement, &source_id, watermark, &mut out.windows);
+                w.fire_source(&point.measurement, &source_id, watermark, &mut out.windows);
             }
         }
         self.data_time = self.data_time.max(heard);

@@ -15,11 +15,22 @@ const T0: i64 = 1_767_225_600_000_000_000;
 const CAP: usize = 4;
 
 fn psql(pg: &str, password: &str, command: &str) -> std::process::Output {
+    psql_with(pg, password, command, &[])
+}
+
+/// psql with more of libpq's environment (`PGSSLMODE`, `PGSSLROOTCERT`).
+fn psql_with(
+    pg: &str,
+    password: &str,
+    command: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Output {
     let (host, port) = pg.split_once(':').unwrap();
     Command::new("psql")
         .args([
             "-h", host, "-p", port, "-U", "engineer", "-d", "pitwall", "-X", "-c", command,
         ])
+        .envs(env.iter().copied())
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
@@ -104,6 +115,108 @@ async fn postgres_clients_read_the_lake() {
             ("T0", T0.to_string()),
         ],
         6,
+    );
+
+    let (status, log) = up.stop();
+    assert!(status.success(), "pitwall up failed:\n{log}");
+}
+
+/// TLS on the PostgreSQL wire with a certificate made here: psql verifies it against
+/// its authority (verify-full) and reads over it; a client that does not ask for TLS is
+/// refused before any password is sent, a wrong password over TLS is refused as
+/// without; a key where the certificate should be fails the start, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=pitwall test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = |cert: &std::path::Path| {
+        format!(
+            "[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"{TOKEN}\"]\npg-tls-cert = {:?}\npg-tls-key = {:?}\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        )
+    };
+
+    // The key where the certificate should be: the start fails and says which setting.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, config(&key)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("bad-lake"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("server.pg-tls-cert")
+            && err.contains("holds no certificate"),
+        "{err}"
+    );
+
+    let good = dir.path().join("pitwall.toml");
+    std::fs::write(&good, config(&cert)).unwrap();
+    let up = Up::start(
+        &["--config", good.to_str().unwrap()],
+        &dir.path().join("lake"),
+    );
+    let verify = [
+        ("PGSSLMODE", std::ffi::OsStr::new("verify-full")),
+        ("PGSSLROOTCERT", cert.as_os_str()),
+    ];
+    let out = psql_with(&up.pg, TOKEN, "SELECT 40 + 2 AS answer", &verify);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 42"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql_with(&up.pg, TOKEN, "\\conninfo", &verify);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SSL connection"), "{text}");
+
+    let plain = [("PGSSLMODE", std::ffi::OsStr::new("disable"))];
+    let out = psql_with(&up.pg, TOKEN, "SELECT 1", &plain);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("over TLS only") && err.contains("sslmode=require"),
+        "{err}"
+    );
+    let out = psql_with(&up.pg, "not-the-token", "SELECT 1", &verify);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("password authentication failed"),
+        "{err}"
     );
 
     let (status, log) = up.stop();
