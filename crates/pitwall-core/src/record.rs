@@ -28,33 +28,12 @@ pub struct Origin {
 pub struct RawRecord {
     /// Where it was read.
     pub origin: Origin,
-    /// The message key (the source id), if any: UTF-8 (a key that was not is stored
-    /// decoded lossily, see [`RawRecord::key_text`]), shared with the message.
-    pub key: Option<Bytes>,
+    /// The message key (the source id), if any.
+    pub key: Option<String>,
     /// When the bus accepted it, ns since the epoch.
     pub ingest_time: i64,
     /// The payload bytes, unchanged.
     pub payload: Bytes,
-}
-
-impl RawRecord {
-    /// `key` as the UTF-8 the table stores: the bytes themselves when they are UTF-8
-    /// (shared, no copy), else decoded lossily.
-    pub fn key_text(key: &Bytes) -> Bytes {
-        match std::str::from_utf8(key) {
-            Ok(_) => key.clone(),
-            Err(_) => Bytes::from(String::from_utf8_lossy(key).into_owned()),
-        }
-    }
-
-    /// The key as text.
-    pub fn key_str(&self) -> Option<&str> {
-        // Built by `key_text` (or from a `String`), so UTF-8; a key that is not reads as
-        // none rather than as wrong text.
-        self.key
-            .as_deref()
-            .and_then(|k| std::str::from_utf8(k).ok())
-    }
 }
 
 /// A payload that could not be turned into a valid point (`quarantine.rejects`).

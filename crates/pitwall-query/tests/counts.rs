@@ -21,7 +21,7 @@ async fn filled(dir: &std::path::Path, rounds: i64, per_round: i64) -> Lake {
                     partition: 0,
                     offset,
                 },
-                key: Some(bytes::Bytes::from(format!("k{}", offset % 3))),
+                key: Some(format!("k{}", offset % 3)),
                 ingest_time: 1_767_225_600_000_000_000 + offset,
                 payload: b"{}".to_vec().into(),
             })

@@ -324,7 +324,7 @@ mod tests {
                         partition: 0,
                         offset,
                     },
-                    key: Some(bytes::Bytes::from(format!("k{}", offset % 3))),
+                    key: Some(format!("k{}", offset % 3)),
                     ingest_time: T0 + offset,
                     payload: format!("{{\"o\":{offset}}}").into_bytes().into(),
                 })

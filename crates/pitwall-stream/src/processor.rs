@@ -475,7 +475,10 @@ impl Processor {
         };
         out.raw.push(RawRecord {
             origin: origin.clone(),
-            key: msg.key.as_ref().map(RawRecord::key_text),
+            key: msg
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             ingest_time: msg.timestamp,
             payload: msg.payload.clone(),
         });

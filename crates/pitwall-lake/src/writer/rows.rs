@@ -77,7 +77,7 @@ impl Row for RawRecord {
         match column {
             0..3 => origin_cell(&self.origin, column),
             3 => Cell::Ts(self.ingest_time),
-            4 => self.key_str().map_or(Cell::Null, Cell::Str),
+            4 => self.key.as_deref().map_or(Cell::Null, Cell::Str),
             5 => Cell::Bin(&self.payload),
             _ => Cell::Null,
         }

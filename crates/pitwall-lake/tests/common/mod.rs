@@ -30,7 +30,7 @@ pub fn raw_at(partition: i32, offsets: std::ops::Range<i64>, base: i64) -> Outpu
                     offset,
                 },
                 // Three sources a partition, interleaved as a bus interleaves them.
-                key: Some(bytes::Bytes::from(format!("k{partition}-{}", offset % 3))),
+                key: Some(format!("k{partition}-{}", offset % 3)),
                 ingest_time: base + offset,
                 payload: format!("{{\"p\":{partition},\"o\":{offset}}}")
                     .into_bytes()
