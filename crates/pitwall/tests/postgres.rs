@@ -162,20 +162,12 @@ async fn postgres_over_tls() {
     // The key where the certificate should be: the start fails and says which setting.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, config(&key)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--pg-listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&bad)
-        .arg("--data-dir")
-        .arg(dir.path().join("bad-lake"))
-        .output()
-        .unwrap();
+    let out = common::up_command(
+        &["--config", bad.to_str().unwrap()],
+        &dir.path().join("bad-lake"),
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()

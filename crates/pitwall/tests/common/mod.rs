@@ -261,6 +261,23 @@ pub fn write_api_url(
     }
 }
 
+/// `pitwall up --listen 127.0.0.1:0 --pg-listen 127.0.0.1:0 ARGS --data-dir DATA`.
+pub fn up_command(args: &[&str], data: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pitwall"));
+    command
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data);
+    command
+}
+
 /// `pitwall up` serving on a free loopback port, its stderr collected in the background.
 pub struct Up {
     pub child: Child,
@@ -277,17 +294,7 @@ impl Up {
     /// Starts `pitwall up --listen 127.0.0.1:0 ARGS --data-dir DATA` and waits until it
     /// serves.
     pub fn start(args: &[&str], data: &Path) -> Up {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pitwall"))
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--pg-listen",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .arg("--data-dir")
-            .arg(data)
+        let mut child = up_command(args, data)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
