@@ -64,7 +64,8 @@ if ! "$VENV/bin/python" -c "import pyiceberg, pyarrow, sqlalchemy, psycopg2, pg8
 fi
 export PITWALL_PYTHON="$VENV/bin/python"
 
-need_apt chromium prometheus postgresql prometheus-alertmanager
+# openssl makes the PostgreSQL TLS test's certificate.
+need_apt chromium prometheus postgresql prometheus-alertmanager openssl
 # The binary builds with Rust alone: in a fresh clone this runs before any npm package is
 # installed, so a build that needed node_modules fails here.
 cargo build -p pitwall --locked

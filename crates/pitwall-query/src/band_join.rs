@@ -279,25 +279,34 @@ fn values(e: &PhysicalExprRef, batch: &RecordBatch) -> Result<Int64Array> {
         .ok_or_else(|| DataFusionError::Internal("band join: values did not cast to i64".into()))
 }
 
-/// Each row's key as bytes (one encoding for both sides), `None` where a key is null.
-fn keys(
-    converter: &RowConverter,
-    exprs: &[PhysicalExprRef],
-    batch: &RecordBatch,
-) -> Result<Vec<Option<Box<[u8]>>>> {
-    let columns = exprs
-        .iter()
-        .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
-        .collect::<Result<Vec<ArrayRef>>>()?;
-    let rows = converter.convert_columns(&columns)?;
-    Ok((0..batch.num_rows())
-        .map(|i| {
-            columns
-                .iter()
-                .all(|c| c.is_valid(i))
-                .then(|| rows.row(i).as_ref().into())
-        })
-        .collect())
+/// Each row's key in one encoding for both sides (arrow's row format).
+struct Keys {
+    rows: arrow::row::Rows,
+    /// Rows whose key columns are all set (a null key matches nothing).
+    valid: Vec<bool>,
+}
+
+impl Keys {
+    fn of(
+        converter: &RowConverter,
+        exprs: &[PhysicalExprRef],
+        batch: &RecordBatch,
+    ) -> Result<Self> {
+        let columns = exprs
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let rows = converter.convert_columns(&columns)?;
+        let valid = (0..batch.num_rows())
+            .map(|i| columns.iter().all(|c| c.is_valid(i)))
+            .collect();
+        Ok(Keys { rows, valid })
+    }
+
+    /// Row `i`'s key, `None` where it is null; borrowed, so a probe allocates nothing.
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        self.valid[i].then(|| self.rows.row(i).data())
+    }
 }
 
 /// One key's build rows.
@@ -345,31 +354,31 @@ impl Build {
             .map(|e| Ok(SortField::new(e.data_type(schema)?)))
             .collect::<Result<Vec<_>>>()?;
         let converter = RowConverter::new(fields)?;
-        let keys = keys(&converter, key_exprs, &batch)?;
+        let keys = Keys::of(&converter, key_exprs, &batch)?;
         let points = band.point_side == JoinSide::Left;
         let mut by_key: HashMap<Box<[u8]>, Entries> = HashMap::new();
         if points {
             let v = values(&band.point, &batch)?;
-            for (i, key) in keys.into_iter().enumerate() {
-                if let Some(key) = key
+            for i in 0..batch.num_rows() {
+                if let Some(key) = keys.get(i)
                     && v.is_valid(i)
                 {
                     by_key
-                        .entry(key)
+                        .entry(key.into())
                         .or_default()
                         .push((v.value(i), 0, i as u32));
                 }
             }
         } else {
             let (lo, hi) = (values(&band.lo, &batch)?, values(&band.hi, &batch)?);
-            for (i, key) in keys.into_iter().enumerate() {
-                if let Some(key) = key
+            for i in 0..batch.num_rows() {
+                if let Some(key) = keys.get(i)
                     && lo.is_valid(i)
                     && hi.is_valid(i)
                     && let Some((l, h)) =
                         inclusive(lo.value(i), band.lo_strict, hi.value(i), band.hi_strict)
                 {
-                    by_key.entry(key).or_default().push((l, h, i as u32));
+                    by_key.entry(key.into()).or_default().push((l, h, i as u32));
                 }
             }
         }
@@ -450,7 +459,8 @@ struct Probe {
     left_columns: usize,
     schema: SchemaRef,
     batch_size: usize,
-    /// Build rows matched so far (a left join emits the others at the end).
+    /// Build rows matched so far (a left join emits the others at the end; empty for
+    /// the other joins).
     matched: Vec<bool>,
     metrics: BaselineMetrics,
 }
@@ -493,7 +503,7 @@ impl Probe {
     /// Joins one probe batch.
     fn join(&mut self, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
         let timer = self.metrics.elapsed_compute().timer();
-        let keys = keys(&self.build.converter, &self.keys, batch)?;
+        let keys = Keys::of(&self.build.converter, &self.keys, batch)?;
         let (lo, hi) = if self.build.points {
             (values(&self.band.lo, batch)?, values(&self.band.hi, batch)?)
         } else {
@@ -503,9 +513,9 @@ impl Probe {
         let keep_probe = self.join_type == JoinType::Right;
         let mut out = Vec::new();
         let (mut b, mut p): (Vec<Option<u32>>, Vec<u32>) = (Vec::new(), Vec::new());
-        for (i, key) in keys.iter().enumerate() {
+        for i in 0..batch.num_rows() {
             let before = b.len();
-            if let Some(key) = key
+            if let Some(key) = keys.get(i)
                 && lo.is_valid(i)
                 && hi.is_valid(i)
             {
@@ -546,11 +556,16 @@ impl Probe {
             out.push(self.output(Some(batch), &UInt32Array::from(b), &UInt32Array::from(p))?);
         }
         drop(timer);
-        for o in &out {
+        self.record(&out);
+        Ok(out)
+    }
+
+    /// Counts `out` in the metrics `EXPLAIN ANALYZE` shows.
+    fn record(&self, out: &[RecordBatch]) {
+        for o in out {
             self.metrics.record_output(o.num_rows());
             self.metrics.output_batches().add(1);
         }
-        Ok(out)
     }
 
     /// A left join's build rows that matched nothing, with nulls for the probe side.
@@ -572,10 +587,7 @@ impl Probe {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        for o in &out {
-            self.metrics.record_output(o.num_rows());
-            self.metrics.output_batches().add(1);
-        }
+        self.record(&out);
         Ok(out)
     }
 }
@@ -701,7 +713,12 @@ impl ExecutionPlan for BandJoinExec {
         let batch_size = context.session_config().batch_size();
         let started = async move {
             let build = build.await?;
-            let matched = vec![false; build.batch.num_rows()];
+            // Only a left join asks which build rows matched.
+            let matched = if join_type == JoinType::Left {
+                vec![false; build.batch.num_rows()]
+            } else {
+                Vec::new()
+            };
             Ok::<_, DataFusionError>((
                 Probe {
                     build,

@@ -93,7 +93,10 @@ impl PgBound {
         config: &crate::ServerConfig,
         service: PgService,
     ) -> Result<Option<Self>, String> {
-        // Certificates first: a bad one fails the start before anything listens.
+        let Some(listener) = crate::bind_door(&config.pg_listen, "server.pg-listen").await? else {
+            return Ok(None);
+        };
+        // A bad certificate or key fails the start, before any client is served.
         let tls = if config.pg_tls_cert.is_empty() {
             None
         } else {
@@ -101,9 +104,6 @@ impl PgBound {
                 std::path::Path::new(&config.pg_tls_cert),
                 std::path::Path::new(&config.pg_tls_key),
             )?))
-        };
-        let Some(listener) = crate::bind_door(&config.pg_listen, "server.pg-listen").await? else {
-            return Ok(None);
         };
         let handlers = Arc::new(Handlers {
             query: Arc::new(Queries {
