@@ -159,6 +159,9 @@ pub enum Error {
     /// The topic does not exist.
     #[error("no topic named {0}")]
     NoSuchTopic(String),
+    /// The topic has no such partition.
+    #[error("topic {0} has no partition {1}")]
+    NoSuchPartition(String, u32),
     /// A bus setting is wrong; the key says where, the message what to do.
     #[error("config key {key}: {message}")]
     Config {
@@ -422,6 +425,45 @@ impl Producer {
         self.send(key, payload, timestamp).await.map(|_| true)
     }
 
+    /// Appends a message to `partition` if it has room right now (never waits: a
+    /// consumer sending to its own partition must not wait for itself). Returns the
+    /// offset it was given, or `None` if the partition is full or busy.
+    pub fn try_send_to(
+        &self,
+        partition: u32,
+        key: Option<Bytes>,
+        payload: Bytes,
+        timestamp: i64,
+    ) -> Result<Option<i64>> {
+        let Some(log) = self.topic.partitions.get(partition as usize) else {
+            return Err(Error::NoSuchPartition(self.topic.name.clone(), partition));
+        };
+        let Ok(mut log) = log.try_lock() else {
+            return Ok(None);
+        };
+        let offset = log.next_offset;
+        let tx = log
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::Closed(self.topic.name.clone()))?;
+        match tx.try_send(Message {
+            partition,
+            offset,
+            key,
+            payload,
+            timestamp,
+        }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Ok(None),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Error::Closed(self.topic.name.clone()));
+            }
+        }
+        log.next_offset += 1;
+        self.topic.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(offset))
+    }
+
     /// Does the topic have a consumer? Lets callers skip encoding output nobody reads.
     pub fn has_consumer(&self) -> bool {
         self.topic.subscribed.load(Ordering::Acquire)
@@ -457,6 +499,17 @@ impl PartitionConsumer {
     /// Receives up to `max` messages into `buf`, waiting for at least one; returns 0 at the end.
     pub async fn recv_many(&mut self, buf: &mut Vec<Message>, max: usize) -> usize {
         self.rx.recv_many(buf, max).await
+    }
+
+    /// [`recv_many`](Self::recv_many) as a poll, for a reader of several partitions:
+    /// `Ready(0)` is the end, `Pending` wakes the task when a message arrives.
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut Vec<Message>,
+        max: usize,
+    ) -> std::task::Poll<usize> {
+        self.rx.poll_recv_many(cx, buf, max)
     }
 }
 

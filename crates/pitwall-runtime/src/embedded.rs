@@ -1,22 +1,25 @@
-//! The embedded pipeline: simulators → in-process bus → one processor task per
-//! partition → lake writer, with orderly shutdown that commits everything produced.
+//! The embedded pipeline: simulators, replayed files and the write API → in-process bus
+//! → the one processing loop ([`consume`]) → lake, with orderly shutdown that closes
+//! every window and commits everything produced.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use pitwall_bus::{InProcessBus, Message, PartitionConsumer, Publish};
-use pitwall_core::PartitionId;
-use pitwall_lake::{LakeWriter, TableRows};
+use bytes::Bytes;
+use pitwall_bus::{InProcessBus, Message, PartitionConsumer, Producer, Publish, Topics};
+use pitwall_core::{Checkpoint, PartitionId};
+use pitwall_lake::{LakeWriter, ResumePlan, TableProgress};
 use pitwall_sim::{InjectedFault, Simulator};
-use pitwall_stream::{Outputs, Processor};
-use tokio::sync::mpsc;
+use pitwall_stream::{TICK_KEY, tick_payload};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::commits::{Commits, Landed, MAX_BACKOFF};
+use crate::commits::{Commits, MAX_BACKOFF};
 use crate::config::Config;
+use crate::consume::{Change, Options, Pipeline, Reread, Source, consume};
 use crate::metrics::Stats;
 use crate::open::{bus_config, open_lake, spawn_maintenance};
 use crate::produce::{SimRun, produce, replayed, simulators};
@@ -49,64 +52,46 @@ pub async fn run_on_bus(
     let (lake, schemas) = open_lake(&config).await?;
     let _maintenance = spawn_maintenance(&lake, &config, &cancel);
     let topics = bus.config().topics.clone();
-    let consumers = bus.subscribe(&topics.raw)?;
     let processor_config = Arc::new(config.processor.clone());
     let (alerts, alert_routes) = crate::alerts::start(&config.alerts, &config.lake.data_dir)?;
 
-    // Processors hand their outputs to the one lake writer, bounded by rows in flight.
-    let (out_tx, out_rx) = Handoff::new();
-    // Continue the offsets the lake has recorded, so every commit's claim holds. (The
-    // in-process bus keeps nothing between runs, so there is nothing to replay.)
+    // Continue the offsets the lake has recorded, so every commit's claim holds.
     let progress = lake
         .committed_progress()
         .await
         .context("reading the lake's committed offsets")?;
-    let mut lake_writer_state = LakeWriter::with_progress(lake.clone(), &progress);
-    for consumer in &consumers {
-        let key = PartitionId::new(topics.raw.as_str(), consumer.partition);
-        let plan = pitwall_lake::ResumePlan::from_lake(&progress, &key);
-        bus.resume(&topics.raw, consumer.partition, plan.frontier)
-            .await?;
-        lake_writer_state.assign(&key, &plan);
-    }
+    let mut source = BusSource::subscribe(&bus, &topics, &progress).await?;
     // Rows wait in the writer up to one more commit's worth beside the commit in
-    // flight.
+    // flight; past that, reading stops and the bus pushes back on its writers.
     let commits = Commits::new(
-        lake_writer_state,
+        LakeWriter::with_progress(lake.clone(), &progress),
         config.lake.commit_rows,
         MAX_BACKOFF,
         Arc::clone(&stats),
     );
-    let writer =
-        tokio::spawn(lake_writer(commits, out_rx).instrument(tracing::info_span!("lake-writer")));
-    let mut processors = Vec::new();
-    for consumer in consumers {
-        let p = Processor::new(
-            Arc::clone(&processor_config),
-            schemas.clone(),
-            &topics.raw,
-            consumer.partition,
-        );
-        let span = tracing::info_span!("processor", partition = consumer.partition);
-        let publisher = Publisher::new(
+    let mut pipeline = Pipeline {
+        lake: lake.clone(),
+        schemas: schemas.clone(),
+        config: Arc::clone(&processor_config),
+        commits,
+        publisher: Publisher::new(
             BusOutputs::new(&bus, &topics)?,
-            Arc::clone(&processor_config),
-            alerts.clone(),
+            processor_config,
+            alerts,
             Arc::clone(&stats),
-        );
-        processors.push(tokio::spawn(
-            process_partition(
-                p,
-                consumer,
-                publisher,
-                out_tx.clone(),
-                Arc::clone(&stats),
-                processor_config.idle_timeout,
-            )
-            .instrument(span),
-        ));
-    }
-    drop(out_tx);
+        ),
+        stats: Arc::clone(&stats),
+    };
+    // The input ends when the raw topic is closed below: processing runs until then.
+    let options = Options {
+        stop: CancellationToken::new(),
+        exit_when_idle: None,
+        recv_batch: RECV_BATCH,
+    };
+    let processing = tokio::spawn(
+        async move { consume(&mut source, &mut pipeline, &options).await }
+            .instrument(tracing::info_span!("processor")),
+    );
 
     let stop_server = CancellationToken::new();
     let server = match &run.serve {
@@ -179,20 +164,13 @@ pub async fn run_on_bus(
     }
     // Everything sent is on the bus; ending the topic lets processors drain and finish.
     bus.close(&topics.raw).await?;
-    // A failing writer makes processors and then the producer fail too: report the
-    // writer's error, which is the cause, before theirs.
+    // A failing pipeline makes the producer fail too: report the pipeline's error,
+    // which is the cause, before the producer's.
     let mut errors = Vec::new();
-    match writer.await {
+    match processing.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => errors.push(e),
-        Err(e) => errors.push(anyhow::Error::from(e).context("the lake writer task panicked")),
-    }
-    for p in processors {
-        match p.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => errors.push(e),
-            Err(e) => errors.push(anyhow::Error::from(e).context("a processor task panicked")),
-        }
+        Err(e) => errors.push(anyhow::Error::from(e).context("the processing task panicked")),
     }
     if let Err(e) = produced {
         errors.push(e);
@@ -238,171 +216,110 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-/// Outputs of one partition for the lake writer, built into the lake's columns by the
-/// partition's task, with the processor's checkpoint after them and the share of the
-/// hand-off's row budget they hold until the writer takes them.
-type Batch = (
-    PartitionId,
-    TableRows,
-    pitwall_stream::Checkpoint,
-    tokio::sync::OwnedSemaphorePermit,
-);
+/// The most messages taken off the bus at once.
+const RECV_BATCH: usize = 1024;
 
-/// Rows handed from the processors to the lake writer that it has not yet taken into its
-/// buffer. The writer takes them while it commits (up to one more commit's worth), so
-/// this only smooths the hand-over; bounded in rows, not batches, so a processor far
-/// ahead of the writer (a backfill at full speed) waits instead of holding the whole
-/// input in memory (batches of 1,024 messages, ~3 rows each, at 4,096 batches in a row
-/// took 13 GB within 30 s).
-const HANDOFF_ROWS: usize = 65_536;
-
-/// The processors' side of the channel to the lake writer.
-#[derive(Clone)]
-struct Handoff {
-    tx: mpsc::Sender<Batch>,
-    budget: Arc<tokio::sync::Semaphore>,
+/// The raw topic of the in-process bus, every partition read by this one reader. The
+/// bus keeps nothing between runs: partitions continue the offsets the lake has
+/// recorded, with nothing to replay.
+struct BusSource {
+    consumers: Vec<PartitionConsumer>,
+    /// Partitions that have ended (the topic closed and they are drained).
+    ended: Vec<bool>,
+    /// The partition read first next time, so none is always last.
+    first: usize,
+    /// Every partition, taken up once on the first look.
+    assign: Option<Vec<(PartitionId, ResumePlan)>>,
+    /// Watermark ticks go back to the raw topic through this.
+    raw: Producer,
 }
 
-impl Handoff {
-    fn new() -> (Handoff, mpsc::Receiver<Batch>) {
-        // Many small batches (a few events each at low rates) fit as well.
-        let (tx, rx) = mpsc::channel(4096);
-        (
-            Handoff {
-                tx,
-                budget: Arc::new(tokio::sync::Semaphore::new(HANDOFF_ROWS)),
-            },
-            rx,
-        )
-    }
-
-    /// Waits for room, then builds `outputs` into the lake's columns and hands them
-    /// over; false if the writer has stopped.
-    async fn send(
-        &self,
-        key: PartitionId,
-        outputs: Outputs,
-        checkpoint: pitwall_stream::Checkpoint,
-    ) -> bool {
-        // A batch larger than the whole budget takes all of it.
-        let rows = u32::try_from(outputs.len().clamp(1, HANDOFF_ROWS)).unwrap_or(u32::MAX);
-        let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(rows).await else {
-            return false;
-        };
-        let rows = TableRows::of(&outputs);
-        drop(outputs);
-        self.tx.send((key, rows, checkpoint, permit)).await.is_ok()
+impl BusSource {
+    async fn subscribe(
+        bus: &InProcessBus,
+        topics: &Topics,
+        progress: &BTreeMap<String, TableProgress>,
+    ) -> anyhow::Result<Self> {
+        let consumers = bus.subscribe(&topics.raw)?;
+        let mut assign = Vec::with_capacity(consumers.len());
+        for consumer in &consumers {
+            let key = PartitionId::new(topics.raw.as_str(), consumer.partition);
+            let mut plan = ResumePlan::from_lake(progress, &key);
+            bus.resume(&topics.raw, consumer.partition, plan.frontier)
+                .await?;
+            // Nothing before the frontier is on this bus: start there, fresh.
+            plan.base = Checkpoint {
+                next: plan.frontier,
+                replay_from: plan.frontier,
+                max_time: i64::MIN,
+            };
+            assign.push((key, plan));
+        }
+        Ok(BusSource {
+            ended: vec![false; consumers.len()],
+            consumers,
+            first: 0,
+            assign: Some(assign),
+            raw: bus.producer(&topics.raw)?,
+        })
     }
 }
 
-/// Processes one partition until the topic ends, then closes its windows.
-async fn process_partition(
-    mut processor: Processor,
-    mut consumer: PartitionConsumer,
-    mut publisher: Publisher<BusOutputs>,
-    out: Handoff,
-    stats: Arc<Stats>,
-    idle_timeout: Duration,
-) -> anyhow::Result<()> {
-    let mut batch: Vec<Message> = Vec::with_capacity(1024);
-    let key = PartitionId::new(processor.topic(), processor.partition());
-    let mut next = 0;
-    let mut last_data = Instant::now();
-    loop {
-        batch.clear();
-        let n = if idle_timeout.is_zero() {
-            consumer.recv_many(&mut batch, 1024).await
-        } else {
-            // recv_many is cancel safe: a timeout loses no message.
-            match tokio::time::timeout(idle_timeout, consumer.recv_many(&mut batch, 1024)).await {
-                Ok(n) => n,
-                Err(_) => {
-                    // Idle: event time moves on by the time that passed. (Nothing on
-                    // the in-process bus outlives the run, so there is no replay to
-                    // keep in step; over Kafka the tick goes through the raw topic.)
-                    if let Some(time) = processor.idle_tick_time(last_data.elapsed()) {
-                        let mut outputs = Outputs::default();
-                        processor.tick(time, &mut outputs);
-                        if !outputs.is_empty() {
-                            hand_over(&processor, next, outputs, &key, &mut publisher, &out)
-                                .await?;
-                        }
-                    }
+impl Source for BusSource {
+    async fn recv(&mut self, max: usize, batch: &mut Vec<Message>) -> anyhow::Result<bool> {
+        let n = self.consumers.len();
+        self.first = (self.first + 1) % n.max(1);
+        let more = std::future::poll_fn(|cx| {
+            // Every partition with messages gives its share, from a different one first
+            // each time; a partition with none registers to wake this task.
+            let share = max.div_ceil(n.max(1));
+            for i in (0..n).map(|i| (self.first + i) % n) {
+                if self.ended[i] || batch.len() >= max {
                     continue;
                 }
+                let room = share.min(max - batch.len());
+                if let Poll::Ready(0) = self.consumers[i].poll_recv_many(cx, batch, room) {
+                    self.ended[i] = true;
+                }
             }
-        };
-        last_data = Instant::now();
-        let mut outputs = Outputs::default();
-        if n == 0 {
-            processor.finish(&mut outputs);
-            publisher.publish(&outputs).await?;
-            if !outputs.is_empty() {
-                out.send(key, outputs, processor.checkpoint(next)).await;
+            if !batch.is_empty() {
+                Poll::Ready(true)
+            } else if self.ended.iter().all(|e| *e) {
+                Poll::Ready(false)
+            } else {
+                Poll::Pending
             }
-            return Ok(());
-        }
-        for m in &batch {
-            processor.process(m, &mut outputs);
-            next = m.offset + 1;
-        }
-        stats.processed.fetch_add(n as u64, Ordering::Relaxed);
-        crate::metrics::partition(
-            processor.topic(),
-            processor.partition(),
-            Some(consumer.pending() as i64),
-            processor.watermark(),
-        );
-        hand_over(&processor, next, outputs, &key, &mut publisher, &out).await?;
+        })
+        .await;
+        Ok(more)
     }
-}
 
-/// Counts `outputs`, publishes them to live readers (before the lake commit: at least
-/// once, keyed by source) and hands them to the lake writer with the checkpoint at `next`.
-async fn hand_over(
-    processor: &Processor,
-    next: i64,
-    outputs: Outputs,
-    key: &PartitionId,
-    publisher: &mut Publisher<BusOutputs>,
-    out: &Handoff,
-) -> anyhow::Result<()> {
-    publisher.publish(&outputs).await?;
-    if !out
-        .send(key.to_owned(), outputs, processor.checkpoint(next))
-        .await
-    {
-        anyhow::bail!(
-            "the lake writer stopped; partition {} cannot hand over its output",
-            processor.partition()
-        );
+    fn changes(&mut self) -> anyhow::Result<Vec<Change>> {
+        Ok(self
+            .assign
+            .take()
+            .map(Change::Assigned)
+            .into_iter()
+            .collect())
     }
-    Ok(())
-}
 
-/// Takes the processors' outputs into the lake writer and commits them (see
-/// [`Commits`]); at the end of input commits the rest. While commits fail or run long
-/// and rows pile up, the writer takes nothing more, so the hand-off fills, the
-/// processors wait and the bus pushes back on writers (503) instead of memory growing.
-async fn lake_writer(mut commits: Commits, mut rx: mpsc::Receiver<Batch>) -> anyhow::Result<()> {
-    loop {
-        let next = tokio::select! {
-            o = rx.recv(), if !commits.holding() => o.map(Some),
-            () = tokio::time::sleep(commits.wait()) => Some(None),
-        };
-        match next {
-            // The rows leave the hand-off's budget once in the writer's buffer.
-            Some(Some((key, rows, checkpoint, _permit))) => {
-                commits.writer_mut().append_rows(&key, rows, checkpoint)
-            }
-            Some(None) => {}
-            None => break,
-        }
-        // Fenced: another process committed to this lake's offsets (a second `pitwall
-        // up` on the same lake); the writer dropped the partition, so say so and go on.
-        if let Landed::Fenced(_, e) = commits.step(false).await? {
-            commits.failed(&e);
-        }
+    /// A tick that does not fit now is not needed: the partition has data waiting.
+    async fn tick(&self, partition: u32, time: i64) -> anyhow::Result<()> {
+        self.raw.try_send_to(
+            partition,
+            Some(Bytes::from_static(TICK_KEY)),
+            Bytes::from(tick_payload(time)),
+            time,
+        )?;
+        Ok(())
     }
-    commits.finish().await
+
+    fn lag(&self, partition: u32, _next: i64) -> Option<i64> {
+        let consumer = self.consumers.get(partition as usize)?;
+        i64::try_from(consumer.pending()).ok()
+    }
+
+    fn rereader(&self) -> Option<&dyn Reread> {
+        None
+    }
 }

@@ -1,11 +1,14 @@
 //! The pipeline runtime: what `pitwall up`, `pitwall process`, `pitwall backfill` and
 //! the benches run.
 //!
-//! - [`embedded`]: the whole pipeline in one process on the in-process bus (a processor
-//!   task per partition, one lake writer).
-//! - [`kafka`]: the processor on Kafka in a consumer group, exactly once into the lake
+//! - [`consume`](crate::consume): the one loop that reads the raw topic, processes each
+//!   partition, publishes the outputs and commits them to the lake, on any bus that
+//!   implements its `Source`.
+//! - [`embedded`]: the whole pipeline in one process on the in-process bus (simulators,
+//!   replays and the write API feeding that loop).
+//! - [`kafka`]: the loop on Kafka in a consumer group, exactly once into the lake
 //!   through rebalances, fencing and restarts.
-//! - [`commits`]: lake commits as both make them; [`publish`]: outputs onto their
+//! - [`commits`]: lake commits as the loop makes them; [`publish`]: outputs onto their
 //!   topics; [`produce`]: simulators and replayed files onto the raw topic; [`serve`]:
 //!   the HTTP server's write API and live feed; [`open`]: the lake and topics a run
 //!   opens.
@@ -17,6 +20,7 @@ pub mod alerts;
 pub mod backfill;
 pub mod commits;
 pub mod config;
+mod consume;
 pub mod embedded;
 pub mod kafka;
 pub mod metrics;
