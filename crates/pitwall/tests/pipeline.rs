@@ -811,3 +811,92 @@ async fn backfill_with_a_changed_rule_changes_exactly_that_range() {
         "raw, clean and window rows are the same data recomputed"
     );
 }
+
+/// A partition that goes quiet gets watermark ticks while other partitions keep the one
+/// processing loop busy: the quiet source's windows close and reach the metrics topic
+/// with no shutdown and no data of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_is_ticked_while_another_stays_busy() {
+    use bytes::Bytes;
+    use pitwall_bus::{InProcessBus, partition_for};
+    use pitwall_runtime::{bus_config, run_on_bus};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 0.0, 0.0);
+    config.sim.race_enabled = false;
+    config.sim.iot_enabled = false;
+    config.processor.idle_timeout = Duration::from_millis(500);
+    let bus = InProcessBus::new(bus_config(&config));
+    let topics = bus.config().topics.clone();
+    let partitions = bus.config().partitions;
+    // Two drivers on different partitions.
+    let drivers = ["VER", "HAM", "LEC", "NOR", "PIA", "RUS", "ALO", "SAI"];
+    let busy = drivers[0];
+    let quiet = *drivers
+        .iter()
+        .find(|d| {
+            partition_for(d.as_bytes(), partitions) != partition_for(busy.as_bytes(), partitions)
+        })
+        .expect("two drivers on different partitions");
+    let (fires_tx, mut fires) = tokio::sync::mpsc::unbounded_channel();
+    for mut part in bus.subscribe(&topics.metrics).unwrap() {
+        let fires_tx = fires_tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = part.recv().await {
+                let _ = fires_tx.send(m.key);
+            }
+        });
+    }
+    let raw = bus.producer(&topics.raw).unwrap();
+    let cancel = CancellationToken::new();
+    let pipeline = tokio::spawn(run_on_bus(
+        bus,
+        config,
+        SimRun {
+            start_time: START,
+            sim_duration: Some(Duration::ZERO),
+            serve: None,
+            hold_open: true,
+            replay: None,
+        },
+        cancel.clone(),
+        Arc::new(Stats::default()),
+    ));
+    let point = |driver: &str, time: i64| {
+        Bytes::from(format!(
+            r#"{{"measurement":"car","tags":{{"driver":"{driver}"}},"fields":{{"speed_kph":200.5}},"time":{time}}}"#
+        ))
+    };
+    for i in 0..5 {
+        let t = START + i * 100_000_000;
+        raw.send(Some(Bytes::from(quiet)), point(quiet, t), t)
+            .await
+            .unwrap();
+    }
+    // The busy driver sends every millisecond or so (the loop never waits long enough
+    // for its own idle check), its event time following the wall clock, until
+    // the quiet driver's window is seen (or 30 s pass).
+    let started = std::time::Instant::now();
+    let mut quiet_fired = false;
+    let mut busy_fired = false;
+    while !quiet_fired && started.elapsed() < Duration::from_secs(30) {
+        let t = START + i64::try_from(started.elapsed().as_nanos()).unwrap();
+        raw.send(Some(Bytes::from(busy)), point(busy, t), t)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        while let Ok(key) = fires.try_recv() {
+            let key = key.unwrap_or_default();
+            quiet_fired |= key == quiet.as_bytes();
+            busy_fired |= key == busy.as_bytes();
+        }
+    }
+    let waited = started.elapsed();
+    cancel.cancel();
+    pipeline.await.unwrap().unwrap();
+    assert!(
+        quiet_fired,
+        "{quiet}'s windows never closed in {waited:?} while {busy} kept its own partition busy"
+    );
+    assert!(busy_fired, "{busy}'s windows close on its own data");
+}
