@@ -143,8 +143,9 @@ pub async fn start_server(
     }
     if let Some(flight) = &flight {
         eprintln!(
-            "Flight SQL on {}: grpc://{} ({}), catalog pitwall",
+            "Flight SQL on {}: {}://{} ({}), catalog pitwall",
             flight.local_addr(),
+            if flight.tls() { "grpc+tls" } else { "grpc" },
             flight.local_addr(),
             if server.all_tokens().is_empty() {
                 "no token"

@@ -688,10 +688,17 @@ fn table_types_schema() -> Schema {
     Schema::new(vec![Field::new("table_type", DataType::Utf8, false)])
 }
 
+/// A client's connection, over TLS when it is set up.
+#[derive(Debug)]
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
 /// A connection holding one of the places `server.flight-max-connections` allows.
 #[derive(Debug)]
 struct Held {
-    stream: TcpStream,
+    stream: Conn,
     _place: OwnedSemaphorePermit,
 }
 
@@ -699,8 +706,27 @@ impl Connected for Held {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        match &self.stream {
+            Conn::Plain(s) => s.connect_info(),
+            Conn::Tls(s) => s.get_ref().0.connect_info(),
+        }
     }
+}
+
+/// Calls `$method` on whichever stream `$held` has.
+macro_rules! on_stream {
+    ($held:expr, $s:ident => $call:expr) => {
+        match &mut $held.get_mut().stream {
+            Conn::Plain($s) => {
+                let $s = Pin::new($s);
+                $call
+            }
+            Conn::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $call
+            }
+        }
+    };
 }
 
 impl AsyncRead for Held {
@@ -709,7 +735,7 @@ impl AsyncRead for Held {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        on_stream!(self, s => s.poll_read(cx, buf))
     }
 }
 
@@ -719,15 +745,15 @@ impl AsyncWrite for Held {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        on_stream!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        on_stream!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        on_stream!(self, s => s.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -735,18 +761,26 @@ impl AsyncWrite for Held {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        on_stream!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
     }
 }
+
+/// The longest a client may take over its TLS handshake (it holds a place meanwhile).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Flight SQL listener, bound and ready to run.
 #[derive(Debug)]
 pub struct FlightBound {
     listener: TcpListener,
+    /// Every connection goes through it, when TLS is set up.
+    tls: Option<crate::tls::Acceptor>,
     service: FlightSql,
     places: Arc<Semaphore>,
     query_timeout: Duration,
@@ -763,8 +797,19 @@ impl FlightBound {
         else {
             return Ok(None);
         };
+        // A bad certificate or key fails the start, before any client is served.
+        let tls = if config.flight_tls_cert.is_empty() {
+            None
+        } else {
+            Some(crate::tls::acceptor(
+                ("server.flight-tls-cert", &config.flight_tls_cert),
+                ("server.flight-tls-key", &config.flight_tls_key),
+                &[b"h2"],
+            )?)
+        };
         Ok(Some(FlightBound {
             listener,
+            tls,
             service: FlightSql::new(doors)?,
             places: Arc::new(Semaphore::new(config.flight_max_connections)),
             query_timeout: config.query_timeout,
@@ -778,6 +823,11 @@ impl FlightBound {
             .expect("a bound listener has an address")
     }
 
+    /// Whether clients must connect over TLS (`grpc+tls://`).
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serves until `shutdown` completes.
     pub async fn run(
         self,
@@ -785,42 +835,22 @@ impl FlightBound {
     ) -> Result<(), String> {
         let FlightBound {
             listener,
+            tls,
             service,
             places,
             query_timeout,
         } = self;
-        let incoming = futures::stream::unfold(
-            (listener, places),
-            |(listener, places)| async move {
-                loop {
-                    let (stream, peer) = match listener.accept().await {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            // Out of descriptors and the like: wait instead of spinning.
-                            tracing::warn!(error = %e, "Flight SQL: cannot accept a connection");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    match Arc::clone(&places).try_acquire_owned() {
-                        Ok(place) => {
-                            let _ = stream.set_nodelay(true);
-                            let held = Held {
-                                stream,
-                                _place: place,
-                            };
-                            return Some((Ok::<_, std::io::Error>(held), (listener, places)));
-                        }
-                        Err(_) => {
-                            ::metrics::counter!("pitwall_flight_connections_refused_total")
-                                .increment(1);
-                            tracing::debug!(%peer, "Flight SQL: at server.flight-max-connections; closing a new connection");
-                            drop(stream);
-                        }
-                    }
-                }
-            },
-        );
+        // Connections are accepted, given a place and (with TLS) shaken hands with on
+        // tasks of their own, so a client slow to finish its handshake holds up no one
+        // else; the server takes them as they become ready.
+        let (ready, mut incoming) = tokio::sync::mpsc::channel::<Held>(16);
+        let accepting = tokio::spawn(accept(listener, tls, places, ready));
+        let _stop_accepting = AbortOnDrop(accepting);
+        let incoming = futures::stream::poll_fn(move |cx| {
+            incoming
+                .poll_recv(cx)
+                .map(|held| held.map(Ok::<_, std::io::Error>))
+        });
         tonic::transport::Server::builder()
             // A stream of results may take as long as the query, and then some to send.
             .timeout(query_timeout + Duration::from_secs(60))
@@ -831,6 +861,78 @@ impl FlightBound {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(|e| format!("Flight SQL server: {e}"))
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Accepts connections while `ready` has a reader: each takes a place (or is closed at
+/// once when there is none) and, with TLS, completes its handshake on a task of its own
+/// within [`HANDSHAKE_TIMEOUT`] before it is handed over.
+async fn accept(
+    listener: TcpListener,
+    tls: Option<crate::tls::Acceptor>,
+    places: Arc<Semaphore>,
+    ready: tokio::sync::mpsc::Sender<Held>,
+) {
+    while !ready.is_closed() {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
+                tracing::warn!(error = %e, "Flight SQL: cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+            ::metrics::counter!("pitwall_flight_connections_refused_total").increment(1);
+            tracing::debug!(%peer, "Flight SQL: at server.flight-max-connections; closing a new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let ready = ready.clone();
+        match &tls {
+            None => {
+                let held = Held {
+                    stream: Conn::Plain(stream),
+                    _place: place,
+                };
+                if ready.send(held).await.is_err() {
+                    return;
+                }
+            }
+            Some(tls) => {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.0.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let held = Held {
+                                stream: Conn::Tls(Box::new(stream)),
+                                _place: place,
+                            };
+                            let _ = ready.send(held).await;
+                        }
+                        Ok(Err(e)) => {
+                            ::metrics::counter!("pitwall_flight_tls_failures_total").increment(1);
+                            tracing::debug!(%peer, error = %e, "Flight SQL: TLS handshake failed (a client without TLS, or one that does not trust the certificate)");
+                        }
+                        Err(_) => {
+                            ::metrics::counter!("pitwall_flight_tls_failures_total").increment(1);
+                            tracing::debug!(%peer, "Flight SQL: no TLS handshake within {HANDSHAKE_TIMEOUT:?}; closing");
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 

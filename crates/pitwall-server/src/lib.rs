@@ -26,6 +26,7 @@ pub mod live;
 pub mod metrics;
 pub mod pg;
 pub mod query;
+mod tls;
 
 pub use live::{LiveHub, LiveStream};
 
@@ -73,6 +74,11 @@ pub struct ServerConfig {
     pub flight_listen: String,
     /// Flight SQL connections open at once; past it a new one is closed at once.
     pub flight_max_connections: usize,
+    /// PEM file of the certificate chain Flight SQL serves TLS with (with
+    /// `flight-tls-key`; then TLS only: `grpc+tls://`); empty (the default): no TLS.
+    pub flight_tls_cert: String,
+    /// PEM file of that certificate's private key.
+    pub flight_tls_key: String,
     /// Largest request body, before and after gzip.
     pub max_body_bytes: usize,
     /// How long a write may wait for the pipeline to take its points before 503.
@@ -123,6 +129,8 @@ impl Default for ServerConfig {
             pg_tls_required: true,
             flight_listen: String::new(),
             flight_max_connections: 64,
+            flight_tls_cert: String::new(),
+            flight_tls_key: String::new(),
             max_body_bytes: 32 * 1024 * 1024,
             publish_timeout: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
@@ -171,12 +179,15 @@ impl ServerConfig {
         at_least("query-max-depth", self.query_max_depth, 8, "")?;
         at_least("max-connections", self.max_connections, 1, "")?;
         at_least("pg-max-connections", self.pg_max_connections, 1, "")?;
-        if self.pg_tls_cert.is_empty() != self.pg_tls_key.is_empty() {
-            return Err(
-                "server.pg-tls-cert and server.pg-tls-key: set both (PEM files of the certificate chain and its private key) or neither".into(),
-            );
-        }
+        tls::both_or_neither(
+            ("server.pg-tls-cert", &self.pg_tls_cert),
+            ("server.pg-tls-key", &self.pg_tls_key),
+        )?;
         at_least("flight-max-connections", self.flight_max_connections, 1, "")?;
+        tls::both_or_neither(
+            ("server.flight-tls-cert", &self.flight_tls_cert),
+            ("server.flight-tls-key", &self.flight_tls_key),
+        )?;
         at_least(
             "body-memory",
             self.body_memory,

@@ -81,7 +81,7 @@ impl PgService {
 pub struct PgBound {
     listener: tokio::net::TcpListener,
     /// Offered to clients that ask for TLS, when it is set up.
-    tls: Option<TlsDoor>,
+    tls: Option<crate::tls::Acceptor>,
     handlers: Arc<Handlers>,
     places: Arc<Semaphore>,
     max_connections: usize,
@@ -100,10 +100,12 @@ impl PgBound {
         let tls = if config.pg_tls_cert.is_empty() {
             None
         } else {
-            Some(TlsDoor(tls_acceptor(
-                std::path::Path::new(&config.pg_tls_cert),
-                std::path::Path::new(&config.pg_tls_key),
-            )?))
+            // PostgreSQL 17's direct TLS connections name the protocol.
+            Some(crate::tls::acceptor(
+                ("server.pg-tls-cert", &config.pg_tls_cert),
+                ("server.pg-tls-key", &config.pg_tls_key),
+                &[b"postgresql"],
+            )?)
         };
         let handlers = Arc::new(Handlers {
             query: Arc::new(Queries {
@@ -181,64 +183,6 @@ impl PgBound {
         sessions.close();
         Ok(())
     }
-}
-
-/// The TLS set-up of the PostgreSQL door.
-#[derive(Clone)]
-struct TlsDoor(pgwire::tokio::TlsAcceptor);
-
-impl Debug for TlsDoor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TlsDoor")
-    }
-}
-
-/// A TLS acceptor from PEM files of a certificate chain and its private key; the error
-/// names the setting, the file and what is wrong with it.
-fn tls_acceptor(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<pgwire::tokio::TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls;
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            format!(
-                "server.pg-tls-cert: cannot read certificates from {}: {e} (a PEM file with -----BEGIN CERTIFICATE-----)",
-                cert.display()
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(format!(
-            "server.pg-tls-cert: {} holds no certificate (a PEM file with -----BEGIN CERTIFICATE-----)",
-            cert.display()
-        ));
-    }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        format!(
-            "server.pg-tls-key: cannot read a private key from {}: {e} (a PEM file with -----BEGIN PRIVATE KEY-----)",
-            key.display()
-        )
-    })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("server.pg-tls-cert: {e}"))?
-    .with_no_client_auth()
-    .with_single_cert(certs, private)
-    .map_err(|e| {
-        format!(
-            "server.pg-tls-cert and server.pg-tls-key: {} and {} do not make a TLS set-up: {e} (is the key the certificate's?)",
-            cert.display(),
-            key.display()
-        )
-    })?;
-    // PostgreSQL 17's direct TLS connections name the protocol.
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Reads the client's first packets as PostgreSQL does before refusing: an SSL or

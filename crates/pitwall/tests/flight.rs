@@ -62,3 +62,65 @@ async fn adbc_reads_the_lake_over_flight_sql() {
     let (status, log) = up.stop();
     assert!(status.success(), "pitwall up failed:\n{log}");
 }
+
+/// Flight SQL over TLS with a certificate made here: ADBC verifies it against its
+/// authority and reads over it; clients that do not trust it, or do not use TLS, get
+/// nothing; a key where the certificate should be fails the start, naming the setting;
+/// a client that opens a connection and never shakes hands holds up no one else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adbc_reads_over_flight_sql_with_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = common::self_signed(dir.path());
+    let config = |cert: &std::path::Path| {
+        format!(
+            "[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"{TOKEN}\"]\nflight-listen = \"127.0.0.1:0\"\nflight-tls-cert = {:?}\nflight-tls-key = {:?}\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        )
+    };
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, config(&key)).unwrap();
+    let out = common::up_command(
+        &["--config", bad.to_str().unwrap()],
+        &dir.path().join("bad-lake"),
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("server.flight-tls-cert")
+            && err.contains("holds no certificate"),
+        "{err}"
+    );
+
+    let good = dir.path().join("pitwall.toml");
+    std::fs::write(&good, config(&cert)).unwrap();
+    let up = Up::start(
+        &["--config", good.to_str().unwrap()],
+        &dir.path().join("lake"),
+    );
+    assert!(
+        !up.flight.is_empty(),
+        "pitwall up names its Flight SQL address"
+    );
+    let flight = up.flight.clone();
+    // A connection that never starts its handshake, held open throughout.
+    let _silent = std::net::TcpStream::connect(&up.flight).unwrap();
+    common::python_checks(
+        "flight_tls.py",
+        &[
+            ("FLIGHT_ADDR", up.flight.clone()),
+            ("FLIGHT_TOKEN", TOKEN.to_owned()),
+            ("FLIGHT_CA", cert.to_str().unwrap().to_owned()),
+        ],
+        4,
+    );
+    let (status, log) = up.stop();
+    assert!(status.success(), "pitwall up failed:\n{log}");
+    assert!(
+        log.contains(&format!("grpc+tls://{flight}")),
+        "the address it prints says TLS:\n{log}"
+    );
+}

@@ -472,6 +472,35 @@ pub fn python_checks(script: &str, env: &[(&str, String)], checks: usize) {
     assert_eq!(stdout.matches("ok: ").count(), checks, "{script}: {stdout}");
 }
 
+/// A self-signed certificate for 127.0.0.1 and its key, made by openssl in `dir`:
+/// `(cert.pem, key.pem)`.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=pitwall test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
+
 /// The path of an external program the tests need (`env` overrides `default`); fails,
 /// saying what to install, when it is not there.
 pub fn program(env: &str, default: &str, package: &str) -> String {
