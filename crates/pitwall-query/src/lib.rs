@@ -24,6 +24,7 @@ mod engine;
 mod parse;
 pub mod postgres;
 mod predicate;
+mod run_aggregate;
 mod scan;
 
 pub use datafusion::common::ParamValues;
@@ -289,7 +290,8 @@ pub(crate) fn session_state(env: Option<Arc<RuntimeEnv>>) -> datafusion::executi
     let builder = datafusion::execution::SessionStateBuilder::new()
         .with_config(session_config())
         .with_default_features()
-        .with_physical_optimizer_rule(Arc::new(band_join::BandJoinRule));
+        .with_physical_optimizer_rule(Arc::new(band_join::BandJoinRule))
+        .with_physical_optimizer_rule(Arc::new(run_aggregate::RunAggregateRule));
     match env {
         Some(env) => builder.with_runtime_env(env),
         None => builder,
