@@ -28,7 +28,6 @@ use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, RecordBatchOptions,
 use arrow::compute::{cast, concat_batches, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{JoinSide, JoinType, NullEquality};
 use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
@@ -57,17 +56,7 @@ impl PhysicalOptimizerRule for BandJoinRule {
         plan: Arc<dyn ExecutionPlan>,
         _: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|p| {
-            let band = p
-                .as_any()
-                .downcast_ref::<HashJoinExec>()
-                .and_then(BandJoinExec::try_from_hash_join);
-            Ok(match band {
-                Some(b) => Transformed::yes(Arc::new(b) as Arc<dyn ExecutionPlan>),
-                None => Transformed::no(p),
-            })
-        })
-        .map(|t| t.data)
+        crate::rules::replace_each(plan, BandJoinExec::try_from_hash_join)
     }
 
     fn name(&self) -> &str {
@@ -762,25 +751,13 @@ mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
     use arrow::datatypes::{Field, Schema, TimeUnit};
-    use arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     /// A lap as the tests make it: driver, lap, start, end.
     type LapRow<'a> = (Option<&'a str>, i64, Option<i64>, Option<i64>);
 
-    /// A small deterministic generator, so a failure can be replayed.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn next(&mut self, n: u64) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) % n
-        }
-    }
+    use crate::rules::testing::{Lcg, sorted_result_and_plan};
 
     /// Laps: per driver, back-to-back intervals (some overlapping, some empty, some
     /// null); events: points per driver, a few with null keys or times. In two
@@ -922,20 +899,7 @@ mod tests {
         let (laps, events) = tables(seed, sizes.0, sizes.1);
         ctx.register_table("laps", Arc::new(laps)).unwrap();
         ctx.register_table("events", Arc::new(events)).unwrap();
-        let df = ctx.sql(sql).await.unwrap();
-        let plan = df.clone().create_physical_plan().await.unwrap();
-        let plan = datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(true)
-            .to_string();
-        let batches = df.collect().await.unwrap();
-        let text = pretty_format_batches(&batches).unwrap().to_string();
-        let mut lines: Vec<&str> = text
-            .lines()
-            .skip(3)
-            .filter(|l| l.starts_with('|'))
-            .collect();
-        lines.sort_unstable();
-        (lines.join("\n"), plan)
+        sorted_result_and_plan(&ctx, sql).await
     }
 
     /// Every shape the rule takes over gives the hash join's rows, and the rule does take

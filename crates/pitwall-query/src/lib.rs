@@ -24,6 +24,7 @@ mod engine;
 mod parse;
 pub mod postgres;
 mod predicate;
+mod rules;
 mod run_aggregate;
 mod scan;
 

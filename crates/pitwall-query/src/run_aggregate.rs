@@ -19,7 +19,6 @@ use arrow::array::{
 };
 use arrow::compute::{partition, take};
 use arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -47,17 +46,7 @@ impl PhysicalOptimizerRule for RunAggregateRule {
         plan: Arc<dyn ExecutionPlan>,
         _: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|p| {
-            let runs = p
-                .as_any()
-                .downcast_ref::<AggregateExec>()
-                .and_then(RunAggregateExec::try_from_aggregate);
-            Ok(match runs {
-                Some(r) => Transformed::yes(Arc::new(r) as Arc<dyn ExecutionPlan>),
-                None => Transformed::no(p),
-            })
-        })
-        .map(|t| t.data)
+        crate::rules::replace_each(plan, RunAggregateExec::try_from_aggregate)
     }
 
     fn name(&self) -> &str {
@@ -464,22 +453,11 @@ mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int32Array, StringArray, TimestampMicrosecondArray};
     use arrow::datatypes::{Field, Schema, TimeUnit};
-    use arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    /// A small deterministic generator, so a failure can be replayed.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn next(&mut self, n: u64) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) % n
-        }
-    }
+    use crate::rules::testing::{Lcg, sorted_result_and_plan};
+    use datafusion::common::tree_node::TreeNode;
 
     type Row = (Option<&'static str>, i32, Option<i64>, Option<i64>, f64);
 
@@ -570,20 +548,7 @@ mod tests {
         let ctx = SessionContext::new_with_state(builder.build());
         ctx.register_table("t", Arc::new(table(seed, 4000, ordered)))
             .unwrap();
-        let df = ctx.sql(sql).await.unwrap();
-        let plan = df.clone().create_physical_plan().await.unwrap();
-        let plan = datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(true)
-            .to_string();
-        let batches = df.collect().await.unwrap();
-        let text = pretty_format_batches(&batches).unwrap().to_string();
-        let mut lines: Vec<&str> = text
-            .lines()
-            .skip(3)
-            .filter(|l| l.starts_with('|'))
-            .collect();
-        lines.sort_unstable();
-        (lines.join("\n"), plan)
+        sorted_result_and_plan(&ctx, sql).await
     }
 
     /// In group order or not, every aggregation the rule takes gives DataFusion's own

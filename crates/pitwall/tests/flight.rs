@@ -71,32 +71,27 @@ async fn adbc_reads_the_lake_over_flight_sql() {
 async fn adbc_reads_over_flight_sql_with_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = common::self_signed(dir.path());
-    let config = |cert: &std::path::Path| {
-        format!(
-            "[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"{TOKEN}\"]\nflight-listen = \"127.0.0.1:0\"\nflight-tls-cert = {:?}\nflight-tls-key = {:?}\n",
-            cert.to_str().unwrap(),
-            key.to_str().unwrap()
-        )
-    };
-
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, config(&key)).unwrap();
-    let out = common::up_command(
-        &["--config", bad.to_str().unwrap()],
+    let listen = "flight-listen = \"127.0.0.1:0\"\n";
+    let bad = common::tls_config(
+        dir.path(),
+        "bad.toml",
+        TOKEN,
+        listen,
+        ("flight", &key, &key),
+    );
+    common::start_fails(
+        &bad,
         &dir.path().join("bad-lake"),
-    )
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("server.flight-tls-cert")
-            && err.contains("holds no certificate"),
-        "{err}"
+        &["server.flight-tls-cert", "holds no certificate"],
     );
 
-    let good = dir.path().join("pitwall.toml");
-    std::fs::write(&good, config(&cert)).unwrap();
+    let good = common::tls_config(
+        dir.path(),
+        "pitwall.toml",
+        TOKEN,
+        listen,
+        ("flight", &cert, &key),
+    );
     let up = Up::start(
         &["--config", good.to_str().unwrap()],
         &dir.path().join("lake"),

@@ -129,33 +129,15 @@ async fn postgres_clients_read_the_lake() {
 async fn postgres_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = common::self_signed(dir.path());
-    let config = |cert: &std::path::Path| {
-        format!(
-            "[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"{TOKEN}\"]\npg-tls-cert = {:?}\npg-tls-key = {:?}\n",
-            cert.to_str().unwrap(),
-            key.to_str().unwrap()
-        )
-    };
-
     // The key where the certificate should be: the start fails and says which setting.
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, config(&key)).unwrap();
-    let out = common::up_command(
-        &["--config", bad.to_str().unwrap()],
+    let bad = common::tls_config(dir.path(), "bad.toml", TOKEN, "", ("pg", &key, &key));
+    common::start_fails(
+        &bad,
         &dir.path().join("bad-lake"),
-    )
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("server.pg-tls-cert")
-            && err.contains("holds no certificate"),
-        "{err}"
+        &["server.pg-tls-cert", "holds no certificate"],
     );
 
-    let good = dir.path().join("pitwall.toml");
-    std::fs::write(&good, config(&cert)).unwrap();
+    let good = common::tls_config(dir.path(), "pitwall.toml", TOKEN, "", ("pg", &cert, &key));
     let up = Up::start(
         &["--config", good.to_str().unwrap()],
         &dir.path().join("lake"),

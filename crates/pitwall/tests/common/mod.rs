@@ -501,6 +501,41 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A config file `name` in `dir` for `pitwall up` with the simulators off, `token` as
+/// its one token, `extra` server settings, and `door` (`pg` or `flight`) over TLS with
+/// `cert` and `key`.
+pub fn tls_config(
+    dir: &Path,
+    name: &str,
+    token: &str,
+    extra: &str,
+    (door, cert, key): (&str, &Path, &Path),
+) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "[sim]\nrace-enabled = false\niot-enabled = false\n\n[server]\ntokens = [\"{token}\"]\n{extra}{door}-tls-cert = {:?}\n{door}-tls-key = {:?}\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `pitwall up --config CONFIG` fails to start and its error says every one of `words`.
+pub fn start_fails(config: &Path, data: &Path, words: &[&str]) {
+    let out = up_command(&["--config", config.to_str().unwrap()], data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && words.iter().all(|w| err.contains(w)),
+        "{err}"
+    );
+}
+
 /// The path of an external program the tests need (`env` overrides `default`); fails,
 /// saying what to install, when it is not there.
 pub fn program(env: &str, default: &str, package: &str) -> String {
