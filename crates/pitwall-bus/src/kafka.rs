@@ -1002,11 +1002,6 @@ impl KafkaConsumer {
             })
     }
 
-    /// The earliest offset `topic/partition` still holds.
-    pub fn earliest_offset(&self, topic: &str, partition: u32) -> Result<i64> {
-        Ok(self.offset_range(topic, partition)?.0)
-    }
-
     /// The offsets `topic/partition` holds: the earliest, and the next to be written.
     pub fn offset_range(&self, topic: &str, partition: u32) -> Result<(i64, i64)> {
         self.inner

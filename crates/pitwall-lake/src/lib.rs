@@ -37,7 +37,7 @@ pub use progress::{Progress, ResumePlan, TableProgress};
 pub use rest::RestConfig;
 pub use storage::S3Config;
 pub use tables::Fixed;
-pub use writer::{CommitStats, LakeWriter, QUARANTINE_AFTER, Round, TableRows};
+pub use writer::{CommitStats, LakeWriter, QUARANTINE_AFTER, Round};
 
 /// Lake errors; each says what failed and what to do. Causes are part of the message
 /// rather than a `source`, so an error chain does not print them twice.

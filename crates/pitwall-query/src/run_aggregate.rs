@@ -198,7 +198,7 @@ fn extremes(values: &ArrayRef, runs: &[(usize, usize)], max: bool) -> Result<Arr
 }
 
 /// A partial aggregation by runs of equal group keys (see the module).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RunAggregateExec {
     /// The partial aggregation it replaces: its input, group keys, output schema and
     /// properties, and what a partition of unordered input runs instead.
@@ -327,12 +327,7 @@ impl ExecutionPlan for RunAggregateExec {
             .input()
             .execute(partition, Arc::clone(&context))?;
         let metrics = BaselineMetrics::new(&self.metrics, partition);
-        let this = RunAggregateExec {
-            hashed: Arc::clone(&self.hashed),
-            groups: self.groups.clone(),
-            aggs: self.aggs.clone(),
-            metrics: ExecutionPlanMetricsSet::new(),
-        };
+        let this = Arc::new(self.clone());
         let schema = self.schema();
         let stream = futures::stream::once(async move {
             // The first batch with rows decides how the partition is aggregated.
@@ -366,7 +361,6 @@ impl ExecutionPlan for RunAggregateExec {
                 let hashed = Arc::clone(&this.hashed).with_new_children(vec![replay])?;
                 return Ok(hashed.execute(partition, context)?.boxed());
             };
-            let this = Arc::new(this);
             let rest = input.map(move |batch| {
                 let batch = batch?;
                 let _timer = metrics.elapsed_compute().timer();

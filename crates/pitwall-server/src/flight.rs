@@ -688,12 +688,8 @@ fn table_types_schema() -> Schema {
     Schema::new(vec![Field::new("table_type", DataType::Utf8, false)])
 }
 
-/// A client's connection, over TLS when it is set up.
-#[derive(Debug)]
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
+/// A client's connection: plain TCP, or TLS over it when TLS is set up.
+type Conn = tokio_util::either::Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// A connection holding one of the places `server.flight-max-connections` allows.
 #[derive(Debug)]
@@ -707,26 +703,10 @@ impl Connected for Held {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         match &self.stream {
-            Conn::Plain(s) => s.connect_info(),
-            Conn::Tls(s) => s.get_ref().0.connect_info(),
+            Conn::Left(s) => s.connect_info(),
+            Conn::Right(s) => s.get_ref().0.connect_info(),
         }
     }
-}
-
-/// Calls `$method` on whichever stream `$held` has.
-macro_rules! on_stream {
-    ($held:expr, $s:ident => $call:expr) => {
-        match &mut $held.get_mut().stream {
-            Conn::Plain($s) => {
-                let $s = Pin::new($s);
-                $call
-            }
-            Conn::Tls($s) => {
-                let $s = Pin::new($s.as_mut());
-                $call
-            }
-        }
-    };
 }
 
 impl AsyncRead for Held {
@@ -735,7 +715,7 @@ impl AsyncRead for Held {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        on_stream!(self, s => s.poll_read(cx, buf))
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
@@ -745,15 +725,15 @@ impl AsyncWrite for Held {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        on_stream!(self, s => s.poll_write(cx, buf))
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        on_stream!(self, s => s.poll_flush(cx))
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        on_stream!(self, s => s.poll_shutdown(cx))
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -761,14 +741,11 @@ impl AsyncWrite for Held {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        on_stream!(self, s => s.poll_write_vectored(cx, bufs))
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.stream {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
-        }
+        self.stream.is_write_vectored()
     }
 }
 
@@ -798,15 +775,11 @@ impl FlightBound {
             return Ok(None);
         };
         // A bad certificate or key fails the start, before any client is served.
-        let tls = if config.flight_tls_cert.is_empty() {
-            None
-        } else {
-            Some(crate::tls::acceptor(
-                ("server.flight-tls-cert", &config.flight_tls_cert),
-                ("server.flight-tls-key", &config.flight_tls_key),
-                &[b"h2"],
-            )?)
-        };
+        let tls = crate::tls::acceptor(
+            ("server.flight-tls-cert", &config.flight_tls_cert),
+            ("server.flight-tls-key", &config.flight_tls_key),
+            &[b"h2"],
+        )?;
         Ok(Some(FlightBound {
             listener,
             tls,
@@ -903,7 +876,7 @@ async fn accept(
         match &tls {
             None => {
                 let held = Held {
-                    stream: Conn::Plain(stream),
+                    stream: Conn::Left(stream),
                     _place: place,
                 };
                 if ready.send(held).await.is_err() {
@@ -916,7 +889,7 @@ async fn accept(
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.0.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let held = Held {
-                                stream: Conn::Tls(Box::new(stream)),
+                                stream: Conn::Right(Box::new(stream)),
                                 _place: place,
                             };
                             let _ = ready.send(held).await;

@@ -97,16 +97,12 @@ impl PgBound {
             return Ok(None);
         };
         // A bad certificate or key fails the start, before any client is served.
-        let tls = if config.pg_tls_cert.is_empty() {
-            None
-        } else {
-            // PostgreSQL 17's direct TLS connections name the protocol.
-            Some(crate::tls::acceptor(
-                ("server.pg-tls-cert", &config.pg_tls_cert),
-                ("server.pg-tls-key", &config.pg_tls_key),
-                &[b"postgresql"],
-            )?)
-        };
+        // PostgreSQL 17's direct TLS connections name the protocol.
+        let tls = crate::tls::acceptor(
+            ("server.pg-tls-cert", &config.pg_tls_cert),
+            ("server.pg-tls-key", &config.pg_tls_key),
+            &[b"postgresql"],
+        )?;
         let handlers = Arc::new(Handlers {
             query: Arc::new(Queries {
                 parser: Arc::new(Parser {

@@ -20,12 +20,16 @@ impl std::fmt::Debug for Acceptor {
 }
 
 /// The TLS acceptor of `cert` (the setting `cert_key` names) and `key` (the setting
-/// `key_key`), offering the `alpn` protocols.
+/// `key_key`), offering the `alpn` protocols; none when no certificate is set (the door
+/// has no TLS). Read when the door opens, so a bad one fails the start.
 pub(crate) fn acceptor(
     (cert_key, cert): (&str, &str),
     (key_key, key): (&str, &str),
     alpn: &[&[u8]],
-) -> Result<Acceptor, String> {
+) -> Result<Option<Acceptor>, String> {
+    if cert.is_empty() {
+        return Ok(None);
+    }
     let (cert, key) = (Path::new(cert), Path::new(key));
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -62,7 +66,9 @@ pub(crate) fn acceptor(
         )
     })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Acceptor(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    Ok(Some(Acceptor(tokio_rustls::TlsAcceptor::from(Arc::new(
+        config,
+    )))))
 }
 
 /// Checks that a certificate and key setting pair is set both or neither.

@@ -32,14 +32,12 @@ pub(super) struct PartitionBuffer {
     pub(super) late: Option<Pending<FixedRows>>,
 }
 
-/// A partition's outputs as the lake's Arrow columns: built where they are made (a
-/// processor's task) and handed to the writer with [`LakeWriter::append_rows`], so no
-/// record waits as a struct for the commit and the building runs beside the other
-/// partitions' processing.
+/// A partition's outputs as the lake's Arrow columns, built as they are handed to the
+/// writer ([`LakeWriter::append`]) so no record waits as a struct for the commit.
 ///
-/// [`LakeWriter::append_rows`]: super::LakeWriter::append_rows
+/// [`LakeWriter::append`]: super::LakeWriter::append
 #[derive(Debug, Default)]
-pub struct TableRows {
+pub(crate) struct TableRows {
     pub(super) raw: Option<Batches<FixedRows>>,
     pub(super) clean: BTreeMap<String, Batches<PointRows>>,
     pub(super) windows: Option<Batches<FixedRows>>,
@@ -104,11 +102,6 @@ impl TableRows {
             + n(&self.anomalies)
             + n(&self.rejects)
             + n(&self.late)
-    }
-
-    /// True if no row was built.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

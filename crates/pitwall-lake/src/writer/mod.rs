@@ -14,7 +14,7 @@ use parquet::file::properties::WriterProperties;
 use pitwall_core::record::{Origin, RejectRecord};
 use pitwall_core::{Checkpoint, Outputs, PartitionId};
 
-pub use self::buffer::TableRows;
+use self::buffer::TableRows;
 use self::buffer::{PartitionBuffer, merge, put_back};
 use self::files::{Committer, parquet_properties};
 pub(crate) use self::files::{compaction_properties, for_schema};
@@ -187,17 +187,7 @@ impl LakeWriter {
     /// Buffers `outputs` of `partition` for the next commit; `checkpoint` is the
     /// partition's processor checkpoint after them.
     pub fn append(&mut self, partition: &PartitionId, outputs: &Outputs, checkpoint: Checkpoint) {
-        self.append_rows(partition, TableRows::of(outputs), checkpoint);
-    }
-
-    /// Buffers `rows` of `partition` (its outputs, built) for the next commit;
-    /// `checkpoint` is the partition's processor checkpoint after them.
-    pub fn append_rows(
-        &mut self,
-        partition: &PartitionId,
-        rows: TableRows,
-        checkpoint: Checkpoint,
-    ) {
+        let rows = TableRows::of(outputs);
         self.buffered += rows.len();
         let id = &mut self.next_id;
         let b = self.parts.entry(partition.clone()).or_insert_with(|| {
